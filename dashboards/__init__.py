@@ -1,0 +1,1 @@
+"""Dashboards: Grafana dashboards as code for plant operators."""

@@ -1,0 +1,7 @@
+"""``python -m milkguard`` runs the ``milkguard`` command."""
+
+import sys
+
+from milkguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The wire contract between gateways and the stream: typed payloads and the MQTT topic scheme.
+
+Only msgspec is imported here, so a gateway or a third-party tool can use the contract without
+the stream's heavy dependencies.
+"""
+
+from milkguard.contract.v1 import (
+    BATCH_SUBSCRIPTION,
+    EVENT_TYPES,
+    TOPIC_ROOT,
+    VERSION,
+    Batch,
+    CipEnd,
+    CipStart,
+    Delivery,
+    Event,
+    MilkingEnd,
+    MilkingStart,
+    Pickup,
+    ProductChange,
+    Reading,
+    RunEnd,
+    RunStart,
+    Unit,
+    batch_topic,
+    deadletter_topic,
+    decode_batch,
+    deviation_topic,
+    encode_batch,
+    json_schema,
+    parse_batch_topic,
+    status_topic,
+)
+
+__all__ = [
+    "BATCH_SUBSCRIPTION",
+    "EVENT_TYPES",
+    "TOPIC_ROOT",
+    "VERSION",
+    "Batch",
+    "CipEnd",
+    "CipStart",
+    "Delivery",
+    "Event",
+    "MilkingEnd",
+    "MilkingStart",
+    "Pickup",
+    "ProductChange",
+    "Reading",
+    "RunEnd",
+    "RunStart",
+    "Unit",
+    "batch_topic",
+    "deadletter_topic",
+    "decode_batch",
+    "deviation_topic",
+    "encode_batch",
+    "json_schema",
+    "parse_batch_topic",
+    "status_topic",
+]

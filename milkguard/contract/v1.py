@@ -1,0 +1,247 @@
+"""Wire contract v1: what a gateway publishes over MQTT, defined once.
+
+Topics (the version is part of the topic, so v2 can run beside v1):
+
+    milkguard/v1/gw/{site}/{gateway}/batch     a Batch from one gateway (QoS 1)
+    milkguard/v1/gw/{site}/{gateway}/status    the gateway's online/offline state (retained)
+    milkguard/v1/deadletter/{site}/{gateway}   what the stream rejected, with the reason
+    milkguard/v1/deviations/{site}/{asset}     HACCP deviations as they open and close
+
+A payload is one JSON object, a :class:`Batch`: readings and discrete events from one gateway,
+with a sequence number that only grows (per gateway, across restarts) so the stream can drop
+duplicates. Timestamps are event time: integer milliseconds since 1970-01-01T00:00:00Z, taken
+when the sensor was sampled, not when the batch was sent.
+
+msgspec decodes and validates a batch in one pass without building a pydantic model per reading;
+importing this module pulls in msgspec and nothing heavier. The JSON Schema for device makers is
+generated from these types and committed as ``wire-v1.schema.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+VERSION: Final = 1
+TOPIC_ROOT: Final = "milkguard/v1"
+
+#: Ids of sites, gateways, assets and channels: safe in MQTT topics, InfluxDB tags and file names.
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=ID_PATTERN,
+        description="Letters, digits, '_', '.', '-'; starts with a letter or digit; 1-64 chars.",
+    ),
+]
+
+#: Event time in milliseconds since the Unix epoch, UTC. Bounds catch seconds-vs-ms mistakes.
+EpochMs = Annotated[
+    int,
+    msgspec.Meta(
+        ge=946_684_800_000,  # 2000-01-01T00:00:00Z
+        lt=4_102_444_800_000,  # 2100-01-01T00:00:00Z
+        description="Event time: milliseconds since 1970-01-01T00:00:00Z (UTC).",
+    ),
+]
+
+Unit = Literal[
+    "degC",  # temperature
+    "%RH",  # relative humidity
+    "%O2",  # residual oxygen in a can's headspace
+    "%",  # other fractions (valve position, fat content)
+    "L",  # volume
+    "L/h",  # flow rate
+    "bar",  # pressure
+    "state",  # a discrete state: 1/0 (e.g. flow-diversion valve forward=1, divert=0)
+    "km/h",  # vehicle speed
+    "deg",  # position (latitude/longitude)
+]
+
+Volume = Annotated[float, msgspec.Meta(ge=0, description="Litres.")]
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
+class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One sampled value of one channel of one asset."""
+
+    asset: Id
+    channel: Id
+    value: float
+    unit: Unit
+    ts: EpochMs
+
+
+class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    """Fields every discrete event carries."""
+
+    asset: Id
+    ts: EpochMs
+
+
+class MilkingStart(_Event, tag="milking_start", frozen=True):
+    """Warm milk starts flowing into a farm bulk tank."""
+
+    milking_id: str | None = None
+
+
+class MilkingEnd(_Event, tag="milking_end", frozen=True):
+    """A milking into a farm bulk tank ended; ``volume_l`` is what it added."""
+
+    milking_id: str | None = None
+    volume_l: Volume | None = None
+
+
+class Pickup(_Event, tag="pickup", frozen=True):
+    """A truck (``asset``) loaded milk from a farm tank into a compartment."""
+
+    load_id: Id
+    compartment: Id
+    volume_l: Volume
+    source_site: Id
+    source_asset: Id
+
+
+class Delivery(_Event, tag="delivery", frozen=True):
+    """A truck (``asset``) delivered a load at a plant."""
+
+    load_id: Id
+    compartment: Id
+    volume_l: Volume
+    destination_site: Id
+
+
+class ProductChange(_Event, tag="product_change", frozen=True):
+    """A processing line switched product; the legal pasteurization minimum follows the class."""
+
+    product: Id
+    fat_pct: Percent
+    total_solids_pct: Percent | None = None
+    sweetened: bool = False
+    condensed: bool = False
+
+
+class RunStart(_Event, tag="run_start", frozen=True):
+    """A production run started on a line."""
+
+    run_id: Id
+    lot: Id | None = None
+
+
+class RunEnd(_Event, tag="run_end", frozen=True):
+    """A production run ended on a line."""
+
+    run_id: Id
+
+
+class CipStart(_Event, tag="cip_start", frozen=True):
+    """Cleaning in place started: product limits are suspended, silence checks are not."""
+
+    program: str | None = None
+
+
+class CipEnd(_Event, tag="cip_end", frozen=True):
+    """Cleaning in place ended."""
+
+
+Event = (
+    MilkingStart
+    | MilkingEnd
+    | Pickup
+    | Delivery
+    | ProductChange
+    | RunStart
+    | RunEnd
+    | CipStart
+    | CipEnd
+)
+
+EVENT_TYPES: Final = (
+    MilkingStart,
+    MilkingEnd,
+    Pickup,
+    Delivery,
+    ProductChange,
+    RunStart,
+    RunEnd,
+    CipStart,
+    CipEnd,
+)
+
+
+class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one gateway publishes in one MQTT message."""
+
+    v: Literal[1]
+    site: Id
+    gateway: Id
+    seq: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description=(
+                "Per-gateway sequence number; grows with every batch and survives restarts "
+                "(a gateway that cannot store it may seed it from its clock in ms)."
+            ),
+        ),
+    ]
+    sent_at: EpochMs
+    readings: Annotated[list[Reading], msgspec.Meta(max_length=50_000)] = []
+    events: Annotated[list[Event], msgspec.Meta(max_length=10_000)] = []
+
+
+def batch_topic(site: str, gateway: str) -> str:
+    """The topic a gateway publishes its batches on."""
+    return f"{TOPIC_ROOT}/gw/{site}/{gateway}/batch"
+
+
+def status_topic(site: str, gateway: str) -> str:
+    """The retained topic carrying a gateway's online/offline state."""
+    return f"{TOPIC_ROOT}/gw/{site}/{gateway}/status"
+
+
+def deadletter_topic(site: str, gateway: str) -> str:
+    """Where rejected payloads of a gateway are republished with their reason."""
+    return f"{TOPIC_ROOT}/deadletter/{site}/{gateway}"
+
+
+def deviation_topic(site: str, asset: str) -> str:
+    """Where deviations of an asset are published as they open and close."""
+    return f"{TOPIC_ROOT}/deviations/{site}/{asset}"
+
+
+#: Subscription that matches every gateway's batches.
+BATCH_SUBSCRIPTION: Final = f"{TOPIC_ROOT}/gw/+/+/batch"
+
+
+def parse_batch_topic(topic: str) -> tuple[str, str] | None:
+    """Return ``(site, gateway)`` of a batch topic, or None when the topic is not one."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0:3] != ["milkguard", "v1", "gw"] or parts[5] != "batch":
+        return None
+    return parts[3], parts[4]
+
+
+_decoder: Final = msgspec.json.Decoder(Batch)
+_encoder: Final = msgspec.json.Encoder()
+
+
+def decode_batch(payload: bytes | str) -> Batch:
+    """Decode and validate one payload; raises msgspec.ValidationError or msgspec.DecodeError."""
+    return _decoder.decode(payload)
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """Encode a batch as the compact JSON a gateway sends."""
+    return _encoder.encode(batch)
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of a v1 payload, for third-party device makers."""
+    schema = msgspec.json.schema(Batch)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://milkguard.example/schemas/wire-v1.schema.json"
+    schema["title"] = "MilkGuard wire contract v1: a batch from one gateway"
+    return schema

@@ -1,0 +1,147 @@
+"""Settings of the stream service, from a YAML file and ``MILKGUARD_*`` environment variables.
+
+Precedence: environment over file over defaults. Nested fields use ``__`` in variable names,
+e.g. ``MILKGUARD_MQTT__PORT=1884`` or ``MILKGUARD_INFLUX__TOKEN=...``. Secrets are ``SecretStr``:
+they print as ``**********`` and :meth:`Settings.redacted` is what gets logged.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from milkguard.errors import ConfigError
+
+
+def demo_plan_path() -> Path:
+    """The demo HACCP plan shipped with the package."""
+    return Path(str(resources.files("stream") / "plans" / "demo-cn.yaml"))
+
+
+class MqttSettings(BaseModel):
+    """Where the stream's MQTT broker is, or how to run the embedded one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: Literal["embedded", "external"] = Field(
+        default="embedded",
+        description="embedded: an in-process broker on host:port; external: connect to one "
+        "(e.g. Mosquitto).",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = Field(default=None, description="CA file; enables TLS when set.")
+    client_id: str = "milkguard-stream"
+    keepalive_s: int = Field(default=30, ge=5)
+    queue_size: int = Field(
+        default=10_000,
+        ge=10,
+        description="Messages waiting for the engine; when full, MQTT reads wait (backpressure).",
+    )
+
+
+class InfluxSettings(BaseModel):
+    """InfluxDB 2.x/3.x write target; off unless url, token, org and bucket are all set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    token: SecretStr | None = None
+    org: str | None = None
+    bucket: str | None = None
+    batch_lines: int = Field(default=5_000, ge=1)
+    max_buffer_lines: int = Field(
+        default=500_000,
+        ge=1_000,
+        description="Lines held while InfluxDB is unreachable before ingest waits for it.",
+    )
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _all_or_nothing(self) -> InfluxSettings:
+        given = {
+            "url": self.url,
+            "token": self.token,
+            "org": self.org,
+            "bucket": self.bucket,
+        }
+        missing = [name for name, value in given.items() if value is None]
+        if 0 < len(missing) < len(given):
+            raise ValueError(
+                f"InfluxDB needs url, token, org and bucket together; missing: {', '.join(missing)}"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when InfluxDB writing is configured."""
+        return self.url is not None
+
+
+class Settings(BaseSettings):
+    """Everything ``milkguard run`` can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MILKGUARD_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    plan: Path = Field(default_factory=demo_plan_path, description="HACCP plan file (YAML).")
+    data_dir: Path = Field(default=Path("var"), description="Local stores: line protocol, JSONL.")
+    simulators: bool = Field(default=True, description="Run the demo farm, truck and HTST line.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment wins over the file, which comes in as init values."""
+        return env_settings, init_settings
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as they may be logged: secrets shown as ``**********``."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``path`` (optional), the environment and ``overrides``.
+
+    ``overrides`` (command-line flags, already typed) win over both.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"settings file {path} must be a YAML mapping")
+        data = loaded or {}
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        source = str(path) if path is not None else "environment"
+        problems = "\n".join(
+            f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"settings from {source} (and MILKGUARD_* variables) are invalid:\n{problems}"
+        ) from exc
+    # flags are typed by the command line parser already; they win over file and environment
+    return settings.model_copy(update=overrides) if overrides else settings

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the Debian packages MilkGuard needs, only those missing. Called by `make run` and
+# `make test`; safe to run again. Needs root or sudo for apt-get.
+#   run:  python3 venv support
+#   test: the above, plus the real servers the integration tests start on 127.0.0.1:
+#         mosquitto (MQTT broker) and victoria-metrics (speaks the InfluxDB v2 write API)
+set -euo pipefail
+purpose=${1:-run}
+
+need=()
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "MilkGuard needs Python 3.11 or newer as python3 (found: $(python3 --version 2>&1))." >&2
+  exit 1
+fi
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [[ $purpose == test ]]; then
+  command -v mosquitto >/dev/null || need+=(mosquitto)
+  command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+fi
+((${#need[@]})) || exit 0
+
+sudo=()
+if [[ $(id -u) != 0 ]]; then
+  command -v sudo >/dev/null || { echo "installing ${need[*]} needs root or sudo" >&2; exit 1; }
+  sudo=(sudo)
+fi
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,1 @@
+"""Simulators: farm, truck and plant devices that publish like real gateways."""

@@ -1,0 +1,254 @@
+"""The demo fleet of ``milkguard run``: one farm tank, one milk truck, one HTST line, in real time.
+
+Each device is a small physical model sampled once a second and published by its own gateway
+through the wire contract, as real hardware would. The truck's rear hatch is left open after a
+sampling stop, so its compartment warms past the 2-6 °C cold chain limit and a newcomer sees a
+deviation open within a minute and close again once the hatch is shut and the refrigeration
+unit pulls the milk back down. Everything else stays healthy.
+
+The models are first-order heat balances (Newton cooling with a refrigeration term), enough to
+give believable curves; the scenario library of the simulators grows them into full devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edge.publisher import GatewayPublisher
+from milkguard import mqtt as mqtt_connect
+from milkguard.contract.v1 import (
+    Event,
+    MilkingStart,
+    Pickup,
+    ProductChange,
+    Reading,
+    RunStart,
+)
+
+log = logging.getLogger(__name__)
+
+MILK_DENSITY_KG_L = 1.03
+MILK_HEAT_CAPACITY_KJ_KG_K = 3.93
+
+
+@dataclass
+class FarmBulkTank:
+    """A direct-expansion bulk tank: a thermostat-run compressor cools; milkings add warm milk."""
+
+    site: str = "farm-01"
+    asset: str = "tank-1"
+    volume_l: float = 4_000.0
+    temp_c: float = 3.6
+    cooling_kw: float = 9.0
+    milking_flow_l_s: float = 0.3
+    milk_in_c: float = 35.0
+    ambient_c: float = 22.0
+    heat_gain_kw_per_k: float = 0.02
+    compressor_on: bool = False
+    milking: bool = False
+
+    def step(self, dt_s: float) -> None:
+        """Advance the heat balance by ``dt_s`` seconds."""
+        if self.milking:
+            added = self.milking_flow_l_s * dt_s
+            self.temp_c = (self.temp_c * self.volume_l + self.milk_in_c * added) / (
+                self.volume_l + added
+            )
+            self.volume_l += added
+        # thermostat with hysteresis, as on real tank controllers
+        if self.temp_c > 4.0:
+            self.compressor_on = True
+        elif self.temp_c < 3.2:
+            self.compressor_on = False
+        heat_kw = self.heat_gain_kw_per_k * (self.ambient_c - self.temp_c)
+        if self.compressor_on:
+            heat_kw -= self.cooling_kw
+        mass_kg = self.volume_l * MILK_DENSITY_KG_L
+        self.temp_c += heat_kw * dt_s / (mass_kg * MILK_HEAT_CAPACITY_KJ_KG_K)
+
+
+@dataclass
+class TruckCompartment:
+    """An insulated, refrigerated tanker compartment; an open hatch lets warm air in."""
+
+    asset: str
+    temp_c: float = 4.0
+    ambient_c: float = 28.0
+    insulation_per_s: float = 0.0005  # fraction of the ambient gap gained per second, hatch shut
+    hatch_open_per_s: float = 0.008  # the same with the hatch open
+    refrigeration_per_s: float = 0.03  # pull-down towards the setpoint
+    setpoint_c: float = 3.5
+    hatch_open: bool = False
+
+    def step(self, dt_s: float) -> None:
+        """Advance the compartment's temperature by ``dt_s`` seconds."""
+        gain = self.hatch_open_per_s if self.hatch_open else self.insulation_per_s
+        rate = gain * (self.ambient_c - self.temp_c) - self.refrigeration_per_s * max(
+            0.0, self.temp_c - self.setpoint_c
+        )
+        self.temp_c += rate * dt_s
+
+
+@dataclass
+class HtstLine:
+    """An HTST pasteurizer's holding tube outlet: steady 72.6 °C, forward flow."""
+
+    asset: str = "htst-1"
+    hold_temp_c: float = 72.6
+    flow_l_h: float = 10_000.0
+    recorder_offset_c: float = -0.2  # the recorder must never read above the indicating thermometer
+
+
+@dataclass
+class DemoTimeline:
+    """When the scripted things of the demo happen, in seconds after start."""
+
+    pickup_at_s: float = 2.0
+    hatch_opens_at_s: float = 8.0
+    hatch_closes_at_s: float = 40.0
+
+
+@dataclass
+class _Gateway:
+    site: str
+    gateway: str
+    publisher: GatewayPublisher | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+class DemoFleet:
+    """Runs the demo devices in a background thread, publishing one batch per gateway per second."""
+
+    def __init__(
+        self,
+        address: mqtt_connect.BrokerAddress,
+        *,
+        seed: int = 7,
+        timeline: DemoTimeline | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self._address = address
+        self._random = random.Random(seed)
+        self._timeline = timeline or DemoTimeline()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tank = FarmBulkTank(milking=True)
+        self.compartments = [TruckCompartment("comp-1"), TruckCompartment("comp-2")]
+        self.htst = HtstLine()
+        self._farm = _Gateway("farm-01", "farm-01-gw")
+        self._truck = _Gateway("truck-07", "truck-07-gw")
+        self._plant = _Gateway("plant-01", "plant-01-htst-gw")
+        self.batches = 0
+        self._picked_up = False
+
+    @property
+    def gateways(self) -> Sequence[_Gateway]:
+        """The fleet's gateways."""
+        return (self._farm, self._truck, self._plant)
+
+    def start(self) -> None:
+        """Connect every gateway and start sampling."""
+        for gw in self.gateways:
+            client = mqtt_connect.connect(self._address, f"sim-{gw.gateway}")
+            gw.publisher = GatewayPublisher(client, gw.site, gw.gateway)
+        self._thread = threading.Thread(target=self._run, name="demo-fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling, wait for the broker to acknowledge every batch, disconnect."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for gw in self.gateways:
+            if gw.publisher is not None:
+                if not gw.publisher.drain():
+                    log.warning("simulator.unacknowledged", extra={"gateway": gw.gateway})
+                mqtt_connect.disconnect(gw.publisher.client)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        now_ms = time.time_ns() // 1_000_000
+        self._opening_events(now_ms)
+        tick = 0
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - started
+            now_ms = time.time_ns() // 1_000_000
+            self._script(elapsed, now_ms)
+            self._sample(now_ms)
+            tick += 1
+            self._stop.wait(max(0.0, started + tick * self._interval_s - time.monotonic()))
+
+    def _opening_events(self, now_ms: int) -> None:
+        self._farm.events.append(MilkingStart(asset=self.tank.asset, ts=now_ms, milking_id="pm"))
+        self._plant.events.append(
+            ProductChange(asset=self.htst.asset, ts=now_ms, product="whole-milk", fat_pct=3.5)
+        )
+        self._plant.events.append(
+            RunStart(asset=self.htst.asset, ts=now_ms, run_id="run-1", lot="lot-1")
+        )
+
+    def _script(self, elapsed_s: float, now_ms: int) -> None:
+        line = self._timeline
+        if elapsed_s >= line.pickup_at_s and not self._picked_up:
+            self._picked_up = True
+            for number, comp in enumerate(self.compartments, start=1):
+                self._truck.events.append(
+                    Pickup(
+                        asset=comp.asset,
+                        ts=now_ms,
+                        load_id=f"load-{number}",
+                        compartment=comp.asset,
+                        volume_l=6_000.0,
+                        source_site="farm-01",
+                        source_asset="tank-1",
+                    )
+                )
+        rear = self.compartments[1]
+        rear.hatch_open = line.hatch_opens_at_s <= elapsed_s < line.hatch_closes_at_s
+
+    def _sample(self, now_ms: int) -> None:
+        noise = self._random.gauss
+        dt = self._interval_s
+        self.tank.step(dt)
+        farm = [
+            Reading(
+                self.tank.asset,
+                "milk_temp",
+                round(self.tank.temp_c + noise(0, 0.03), 2),
+                "degC",
+                now_ms,
+            ),
+            Reading(self.tank.asset, "volume", round(self.tank.volume_l, 1), "L", now_ms),
+        ]
+        truck = []
+        for comp in self.compartments:
+            comp.step(dt)
+            truck.append(
+                Reading(comp.asset, "temp", round(comp.temp_c + noise(0, 0.05), 2), "degC", now_ms)
+            )
+        hold = round(self.htst.hold_temp_c + noise(0, 0.04), 2)
+        plant = [
+            Reading(self.htst.asset, "hold_temp", hold, "degC", now_ms),
+            Reading(
+                self.htst.asset,
+                "recorder_temp",
+                round(hold + self.htst.recorder_offset_c, 2),
+                "degC",
+                now_ms,
+            ),
+            Reading(
+                self.htst.asset, "flow", round(self.htst.flow_l_h + noise(0, 20), 0), "L/h", now_ms
+            ),
+            Reading(self.htst.asset, "fdd_forward", 1.0, "state", now_ms),
+        ]
+        for gw, readings in ((self._farm, farm), (self._truck, truck), (self._plant, plant)):
+            assert gw.publisher is not None  # set in start()
+            gw.publisher.publish(readings, gw.events)
+            gw.events = []
+            self.batches += 1

@@ -1,0 +1,1 @@
+"""The stream: checks HACCP critical limits on event time, stores readings, raises deviations."""

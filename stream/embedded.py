@@ -1,0 +1,301 @@
+"""``milkguard run``: the whole stream on one machine, a thin shell around the pure engine.
+
+Threads: the MQTT broker (embedded amqtt, unless an external one is configured), paho's network
+thread feeding a bounded queue, the demo fleet (unless disabled), and this module's engine loop,
+which owns the engine and every sink (so none of them needs a lock).
+
+Stopping (Ctrl-C or SIGTERM) loses nothing: the simulators stop and wait for their last batches to
+be acknowledged; the source keeps reading until the broker has been quiet for a moment; it then
+unsubscribes and what is queued is judged; every sink is flushed and closed; the broker stops last.
+Deviations still open are reported as open, never closed on the stream's behalf.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from milkguard.mqtt import BrokerAddress
+from milkguard.settings import Settings
+from stream.engine.engine import RuleEngine
+from stream.ingest import Ingest
+from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
+from stream.plan import LoadedPlan, load_plan
+from stream.sinks.base import (
+    FanOutDeadLetterSink,
+    FanOutDeviationSink,
+    FanOutTimeSeriesSink,
+    TimeSeriesSink,
+)
+from stream.sinks.console import ConsoleDeviationSink, describe_limit
+from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
+from stream.sinks.influx import InfluxDBSink, InfluxWriteError
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 1.0
+STATUS_EVERY_S = 10.0
+QUIET_BEFORE_STOP_S = 0.5
+MAX_DRAIN_WAIT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a run did, printed at exit and returned for tests."""
+
+    counters: dict[str, int]
+    open_deviations: int
+    data_dir: str
+
+
+def broker_address(settings: Settings) -> BrokerAddress:
+    """The broker address from the settings (the secret is unwrapped only here)."""
+    mqtt = settings.mqtt
+    return BrokerAddress(
+        host=mqtt.host,
+        port=mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        tls_ca=mqtt.tls_ca,
+        keepalive_s=mqtt.keepalive_s,
+    )
+
+
+class EmbeddedService:
+    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped."""
+
+    def __init__(self, settings: Settings, console: Console | None = None) -> None:
+        self.settings = settings
+        self.console = console or Console()
+        self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
+        self.ingest: Ingest | None = None
+
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> RunSummary:
+        """Run until ``stop`` is set or ``duration_s`` has passed."""
+        settings = self.settings
+        address = broker_address(settings)
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            if settings.mqtt.broker == "embedded":
+                from milkguard.brokers import EmbeddedBroker  # noqa: PLC0415 - only when embedded
+
+                stack.enter_context(EmbeddedBroker(address.host, address.port))
+            outbox = MqttOutbox(address, f"{settings.mqtt.client_id}-out")
+            stack.callback(outbox.close)
+            source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
+            source.start()
+            ingest = self._build_ingest(outbox)
+            stack.callback(ingest.close)
+            self.ingest = ingest
+            log.info(
+                "stream.started",
+                extra={
+                    "plan": self.plan.plan.plan,
+                    "plan_version": self.plan.version,
+                    "rules": len(self.plan.plan.rules),
+                    "broker": repr(address),
+                    "data_dir": str(data_dir),
+                    "influx": settings.influx.url or "off",
+                },
+            )
+            fleet = None
+            if settings.simulators:
+                from simulators.demo import DemoFleet  # noqa: PLC0415 - demo only
+
+                fleet = DemoFleet(address)
+                fleet.start()
+                self.console.print(
+                    "[dim]demo fleet running: farm-01 tank-1, truck-07 (rear hatch will be left "
+                    "open), plant-01 htst-1. Ctrl-C stops.[/dim]"
+                )
+            deadline = time.monotonic() + duration_s if duration_s is not None else None
+            self._loop(source, ingest, stop, deadline)
+            if fleet is not None:
+                fleet.stop()
+            self._drain(source, ingest)
+        return self._summary(ingest)
+
+    def _build_ingest(self, outbox: MqttOutbox) -> Ingest:
+        settings = self.settings
+        data_dir = settings.data_dir
+        series: list[TimeSeriesSink] = [LineProtocolFileSink(data_dir)]
+        influx = settings.influx
+        if influx.enabled:
+            assert influx.url is not None
+            assert influx.token is not None
+            assert influx.org is not None
+            assert influx.bucket is not None
+            series.append(
+                InfluxDBSink(
+                    influx.url,
+                    influx.token.get_secret_value(),
+                    influx.org,
+                    influx.bucket,
+                    batch_lines=influx.batch_lines,
+                    max_buffer_lines=influx.max_buffer_lines,
+                    timeout_s=influx.timeout_s,
+                )
+            )
+        return Ingest(
+            RuleEngine(self.plan),
+            FanOutTimeSeriesSink(series),
+            FanOutDeviationSink(
+                [
+                    JsonlDeviationSink(data_dir / "deviations.jsonl"),
+                    ConsoleDeviationSink(self.console),
+                    MqttDeviationSink(outbox),
+                ]
+            ),
+            FanOutDeadLetterSink(
+                [JsonlDeadLetterSink(data_dir / "deadletter.jsonl"), MqttDeadLetterSink(outbox)]
+            ),
+        )
+
+    def _loop(
+        self,
+        source: MqttBatchSource,
+        ingest: Ingest,
+        stop: threading.Event,
+        deadline: float | None,
+    ) -> None:
+        live = self._live_view(ingest)
+        next_flush = time.monotonic() + FLUSH_EVERY_S
+        next_status = time.monotonic() + STATUS_EVERY_S
+        with live if live is not None else ExitStack():
+            while not stop.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                try:
+                    message = source.queue.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+                else:
+                    ingest.handle(*message)
+                now = time.monotonic()
+                if now >= next_flush:
+                    self._flush(ingest)
+                    next_flush = now + FLUSH_EVERY_S
+                    if live is not None:
+                        live.update(self._latest_table(ingest))
+                if now >= next_status:
+                    self._log_status(ingest, source)
+                    next_status = now + STATUS_EVERY_S
+
+    def _live_view(self, ingest: Ingest) -> Live | None:
+        if not self.console.is_terminal:
+            return None
+        return Live(self._latest_table(ingest), console=self.console, auto_refresh=False)
+
+    def _drain(self, source: MqttBatchSource, ingest: Ingest) -> None:
+        """Judge everything the broker still delivers, then everything queued."""
+        give_up = time.monotonic() + MAX_DRAIN_WAIT_S
+        quiet_since = time.monotonic()
+        while time.monotonic() < give_up:
+            try:
+                message = source.queue.get(timeout=0.05)
+            except queue.Empty:
+                if time.monotonic() - quiet_since >= QUIET_BEFORE_STOP_S:
+                    break
+                continue
+            ingest.handle(*message)
+            quiet_since = time.monotonic()
+        source.stop()
+        while True:
+            try:
+                ingest.handle(*source.queue.get_nowait())
+            except queue.Empty:
+                break
+        self._flush(ingest)
+
+    def _flush(self, ingest: Ingest) -> None:
+        try:
+            ingest.flush()
+        except (InfluxWriteError, TimeoutError) as exc:
+            # the data stays buffered and is retried at the next flush; the local files have it
+            log.warning("sink.flush_incomplete", extra={"error": str(exc)})
+
+    def _log_status(self, ingest: Ingest, source: MqttBatchSource) -> None:
+        counters = ingest.counters
+        engine = ingest.engine.counters
+        log.info(
+            "stream.status",
+            extra={
+                "batches": counters.batches,
+                "readings": counters.readings,
+                "rejected": counters.rejected_payloads + counters.rejected_readings,
+                "duplicates": counters.duplicates,
+                "late": engine.late,
+                "open_deviations": len(ingest.engine.open_deviations()),
+                "queued": source.queue.qsize(),
+            },
+        )
+
+    def _latest_table(self, ingest: Ingest) -> Table:
+        breached = {
+            (d.site, d.asset, channel)
+            for d in ingest.engine.open_deviations()
+            for channel in d.channels
+        }
+        table = Table(title="Live readings", title_justify="left", expand=False)
+        for column in ("site", "asset", "channel", "value", "limit", "state"):
+            table.add_column(column)
+        limits = _limits_by_channel(self.plan)
+        for key in sorted(ingest.latest):
+            reading = ingest.latest[key]
+            state = "[bold red]DEVIATION[/]" if key in breached else "[green]ok[/]"
+            if key not in limits:
+                state = "[dim]recorded[/]"
+            table.add_row(
+                key[0],
+                key[1],
+                key[2],
+                f"{reading.value:g} {reading.unit}",
+                limits.get(key, ""),
+                state,
+            )
+        return table
+
+    def _summary(self, ingest: Ingest) -> RunSummary:
+        counters = {
+            **{f"ingest.{k}": v for k, v in _fields(ingest.counters).items()},
+            **{f"engine.{k}": v for k, v in _fields(ingest.engine.counters).items()},
+        }
+        still_open = ingest.engine.open_deviations()
+        table = Table(title="MilkGuard run summary", title_justify="left")
+        table.add_column("counter")
+        table.add_column("value", justify="right")
+        for key, value in counters.items():
+            table.add_row(key, f"{value:,}")
+        table.add_row("deviations still open", str(len(still_open)))
+        self.console.print(table)
+        for d in still_open:
+            self.console.print(
+                f"[bold red]still open[/] {d.site}/{d.asset} rule {d.rule_id} "
+                f"since event time {d.start_ms} (see {self.settings.data_dir}/deviations.jsonl)"
+            )
+        self.console.print(f"[dim]stores: {self.settings.data_dir}/[/dim]")
+        return RunSummary(counters, len(still_open), str(self.settings.data_dir))
+
+
+def _limits_by_channel(loaded: LoadedPlan) -> dict[tuple[str, str, str], str]:
+    plan = loaded.plan
+    limits: dict[tuple[str, str, str], str] = {}
+    for rule in plan.rules:
+        asset = plan.assets[rule.asset]
+        unit = asset.channels[rule.channel].unit
+        limits[(asset.site, rule.asset, rule.channel)] = describe_limit(rule.min, rule.max, unit)
+    return limits
+
+
+def _fields(counters: object) -> dict[str, int]:
+    return {name: getattr(counters, name) for name in counters.__slots__}  # type: ignore[attr-defined]

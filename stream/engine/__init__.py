@@ -1,0 +1,24 @@
+"""The pure HACCP rule engine: readings and events in, deviations out; time is data."""
+
+from stream.engine.deviation import (
+    AppliedLimit,
+    Deviation,
+    DeviationChange,
+    deviation_to_json,
+    iso_ms,
+)
+from stream.engine.engine import EngineCounters, RuleEngine, UnitMismatch
+from stream.engine.limits import CriticalLimitState, LimitSpec
+
+__all__ = [
+    "AppliedLimit",
+    "CriticalLimitState",
+    "Deviation",
+    "DeviationChange",
+    "EngineCounters",
+    "LimitSpec",
+    "RuleEngine",
+    "UnitMismatch",
+    "deviation_to_json",
+    "iso_ms",
+]

@@ -1,0 +1,98 @@
+"""The deviation record: what a HACCP auditor needs to know about one breach of a limit.
+
+Times are event-time milliseconds in memory; :func:`deviation_to_json` renders the stable JSON
+schema (ISO 8601 UTC strings) that files, MQTT and later alerting read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+DeviationStatus = Literal["open", "closed"]
+ChangeKind = Literal["opened", "closed"]
+
+
+class AppliedLimit(msgspec.Struct, frozen=True):
+    """The limit as it was applied when the deviation was judged."""
+
+    min: float | None
+    max: float | None
+    sustained_s: float
+    unit: str
+    source: str
+
+
+class Deviation(msgspec.Struct):
+    """One breach of one rule on one asset, open until the channel is back within the limit."""
+
+    id: str
+    status: DeviationStatus
+    plan: str
+    plan_version: str
+    rule_id: str
+    ccp: str | None
+    jurisdiction: str
+    severity: str
+    action: str
+    site: str
+    asset: str
+    channels: list[str]
+    device: str
+    limit: AppliedLimit
+    start_ms: int
+    detected_ms: int
+    end_ms: int | None
+    peak: float
+    time_beyond_s: float
+    degree_minutes: float
+
+
+class DeviationChange(msgspec.Struct, frozen=True):
+    """A deviation opened or closed; sinks receive these."""
+
+    kind: ChangeKind
+    deviation: Deviation
+
+
+def deviation_id(plan_version: str, rule_id: str, site: str, asset: str, start_ms: int) -> str:
+    """A stable id: the same breach judged by the same plan always gets the same id."""
+    key = f"{plan_version}|{rule_id}|{site}|{asset}|{start_ms}".encode()
+    return hashlib.sha256(key).hexdigest()[:20]
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds: ``2026-11-22T10:00:00.120Z``."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def deviation_to_json(change: DeviationChange) -> dict[str, object]:
+    """The stable JSON form of a deviation change (one line of deviations.jsonl)."""
+    d = change.deviation
+    return {
+        "change": change.kind,
+        "id": d.id,
+        "status": d.status,
+        "plan": d.plan,
+        "plan_version": d.plan_version,
+        "rule_id": d.rule_id,
+        "ccp": d.ccp,
+        "jurisdiction": d.jurisdiction,
+        "severity": d.severity,
+        "action": d.action,
+        "site": d.site,
+        "asset": d.asset,
+        "channels": d.channels,
+        "device": d.device,
+        "limit": msgspec.to_builtins(d.limit),
+        "start": iso_ms(d.start_ms),
+        "detected": iso_ms(d.detected_ms),
+        "end": iso_ms(d.end_ms) if d.end_ms is not None else None,
+        "peak": d.peak,
+        "time_beyond_s": round(d.time_beyond_s, 3),
+        "degree_minutes": round(d.degree_minutes, 4),
+    }

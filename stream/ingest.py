@@ -1,0 +1,291 @@
+"""Ingest: one MQTT message in, validated readings to the engine and the stores, nothing lost.
+
+For each message: check the topic, decode and validate the batch (msgspec, one pass), drop a
+duplicate (same gateway and sequence number), store readings and events as line protocol, judge
+the readings, and hand deviation changes to the deviation sink. What fails goes to the
+dead-letter sink with the reason, and is counted; the stream keeps running.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from milkguard.contract.v1 import Batch, Reading, decode_batch, parse_batch_topic
+from stream.engine.deviation import DeviationChange, iso_ms
+from stream.engine.engine import RuleEngine
+from stream.lineprotocol import deviation_line, event_line, reading_line
+from stream.sinks.base import DeadLetter, DeadLetterSink, DeviationSink, TimeSeriesSink
+
+log = logging.getLogger(__name__)
+
+_EPOCH_MS_FLOOR = "946684800000"
+
+
+@dataclass(slots=True)
+class IngestCounters:
+    """What ingest saw, for metrics and the run summary."""
+
+    messages: int = 0
+    batches: int = 0
+    readings: int = 0
+    events: int = 0
+    rejected_payloads: int = 0
+    rejected_readings: int = 0
+    duplicates: int = 0
+
+
+class SequenceWindow:
+    """Remembers which sequence numbers of one gateway were seen, within a sliding window.
+
+    Sequence numbers only grow, but batches may arrive reordered (a backlog drained after an
+    outage) and twice (QoS 1 redelivery). Numbers within ``size`` of the highest seen are checked
+    exactly; a number further behind cannot be told apart from a duplicate and is reported.
+    """
+
+    __slots__ = ("_seen", "high", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.high = -1
+        self._seen: set[int] = set()
+
+    def admit(self, seq: int) -> bool | None:
+        """True: new. False: a duplicate. None: too far behind the window to tell."""
+        if seq > self.high:
+            self.high = seq
+            self._seen.add(seq)
+            if len(self._seen) > 2 * self.size:
+                floor = self.high - self.size
+                self._seen = {s for s in self._seen if s > floor}
+            return True
+        if seq <= self.high - self.size:
+            return None
+        if seq in self._seen:
+            return False
+        self._seen.add(seq)
+        return True
+
+
+class Ingest:
+    """Turns raw MQTT messages into stored readings and judged deviations."""
+
+    def __init__(
+        self,
+        engine: RuleEngine,
+        timeseries: TimeSeriesSink,
+        deviations: DeviationSink,
+        deadletter: DeadLetterSink,
+        *,
+        dedupe_window: int = 65_536,
+        on_change: Callable[[DeviationChange], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.counters = IngestCounters()
+        self._timeseries = timeseries
+        self._deviations = deviations
+        self._deadletter = deadletter
+        self._windows: dict[tuple[str, str], SequenceWindow] = {}
+        self._window_size = dedupe_window
+        self._on_change = on_change
+        #: the newest reading of each (site, asset, channel), for live views
+        self.latest: dict[tuple[str, str, str], Reading] = {}
+
+    def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
+        """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
+        self.counters.messages += 1
+        route = parse_batch_topic(topic)
+        if route is None:
+            self._reject_payload(
+                topic,
+                payload,
+                received_ms,
+                "topic is not a batch topic of wire contract v1; "
+                "publish to milkguard/v1/gw/{site}/{gateway}/batch",
+            )
+            return
+        site, gateway = route
+        try:
+            batch = decode_batch(payload)
+        except msgspec.ValidationError as exc:
+            self._reject_payload(
+                topic, payload, received_ms, _explain(str(exc)), site=site, gateway=gateway
+            )
+            return
+        except msgspec.DecodeError as exc:
+            self._reject_payload(
+                topic, payload, received_ms, f"not valid JSON: {exc}", site=site, gateway=gateway
+            )
+            return
+        if (batch.site, batch.gateway) != (site, gateway):
+            self._reject_payload(
+                topic,
+                payload,
+                received_ms,
+                f"payload says site {batch.site!r}, gateway {batch.gateway!r} but the topic "
+                f"says site {site!r}, gateway {gateway!r}; they must match",
+                site=site,
+                gateway=gateway,
+                seq=batch.seq,
+            )
+            return
+        window = self._windows.get(route)
+        if window is None:
+            window = self._windows[route] = SequenceWindow(self._window_size)
+        admitted = window.admit(batch.seq)
+        if admitted is False:
+            self.counters.duplicates += 1
+            log.debug("batch.duplicate", extra={"site": site, "gateway": gateway, "seq": batch.seq})
+            return
+        if admitted is None:
+            self._reject_payload(
+                topic,
+                payload,
+                received_ms,
+                f"sequence number {batch.seq} is more than {window.size} behind the highest "
+                f"seen ({window.high}); cannot tell it from a duplicate. Did the gateway reset "
+                "its counter? Gateways must keep seq growing across restarts.",
+                site=site,
+                gateway=gateway,
+                seq=batch.seq,
+            )
+            return
+        self._accept(site, gateway, batch, topic, received_ms)
+
+    def _accept(self, site: str, gateway: str, batch: Batch, topic: str, received_ms: int) -> None:
+        counters = self.counters
+        counters.batches += 1
+        counters.readings += len(batch.readings)
+        counters.events += len(batch.events)
+        lines = [reading_line(site, gateway, r) for r in batch.readings]
+        lines.extend(event_line(site, gateway, e) for e in batch.events)
+        changes: list[DeviationChange] = []
+        mismatches = self.engine.judge(site, gateway, batch.readings, changes)
+        for mismatch in mismatches:
+            reading = mismatch.reading
+            self._reject_reading(
+                topic,
+                received_ms,
+                batch,
+                reading,
+                f"reading of {reading.asset}/{reading.channel} has unit {reading.unit!r} but "
+                f"the plan declares {mismatch.expected!r}; convert at the gateway or fix the plan",
+            )
+        for change in changes:
+            lines.append(deviation_line(change))
+            self._deviations.emit(change)
+            if self._on_change is not None:
+                self._on_change(change)
+        latest = self.latest
+        for reading in batch.readings:
+            key = (site, reading.asset, reading.channel)
+            previous = latest.get(key)
+            if previous is None or reading.ts >= previous.ts:
+                latest[key] = reading
+        self._timeseries.add(lines)
+
+    def flush(self) -> None:
+        """Make everything handled so far durable in every sink.
+
+        Every sink is flushed even when one fails; the first failure is raised afterwards, so the
+        caller knows not everything was confirmed.
+        """
+        failure: Exception | None = None
+        for sink in (self._timeseries, self._deviations, self._deadletter):
+            try:
+                sink.flush()
+            except Exception as exc:  # re-raised below, after the other sinks
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        """Flush and close every sink; one that fails does not keep the others open."""
+        sinks = (
+            ("timeseries", self._timeseries),
+            ("deviations", self._deviations),
+            ("deadletter", self._deadletter),
+        )
+        for name, sink in sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("sink.close_failed", extra={"sink": name})
+
+    def _reject_payload(
+        self,
+        topic: str,
+        payload: bytes,
+        received_ms: int,
+        reason: str,
+        *,
+        site: str | None = None,
+        gateway: str | None = None,
+        seq: int | None = None,
+    ) -> None:
+        self.counters.rejected_payloads += 1
+        text, encoding = _printable(payload)
+        self._deadletter.reject(
+            DeadLetter(
+                received_at=iso_ms(received_ms),
+                topic=topic,
+                reason=reason,
+                payload=text,
+                encoding=encoding,
+                site=site,
+                gateway=gateway,
+                seq=seq,
+            )
+        )
+        log.warning(
+            "payload.rejected",
+            extra={"topic": topic, "site": site, "gateway": gateway, "reason": reason},
+        )
+
+    def _reject_reading(
+        self, topic: str, received_ms: int, batch: Batch, reading: Reading, reason: str
+    ) -> None:
+        self.counters.rejected_readings += 1
+        self._deadletter.reject(
+            DeadLetter(
+                received_at=iso_ms(received_ms),
+                topic=topic,
+                reason=reason,
+                payload=msgspec.json.encode(reading).decode(),
+                encoding="utf-8",
+                site=batch.site,
+                gateway=batch.gateway,
+                seq=batch.seq,
+            )
+        )
+        log.warning(
+            "reading.rejected",
+            extra={
+                "site": batch.site,
+                "gateway": batch.gateway,
+                "asset": reading.asset,
+                "channel": reading.channel,
+                "reason": reason,
+            },
+        )
+
+
+def _printable(payload: bytes) -> tuple[str, str]:
+    try:
+        return payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii"), "base64"
+
+
+def _explain(message: str) -> str:
+    """msgspec's message, plus the fix for the mistake device makers make most."""
+    if f">= {_EPOCH_MS_FLOOR}" in message:
+        return (
+            f"{message} (timestamps are milliseconds since 1970-01-01T00:00:00Z; "
+            "a value this small is probably seconds: multiply by 1000)"
+        )
+    return message

@@ -1,0 +1,243 @@
+"""HACCP plan files: which assets and channels a site has, and the critical limits that apply.
+
+A plan is YAML, validated once at start with pydantic; a bad plan fails with the file, the line,
+the field and the problem. Every limit names its source (a regulation or the plant's own HACCP
+plan), because an auditor asks "why 6 °C?". The plan's version is the SHA-256 of the file's bytes,
+carried by every deviation so a record always says which rules it was judged by.
+
+Example::
+
+    plan: demo-cn
+    jurisdiction: CN
+    assets:
+      truck-07.comp-1:
+        site: truck-07
+        kind: truck_compartment
+        channels:
+          temp: {unit: degC, interval_s: 1, ccp: true}
+    rules:
+      - id: cn-transport-max
+        kind: critical_limit
+        ccp: CCP-2
+        asset: truck-07.comp-1
+        channel: temp
+        max: 6.0
+        sustained_s: 15
+        severity: major
+        action: reject_load
+        source: "GB 31605: cold chain 2-6 °C"
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from milkguard.contract.v1 import ID_PATTERN, Unit
+from milkguard.errors import PlanError
+
+PlanId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+AssetKind = Literal[
+    "bulk_tank",
+    "truck",
+    "truck_compartment",
+    "silo",
+    "htst",
+    "uht",
+    "room",
+    "can_line",
+    "cold_store",
+]
+Severity = Literal["critical", "major", "minor"]
+Action = Literal["divert", "hold_lot", "reject_load", "alert"]
+Jurisdiction = Literal["CN", "US", "EU", "company"]
+
+
+class _Strict(BaseModel):
+    """Plans are written by people: unknown keys are typos, not extensions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channel(_Strict):
+    """One measured quantity of an asset."""
+
+    unit: Unit
+    interval_s: float = Field(gt=0, description="Expected sampling interval, seconds.")
+    ccp: bool = Field(default=False, description="A critical control point's channel.")
+
+
+class Asset(_Strict):
+    """A tank, truck compartment, line or room that the plan watches."""
+
+    site: PlanId
+    kind: AssetKind
+    description: str = ""
+    channels: dict[PlanId, Channel] = Field(min_length=1)
+
+
+class CriticalLimit(_Strict):
+    """A minimum and/or maximum on one channel, breached at once or when sustained."""
+
+    kind: Literal["critical_limit"]
+    id: PlanId
+    ccp: str | None = Field(default=None, description="HACCP critical control point id.")
+    asset: PlanId
+    channel: PlanId
+    min: float | None = None
+    max: float | None = None
+    sustained_s: float = Field(
+        default=0,
+        ge=0,
+        description="0: a deviation at the first sample beyond the limit (CCP critical limits).",
+    )
+    severity: Severity
+    action: Action
+    source: str = Field(
+        min_length=3, description="Where the limit comes from: a regulation or the HACCP plan."
+    )
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> CriticalLimit:
+        if self.min is None and self.max is None:
+            raise ValueError("set min, max or both: a critical limit without either checks nothing")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+Rule = Annotated[CriticalLimit, Field(discriminator="kind")]
+
+
+class Plan(_Strict):
+    """A HACCP plan: the assets it covers and the rules that judge them."""
+
+    plan: PlanId
+    title: str = ""
+    jurisdiction: Jurisdiction
+    assets: dict[PlanId, Asset] = Field(min_length=1)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules_name_known_channels(self) -> Plan:
+        seen: set[str] = set()
+        problems: list[str] = []
+        for rule in self.rules:
+            if rule.id in seen:
+                problems.append(f"rule id {rule.id!r} is used twice; rule ids must be unique")
+            seen.add(rule.id)
+            asset = self.assets.get(rule.asset)
+            if asset is None:
+                problems.append(
+                    f"rule {rule.id!r} names asset {rule.asset!r}, which is not under 'assets' "
+                    f"(known: {', '.join(sorted(self.assets))})"
+                )
+            elif rule.channel not in asset.channels:
+                problems.append(
+                    f"rule {rule.id!r} names channel {rule.channel!r} of asset {rule.asset!r}, "
+                    f"which has only: {', '.join(sorted(asset.channels))}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPlan:
+    """A validated plan with where it came from and its version hash."""
+
+    plan: Plan
+    path: str
+    version: str  # first 16 hex digits of the SHA-256 of the file
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    """Read and validate a plan file; raise :class:`PlanError` naming file, line and field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    return parse_plan(raw, str(path))
+
+
+def parse_plan(raw: bytes, name: str) -> LoadedPlan:
+    """Validate plan bytes; ``name`` is used in error messages."""
+    try:
+        root = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+        data = yaml.safe_load(raw)
+    except UnicodeDecodeError as exc:
+        raise PlanError(name, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}: "
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlanError(name, [f"{where}YAML syntax error: {problem}"]) from exc
+    if not isinstance(data, dict):
+        raise PlanError(name, ["the file must be a YAML mapping with 'plan', 'assets' and 'rules'"])
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(name, [_describe(error, root) for error in exc.errors()]) from exc
+    version = hashlib.sha256(raw).hexdigest()[:16]
+    return LoadedPlan(plan=plan, path=name, version=version)
+
+
+def _describe(error: Any, root: yaml.Node | None) -> str:
+    """One pydantic error as 'line N: field.path: message (got: value)'."""
+    loc = [part for part in error["loc"] if not _is_union_tag(part)]
+    field = _dotted(loc) or "(top level)"
+    line = _line_of(root, loc)
+    where = f"line {line}: " if line else ""
+    message = error["msg"].removeprefix("Value error, ")
+    shown = ""
+    if error["type"] not in {"missing", "model_type"} and "input" in error:
+        value = error["input"]
+        if not isinstance(value, dict | list):
+            shown = f" (got: {value!r})"
+    return f"{where}{field}: {message}{shown}"
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic puts the discriminator value in the location ('critical_limit'); readers do not care
+    return part == "critical_limit"
+
+
+def _dotted(loc: list[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
+    """The 1-based line of the YAML node at ``loc``, or of its nearest existing parent."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if part < len(node.value) else None
+        if child is None:
+            break
+        node = child
+        line = node.start_mark.line + 1
+    return line

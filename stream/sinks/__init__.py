@@ -1,0 +1,21 @@
+"""Where the stream writes: time series, deviations and dead letters (ports and adapters)."""
+
+from stream.sinks.base import (
+    DeadLetter,
+    DeadLetterSink,
+    DeviationSink,
+    FanOutDeadLetterSink,
+    FanOutDeviationSink,
+    FanOutTimeSeriesSink,
+    TimeSeriesSink,
+)
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterSink",
+    "DeviationSink",
+    "FanOutDeadLetterSink",
+    "FanOutDeviationSink",
+    "FanOutTimeSeriesSink",
+    "TimeSeriesSink",
+]

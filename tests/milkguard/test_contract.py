@@ -1,0 +1,158 @@
+"""Wire contract v1: what gateways may send, and what they are told when they get it wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from milkguard.contract import (
+    Batch,
+    CipStart,
+    Delivery,
+    MilkingEnd,
+    Pickup,
+    ProductChange,
+    Reading,
+    batch_topic,
+    decode_batch,
+    encode_batch,
+    json_schema,
+    parse_batch_topic,
+)
+from tests.conftest import T0
+
+SCHEMA_FILE = Path(__file__).parents[2] / "milkguard" / "contract" / "wire-v1.schema.json"
+
+
+def batch(**fields: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "v": 1,
+        "site": "farm-01",
+        "gateway": "farm-01-gw",
+        "seq": 7,
+        "sent_at": T0,
+        "readings": [
+            {"asset": "tank-1", "channel": "milk_temp", "value": 3.9, "unit": "degC", "ts": T0}
+        ],
+    }
+    data.update(fields)
+    return data
+
+
+def rejection(data: dict[str, object]) -> str:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        decode_batch(json.dumps(data))
+    return str(caught.value)
+
+
+def test_a_batch_round_trips_through_json_with_every_event_kind() -> None:
+    events = [
+        MilkingEnd(asset="tank-1", ts=T0, milking_id="am", volume_l=1200.0),
+        Pickup(
+            asset="truck-07",
+            ts=T0,
+            load_id="L1",
+            compartment="comp-1",
+            volume_l=5000.0,
+            source_site="farm-01",
+            source_asset="tank-1",
+        ),
+        Delivery(
+            asset="truck-07",
+            ts=T0,
+            load_id="L1",
+            compartment="comp-1",
+            volume_l=5000.0,
+            destination_site="plant-01",
+        ),
+        ProductChange(asset="htst-1", ts=T0, product="cream", fat_pct=35.0),
+        CipStart(asset="htst-1", ts=T0, program="alkaline"),
+    ]
+    original = Batch(
+        v=1,
+        site="farm-01",
+        gateway="gw",
+        seq=1,
+        sent_at=T0,
+        readings=[Reading("tank-1", "milk_temp", 3.9, "degC", T0)],
+        events=events,
+    )
+
+    assert decode_batch(encode_batch(original)) == original
+    assert json.loads(encode_batch(original))["events"][1]["kind"] == "pickup"
+
+
+def test_a_wrong_type_names_the_field_path() -> None:
+    data = batch()
+    data["readings"][0]["value"] = "cold"  # type: ignore[index]
+
+    assert rejection(data) == "Expected `float`, got `str` - at `$.readings[0].value`"
+
+
+def test_an_unknown_unit_is_refused() -> None:
+    data = batch()
+    data["readings"][0]["unit"] = "C"  # type: ignore[index]
+
+    assert "at `$.readings[0].unit`" in rejection(data)
+
+
+def test_a_timestamp_in_seconds_instead_of_milliseconds_is_refused() -> None:
+    assert "at `$.sent_at`" in rejection(batch(sent_at=T0 // 1000))
+
+
+def test_an_unknown_event_kind_is_refused() -> None:
+    message = rejection(batch(events=[{"kind": "party", "asset": "tank-1", "ts": T0}]))
+
+    assert message == "Invalid value 'party' - at `$.events[0].kind`"
+
+
+def test_a_misspelt_field_is_refused_not_ignored() -> None:
+    data = batch()
+    data["readings"][0]["vlaue"] = 1.0  # type: ignore[index]
+
+    assert "vlaue" in rejection(data)
+
+
+def test_ids_with_topic_wildcards_or_spaces_are_refused() -> None:
+    assert "at `$.site`" in rejection(batch(site="farm/+"))
+    assert "at `$.gateway`" in rejection(batch(gateway="my gateway"))
+
+
+def test_a_negative_sequence_number_is_refused() -> None:
+    assert "at `$.seq`" in rejection(batch(seq=-1))
+
+
+def test_topics_carry_the_version_site_and_gateway() -> None:
+    topic = batch_topic("farm-01", "farm-01-gw")
+
+    assert topic == "milkguard/v1/gw/farm-01/farm-01-gw/batch"
+    assert parse_batch_topic(topic) == ("farm-01", "farm-01-gw")
+    assert parse_batch_topic("milkguard/v2/gw/farm-01/gw/batch") is None
+    assert parse_batch_topic("milkguard/v1/gw/farm-01/batch") is None
+
+
+def test_the_committed_json_schema_matches_the_types() -> None:
+    committed = json.loads(SCHEMA_FILE.read_text())
+
+    assert committed == json.loads(json.dumps(json_schema())), (
+        "wire-v1.schema.json is stale: run milkguard contract schema "
+        "--output milkguard/contract/wire-v1.schema.json"
+    )
+
+
+def test_importing_the_contract_pulls_in_nothing_heavier_than_msgspec() -> None:
+    code = (
+        "import sys, milkguard.contract; "
+        "heavy = {'pydantic', 'paho', 'numpy', 'influxdb_client', 'faust', 'amqtt', 'yaml', "
+        "'rich'}; print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert result.stdout.strip() == "[]"

@@ -122,10 +122,10 @@ class VictoriaMetrics:
             pass
 
 
-def start_victoria_metrics(directory: Path) -> VictoriaMetrics:
-    """Start VictoriaMetrics on 127.0.0.1 and a free port with a long retention."""
+def start_victoria_metrics(directory: Path, port: int | None = None) -> VictoriaMetrics:
+    """Start VictoriaMetrics on 127.0.0.1 (a free port unless given) with a long retention."""
     binary = require_binary("victoria-metrics", "victoria-metrics")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,

@@ -1,0 +1,169 @@
+"""The ``milkguard`` command as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_until
+from tests.servers import free_port
+
+MILKGUARD = [sys.executable, "-m", "milkguard"]
+
+
+class Output:
+    """Collects a process's stream line by line, as it is written."""
+
+    def __init__(self, stream: object) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILKGUARD_")}
+    env.update(
+        MILKGUARD_MQTT__PORT=str(free_port()),
+        MILKGUARD_DATA_DIR=str(tmp_path / "var"),
+        COLUMNS="200",
+        **extra,
+    )
+    return env
+
+
+@pytest.mark.e2e
+def test_run_shows_a_deviation_within_a_minute_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    process = subprocess.Popen(
+        [*MILKGUARD, "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(tmp_path),
+    )
+    out, err = Output(process.stdout), Output(process.stderr)
+    try:
+        wait_until(lambda: "DEVIATION" in out.text, timeout_s=60, what="a deviation")
+        wait_until(lambda: "RESOLVED" in out.text, timeout_s=60, what="the deviation to close")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    out.join()
+    err.join()
+
+    assert "truck-07/comp-2" in out.text
+    assert "MilkGuard run summary" in out.text
+    assert "Traceback" not in err.text
+    data = tmp_path / "var"
+    changes = [json.loads(line) for line in (data / "deviations.jsonl").read_text().splitlines()]
+    assert [(c["change"], c["asset"]) for c in changes] == [
+        ("opened", "comp-2"),
+        ("closed", "comp-2"),
+    ]
+    (series,) = data.glob("timeseries-*.lp")
+    stored = series.read_text().splitlines()
+    assert sum(line.startswith("reading,site=truck-07") for line in stored) >= 2 * 40
+    assert sum(line.startswith("deviation,") for line in stored) == 2
+    summary = out.text[out.text.index("MilkGuard run summary") :]
+    readings_judged = next(
+        int(line.split()[-2].replace(",", ""))
+        for line in summary.splitlines()
+        if "engine.judged" in line
+    )
+    # nothing lost at the stop: every stored reading was judged, and vice versa
+    assert readings_judged == sum(line.startswith("reading,") for line in stored)
+
+
+@pytest.mark.e2e
+def test_a_bad_plan_stops_run_with_a_clear_message_and_no_traceback(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("plan: x\njurisdiction: XX\nassets: {}\n")
+
+    result = subprocess.run(
+        [*MILKGUARD, "run", "--plan", str(plan), "--no-simulators"],
+        capture_output=True,
+        text=True,
+        env=env_for(tmp_path),
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert f"HACCP plan {plan} is invalid" in result.stderr
+    assert "line 2: jurisdiction: Input should be 'CN', 'US', 'EU' or 'company'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_plan_check_lists_the_rules_of_a_good_plan() -> None:
+    result = subprocess.run(
+        [*MILKGUARD, "plan", "check", "stream/plans/demo-cn.yaml"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "plan demo-cn (CN)" in result.stdout
+    assert "cn-transport-max-comp-1" in result.stdout
+
+
+@pytest.mark.e2e
+def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*MILKGUARD, "run", "--no-simulators", "--duration", "1.5"],
+        capture_output=True,
+        text=True,
+        env=env_for(
+            tmp_path,
+            MILKGUARD_INFLUX__URL=f"http://127.0.0.1:{free_port()}",
+            MILKGUARD_INFLUX__TOKEN="s3cr3t-influx-token",
+            MILKGUARD_INFLUX__ORG="dairy",
+            MILKGUARD_INFLUX__BUCKET="milk",
+        ),
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "'token': '**********'" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
+
+
+@pytest.mark.e2e
+def test_an_incomplete_influx_setting_names_what_is_missing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*MILKGUARD, "run", "--no-simulators", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        env=env_for(tmp_path, MILKGUARD_INFLUX__URL="http://127.0.0.1:1"),
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "missing: token, org, bucket" in result.stderr
+    assert "Traceback" not in result.stderr

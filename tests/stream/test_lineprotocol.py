@@ -1,0 +1,32 @@
+"""Line protocol as InfluxDB parses it: escaped tags, quoted strings, nanosecond timestamps."""
+
+from __future__ import annotations
+
+from milkguard.contract.v1 import CipStart, Reading
+from stream.lineprotocol import escape_tag, event_line, reading_line, string_field
+from tests.conftest import T0
+
+
+def test_a_reading_is_one_line_with_tags_value_and_nanoseconds() -> None:
+    line = reading_line("farm-01", "gw-1", Reading("tank-1", "milk_temp", 3.9, "degC", T0))
+
+    assert line == (
+        "reading,site=farm-01,asset=tank-1,channel=milk_temp,unit=degC,gateway=gw-1 "
+        f"value=3.9 {T0}000000"
+    )
+
+
+def test_tag_values_escape_commas_equals_and_spaces() -> None:
+    assert escape_tag("a b,c=d") == r"a\ b\,c\=d"
+
+
+def test_string_fields_escape_quotes_and_backslashes() -> None:
+    assert string_field('say "hi" \\ bye') == r'"say \"hi\" \\ bye"'
+
+
+def test_an_event_keeps_its_details_as_json() -> None:
+    line = event_line("plant-01", "gw", CipStart(asset="htst-1", ts=T0, program="alkaline"))
+
+    assert line.startswith("event,site=plant-01,asset=htst-1,kind=cip_start,gateway=gw detail=")
+    assert r"\"program\":\"alkaline\"" in line
+    assert line.endswith(f" {T0}000000")

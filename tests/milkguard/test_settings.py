@@ -77,3 +77,12 @@ def test_a_settings_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_settings(config)
+
+
+def test_the_example_settings_file_in_the_repo_is_valid() -> None:
+    example = Path(__file__).parents[2] / "milkguard.example.yaml"
+
+    settings = load_settings(example)
+
+    assert settings.mqtt.broker == "external"
+    assert settings.simulators is False

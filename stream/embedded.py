@@ -186,7 +186,7 @@ class EmbeddedService:
                     self._flush(ingest)
                     next_flush = now + FLUSH_EVERY_S
                     if live is not None:
-                        live.update(self._latest_table(ingest))
+                        live.update(self._latest_table(ingest), refresh=True)
                 if now >= next_status:
                     self._log_status(ingest, source)
                     next_status = now + STATUS_EVERY_S

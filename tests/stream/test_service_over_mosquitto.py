@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from rich.console import Console
 
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Batch, Reading, encode_batch
-from milkguard.settings import MqttSettings, Settings
+from milkguard.settings import InfluxSettings, MqttSettings, Settings
 from stream.embedded import EmbeddedService, RunSummary
 from tests.conftest import T0
 from tests.helpers import TopicRecorder, wait_until
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +165,51 @@ def test_a_duplicate_batch_is_ignored_and_counted(
     (series,) = service.data_dir.glob("timeseries-*.lp")
     readings = [line for line in series.read_text().splitlines() if line.startswith("reading,")]
     assert len(readings) == 3
+
+
+def test_with_influxdb_configured_every_reading_lands_there_once(
+    mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        simulators=False,
+        mqtt=MqttSettings(broker="external", host=mosquitto.host, port=mosquitto.port),
+        influx=InfluxSettings(
+            url=victoria_metrics.url,
+            token=SecretStr("token"),
+            org="dairy",
+            bucket="milkguard",
+        ),
+    )
+    service = EmbeddedService(settings, Console(file=io.StringIO()))
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_until(lambda: service.ingest is not None, what="the service to start")
+    client = mqtt_connect.connect(
+        mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port), "test-gw"
+    )
+    gateway = GatewayPublisher(client, "truck-07", "truck-07-gw", first_seq=1)
+    for second in range(0, 300, 10):
+        gateway.publish([compartment(second, 4.0 + second / 100)])
+    assert gateway.drain()
+    mqtt_connect.disconnect(client)
+    wait_until(
+        lambda: service.ingest is not None and service.ingest.counters.readings == 30,
+        what="30 readings ingested",
+    )
+    stop.set()
+    thread.join(timeout=30)
+
+    victoria_metrics.flush_index()
+    exported = [json.loads(row) for row in victoria_metrics.export("reading_value").splitlines()]
+    (series,) = exported
+    assert series["metric"]["asset"] == "comp-2"
+    assert series["timestamps"] == [T0 + s * 1000 for s in range(0, 300, 10)]
+    assert series["values"][-1] == pytest.approx(4.0 + 290 / 100)
+    # above 6 degC from 210 s (6.1) on, sustained 15 s at 230 s: the opening is written too
+    (peak,) = [json.loads(row) for row in victoria_metrics.export("deviation_peak").splitlines()]
+    assert peak["metric"]["change"] == "opened"
+    assert peak["metric"]["rule"] == "cn-transport-max-comp-2"
+    assert peak["timestamps"] == [T0 + 210_000]
+    assert peak["values"] == [pytest.approx(6.3)]

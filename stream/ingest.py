@@ -19,7 +19,13 @@ from milkguard.contract.v1 import Batch, Reading, decode_batch, parse_batch_topi
 from stream.engine.deviation import DeviationChange, iso_ms
 from stream.engine.engine import RuleEngine
 from stream.lineprotocol import deviation_line, event_line, reading_line
-from stream.sinks.base import DeadLetter, DeadLetterSink, DeviationSink, TimeSeriesSink
+from stream.sinks.base import (
+    DeadLetter,
+    DeadLetterSink,
+    DeviationSink,
+    SinkGroup,
+    TimeSeriesSink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,7 @@ class Ingest:
         self._timeseries = timeseries
         self._deviations = deviations
         self._deadletter = deadletter
+        self._sinks = SinkGroup([timeseries, deviations, deadletter])
         self._windows: dict[tuple[str, str], SequenceWindow] = {}
         self._window_size = dedupe_window
         self._on_change = on_change
@@ -194,27 +201,14 @@ class Ingest:
         Every sink is flushed even when one fails; the first failure is raised afterwards, so the
         caller knows not everything was confirmed.
         """
-        failure: Exception | None = None
-        for sink in (self._timeseries, self._deviations, self._deadletter):
-            try:
-                sink.flush()
-            except Exception as exc:  # re-raised below, after the other sinks
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        self._sinks.flush()
 
     def close(self) -> None:
         """Flush and close every sink; one that fails does not keep the others open."""
-        sinks = (
-            ("timeseries", self._timeseries),
-            ("deviations", self._deviations),
-            ("deadletter", self._deadletter),
-        )
-        for name, sink in sinks:
-            try:
-                sink.close()
-            except Exception:
-                log.exception("sink.close_failed", extra={"sink": name})
+        try:
+            self._sinks.close()
+        except Exception:
+            log.exception("sink.close_failed")
 
     def _reject_payload(
         self,

@@ -7,6 +7,7 @@ from stream.sinks.base import (
     FanOutDeadLetterSink,
     FanOutDeviationSink,
     FanOutTimeSeriesSink,
+    SinkGroup,
     TimeSeriesSink,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "FanOutDeadLetterSink",
     "FanOutDeviationSink",
     "FanOutTimeSeriesSink",
+    "SinkGroup",
     "TimeSeriesSink",
 ]

@@ -67,11 +67,39 @@ class DeadLetterSink(Protocol):
         """Flush and release resources."""
 
 
-class FanOutTimeSeriesSink:
-    """Sends lines to several time-series sinks; list the local file first, so it is flushed
-    even when a remote store after it fails."""
+class SinkGroup:
+    """Flushes and closes several sinks in order, every one of them even when one fails.
+
+    List the local file first, so it is flushed even when a remote store after it fails.
+    """
+
+    def __init__(self, sinks: Sequence[TimeSeriesSink | DeviationSink | DeadLetterSink]) -> None:
+        self._all = list(sinks)
+
+    def flush(self) -> None:
+        """Flush every sink; the first failure is raised after the others were flushed."""
+        self._each("flush")
+
+    def close(self) -> None:
+        """Close every sink; the first failure is raised after the others were closed."""
+        self._each("close")
+
+    def _each(self, method: str) -> None:
+        failure: Exception | None = None
+        for sink in self._all:
+            try:
+                getattr(sink, method)()
+            except Exception as exc:  # re-raised below, after the other sinks
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+class FanOutTimeSeriesSink(SinkGroup):
+    """Sends lines to several time-series sinks (the local file, InfluxDB)."""
 
     def __init__(self, sinks: Sequence[TimeSeriesSink]) -> None:
+        super().__init__(sinks)
         self._sinks = list(sinks)
 
     def add(self, lines: Sequence[str]) -> None:
@@ -79,27 +107,12 @@ class FanOutTimeSeriesSink:
         for sink in self._sinks:
             sink.add(lines)
 
-    def flush(self) -> None:
-        """Flush every sink in order; the first failure is raised."""
-        for sink in self._sinks:
-            sink.flush()
 
-    def close(self) -> None:
-        """Close every sink, even if one fails; the first failure is raised."""
-        errors: list[Exception] = []
-        for sink in self._sinks:
-            try:
-                sink.close()
-            except Exception as exc:  # re-raised below, after the other sinks
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-
-class FanOutDeviationSink:
+class FanOutDeviationSink(SinkGroup):
     """Sends each deviation change to several sinks (file, console, MQTT)."""
 
     def __init__(self, sinks: Sequence[DeviationSink]) -> None:
+        super().__init__(sinks)
         self._sinks = list(sinks)
 
     def emit(self, change: DeviationChange) -> None:
@@ -107,34 +120,15 @@ class FanOutDeviationSink:
         for sink in self._sinks:
             sink.emit(change)
 
-    def flush(self) -> None:
-        """Flush every sink."""
-        for sink in self._sinks:
-            sink.flush()
 
-    def close(self) -> None:
-        """Close every sink."""
-        for sink in self._sinks:
-            sink.close()
-
-
-class FanOutDeadLetterSink:
+class FanOutDeadLetterSink(SinkGroup):
     """Sends each dead letter to several sinks (file, MQTT)."""
 
     def __init__(self, sinks: Sequence[DeadLetterSink]) -> None:
+        super().__init__(sinks)
         self._sinks = list(sinks)
 
     def reject(self, letter: DeadLetter) -> None:
         """Record the letter in every sink."""
         for sink in self._sinks:
             sink.reject(letter)
-
-    def flush(self) -> None:
-        """Flush every sink."""
-        for sink in self._sinks:
-            sink.flush()
-
-    def close(self) -> None:
-        """Close every sink."""
-        for sink in self._sinks:
-            sink.close()

@@ -38,6 +38,13 @@ class Output:
         self._thread.join(timeout=10)
 
 
+def milkguard(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the command to completion, as a user would."""
+    return subprocess.run(
+        [*MILKGUARD, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILKGUARD_")}
     env.update(
@@ -100,14 +107,7 @@ def test_a_bad_plan_stops_run_with_a_clear_message_and_no_traceback(tmp_path: Pa
     plan = tmp_path / "plan.yaml"
     plan.write_text("plan: x\njurisdiction: XX\nassets: {}\n")
 
-    result = subprocess.run(
-        [*MILKGUARD, "run", "--plan", str(plan), "--no-simulators"],
-        capture_output=True,
-        text=True,
-        env=env_for(tmp_path),
-        timeout=60,
-        check=False,
-    )
+    result = milkguard("run", "--plan", str(plan), "--no-simulators", env=env_for(tmp_path))
 
     assert result.returncode == 2
     assert f"HACCP plan {plan} is invalid" in result.stderr
@@ -117,13 +117,8 @@ def test_a_bad_plan_stops_run_with_a_clear_message_and_no_traceback(tmp_path: Pa
 
 @pytest.mark.e2e
 def test_plan_check_lists_the_rules_of_a_good_plan() -> None:
-    result = subprocess.run(
-        [*MILKGUARD, "plan", "check", "stream/plans/demo-cn.yaml"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=60,
-        check=False,
+    result = milkguard(
+        "plan", "check", "stream/plans/demo-cn.yaml", env={**os.environ, "COLUMNS": "200"}
     )
 
     assert result.returncode == 0, result.stderr
@@ -133,10 +128,11 @@ def test_plan_check_lists_the_rules_of_a_good_plan() -> None:
 
 @pytest.mark.e2e
 def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*MILKGUARD, "run", "--no-simulators", "--duration", "1.5"],
-        capture_output=True,
-        text=True,
+    result = milkguard(
+        "run",
+        "--no-simulators",
+        "--duration",
+        "1.5",
         env=env_for(
             tmp_path,
             MILKGUARD_INFLUX__URL=f"http://127.0.0.1:{free_port()}",
@@ -144,8 +140,6 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
             MILKGUARD_INFLUX__ORG="dairy",
             MILKGUARD_INFLUX__BUCKET="milk",
         ),
-        timeout=60,
-        check=False,
     )
 
     assert result.returncode == 0, result.stderr
@@ -155,13 +149,12 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_an_incomplete_influx_setting_names_what_is_missing(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*MILKGUARD, "run", "--no-simulators", "--duration", "1"],
-        capture_output=True,
-        text=True,
+    result = milkguard(
+        "run",
+        "--no-simulators",
+        "--duration",
+        "1",
         env=env_for(tmp_path, MILKGUARD_INFLUX__URL="http://127.0.0.1:1"),
-        timeout=60,
-        check=False,
     )
 
     assert result.returncode == 2

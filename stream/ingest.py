@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from milkguard.contract.v1 import Batch, Reading, decode_batch, parse_batch_topic
+from milkguard.contract.v1 import Batch, Reading, decode_batch, is_valid_id, parse_batch_topic
 from stream.engine.deviation import DeviationChange, iso_ms
 from stream.engine.engine import RuleEngine
 from stream.lineprotocol import deviation_line, event_line, reading_line
@@ -30,6 +30,8 @@ from stream.sinks.base import (
 log = logging.getLogger(__name__)
 
 _EPOCH_MS_FLOOR = "946684800000"
+# a bound on the id cache, so a gateway inventing ids cannot grow memory without end
+_MAX_REMEMBERED_IDS = 100_000
 
 
 @dataclass(slots=True)
@@ -99,6 +101,12 @@ class Ingest:
         self._windows: dict[tuple[str, str], SequenceWindow] = {}
         self._window_size = dedupe_window
         self._on_change = on_change
+        # ids already checked against the contract's pattern; the plan's are valid by validation
+        self._valid_ids: set[str] = {
+            name
+            for asset_id, asset in engine.plan.plan.assets.items()
+            for name in (asset_id, *asset.channels)
+        }
         #: the newest reading of each (site, asset, channel), for live views
         self.latest: dict[tuple[str, str, str], Reading] = {}
 
@@ -168,10 +176,14 @@ class Ingest:
         counters.batches += 1
         counters.readings += len(batch.readings)
         counters.events += len(batch.events)
-        lines = [reading_line(site, gateway, r) for r in batch.readings]
+        readings = batch.readings
+        known = self._valid_ids
+        if any(r.asset not in known or r.channel not in known for r in readings):
+            readings = self._drop_unsafe_ids(topic, received_ms, batch)
+        lines = [reading_line(site, gateway, r) for r in readings]
         lines.extend(event_line(site, gateway, e) for e in batch.events)
         changes: list[DeviationChange] = []
-        mismatches = self.engine.judge(site, gateway, batch.readings, changes)
+        mismatches = self.engine.judge(site, gateway, readings, changes)
         for mismatch in mismatches:
             reading = mismatch.reading
             self._reject_reading(
@@ -188,12 +200,39 @@ class Ingest:
             if self._on_change is not None:
                 self._on_change(change)
         latest = self.latest
-        for reading in batch.readings:
+        for reading in readings:
             key = (site, reading.asset, reading.channel)
             previous = latest.get(key)
             if previous is None or reading.ts >= previous.ts:
                 latest[key] = reading
         self._timeseries.add(lines)
+
+    def _drop_unsafe_ids(self, topic: str, received_ms: int, batch: Batch) -> list[Reading]:
+        """Check ids not seen before against the contract's pattern, once each."""
+        kept: list[Reading] = []
+        known = self._valid_ids
+        for reading in batch.readings:
+            bad = [
+                (field, value)
+                for field, value in (("asset", reading.asset), ("channel", reading.channel))
+                if value not in known and not is_valid_id(value)
+            ]
+            if bad:
+                field, value = bad[0]
+                self._reject_reading(
+                    topic,
+                    received_ms,
+                    batch,
+                    reading,
+                    f"{field} id {value!r} has characters outside letters, digits, '_', '.', '-' "
+                    "(or does not start with a letter or digit); rename it at the gateway",
+                )
+                continue
+            if len(known) < _MAX_REMEMBERED_IDS:
+                known.add(reading.asset)
+                known.add(reading.channel)
+            kept.append(reading)
+        return kept
 
     def flush(self) -> None:
         """Make everything handled so far durable in every sink.

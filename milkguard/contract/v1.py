@@ -19,6 +19,7 @@ generated from these types and committed as ``wire-v1.schema.json``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -33,6 +34,20 @@ Id = Annotated[
     str,
     msgspec.Meta(
         pattern=ID_PATTERN,
+        description="Letters, digits, '_', '.', '-'; starts with a letter or digit; 1-64 chars.",
+    ),
+]
+
+#: Asset and channel ids of readings. The decoder checks only their length: a regex per reading
+#: would cost two thirds of decoding time (measured: 1.3M against 4.0M readings/s). The schema
+#: still publishes the pattern, and the stream checks each distinct id against it once
+#: (:func:`is_valid_id`), so an unsafe id is still refused.
+ReadingId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        extra_json_schema={"pattern": ID_PATTERN},
         description="Letters, digits, '_', '.', '-'; starts with a letter or digit; 1-64 chars.",
     ),
 ]
@@ -64,11 +79,15 @@ Volume = Annotated[float, msgspec.Meta(ge=0, description="Litres.")]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
 
-class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One sampled value of one channel of one asset."""
+class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """One sampled value of one channel of one asset.
 
-    asset: Id
-    channel: Id
+    ``gc=False``: a reading holds only strings and numbers, so it can never be part of a reference
+    cycle, and the garbage collector need not track millions of them.
+    """
+
+    asset: ReadingId
+    channel: ReadingId
     value: float
     unit: Unit
     ts: EpochMs
@@ -190,6 +209,14 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sent_at: EpochMs
     readings: Annotated[list[Reading], msgspec.Meta(max_length=50_000)] = []
     events: Annotated[list[Event], msgspec.Meta(max_length=10_000)] = []
+
+
+_ID_RE: Final = re.compile(ID_PATTERN)
+
+
+def is_valid_id(text: str) -> bool:
+    """True when ``text`` is a valid id (safe in topics, InfluxDB tags and file names)."""
+    return _ID_RE.match(text) is not None
 
 
 def batch_topic(site: str, gateway: str) -> str:

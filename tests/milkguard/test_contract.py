@@ -21,6 +21,7 @@ from milkguard.contract import (
     batch_topic,
     decode_batch,
     encode_batch,
+    is_valid_id,
     json_schema,
     parse_batch_topic,
 )
@@ -156,3 +157,14 @@ def test_importing_the_contract_pulls_in_nothing_heavier_than_msgspec() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+def test_the_schema_tells_device_makers_the_id_pattern_of_readings() -> None:
+    reading = json_schema()["$defs"]["Reading"]  # type: ignore[index]
+
+    assert reading["properties"]["asset"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def test_is_valid_id_refuses_what_would_break_topics_or_line_protocol() -> None:
+    assert is_valid_id("tank-1.milk_temp")
+    assert not any(is_valid_id(bad) for bad in ("", "a b", "a,b", "a=b", "a/b", "+", "-a"))

@@ -184,3 +184,42 @@ def test_the_sequence_window_stays_bounded() -> None:
 
     assert len(window._seen) <= 200
     assert window.admit(9_950) is False
+
+
+def test_a_reading_whose_id_is_unsafe_for_topics_and_tags_is_dead_lettered_alone(
+    harness: Harness,
+) -> None:
+    readings = [
+        Reading("comp-2", "temp", 4.0, "degC", T0),
+        Reading("comp 2,x=1", "temp", 4.0, "degC", T0 + 1000),
+    ]
+    payload = encode_batch(
+        Batch(v=1, site="truck-07", gateway="truck-07-gw", seq=1, sent_at=T0, readings=readings)
+    )
+
+    harness.ingest.handle(TOPIC, payload, T0)
+    harness.ingest.flush()
+
+    (letter,) = harness.deadletter.letters
+    assert letter.reason.startswith("asset id 'comp 2,x=1' has characters outside")
+    assert len(harness.series.lines) == 1
+    assert harness.ingest.counters.rejected_readings == 1
+
+
+def test_unplanned_but_valid_ids_are_stored(harness: Harness) -> None:
+    payload = encode_batch(
+        Batch(
+            v=1,
+            site="truck-07",
+            gateway="truck-07-gw",
+            seq=1,
+            sent_at=T0,
+            readings=[Reading("gps", "speed", 60.0, "km/h", T0)],
+        )
+    )
+
+    harness.ingest.handle(TOPIC, payload, T0)
+    harness.ingest.flush()
+
+    assert harness.deadletter.letters == []
+    assert harness.series.lines[0].startswith("reading,site=truck-07,asset=gps,channel=speed")

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from milkguard import __version__
-from milkguard.errors import MilkGuardError
+from milkguard.errors import ConfigError, MilkGuardError
 
 EXIT_USAGE = 2
 
@@ -154,6 +154,9 @@ def _schema(output: Path | None) -> int:
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)
-    else:
+        return 0
+    try:
         output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the schema to {output}: {exc.strerror}") from exc
     return 0

@@ -3,9 +3,11 @@
     MilkGuardError                 every error MilkGuard raises on purpose
     ├── ConfigError                settings file or environment is wrong (names the field)
     ├── PlanError                  a HACCP plan file is wrong (names the file, line and field)
-    ├── PayloadRejected            a wire payload failed decoding or validation (names topic, field)
     ├── ExtraMissing               an optional part is not installed (says which extra to install)
-    └── BrokerError                a broker could not be started or reached (says where and why)
+    ├── BrokerError                a broker could not be started or reached (says where and why)
+    └── (stream.errors) SinkError  a sink could not make data durable now (kept, retried)
+
+A payload that fails validation is not an exception: it is a dead letter (stream.sinks.base).
 
 User-facing errors carry what was wrong and how to fix it; the CLI prints them without a
 traceback and exits with status 2.
@@ -34,16 +36,6 @@ class PlanError(MilkGuardError):
             f"{'s' if len(problems) != 1 else ''}):\n{listing}\n"
             f"Fix the plan and check it with: milkguard plan check {path}"
         )
-
-
-class PayloadRejected(MilkGuardError):  # noqa: N818 - it names what happened to the payload
-    """A payload from a gateway was rejected; it goes to the dead-letter with this reason."""
-
-    def __init__(self, reason: str, *, topic: str, gateway: str | None = None) -> None:
-        self.reason = reason
-        self.topic = topic
-        self.gateway = gateway
-        super().__init__(f"payload on {topic!r} rejected: {reason}")
 
 
 class ExtraMissing(MilkGuardError):  # noqa: N818 - reads as the condition the user must fix

@@ -1,7 +1,17 @@
-"""Connecting paho-mqtt clients the same way everywhere: auth, TLS, clear errors, reconnects.
+"""MQTT connections made the same way everywhere: auth, TLS, clear errors, reconnects, and
+acknowledgements tracked by message id.
 
 paho is an optional dependency (extras ``edge``, ``stream``, ``simulators``); it is imported when
-a client is made, so the base package and the wire contract stay importable without it.
+a connection is made, so the base package and the wire contract stay importable without it.
+
+Two paho behaviours shape this module:
+
+- A QoS 1 message published while the link is down is queued by paho and sent after the
+  reconnect, but its ``MQTTMessageInfo`` then reports failure (``wait_for_publish`` raises). So
+  acknowledgements are tracked here through ``on_publish``, by message id.
+- ``on_message`` must be in place before the first CONNACK: a broker holding a persistent
+  session delivers the queued messages at once, and paho acknowledges them whether or not a
+  handler is there to see them.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +30,8 @@ if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[Any, Any, Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,89 @@ class BrokerAddress:
         return f"BrokerAddress({self.host}:{self.port}, user={self.username!r}, tls={tls})"
 
 
+class PublishRefused(BrokerError):  # noqa: N818 - reads as what happened
+    """paho refused to queue a message (its outgoing queue is full)."""
+
+
+class AckTracker:
+    """Message ids published with QoS 1 and not yet acknowledged by the broker.
+
+    The broker's PUBACK can be handled on paho's thread before ``publish`` has returned the id
+    to us, so an early acknowledgement is remembered until the id is added.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[int] = set()
+        self._early: set[int] = set()
+        self._changed = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._pending)
+
+    def added(self, mid: int) -> None:
+        """A message with this id was handed to paho."""
+        with self._changed:
+            if mid in self._early:
+                self._early.discard(mid)
+            else:
+                self._pending.add(mid)
+
+    def acknowledged(self, mid: int) -> None:
+        """The broker acknowledged this id (called from paho's thread)."""
+        with self._changed:
+            if mid in self._pending:
+                self._pending.discard(mid)
+            else:
+                self._early.add(mid)
+            self._changed.notify_all()
+
+    def wait_below(self, limit: int, timeout_s: float | None = None) -> bool:
+        """Wait until fewer than ``limit`` messages await acknowledgement."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._pending) < limit, timeout_s)
+
+
+class Connection:
+    """A paho client and the network thread that we own, so shutdown can drain through it."""
+
+    def __init__(self, client: mqtt.Client, thread: threading.Thread, client_id: str) -> None:
+        self.client = client
+        self.client_id = client_id
+        self.thread = thread
+        self.acks = AckTracker()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish with QoS 1; queued by paho while the link is down, sent after reconnect."""
+        paho = _paho()
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise PublishRefused(
+                f"MQTT client {self.client_id!r} could not queue a message for {topic!r}: "
+                f"{paho.error_string(info.rc)}"
+            )
+        self.acks.added(info.mid)
+
+    def wait_acknowledged(self, timeout_s: float) -> bool:
+        """Wait until the broker acknowledged everything published so far."""
+        return self.acks.wait_below(1, timeout_s)
+
+    def disconnect(self) -> None:
+        """Send DISCONNECT; the network thread ends once it is out (see :meth:`join`)."""
+        self.client.disconnect()
+
+    def join(self, timeout_s: float = 10.0) -> None:
+        """Wait for the network thread to end."""
+        self.thread.join(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Wait for acknowledgements, disconnect, end the thread. False if some were not acked."""
+        acked = self.wait_acknowledged(timeout_s)
+        self.disconnect()
+        self.join(timeout_s)
+        return acked
+
+
 def _paho() -> Any:
     try:
         import paho.mqtt.client as mqtt  # noqa: PLC0415 - optional part, imported when used
@@ -50,11 +146,13 @@ def connect(
     client_id: str,
     *,
     clean_session: bool = True,
+    on_message: MessageHandler | None = None,
+    on_connect_extra: Callable[[Any], None] | None = None,
     timeout_s: float = 10.0,
-    on_connect_extra: Any = None,
     max_inflight: int = 100,
-) -> mqtt.Client:
-    """A connected client with its network loop running in a background thread.
+    max_queued: int = 100_000,
+) -> Connection:
+    """A connected client whose network loop runs in a thread of ours.
 
     ``on_connect_extra(client)`` runs after every (re)connect, e.g. to subscribe again.
     Raises :class:`BrokerError` with the broker's reason when the first connect fails.
@@ -67,6 +165,7 @@ def connect(
         protocol=paho.MQTTv311,
     )
     client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
@@ -76,7 +175,7 @@ def connect(
     outcome: dict[str, Any] = {}
 
     def on_connect(
-        client: mqtt.Client, userdata: object, flags: object, reason: Any, props: object
+        client: Any, userdata: object, flags: object, reason: Any, props: object
     ) -> None:
         outcome["reason"] = reason
         if not reason.is_failure:
@@ -86,13 +185,15 @@ def connect(
         connected.set()
 
     def on_disconnect(
-        client: mqtt.Client, userdata: object, flags: object, reason: Any, props: object
+        client: Any, userdata: object, flags: object, reason: Any, props: object
     ) -> None:
         if reason.is_failure:
             log.warning("mqtt.disconnected", extra={"client_id": client_id, "reason": str(reason)})
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
+    if on_message is not None:
+        client.on_message = on_message
     try:
         client.connect(address.host, address.port, keepalive=address.keepalive_s)
     except (OSError, ssl.SSLError) as exc:
@@ -100,23 +201,20 @@ def connect(
             f"cannot reach the MQTT broker at {address.host}:{address.port}: {exc}. "
             "Is it running, and are mqtt.host/mqtt.port right?"
         ) from exc
-    client.loop_start()
+    thread = threading.Thread(target=client.loop_forever, name=f"mqtt-{client_id}", daemon=True)
+    connection = Connection(client, thread, client_id)
+    client.on_publish = lambda _c, _u, mid, _r, _p: connection.acks.acknowledged(mid)
+    thread.start()
     if not connected.wait(timeout_s):
-        client.loop_stop()
+        connection.disconnect()
         raise BrokerError(
             f"the MQTT broker at {address.host}:{address.port} did not answer within {timeout_s} s"
         )
     reason = outcome["reason"]
     if reason.is_failure:
-        client.loop_stop()
+        connection.disconnect()
         raise BrokerError(
             f"the MQTT broker at {address.host}:{address.port} refused client {client_id!r}: "
             f"{reason}. Check mqtt.username/mqtt.password and the broker's ACL."
         )
-    return client  # type: ignore[no-any-return] # paho is imported lazily, typed as Any here
-
-
-def disconnect(client: mqtt.Client) -> None:
-    """Disconnect cleanly and stop the network thread."""
-    client.disconnect()
-    client.loop_stop()
+    return connection

@@ -28,3 +28,13 @@ echo "installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# On a machine running systemd the packages start their own services; the tests start their
+# own servers on free ports, and mosquitto's service would hold 127.0.0.1:1883, which
+# `make run`'s embedded broker uses. Stop and disable the ones just installed.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+  for service in "${need[@]}"; do
+    case $service in
+      mosquitto|victoria-metrics) "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true ;;
+    esac
+  done
+fi

@@ -147,6 +147,7 @@ class DemoFleet:
         self._truck = _Gateway("truck-07", "truck-07-gw")
         self._plant = _Gateway("plant-01", "plant-01-htst-gw")
         self.batches = 0
+        self.readings_published = 0
         self._picked_up = False
 
     @property
@@ -157,8 +158,8 @@ class DemoFleet:
     def start(self) -> None:
         """Connect every gateway and start sampling."""
         for gw in self.gateways:
-            client = mqtt_connect.connect(self._address, f"sim-{gw.gateway}")
-            gw.publisher = GatewayPublisher(client, gw.site, gw.gateway)
+            connection = mqtt_connect.connect(self._address, f"sim-{gw.gateway}")
+            gw.publisher = GatewayPublisher(connection, gw.site, gw.gateway)
         self._thread = threading.Thread(target=self._run, name="demo-fleet", daemon=True)
         self._thread.start()
 
@@ -168,10 +169,8 @@ class DemoFleet:
         if self._thread is not None:
             self._thread.join(timeout=10)
         for gw in self.gateways:
-            if gw.publisher is not None:
-                if not gw.publisher.drain():
-                    log.warning("simulator.unacknowledged", extra={"gateway": gw.gateway})
-                mqtt_connect.disconnect(gw.publisher.client)
+            if gw.publisher is not None and not gw.publisher.connection.close():
+                log.warning("simulator.unacknowledged", extra={"gateway": gw.gateway})
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -181,8 +180,12 @@ class DemoFleet:
         while not self._stop.is_set():
             elapsed = time.monotonic() - started
             now_ms = time.time_ns() // 1_000_000
-            self._script(elapsed, now_ms)
-            self._sample(now_ms)
+            try:
+                self._script(elapsed, now_ms)
+                self._sample(now_ms)
+            except Exception:
+                # a device that fails must say so, and the others keep sampling
+                log.exception("simulator.sample_failed", extra={"tick": tick})
             tick += 1
             self._stop.wait(max(0.0, started + tick * self._interval_s - time.monotonic()))
 
@@ -254,3 +257,4 @@ class DemoFleet:
             gw.publisher.publish(readings, gw.events)
             gw.events = []
             self.batches += 1
+            self.readings_published += len(readings)

@@ -23,9 +23,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import Settings
 from stream.engine.engine import RuleEngine
+from stream.errors import SinkError
 from stream.ingest import Ingest
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
 from stream.plan import LoadedPlan, load_plan
@@ -37,7 +39,7 @@ from stream.sinks.base import (
 )
 from stream.sinks.console import ConsoleDeviationSink, describe_limit
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
-from stream.sinks.influx import InfluxDBSink, InfluxWriteError
+from stream.sinks.influx import InfluxDBSink
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,13 @@ class EmbeddedService:
         settings = self.settings
         address = broker_address(settings)
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot use {data_dir} as the data directory: {exc.strerror}. "
+                "Set data_dir (MILKGUARD_DATA_DIR or --data-dir) to a writable place."
+            ) from exc
         with ExitStack() as stack:
             if settings.mqtt.broker == "embedded":
                 from milkguard.brokers import EmbeddedBroker  # noqa: PLC0415 - only when embedded
@@ -91,10 +99,10 @@ class EmbeddedService:
                 stack.enter_context(EmbeddedBroker(address.host, address.port))
             outbox = MqttOutbox(address, f"{settings.mqtt.client_id}-out")
             stack.callback(outbox.close)
-            source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
-            source.start()
             ingest = self._build_ingest(outbox)
             stack.callback(ingest.close)
+            source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
+            source.start()
             self.ingest = ingest
             log.info(
                 "stream.started",
@@ -122,7 +130,7 @@ class EmbeddedService:
             if fleet is not None:
                 fleet.stop()
             self._drain(source, ingest)
-        return self._summary(ingest)
+        return self._summary(ingest, fleet.readings_published if fleet is not None else None)
 
     def _build_ingest(self, outbox: MqttOutbox) -> Ingest:
         settings = self.settings
@@ -134,17 +142,18 @@ class EmbeddedService:
             assert influx.token is not None
             assert influx.org is not None
             assert influx.bucket is not None
-            series.append(
-                InfluxDBSink(
-                    influx.url,
-                    influx.token.get_secret_value(),
-                    influx.org,
-                    influx.bucket,
-                    batch_lines=influx.batch_lines,
-                    max_buffer_lines=influx.max_buffer_lines,
-                    timeout_s=influx.timeout_s,
-                )
+            sink = InfluxDBSink(
+                influx.url,
+                influx.token.get_secret_value(),
+                influx.org,
+                influx.bucket,
+                rejected_path=data_dir / "influx-rejected.lp",
+                batch_lines=influx.batch_lines,
+                max_buffer_lines=influx.max_buffer_lines,
+                timeout_s=influx.timeout_s,
             )
+            sink.check_reachable()
+            series.append(sink)
         return Ingest(
             RuleEngine(self.plan),
             FanOutTimeSeriesSink(series),
@@ -170,17 +179,28 @@ class EmbeddedService:
         live = self._live_view(ingest)
         next_flush = time.monotonic() + FLUSH_EVERY_S
         next_status = time.monotonic() + STATUS_EVERY_S
+        held_back = False
         with live if live is not None else ExitStack():
             while not stop.is_set():
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                try:
-                    message = source.queue.get(timeout=0.2)
-                except queue.Empty:
-                    pass
+                if ingest.saturated:
+                    # InfluxDB is behind: take nothing more from MQTT (the broker holds it),
+                    # but keep flushing and keep watching for a stop
+                    if not held_back:
+                        log.warning("stream.backpressure", extra={"queued": source.queue.qsize()})
+                        held_back = True
+                    stop.wait(0.2)
+                    next_flush = 0.0
                 else:
-                    ingest.handle(*message)
+                    held_back = False
+                    try:
+                        message = source.queue.get(timeout=0.2)
+                    except queue.Empty:
+                        pass
+                    else:
+                        ingest.handle(*message)
                 now = time.monotonic()
                 if now >= next_flush:
                     self._flush(ingest)
@@ -197,7 +217,8 @@ class EmbeddedService:
         return Live(self._latest_table(ingest), console=self.console, auto_refresh=False)
 
     def _drain(self, source: MqttBatchSource, ingest: Ingest) -> None:
-        """Judge everything the broker still delivers, then everything queued."""
+        """Judge what the broker still delivers until it is quiet, then disconnect and judge
+        everything received; what the broker holds after that waits in the persistent session."""
         give_up = time.monotonic() + MAX_DRAIN_WAIT_S
         quiet_since = time.monotonic()
         while time.monotonic() < give_up:
@@ -209,18 +230,13 @@ class EmbeddedService:
                 continue
             ingest.handle(*message)
             quiet_since = time.monotonic()
-        source.stop()
-        while True:
-            try:
-                ingest.handle(*source.queue.get_nowait())
-            except queue.Empty:
-                break
+        source.stop(lambda message: ingest.handle(*message))
         self._flush(ingest)
 
     def _flush(self, ingest: Ingest) -> None:
         try:
             ingest.flush()
-        except (InfluxWriteError, TimeoutError) as exc:
+        except SinkError as exc:
             # the data stays buffered and is retried at the next flush; the local files have it
             log.warning("sink.flush_incomplete", extra={"error": str(exc)})
 
@@ -265,11 +281,13 @@ class EmbeddedService:
             )
         return table
 
-    def _summary(self, ingest: Ingest) -> RunSummary:
+    def _summary(self, ingest: Ingest, simulated: int | None) -> RunSummary:
         counters = {
             **{f"ingest.{k}": v for k, v in _fields(ingest.counters).items()},
             **{f"engine.{k}": v for k, v in _fields(ingest.engine.counters).items()},
         }
+        if simulated is not None:
+            counters["simulators.readings_published"] = simulated
         still_open = ingest.engine.open_deviations()
         table = Table(title="MilkGuard run summary", title_justify="left")
         table.add_column("counter")
@@ -293,7 +311,8 @@ def _limits_by_channel(loaded: LoadedPlan) -> dict[tuple[str, str, str], str]:
     for rule in plan.rules:
         asset = plan.assets[rule.asset]
         unit = asset.channels[rule.channel].unit
-        limits[(asset.site, rule.asset, rule.channel)] = describe_limit(rule.min, rule.max, unit)
+        key = (asset.site, asset.id or rule.asset, rule.channel)
+        limits[key] = describe_limit(rule.min, rule.max, unit)
     return limits
 
 

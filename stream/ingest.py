@@ -104,8 +104,8 @@ class Ingest:
         # ids already checked against the contract's pattern; the plan's are valid by validation
         self._valid_ids: set[str] = {
             name
-            for asset_id, asset in engine.plan.plan.assets.items()
-            for name in (asset_id, *asset.channels)
+            for key, asset in engine.plan.plan.assets.items()
+            for name in (asset.id or key, *asset.channels)
         }
         #: the newest reading of each (site, asset, channel), for live views
         self.latest: dict[tuple[str, str, str], Reading] = {}
@@ -180,10 +180,16 @@ class Ingest:
         known = self._valid_ids
         if any(r.asset not in known or r.channel not in known for r in readings):
             readings = self._drop_unsafe_ids(topic, received_ms, batch)
+        changes: list[DeviationChange] = []
+        engine = self.engine
+        mismatches = engine.judge(site, gateway, readings, changes)
+        if engine.notices:
+            self._log_notices(gateway)
+        if mismatches:
+            wrong = {id(m.reading) for m in mismatches}
+            readings = [r for r in readings if id(r) not in wrong]
         lines = [reading_line(site, gateway, r) for r in readings]
         lines.extend(event_line(site, gateway, e) for e in batch.events)
-        changes: list[DeviationChange] = []
-        mismatches = self.engine.judge(site, gateway, readings, changes)
         for mismatch in mismatches:
             reading = mismatch.reading
             self._reject_reading(
@@ -206,6 +212,30 @@ class Ingest:
             if previous is None or reading.ts >= previous.ts:
                 latest[key] = reading
         self._timeseries.add(lines)
+
+    def _log_notices(self, gateway: str) -> None:
+        for notice in self.engine.take_notices():
+            context = {
+                "site": notice.site,
+                "asset": notice.asset,
+                "channel": notice.channel,
+                "gateway": gateway,
+                "ts": iso_ms(notice.ts),
+            }
+            if notice.kind == "unplanned":
+                log.warning(
+                    "reading.unplanned",
+                    extra={**context, "hint": "stored, not judged: the plan has no such channel"},
+                )
+            else:
+                log.warning(
+                    "reading.late",
+                    extra={
+                        **context,
+                        "late_so_far": notice.count,
+                        "hint": "stored, not judged: older than the last judged sample",
+                    },
+                )
 
     def _drop_unsafe_ids(self, topic: str, received_ms: int, batch: Batch) -> list[Reading]:
         """Check ids not seen before against the contract's pattern, once each."""
@@ -233,6 +263,11 @@ class Ingest:
                 known.add(reading.channel)
             kept.append(reading)
         return kept
+
+    @property
+    def saturated(self) -> bool:
+        """True when the time-series sinks cannot take more: stop feeding ``handle``."""
+        return self._timeseries.saturated
 
     def flush(self) -> None:
         """Make everything handled so far durable in every sink.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
@@ -19,6 +20,7 @@ import msgspec
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, deadletter_topic, deviation_topic
 from stream.engine.deviation import DeviationChange, deviation_to_json
+from stream.errors import NotAcknowledged
 from stream.sinks.base import DeadLetter
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ class MqttBatchSource:
         self.queue: queue.Queue[Message] = queue.Queue(maxsize=queue_size)
         self._address = address
         self._client_id = client_id
-        self.client: mqtt.Client | None = None
+        self.connection: mqtt_connect.Connection | None = None
 
     def start(self) -> None:
         """Connect and subscribe (again after every reconnect)."""
@@ -52,52 +54,79 @@ class MqttBatchSource:
         def subscribe(client: mqtt.Client) -> None:
             client.subscribe(BATCH_SUBSCRIPTION, qos=1)
 
-        self.client = mqtt_connect.connect(
-            self._address, self._client_id, clean_session=False, on_connect_extra=subscribe
+        self.connection = mqtt_connect.connect(
+            self._address,
+            self._client_id,
+            clean_session=False,
+            on_message=self._on_message,
+            on_connect_extra=subscribe,
         )
-        self.client.on_message = self._on_message
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        # blocks while the queue is full: paho stops reading the socket, the broker holds on
         self.queue.put(Message(msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
 
-    def stop(self) -> None:
-        """Stop receiving; what is already queued stays for the engine thread to drain."""
-        if self.client is not None:
-            mqtt_connect.disconnect(self.client)
+    def stop(self, handle: Callable[[Message], None]) -> None:
+        """Disconnect, handing every message already received to ``handle``.
+
+        paho may be blocked on a full queue when asked to stop, so the queue is drained until
+        its network thread has ended; then what is left in the queue.
+        """
+        connection = self.connection
+        if connection is not None:
+            connection.disconnect()
+            while connection.thread.is_alive():
+                try:
+                    handle(self.queue.get(timeout=0.05))
+                except queue.Empty:
+                    continue
+        while True:
+            try:
+                handle(self.queue.get_nowait())
+            except queue.Empty:
+                return
 
 
 class MqttOutbox:
-    """A client of its own for what the stream publishes; ``flush`` waits for the broker's acks.
+    """A connection of its own for what the stream publishes (deviations, dead letters).
 
-    Separate from the source's client so the source can disconnect (keeping its persistent
-    session) while deviations judged during the final drain are still published.
+    Separate from the source's so the source can disconnect (keeping its persistent session)
+    while deviations judged during the final drain are still published. While the broker is
+    down paho queues messages (bounded); ``flush`` reports what is not yet acknowledged.
+    Everything published here is also in the local JSONL files.
     """
 
     def __init__(self, address: mqtt_connect.BrokerAddress, client_id: str) -> None:
-        self.client = mqtt_connect.connect(address, client_id)
-        self._pending: list[mqtt.MQTTMessageInfo] = []
+        self.connection = mqtt_connect.connect(address, client_id)
+        self.refused = 0
 
     def publish(self, topic: str, payload: bytes) -> None:
-        """Publish with QoS 1."""
-        self._pending.append(self.client.publish(topic, payload, qos=1))
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until the broker acknowledged everything published so far."""
-        deadline = time.monotonic() + timeout_s
-        for info in self._pending:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError(
-                    f"the MQTT broker did not acknowledge message {info.mid} within {timeout_s} s"
-                )
-        self._pending.clear()
-
-    def close(self) -> None:
-        """Flush, then disconnect."""
+        """Publish with QoS 1; a message paho cannot even queue is counted and logged."""
         try:
-            self.flush()
-        finally:
-            mqtt_connect.disconnect(self.client)
+            self.connection.publish(topic, payload)
+        except mqtt_connect.PublishRefused as exc:
+            self.refused += 1
+            log.error("mqtt.outbox_refused", extra={"topic": topic, "error": str(exc)})
+
+    def flush(self, timeout_s: float = 0.25) -> None:
+        """Wait briefly for acknowledgements; raise :class:`NotAcknowledged` if some are missing."""
+        if not self.connection.wait_acknowledged(timeout_s):
+            raise NotAcknowledged(
+                f"{len(self.connection.acks)} MQTT messages from {self.connection.client_id!r} "
+                "are not acknowledged yet; paho resends them after a reconnect"
+            )
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Wait for acknowledgements, then disconnect; log what was never acknowledged."""
+        if not self.connection.close(timeout_s):
+            log.error(
+                "mqtt.outbox_unacknowledged",
+                extra={
+                    "client_id": self.connection.client_id,
+                    "messages": len(self.connection.acks),
+                    "kept_in": "deviations.jsonl / deadletter.jsonl",
+                },
+            )
 
 
 class MqttDeviationSink:
@@ -120,7 +149,6 @@ class MqttDeviationSink:
 
     def close(self) -> None:
         """The outbox is shared and closed by its owner."""
-        self._outbox.flush()
 
 
 class MqttDeadLetterSink:
@@ -141,4 +169,3 @@ class MqttDeadLetterSink:
 
     def close(self) -> None:
         """The outbox is shared and closed by its owner."""
-        self._outbox.flush()

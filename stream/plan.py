@@ -10,8 +10,9 @@ Example::
     plan: demo-cn
     jurisdiction: CN
     assets:
-      truck-07.comp-1:
+      truck-07.comp-1:          # how rules name it
         site: truck-07
+        id: comp-1              # what the truck's gateway sends
         kind: truck_compartment
         channels:
           temp: {unit: degC, interval_s: 1, ccp: true}
@@ -67,9 +68,10 @@ Jurisdiction = Literal["CN", "US", "EU", "company"]
 
 
 class _Strict(BaseModel):
-    """Plans are written by people: unknown keys are typos, not extensions."""
+    """Plans are written by people: unknown keys are typos, not extensions, and a limit of
+    ``.nan`` or ``.inf`` would never fire."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Channel(_Strict):
@@ -81,9 +83,14 @@ class Channel(_Strict):
 
 
 class Asset(_Strict):
-    """A tank, truck compartment, line or room that the plan watches."""
+    """A tank, truck compartment, line or room that the plan watches.
+
+    Its key in the plan is how rules name it; ``id`` is the asset id its gateway sends (the key,
+    unless given), so one plan can cover two farms that both have a ``tank-1``.
+    """
 
     site: PlanId
+    id: PlanId | None = None
     kind: AssetKind
     description: str = ""
     channels: dict[PlanId, Channel] = Field(min_length=1)
@@ -135,6 +142,15 @@ class Plan(_Strict):
     def _rules_name_known_channels(self) -> Plan:
         seen: set[str] = set()
         problems: list[str] = []
+        on_the_wire: dict[tuple[str, str], str] = {}
+        for key, declared in self.assets.items():
+            wire = (declared.site, declared.id or key)
+            if wire in on_the_wire:
+                problems.append(
+                    f"assets {on_the_wire[wire]!r} and {key!r} are both asset {wire[1]!r} of site "
+                    f"{wire[0]!r}; give one of them another 'id' or 'site'"
+                )
+            on_the_wire[wire] = key
         for rule in self.rules:
             if rule.id in seen:
                 problems.append(f"rule id {rule.id!r} is used twice; rule ids must be unique")
@@ -153,6 +169,30 @@ class Plan(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of duplicate keys; in a HACCP plan a second ``min:`` below the first
+    would silently lower a pasteurization limit.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        assert isinstance(node, yaml.MappingNode)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {seen[key]}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +218,7 @@ def parse_plan(raw: bytes, name: str) -> LoadedPlan:
     """Validate plan bytes; ``name`` is used in error messages."""
     try:
         root = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except UnicodeDecodeError as exc:
         raise PlanError(name, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     except yaml.YAMLError as exc:

@@ -33,14 +33,16 @@ class TopicRecorder:
         subscribed = threading.Event()
 
         def subscribe(client: Any) -> None:
+            client.on_subscribe = lambda *args: subscribed.set()
             client.subscribe(topic_filter, qos=1)
 
-        self.client = mqtt_connect.connect(
-            address, f"recorder-{id(self)}", on_connect_extra=subscribe
+        self.connection = mqtt_connect.connect(
+            address,
+            f"recorder-{id(self)}",
+            on_message=self._on_message,
+            on_connect_extra=subscribe,
         )
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.on_message = self._on_message
-        subscribed.wait(5)
+        assert subscribed.wait(5), f"no SUBACK for {topic_filter}"
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
@@ -53,4 +55,4 @@ class TopicRecorder:
 
     def close(self) -> None:
         """Disconnect."""
-        mqtt_connect.disconnect(self.client)
+        self.connection.close()

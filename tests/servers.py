@@ -68,9 +68,12 @@ class Mosquitto:
     process: subprocess.Popen[bytes]
     config: Path
 
-    def restart(self) -> None:
-        """Stop and start again on the same port (in-memory sessions are lost)."""
+    def stop(self) -> None:
+        """Stop the broker (in-memory sessions are lost)."""
         stop(self.process)
+
+    def start(self) -> None:
+        """Start again on the same port."""
         self.process = _spawn_mosquitto(self.config)
         wait_for_port(self.port, self.process)
 

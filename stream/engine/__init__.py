@@ -7,7 +7,7 @@ from stream.engine.deviation import (
     deviation_to_json,
     iso_ms,
 )
-from stream.engine.engine import EngineCounters, RuleEngine, UnitMismatch
+from stream.engine.engine import EngineCounters, Notice, RuleEngine, UnitMismatch
 from stream.engine.limits import CriticalLimitState, LimitSpec
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "DeviationChange",
     "EngineCounters",
     "LimitSpec",
+    "Notice",
     "RuleEngine",
     "UnitMismatch",
     "deviation_to_json",

@@ -36,6 +36,24 @@ class _ChannelState:
     unit: str
     rules: list[CriticalLimitState] = field(default_factory=list)
     last_ts: int = -1
+    late: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something about the input that an operator should hear of, without a flood.
+
+    ``unplanned``: the first reading of a channel the plan does not know.
+    ``late``: a reading older than the last judged on its channel; sent for the 1st, 10th,
+    100th, ... of a channel, with the count so far.
+    """
+
+    kind: str
+    site: str
+    asset: str
+    channel: str
+    ts: int
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +70,25 @@ class RuleEngine:
     def __init__(self, loaded: LoadedPlan) -> None:
         self.plan = loaded
         self.counters = EngineCounters()
+        self.notices: list[Notice] = []
+        self._unplanned_seen: set[tuple[str, str, str]] = set()
         self._channels: dict[tuple[str, str, str], _ChannelState] = {}
         plan = loaded.plan
-        for asset_id, asset in plan.assets.items():
+        for key, asset in plan.assets.items():
             for channel_id, channel in asset.channels.items():
-                self._channels[(asset.site, asset_id, channel_id)] = _ChannelState(channel.unit)
+                self._channels[(asset.site, asset.id or key, channel_id)] = _ChannelState(
+                    channel.unit
+                )
         for rule in plan.rules:
             asset = plan.assets[rule.asset]
+            asset_id = asset.id or rule.asset
             spec = LimitSpec(
                 rule_id=rule.id,
                 ccp=rule.ccp,
                 severity=rule.severity,
                 action=rule.action,
                 site=asset.site,
-                asset=rule.asset,
+                asset=asset_id,
                 channel=rule.channel,
                 minimum=rule.min,
                 maximum=rule.max,
@@ -76,7 +99,7 @@ class RuleEngine:
                 plan_version=loaded.version,
                 jurisdiction=plan.jurisdiction,
             )
-            self._channels[(asset.site, rule.asset, rule.channel)].rules.append(
+            self._channels[(asset.site, asset_id, rule.channel)].rules.append(
                 CriticalLimitState(spec)
             )
 
@@ -98,9 +121,13 @@ class RuleEngine:
         channels = self._channels
         ordered = sorted(readings, key=_by_time) if len(readings) > 1 else readings
         for reading in ordered:
-            state = channels.get((site, reading.asset, reading.channel))
+            key = (site, reading.asset, reading.channel)
+            state = channels.get(key)
             if state is None:
                 counters.unplanned += 1
+                if key not in self._unplanned_seen and len(self._unplanned_seen) < _MAX_NOTICED:
+                    self._unplanned_seen.add(key)
+                    self.notices.append(Notice("unplanned", *key, reading.ts))
                 continue
             if reading.unit != state.unit:
                 mismatches.append(UnitMismatch(reading, state.unit))
@@ -108,6 +135,9 @@ class RuleEngine:
             ts = reading.ts
             if ts <= state.last_ts:
                 counters.late += 1
+                state.late += 1
+                if _is_power_of_ten(state.late):
+                    self.notices.append(Notice("late", *key, ts, state.late))
                 continue
             state.last_ts = ts
             counters.judged += 1
@@ -121,6 +151,11 @@ class RuleEngine:
                     out.append(change)
         return mismatches
 
+    def take_notices(self) -> list[Notice]:
+        """The notices gathered since the last call."""
+        notices, self.notices = self.notices, []
+        return notices
+
     def open_deviations(self) -> list[Deviation]:
         """Deviations open now, e.g. to report at shutdown that they are still open."""
         return [
@@ -133,3 +168,13 @@ class RuleEngine:
 
 def _by_time(reading: Reading) -> int:
     return reading.ts
+
+
+# unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)
+_MAX_NOTICED = 10_000
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1

@@ -31,6 +31,10 @@ class DeadLetter(msgspec.Struct, frozen=True):
 class TimeSeriesSink(Protocol):
     """Receives readings, events and deviations as InfluxDB line protocol."""
 
+    @property
+    def saturated(self) -> bool:
+        """True when the sink cannot take more until a flush succeeds (backpressure)."""
+
     def add(self, lines: Sequence[str]) -> None:
         """Buffer lines for the next flush."""
 
@@ -101,6 +105,11 @@ class FanOutTimeSeriesSink(SinkGroup):
     def __init__(self, sinks: Sequence[TimeSeriesSink]) -> None:
         super().__init__(sinks)
         self._sinks = list(sinks)
+
+    @property
+    def saturated(self) -> bool:
+        """True when any sink is saturated."""
+        return any(sink.saturated for sink in self._sinks)
 
     def add(self, lines: Sequence[str]) -> None:
         """Buffer the lines in every sink."""

@@ -66,6 +66,11 @@ class LineProtocolFileSink:
         self._pending: list[str] = []
 
     @property
+    def saturated(self) -> bool:
+        """A local file takes whatever comes."""
+        return False
+
+    @property
     def path(self) -> Path:
         """The file written today."""
         return self.directory / f"timeseries-{self._day()}.lp"

@@ -1,10 +1,16 @@
 """InfluxDB 2.x/3.x sink through influxdb-client's v2 write API.
 
 Lines are buffered and written in chunks of pre-joined line protocol with synchronous writes
-(measured here: far faster than the client's Point batching). A failed write keeps the lines and
-is retried at the next flush, with exponential backoff; the buffer is bounded, and once it is
-full ``add`` retries in place, which blocks ingest: backpressure instead of an unbounded queue
-or a silent drop. The local line-protocol file keeps everything meanwhile.
+(measured here: far faster than the client's Point batching).
+
+- A write that fails for a passing reason (no connection, 5xx, 408, 429, and 401/403, which an
+  operator can fix without losing data) keeps the lines; the next flush retries after an
+  exponential backoff.
+- A chunk InfluxDB refuses for good (other 4xx: a malformed line, a field type conflict) is
+  appended to a rejected-lines file with the reason, counted and logged; later chunks go on.
+- ``add`` never blocks. The buffer is bounded: once ``saturated``, the runtime stops taking
+  messages from MQTT (backpressure to the broker) but keeps flushing its local files and
+  watching for a stop. The local line-protocol file has everything meanwhile.
 """
 
 from __future__ import annotations
@@ -13,15 +19,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from milkguard.errors import ExtraMissing
+from stream.errors import InfluxWriteError
 
 log = logging.getLogger(__name__)
 
-
-class InfluxWriteError(Exception):
-    """A write to InfluxDB failed; the lines stay buffered."""
+_PASSING_STATUSES = {401, 403, 408, 429}
 
 
 class InfluxDBSink:
@@ -34,10 +40,11 @@ class InfluxDBSink:
         org: str,
         bucket: str,
         *,
+        rejected_path: Path,
         batch_lines: int = 5_000,
         max_buffer_lines: int = 500_000,
         timeout_s: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         try:
             from influxdb_client import InfluxDBClient, WritePrecision  # noqa: PLC0415
@@ -47,6 +54,7 @@ class InfluxDBSink:
         self.url = url
         self.bucket = bucket
         self.org = org
+        self.rejected_path = rejected_path
         self._client: Any = InfluxDBClient(
             url=url, token=token, org=org, timeout=int(timeout_s * 1000), enable_gzip=True
         )
@@ -55,41 +63,48 @@ class InfluxDBSink:
         self._buffer: deque[str] = deque()
         self._batch = batch_lines
         self._max_buffer = max_buffer_lines
-        self._sleep = sleep
+        self._clock = clock
         self._backoff_s = 0.0
         self._next_try = 0.0
         self.written = 0
         self.failures = 0
+        self.rejected = 0
+
+    def check_reachable(self) -> bool:
+        """Ping the server once at start; a failure is logged, not fatal (lines are buffered)."""
+        try:
+            reachable = bool(self._client.ping())
+        except Exception:  # influxdb-client raises a variety of transport errors here
+            reachable = False
+        if not reachable:
+            log.warning("influx.unreachable_at_start", extra={"url": self.url})
+        return reachable
 
     @property
     def buffered(self) -> int:
         """Lines not yet confirmed by InfluxDB."""
         return len(self._buffer)
 
+    @property
+    def saturated(self) -> bool:
+        """True when the buffer is full: the runtime must stop taking new messages."""
+        return len(self._buffer) >= self._max_buffer
+
     def add(self, lines: Sequence[str]) -> None:
-        """Buffer lines; when the buffer is full, wait for InfluxDB (backpressure)."""
+        """Buffer lines for the next flush."""
         self._buffer.extend(lines)
-        while len(self._buffer) > self._max_buffer:
-            try:
-                self._write_some(force=True)
-            except InfluxWriteError:
-                log.warning(
-                    "influx.backpressure",
-                    extra={"buffered": len(self._buffer), "retry_in_s": self._backoff_s},
-                )
-                self._sleep(self._backoff_s)
 
     def flush(self) -> None:
-        """Write everything buffered; raise :class:`InfluxWriteError` if InfluxDB refused."""
-        while self._buffer:
-            self._write_some(force=False)
-
-    def _write_some(self, *, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now < self._next_try:
+        """Write everything buffered; raise :class:`InfluxWriteError` if lines remain."""
+        if self._buffer and self._clock() < self._next_try:
             raise InfluxWriteError(
-                f"InfluxDB at {self.url} is backing off; {len(self._buffer)} lines buffered"
+                f"InfluxDB at {self.url} is backing off for {self._backoff_s:g} s; "
+                f"{len(self._buffer)} lines buffered"
             )
+        while self._buffer:
+            self._write_chunk()
+
+    def _write_chunk(self) -> None:
         chunk = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
         try:
             self._write_api.write(
@@ -98,20 +113,12 @@ class InfluxDBSink:
                 record="\n".join(chunk),
                 write_precision=self._precision,
             )
-        except Exception as exc:
-            # influxdb-client raises ApiException, urllib3 errors or OSError; all mean "not written"
-            self.failures += 1
-            self._backoff_s = min(30.0, max(0.5, self._backoff_s * 2))
-            self._next_try = time.monotonic() + self._backoff_s
-            log.warning(
-                "influx.write_failed",
-                extra={
-                    "url": self.url,
-                    "bucket": self.bucket,
-                    "buffered": len(self._buffer),
-                    "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                },
-            )
+        except Exception as exc:  # ApiException, urllib3 errors, OSError: all "not written"
+            status = getattr(exc, "status", None)
+            if isinstance(status, int) and 400 <= status < 500 and status not in _PASSING_STATUSES:
+                self._reject(chunk, status, exc)
+                return
+            self._back_off(exc)
             raise InfluxWriteError(f"write to InfluxDB at {self.url} failed: {exc}") from exc
         for _ in chunk:
             self._buffer.popleft()
@@ -119,9 +126,54 @@ class InfluxDBSink:
         self._backoff_s = 0.0
         self._next_try = 0.0
 
+    def _back_off(self, exc: Exception) -> None:
+        self.failures += 1
+        self._backoff_s = min(30.0, max(0.5, self._backoff_s * 2))
+        self._next_try = self._clock() + self._backoff_s
+        log.warning(
+            "influx.write_failed",
+            extra={
+                "url": self.url,
+                "bucket": self.bucket,
+                "buffered": len(self._buffer),
+                "retry_in_s": self._backoff_s,
+                "error": _first_line(exc),
+            },
+        )
+
+    def _reject(self, chunk: list[str], status: int, exc: Exception) -> None:
+        reason = _first_line(exc)
+        self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.rejected_path.open("a", encoding="utf-8") as out:
+            out.write(f"# rejected by InfluxDB with HTTP {status}: {reason}\n")
+            out.write("\n".join(chunk) + "\n")
+        for _ in chunk:
+            self._buffer.popleft()
+        self.rejected += len(chunk)
+        log.error(
+            "influx.lines_rejected",
+            extra={
+                "status": status,
+                "lines": len(chunk),
+                "reason": reason,
+                "kept_in": str(self.rejected_path),
+            },
+        )
+
     def close(self) -> None:
-        """Write what is left (one attempt) and close the client."""
+        """One real attempt to write what is left, whatever the backoff; then close."""
+        self._next_try = 0.0
         try:
             self.flush()
+        except InfluxWriteError:
+            log.error(
+                "influx.unwritten_at_stop",
+                extra={"lines": len(self._buffer), "kept_in": "the local timeseries-*.lp files"},
+            )
         finally:
             self._client.close()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,6 +14,7 @@ class MemoryTimeSeriesSink:
     def __init__(self) -> None:
         self.pending: list[str] = []
         self.lines: list[str] = []
+        self.saturated = False
 
     def add(self, lines: Sequence[str]) -> None:
         """Buffer lines."""

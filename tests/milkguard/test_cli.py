@@ -93,13 +93,16 @@ def test_run_shows_a_deviation_within_a_minute_and_stops_cleanly_on_ctrl_c(
     assert sum(line.startswith("reading,site=truck-07") for line in stored) >= 2 * 40
     assert sum(line.startswith("deviation,") for line in stored) == 2
     summary = out.text[out.text.index("MilkGuard run summary") :]
-    readings_judged = next(
-        int(line.split()[-2].replace(",", ""))
-        for line in summary.splitlines()
-        if "engine.judged" in line
-    )
-    # nothing lost at the stop: every stored reading was judged, and vice versa
-    assert readings_judged == sum(line.startswith("reading,") for line in stored)
+    published = _counter(summary, "simulators.readings_published")
+    # nothing lost at the stop: every reading the simulators published was judged and stored
+    assert published > 0
+    assert _counter(summary, "engine.judged") == published
+    assert sum(line.startswith("reading,") for line in stored) == published
+
+
+def _counter(summary: str, name: str) -> int:
+    line = next(line for line in summary.splitlines() if f" {name} " in line)
+    return int(line.split()[-2].replace(",", ""))
 
 
 @pytest.mark.e2e
@@ -159,4 +162,15 @@ def test_an_incomplete_influx_setting_names_what_is_missing(tmp_path: Path) -> N
 
     assert result.returncode == 2
     assert "missing: token, org, bucket" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_an_unwritable_schema_output_is_a_clear_error(tmp_path: Path) -> None:
+    result = milkguard(
+        "contract", "schema", "--output", str(tmp_path / "absent" / "x.json"), env=env_for(tmp_path)
+    )
+
+    assert result.returncode == 2
+    assert "cannot write the schema to" in result.stderr
     assert "Traceback" not in result.stderr

@@ -151,6 +151,9 @@ def test_a_reading_in_the_wrong_unit_is_dead_lettered_and_the_rest_of_its_batch_
     assert json.loads(letter.payload)["value"] == 45.0
     assert harness.ingest.counters.rejected_readings == 1
     assert harness.ingest.engine.counters.judged == 1
+    harness.ingest.flush()
+    assert [line.split(" ")[1] for line in harness.series.lines] == ["value=4.0"]
+    assert harness.ingest.latest[("truck-07", "comp-2", "temp")].value == 4.0
 
 
 def test_a_sequence_far_behind_the_window_is_dead_lettered_not_silently_dropped(
@@ -223,3 +226,33 @@ def test_unplanned_but_valid_ids_are_stored(harness: Harness) -> None:
 
     assert harness.deadletter.letters == []
     assert harness.series.lines[0].startswith("reading,site=truck-07,asset=gps,channel=speed")
+
+
+def test_unplanned_and_late_readings_are_logged_without_a_flood(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="stream.ingest")
+    harness.send((100, 4.0))
+    for _ in range(12):
+        harness.send((50, 4.0))  # each older than the last judged sample
+    unplanned = [Reading("comp-9", "temp", 4.0, "degC", T0)]
+    for seq in (1000, 1001):
+        harness.ingest.handle(
+            TOPIC,
+            encode_batch(
+                Batch(
+                    v=1,
+                    site="truck-07",
+                    gateway="truck-07-gw",
+                    seq=seq,
+                    sent_at=T0,
+                    readings=unplanned,
+                )
+            ),
+            T0,
+        )
+
+    events = [(r.message, getattr(r, "late_so_far", None)) for r in caplog.records]
+    assert events == [("reading.late", 1), ("reading.late", 10), ("reading.unplanned", None)]
+    assert harness.ingest.engine.counters.late == 12
+    assert harness.ingest.engine.counters.unplanned == 2

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from milkguard.contract.v1 import Reading
 from milkguard.errors import PlanError
+from stream.engine import DeviationChange, RuleEngine
 from stream.plan import load_plan, parse_plan
+from tests.conftest import T0
 
 GOOD = """\
 plan: farm
@@ -98,3 +101,51 @@ def test_yaml_syntax_errors_give_line_and_column() -> None:
 def test_a_missing_file_is_a_plan_error(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="cannot read the file"):
         load_plan(tmp_path / "absent.yaml")
+
+
+def test_a_key_given_twice_is_refused_rather_than_the_last_one_winning() -> None:
+    (problem,) = problems(GOOD.replace("    max: 7.0\n", "    max: 7.0\n    max: 70.0\n"))
+
+    assert "key 'max' appears twice in one mapping (first on line 14)" in problem
+    assert problem.startswith("line 15")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_limit_that_could_never_fire_is_refused(value: str) -> None:
+    (problem,) = problems(GOOD.replace("max: 7.0", f"max: {value}"))
+
+    assert problem.startswith("line 14: rules[0].max: Input should be a finite number")
+
+
+def test_two_farms_may_each_have_a_tank_1_under_different_plan_keys() -> None:
+    two_farms = (
+        GOOD.replace(
+            "  tank-1:\n    site: farm-01\n",
+            "  farm-01.tank-1:\n    site: farm-01\n    id: tank-1\n",
+        )
+        .replace("asset: tank-1", "asset: farm-01.tank-1")
+        .replace(
+            "rules:\n",
+            "  farm-02.tank-1:\n    site: farm-02\n    id: tank-1\n    kind: bulk_tank\n"
+            "    channels:\n      milk_temp: {unit: degC, interval_s: 60}\nrules:\n",
+        )
+    )
+    engine = RuleEngine(parse_plan(two_farms.encode(), "farm.yaml"))
+    out: list[DeviationChange] = []
+
+    engine.judge("farm-02", "gw2", [Reading("tank-1", "milk_temp", 9.0, "degC", T0)], out)
+    assert out == []  # farm-02's tank has no rule
+    engine.judge("farm-01", "gw1", [Reading("tank-1", "milk_temp", 9.0, "degC", T0)], out)
+    assert [(c.deviation.site, c.deviation.asset) for c in out] == [("farm-01", "tank-1")]
+    assert engine.counters.unplanned == 0
+
+
+def test_two_plan_assets_claiming_one_wire_asset_are_refused() -> None:
+    doubled = GOOD.replace(
+        "assets:\n",
+        "assets:\n  tank-1-again:\n    site: farm-01\n    id: tank-1\n    kind: bulk_tank\n"
+        "    channels:\n      milk_temp: {unit: degC, interval_s: 60}\n",
+    )
+
+    (problem,) = problems(doubled)
+    assert "are both asset 'tank-1' of site 'farm-01'" in problem

@@ -75,9 +75,9 @@ def service(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[RunningService]:
 
 @pytest.fixture
 def truck_gateway(service: RunningService) -> Iterator[GatewayPublisher]:
-    client = mqtt_connect.connect(service.address, "test-truck-07-gw")
-    yield GatewayPublisher(client, "truck-07", "truck-07-gw", first_seq=1)
-    mqtt_connect.disconnect(client)
+    connection = mqtt_connect.connect(service.address, "test-truck-07-gw")
+    yield GatewayPublisher(connection, "truck-07", "truck-07-gw", first_seq=1)
+    connection.close()
 
 
 def compartment(seconds: int, value: float) -> Reading:
@@ -186,14 +186,14 @@ def test_with_influxdb_configured_every_reading_lands_there_once(
     thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
     thread.start()
     wait_until(lambda: service.ingest is not None, what="the service to start")
-    client = mqtt_connect.connect(
+    connection = mqtt_connect.connect(
         mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port), "test-gw"
     )
-    gateway = GatewayPublisher(client, "truck-07", "truck-07-gw", first_seq=1)
+    gateway = GatewayPublisher(connection, "truck-07", "truck-07-gw", first_seq=1)
     for second in range(0, 300, 10):
         gateway.publish([compartment(second, 4.0 + second / 100)])
     assert gateway.drain()
-    mqtt_connect.disconnect(client)
+    connection.close()
     wait_until(
         lambda: service.ingest is not None and service.ingest.counters.readings == 30,
         what="30 readings ingested",

@@ -13,6 +13,8 @@ from stream.sinks.memory import MemoryTimeSeriesSink
 class Unreachable:
     """A remote store that is down."""
 
+    saturated = False
+
     def add(self, lines: Sequence[str]) -> None:
         pass
 

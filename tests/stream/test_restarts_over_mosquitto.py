@@ -1,0 +1,147 @@
+"""Restarts and outages lose nothing: the stream's persistent session holds batches while it is
+down, a stop with a full queue neither hangs nor drops, and what is published while the broker
+is away is sent after it comes back."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from edge.publisher import GatewayPublisher
+from milkguard import mqtt as mqtt_connect
+from milkguard.contract.v1 import Reading
+from milkguard.settings import MqttSettings, Settings
+from stream.embedded import EmbeddedService, RunSummary
+from stream.errors import NotAcknowledged
+from stream.mqtt_io import MqttOutbox
+from tests.conftest import T0
+from tests.helpers import wait_until
+from tests.servers import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+
+class Stream:
+    """The stream service run in a thread, restartable with the same MQTT client id."""
+
+    def __init__(self, mosquitto: Mosquitto, data_dir: Path, queue_size: int = 10_000) -> None:
+        self.settings = Settings(
+            data_dir=data_dir,
+            simulators=False,
+            mqtt=MqttSettings(
+                broker="external",
+                host=mosquitto.host,
+                port=mosquitto.port,
+                queue_size=queue_size,
+            ),
+        )
+        self.summaries: list[RunSummary] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.service: EmbeddedService | None = None
+
+    def start(self) -> EmbeddedService:
+        service = EmbeddedService(self.settings, Console(file=io.StringIO()))
+        self.service, self._stop = service, threading.Event()
+        self._thread = threading.Thread(
+            target=lambda: self.summaries.append(service.run(self._stop)), daemon=True
+        )
+        self._thread.start()
+        wait_until(lambda: service.ingest is not None, what="the service to start")
+        return service
+
+    def stop(self) -> RunSummary:
+        assert self._thread is not None
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "the service did not stop"
+        return self.summaries[-1]
+
+
+def gateway(mosquitto: Mosquitto, name: str = "truck-07-gw") -> GatewayPublisher:
+    connection = mqtt_connect.connect(
+        mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port), f"test-{name}"
+    )
+    return GatewayPublisher(connection, "truck-07", name, first_seq=1)
+
+
+def publish(gw: GatewayPublisher, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        gw.publish([Reading("comp-1", "temp", 4.0, "degC", T0 + i * 1000)])
+
+
+def test_batches_published_while_the_stream_is_down_are_judged_after_it_restarts(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    stream = Stream(mosquitto, tmp_path / "var")
+    stream.start()
+    gw = gateway(mosquitto)
+    publish(gw, 10)
+    wait_until(lambda: stream.service.ingest.counters.batches == 10)  # type: ignore[union-attr]
+    first = stream.stop()
+
+    publish(gw, 200, start=10)  # the stream is down: its persistent session holds these
+    assert gw.drain()
+    stream.start()
+    wait_until(
+        lambda: stream.service.ingest.counters.batches == 200,  # type: ignore[union-attr]
+        what="the 200 batches held by the broker",
+    )
+    second = stream.stop()
+    gw.connection.close()
+
+    assert first.counters["ingest.batches"] + second.counters["ingest.batches"] == 210
+    assert second.counters["ingest.duplicates"] == 0
+    assert second.counters["engine.late"] == 0
+
+
+def test_a_stop_with_a_full_queue_neither_hangs_nor_loses_a_batch(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    stream = Stream(mosquitto, tmp_path / "var", queue_size=10)
+    stream.start()
+    gw = gateway(mosquitto)
+    publish(gw, 2_000)
+    assert gw.drain()
+    first = stream.stop()  # very likely mid-way, with paho blocked on the full queue
+
+    stream.start()
+    wait_until(
+        lambda: (
+            first.counters["ingest.batches"] + stream.service.ingest.counters.batches  # type: ignore[union-attr]
+            >= 2_000
+        ),
+        timeout_s=60,
+        what="every batch across the two runs",
+    )
+    second = stream.stop()
+    gw.connection.close()
+
+    assert first.counters["ingest.batches"] + second.counters["ingest.batches"] == 2_000
+    assert first.counters["ingest.duplicates"] + second.counters["ingest.duplicates"] == 0
+
+
+def test_what_is_published_during_a_broker_outage_is_sent_once_it_is_back(
+    mosquitto: Mosquitto,
+) -> None:
+    address = mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port)
+    outbox = MqttOutbox(address, "test-outbox")
+    gw = gateway(mosquitto)
+    mosquitto.stop()
+    wait_until(lambda: not gw.connection.client.is_connected(), what="the link to drop")
+
+    outbox.publish("milkguard/v1/deviations/truck-07/comp-1", b"{}")
+    publish(gw, 5)  # queued by paho, not refused, not raised
+    with pytest.raises(NotAcknowledged, match="not acknowledged yet"):
+        outbox.flush()
+
+    mosquitto.start()
+    wait_until(lambda: outbox.connection.wait_acknowledged(0.1), what="the outbox resend")
+    wait_until(lambda: gw.drain(0.1), what="the gateway's resend")
+    assert gw.connection.thread.is_alive()
+    outbox.close()
+    gw.connection.close()

@@ -131,16 +131,16 @@ def _plan_check(path: Path) -> int:
         f"version {loaded.version}, {len(plan.assets)} assets, {len(plan.rules)} rules"
     )
     table = Table(title="Rules", title_justify="left")
-    for column in ("rule", "ccp", "asset/channel", "min", "max", "sustained", "severity", "action"):
+    for column in ("rule", "kind", "ccp", "asset/channel", "limit", "severity", "action"):
         table.add_column(column)
     for rule in plan.rules:
+        unit = plan.assets[rule.asset].channels[rule.channel].unit
         table.add_row(
             rule.id,
+            rule.kind,
             rule.ccp or "",
             f"{rule.asset}/{rule.channel}",
-            "" if rule.min is None else f"{rule.min:g}",
-            "" if rule.max is None else f"{rule.max:g}",
-            f"{rule.sustained_s:g} s",
+            rule.describe(unit),
             rule.severity,
             rule.action,
         )

@@ -7,18 +7,25 @@ which owns the engine and every sink (so none of them needs a lock).
 Stopping (Ctrl-C or SIGTERM) loses nothing: the simulators stop and wait for their last batches to
 be acknowledged; the source keeps reading until the broker has been quiet for a moment; it then
 unsubscribes and what is queued is judged; every sink is flushed and closed; the broker stops last.
-Deviations still open are reported as open, never closed on the stream's behalf.
+Deviations still open are reported as open, never closed on the stream's behalf. The engine's
+state (readings held for lateness, breaches in progress, open deviations) is saved to
+``DATA_DIR/engine.snapshot`` and taken back at the next start under the same plan version, so a
+restart in the middle of a breach opens its deviation at the same event time as without it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
+import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -26,11 +33,12 @@ from rich.table import Table
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import Settings
-from stream.engine.engine import RuleEngine
+from stream.engine.core import Engine, SnapshotMismatch
+from stream.engine.deviation import DeviationChange
 from stream.errors import SinkError
 from stream.ingest import Ingest
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
-from stream.plan import LoadedPlan, load_plan
+from stream.plan import CriticalLimit, LoadedPlan, load_plan
 from stream.sinks.base import (
     FanOutDeadLetterSink,
     FanOutDeviationSink,
@@ -74,8 +82,14 @@ def broker_address(settings: Settings) -> BrokerAddress:
 class EmbeddedService:
     """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped."""
 
-    def __init__(self, settings: Settings, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        console: Console | None = None,
+        on_change: Callable[[DeviationChange], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self._on_change = on_change
         self.console = console or Console()
         self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
         self.ingest: Ingest | None = None
@@ -155,7 +169,7 @@ class EmbeddedService:
             sink.check_reachable()
             series.append(sink)
         return Ingest(
-            RuleEngine(self.plan),
+            self._engine(),
             FanOutTimeSeriesSink(series),
             FanOutDeviationSink(
                 [
@@ -167,7 +181,40 @@ class EmbeddedService:
             FanOutDeadLetterSink(
                 [JsonlDeadLetterSink(data_dir / "deadletter.jsonl"), MqttDeadLetterSink(outbox)]
             ),
+            on_change=self._on_change,
         )
+
+    @property
+    def snapshot_path(self) -> Path:
+        """Where the engine's state is kept between runs."""
+        return self.settings.data_dir / "engine.snapshot"
+
+    def _engine(self) -> Engine:
+        path = self.snapshot_path
+        if not path.exists():
+            return Engine(self.plan)
+        try:
+            engine = Engine.restore(self.plan, path.read_bytes())
+        except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("engine.fresh_state", extra={"snapshot": str(path), "reason": str(exc)})
+            return Engine(self.plan)
+        log.info(
+            "engine.restored",
+            extra={
+                "snapshot": str(path),
+                "held": engine.held,
+                "open": len(engine.open_deviations()),
+            },
+        )
+        return engine
+
+    def _save_engine(self, engine: Engine) -> None:
+        path = self.snapshot_path
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(engine.snapshot())
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        partial.replace(path)  # atomic: a crash leaves the old snapshot or the new one
 
     def _loop(
         self,
@@ -198,7 +245,8 @@ class EmbeddedService:
                     try:
                         message = source.queue.get(timeout=0.2)
                     except queue.Empty:
-                        pass
+                        # no data: move the engine's clock so silence and deadlines still fire
+                        ingest.tick(time.time_ns() // 1_000_000)
                     else:
                         ingest.handle(*message)
                 now = time.monotonic()
@@ -232,6 +280,7 @@ class EmbeddedService:
             quiet_since = time.monotonic()
         source.stop(lambda message: ingest.handle(*message))
         self._flush(ingest)
+        self._save_engine(ingest.engine)
 
     def _flush(self, ingest: Ingest) -> None:
         try:
@@ -286,6 +335,7 @@ class EmbeddedService:
             **{f"ingest.{k}": v for k, v in _fields(ingest.counters).items()},
             **{f"engine.{k}": v for k, v in _fields(ingest.engine.counters).items()},
         }
+        counters["engine.held"] = ingest.engine.held
         if simulated is not None:
             counters["simulators.readings_published"] = simulated
         still_open = ingest.engine.open_deviations()
@@ -309,10 +359,11 @@ def _limits_by_channel(loaded: LoadedPlan) -> dict[tuple[str, str, str], str]:
     plan = loaded.plan
     limits: dict[tuple[str, str, str], str] = {}
     for rule in plan.rules:
-        asset = plan.assets[rule.asset]
-        unit = asset.channels[rule.channel].unit
-        key = (asset.site, asset.id or rule.asset, rule.channel)
-        limits[key] = describe_limit(rule.min, rule.max, unit)
+        if isinstance(rule, CriticalLimit):
+            asset = plan.assets[rule.asset]
+            unit = asset.channels[rule.channel].unit
+            key = (asset.site, asset.id or rule.asset, rule.channel)
+            limits[key] = describe_limit(rule.min, rule.max, unit)
     return limits
 
 

@@ -12,12 +12,13 @@ import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
 from milkguard.contract.v1 import Batch, Reading, decode_batch, is_valid_id, parse_batch_topic
+from stream.engine.core import Engine
 from stream.engine.deviation import DeviationChange, iso_ms
-from stream.engine.engine import RuleEngine
 from stream.lineprotocol import deviation_line, event_line, reading_line
 from stream.sinks.base import (
     DeadLetter,
@@ -84,15 +85,18 @@ class Ingest:
 
     def __init__(
         self,
-        engine: RuleEngine,
+        engine: Engine,
         timeseries: TimeSeriesSink,
         deviations: DeviationSink,
         deadletter: DeadLetterSink,
         *,
         dedupe_window: int = 65_536,
+        clock: Literal["received", "event"] = "received",
         on_change: Callable[[DeviationChange], None] | None = None,
     ) -> None:
         self.engine = engine
+        # live, the engine's clock is the receive time; replaying a file, the newest event time
+        self._event_clock = clock == "event"
         self.counters = IngestCounters()
         self._timeseries = timeseries
         self._deviations = deviations
@@ -182,7 +186,12 @@ class Ingest:
             readings = self._drop_unsafe_ids(topic, received_ms, batch)
         changes: list[DeviationChange] = []
         engine = self.engine
-        mismatches = engine.judge(site, gateway, readings, changes)
+        mismatches = engine.submit(site, gateway, readings, received_ms)
+        if self._event_clock:
+            newest = max((r.ts for r in readings), default=engine.now)
+            engine.advance(max(newest, engine.now), changes)
+        else:
+            engine.advance(received_ms, changes)
         if engine.notices:
             self._log_notices(gateway)
         if mismatches:
@@ -200,11 +209,7 @@ class Ingest:
                 f"reading of {reading.asset}/{reading.channel} has unit {reading.unit!r} but "
                 f"the plan declares {mismatch.expected!r}; convert at the gateway or fix the plan",
             )
-        for change in changes:
-            lines.append(deviation_line(change))
-            self._deviations.emit(change)
-            if self._on_change is not None:
-                self._on_change(change)
+        self._emit(changes, lines)
         latest = self.latest
         for reading in readings:
             key = (site, reading.asset, reading.channel)
@@ -212,6 +217,31 @@ class Ingest:
             if previous is None or reading.ts >= previous.ts:
                 latest[key] = reading
         self._timeseries.add(lines)
+
+    def tick(self, now_ms: int) -> None:
+        """Move the engine's clock with no data: releases held readings and fires timers."""
+        changes: list[DeviationChange] = []
+        self.engine.advance(now_ms, changes)
+        if changes:
+            lines: list[str] = []
+            self._emit(changes, lines)
+            self._timeseries.add(lines)
+
+    def finish(self) -> None:
+        """End of input (a replayed file): judge everything the engine still holds, flush."""
+        changes: list[DeviationChange] = []
+        self.engine.flush(changes)
+        lines: list[str] = []
+        self._emit(changes, lines)
+        self._timeseries.add(lines)
+        self.flush()
+
+    def _emit(self, changes: list[DeviationChange], lines: list[str]) -> None:
+        for change in changes:
+            lines.append(deviation_line(change))
+            self._deviations.emit(change)
+            if self._on_change is not None:
+                self._on_change(change)
 
     def _log_notices(self, gateway: str) -> None:
         for notice in self.engine.take_notices():
@@ -233,7 +263,8 @@ class Ingest:
                     extra={
                         **context,
                         "late_so_far": notice.count,
-                        "hint": "stored, not judged: older than the last judged sample",
+                        "hint": "stored, not judged: it arrived after its channel's allowed "
+                        "lateness (raise allowed_lateness_s in the plan if this is expected)",
                     },
                 )
 

@@ -55,10 +55,12 @@ def event_line(site: str, gateway: str, event: Event) -> str:
 def deviation_line(change: DeviationChange) -> str:
     """A deviation opening or closing, stamped at the deviation's start."""
     d = change.deviation
+    peak = f"peak={d.peak!r}," if d.peak is not None else ""
     return (
-        f"deviation,site={d.site},asset={d.asset},rule={escape_tag(d.rule_id)},"
+        f"deviation,site={d.site},asset={d.asset},rule={escape_tag(d.rule_id)},kind={d.kind},"
         f"severity={d.severity},change={change.kind} "
-        f"peak={d.peak!r},time_beyond_s={d.time_beyond_s!r},degree_minutes={d.degree_minutes!r},"
-        f"open={'true' if d.status == 'open' else 'false'},id={string_field(d.id)} "
+        f"{peak}time_beyond_s={d.time_beyond_s!r},degree_minutes={d.degree_minutes!r},"
+        f"open={'true' if d.status == 'open' else 'false'},"
+        f"late={'true' if d.detected_late else 'false'},id={string_field(d.id)} "
         f"{d.start_ms}000000"
     )

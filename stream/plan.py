@@ -75,11 +75,16 @@ class _Strict(BaseModel):
 
 
 class Channel(_Strict):
-    """One measured quantity of an asset."""
+    """One measured quantity of an asset.
+
+    A channel silent for longer than ``silence_after_s`` (default: the plan's ``silence_factor``
+    times ``interval_s``) is "monitoring lost": critical on a CCP channel, minor otherwise.
+    """
 
     unit: Unit
     interval_s: float = Field(gt=0, description="Expected sampling interval, seconds.")
     ccp: bool = Field(default=False, description="A critical control point's channel.")
+    silence_after_s: float | None = Field(default=None, gt=0)
 
 
 class Asset(_Strict):
@@ -93,17 +98,33 @@ class Asset(_Strict):
     id: PlanId | None = None
     kind: AssetKind
     description: str = ""
+    allowed_lateness_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="How late a reading may arrive and still be judged at its timestamp "
+        "(default: the plan's). Deviations are reported this much later than they happen.",
+    )
     channels: dict[PlanId, Channel] = Field(min_length=1)
 
 
-class CriticalLimit(_Strict):
-    """A minimum and/or maximum on one channel, breached at once or when sustained."""
+class _ChannelRule(_Strict):
+    """What every rule on one channel names."""
 
-    kind: Literal["critical_limit"]
     id: PlanId
     ccp: str | None = Field(default=None, description="HACCP critical control point id.")
     asset: PlanId
     channel: PlanId
+    severity: Severity
+    action: Action
+    source: str = Field(
+        min_length=3, description="Where the limit comes from: a regulation or the HACCP plan."
+    )
+
+
+class CriticalLimit(_ChannelRule):
+    """A minimum and/or maximum on one channel, breached at once or when sustained."""
+
+    kind: Literal["critical_limit"]
     min: float | None = None
     max: float | None = None
     sustained_s: float = Field(
@@ -111,11 +132,16 @@ class CriticalLimit(_Strict):
         ge=0,
         description="0: a deviation at the first sample beyond the limit (CCP critical limits).",
     )
-    severity: Severity
-    action: Action
-    source: str = Field(
-        min_length=3, description="Where the limit comes from: a regulation or the HACCP plan."
-    )
+
+    def describe(self, unit: str) -> str:
+        """The limit as an operator reads it: '2-6 degC for 15 s'."""
+        if self.min is not None and self.max is not None:
+            band = f"{self.min:g}-{self.max:g} {unit}"
+        elif self.max is not None:
+            band = f"<= {self.max:g} {unit}"
+        else:
+            band = f">= {self.min:g} {unit}"
+        return f"{band}, breach for {self.sustained_s:g} s" if self.sustained_s else band
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> CriticalLimit:
@@ -126,7 +152,30 @@ class CriticalLimit(_Strict):
         return self
 
 
-Rule = Annotated[CriticalLimit, Field(discriminator="kind")]
+class StuckSensor(_ChannelRule):
+    """A sensor repeating exactly the same value for too long is unmonitored, not compliant."""
+
+    kind: Literal["stuck_sensor"]
+    flat_for_s: float = Field(gt=0, description="How long an exact flat line may last.")
+
+    def describe(self, unit: str) -> str:
+        """'no exact flat line for 600 s'."""
+        return f"no exact flat line for {self.flat_for_s:g} s"
+
+
+class RateOfChange(_ChannelRule):
+    """A change faster than physics allows (a milk tank does not cool 5 degC in a minute) means a
+    faulty sensor or wiring: the readings are implausible."""
+
+    kind: Literal["rate_of_change"]
+    max_per_min: float = Field(gt=0, description="Largest plausible change per minute.")
+
+    def describe(self, unit: str) -> str:
+        """'changes <= 2 degC/min'."""
+        return f"changes <= {self.max_per_min:g} {unit}/min"
+
+
+Rule = Annotated[CriticalLimit | StuckSensor | RateOfChange, Field(discriminator="kind")]
 
 
 class Plan(_Strict):
@@ -135,6 +184,16 @@ class Plan(_Strict):
     plan: PlanId
     title: str = ""
     jurisdiction: Jurisdiction
+    allowed_lateness_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Default for assets: how late a reading may arrive and still be judged.",
+    )
+    silence_factor: float = Field(
+        default=3.0,
+        gt=1,
+        description="A channel is 'monitoring lost' after this many sampling intervals of silence.",
+    )
     assets: dict[PlanId, Asset] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
 
@@ -255,7 +314,7 @@ def _describe(error: Any, root: yaml.Node | None) -> str:
 
 def _is_union_tag(part: object) -> bool:
     # pydantic puts the discriminator value in the location ('critical_limit'); readers do not care
-    return part == "critical_limit"
+    return part in {"critical_limit", "stuck_sensor", "rate_of_change"}
 
 
 def _dotted(loc: list[Any]) -> str:

@@ -1,5 +1,6 @@
 """The pure HACCP rule engine: readings and events in, deviations out; time is data."""
 
+from stream.engine.core import Engine, EngineCounters, Notice, SnapshotMismatch, UnitMismatch
 from stream.engine.deviation import (
     AppliedLimit,
     Deviation,
@@ -7,18 +8,18 @@ from stream.engine.deviation import (
     deviation_to_json,
     iso_ms,
 )
-from stream.engine.engine import EngineCounters, Notice, RuleEngine, UnitMismatch
-from stream.engine.limits import CriticalLimitState, LimitSpec
+from stream.engine.machines import RuleSpec, Sample
 
 __all__ = [
     "AppliedLimit",
-    "CriticalLimitState",
     "Deviation",
     "DeviationChange",
+    "Engine",
     "EngineCounters",
-    "LimitSpec",
     "Notice",
-    "RuleEngine",
+    "RuleSpec",
+    "Sample",
+    "SnapshotMismatch",
     "UnitMismatch",
     "deviation_to_json",
     "iso_ms",

@@ -31,6 +31,7 @@ class Deviation(msgspec.Struct):
 
     id: str
     status: DeviationStatus
+    kind: str  # the rule kind: critical_limit, stuck_sensor, rate_of_change, monitoring_lost
     plan: str
     plan_version: str
     rule_id: str
@@ -46,9 +47,10 @@ class Deviation(msgspec.Struct):
     start_ms: int
     detected_ms: int
     end_ms: int | None
-    peak: float
+    peak: float | None  # the most extreme value (None for monitoring lost)
     time_beyond_s: float
     degree_minutes: float
+    detected_late: bool = False  # found from readings that reached the stream late
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -77,6 +79,7 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "change": change.kind,
         "id": d.id,
         "status": d.status,
+        "kind": d.kind,
         "plan": d.plan,
         "plan_version": d.plan_version,
         "rule_id": d.rule_id,
@@ -95,4 +98,5 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "peak": d.peak,
         "time_beyond_s": round(d.time_beyond_s, 3),
         "degree_minutes": round(d.degree_minutes, 4),
+        "detected_late": d.detected_late,
     }

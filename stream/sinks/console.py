@@ -11,12 +11,14 @@ _SEVERITY_STYLE = {"critical": "bold white on red", "major": "bold red", "minor"
 
 
 def describe_limit(minimum: float | None, maximum: float | None, unit: str) -> str:
-    """'2.0-6.0 degC', '<= 6.0 degC' or '>= 72.0 degC'."""
+    """'2.0-6.0 degC', '<= 6.0 degC', '>= 72.0 degC', or '' for a rule without a band."""
     if minimum is not None and maximum is not None:
         return f"{minimum:g}-{maximum:g} {unit}"
     if maximum is not None:
         return f"<= {maximum:g} {unit}"
-    return f">= {minimum:g} {unit}"
+    if minimum is not None:
+        return f">= {minimum:g} {unit}"
+    return ""
 
 
 class ConsoleDeviationSink:
@@ -34,15 +36,18 @@ class ConsoleDeviationSink:
             line.append(" DEVIATION ", style=_SEVERITY_STYLE.get(d.severity, "bold"))
             line.append(f" {d.severity.upper()} ", style="bold")
             line.append(f"{d.site}/{d.asset} {','.join(d.channels)} ", style="bold cyan")
-            line.append(f"peak {d.peak:g} {d.limit.unit}, limit {limit}, ")
+            if d.kind == "monitoring_lost":
+                line.append(f"no sample for {d.limit.sustained_s:g} s (monitoring lost), ")
+            elif d.peak is not None:
+                line.append(f"peak {d.peak:g} {d.limit.unit}, limit {limit}, ")
             line.append(f"since {iso_ms(d.start_ms)} ({d.time_beyond_s:g} s beyond)")
             line.append(f"  rule {d.rule_id}, {d.ccp or 'no CCP'}; action: {d.action}", style="dim")
         else:
             line.append(" RESOLVED  ", style="bold green")
             line.append(f" {d.site}/{d.asset} {','.join(d.channels)} ", style="bold cyan")
+            peak = f", peak {d.peak:g} {d.limit.unit}" if d.peak is not None else ""
             line.append(
-                f"back within {limit} at {iso_ms(d.end_ms or d.start_ms)}: "
-                f"{d.time_beyond_s:g} s beyond, peak {d.peak:g} {d.limit.unit}, "
+                f"ended at {iso_ms(d.end_ms or d.start_ms)}: {d.time_beyond_s:g} s{peak}, "
                 f"{d.degree_minutes:.2f} degree-minutes"
             )
             line.append(f"  rule {d.rule_id}", style="dim")

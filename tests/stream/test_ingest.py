@@ -7,7 +7,7 @@ import json
 import pytest
 
 from milkguard.contract.v1 import Batch, Reading, batch_topic, encode_batch
-from stream.engine import RuleEngine
+from stream.engine import Engine
 from stream.ingest import Ingest, SequenceWindow
 from stream.plan import LoadedPlan
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
@@ -22,11 +22,12 @@ class Harness:
         self.deviations = MemoryDeviationSink()
         self.deadletter = MemoryDeadLetterSink()
         self.ingest = Ingest(
-            RuleEngine(plan),
+            Engine(plan),
             self.series,
             self.deviations,
             self.deadletter,
             dedupe_window=window,
+            clock="event",
         )
         self.seq = 0
 
@@ -50,9 +51,10 @@ def harness(demo_plan: LoadedPlan) -> Harness:
 def test_valid_batches_are_stored_and_judged(harness: Harness) -> None:
     for second in range(0, 40, 10):
         harness.send((second, 8.0))
-    harness.ingest.flush()
+    harness.ingest.finish()
 
-    assert [c.kind for c in harness.deviations.changes] == ["opened"]
+    limits = [c for c in harness.deviations.changes if c.deviation.kind == "critical_limit"]
+    assert [c.kind for c in limits] == ["opened"]
     assert len([line for line in harness.series.lines if line.startswith("reading,")]) == 4
     assert any(line.startswith("deviation,") for line in harness.series.lines)
     assert harness.ingest.counters.readings == 4
@@ -145,14 +147,15 @@ def test_a_reading_in_the_wrong_unit_is_dead_lettered_and_the_rest_of_its_batch_
     )
 
     harness.ingest.handle(TOPIC, payload, T0)
+    harness.ingest.finish()
 
     (letter,) = harness.deadletter.letters
     assert "unit '%' but the plan declares 'degC'" in letter.reason
     assert json.loads(letter.payload)["value"] == 45.0
     assert harness.ingest.counters.rejected_readings == 1
     assert harness.ingest.engine.counters.judged == 1
-    harness.ingest.flush()
-    assert [line.split(" ")[1] for line in harness.series.lines] == ["value=4.0"]
+    readings = [line for line in harness.series.lines if line.startswith("reading,")]
+    assert [line.split(" ")[1] for line in readings] == ["value=4.0"]
     assert harness.ingest.latest[("truck-07", "comp-2", "temp")].value == 4.0
 
 

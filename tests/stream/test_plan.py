@@ -8,9 +8,9 @@ import pytest
 
 from milkguard.contract.v1 import Reading
 from milkguard.errors import PlanError
-from stream.engine import DeviationChange, RuleEngine
 from stream.plan import load_plan, parse_plan
 from tests.conftest import T0
+from tests.stream.engine.scenario import Scenario
 
 GOOD = """\
 plan: farm
@@ -130,14 +130,15 @@ def test_two_farms_may_each_have_a_tank_1_under_different_plan_keys() -> None:
             "    channels:\n      milk_temp: {unit: degC, interval_s: 60}\nrules:\n",
         )
     )
-    engine = RuleEngine(parse_plan(two_farms.encode(), "farm.yaml"))
-    out: list[DeviationChange] = []
+    farms = Scenario(two_farms)
 
-    engine.judge("farm-02", "gw2", [Reading("tank-1", "milk_temp", 9.0, "degC", T0)], out)
-    assert out == []  # farm-02's tank has no rule
-    engine.judge("farm-01", "gw1", [Reading("tank-1", "milk_temp", 9.0, "degC", T0)], out)
-    assert [(c.deviation.site, c.deviation.asset) for c in out] == [("farm-01", "tank-1")]
-    assert engine.counters.unplanned == 0
+    farms.send("farm-02", [Reading("tank-1", "milk_temp", 9.0, "degC", T0)])  # no rule there
+    farms.send("farm-01", [Reading("tank-1", "milk_temp", 9.0, "degC", T0)])
+    farms.finish()
+
+    breached = [(c.deviation.site, c.deviation.asset) for c in farms.of("critical_limit")]
+    assert breached == [("farm-01", "tank-1")]
+    assert farms.engine.counters.unplanned == 0
 
 
 def test_two_plan_assets_claiming_one_wire_asset_are_refused() -> None:

@@ -16,6 +16,7 @@ from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Reading
 from milkguard.settings import MqttSettings, Settings
 from stream.embedded import EmbeddedService, RunSummary
+from stream.engine import DeviationChange
 from stream.errors import NotAcknowledged
 from stream.mqtt_io import MqttOutbox
 from tests.conftest import T0
@@ -40,12 +41,19 @@ class Stream:
             ),
         )
         self.summaries: list[RunSummary] = []
+        self._changes: list[DeviationChange] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.service: EmbeddedService | None = None
 
+    def changes(self) -> list[DeviationChange]:
+        """What the service judged, across restarts."""
+        return list(self._changes)
+
     def start(self) -> EmbeddedService:
-        service = EmbeddedService(self.settings, Console(file=io.StringIO()))
+        service = EmbeddedService(
+            self.settings, Console(file=io.StringIO()), on_change=self._changes.append
+        )
         self.service, self._stop = service, threading.Event()
         self._thread = threading.Thread(
             target=lambda: self.summaries.append(service.run(self._stop)), daemon=True
@@ -145,3 +153,36 @@ def test_what_is_published_during_a_broker_outage_is_sent_once_it_is_back(
     assert gw.connection.thread.is_alive()
     outbox.close()
     gw.connection.close()
+
+
+def test_a_restart_in_the_middle_of_a_sustained_breach_opens_it_at_the_same_event_time(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    stream = Stream(mosquitto, tmp_path / "var")
+    stream.start()
+    gw = gateway(mosquitto)
+    # comp-1 above 6 degC from 2 s on; the demo plan wants 15 s sustained
+    temps = [4.0, 4.0, 7.0, 7.2, 7.4, 7.6, 7.8] + [8.0] * 13 + [5.0] * 4
+    for second, temp in enumerate(temps[:8]):  # 6 s of breach, not yet a deviation
+        gw.publish([Reading("comp-1", "temp", temp, "degC", T0 + second * 1000)])
+    wait_until(lambda: stream.service.ingest.counters.readings == 8)  # type: ignore[union-attr]
+    stream.stop()
+    assert (tmp_path / "var" / "engine.snapshot").exists()
+
+    stream.start()
+    for second, temp in enumerate(temps[8:], start=8):
+        gw.publish([Reading("comp-1", "temp", temp, "degC", T0 + second * 1000)])
+    wait_until(
+        lambda: any(
+            c.deviation.kind == "critical_limit" and c.kind == "closed" for c in stream.changes()
+        ),
+        what="the breach to close after the restart",
+    )
+    stream.stop()
+    gw.connection.close()
+
+    limit = [c for c in stream.changes() if c.deviation.kind == "critical_limit"]
+    assert [c.kind for c in limit] == ["opened", "closed"]
+    assert limit[0].deviation.start_ms == T0 + 2_000  # as if the stream had never stopped
+    assert limit[0].deviation.detected_ms == T0 + 17_000
+    assert limit[1].deviation.end_ms == T0 + 20_000

@@ -1,0 +1,683 @@
+"""The rule engine: readings in, deviations out, on event time. Pure: time is data.
+
+How it judges
+-------------
+The plan is compiled into a channel table: one row per (site, asset, channel, unit), with the
+rules' limits and the channel's state (last sample, start of the current flat run, whether a
+rule is engaged) in numpy arrays.
+
+``submit`` routes a gateway's readings to rows and holds them. ``advance(now)`` releases, for each
+channel, the held readings at or below its watermark: the newest timestamp seen on the channel
+minus its allowed lateness (bounded out-of-orderness, per channel, in the device's own time, so a
+device whose clock is off is not judged against the stream's). A channel that has received
+nothing for its allowed lateness (in the stream's time, ``now``) is idle and releases everything
+it holds. Released readings are sorted by channel and time, so readings that came out of order
+within the allowed lateness are judged at their timestamps, in order. A reading older than what
+its channel has already judged arrived too late: it is counted and reported, never judged out
+of order (and still stored by the runtime).
+
+Released readings are screened with vector checks: within the quiet band of every limit on the
+channel, a plausible rate of change, no flat line near its limit, no gap near the silence limit,
+and no rule engaged. A channel whose readings all pass only has its state row updated; the others
+go, sample by sample, through the channel's rule machines (:mod:`stream.engine.machines`). Most
+readings are quiet, which is what makes the engine fast.
+
+``advance`` also fires timers: a channel that has received nothing for longer than its silence
+limit (in the stream's time) opens a "monitoring lost" deviation, with no sample needed, starting
+at its last sample plus the limit.
+
+``now`` and each batch's receive time are data: the wall clock when live, the newest event time
+seen when replaying a file. Calling ``advance`` every few thousand readings (or every ~100 ms)
+amortizes the vector work; a replay calls it on a fixed count, so it is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from milkguard.contract.v1 import Reading
+from stream.engine.deviation import Deviation, DeviationChange
+from stream.engine.machines import (
+    CriticalLimitMachine,
+    Machine,
+    RateOfChangeMachine,
+    RuleSpec,
+    Sample,
+    SilenceMachine,
+    StuckSensorMachine,
+)
+from stream.plan import CriticalLimit, LoadedPlan, RateOfChange, StuckSensor
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+#: "never": a time span no flat line or gap reaches
+_NEVER = np.int64(2**62)
+SNAPSHOT_FORMAT = 1
+
+
+class SnapshotMismatch(ValueError):  # noqa: N818 - reads as the condition
+    """A snapshot was taken under another plan version or format."""
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """What the engine saw, for metrics and the run summary."""
+
+    submitted: int = 0
+    judged: int = 0
+    unplanned: int = 0
+    late: int = 0
+    duplicates: int = 0
+    opened: int = 0
+    closed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UnitMismatch:
+    """A reading whose unit is not the one the plan declares for its channel."""
+
+    reading: Reading
+    expected: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something about the input that an operator should hear of, without a flood.
+
+    ``unplanned``: the first reading of a channel the plan does not know.
+    ``late``: a reading its channel's watermark had passed; sent for the 1st, 10th, 100th, ...
+    of a channel, with the count so far.
+    """
+
+    kind: str
+    site: str
+    asset: str
+    channel: str
+    ts: int
+    count: int = 1
+
+
+class _Columns(NamedTuple):
+    """Readings as five aligned numpy columns."""
+
+    rows: I64
+    ts: I64
+    values: F64
+    received: I64
+    devices: I64
+
+    def take(self, mask: B | I64) -> _Columns:
+        """The readings selected by a mask or an index array."""
+        return _Columns(
+            self.rows[mask],
+            self.ts[mask],
+            self.values[mask],
+            self.received[mask],
+            self.devices[mask],
+        )
+
+    @staticmethod
+    def join(parts: list[_Columns]) -> _Columns:
+        """All parts, one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        return _Columns(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.received for p in parts]),
+            np.concatenate([p.devices for p in parts]),
+        )
+
+
+class _Held(msgspec.Struct, array_like=True):
+    """Readings waiting for their channels' watermarks, as raw numpy arrays."""
+
+    rows: bytes
+    ts: bytes
+    values: bytes
+    received: bytes
+    devices: bytes
+
+    def arrays(self) -> _Columns:
+        """The five columns as numpy views."""
+        return _Columns(
+            np.frombuffer(self.rows, dtype=np.int64),
+            np.frombuffer(self.ts, dtype=np.int64),
+            np.frombuffer(self.values, dtype=np.float64),
+            np.frombuffer(self.received, dtype=np.int64),
+            np.frombuffer(self.devices, dtype=np.int64),
+        )
+
+    @classmethod
+    def of(cls, columns: _Columns) -> _Held:
+        """Pack five columns."""
+        return cls(
+            columns.rows.tobytes(),
+            columns.ts.tobytes(),
+            columns.values.tobytes(),
+            columns.received.tobytes(),
+            columns.devices.tobytes(),
+        )
+
+
+class _Snapshot(msgspec.Struct):
+    format: int
+    plan_version: str
+    now: int
+    started: int
+    arrays: dict[str, bytes]
+    machines: list[tuple[int, int, dict[str, Any]]]
+    silence: list[tuple[int, dict[str, Any]]]
+    devices: list[str]
+    held: _Held
+    counters: dict[str, int]
+    unplanned_seen: list[tuple[str, str, str]]
+
+
+class Engine:
+    """Judges readings against a loaded HACCP plan, on event time."""
+
+    def __init__(self, loaded: LoadedPlan) -> None:
+        self.plan = loaded
+        self.counters = EngineCounters()
+        self.notices: list[Notice] = []
+        self._unplanned_seen: set[tuple[str, str, str]] = set()
+        self._index: dict[tuple[str, str, str, str], int] = {}
+        self._by_name: dict[tuple[str, str, str], str] = {}
+        self._names: list[tuple[str, str, str]] = []
+        self._machines: list[list[Machine]] = []
+        self._silence: list[SilenceMachine] = []
+        self._devices: list[str] = ["unknown"]
+        self._device_codes: dict[str, int] = {"unknown": 0}
+        self._incoming: list[_Held] = []
+        self._held = _EMPTY
+        self._now = -1
+        self._started = -1
+        self._compile()
+
+    # ---------------------------------------------------------------- compiling the plan
+
+    def _compile(self) -> None:
+        loaded = self.plan
+        plan = loaded.plan
+        lo: list[float] = []
+        hi: list[float] = []
+        rate: list[float] = []
+        flat: list[int] = []
+        silence: list[int] = []
+        lateness: list[int] = []
+        row_of: dict[tuple[str, str], int] = {}
+        for key, asset in plan.assets.items():
+            asset_id = asset.id or key
+            late_s = (
+                asset.allowed_lateness_s
+                if asset.allowed_lateness_s is not None
+                else plan.allowed_lateness_s
+            )
+            for channel_id, channel in asset.channels.items():
+                row = len(self._names)
+                row_of[(key, channel_id)] = row
+                self._index[(asset.site, asset_id, channel_id, channel.unit)] = row
+                self._by_name[(asset.site, asset_id, channel_id)] = channel.unit
+                self._names.append((asset.site, asset_id, channel_id))
+                silence_s = channel.silence_after_s or channel.interval_s * plan.silence_factor
+                silence.append(round(silence_s * 1000))
+                lateness.append(round(late_s * 1000))
+                lo.append(-math.inf)
+                hi.append(math.inf)
+                rate.append(math.inf)
+                flat.append(int(_NEVER))
+                self._machines.append([])
+                spec = self._spec(
+                    rule_id=f"silence.{asset_id}.{channel_id}",
+                    kind="monitoring_lost",
+                    ccp=None,
+                    severity="critical" if channel.ccp else "minor",
+                    action="alert",
+                    site=asset.site,
+                    asset=asset_id,
+                    channel=channel_id,
+                    unit=channel.unit,
+                    source=f"plan {plan.plan}: a sample expected every {channel.interval_s:g} s",
+                )
+                self._silence.append(SilenceMachine(spec, silence[-1]))
+        self._compile_rules(row_of, lo, hi, rate, flat)
+        n = len(self._names)
+        self._lo = np.array(lo, dtype=np.float64)
+        self._hi = np.array(hi, dtype=np.float64)
+        self._max_rate = np.array(rate, dtype=np.float64)
+        self._flat_ms = np.array(flat, dtype=np.int64)
+        self._silence_ms = np.array(silence, dtype=np.int64)
+        self._lateness_ms = np.array(lateness, dtype=np.int64)
+        self._allocate_state(n)
+
+    def _compile_rules(
+        self,
+        row_of: dict[tuple[str, str], int],
+        lo: list[float],
+        hi: list[float],
+        rate: list[float],
+        flat: list[int],
+    ) -> None:
+        """One machine per rule, and each channel's quiet band: where no rule can act."""
+        plan = self.plan.plan
+        for rule in plan.rules:
+            asset = plan.assets[rule.asset]
+            row = row_of[(rule.asset, rule.channel)]
+            common = {
+                "rule_id": rule.id,
+                "kind": rule.kind,
+                "ccp": rule.ccp,
+                "severity": rule.severity,
+                "action": rule.action,
+                "site": asset.site,
+                "asset": asset.id or rule.asset,
+                "channel": rule.channel,
+                "unit": asset.channels[rule.channel].unit,
+                "source": rule.source,
+            }
+            machine: Machine
+            if isinstance(rule, CriticalLimit):
+                spec = self._spec(
+                    **common,
+                    minimum=rule.min,
+                    maximum=rule.max,
+                    sustained_ms=round(rule.sustained_s * 1000),
+                )
+                machine = CriticalLimitMachine(spec)
+                if rule.min is not None:
+                    lo[row] = max(lo[row], rule.min)
+                if rule.max is not None:
+                    hi[row] = min(hi[row], rule.max)
+            elif isinstance(rule, StuckSensor):
+                spec = self._spec(**common, flat_ms=round(rule.flat_for_s * 1000))
+                machine = StuckSensorMachine(spec)
+                flat[row] = min(flat[row], spec.flat_ms)
+            elif isinstance(rule, RateOfChange):
+                spec = self._spec(**common, max_per_ms=rule.max_per_min / 60_000)
+                machine = RateOfChangeMachine(spec)
+                rate[row] = min(rate[row], spec.max_per_ms)
+            self._machines[row].append(machine)
+
+    def _allocate_state(self, n: int) -> None:
+        self._last_ts = np.full(n, -1, dtype=np.int64)
+        self._newest = np.full(n, -1, dtype=np.int64)
+        self._last_received = np.full(n, -1, dtype=np.int64)
+        self._last_value = np.zeros(n, dtype=np.float64)
+        self._run_start = np.zeros(n, dtype=np.int64)
+        self._last_device = np.zeros(n, dtype=np.int64)
+        self._late_count = np.zeros(n, dtype=np.int64)
+        self._busy = np.zeros(n, dtype=np.bool_)
+        self._silent = np.zeros(n, dtype=np.bool_)
+
+    def _spec(self, **fields: Any) -> RuleSpec:
+        plan = self.plan
+        return RuleSpec(
+            plan=plan.plan.plan,
+            plan_version=plan.version,
+            jurisdiction=plan.plan.jurisdiction,
+            **fields,
+        )
+
+    # ---------------------------------------------------------------- input
+
+    @property
+    def now(self) -> int:
+        """The engine's clock: the latest ``now`` it was advanced to (-1 before the first)."""
+        return self._now
+
+    def expected_unit(self, site: str, reading: Reading) -> str | None:
+        """The unit the plan declares for a reading's channel, or None if the plan lacks it."""
+        return self._by_name.get((site, reading.asset, reading.channel))
+
+    def submit(
+        self, site: str, device: str, readings: list[Reading], received_ms: int
+    ) -> list[UnitMismatch]:
+        """Hold a gateway's readings until their channels' watermarks pass them.
+
+        Returns the readings whose unit differs from the plan's, which are not judged: a value
+        in another unit checked against the plan's limit would be a false verdict either way.
+        """
+        if not readings:
+            return []
+        index = self._index
+        rows_list = [index.get((site, r.asset, r.channel, r.unit), -1) for r in readings]
+        mismatches: list[UnitMismatch] = []
+        if -1 in rows_list:
+            rows_list, readings, mismatches = self._route_misses(site, rows_list, readings)
+            if not readings:
+                return mismatches
+        count = len(readings)
+        self.counters.submitted += count
+        rows = np.fromiter(rows_list, dtype=np.int64, count=count)
+        ts = np.fromiter([r.ts for r in readings], dtype=np.int64, count=count)
+        values = np.fromiter([r.value for r in readings], dtype=np.float64, count=count)
+        late = ts <= self._last_ts[rows]
+        if late.any():
+            self._report_late(rows[late], ts[late])
+            keep = ~late
+            rows, ts, values = rows[keep], ts[keep], values[keep]
+            if len(rows) == 0:
+                return mismatches
+        code = self._device_codes.get(device)
+        if code is None:
+            code = self._device_codes[device] = len(self._devices)
+            self._devices.append(device)
+        np.maximum.at(self._newest, rows, ts)
+        self._last_received[rows] = received_ms
+        count = len(rows)
+        self._incoming.append(
+            _Held.of(
+                _Columns(
+                    rows,
+                    ts,
+                    values,
+                    np.full(count, received_ms, dtype=np.int64),
+                    np.full(count, code, dtype=np.int64),
+                )
+            )
+        )
+        return mismatches
+
+    def _route_misses(
+        self, site: str, rows: list[int], readings: list[Reading]
+    ) -> tuple[list[int], list[Reading], list[UnitMismatch]]:
+        kept_rows: list[int] = []
+        kept: list[Reading] = []
+        mismatches: list[UnitMismatch] = []
+        for row, reading in zip(rows, readings, strict=True):
+            if row >= 0:
+                kept_rows.append(row)
+                kept.append(reading)
+                continue
+            name = (site, reading.asset, reading.channel)
+            expected = self._by_name.get(name)
+            if expected is not None:
+                mismatches.append(UnitMismatch(reading, expected))
+                continue
+            self.counters.unplanned += 1
+            if name not in self._unplanned_seen and len(self._unplanned_seen) < _MAX_NOTICED:
+                self._unplanned_seen.add(name)
+                self.notices.append(Notice("unplanned", *name, reading.ts))
+        return kept_rows, kept, mismatches
+
+    def _report_late(self, rows: I64, ts: I64) -> None:
+        self.counters.late += len(rows)
+        for row, stamp in zip(rows.tolist(), ts.tolist(), strict=True):
+            self._late_count[row] += 1
+            count = int(self._late_count[row])
+            if _is_power_of_ten(count):
+                site, asset, channel = self._names[row]
+                self.notices.append(Notice("late", site, asset, channel, stamp, count))
+
+    # ---------------------------------------------------------------- judging
+
+    def advance(self, now_ms: int, out: list[DeviationChange]) -> None:
+        """Move the clock to ``now_ms``, judge what the watermarks release, fire timers."""
+        self._now = max(self._now, now_ms)
+        if self._started < 0:
+            self._started = self._now
+        self._release(out, everything=False)
+        self._fire_silence(out)
+
+    def flush(self, out: list[DeviationChange]) -> None:
+        """Judge everything held, as at the end of a replayed file (every channel idle)."""
+        self._release(out, everything=True)
+
+    def _release(self, out: list[DeviationChange], *, everything: bool) -> None:
+        parts = [self._held, *self._incoming] if self._held.rows else self._incoming
+        self._incoming = []
+        if not parts:
+            return
+        readings = _Columns.join([part.arrays() for part in parts])
+        if everything:
+            self._held = _EMPTY
+        else:
+            rows = readings.rows
+            lateness = self._lateness_ms[rows]
+            idle = self._now - self._last_received[rows] >= lateness
+            ready = idle | (readings.ts <= self._newest[rows] - lateness)
+            if ready.all():
+                self._held = _EMPTY
+            else:
+                self._held = _Held.of(readings.take(~ready))
+                readings = readings.take(ready)
+        if len(readings.rows):
+            self._judge(readings, out)
+
+    def _judge(self, readings: _Columns, out: list[DeviationChange]) -> None:
+        readings = readings.take(np.lexsort((readings.ts, readings.rows)))
+        rows, ts = readings.rows, readings.ts
+        n = len(rows)
+        if n > 1:
+            repeat = np.zeros(n, dtype=np.bool_)
+            repeat[1:] = (rows[1:] == rows[:-1]) & (ts[1:] == ts[:-1])
+            if repeat.any():
+                # the same channel and timestamp twice (e.g. two gateways relaying one sensor)
+                self.counters.duplicates += int(repeat.sum())
+                readings = readings.take(~repeat)
+                rows, ts = readings.rows, readings.ts
+                n = len(rows)
+        values, devices = readings.values, readings.devices
+        self.counters.judged += n
+        first = np.empty(n, dtype=np.bool_)
+        first[0] = True
+        first[1:] = rows[1:] != rows[:-1]
+        starts = np.flatnonzero(first)
+        ends = np.append(starts[1:], n) - 1
+        prev_ts = np.empty(n, dtype=np.int64)
+        prev_ts[1:] = ts[:-1]
+        prev_ts[starts] = self._last_ts[rows[starts]]
+        prev_value = np.empty(n, dtype=np.float64)
+        prev_value[1:] = values[:-1]
+        prev_value[starts] = self._last_value[rows[starts]]
+        seen = prev_ts >= 0
+        # start of the exact flat line each sample belongs to
+        fresh = ~seen | (values != prev_value)
+        anchor = np.where(fresh, ts, self._run_start[rows])
+        position = np.where(fresh | first, np.arange(n), 0)
+        np.maximum.accumulate(position, out=position)
+        run_start = anchor[position]
+        base = np.where(seen, prev_ts, self._started)
+        gap = ts - base
+        step = np.abs(values - prev_value)
+        quiet = (
+            (values >= self._lo[rows])
+            & (values <= self._hi[rows])
+            & ~self._busy[rows]
+            & (gap <= self._silence_ms[rows])
+            & (~seen | (step <= self._max_rate[rows] * (ts - prev_ts)))
+            & ((ts - run_start) < self._flat_ms[rows])
+        )
+        group_quiet = np.logical_and.reduceat(quiet, starts)
+        done = ends[group_quiet]
+        done_rows = rows[done]
+        self._last_ts[done_rows] = ts[done]
+        self._last_value[done_rows] = values[done]
+        self._run_start[done_rows] = run_start[done]
+        self._last_device[done_rows] = devices[done]
+        if not group_quiet.all():
+            for group in np.flatnonzero(~group_quiet).tolist():
+                lo, hi = int(starts[group]), int(ends[group]) + 1
+                self._judge_channel(int(rows[lo]), readings.take(np.arange(lo, hi)), out)
+
+    def _judge_channel(self, row: int, readings: _Columns, out: list[DeviationChange]) -> None:
+        """The scalar path: one channel's samples, in order, through its rule machines."""
+        stamps: list[int] = readings.ts.tolist()
+        values: list[float] = readings.values.tolist()
+        received: list[int] = readings.received.tolist()
+        devices: list[int] = readings.devices.tolist()
+        prev_ts = int(self._last_ts[row])
+        prev_value = float(self._last_value[row])
+        run_start = int(self._run_start[row])
+        silence_ms = int(self._silence_ms[row])
+        silence = self._silence[row]
+        machines = self._machines[row]
+        counters = self.counters
+        for ts, value, got, code in zip(stamps, values, received, devices, strict=True):
+            if prev_ts < 0 or value != prev_value:
+                run_start = ts
+            device = self._devices[code]
+            late = got - ts > silence_ms
+            sample = Sample(ts, value, prev_ts, prev_value, run_start, device, late)
+            base = prev_ts if prev_ts >= 0 else self._started
+            if silence.open_deviation is None and ts - base > silence_ms:
+                # the gap is seen only now (no timer ran in it): open it where it began
+                out.append(silence.open_at(base + silence_ms, device))
+                counters.opened += 1
+            if silence.open_deviation is not None:
+                change = silence.observe(sample)
+                if change is not None:
+                    out.append(change)
+                    counters.closed += 1
+            for machine in machines:
+                change = machine.observe(sample)
+                if change is not None:
+                    out.append(change)
+                    if change.kind == "opened":
+                        counters.opened += 1
+                    else:
+                        counters.closed += 1
+            prev_ts, prev_value = ts, value
+        self._last_ts[row] = prev_ts
+        self._last_value[row] = prev_value
+        self._run_start[row] = run_start
+        self._last_device[row] = devices[-1]
+        self._silent[row] = False
+        self._busy[row] = any(machine.engaged for machine in machines)
+
+    def _fire_silence(self, out: list[DeviationChange]) -> None:
+        # silent in the stream's time: nothing received for longer than the limit
+        heard = np.where(self._last_received >= 0, self._last_received, self._started)
+        due = (
+            ~self._silent & (self._now - heard > self._silence_ms) & (self._newest <= self._last_ts)
+        )
+        if not due.any():
+            return
+        # the deviation starts in the device's time: its last sample plus the limit
+        begins = np.where(self._last_ts >= 0, self._last_ts, self._started) + self._silence_ms
+        for row in np.flatnonzero(due).tolist():
+            device = self._devices[int(self._last_device[row])]
+            out.append(self._silence[row].open_at(int(begins[row]), device))
+            self.counters.opened += 1
+            self._silent[row] = True
+            self._busy[row] = True
+
+    # ---------------------------------------------------------------- state
+
+    def take_notices(self) -> list[Notice]:
+        """The notices gathered since the last call."""
+        notices, self.notices = self.notices, []
+        return notices
+
+    def open_deviations(self) -> list[Deviation]:
+        """Deviations open now, e.g. to report at shutdown that they are still open."""
+        found = [
+            machine.open_deviation
+            for machines in self._machines
+            for machine in machines
+            if machine.open_deviation is not None
+        ]
+        found.extend(s.open_deviation for s in self._silence if s.open_deviation is not None)
+        return found
+
+    @property
+    def held(self) -> int:
+        """Readings waiting for their watermark."""
+        return sum(len(part.rows) // 8 for part in (self._held, *self._incoming))
+
+    def _merged_held(self) -> _Held:
+        parts = [part.arrays() for part in (self._held, *self._incoming) if part.rows]
+        return _Held.of(_Columns.join(parts)) if parts else _EMPTY
+
+    def snapshot(self) -> bytes:
+        """Everything needed to carry on after a restart exactly as without it."""
+        arrays = {
+            "last_ts": self._last_ts,
+            "newest": self._newest,
+            "last_received": self._last_received,
+            "last_value": self._last_value,
+            "run_start": self._run_start,
+            "last_device": self._last_device,
+            "late_count": self._late_count,
+            "busy": self._busy,
+            "silent": self._silent,
+        }
+        machines = [
+            (row, slot, machine.state())
+            for row, row_machines in enumerate(self._machines)
+            for slot, machine in enumerate(row_machines)
+            if machine.engaged or machine.open_deviation is not None
+        ]
+        silence = [
+            (row, s.state()) for row, s in enumerate(self._silence) if s.open_deviation is not None
+        ]
+        state = _Snapshot(
+            format=SNAPSHOT_FORMAT,
+            plan_version=self.plan.version,
+            now=self._now,
+            started=self._started,
+            arrays={name: array.tobytes() for name, array in arrays.items()},
+            machines=machines,
+            silence=silence,
+            devices=self._devices,
+            held=self._merged_held(),
+            counters={k: getattr(self.counters, k) for k in EngineCounters.__slots__},
+            unplanned_seen=sorted(self._unplanned_seen),
+        )
+        return msgspec.msgpack.encode(state)
+
+    @classmethod
+    def restore(cls, loaded: LoadedPlan, data: bytes) -> Engine:
+        """An engine that carries on from a snapshot taken under the same plan version."""
+        state = msgspec.msgpack.decode(data, type=_Snapshot)
+        if state.format != SNAPSHOT_FORMAT:
+            raise SnapshotMismatch(f"snapshot format {state.format}, expected {SNAPSHOT_FORMAT}")
+        if state.plan_version != loaded.version:
+            raise SnapshotMismatch(
+                f"snapshot of plan version {state.plan_version}, but the plan is now "
+                f"{loaded.version}; a changed plan starts from fresh state"
+            )
+        engine = cls(loaded)
+        engine._now, engine._started = state.now, state.started
+        for name, raw in state.arrays.items():
+            current = getattr(engine, f"_{name}")
+            current[:] = np.frombuffer(raw, dtype=current.dtype)
+        for row, slot, machine_state in state.machines:
+            engine._machines[row][slot].restore(_with_deviation(machine_state))
+        for row, silence_state in state.silence:
+            engine._silence[row].restore(_with_deviation(silence_state))
+        engine._devices = list(state.devices)
+        engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
+        engine._held = state.held
+        engine.counters = EngineCounters(**state.counters)
+        engine._unplanned_seen = {tuple(name) for name in state.unplanned_seen}  # type: ignore[misc]
+        return engine
+
+
+def _with_deviation(state: dict[str, Any]) -> dict[str, Any]:
+    opened = state.get("open")
+    if opened is not None:
+        state = {**state, "open": msgspec.convert(opened, Deviation)}
+    return state
+
+
+_EMPTY = _Held(b"", b"", b"", b"", b"")
+
+# unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)
+_MAX_NOTICED = 10_000
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1

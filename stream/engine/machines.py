@@ -1,0 +1,327 @@
+"""Rule machines: the scalar, per-channel judgement of one rule, sample by sample.
+
+The engine only hands a machine the samples that could change its state (its screen lets quiet
+samples through in bulk), so a machine must be stateless when idle: whatever it needs of the past
+while idle (the previous sample, the start of a flat run) comes in with the sample.
+
+Every machine follows the same shape as the critical limit: an excursion starts at the first
+sample that shows it; the deviation opens when the rule says it is one; it closes at the first
+sample that no longer shows it, and that sample's time is the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from msgspec.structs import replace
+
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange, deviation_id
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """What every machine needs to know of its rule and the plan it belongs to."""
+
+    rule_id: str
+    kind: str
+    ccp: str | None
+    severity: str
+    action: str
+    site: str
+    asset: str
+    channel: str
+    unit: str
+    source: str
+    plan: str
+    plan_version: str
+    jurisdiction: str
+    minimum: float | None = None
+    maximum: float | None = None
+    sustained_ms: int = 0
+    flat_ms: int = 0
+    max_per_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class Sample:
+    """One sample as a machine sees it, with what it needs of the channel's past."""
+
+    ts: int
+    value: float
+    prev_ts: int  # -1: the channel's first sample
+    prev_value: float
+    run_start: int  # when the current exact flat line began
+    device: str
+    late: bool
+
+
+class Machine:
+    """Base of the rule machines: opening, updating and closing one deviation at a time."""
+
+    __slots__ = ("_open", "spec")
+
+    def __init__(self, spec: RuleSpec) -> None:
+        self.spec = spec
+        self._open: Deviation | None = None
+
+    @property
+    def open_deviation(self) -> Deviation | None:
+        """The deviation open on this rule and channel now, if any."""
+        return self._open
+
+    @property
+    def engaged(self) -> bool:
+        """True while the machine holds state a quiet sample could change."""
+        return self._open is not None
+
+    def observe(self, sample: Sample) -> DeviationChange | None:
+        """Judge one sample, in timestamp order."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot must keep of this machine."""
+        return {"open": self._open}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a state made by :meth:`state`."""
+        self._open = state["open"]
+
+    def _opened(
+        self, start_ms: int, sample: Sample, peak: float | None, limit: AppliedLimit
+    ) -> DeviationChange:
+        spec = self.spec
+        self._open = Deviation(
+            id=deviation_id(spec.plan_version, spec.rule_id, spec.site, spec.asset, start_ms),
+            status="open",
+            kind=spec.kind,
+            plan=spec.plan,
+            plan_version=spec.plan_version,
+            rule_id=spec.rule_id,
+            ccp=spec.ccp,
+            jurisdiction=spec.jurisdiction,
+            severity=spec.severity,
+            action=spec.action,
+            site=spec.site,
+            asset=spec.asset,
+            channels=[spec.channel],
+            device=sample.device,
+            limit=limit,
+            start_ms=start_ms,
+            detected_ms=sample.ts,
+            end_ms=None,
+            peak=peak,
+            time_beyond_s=(sample.ts - start_ms) / 1000,
+            degree_minutes=0.0,
+            detected_late=sample.late,
+        )
+        # sinks keep the change; the open record keeps changing here, so snapshot it
+        return DeviationChange(kind="opened", deviation=replace(self._open))
+
+    def _closed(self, end_ms: int, late: bool) -> DeviationChange:
+        deviation = self._open
+        assert deviation is not None  # only called with an open deviation
+        deviation.status = "closed"
+        deviation.end_ms = end_ms
+        deviation.time_beyond_s = (end_ms - deviation.start_ms) / 1000
+        deviation.detected_late = deviation.detected_late or late
+        self._open = None
+        return DeviationChange(kind="closed", deviation=deviation)
+
+    def _limit(self) -> AppliedLimit:
+        spec = self.spec
+        return AppliedLimit(
+            min=spec.minimum,
+            max=spec.maximum,
+            sustained_s=spec.sustained_ms / 1000,
+            unit=spec.unit,
+            source=spec.source,
+        )
+
+
+class CriticalLimitMachine(Machine):
+    """A minimum and/or maximum, at once or sustained.
+
+    With ``sustained_ms == 0`` (a CCP critical limit) the deviation opens at the first sample
+    beyond the limit: no moving average, no grace. Otherwise it opens at the first sample at
+    which the excursion has lasted that long; its start is still the excursion's first sample.
+    Degree-minutes hold each sample's excess until the next sample (no interpolation).
+    """
+
+    __slots__ = ("_breach_start", "_degree_ms", "_last_excess", "_last_ts", "_peak", "_peak_excess")
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._breach_start: int | None = None
+        self._peak = 0.0
+        self._peak_excess = 0.0
+        self._degree_ms = 0.0
+        self._last_ts = 0
+        self._last_excess = 0.0
+
+    @property
+    def engaged(self) -> bool:
+        """True during an excursion (open or not yet sustained)."""
+        return self._breach_start is not None
+
+    def excess(self, value: float) -> float:
+        """How far ``value`` lies beyond the limit (0.0 when within it)."""
+        spec = self.spec
+        if spec.maximum is not None and value > spec.maximum:
+            return value - spec.maximum
+        if spec.minimum is not None and value < spec.minimum:
+            return spec.minimum - value
+        return 0.0
+
+    def observe(self, sample: Sample) -> DeviationChange | None:
+        """Judge one sample."""
+        ts, value = sample.ts, sample.value
+        excess = self.excess(value)
+        if self._breach_start is not None:
+            self._degree_ms += self._last_excess * (ts - self._last_ts)
+        change: DeviationChange | None = None
+        if excess > 0.0:
+            if self._breach_start is None:
+                self._breach_start = ts
+                self._peak, self._peak_excess, self._degree_ms = value, excess, 0.0
+            elif excess > self._peak_excess:
+                self._peak, self._peak_excess = value, excess
+            if self._open is None:
+                if ts - self._breach_start >= self.spec.sustained_ms:
+                    change = self._opened(self._breach_start, sample, self._peak, self._limit())
+                    self._open_degree_minutes()
+            else:
+                self._open.peak = self._peak
+                self._open.degree_minutes = self._degree_ms / 60_000
+        elif self._breach_start is not None:
+            if self._open is not None:
+                self._open.peak = self._peak
+                self._open.degree_minutes = self._degree_ms / 60_000
+                change = self._closed(ts, sample.late)
+            self._breach_start = None
+        self._last_ts, self._last_excess = ts, excess
+        return change
+
+    def _open_degree_minutes(self) -> None:
+        assert self._open is not None
+        self._open.degree_minutes = self._degree_ms / 60_000
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot must keep."""
+        return {
+            "open": self._open,
+            "breach_start": self._breach_start,
+            "peak": self._peak,
+            "peak_excess": self._peak_excess,
+            "degree_ms": self._degree_ms,
+            "last_ts": self._last_ts,
+            "last_excess": self._last_excess,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a snapshot's state."""
+        self._open = state["open"]
+        self._breach_start = state["breach_start"]
+        self._peak = state["peak"]
+        self._peak_excess = state["peak_excess"]
+        self._degree_ms = state["degree_ms"]
+        self._last_ts = state["last_ts"]
+        self._last_excess = state["last_excess"]
+
+
+class StuckSensorMachine(Machine):
+    """An exact flat line lasting ``flat_ms`` or longer: the channel is unmonitored.
+
+    The deviation starts where the flat line began and ends at the first different value.
+    """
+
+    __slots__ = ()
+
+    def observe(self, sample: Sample) -> DeviationChange | None:
+        """Judge one sample."""
+        flat = sample.prev_ts >= 0 and sample.value == sample.prev_value
+        if self._open is None:
+            if flat and sample.ts - sample.run_start >= self.spec.flat_ms:
+                return self._opened(sample.run_start, sample, sample.value, self._flat_limit())
+            return None
+        if flat:
+            return None
+        return self._closed(sample.ts, sample.late)
+
+    def _flat_limit(self) -> AppliedLimit:
+        spec = self.spec
+        return AppliedLimit(
+            min=None, max=None, sustained_s=spec.flat_ms / 1000, unit=spec.unit, source=spec.source
+        )
+
+
+class RateOfChangeMachine(Machine):
+    """A step between two samples faster than ``max_per_ms``: implausible readings.
+
+    Opens at the first implausible step (peak: the fastest rate seen, per minute) and closes at
+    the first plausible step after it.
+    """
+
+    __slots__ = ()
+
+    def observe(self, sample: Sample) -> DeviationChange | None:
+        """Judge one sample."""
+        if sample.prev_ts < 0:
+            return None
+        rate = abs(sample.value - sample.prev_value) / (sample.ts - sample.prev_ts)
+        implausible = rate > self.spec.max_per_ms
+        if self._open is None:
+            if implausible:
+                return self._opened(sample.ts, sample, rate * 60_000, self._rate_limit())
+            return None
+        if implausible:
+            if self._open.peak is None or rate * 60_000 > self._open.peak:
+                self._open.peak = rate * 60_000
+            return None
+        return self._closed(sample.ts, sample.late)
+
+    def _rate_limit(self) -> AppliedLimit:
+        spec = self.spec
+        return AppliedLimit(
+            min=None,
+            max=spec.max_per_ms * 60_000,
+            sustained_s=0.0,
+            unit=f"{spec.unit}/min",
+            source=spec.source,
+        )
+
+
+class SilenceMachine(Machine):
+    """ "Monitoring lost": no sample for longer than the channel's silence limit.
+
+    Opened by the engine's timer at the deadline (last sample + limit) when no sample came, or,
+    if the gap is only seen when the next sample arrives, opened and closed together. Closes at
+    the next sample. Never suspended: cleaning does not excuse a silent recorder.
+    """
+
+    __slots__ = ("silence_ms",)
+
+    def __init__(self, spec: RuleSpec, silence_ms: int) -> None:
+        super().__init__(spec)
+        self.silence_ms = silence_ms
+
+    def open_at(self, deadline_ms: int, device: str) -> DeviationChange:
+        """The deadline passed with no sample: open the deviation there."""
+        sample = Sample(deadline_ms, 0.0, -1, 0.0, deadline_ms, device, late=False)
+        return self._opened(deadline_ms, sample, None, self._silence_limit())
+
+    def observe(self, sample: Sample) -> DeviationChange | None:
+        """A sample arrived: close the deviation at it (the engine opens it first if needed)."""
+        if self._open is None:
+            return None
+        return self._closed(sample.ts, sample.late)
+
+    def _silence_limit(self) -> AppliedLimit:
+        spec = self.spec
+        return AppliedLimit(
+            min=None,
+            max=None,
+            sustained_s=self.silence_ms / 1000,
+            unit=spec.unit,
+            source=spec.source,
+        )

@@ -268,8 +268,10 @@ class RateOfChangeMachine(Machine):
         """Judge one sample."""
         if sample.prev_ts < 0:
             return None
-        rate = abs(sample.value - sample.prev_value) / (sample.ts - sample.prev_ts)
-        implausible = rate > self.spec.max_per_ms
+        step, span = abs(sample.value - sample.prev_value), sample.ts - sample.prev_ts
+        rate = step / span
+        # the same comparison as the engine's screen, so the two never disagree on a boundary
+        implausible = step > self.spec.max_per_ms * span
         if self._open is None:
             if implausible:
                 return self._opened(sample.ts, sample, rate * 60_000, self._rate_limit())

@@ -1,6 +1,8 @@
 """The ``milkguard`` command.
 
     milkguard run [--config FILE] [--plan PLAN] [--no-simulators] ...   the stream service
+    milkguard replay --plan PLAN FILE.jsonl|-                          judge recorded payloads
+    milkguard bench engine [--assets N] [--seconds S]                   engine throughput
     milkguard plan check PLAN                                           validate a HACCP plan
     milkguard contract schema [--output FILE]                           wire contract JSON Schema
 
@@ -15,9 +17,11 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from rich.console import Console
 from rich.table import Table
@@ -55,6 +59,27 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
     )
 
+    replay = commands.add_parser(
+        "replay",
+        help="judge recorded wire payloads (JSON lines) and write deviations as JSON lines",
+        description="Judge recorded wire-contract payloads, one per line ('-' for standard "
+        "input), and write every deviation change as one JSON object per line. Deterministic: "
+        "the clock is the data's own.",
+    )
+    replay.add_argument("file", help="JSON lines of v1 payloads, or - for standard input")
+    replay.add_argument("--plan", type=Path, required=True, help="HACCP plan file (YAML)")
+    replay.add_argument("--output", type=Path, help="write deviations here instead of stdout")
+    replay.add_argument("--deadletter", type=Path, help="write rejected payloads here (JSONL)")
+    replay.add_argument("--timeseries", type=Path, help="write line protocol into this folder")
+
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    engine = bench_commands.add_parser(
+        "engine", help="rule engine throughput on a realistic mix, one core"
+    )
+    engine.add_argument("--assets", type=int, default=1000)
+    engine.add_argument("--seconds", type=int, default=120, help="seconds of data per asset")
+
     plan = commands.add_parser("plan", help="HACCP plan files")
     plan_commands = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
     check = plan_commands.add_parser("check", help="validate a plan and list its rules")
@@ -73,20 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``milkguard`` console script."""
     args = _parser().parse_args(argv)
     err = Console(stderr=True)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run,
+        "replay": _replay,
+        "bench": lambda a: _bench_engine(a.assets, a.seconds),
+        "plan": lambda a: _plan_check(a.path),
+        "contract": lambda a: _schema(a.output),
+    }
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "plan":
-            return _plan_check(args.path)
-        if args.command == "contract":
-            return _schema(args.output)
+        return commands[args.command](args)
     except MilkGuardError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    return EXIT_USAGE
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -117,6 +143,70 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     service.run(stop, args.duration)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from milkguard import logs  # noqa: PLC0415
+    from stream.plan import load_plan  # noqa: PLC0415
+    from stream.replay import open_source, replay  # noqa: PLC0415
+
+    logs.configure("WARNING")
+    loaded = load_plan(args.plan)
+    try:
+        source, name, size = open_source(args.file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+    err = Console(stderr=True)
+    with source, _output(args.output) as out:
+        summary = replay(
+            loaded,
+            source,
+            out,
+            name=name,
+            deadletter=args.deadletter,
+            timeseries=args.timeseries,
+            progress_total=size,
+        )
+    err.print(
+        f"replayed {summary.lines:,} lines: {summary.batches:,} batches, "
+        f"{summary.readings:,} readings, {summary.deviation_changes:,} deviation changes, "
+        f"{summary.rejected:,} rejected, {summary.duplicates:,} duplicate batches, "
+        f"{summary.late:,} late readings",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for letter in summary.first_rejections:
+        err.print(
+            f"  rejected {letter.topic}: {letter.reason}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        file = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+    with file:
+        yield file
+
+
+def _bench_engine(assets: int, seconds: int) -> int:
+    from stream.bench import run  # noqa: PLC0415
+
+    console = Console()
+    with console.status(f"benchmarking the engine on {assets:,} assets ..."):
+        result = run(assets=assets, seconds=seconds)
+    for line in result.lines():
+        console.print(line, highlight=False)
     return 0
 
 

@@ -127,20 +127,43 @@ class Ingest:
                 "publish to milkguard/v1/gw/{site}/{gateway}/batch",
             )
             return
-        site, gateway = route
+        self._handle(topic, route, payload, received_ms)
+
+    def handle_recorded(self, payload: bytes, origin: str) -> None:
+        """Process one payload recorded without its topic (a line of a replayed file).
+
+        Its receive time is taken as the later of its ``sent_at`` and its newest reading.
+        """
+        self.counters.messages += 1
+        self._handle(origin, None, payload, None)
+
+    def _handle(
+        self,
+        topic: str,
+        route: tuple[str, str] | None,
+        payload: bytes,
+        received_ms: int | None,
+    ) -> None:
+        site, gateway = route if route is not None else (None, None)
+        shown_at = received_ms if received_ms is not None else 0
         try:
             batch = decode_batch(payload)
         except msgspec.ValidationError as exc:
             self._reject_payload(
-                topic, payload, received_ms, _explain(str(exc)), site=site, gateway=gateway
+                topic, payload, shown_at, _explain(str(exc)), site=site, gateway=gateway
             )
             return
         except msgspec.DecodeError as exc:
             self._reject_payload(
-                topic, payload, received_ms, f"not valid JSON: {exc}", site=site, gateway=gateway
+                topic, payload, shown_at, f"not valid JSON: {exc}", site=site, gateway=gateway
             )
             return
-        if (batch.site, batch.gateway) != (site, gateway):
+        if received_ms is None:
+            newest = max((r.ts for r in batch.readings), default=batch.sent_at)
+            received_ms = max(batch.sent_at, newest)
+        if route is None:
+            site, gateway = route = batch.site, batch.gateway
+        elif (batch.site, batch.gateway) != (site, gateway):
             self._reject_payload(
                 topic,
                 payload,
@@ -152,6 +175,8 @@ class Ingest:
                 seq=batch.seq,
             )
             return
+        assert site is not None
+        assert gateway is not None
         window = self._windows.get(route)
         if window is None:
             window = self._windows[route] = SequenceWindow(self._window_size)
@@ -181,12 +206,9 @@ class Ingest:
         counters.readings += len(batch.readings)
         counters.events += len(batch.events)
         readings = batch.readings
-        known = self._valid_ids
-        if any(r.asset not in known or r.channel not in known for r in readings):
-            readings = self._drop_unsafe_ids(topic, received_ms, batch)
         changes: list[DeviationChange] = []
         engine = self.engine
-        mismatches = engine.submit(site, gateway, readings, received_ms)
+        routed = engine.submit(site, gateway, readings, received_ms)
         if self._event_clock:
             newest = max((r.ts for r in readings), default=engine.now)
             engine.advance(max(newest, engine.now), changes)
@@ -194,12 +216,17 @@ class Ingest:
             engine.advance(received_ms, changes)
         if engine.notices:
             self._log_notices(gateway)
-        if mismatches:
-            wrong = {id(m.reading) for m in mismatches}
-            readings = [r for r in readings if id(r) not in wrong]
+        left_out = {id(m.reading) for m in routed.mismatches}
+        # a reading the plan routed has the plan's ids, valid by validation; only the others
+        # are checked against the contract's id pattern before they reach line protocol
+        if routed.unplanned and has_unchecked_ids(routed.unplanned, self._valid_ids):
+            unsafe = self._unsafe_ids(topic, received_ms, batch, routed.unplanned)
+            left_out.update(id(r) for r in unsafe)
+        if left_out:
+            readings = [r for r in readings if id(r) not in left_out]
         lines = [reading_line(site, gateway, r) for r in readings]
         lines.extend(event_line(site, gateway, e) for e in batch.events)
-        for mismatch in mismatches:
+        for mismatch in routed.mismatches:
             reading = mismatch.reading
             self._reject_reading(
                 topic,
@@ -268,11 +295,14 @@ class Ingest:
                     },
                 )
 
-    def _drop_unsafe_ids(self, topic: str, received_ms: int, batch: Batch) -> list[Reading]:
-        """Check ids not seen before against the contract's pattern, once each."""
-        kept: list[Reading] = []
+    def _unsafe_ids(
+        self, topic: str, received_ms: int, batch: Batch, candidates: list[Reading]
+    ) -> list[Reading]:
+        """Check ids not seen before against the contract's pattern, once each; dead-letter and
+        return the readings whose ids fail."""
+        unsafe: list[Reading] = []
         known = self._valid_ids
-        for reading in batch.readings:
+        for reading in candidates:
             bad = [
                 (field, value)
                 for field, value in (("asset", reading.asset), ("channel", reading.channel))
@@ -288,12 +318,12 @@ class Ingest:
                     f"{field} id {value!r} has characters outside letters, digits, '_', '.', '-' "
                     "(or does not start with a letter or digit); rename it at the gateway",
                 )
+                unsafe.append(reading)
                 continue
             if len(known) < _MAX_REMEMBERED_IDS:
                 known.add(reading.asset)
                 known.add(reading.channel)
-            kept.append(reading)
-        return kept
+        return unsafe
 
     @property
     def saturated(self) -> bool:
@@ -371,6 +401,11 @@ class Ingest:
                 "reason": reason,
             },
         )
+
+
+def has_unchecked_ids(readings: list[Reading], known: set[str]) -> bool:
+    """True when a reading names an asset or channel not yet checked against the id pattern."""
+    return any(r.asset not in known or r.channel not in known for r in readings)
 
 
 def _printable(payload: bytes) -> tuple[str, str]:

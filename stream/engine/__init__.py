@@ -1,6 +1,13 @@
 """The pure HACCP rule engine: readings and events in, deviations out; time is data."""
 
-from stream.engine.core import Engine, EngineCounters, Notice, SnapshotMismatch, UnitMismatch
+from stream.engine.core import (
+    Engine,
+    EngineCounters,
+    Notice,
+    Routed,
+    SnapshotMismatch,
+    UnitMismatch,
+)
 from stream.engine.deviation import (
     AppliedLimit,
     Deviation,
@@ -17,6 +24,7 @@ __all__ = [
     "Engine",
     "EngineCounters",
     "Notice",
+    "Routed",
     "RuleSpec",
     "Sample",
     "SnapshotMismatch",

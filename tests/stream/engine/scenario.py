@@ -31,9 +31,9 @@ class Scenario:
     ) -> list[UnitMismatch]:
         """One batch; the clock moves to its newest timestamp (or ``received``)."""
         newest = max((r.ts for r in readings), default=self.engine.now)
-        mismatches = self.engine.submit(site, device, readings, received or newest)
+        routed = self.engine.submit(site, device, readings, received or newest)
         self.engine.advance(max(newest, received or 0), self.changes)
-        return mismatches
+        return routed.mismatches
 
     def samples(
         self, site: str, asset: str, channel: str, unit: str, points: list[tuple[float, float]]

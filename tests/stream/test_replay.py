@@ -1,0 +1,110 @@
+"""``milkguard replay``: recorded payloads in, deviations out, the same every time."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from milkguard.contract.v1 import Batch, Reading, encode_batch
+from milkguard.settings import demo_plan_path
+from stream.plan import load_plan
+from stream.replay import replay
+from tests.conftest import T0
+
+
+def recording(tmp_path: Path) -> Path:
+    """A truck compartment warming past 6 degC for 30 s, a duplicate, a broken line."""
+    lines = []
+    for seq, second in enumerate(range(0, 60)):
+        temp = 8.0 if 10 <= second < 40 else 4.0
+        readings = [
+            Reading("comp-1", "temp", temp, "degC", T0 + second * 1000),
+            Reading("comp-2", "temp", 4.0, "degC", T0 + second * 1000),
+        ]
+        batch = Batch(
+            v=1,
+            site="truck-07",
+            gateway="truck-07-gw",
+            seq=seq,
+            sent_at=T0 + second * 1000,
+            readings=readings,
+        )
+        lines.append(encode_batch(batch))
+    lines.insert(20, lines[19])  # a redelivered batch
+    lines.insert(5, b'{"v": 1, "site": "truck-07"')  # cut off
+    path = tmp_path / "truck.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def run_replay(path: Path) -> tuple[str, object]:
+    out = io.StringIO()
+    with path.open("rb") as source:
+        summary = replay(load_plan(demo_plan_path()), source, out, name=path.name)
+    return out.getvalue(), summary
+
+
+def test_a_recorded_breach_comes_out_as_its_deviation_with_event_times(tmp_path: Path) -> None:
+    text, summary = run_replay(recording(tmp_path))
+
+    changes = [json.loads(line) for line in text.splitlines()]
+    limit = [c for c in changes if c["kind"] == "critical_limit"]
+    assert [(c["change"], c["asset"]) for c in limit] == [
+        ("opened", "comp-1"),
+        ("closed", "comp-1"),
+    ]
+    assert limit[0]["start"] == "2026-11-22T10:00:10.000Z"
+    assert limit[0]["detected"] == "2026-11-22T10:00:25.000Z"
+    assert limit[1]["end"] == "2026-11-22T10:00:40.000Z"
+    assert summary.duplicates == 1  # type: ignore[attr-defined]
+    assert summary.rejected == 1  # type: ignore[attr-defined]
+    assert "truck.jsonl:6" in summary.first_rejections[0].topic  # type: ignore[attr-defined]
+
+
+def test_the_same_input_gives_the_same_output(tmp_path: Path) -> None:
+    path = recording(tmp_path)
+
+    assert run_replay(path)[0] == run_replay(path)[0]
+
+
+@pytest.mark.e2e
+def test_replay_reads_standard_input_and_writes_standard_output(tmp_path: Path) -> None:
+    path = recording(tmp_path)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "milkguard", "replay", "--plan", str(demo_plan_path()), "-"],
+        input=path.read_bytes(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == run_replay(path)[0]
+    assert b"1 rejected, 1 duplicate batches" in result.stderr
+
+
+@pytest.mark.e2e
+def test_the_engine_benchmark_prints_its_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "milkguard", "bench", "engine", "--assets", "40", "--seconds", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    for label in (
+        "decode-only:",
+        "engine:",
+        "engine without vector screen:",
+        "ratio:",
+        "memory per tracked channel:",
+    ):
+        assert label in result.stdout

@@ -208,6 +208,8 @@ class Ingest:
         readings = batch.readings
         changes: list[DeviationChange] = []
         engine = self.engine
+        if batch.events:
+            engine.submit_events(site, batch.events)
         routed = engine.submit(site, gateway, readings, received_ms)
         if self._event_clock:
             newest = max((r.ts for r in readings), default=engine.now)

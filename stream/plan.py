@@ -119,6 +119,10 @@ class _ChannelRule(_Strict):
     source: str = Field(
         min_length=3, description="Where the limit comes from: a regulation or the HACCP plan."
     )
+    suspend_during_cleaning: bool = Field(
+        default=True,
+        description="Product limits do not apply while the asset is cleaned in place (CIP).",
+    )
 
 
 class CriticalLimit(_ChannelRule):
@@ -157,6 +161,8 @@ class StuckSensor(_ChannelRule):
 
     kind: Literal["stuck_sensor"]
     flat_for_s: float = Field(gt=0, description="How long an exact flat line may last.")
+    # a stuck probe is stuck whether the tank holds milk or cleaning solution
+    suspend_during_cleaning: bool = False
 
     def describe(self, unit: str) -> str:
         """'no exact flat line for 600 s'."""

@@ -43,7 +43,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from milkguard.contract.v1 import Reading
+from milkguard.contract.v1 import CipEnd, CipStart, Event, Reading
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.machines import (
     CriticalLimitMachine,
@@ -73,6 +73,9 @@ class SnapshotMismatch(ValueError):  # noqa: N818 - reads as the condition
 class EngineCounters:
     """What the engine saw, for metrics and the run summary."""
 
+    events: int = 0
+    late_events: int = 0
+    unplanned_events: int = 0
     submitted: int = 0
     judged: int = 0
     unplanned: int = 0
@@ -186,6 +189,22 @@ class _Held(msgspec.Struct, array_like=True):
         )
 
 
+class _AssetState(msgspec.Struct):
+    """What the engine knows of one asset from its events: cleaning (CIP) windows so far."""
+
+    rows: list[int]
+    cleaning: list[list[int]] = msgspec.field(default_factory=list)  # [start, end or _OPEN]
+
+    def cleaning_since(self, ts: int) -> int:
+        """The start of the cleaning window ``ts`` falls in, or -1."""
+        for start, end in reversed(self.cleaning):
+            if start <= ts < end:
+                return start
+            if end <= ts:
+                return -1
+        return -1
+
+
 class _Snapshot(msgspec.Struct):
     format: int
     plan_version: str
@@ -198,6 +217,7 @@ class _Snapshot(msgspec.Struct):
     held: _Held
     counters: dict[str, int]
     unplanned_seen: list[tuple[str, str, str]]
+    assets: dict[str, _AssetState]
 
 
 class Engine:
@@ -214,6 +234,8 @@ class Engine:
         self._by_name: dict[tuple[str, str, str], str] = {}
         self._names: list[tuple[str, str, str]] = []
         self._keys: list[tuple[str, str, str]] = []
+        self._assets: dict[tuple[str, str], _AssetState] = {}
+        self._asset_of_row: list[_AssetState] = []
         self._machines: list[list[Machine]] = []
         self._silence: list[SilenceMachine] = []
         self._devices: list[str] = ["unknown"]
@@ -245,8 +267,11 @@ class Engine:
                 if asset.allowed_lateness_s is not None
                 else plan.allowed_lateness_s
             )
+            state = self._assets[(asset.site, asset_id)] = _AssetState(rows=[])
             for channel_id, channel in asset.channels.items():
                 row = len(self._names)
+                state.rows.append(row)
+                self._asset_of_row.append(state)
                 row_of[(key, channel_id)] = row
                 wire_key = (asset_id, channel_id, channel.unit)
                 self._index.setdefault(asset.site, {})[wire_key] = row
@@ -298,6 +323,7 @@ class Engine:
             asset = plan.assets[rule.asset]
             row = row_of[(rule.asset, rule.channel)]
             common = {
+                "suspend_during_cleaning": rule.suspend_during_cleaning,
                 "rule_id": rule.id,
                 "kind": rule.kind,
                 "ccp": rule.ccp,
@@ -406,6 +432,34 @@ class Engine:
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
         return left_out
+
+    def submit_events(self, site: str, events: list[Event]) -> int:
+        """Take a gateway's events into the state of their assets; returns how many name an
+        asset the plan does not know (counted there, not here).
+
+        Events apply in event-time order. One older than what its asset's channels have already
+        judged still counts from now on, but cannot change verdicts already given: it is counted
+        as a late event.
+        """
+        unknown = 0
+        for event in sorted(events, key=_EVENT_TS):
+            state = self._assets.get((site, event.asset))
+            if state is None:
+                unknown += 1
+                self.counters.unplanned_events += 1
+                continue
+            self.counters.events += 1
+            if event.ts <= int(self._last_ts[state.rows].max()):
+                self.counters.late_events += 1
+            if isinstance(event, CipStart):
+                if not state.cleaning or state.cleaning[-1][1] != _OPEN:
+                    state.cleaning.append([event.ts, _OPEN])
+                    del state.cleaning[:-_KEPT_WINDOWS]
+            elif isinstance(event, CipEnd) and state.cleaning:
+                window = state.cleaning[-1]
+                if window[1] == _OPEN and event.ts >= window[0]:
+                    window[1] = event.ts
+        return unknown
 
     def _route_misses(
         self, site: str, rows: list[int], readings: list[Reading]
@@ -571,12 +625,17 @@ class Engine:
         silence = self._silence[row]
         machines = self._machines[row]
         counters = self.counters
+        asset = self._asset_of_row[row]
+        cleans = bool(asset.cleaning)
         for ts, value, got, code in zip(stamps, values, received, devices, strict=True):
             if prev_ts < 0 or value != prev_value:
                 run_start = ts
             device = self._devices[code]
             late = got - ts > silence_ms
             sample = Sample(ts, value, prev_ts, prev_value, run_start, device, late)
+            if cleans:
+                sample.cleaning_since = asset.cleaning_since(ts)
+                sample.prev_cleaning = prev_ts >= 0 and asset.cleaning_since(prev_ts) >= 0
             base = prev_ts if prev_ts >= 0 else self._started
             if silence.open_deviation is None and ts - base > silence_ms:
                 # the gap is seen only now (no timer ran in it): open it where it began
@@ -685,6 +744,11 @@ class Engine:
             held=self._merged_held(),
             counters={k: getattr(self.counters, k) for k in EngineCounters.__slots__},
             unplanned_seen=sorted(self._unplanned_seen),
+            assets={
+                f"{site}/{asset}": state
+                for (site, asset), state in self._assets.items()
+                if state.cleaning
+            },
         )
         return msgspec.msgpack.encode(state)
 
@@ -711,6 +775,9 @@ class Engine:
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
         engine._held = state.held.arrays()
+        for name, saved in state.assets.items():
+            site, asset = name.split("/", 1)
+            engine._assets[(site, asset)].cleaning = saved.cleaning
         engine.counters = EngineCounters(**state.counters)
         engine._unplanned_seen = {tuple(name) for name in state.unplanned_seen}  # type: ignore[misc]
         return engine
@@ -746,6 +813,9 @@ _EMPTY_COLUMNS = _Columns(
     np.empty(0, dtype=np.int64),
 )
 _NO_CHANNELS: dict[tuple[str, str, str], int] = {}
+_OPEN = 2**62  # the end of a cleaning window still going on
+_KEPT_WINDOWS = 64  # cleaning windows remembered per asset (older ones are long judged)
+_EVENT_TS = attrgetter("ts")
 _MAX_LAYOUTS = 100_000  # one per gateway; bounded so invented gateway ids cannot grow memory
 
 # unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)

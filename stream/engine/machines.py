@@ -36,6 +36,7 @@ class RuleSpec:
     plan: str
     plan_version: str
     jurisdiction: str
+    suspend_during_cleaning: bool = False
     minimum: float | None = None
     maximum: float | None = None
     sustained_ms: int = 0
@@ -54,6 +55,8 @@ class Sample:
     run_start: int  # when the current exact flat line began
     device: str
     late: bool
+    cleaning_since: int = -1  # start of the cleaning (CIP) window this sample is in, or -1
+    prev_cleaning: bool = False  # the previous sample was taken during cleaning
 
 
 class Machine:
@@ -175,6 +178,8 @@ class CriticalLimitMachine(Machine):
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
+        if sample.cleaning_since >= 0 and self.spec.suspend_during_cleaning:
+            return self._suspend(sample)
         ts, value = sample.ts, sample.value
         excess = self.excess(value)
         if self._breach_start is not None:
@@ -200,6 +205,20 @@ class CriticalLimitMachine(Machine):
                 change = self._closed(ts, sample.late)
             self._breach_start = None
         self._last_ts, self._last_excess = ts, excess
+        return change
+
+    def _suspend(self, sample: Sample) -> DeviationChange | None:
+        """Cleaning began: the product run it judged has ended there."""
+        change: DeviationChange | None = None
+        if self._breach_start is not None:
+            ended = max(sample.cleaning_since, self._last_ts)
+            self._degree_ms += self._last_excess * (ended - self._last_ts)
+            if self._open is not None:
+                self._open.peak = self._peak
+                self._open.degree_minutes = self._degree_ms / 60_000
+                change = self._closed(ended, sample.late)
+            self._breach_start = None
+        self._last_ts, self._last_excess = sample.ts, 0.0
         return change
 
     def _open_degree_minutes(self) -> None:
@@ -239,6 +258,8 @@ class StuckSensorMachine(Machine):
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
+        if self.spec.suspend_during_cleaning and sample.cleaning_since >= 0:
+            return self._closed(sample.ts, sample.late) if self._open is not None else None
         flat = sample.prev_ts >= 0 and sample.value == sample.prev_value
         if self._open is None:
             if flat and sample.ts - sample.run_start >= self.spec.flat_ms:
@@ -268,6 +289,11 @@ class RateOfChangeMachine(Machine):
         """Judge one sample."""
         if sample.prev_ts < 0:
             return None
+        if self.spec.suspend_during_cleaning and (
+            sample.cleaning_since >= 0 or sample.prev_cleaning
+        ):
+            # steps into, during and out of cleaning are the cleaning, not the sensor
+            return self._closed(sample.ts, sample.late) if self._open is not None else None
         step, span = abs(sample.value - sample.prev_value), sample.ts - sample.prev_ts
         rate = step / span
         # the same comparison as the engine's screen, so the two never disagree on a boundary

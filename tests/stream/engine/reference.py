@@ -37,6 +37,7 @@ class _Channel:
     last_device: str = "unknown"
     held: list[tuple[int, float, int, str]] = field(default_factory=list)
     silence_open: dict[str, Any] | None = None
+    cleaning: list[list[int]] = field(default_factory=list)  # shared by the asset's channels
 
 
 class ReferenceEngine:
@@ -53,7 +54,10 @@ class ReferenceEngine:
         self.started = -1
         self.channels: dict[tuple[str, str, str, str], _Channel] = {}
         by_key: dict[tuple[str, str], _Channel] = {}
+        self.cleaning: dict[tuple[str, str], list[list[int]]] = {}
         for key, asset in plan.assets.items():
+            windows: list[list[int]] = []
+            self.cleaning[(asset.site, asset.id or key)] = windows
             lateness = (
                 asset.allowed_lateness_s
                 if asset.allowed_lateness_s is not None
@@ -70,6 +74,7 @@ class ReferenceEngine:
                     silence_ms=round(silence_s * 1000),
                     lateness_ms=round(lateness * 1000),
                     ccp=spec.ccp,
+                    cleaning=windows,
                 )
                 self.channels[(asset.site, channel.asset, name, spec.unit)] = channel
                 by_key[(key, name)] = channel
@@ -81,6 +86,17 @@ class ReferenceEngine:
             by_key[(rule.asset, rule.channel)].rules.append(state)
 
     # ----------------------------------------------------------------------------- input
+
+    def submit_events(self, site: str, events: list[tuple[str, str, int]]) -> None:
+        """Events as (kind, asset, ts): cip_start and cip_end."""
+        for kind, asset, ts in sorted(events, key=lambda e: e[2]):
+            windows = self.cleaning.get((site, asset))
+            if windows is None:
+                continue
+            if kind == "cip_start" and (not windows or windows[-1][1] != _OPEN):
+                windows.append([ts, _OPEN])
+            elif kind == "cip_end" and windows and windows[-1][1] == _OPEN and ts >= windows[-1][0]:
+                windows[-1][1] = ts
 
     def submit(self, site: str, device: str, readings: list[Reading], received: int) -> None:
         for reading in readings:
@@ -140,6 +156,8 @@ class ReferenceEngine:
         if prev_ts < 0 or value != prev_value:
             channel.run_start = ts
         late = received - ts > channel.silence_ms
+        cleaning = _cleaning_since(channel.cleaning, ts)
+        prev_cleaning = prev_ts >= 0 and _cleaning_since(channel.cleaning, prev_ts) >= 0
         base = prev_ts if prev_ts >= 0 else self.started
         if channel.silence_open is None and ts - base > channel.silence_ms:
             self._open_silence(channel, base + channel.silence_ms, device)
@@ -148,12 +166,21 @@ class ReferenceEngine:
             channel.silence_open = None
         for state in channel.rules:
             rule = state["rule"]
+            suspended = rule.suspend_during_cleaning
             if isinstance(rule, CriticalLimit):
-                self._critical(channel, state, ts, value, device, late)
+                if suspended and cleaning >= 0:
+                    self._critical_suspended(state, cleaning, ts, late)
+                else:
+                    self._critical(channel, state, ts, value, device, late)
             elif isinstance(rule, StuckSensor):
                 self._stuck(channel, state, ts, value, prev_ts, prev_value, device, late)
             elif isinstance(rule, RateOfChange):
-                self._rate(channel, state, ts, value, prev_ts, prev_value, device, late)
+                if suspended and (cleaning >= 0 or prev_cleaning):
+                    if prev_ts >= 0 and state["open"] is not None:
+                        self._close(state["open"], ts, late)
+                        state["open"] = None
+                else:
+                    self._rate(channel, state, ts, value, prev_ts, prev_value, device, late)
         channel.last_ts, channel.last_value, channel.last_device = ts, value, device
 
     def _critical(
@@ -196,6 +223,18 @@ class ReferenceEngine:
                 s["open"] = None
             s["breach_start"] = None
         s["last_ts"], s["last_excess"] = ts, excess
+
+    def _critical_suspended(self, s: dict[str, Any], since: int, ts: int, late: bool) -> None:
+        if s["breach_start"] is not None:
+            ended = max(since, s["last_ts"])
+            s["degree_ms"] += s["last_excess"] * (ended - s["last_ts"])
+            if s["open"] is not None:
+                s["open"]["peak"] = s["peak"]
+                s["open"]["degree_minutes"] = s["degree_ms"] / 60_000
+                self._close(s["open"], ended, late)
+                s["open"] = None
+            s["breach_start"] = None
+        s["last_ts"], s["last_excess"] = ts, 0.0
 
     def _stuck(
         self,
@@ -286,6 +325,16 @@ class ReferenceEngine:
         record["end"] = end
         record["late"] = record["late"] or late
         self.changes.append(("closed", *_comparable(record)))
+
+
+_OPEN = 2**62
+
+
+def _cleaning_since(windows: list[list[int]], ts: int) -> int:
+    for start, end in windows:
+        if start <= ts < end:
+            return start
+    return -1
 
 
 def _comparable(record: dict[str, Any]) -> tuple[Any, ...]:

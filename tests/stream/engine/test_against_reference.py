@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from milkguard.contract.v1 import Reading
+from milkguard.contract.v1 import CipEnd, CipStart, Event, Reading
 from stream.engine import DeviationChange, Engine
 from stream.plan import parse_plan
 from tests.conftest import T0
@@ -65,6 +65,7 @@ class Batch:
     site: str
     readings: tuple[tuple[int, str, str, str, float], ...]  # (offset ms, asset, channel, unit, v)
     received_delay_ms: int
+    events: tuple[tuple[str, int], ...] = ()  # (cip_start or cip_end, offset ms), for tank-1
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,16 @@ def steps(draw: st.DrawFn) -> list[Step]:
             # jitter back in time (reordering, sometimes beyond the lateness) or forward
             offset = cursor + draw(st.sampled_from([0, 0, 0, 500, 1000, -1000, -3000, -8000]))
             readings.append((max(0, offset), asset, channel, unit, draw(VALUES)))
-        batch = Batch(site, tuple(readings), draw(st.sampled_from([0, 0, 200, 4000, 30_000])))
+        events: list[tuple[str, int]] = []
+        if site == "farm-01" and draw(st.integers(0, 5)) == 0:
+            kind = draw(st.sampled_from(["cip_start", "cip_end"]))
+            events.append((kind, max(0, cursor + draw(st.sampled_from([0, -1000, 500])))))
+        batch = Batch(
+            site,
+            tuple(readings),
+            draw(st.sampled_from([0, 0, 200, 4000, 30_000])),
+            tuple(events),
+        )
         duplicate = draw(st.booleans()) and draw(st.booleans())
         idle = draw(st.sampled_from([None, None, None, 3000, 12_000]))
         result.append(Step(batch, cursor, restart=draw(st.booleans()) and duplicate))
@@ -111,6 +121,14 @@ def run_both(script: list[Step]) -> tuple[list[tuple[object, ...]], list[tuple[o
         if step.batch is not None:
             readings = [Reading(a, c, v, u, T0 + ts) for ts, a, c, u, v in step.batch.readings]
             received = now + step.batch.received_delay_ms
+            events: list[Event] = [
+                (CipStart if kind == "cip_start" else CipEnd)(asset="tank-1", ts=T0 + ts)
+                for kind, ts in step.batch.events
+            ]
+            fast.submit_events(step.batch.site, events)
+            reference.submit_events(
+                step.batch.site, [(k, "tank-1", T0 + ts) for k, ts in step.batch.events]
+            )
             fast.submit(step.batch.site, f"{step.batch.site}-gw", readings, received)
             reference.submit(step.batch.site, f"{step.batch.site}-gw", readings, received)
             now = received

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from milkguard.contract.v1 import Reading
+from milkguard.contract.v1 import CipEnd, CipStart, Reading
 from stream.engine import Engine
 from tests.stream.engine.scenario import Scenario, at
 
@@ -213,3 +213,46 @@ def test_a_snapshot_of_another_plan_version_is_refused(farm: Scenario) -> None:
 
     with pytest.raises(ValueError, match="a changed plan starts from fresh state"):
         Engine.restore(other.engine.plan, farm.engine.snapshot())
+
+
+# --- cleaning in place -------------------------------------------------------------------
+
+
+def cip(farm: Scenario, kind: type[CipStart] | type[CipEnd], seconds: float) -> None:
+    farm.engine.submit_events("farm-01", [kind(asset="tank-1", ts=at(seconds))])
+
+
+def test_cleaning_in_place_suspends_the_product_limit_but_not_the_silence_check(
+    farm: Scenario,
+) -> None:
+    tank(farm, [(0, 4.0), (10, 4.0)])
+    cip(farm, CipStart, 15)
+    tank(farm, [(20, 60.0), (30, 75.0), (40, 70.0)])  # hot cleaning solution, not milk
+    farm.idle_until(40 + 40 + 30)  # and then the probe goes quiet during cleaning
+    cip(farm, CipEnd, 150)
+    tank(farm, [(160, 3.0)])
+    farm.finish()
+
+    assert farm.of("critical_limit") == []
+    assert farm.of("rate_of_change") == []  # the jumps into and out of cleaning are cleaning
+    assert [c.kind for c in farm.of("monitoring_lost")] == ["opened", "closed"]
+
+
+def test_a_breach_open_when_cleaning_starts_ends_at_the_cleaning_start(farm: Scenario) -> None:
+    tank(farm, [(0, 8.0), (10, 8.0), (20, 8.0), (30, 8.0)])
+    cip(farm, CipStart, 35)
+    tank(farm, [(40, 70.0)])
+    farm.finish()
+
+    opened, closed = farm.of("critical_limit")
+    assert opened.deviation.start_ms == at(0)
+    assert closed.deviation.end_ms == at(35)
+    assert closed.deviation.degree_minutes == pytest.approx(2.0 * 35 / 60)
+
+
+def test_an_event_for_readings_already_judged_is_counted_late(farm: Scenario) -> None:
+    tank(farm, [(0, 4.0), (10, 4.0), (50, 4.0), (60, 4.0)])
+
+    cip(farm, CipStart, 5)
+
+    assert farm.engine.counters.late_events == 1

@@ -211,7 +211,7 @@ def _bench_engine(assets: int, seconds: int) -> int:
 
 
 def _plan_check(path: Path) -> int:
-    from stream.plan import load_plan  # noqa: PLC0415
+    from stream.plan import Htst, load_plan  # noqa: PLC0415
 
     loaded = load_plan(path)
     plan = loaded.plan
@@ -224,12 +224,13 @@ def _plan_check(path: Path) -> int:
     for column in ("rule", "kind", "ccp", "asset/channel", "limit", "severity", "action"):
         table.add_column(column)
     for rule in plan.rules:
-        unit = plan.assets[rule.asset].channels[rule.channel].unit
+        channel = rule.indicating if isinstance(rule, Htst) else rule.channel
+        unit = plan.assets[rule.asset].channels[channel].unit
         table.add_row(
             rule.id,
             rule.kind,
             rule.ccp or "",
-            f"{rule.asset}/{rule.channel}",
+            f"{rule.asset}/{channel}",
             rule.describe(unit),
             rule.severity,
             rule.action,

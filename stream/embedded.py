@@ -38,7 +38,7 @@ from stream.engine.deviation import DeviationChange
 from stream.errors import SinkError
 from stream.ingest import Ingest
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
-from stream.plan import CriticalLimit, LoadedPlan, load_plan
+from stream.plan import CriticalLimit, Htst, LoadedPlan, load_plan
 from stream.sinks.base import (
     FanOutDeadLetterSink,
     FanOutDeviationSink,
@@ -359,11 +359,15 @@ def _limits_by_channel(loaded: LoadedPlan) -> dict[tuple[str, str, str], str]:
     plan = loaded.plan
     limits: dict[tuple[str, str, str], str] = {}
     for rule in plan.rules:
+        asset = plan.assets[rule.asset]
         if isinstance(rule, CriticalLimit):
-            asset = plan.assets[rule.asset]
             unit = asset.channels[rule.channel].unit
             key = (asset.site, asset.id or rule.asset, rule.channel)
             limits[key] = describe_limit(rule.min, rule.max, unit)
+        elif isinstance(rule, Htst):
+            unit = asset.channels[rule.indicating].unit
+            key = (asset.site, asset.id or rule.asset, rule.indicating)
+            limits[key] = f">= {rule.legal.temp_c:g} {unit} in forward flow"
     return limits
 
 

@@ -43,8 +43,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from milkguard.contract.v1 import CipEnd, CipStart, Event, Reading
+from milkguard.contract.v1 import CipEnd, CipStart, Event, ProductChange, Reading
 from stream.engine.deviation import Deviation, DeviationChange
+from stream.engine.htst import HtstMachine
 from stream.engine.machines import (
     CriticalLimitMachine,
     Machine,
@@ -54,7 +55,7 @@ from stream.engine.machines import (
     SilenceMachine,
     StuckSensorMachine,
 )
-from stream.plan import CriticalLimit, LoadedPlan, RateOfChange, StuckSensor
+from stream.plan import CriticalLimit, Htst, LoadedPlan, RateOfChange, StuckSensor
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -218,6 +219,7 @@ class _Snapshot(msgspec.Struct):
     counters: dict[str, int]
     unplanned_seen: list[tuple[str, str, str]]
     assets: dict[str, _AssetState]
+    htst: list[dict[str, Any]]
 
 
 class Engine:
@@ -236,6 +238,9 @@ class Engine:
         self._keys: list[tuple[str, str, str]] = []
         self._assets: dict[tuple[str, str], _AssetState] = {}
         self._asset_of_row: list[_AssetState] = []
+        self._htst: list[HtstMachine] = []
+        self._htst_by_asset: dict[tuple[str, str], list[HtstMachine]] = {}
+        self._joined_roles: dict[int, list[tuple[HtstMachine, str]]] = {}
         self._machines: list[list[Machine]] = []
         self._silence: list[SilenceMachine] = []
         self._devices: list[str] = ["unknown"]
@@ -321,6 +326,9 @@ class Engine:
         plan = self.plan.plan
         for rule in plan.rules:
             asset = plan.assets[rule.asset]
+            if isinstance(rule, Htst):
+                self._compile_htst(rule, row_of)
+                continue
             row = row_of[(rule.asset, rule.channel)]
             common = {
                 "suspend_during_cleaning": rule.suspend_during_cleaning,
@@ -358,6 +366,39 @@ class Engine:
                 rate[row] = min(rate[row], spec.max_per_ms)
             self._machines[row].append(machine)
 
+    def _compile_htst(self, rule: Htst, row_of: dict[tuple[str, str], int]) -> None:
+        """An HTST rule reads its channels together: they are judged merged in time order."""
+        asset = self.plan.plan.assets[rule.asset]
+        asset_id = asset.id or rule.asset
+        unit = asset.channels[rule.indicating].unit
+        base = self._spec(
+            rule_id=rule.id,
+            kind="htst",
+            ccp=rule.ccp,
+            severity=rule.severity,
+            action=rule.action,
+            site=asset.site,
+            asset=asset_id,
+            channel=rule.indicating,
+            unit=unit,
+            source=rule.source,
+            suspend_during_cleaning=rule.suspend_during_cleaning,
+        )
+        machine = HtstMachine(rule, base, unit)
+        self._htst.append(machine)
+        self._htst_by_asset.setdefault((asset.site, asset_id), []).append(machine)
+        roles = {
+            "indicating": rule.indicating,
+            "flow_diversion": rule.flow_diversion,
+            "recorder": rule.recorder,
+            "flow": rule.flow,
+        }
+        for role, channel in roles.items():
+            if channel is not None:
+                self._joined_roles.setdefault(row_of[(rule.asset, channel)], []).append(
+                    (machine, role)
+                )
+
     def _allocate_state(self, n: int) -> None:
         self._last_ts = np.full(n, -1, dtype=np.int64)
         self._newest = np.full(n, -1, dtype=np.int64)
@@ -368,6 +409,13 @@ class Engine:
         self._late_count = np.zeros(n, dtype=np.int64)
         self._busy = np.zeros(n, dtype=np.bool_)
         self._silent = np.zeros(n, dtype=np.bool_)
+        # rows a multi-channel rule reads: never screened, judged merged in time order
+        self._joined = np.zeros(n, dtype=np.bool_)
+        self._joined[list(self._joined_roles)] = True
+        self._join_rank = np.ones(n, dtype=np.int64)
+        for row, roles in self._joined_roles.items():
+            if any(role == "flow_diversion" for _, role in roles):
+                self._join_rank[row] = 0
 
     def _spec(self, **fields: Any) -> RuleSpec:
         plan = self.plan
@@ -459,6 +507,15 @@ class Engine:
                 window = state.cleaning[-1]
                 if window[1] == _OPEN and event.ts >= window[0]:
                     window[1] = event.ts
+            elif isinstance(event, ProductChange):
+                rich = (
+                    event.fat_pct >= _RICH_FAT_PCT
+                    or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
+                    or event.sweetened
+                    or event.condensed
+                )
+                for machine in self._htst_by_asset.get((site, event.asset), ()):
+                    machine.product_change(event.ts, rich)
         return unknown
 
     def _route_misses(
@@ -567,8 +624,35 @@ class Engine:
                 readings = readings.take(~repeat)
                 rows, ts = readings.rows, readings.ts
                 n = len(rows)
-        values, devices = readings.values, readings.devices
         self.counters.judged += n
+        quiet, starts, ends, run_start = self._screen_quiet(readings)
+        values, devices = readings.values, readings.devices
+        if not self._screen:
+            quiet[:] = False
+        group_quiet = np.logical_and.reduceat(quiet, starts) & ~self._joined[rows[starts]]
+        done = ends[group_quiet]
+        done_rows = rows[done]
+        self._last_ts[done_rows] = ts[done]
+        self._last_value[done_rows] = values[done]
+        self._run_start[done_rows] = run_start[done]
+        self._last_device[done_rows] = devices[done]
+        if not group_quiet.all():
+            joined: list[int] = []
+            for group in np.flatnonzero(~group_quiet).tolist():
+                lo, hi = int(starts[group]), int(ends[group]) + 1
+                if self._joined[rows[lo]]:
+                    joined.extend(range(lo, hi))
+                else:
+                    self._judge_channel(int(rows[lo]), readings.take(np.arange(lo, hi)), out)
+            if joined:
+                self._judge_joined(readings.take(np.array(joined, dtype=np.int64)), out)
+
+    def _screen_quiet(self, readings: _Columns) -> tuple[B, I64, I64, I64]:
+        """Which readings can change no rule's state: within every limit's band, a plausible
+        step, no flat line or gap near its limit, no rule engaged. Also where each channel's
+        readings start and end, and where the flat line each reading belongs to began."""
+        rows, ts, values = readings.rows, readings.ts, readings.values
+        n = len(rows)
         first = np.empty(n, dtype=np.bool_)
         first[0] = True
         first[1:] = rows[1:] != rows[:-1]
@@ -598,19 +682,16 @@ class Engine:
             & (~seen | (step <= self._max_rate[rows] * (ts - prev_ts)))
             & ((ts - run_start) < self._flat_ms[rows])
         )
-        if not self._screen:
-            quiet[:] = False
-        group_quiet = np.logical_and.reduceat(quiet, starts)
-        done = ends[group_quiet]
-        done_rows = rows[done]
-        self._last_ts[done_rows] = ts[done]
-        self._last_value[done_rows] = values[done]
-        self._run_start[done_rows] = run_start[done]
-        self._last_device[done_rows] = devices[done]
-        if not group_quiet.all():
-            for group in np.flatnonzero(~group_quiet).tolist():
-                lo, hi = int(starts[group]), int(ends[group]) + 1
-                self._judge_channel(int(rows[lo]), readings.take(np.arange(lo, hi)), out)
+        return quiet, starts, ends, run_start
+
+    def _judge_joined(self, readings: _Columns, out: list[DeviationChange]) -> None:
+        """Channels read together by one rule: one sample at a time, in time order across them,
+        so each sees the others' state as it was then. At equal times a valve's state comes
+        first: a temperature is judged with the flow direction of that instant."""
+        order = np.lexsort((readings.rows, self._join_rank[readings.rows], readings.ts))
+        for index in order.tolist():
+            row = int(readings.rows[index])
+            self._judge_channel(row, readings.take(np.array([index])), out)
 
     def _judge_channel(self, row: int, readings: _Columns, out: list[DeviationChange]) -> None:
         """The scalar path: one channel's samples, in order, through its rule machines."""
@@ -624,7 +705,6 @@ class Engine:
         silence_ms = int(self._silence_ms[row])
         silence = self._silence[row]
         machines = self._machines[row]
-        counters = self.counters
         asset = self._asset_of_row[row]
         cleans = bool(asset.cleaning)
         for ts, value, got, code in zip(stamps, values, received, devices, strict=True):
@@ -639,21 +719,14 @@ class Engine:
             base = prev_ts if prev_ts >= 0 else self._started
             if silence.open_deviation is None and ts - base > silence_ms:
                 # the gap is seen only now (no timer ran in it): open it where it began
-                out.append(silence.open_at(base + silence_ms, device))
-                counters.opened += 1
+                self._record(silence.open_at(base + silence_ms, device), out)
             if silence.open_deviation is not None:
-                change = silence.observe(sample)
-                if change is not None:
-                    out.append(change)
-                    counters.closed += 1
+                self._record(silence.observe(sample), out)
             for machine in machines:
-                change = machine.observe(sample)
-                if change is not None:
-                    out.append(change)
-                    if change.kind == "opened":
-                        counters.opened += 1
-                    else:
-                        counters.closed += 1
+                self._record(machine.observe(sample), out)
+            for joined, role in self._joined_roles.get(row, ()):
+                for change in joined.observe(role, sample):
+                    self._record(change, out)
             prev_ts, prev_value = ts, value
         self._last_ts[row] = prev_ts
         self._last_value[row] = prev_value
@@ -661,6 +734,15 @@ class Engine:
         self._last_device[row] = devices[-1]
         self._silent[row] = False
         self._busy[row] = any(machine.engaged for machine in machines)
+
+    def _record(self, change: DeviationChange | None, out: list[DeviationChange]) -> None:
+        if change is None:
+            return
+        out.append(change)
+        if change.kind == "opened":
+            self.counters.opened += 1
+        else:
+            self.counters.closed += 1
 
     def _fire_silence(self, out: list[DeviationChange]) -> None:
         # silent in the stream's time: nothing received for longer than the limit
@@ -674,8 +756,7 @@ class Engine:
         begins = np.where(self._last_ts >= 0, self._last_ts, self._started) + self._silence_ms
         for row in np.flatnonzero(due).tolist():
             device = self._devices[int(self._last_device[row])]
-            out.append(self._silence[row].open_at(int(begins[row]), device))
-            self.counters.opened += 1
+            self._record(self._silence[row].open_at(int(begins[row]), device), out)
             self._silent[row] = True
             self._busy[row] = True
 
@@ -695,6 +776,12 @@ class Engine:
             if machine.open_deviation is not None
         ]
         found.extend(s.open_deviation for s in self._silence if s.open_deviation is not None)
+        found.extend(
+            m.open_deviation
+            for htst in self._htst
+            for m in htst.machines
+            if m.open_deviation is not None
+        )
         return found
 
     @property
@@ -749,6 +836,7 @@ class Engine:
                 for (site, asset), state in self._assets.items()
                 if state.cleaning
             },
+            htst=[machine.state() for machine in self._htst],
         )
         return msgspec.msgpack.encode(state)
 
@@ -775,6 +863,8 @@ class Engine:
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
         engine._held = state.held.arrays()
+        for machine, saved_htst in zip(engine._htst, state.htst, strict=True):
+            machine.restore(saved_htst, _with_deviation)
         for name, saved in state.assets.items():
             site, asset = name.split("/", 1)
             engine._assets[(site, asset)].cleaning = saved.cleaning
@@ -816,6 +906,9 @@ _NO_CHANNELS: dict[tuple[str, str, str], int] = {}
 _OPEN = 2**62  # the end of a cleaning window still going on
 _KEPT_WINDOWS = 64  # cleaning windows remembered per asset (older ones are long judged)
 _EVENT_TS = attrgetter("ts")
+# product classes that raise the legal pasteurization minimum (PMO: +3 degC)
+_RICH_FAT_PCT = 10.0
+_RICH_SOLIDS_PCT = 18.0
 _MAX_LAYOUTS = 100_000  # one per gateway; bounded so invented gateway ids cannot grow memory
 
 # unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)

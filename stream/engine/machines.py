@@ -180,8 +180,14 @@ class CriticalLimitMachine(Machine):
         """Judge one sample."""
         if sample.cleaning_since >= 0 and self.spec.suspend_during_cleaning:
             return self._suspend(sample)
+        return self.observe_excess(sample, self.excess(sample.value))
+
+    def observe_excess(
+        self, sample: Sample, excess: float, limit: AppliedLimit | None = None
+    ) -> DeviationChange | None:
+        """Judge one sample whose distance beyond the limit the caller worked out (rules whose
+        limit moves, like a pasteurizer's minimum with the product in force)."""
         ts, value = sample.ts, sample.value
-        excess = self.excess(value)
         if self._breach_start is not None:
             self._degree_ms += self._last_excess * (ts - self._last_ts)
         change: DeviationChange | None = None
@@ -193,7 +199,8 @@ class CriticalLimitMachine(Machine):
                 self._peak, self._peak_excess = value, excess
             if self._open is None:
                 if ts - self._breach_start >= self.spec.sustained_ms:
-                    change = self._opened(self._breach_start, sample, self._peak, self._limit())
+                    applied = limit or self._limit()
+                    change = self._opened(self._breach_start, sample, self._peak, applied)
                     self._open_degree_minutes()
             else:
                 self._open.peak = self._peak
@@ -206,6 +213,10 @@ class CriticalLimitMachine(Machine):
             self._breach_start = None
         self._last_ts, self._last_excess = ts, excess
         return change
+
+    def suspend(self, sample: Sample) -> DeviationChange | None:
+        """Cleaning began (called by rules that judge several channels together)."""
+        return self._suspend(sample)
 
     def _suspend(self, sample: Sample) -> DeviationChange | None:
         """Cleaning began: the product run it judged has ended there."""

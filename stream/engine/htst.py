@@ -1,0 +1,171 @@
+"""The HTST pasteurizer's critical control point, judged over its channels together.
+
+The engine hands this machine every sample of the pasteurizer's channels in event-time order,
+merged across channels, so "the flow-diversion state when this temperature was read" is exact.
+Three deviations can come of it, each a critical-limit machine fed with an excess computed here:
+
+- ``htst_temperature``: forward flow below the legal minimum of the product in force. At the
+  first sample: no averaging, no grace. A switch to divert ends it (the device did its job).
+- ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time in
+  forward flow (a flow surge); the product in that window is held.
+- ``htst_recorder``: the recording thermometer above the indicating one, which is the official.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from stream.engine.deviation import AppliedLimit, DeviationChange
+from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample
+from stream.plan import Htst
+
+# k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
+_LAMINAR_RE, _TRANSITION_RE, _TURBULENT_RE = 2100.0, 4000.0, 20000.0
+_K_LAMINAR, _K_TRANSITION, _K_TURBULENT = 2.0, 1.33, 1.25
+
+
+def fastest_to_mean(reynolds: float) -> float:
+    """k for a Reynolds number: 2.0 laminar, 1.33 at 4000, 1.25 turbulent, linear between."""
+    if reynolds <= _LAMINAR_RE:
+        return _K_LAMINAR
+    if reynolds <= _TRANSITION_RE:
+        share = (reynolds - _LAMINAR_RE) / (_TRANSITION_RE - _LAMINAR_RE)
+        return _K_LAMINAR + share * (_K_TRANSITION - _K_LAMINAR)
+    if reynolds <= _TURBULENT_RE:
+        share = (reynolds - _TRANSITION_RE) / (_TURBULENT_RE - _TRANSITION_RE)
+        return _K_TRANSITION + share * (_K_TURBULENT - _K_TRANSITION)
+    return _K_TURBULENT
+
+
+def fastest_particle_hold_s(rule: Htst, flow_l_h: float) -> float:
+    """t_min = V / (k Q), seconds, for a flow in L/h (infinite when nothing flows)."""
+    tube = rule.holding_tube
+    assert tube is not None  # the plan refuses a flow channel without a tube
+    if flow_l_h <= 0:
+        return math.inf
+    flow_m3_s = flow_l_h / 3.6e6
+    reynolds = (
+        4
+        * rule.density_kg_l
+        * 1000
+        * flow_m3_s
+        / (math.pi * tube.diameter_m * rule.viscosity_mpa_s / 1000)
+    )
+    return tube.volume_l / (fastest_to_mean(reynolds) * flow_l_h / 3600)
+
+
+class HtstMachine:
+    """One pasteurizer's legal checks; roles are 'indicating', 'flow_diversion', 'recorder'
+    and 'flow'."""
+
+    def __init__(self, rule: Htst, base: RuleSpec, temperature_unit: str) -> None:
+        self.rule = rule
+        self._unit = temperature_unit
+        self.temperature = CriticalLimitMachine(
+            replace(
+                base,
+                rule_id=f"{rule.id}.temperature",
+                kind="htst_temperature",
+                channel=rule.indicating,
+                minimum=rule.legal.temp_c,
+            )
+        )
+        self.holding = CriticalLimitMachine(
+            replace(
+                base,
+                rule_id=f"{rule.id}.holding_time",
+                kind="htst_holding_time",
+                channel=rule.flow or rule.indicating,
+                minimum=rule.legal.hold_s,
+                unit="s",
+                action="hold_lot",
+            )
+        )
+        self.recorder = CriticalLimitMachine(
+            replace(
+                base,
+                rule_id=f"{rule.id}.recorder",
+                kind="htst_recorder",
+                channel=rule.recorder or rule.indicating,
+                maximum=0.0,
+                severity="major",
+                action="alert",
+            )
+        )
+        self.forward = True  # until the device says otherwise: never assume a divert
+        self.indicating: float | None = None
+        self.rich_since: list[tuple[int, bool]] = []  # (ts, rich product) from product changes
+
+    @property
+    def machines(self) -> tuple[CriticalLimitMachine, ...]:
+        """The three checks."""
+        return (self.temperature, self.holding, self.recorder)
+
+    def product_change(self, ts: int, rich: bool) -> None:
+        """A product change event: the legal minimum follows the product from ``ts`` on."""
+        self.rich_since.append((ts, rich))
+        self.rich_since.sort()
+        del self.rich_since[:-64]
+
+    def legal_temp(self, ts: int) -> float:
+        """The legal minimum temperature for the product in force at ``ts``."""
+        rich = False
+        for since, is_rich in self.rich_since:
+            if since > ts:
+                break
+            rich = is_rich
+        return self.rule.legal.temp_c + (self.rule.rich_product_raise_c if rich else 0.0)
+
+    def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
+        """Judge one sample of one of the pasteurizer's channels."""
+        if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
+            return [c for m in self.machines if (c := m.suspend(sample)) is not None]
+        if role == "flow_diversion":
+            self.forward = sample.value >= 0.5
+            if self.forward:
+                return []
+            # diverted: what was flowing below the legal limits no longer goes forward
+            return [
+                c
+                for m in (self.temperature, self.holding)
+                if m.engaged and (c := m.observe_excess(sample, 0.0)) is not None
+            ]
+        change: DeviationChange | None = None
+        if role == "indicating":
+            self.indicating = sample.value
+            legal = self.legal_temp(sample.ts)
+            excess = legal - sample.value if self.forward and sample.value < legal else 0.0
+            limit = AppliedLimit(
+                min=legal, max=None, sustained_s=0.0, unit=self._unit, source=self.rule.source
+            )
+            change = self.temperature.observe_excess(sample, excess, limit)
+        elif role == "flow":
+            hold = fastest_particle_hold_s(self.rule, sample.value)
+            legal_hold = self.rule.legal.hold_s
+            excess = legal_hold - hold if self.forward and hold < legal_hold else 0.0
+            change = self.holding.observe_excess(replace(sample, value=round(hold, 3)), excess)
+        elif role == "recorder" and self.indicating is not None:
+            above = sample.value - self.indicating
+            change = self.recorder.observe_excess(
+                replace(sample, value=round(above, 3)), max(above, 0.0)
+            )
+        return [change] if change is not None else []
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot must keep."""
+        return {
+            "machines": [m.state() for m in self.machines],
+            "forward": self.forward,
+            "indicating": self.indicating,
+            "rich_since": self.rich_since,
+        }
+
+    def restore(self, state: dict[str, Any], with_deviation: Any) -> None:
+        """Take back a snapshot's state."""
+        for machine, saved in zip(self.machines, state["machines"], strict=True):
+            machine.restore(with_deviation(saved))
+        self.forward = state["forward"]
+        self.indicating = state["indicating"]
+        self.rich_since = [(int(ts), bool(rich)) for ts, rich in state["rich_since"]]

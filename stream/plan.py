@@ -182,6 +182,41 @@ class RateOfChange(_ChannelRule):
         return f"changes <= {self.max_per_min:g} {unit}/min"
 
 
+class CoolingDeadline(_Strict):
+    """Milk must be at or below ``reach_max`` within ``within_s`` of an event."""
+
+    after: Literal["first_milking_start", "milking_start", "milking_end"] = Field(
+        description="first_milking_start: the first milking into an empty tank."
+    )
+    reach_max: float
+    within_s: float = Field(gt=0)
+
+
+class Cooling(_ChannelRule):
+    """A farm bulk tank's cooling, on its milk temperature channel.
+
+    Each deadline starts at its event and is met by one sample at or below ``reach_max`` no later
+    than the deadline. A missed one is a deviation from the deadline itself (fired by the data
+    passing it, or by the stream's timer when no data comes), until a sample reaches the
+    temperature. ``blend_max`` applies while each later milking adds warm milk. A pickup that
+    names the tank as its source empties it: the next milking is a first one again.
+    """
+
+    kind: Literal["cooling"]
+    deadlines: list[CoolingDeadline] = Field(min_length=1)
+    blend_max: float | None = None
+    suspend_during_cleaning: bool = True
+
+    def describe(self, unit: str) -> str:
+        """'<= 10 degC 14400 s after first_milking_start; ...'."""
+        parts = [
+            f"<= {d.reach_max:g} {unit} {d.within_s:g} s after {d.after}" for d in self.deadlines
+        ]
+        if self.blend_max is not None:
+            parts.append(f"blend <= {self.blend_max:g} {unit}")
+        return "; ".join(parts)
+
+
 class HoldingTube(_Strict):
     """The holding tube between the heater and the flow-diversion device."""
 
@@ -253,7 +288,9 @@ class Htst(_Strict):
         )
 
 
-Rule = Annotated[CriticalLimit | StuckSensor | RateOfChange | Htst, Field(discriminator="kind")]
+Rule = Annotated[
+    CriticalLimit | StuckSensor | RateOfChange | Cooling | Htst, Field(discriminator="kind")
+]
 
 
 class Plan(_Strict):
@@ -395,7 +432,7 @@ def _describe(error: Any, root: yaml.Node | None) -> str:
 
 def _is_union_tag(part: object) -> bool:
     # pydantic puts the discriminator value in the location ('critical_limit'); readers do not care
-    return part in {"critical_limit", "stuck_sensor", "rate_of_change", "htst"}
+    return part in {"critical_limit", "stuck_sensor", "rate_of_change", "cooling", "htst"}
 
 
 def _dotted(loc: list[Any]) -> str:

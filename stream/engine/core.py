@@ -43,7 +43,17 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from milkguard.contract.v1 import CipEnd, CipStart, Event, ProductChange, Reading
+from milkguard.contract.v1 import (
+    CipEnd,
+    CipStart,
+    Event,
+    MilkingEnd,
+    MilkingStart,
+    Pickup,
+    ProductChange,
+    Reading,
+)
+from stream.engine.cooling import CoolingMachine
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.htst import HtstMachine
 from stream.engine.machines import (
@@ -55,7 +65,7 @@ from stream.engine.machines import (
     SilenceMachine,
     StuckSensorMachine,
 )
-from stream.plan import CriticalLimit, Htst, LoadedPlan, RateOfChange, StuckSensor
+from stream.plan import Cooling, CriticalLimit, Htst, LoadedPlan, RateOfChange, StuckSensor
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -220,6 +230,7 @@ class _Snapshot(msgspec.Struct):
     unplanned_seen: list[tuple[str, str, str]]
     assets: dict[str, _AssetState]
     htst: list[dict[str, Any]]
+    cooling: list[dict[str, Any]]
 
 
 class Engine:
@@ -239,6 +250,10 @@ class Engine:
         self._assets: dict[tuple[str, str], _AssetState] = {}
         self._asset_of_row: list[_AssetState] = []
         self._htst: list[HtstMachine] = []
+        self._cooling: list[tuple[int, CoolingMachine]] = []
+        self._cooling_of_row: dict[int, list[CoolingMachine]] = {}
+        self._cooling_by_asset: dict[tuple[str, str], list[tuple[int, CoolingMachine]]] = {}
+        self._event_changes: list[DeviationChange] = []  # from events, handed out by advance
         self._htst_by_asset: dict[tuple[str, str], list[HtstMachine]] = {}
         self._joined_roles: dict[int, list[tuple[HtstMachine, str]]] = {}
         self._machines: list[list[Machine]] = []
@@ -330,6 +345,9 @@ class Engine:
                 self._compile_htst(rule, row_of)
                 continue
             row = row_of[(rule.asset, rule.channel)]
+            if isinstance(rule, Cooling):
+                self._compile_cooling(rule, row, asset.site, asset.id or rule.asset)
+                continue
             common = {
                 "suspend_during_cleaning": rule.suspend_during_cleaning,
                 "rule_id": rule.id,
@@ -365,6 +383,25 @@ class Engine:
                 machine = RateOfChangeMachine(spec)
                 rate[row] = min(rate[row], spec.max_per_ms)
             self._machines[row].append(machine)
+
+    def _compile_cooling(self, rule: Cooling, row: int, site: str, asset_id: str) -> None:
+        base = self._spec(
+            rule_id=rule.id,
+            kind="cooling_deadline",
+            ccp=rule.ccp,
+            severity=rule.severity,
+            action=rule.action,
+            site=site,
+            asset=asset_id,
+            channel=rule.channel,
+            unit=self.plan.plan.assets[rule.asset].channels[rule.channel].unit,
+            source=rule.source,
+            suspend_during_cleaning=rule.suspend_during_cleaning,
+        )
+        machine = CoolingMachine(rule, base)
+        self._cooling.append((row, machine))
+        self._cooling_of_row.setdefault(row, []).append(machine)
+        self._cooling_by_asset.setdefault((site, asset_id), []).append((row, machine))
 
     def _compile_htst(self, rule: Htst, row_of: dict[tuple[str, str], int]) -> None:
         """An HTST rule reads its channels together: they are judged merged in time order."""
@@ -491,6 +528,11 @@ class Engine:
         """
         unknown = 0
         for event in sorted(events, key=_EVENT_TS):
+            if isinstance(event, Pickup):
+                # the truck's pickup empties the farm tank it names
+                source = (event.source_site, event.source_asset)
+                for _, cooling in self._cooling_by_asset.get(source, ()):
+                    self._event_changes.extend(cooling.emptied(event.ts, "unknown"))
             state = self._assets.get((site, event.asset))
             if state is None:
                 unknown += 1
@@ -499,24 +541,35 @@ class Engine:
             self.counters.events += 1
             if event.ts <= int(self._last_ts[state.rows].max()):
                 self.counters.late_events += 1
-            if isinstance(event, CipStart):
-                if not state.cleaning or state.cleaning[-1][1] != _OPEN:
-                    state.cleaning.append([event.ts, _OPEN])
-                    del state.cleaning[:-_KEPT_WINDOWS]
-            elif isinstance(event, CipEnd) and state.cleaning:
-                window = state.cleaning[-1]
-                if window[1] == _OPEN and event.ts >= window[0]:
-                    window[1] = event.ts
-            elif isinstance(event, ProductChange):
-                rich = (
-                    event.fat_pct >= _RICH_FAT_PCT
-                    or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
-                    or event.sweetened
-                    or event.condensed
-                )
-                for machine in self._htst_by_asset.get((site, event.asset), ()):
-                    machine.product_change(event.ts, rich)
+            self._apply(site, state, event)
         return unknown
+
+    def _apply(self, site: str, state: _AssetState, event: Event) -> None:
+        """One event of a known asset, into the state of the rules it concerns."""
+        if isinstance(event, CipStart):
+            if not state.cleaning or state.cleaning[-1][1] != _OPEN:
+                state.cleaning.append([event.ts, _OPEN])
+                del state.cleaning[:-_KEPT_WINDOWS]
+        elif isinstance(event, CipEnd) and state.cleaning:
+            window = state.cleaning[-1]
+            if window[1] == _OPEN and event.ts >= window[0]:
+                window[1] = event.ts
+        elif isinstance(event, MilkingStart | MilkingEnd):
+            for row, cooling in self._cooling_by_asset.get((site, event.asset), ()):
+                if isinstance(event, MilkingStart):
+                    cooling.milking_start(event.ts)
+                else:
+                    cooling.milking_end(event.ts)
+                self._busy[row] = self._busy[row] or cooling.engaged
+        elif isinstance(event, ProductChange):
+            rich = (
+                event.fat_pct >= _RICH_FAT_PCT
+                or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
+                or event.sweetened
+                or event.condensed
+            )
+            for machine in self._htst_by_asset.get((site, event.asset), ()):
+                machine.product_change(event.ts, rich)
 
     def _route_misses(
         self, site: str, rows: list[int], readings: list[Reading]
@@ -558,8 +611,13 @@ class Engine:
         self._now = max(self._now, now_ms)
         if self._started < 0:
             self._started = self._now
+        for change in self._event_changes:
+            self._record(change, out)
+        self._event_changes = []
         self._release(out, everything=False)
         self._fire_silence(out)
+        if self._cooling:
+            self._fire_deadlines(out)
 
     def flush(self, out: list[DeviationChange]) -> None:
         """Judge everything held, as at the end of a replayed file (every channel idle)."""
@@ -727,13 +785,36 @@ class Engine:
             for joined, role in self._joined_roles.get(row, ()):
                 for change in joined.observe(role, sample):
                     self._record(change, out)
+            for cooling in self._cooling_of_row.get(row, ()):
+                for change in cooling.observe(sample):
+                    self._record(change, out)
             prev_ts, prev_value = ts, value
         self._last_ts[row] = prev_ts
         self._last_value[row] = prev_value
         self._run_start[row] = run_start
         self._last_device[row] = devices[-1]
         self._silent[row] = False
-        self._busy[row] = any(machine.engaged for machine in machines)
+        self._busy[row] = any(machine.engaged for machine in machines) or any(
+            cooling.engaged for cooling in self._cooling_of_row.get(row, ())
+        )
+
+    def _fire_deadlines(self, out: list[DeviationChange]) -> None:
+        """Deadlines the device's clock has passed with no sample to judge them by.
+
+        The device's clock is estimated from its last sample and how long ago the stream heard
+        from it; a channel still holding readings waits for them to be judged first.
+        """
+        holding = set(self._held.rows.tolist())
+        for row, machine in self._cooling:
+            if not machine.pending or row in holding:
+                continue
+            heard = int(self._last_received[row])
+            last = int(self._last_ts[row])
+            device_now = last + (self._now - heard) if heard >= 0 and last >= 0 else self._now
+            device = self._devices[int(self._last_device[row])]
+            for change in machine.fire_due(device_now, device):
+                self._record(change, out)
+            self._busy[row] = self._busy[row] or machine.engaged
 
     def _record(self, change: DeviationChange | None, out: list[DeviationChange]) -> None:
         if change is None:
@@ -782,6 +863,7 @@ class Engine:
             for m in htst.machines
             if m.open_deviation is not None
         )
+        found.extend(d for _, cooling in self._cooling for d in cooling.open_deviations)
         return found
 
     @property
@@ -837,6 +919,7 @@ class Engine:
                 if state.cleaning
             },
             htst=[machine.state() for machine in self._htst],
+            cooling=[machine.state() for _, machine in self._cooling],
         )
         return msgspec.msgpack.encode(state)
 
@@ -865,6 +948,8 @@ class Engine:
         engine._held = state.held.arrays()
         for machine, saved_htst in zip(engine._htst, state.htst, strict=True):
             machine.restore(saved_htst, _with_deviation)
+        for (_, cooling), saved_cooling in zip(engine._cooling, state.cooling, strict=True):
+            cooling.restore(saved_cooling)
         for name, saved in state.assets.items():
             site, asset = name.split("/", 1)
             engine._assets[(site, asset)].cleaning = saved.cleaning

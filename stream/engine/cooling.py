@@ -1,0 +1,228 @@
+"""A farm bulk tank's cooling: deadlines after milkings, and the blend limit of later milkings.
+
+Events arrive before the samples they concern are judged (the engine holds samples for their
+lateness), so a milking's deadlines are pending when its samples come through. A deadline is met
+by one sample at or below its temperature no later than the deadline. It is missed when a
+sample later than the deadline comes first, or, with no data, when the stream's timer estimates
+the device's clock past it: then a deviation opens at the deadline itself, and closes at the
+first sample that reaches the temperature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgspec
+
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
+from stream.engine.machines import CriticalLimitMachine, Machine, RuleSpec, Sample
+from stream.plan import Cooling
+
+
+@dataclass(slots=True)
+class _Pending:
+    after: str
+    started: int
+    due: int
+    reach_max: float
+
+
+class _Missed(Machine):
+    """One missed deadline, open until a sample reaches the temperature."""
+
+    __slots__ = ("reach_max",)
+
+    def __init__(self, spec: RuleSpec, reach_max: float) -> None:
+        super().__init__(spec)
+        self.reach_max = reach_max
+
+    def open_at(self, pending: _Pending, device: str, late: bool) -> DeviationChange:
+        """The deadline passed without the temperature reached: open there."""
+        spec = self.spec
+        limit = AppliedLimit(
+            min=None,
+            max=pending.reach_max,
+            sustained_s=(pending.due - pending.started) / 1000,
+            unit=spec.unit,
+            source=spec.source,
+        )
+        at_deadline = Sample(pending.due, 0.0, -1, 0.0, pending.due, device, late)
+        return self._opened(pending.due, at_deadline, None, limit)
+
+    def close_at(self, ts: int) -> DeviationChange:
+        """The milk this deadline was about left the tank."""
+        return self._closed(ts, late=False)
+
+    def observe(self, sample: Sample) -> DeviationChange | None:
+        """Close at the first sample at or below the temperature; else keep the warmest."""
+        if self._open is None:
+            return None
+        if sample.value <= self.reach_max:
+            return self._closed(sample.ts, sample.late)
+        if self._open.peak is None or sample.value > self._open.peak:
+            self._open.peak = sample.value
+        return None
+
+
+class CoolingMachine:
+    """One tank's cooling deadlines and blend limit."""
+
+    def __init__(self, rule: Cooling, base: RuleSpec) -> None:
+        self.rule = rule
+        self._base = base
+        self.pending: list[_Pending] = []
+        self.missed: list[_Missed] = []
+        self.empty = True  # no milking seen since the tank was emptied (or since monitoring began)
+        self.later_milking: list[list[int]] = []  # [start, end or _OPEN] of later milkings
+        self.blend = (
+            CriticalLimitMachine(
+                replace(
+                    base,
+                    rule_id=f"{rule.id}.blend",
+                    kind="blend_temperature",
+                    maximum=rule.blend_max,
+                )
+            )
+            if rule.blend_max is not None
+            else None
+        )
+
+    @property
+    def engaged(self) -> bool:
+        """True while any sample could change a verdict: every sample then goes through here."""
+        return bool(
+            self.pending
+            or self.missed
+            or (self.later_milking and self.later_milking[-1][1] == _OPEN)
+            or (self.blend is not None and self.blend.engaged)
+        )
+
+    # ----------------------------------------------------------------------------- events
+
+    def milking_start(self, ts: int) -> None:
+        """Warm milk starts flowing in."""
+        first = self.empty
+        self.empty = False
+        if not first:
+            self.later_milking.append([ts, _OPEN])
+            del self.later_milking[:-16]
+        for deadline in self.rule.deadlines:
+            if deadline.after == "milking_start" or (
+                deadline.after == "first_milking_start" and first
+            ):
+                self._start(deadline.after, ts, deadline.within_s, deadline.reach_max)
+
+    def milking_end(self, ts: int) -> None:
+        """The milking ended."""
+        if self.later_milking and self.later_milking[-1][1] == _OPEN:
+            self.later_milking[-1][1] = ts
+        for deadline in self.rule.deadlines:
+            if deadline.after == "milking_end":
+                self._start(deadline.after, ts, deadline.within_s, deadline.reach_max)
+
+    def emptied(self, ts: int, device: str) -> list[DeviationChange]:
+        """A pickup took the milk: its deadlines go with it; the next milking is a first."""
+        self.empty = True
+        self.pending = [p for p in self.pending if p.started > ts]
+        changes = [m.close_at(ts) for m in self.missed if m.open_deviation is not None]
+        self.missed = []
+        return changes
+
+    def _start(self, after: str, ts: int, within_s: float, reach_max: float) -> None:
+        self.pending.append(_Pending(after, ts, ts + round(within_s * 1000), reach_max))
+
+    # ----------------------------------------------------------------------------- samples
+
+    def observe(self, sample: Sample) -> list[DeviationChange]:
+        """Judge one sample of the tank's temperature."""
+        changes: list[DeviationChange] = []
+        still: list[_Pending] = []
+        for pending in self.pending:
+            if sample.ts < pending.started:
+                still.append(pending)
+            elif sample.ts <= pending.due:
+                if sample.value > pending.reach_max:
+                    still.append(pending)  # met by this sample otherwise
+            else:
+                changes.append(self._miss(pending, sample.device, sample.late))
+        self.pending = still
+        for missed in self.missed:
+            change = missed.observe(sample)
+            if change is not None:
+                changes.append(change)
+        self.missed = [m for m in self.missed if m.open_deviation is not None]
+        if self.blend is not None:
+            changes.extend(self._blend(sample))
+        return changes
+
+    def _blend(self, sample: Sample) -> list[DeviationChange]:
+        assert self.blend is not None
+        in_later = any(start <= sample.ts < end for start, end in self.later_milking)
+        if in_later:
+            change = self.blend.observe(sample)
+        elif self.blend.engaged:
+            change = self.blend.observe_excess(sample, 0.0)  # the milking ended: judged no more
+        else:
+            change = None
+        return [change] if change is not None else []
+
+    def fire_due(self, device_now: int, device: str) -> list[DeviationChange]:
+        """The timer: deadlines the device's clock has passed with no sample, missed."""
+        due = [p for p in self.pending if p.due < device_now]
+        if not due:
+            return []
+        self.pending = [p for p in self.pending if p.due >= device_now]
+        return [self._miss(p, device, late=False) for p in due]
+
+    def _miss(self, pending: _Pending, device: str, late: bool) -> DeviationChange:
+        missed = _Missed(
+            replace(self._base, rule_id=f"{self.rule.id}.{pending.after}", kind="cooling_deadline"),
+            pending.reach_max,
+        )
+        change = missed.open_at(pending, device, late)
+        self.missed.append(missed)
+        return change
+
+    @property
+    def open_deviations(self) -> list[Deviation]:
+        """Deviations open now."""
+        found = [m.open_deviation for m in self.missed if m.open_deviation is not None]
+        if self.blend is not None and self.blend.open_deviation is not None:
+            found.append(self.blend.open_deviation)
+        return found
+
+    # ----------------------------------------------------------------------------- snapshots
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot must keep."""
+        return {
+            "pending": [[p.after, p.started, p.due, p.reach_max] for p in self.pending],
+            "missed": [[m.reach_max, m.state()] for m in self.missed],
+            "empty": self.empty,
+            "later_milking": self.later_milking,
+            "blend": self.blend.state() if self.blend is not None else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a snapshot's state."""
+        self.pending = [_Pending(a, int(s), int(d), float(r)) for a, s, d, r in state["pending"]]
+        self.missed = []
+        for reach_max, saved in state["missed"]:
+            missed = _Missed(self._base, float(reach_max))
+            missed.restore(_deviation_in(saved))
+            self.missed.append(missed)
+        self.empty = bool(state["empty"])
+        self.later_milking = [[int(a), int(b)] for a, b in state["later_milking"]]
+        if self.blend is not None and state["blend"] is not None:
+            self.blend.restore(_deviation_in(state["blend"]))
+
+
+_OPEN = 2**62
+
+
+def _deviation_in(state: dict[str, Any]) -> dict[str, Any]:
+    opened = state.get("open")
+    if opened is not None and not isinstance(opened, Deviation):
+        return {**state, "open": msgspec.convert(opened, Deviation)}
+    return state

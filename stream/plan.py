@@ -34,8 +34,9 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -43,6 +44,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -293,11 +295,32 @@ Rule = Annotated[
 ]
 
 
+class Profile(_Strict):
+    """A jurisdiction's legal limits as rule templates per asset kind (``stream/profiles``).
+
+    Each template is a rule without ``asset``; it applies to every asset of its kind that has
+    the channel it names.
+    """
+
+    profile: PlanId
+    jurisdiction: Jurisdiction
+    title: str = ""
+    templates: dict[AssetKind, list[dict[str, Any]]]
+
+
+_RULE = TypeAdapter(Rule)
+
+
 class Plan(_Strict):
     """A HACCP plan: the assets it covers and the rules that judge them."""
 
     plan: PlanId
     title: str = ""
+    extends: str | None = Field(
+        default=None,
+        description="A jurisdiction profile (cn-gb, us-pmo, eu-853, or a file) whose legal "
+        "limits apply to this plan's assets; this plan may add stricter ones, never looser.",
+    )
     jurisdiction: Jurisdiction
     allowed_lateness_s: float = Field(
         default=2.0,
@@ -392,7 +415,37 @@ def load_plan(path: str | Path) -> LoadedPlan:
 
 
 def parse_plan(raw: bytes, name: str) -> LoadedPlan:
-    """Validate plan bytes; ``name`` is used in error messages."""
+    """Validate plan bytes; ``name`` is used in error messages (and to find a profile file)."""
+    data, root = _read_yaml(raw, name)
+    profile_raw = b""
+    profile_rules: list[Rule] = []
+    extends = data.get("extends")
+    if extends is not None:
+        profile_raw, profile = _load_profile(str(extends), name)
+        if data.get("jurisdiction") not in (None, profile.jurisdiction):
+            raise PlanError(
+                name,
+                [
+                    f"jurisdiction {data.get('jurisdiction')!r} differs from profile "
+                    f"{profile.profile!r} ({profile.jurisdiction}); drop it or make them agree"
+                ],
+            )
+        data = {**data, "jurisdiction": profile.jurisdiction}
+        profile_rules = _instantiate(profile, data.get("assets"))
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(name, [_describe(error, root) for error in exc.errors()]) from exc
+    if profile_rules:
+        problems = _looser_than_profile(plan.rules, profile_rules)
+        if problems:
+            raise PlanError(name, problems)
+        plan = plan.model_copy(update={"rules": [*profile_rules, *plan.rules]})
+    version = hashlib.sha256(raw + profile_raw).hexdigest()[:16]
+    return LoadedPlan(plan=plan, path=name, version=version)
+
+
+def _read_yaml(raw: bytes, name: str) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
         root = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
         data = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -407,12 +460,74 @@ def parse_plan(raw: bytes, name: str) -> LoadedPlan:
         raise PlanError(name, [f"{where}YAML syntax error: {problem}"]) from exc
     if not isinstance(data, dict):
         raise PlanError(name, ["the file must be a YAML mapping with 'plan', 'assets' and 'rules'"])
+    return data, root
+
+
+def _load_profile(extends: str, plan_name: str) -> tuple[bytes, Profile]:
+    """A built-in profile by name, or a profile file relative to the plan."""
+    builtin = Path(str(resources.files("stream") / "profiles" / f"{extends}.yaml"))
+    path = builtin if builtin.exists() else Path(plan_name).parent / extends
     try:
-        plan = Plan.model_validate(data)
+        raw = path.read_bytes()
+    except OSError as exc:
+        known = sorted(p.stem for p in builtin.parent.glob("*.yaml"))
+        raise PlanError(
+            plan_name,
+            [f"extends {extends!r}: no such profile (built in: {', '.join(known)}) or file"],
+        ) from exc
+    data, root = _read_yaml(raw, str(path))
+    try:
+        profile = Profile.model_validate(data)
+        for kind, templates in profile.templates.items():
+            for template in templates:
+                _RULE.validate_python({**template, "asset": f"any-{kind}"})
     except ValidationError as exc:
-        raise PlanError(name, [_describe(error, root) for error in exc.errors()]) from exc
-    version = hashlib.sha256(raw).hexdigest()[:16]
-    return LoadedPlan(plan=plan, path=name, version=version)
+        raise PlanError(str(path), [_describe(error, root) for error in exc.errors()]) from exc
+    return raw, profile
+
+
+def _instantiate(profile: Profile, assets: object) -> list[Rule]:
+    """The profile's templates applied to every asset of their kind that has the channel."""
+    if not isinstance(assets, dict):
+        return []
+    # keyed by asset kind; an unknown kind in the plan simply matches no template
+    by_kind = cast("dict[str, list[dict[str, Any]]]", profile.templates)
+    rules: list[Rule] = []
+    for key, asset in assets.items():
+        if not isinstance(asset, dict):
+            continue
+        channels = asset.get("channels") or {}
+        for template in by_kind.get(str(asset.get("kind")), []):
+            named = [template.get(k) for k in ("channel", "indicating") if template.get(k)]
+            if all(channel in channels for channel in named):
+                rule_id = f"{profile.profile}.{key}.{template['id']}"
+                rules.append(_RULE.validate_python({**template, "id": rule_id, "asset": key}))
+    return rules
+
+
+def _looser_than_profile(plant: list[Rule], legal: list[Rule]) -> list[str]:
+    """Company critical limits must be at least as strict as the profile's on the same channel."""
+    problems: list[str] = []
+    for own in plant:
+        if not isinstance(own, CriticalLimit):
+            continue
+        for law in legal:
+            if not isinstance(law, CriticalLimit) or (law.asset, law.channel) != (
+                own.asset,
+                own.channel,
+            ):
+                continue
+            if own.max is not None and law.max is not None and own.max > law.max:
+                problems.append(
+                    f"rule {own.id!r}: max {own.max:g} is looser than the legal {law.max:g} of "
+                    f"{law.id!r} ({law.source}); a plant may only add stricter limits"
+                )
+            if own.min is not None and law.min is not None and own.min < law.min:
+                problems.append(
+                    f"rule {own.id!r}: min {own.min:g} is looser than the legal {law.min:g} of "
+                    f"{law.id!r} ({law.source}); a plant may only add stricter limits"
+                )
+    return problems
 
 
 def _describe(error: Any, root: yaml.Node | None) -> str:

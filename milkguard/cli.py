@@ -211,7 +211,7 @@ def _bench_engine(assets: int, seconds: int) -> int:
 
 
 def _plan_check(path: Path) -> int:
-    from stream.plan import Htst, load_plan  # noqa: PLC0415
+    from stream.plan import Htst, Uht, load_plan  # noqa: PLC0415
 
     loaded = load_plan(path)
     plan = loaded.plan
@@ -224,7 +224,12 @@ def _plan_check(path: Path) -> int:
     for column in ("rule", "kind", "ccp", "asset/channel", "limit", "severity", "action"):
         table.add_column(column)
     for rule in plan.rules:
-        channel = rule.indicating if isinstance(rule, Htst) else rule.channel
+        if isinstance(rule, Htst):
+            channel = rule.indicating
+        elif isinstance(rule, Uht):
+            channel = rule.outlet
+        else:
+            channel = rule.channel
         unit = plan.assets[rule.asset].channels[channel].unit
         table.add_row(
             rule.id,

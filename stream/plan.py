@@ -290,8 +290,39 @@ class Htst(_Strict):
         )
 
 
+class Uht(_Strict):
+    """A UHT line's lethality: each parcel of product gets F0 = t_min * L(T) / 60 minutes from the
+    outlet temperature T (L(T) = 10^((T - 121.1) / 10), z = 10 degC) and its fastest residence
+    time in the holding tube; below ``min_f0`` the parcel is not commercially sterile."""
+
+    kind: Literal["uht"]
+    id: PlanId
+    ccp: str | None = None
+    asset: PlanId
+    outlet: PlanId = Field(description="Channel of the holding-tube outlet temperature.")
+    flow: PlanId = Field(description="Channel of the flow rate, L/h.")
+    holding_tube: HoldingTube
+    min_f0: float = Field(default=3.0, gt=0, description="Minutes at 121.1 degC (design 5-6).")
+    density_kg_l: float = Field(default=1.0, gt=0)
+    viscosity_mpa_s: float = Field(default=0.3, gt=0)
+    severity: Severity = "critical"
+    action: Action = "divert"
+    source: str = Field(min_length=3)
+    suspend_during_cleaning: bool = True
+
+    @property
+    def channels(self) -> list[str]:
+        """Every channel the rule reads."""
+        return [self.outlet, self.flow]
+
+    def describe(self, unit: str) -> str:
+        """'F0 >= 3 min per parcel'."""
+        return f"F0 >= {self.min_f0:g} min per parcel"
+
+
 Rule = Annotated[
-    CriticalLimit | StuckSensor | RateOfChange | Cooling | Htst, Field(discriminator="kind")
+    CriticalLimit | StuckSensor | RateOfChange | Cooling | Htst | Uht,
+    Field(discriminator="kind"),
 ]
 
 
@@ -359,7 +390,7 @@ class Plan(_Strict):
                     f"(known: {', '.join(sorted(self.assets))})"
                 )
                 continue
-            named = rule.channels if isinstance(rule, Htst) else [rule.channel]
+            named = rule.channels if isinstance(rule, Htst | Uht) else [rule.channel]
             problems.extend(
                 f"rule {rule.id!r} names channel {channel!r} of asset {rule.asset!r}, "
                 f"which has only: {', '.join(sorted(asset.channels))}"
@@ -498,7 +529,9 @@ def _instantiate(profile: Profile, assets: object) -> list[Rule]:
             continue
         channels = asset.get("channels") or {}
         for template in by_kind.get(str(asset.get("kind")), []):
-            named = [template.get(k) for k in ("channel", "indicating") if template.get(k)]
+            named = [
+                template.get(k) for k in ("channel", "indicating", "outlet") if template.get(k)
+            ]
             if all(channel in channels for channel in named):
                 rule_id = f"{profile.profile}.{key}.{template['id']}"
                 rules.append(_RULE.validate_python({**template, "id": rule_id, "asset": key}))
@@ -547,7 +580,7 @@ def _describe(error: Any, root: yaml.Node | None) -> str:
 
 def _is_union_tag(part: object) -> bool:
     # pydantic puts the discriminator value in the location ('critical_limit'); readers do not care
-    return part in {"critical_limit", "stuck_sensor", "rate_of_change", "cooling", "htst"}
+    return part in {"critical_limit", "stuck_sensor", "rate_of_change", "cooling", "htst", "uht"}
 
 
 def _dotted(loc: list[Any]) -> str:

@@ -55,7 +55,7 @@ from milkguard.contract.v1 import (
 )
 from stream.engine.cooling import CoolingMachine
 from stream.engine.deviation import Deviation, DeviationChange
-from stream.engine.htst import HtstMachine
+from stream.engine.htst import HtstMachine, UhtMachine
 from stream.engine.machines import (
     CriticalLimitMachine,
     Machine,
@@ -65,7 +65,17 @@ from stream.engine.machines import (
     SilenceMachine,
     StuckSensorMachine,
 )
-from stream.plan import Cooling, CriticalLimit, Htst, LoadedPlan, RateOfChange, StuckSensor
+from stream.plan import (
+    Cooling,
+    CriticalLimit,
+    Htst,
+    LoadedPlan,
+    RateOfChange,
+    StuckSensor,
+    Uht,
+)
+
+JoinedMachine = HtstMachine | UhtMachine
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -229,7 +239,7 @@ class _Snapshot(msgspec.Struct):
     counters: dict[str, int]
     unplanned_seen: list[tuple[str, str, str]]
     assets: dict[str, _AssetState]
-    htst: list[dict[str, Any]]
+    joined: list[dict[str, Any]]
     cooling: list[dict[str, Any]]
 
 
@@ -249,13 +259,13 @@ class Engine:
         self._keys: list[tuple[str, str, str]] = []
         self._assets: dict[tuple[str, str], _AssetState] = {}
         self._asset_of_row: list[_AssetState] = []
-        self._htst: list[HtstMachine] = []
+        self._joined_machines: list[JoinedMachine] = []
         self._cooling: list[tuple[int, CoolingMachine]] = []
         self._cooling_of_row: dict[int, list[CoolingMachine]] = {}
         self._cooling_by_asset: dict[tuple[str, str], list[tuple[int, CoolingMachine]]] = {}
         self._event_changes: list[DeviationChange] = []  # from events, handed out by advance
         self._htst_by_asset: dict[tuple[str, str], list[HtstMachine]] = {}
-        self._joined_roles: dict[int, list[tuple[HtstMachine, str]]] = {}
+        self._joined_roles: dict[int, list[tuple[JoinedMachine, str]]] = {}
         self._machines: list[list[Machine]] = []
         self._silence: list[SilenceMachine] = []
         self._devices: list[str] = ["unknown"]
@@ -341,8 +351,8 @@ class Engine:
         plan = self.plan.plan
         for rule in plan.rules:
             asset = plan.assets[rule.asset]
-            if isinstance(rule, Htst):
-                self._compile_htst(rule, row_of)
+            if isinstance(rule, Htst | Uht):
+                self._compile_joined(rule, row_of)
                 continue
             row = row_of[(rule.asset, rule.channel)]
             if isinstance(rule, Cooling):
@@ -403,33 +413,39 @@ class Engine:
         self._cooling_of_row.setdefault(row, []).append(machine)
         self._cooling_by_asset.setdefault((site, asset_id), []).append((row, machine))
 
-    def _compile_htst(self, rule: Htst, row_of: dict[tuple[str, str], int]) -> None:
-        """An HTST rule reads its channels together: they are judged merged in time order."""
+    def _compile_joined(self, rule: Htst | Uht, row_of: dict[tuple[str, str], int]) -> None:
+        """Rules that read several channels together: they are judged merged in time order."""
         asset = self.plan.plan.assets[rule.asset]
         asset_id = asset.id or rule.asset
-        unit = asset.channels[rule.indicating].unit
+        first = rule.indicating if isinstance(rule, Htst) else rule.outlet
+        unit = asset.channels[first].unit
         base = self._spec(
             rule_id=rule.id,
-            kind="htst",
+            kind=rule.kind,
             ccp=rule.ccp,
             severity=rule.severity,
             action=rule.action,
             site=asset.site,
             asset=asset_id,
-            channel=rule.indicating,
+            channel=first,
             unit=unit,
             source=rule.source,
             suspend_during_cleaning=rule.suspend_during_cleaning,
         )
-        machine = HtstMachine(rule, base, unit)
-        self._htst.append(machine)
-        self._htst_by_asset.setdefault((asset.site, asset_id), []).append(machine)
-        roles = {
-            "indicating": rule.indicating,
-            "flow_diversion": rule.flow_diversion,
-            "recorder": rule.recorder,
-            "flow": rule.flow,
-        }
+        machine: JoinedMachine
+        if isinstance(rule, Htst):
+            machine = HtstMachine(rule, base, unit)
+            self._htst_by_asset.setdefault((asset.site, asset_id), []).append(machine)
+            roles = {
+                "indicating": rule.indicating,
+                "flow_diversion": rule.flow_diversion,
+                "recorder": rule.recorder,
+                "flow": rule.flow,
+            }
+        else:
+            machine = UhtMachine(rule, base)
+            roles = {"outlet": rule.outlet, "flow": rule.flow}
+        self._joined_machines.append(machine)
         for role, channel in roles.items():
             if channel is not None:
                 self._joined_roles.setdefault(row_of[(rule.asset, channel)], []).append(
@@ -859,8 +875,8 @@ class Engine:
         found.extend(s.open_deviation for s in self._silence if s.open_deviation is not None)
         found.extend(
             m.open_deviation
-            for htst in self._htst
-            for m in htst.machines
+            for joined in self._joined_machines
+            for m in joined.machines
             if m.open_deviation is not None
         )
         found.extend(d for _, cooling in self._cooling for d in cooling.open_deviations)
@@ -918,7 +934,7 @@ class Engine:
                 for (site, asset), state in self._assets.items()
                 if state.cleaning
             },
-            htst=[machine.state() for machine in self._htst],
+            joined=[machine.state() for machine in self._joined_machines],
             cooling=[machine.state() for _, machine in self._cooling],
         )
         return msgspec.msgpack.encode(state)
@@ -946,8 +962,8 @@ class Engine:
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
         engine._held = state.held.arrays()
-        for machine, saved_htst in zip(engine._htst, state.htst, strict=True):
-            machine.restore(saved_htst, _with_deviation)
+        for machine, saved_joined in zip(engine._joined_machines, state.joined, strict=True):
+            machine.restore(saved_joined, _with_deviation)
         for (_, cooling), saved_cooling in zip(engine._cooling, state.cooling, strict=True):
             cooling.restore(saved_cooling)
         for name, saved in state.assets.items():

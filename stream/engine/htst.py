@@ -19,7 +19,7 @@ from typing import Any
 
 from stream.engine.deviation import AppliedLimit, DeviationChange
 from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample
-from stream.plan import Htst
+from stream.plan import Htst, Uht
 
 # k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
 _LAMINAR_RE, _TRANSITION_RE, _TURBULENT_RE = 2100.0, 4000.0, 20000.0
@@ -39,7 +39,7 @@ def fastest_to_mean(reynolds: float) -> float:
     return _K_TURBULENT
 
 
-def fastest_particle_hold_s(rule: Htst, flow_l_h: float) -> float:
+def fastest_particle_hold_s(rule: Htst | Uht, flow_l_h: float) -> float:
     """t_min = V / (k Q), seconds, for a flow in L/h (infinite when nothing flows)."""
     tube = rule.holding_tube
     assert tube is not None  # the plan refuses a flow channel without a tube
@@ -169,3 +169,57 @@ class HtstMachine:
         self.forward = state["forward"]
         self.indicating = state["indicating"]
         self.rich_since = [(int(ts), bool(rich)) for ts, rich in state["rich_since"]]
+
+
+class UhtMachine:
+    """A UHT line's lethality per parcel; roles are 'outlet' and 'flow'."""
+
+    def __init__(self, rule: Uht, base: RuleSpec) -> None:
+        self.rule = rule
+        self.lethality = CriticalLimitMachine(
+            replace(
+                base,
+                rule_id=f"{rule.id}.f0",
+                kind="uht_lethality",
+                channel=rule.outlet,
+                minimum=rule.min_f0,
+                unit="min",
+            )
+        )
+        self.flow: float | None = None
+
+    @property
+    def machines(self) -> tuple[CriticalLimitMachine, ...]:
+        """The one check."""
+        return (self.lethality,)
+
+    def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
+        """Judge one sample of the outlet temperature or the flow."""
+        if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
+            change = self.lethality.suspend(sample)
+            return [change] if change is not None else []
+        if role == "flow":
+            self.flow = sample.value
+            return []
+        if self.flow is None:
+            return []  # no flow known yet: no residence time to judge by
+        f0 = lethality_f0(self.rule, sample.value, self.flow)
+        excess = self.rule.min_f0 - f0 if f0 < self.rule.min_f0 else 0.0
+        value = round(f0, 4) if math.isfinite(f0) else sample.value
+        change = self.lethality.observe_excess(replace(sample, value=value), excess)
+        return [change] if change is not None else []
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot must keep."""
+        return {"machines": [self.lethality.state()], "flow": self.flow}
+
+    def restore(self, state: dict[str, Any], with_deviation: Any) -> None:
+        """Take back a snapshot's state."""
+        self.lethality.restore(with_deviation(state["machines"][0]))
+        self.flow = state["flow"]
+
+
+def lethality_f0(rule: Uht, outlet_c: float, flow_l_h: float) -> float:
+    """F0 (minutes at 121.1 degC, z = 10 degC) of the fastest parcel at this outlet temperature."""
+    residence_s = fastest_particle_hold_s(rule, flow_l_h)
+    return residence_s * 10 ** ((outlet_c - 121.1) / 10) / 60

@@ -208,6 +208,7 @@ class Ingest:
         readings = batch.readings
         changes: list[DeviationChange] = []
         engine = self.engine
+        engine.clock(site, gateway, batch.sent_at, received_ms)
         if batch.events:
             engine.submit_events(site, batch.events)
         routed = engine.submit(site, gateway, readings, received_ms)

@@ -363,6 +363,11 @@ class Plan(_Strict):
         gt=1,
         description="A channel is 'monitoring lost' after this many sampling intervals of silence.",
     )
+    clock_tolerance_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="A gateway of CCP channels whose clock is off by more is a time-sync fault.",
+    )
     assets: dict[PlanId, Asset] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
 

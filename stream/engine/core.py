@@ -53,6 +53,7 @@ from milkguard.contract.v1 import (
     ProductChange,
     Reading,
 )
+from stream.engine.clocks import DeviceClock, TimeSyncMachine
 from stream.engine.cooling import CoolingMachine
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.htst import HtstMachine, UhtMachine
@@ -241,6 +242,8 @@ class _Snapshot(msgspec.Struct):
     assets: dict[str, _AssetState]
     joined: list[dict[str, Any]]
     cooling: list[dict[str, Any]]
+    clocks: dict[str, tuple[list[int], bool]]
+    time_sync: dict[str, tuple[str, dict[str, Any]]]
 
 
 class Engine:
@@ -264,6 +267,8 @@ class Engine:
         self._cooling_of_row: dict[int, list[CoolingMachine]] = {}
         self._cooling_by_asset: dict[tuple[str, str], list[tuple[int, CoolingMachine]]] = {}
         self._event_changes: list[DeviationChange] = []  # from events, handed out by advance
+        self._clocks: dict[str, DeviceClock] = {}
+        self._time_sync: dict[str, TimeSyncMachine] = {}
         self._htst_by_asset: dict[tuple[str, str], list[HtstMachine]] = {}
         self._joined_roles: dict[int, list[tuple[JoinedMachine, str]]] = {}
         self._machines: list[list[Machine]] = []
@@ -289,6 +294,7 @@ class Engine:
         flat: list[int] = []
         silence: list[int] = []
         lateness: list[int] = []
+        ccp: list[bool] = []
         row_of: dict[tuple[str, str], int] = {}
         for key, asset in plan.assets.items():
             asset_id = asset.id or key
@@ -311,6 +317,7 @@ class Engine:
                 silence_s = channel.silence_after_s or channel.interval_s * plan.silence_factor
                 silence.append(round(silence_s * 1000))
                 lateness.append(round(late_s * 1000))
+                ccp.append(channel.ccp)
                 lo.append(-math.inf)
                 hi.append(math.inf)
                 rate.append(math.inf)
@@ -337,6 +344,7 @@ class Engine:
         self._flat_ms = np.array(flat, dtype=np.int64)
         self._silence_ms = np.array(silence, dtype=np.int64)
         self._lateness_ms = np.array(lateness, dtype=np.int64)
+        self._ccp = np.array(ccp, dtype=np.bool_)
         self._allocate_state(n)
 
     def _compile_rules(
@@ -523,6 +531,8 @@ class Engine:
             count = len(readings)
             rows = np.array(rows_list, dtype=np.int64)
         self.counters.submitted += count
+        if layout is None or not complete:
+            self._note_ccp(device, rows)
         ts = np.fromiter(map(_TS, readings), dtype=np.int64, count=count)
         values = np.fromiter(map(_VALUE, readings), dtype=np.float64, count=count)
         code = self._device_codes.get(device)
@@ -533,6 +543,46 @@ class Engine:
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
         return left_out
+
+    def clock(self, site: str, device: str, sent_at: int, received_ms: int) -> None:
+        """One batch's clocks: the device's offset is re-estimated, and a CCP device whose clock
+        is off by more than the plan's tolerance is a time-sync fault."""
+        clock = self._clocks.get(device)
+        if clock is None:
+            if len(self._clocks) >= _MAX_LAYOUTS:
+                return
+            clock = self._clocks[device] = DeviceClock()
+        clock.heard(sent_at, received_ms)
+        if not clock.serves_ccp:
+            return
+        change = self._time_sync_of(site, device).judge(clock, received_ms, device)
+        if change is not None:
+            self._event_changes.append(change)
+
+    def _time_sync_of(self, site: str, device: str) -> TimeSyncMachine:
+        machine = self._time_sync.get(device)
+        if machine is None:
+            spec = self._spec(
+                rule_id=f"time-sync.{device}",
+                kind="time_sync",
+                ccp=None,
+                severity="major",
+                action="alert",
+                site=site,
+                asset=device,
+                channel="clock",
+                unit="s",
+                source=f"plan {self.plan.plan.plan}: CCP gateway clocks within "
+                f"{self.plan.plan.clock_tolerance_s:g} s",
+            )
+            tolerance = round(self.plan.plan.clock_tolerance_s * 1000)
+            machine = self._time_sync[device] = TimeSyncMachine(spec, tolerance)
+        return machine
+
+    def offset_ms(self, device: str) -> int:
+        """The device clock's estimated offset from the stream's (ahead: positive)."""
+        clock = self._clocks.get(device)
+        return clock.offset_ms if clock is not None else 0
 
     def submit_events(self, site: str, events: list[Event]) -> int:
         """Take a gateway's events into the state of their assets; returns how many name an
@@ -586,6 +636,12 @@ class Engine:
             )
             for machine in self._htst_by_asset.get((site, event.asset), ()):
                 machine.product_change(event.ts, rich)
+
+    def _note_ccp(self, device: str, rows: I64) -> None:
+        """A device that reports CCP channels has its clock held to the plan's tolerance."""
+        if len(rows) and bool(self._ccp[rows].any()):
+            clock = self._clocks.setdefault(device, DeviceClock())
+            clock.serves_ccp = True
 
     def _route_misses(
         self, site: str, rows: list[int], readings: list[Reading]
@@ -762,7 +818,10 @@ class Engine:
         """Channels read together by one rule: one sample at a time, in time order across them,
         so each sees the others' state as it was then. At equal times a valve's state comes
         first: a temperature is judged with the flow direction of that instant."""
-        order = np.lexsort((readings.rows, self._join_rank[readings.rows], readings.ts))
+        # on corrected time: two devices' clocks may disagree (estimated offsets, ahead positive)
+        offsets = np.array([self.offset_ms(d) for d in self._devices], dtype=np.int64)
+        corrected = readings.ts - offsets[readings.devices]
+        order = np.lexsort((readings.rows, self._join_rank[readings.rows], corrected))
         for index in order.tolist():
             row = int(readings.rows[index])
             self._judge_channel(row, readings.take(np.array([index])), out)
@@ -787,6 +846,7 @@ class Engine:
             device = self._devices[code]
             late = got - ts > silence_ms
             sample = Sample(ts, value, prev_ts, prev_value, run_start, device, late)
+            sample.offset_ms = self.offset_ms(device)
             if cleans:
                 sample.cleaning_since = asset.cleaning_since(ts)
                 sample.prev_cleaning = prev_ts >= 0 and asset.cleaning_since(prev_ts) >= 0
@@ -880,6 +940,7 @@ class Engine:
             if m.open_deviation is not None
         )
         found.extend(d for _, cooling in self._cooling for d in cooling.open_deviations)
+        found.extend(m.open_deviation for m in self._time_sync.values() if m.open_deviation)
         return found
 
     @property
@@ -936,6 +997,10 @@ class Engine:
             },
             joined=[machine.state() for machine in self._joined_machines],
             cooling=[machine.state() for _, machine in self._cooling],
+            clocks={d: (list(c.differences), c.serves_ccp) for d, c in self._clocks.items()},
+            time_sync={
+                d: (m.spec.site, m.state()) for d, m in self._time_sync.items() if m.open_deviation
+            },
         )
         return msgspec.msgpack.encode(state)
 
@@ -966,6 +1031,11 @@ class Engine:
             machine.restore(saved_joined, _with_deviation)
         for (_, cooling), saved_cooling in zip(engine._cooling, state.cooling, strict=True):
             cooling.restore(saved_cooling)
+        for device, (differences, serves_ccp) in state.clocks.items():
+            clock = engine._clocks[device] = DeviceClock(serves_ccp=serves_ccp)
+            clock.differences.extend(differences)
+        for device, (site, saved_sync) in state.time_sync.items():
+            engine._time_sync_of(site, device).restore(_with_deviation(saved_sync))
         for name, saved in state.assets.items():
             site, asset = name.split("/", 1)
             engine._assets[(site, asset)].cleaning = saved.cleaning

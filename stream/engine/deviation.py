@@ -51,6 +51,7 @@ class Deviation(msgspec.Struct):
     time_beyond_s: float
     degree_minutes: float
     detected_late: bool = False  # found from readings that reached the stream late
+    clock_offset_ms: int = 0  # the device clock's estimated offset when it was detected
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -99,4 +100,5 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "time_beyond_s": round(d.time_beyond_s, 3),
         "degree_minutes": round(d.degree_minutes, 4),
         "detected_late": d.detected_late,
+        "clock_offset_ms": d.clock_offset_ms,
     }

@@ -57,6 +57,7 @@ class Sample:
     late: bool
     cleaning_since: int = -1  # start of the cleaning (CIP) window this sample is in, or -1
     prev_cleaning: bool = False  # the previous sample was taken during cleaning
+    offset_ms: int = 0  # the device clock's estimated offset (ahead: positive)
 
 
 class Machine:
@@ -117,6 +118,7 @@ class Machine:
             time_beyond_s=(sample.ts - start_ms) / 1000,
             degree_minutes=0.0,
             detected_late=sample.late,
+            clock_offset_ms=sample.offset_ms,
         )
         # sinks keep the change; the open record keeps changing here, so snapshot it
         return DeviationChange(kind="opened", deviation=replace(self._open))

@@ -211,7 +211,7 @@ def _bench_engine(assets: int, seconds: int) -> int:
 
 
 def _plan_check(path: Path) -> int:
-    from stream.plan import Htst, Uht, load_plan  # noqa: PLC0415
+    from stream.plan import Htst, StorageAge, Uht, load_plan  # noqa: PLC0415
 
     loaded = load_plan(path)
     plan = loaded.plan
@@ -228,9 +228,12 @@ def _plan_check(path: Path) -> int:
             channel = rule.indicating
         elif isinstance(rule, Uht):
             channel = rule.outlet
+        elif isinstance(rule, StorageAge):
+            channel = ""
         else:
             channel = rule.channel
-        unit = plan.assets[rule.asset].channels[channel].unit
+        channels = plan.assets[rule.asset].channels
+        unit = channels[channel].unit if channel else "h"
         table.add_row(
             rule.id,
             rule.kind,

@@ -219,6 +219,60 @@ class Cooling(_ChannelRule):
         return "; ".join(parts)
 
 
+class StorageAge(_Strict):
+    """The oldest milk in a tank or truck compartment must not be older than ``max_age_s``.
+
+    A tank's oldest milk dates from its first milking into the empty tank; a pickup that names
+    it as the source empties it. A truck compartment takes the oldest milk of the tanks it picks
+    up from (or the pickup time, if the source tank is not in the plan); a delivery empties it.
+    """
+
+    kind: Literal["storage_age"]
+    id: PlanId
+    ccp: str | None = None
+    asset: PlanId
+    max_age_s: float = Field(gt=0)
+    severity: Severity = "major"
+    action: Action = "reject_load"
+    source: str = Field(min_length=3)
+    suspend_during_cleaning: bool = False
+
+    def describe(self, unit: str) -> str:
+        """'oldest milk <= 48 h'."""
+        return f"oldest milk <= {self.max_age_s / 3600:g} h"
+
+
+class Transport(_ChannelRule):
+    """A truck compartment's load, from its first pickup to its delivery: within
+    ``max_transit_s``, and with no more than ``max_exposure_degree_minutes`` above
+    ``exposure_above`` on its temperature channel (each sample's excess held to the next)."""
+
+    kind: Literal["transport"]
+    max_transit_s: float | None = Field(default=None, gt=0)
+    exposure_above: float | None = None
+    max_exposure_degree_minutes: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> Transport:
+        if self.max_transit_s is None and self.max_exposure_degree_minutes is None:
+            raise ValueError("set max_transit_s, max_exposure_degree_minutes, or both")
+        if (self.exposure_above is None) != (self.max_exposure_degree_minutes is None):
+            raise ValueError("exposure_above and max_exposure_degree_minutes go together")
+        return self
+
+    def describe(self, unit: str) -> str:
+        """'transit <= 6 h; exposure above 4 degC <= 60 degC.min'."""
+        parts = []
+        if self.max_transit_s is not None:
+            parts.append(f"transit <= {self.max_transit_s / 3600:g} h")
+        if self.max_exposure_degree_minutes is not None:
+            parts.append(
+                f"exposure above {self.exposure_above:g} {unit} <= "
+                f"{self.max_exposure_degree_minutes:g} {unit}.min"
+            )
+        return "; ".join(parts)
+
+
 class HoldingTube(_Strict):
     """The holding tube between the heater and the flow-diversion device."""
 
@@ -321,7 +375,7 @@ class Uht(_Strict):
 
 
 Rule = Annotated[
-    CriticalLimit | StuckSensor | RateOfChange | Cooling | Htst | Uht,
+    CriticalLimit | StuckSensor | RateOfChange | Cooling | Transport | StorageAge | Htst | Uht,
     Field(discriminator="kind"),
 ]
 
@@ -394,6 +448,8 @@ class Plan(_Strict):
                     f"rule {rule.id!r} names asset {rule.asset!r}, which is not under 'assets' "
                     f"(known: {', '.join(sorted(self.assets))})"
                 )
+                continue
+            if isinstance(rule, StorageAge):
                 continue
             named = rule.channels if isinstance(rule, Htst | Uht) else [rule.channel]
             problems.extend(
@@ -585,7 +641,16 @@ def _describe(error: Any, root: yaml.Node | None) -> str:
 
 def _is_union_tag(part: object) -> bool:
     # pydantic puts the discriminator value in the location ('critical_limit'); readers do not care
-    return part in {"critical_limit", "stuck_sensor", "rate_of_change", "cooling", "htst", "uht"}
+    return part in {
+        "critical_limit",
+        "stuck_sensor",
+        "rate_of_change",
+        "cooling",
+        "transport",
+        "storage_age",
+        "htst",
+        "uht",
+    }
 
 
 def _dotted(loc: list[Any]) -> str:

@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import msgspec
-
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
-from stream.engine.machines import CriticalLimitMachine, Machine, RuleSpec, Sample
+from stream.engine.machines import CriticalLimitMachine, Machine, RuleSpec, Sample, with_deviation
 from stream.plan import Cooling
 
 
@@ -210,19 +208,12 @@ class CoolingMachine:
         self.missed = []
         for reach_max, saved in state["missed"]:
             missed = _Missed(self._base, float(reach_max))
-            missed.restore(_deviation_in(saved))
+            missed.restore(with_deviation(saved))
             self.missed.append(missed)
         self.empty = bool(state["empty"])
         self.later_milking = [[int(a), int(b)] for a, b in state["later_milking"]]
         if self.blend is not None and state["blend"] is not None:
-            self.blend.restore(_deviation_in(state["blend"]))
+            self.blend.restore(with_deviation(state["blend"]))
 
 
 _OPEN = 2**62
-
-
-def _deviation_in(state: dict[str, Any]) -> dict[str, Any]:
-    opened = state.get("open")
-    if opened is not None and not isinstance(opened, Deviation):
-        return {**state, "open": msgspec.convert(opened, Deviation)}
-    return state

@@ -46,6 +46,7 @@ import numpy.typing as npt
 from milkguard.contract.v1 import (
     CipEnd,
     CipStart,
+    Delivery,
     Event,
     MilkingEnd,
     MilkingStart,
@@ -57,6 +58,7 @@ from stream.engine.clocks import DeviceClock, TimeSyncMachine
 from stream.engine.cooling import CoolingMachine
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.htst import HtstMachine, UhtMachine
+from stream.engine.logistics import AgeMachine, TransportMachine
 from stream.engine.machines import (
     CriticalLimitMachine,
     Machine,
@@ -65,6 +67,7 @@ from stream.engine.machines import (
     Sample,
     SilenceMachine,
     StuckSensorMachine,
+    with_deviation,
 )
 from stream.plan import (
     Cooling,
@@ -72,7 +75,9 @@ from stream.plan import (
     Htst,
     LoadedPlan,
     RateOfChange,
+    StorageAge,
     StuckSensor,
+    Transport,
     Uht,
 )
 
@@ -243,6 +248,8 @@ class _Snapshot(msgspec.Struct):
     joined: list[dict[str, Any]]
     cooling: list[dict[str, Any]]
     clocks: dict[str, tuple[list[int], bool]]
+    ages: list[dict[str, Any]]
+    transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
 
 
@@ -267,6 +274,9 @@ class Engine:
         self._cooling_of_row: dict[int, list[CoolingMachine]] = {}
         self._cooling_by_asset: dict[tuple[str, str], list[tuple[int, CoolingMachine]]] = {}
         self._event_changes: list[DeviationChange] = []  # from events, handed out by advance
+        self._ages: dict[tuple[str, str], AgeMachine] = {}
+        self._transports: list[tuple[int, TransportMachine]] = []
+        self._transport_by_asset: dict[tuple[str, str], list[tuple[int, TransportMachine]]] = {}
         self._clocks: dict[str, DeviceClock] = {}
         self._time_sync: dict[str, TimeSyncMachine] = {}
         self._htst_by_asset: dict[tuple[str, str], list[HtstMachine]] = {}
@@ -362,7 +372,13 @@ class Engine:
             if isinstance(rule, Htst | Uht):
                 self._compile_joined(rule, row_of)
                 continue
+            if isinstance(rule, StorageAge):
+                self._compile_age(rule, asset.site, asset.id or rule.asset)
+                continue
             row = row_of[(rule.asset, rule.channel)]
+            if isinstance(rule, Transport):
+                self._compile_transport(rule, row, asset.site, asset.id or rule.asset)
+                continue
             if isinstance(rule, Cooling):
                 self._compile_cooling(rule, row, asset.site, asset.id or rule.asset)
                 continue
@@ -401,6 +417,35 @@ class Engine:
                 machine = RateOfChangeMachine(spec)
                 rate[row] = min(rate[row], spec.max_per_ms)
             self._machines[row].append(machine)
+
+    def _event_rule_spec(
+        self, rule: StorageAge | Transport | Cooling, site: str, asset_id: str, channel: str
+    ) -> RuleSpec:
+        unit = "h"
+        if channel:
+            unit = self.plan.plan.assets[rule.asset].channels[channel].unit
+        return self._spec(
+            rule_id=rule.id,
+            kind=rule.kind,
+            ccp=rule.ccp,
+            severity=rule.severity,
+            action=rule.action,
+            site=site,
+            asset=asset_id,
+            channel=channel or "milk",
+            unit=unit,
+            source=rule.source,
+            suspend_during_cleaning=rule.suspend_during_cleaning,
+        )
+
+    def _compile_age(self, rule: StorageAge, site: str, asset_id: str) -> None:
+        machine = AgeMachine(rule, self._event_rule_spec(rule, site, asset_id, ""))
+        self._ages[(site, asset_id)] = machine
+
+    def _compile_transport(self, rule: Transport, row: int, site: str, asset_id: str) -> None:
+        machine = TransportMachine(rule, self._event_rule_spec(rule, site, asset_id, rule.channel))
+        self._transports.append((row, machine))
+        self._transport_by_asset.setdefault((site, asset_id), []).append((row, machine))
 
     def _compile_cooling(self, rule: Cooling, row: int, site: str, asset_id: str) -> None:
         base = self._spec(
@@ -595,11 +640,11 @@ class Engine:
         unknown = 0
         for event in sorted(events, key=_EVENT_TS):
             if isinstance(event, Pickup):
-                # the truck's pickup empties the farm tank it names
-                source = (event.source_site, event.source_asset)
-                for _, cooling in self._cooling_by_asset.get(source, ()):
-                    self._event_changes.extend(cooling.emptied(event.ts, "unknown"))
-            state = self._assets.get((site, event.asset))
+                self._pickup(site, event)
+            elif isinstance(event, Delivery):
+                self._delivery(site, event)
+            asset = event.compartment if isinstance(event, Pickup | Delivery) else event.asset
+            state = self._assets.get((site, asset)) or self._assets.get((site, event.asset))
             if state is None:
                 unknown += 1
                 self.counters.unplanned_events += 1
@@ -609,6 +654,39 @@ class Engine:
                 self.counters.late_events += 1
             self._apply(site, state, event)
         return unknown
+
+    def _pickup(self, site: str, event: Pickup) -> None:
+        """Milk from a farm tank into a compartment: the tank is emptied, the compartment takes
+        the tank's oldest milk, and the load's trip starts."""
+        source = (event.source_site, event.source_asset)
+        changes = self._event_changes
+        for _, cooling in self._cooling_by_asset.get(source, ()):
+            changes.extend(cooling.emptied(event.ts, "unknown"))
+        oldest = None
+        tank = self._ages.get(source)
+        if tank is not None:
+            oldest = tank.oldest
+            emptied = tank.emptied(event.ts)
+            if emptied is not None:
+                changes.append(emptied)
+        compartment = (site, event.compartment)
+        age = self._ages.get(compartment)
+        if age is not None:
+            age.filled(event.ts, oldest)
+        for row, transport in self._transport_by_asset.get(compartment, ()):
+            transport.pickup(event.ts)
+            self._busy[row] = self._busy[row] or transport.engaged
+
+    def _delivery(self, site: str, event: Delivery) -> None:
+        """The load arrived at the plant: the compartment is emptied, its trip ends."""
+        compartment = (site, event.compartment)
+        age = self._ages.get(compartment)
+        if age is not None:
+            emptied = age.emptied(event.ts)
+            if emptied is not None:
+                self._event_changes.append(emptied)
+        for _, transport in self._transport_by_asset.get(compartment, ()):
+            self._event_changes.extend(transport.delivery(event.ts))
 
     def _apply(self, site: str, state: _AssetState, event: Event) -> None:
         """One event of a known asset, into the state of the rules it concerns."""
@@ -621,6 +699,9 @@ class Engine:
             if window[1] == _OPEN and event.ts >= window[0]:
                 window[1] = event.ts
         elif isinstance(event, MilkingStart | MilkingEnd):
+            age = self._ages.get((site, event.asset))
+            if age is not None and isinstance(event, MilkingStart):
+                age.filled(event.ts)
             for row, cooling in self._cooling_by_asset.get((site, event.asset), ()):
                 if isinstance(event, MilkingStart):
                     cooling.milking_start(event.ts)
@@ -690,6 +771,10 @@ class Engine:
         self._fire_silence(out)
         if self._cooling:
             self._fire_deadlines(out)
+        for age in self._ages.values():
+            self._record(age.fire_due(self._now), out)
+        for _, transport in self._transports:
+            self._record(transport.fire_due(self._now), out)
 
     def flush(self, out: list[DeviationChange]) -> None:
         """Judge everything held, as at the end of a replayed file (every channel idle)."""
@@ -864,15 +949,23 @@ class Engine:
             for cooling in self._cooling_of_row.get(row, ()):
                 for change in cooling.observe(sample):
                     self._record(change, out)
+            for transport in self._transport_of_row(row):
+                for change in transport.observe(sample):
+                    self._record(change, out)
             prev_ts, prev_value = ts, value
         self._last_ts[row] = prev_ts
         self._last_value[row] = prev_value
         self._run_start[row] = run_start
         self._last_device[row] = devices[-1]
         self._silent[row] = False
-        self._busy[row] = any(machine.engaged for machine in machines) or any(
-            cooling.engaged for cooling in self._cooling_of_row.get(row, ())
+        self._busy[row] = (
+            any(machine.engaged for machine in machines)
+            or any(cooling.engaged for cooling in self._cooling_of_row.get(row, ()))
+            or any(transport.engaged for transport in self._transport_of_row(row))
         )
+
+    def _transport_of_row(self, row: int) -> list[TransportMachine]:
+        return [machine for r, machine in self._transports if r == row]
 
     def _fire_deadlines(self, out: list[DeviationChange]) -> None:
         """Deadlines the device's clock has passed with no sample to judge them by.
@@ -941,6 +1034,12 @@ class Engine:
         )
         found.extend(d for _, cooling in self._cooling for d in cooling.open_deviations)
         found.extend(m.open_deviation for m in self._time_sync.values() if m.open_deviation)
+        found.extend(
+            age.deadline.open_deviation
+            for age in self._ages.values()
+            if age.deadline.open_deviation is not None
+        )
+        found.extend(d for _, transport in self._transports for d in transport.open_deviations)
         return found
 
     @property
@@ -998,6 +1097,8 @@ class Engine:
             joined=[machine.state() for machine in self._joined_machines],
             cooling=[machine.state() for _, machine in self._cooling],
             clocks={d: (list(c.differences), c.serves_ccp) for d, c in self._clocks.items()},
+            ages=[age.state() for age in self._ages.values()],
+            transports=[transport.state() for _, transport in self._transports],
             time_sync={
                 d: (m.spec.site, m.state()) for d, m in self._time_sync.items() if m.open_deviation
             },
@@ -1021,21 +1122,25 @@ class Engine:
             current = getattr(engine, f"_{name}")
             current[:] = np.frombuffer(raw, dtype=current.dtype)
         for row, slot, machine_state in state.machines:
-            engine._machines[row][slot].restore(_with_deviation(machine_state))
+            engine._machines[row][slot].restore(with_deviation(machine_state))
         for row, silence_state in state.silence:
-            engine._silence[row].restore(_with_deviation(silence_state))
+            engine._silence[row].restore(with_deviation(silence_state))
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
         engine._held = state.held.arrays()
         for machine, saved_joined in zip(engine._joined_machines, state.joined, strict=True):
-            machine.restore(saved_joined, _with_deviation)
+            machine.restore(saved_joined)
         for (_, cooling), saved_cooling in zip(engine._cooling, state.cooling, strict=True):
             cooling.restore(saved_cooling)
+        for age, saved_age in zip(engine._ages.values(), state.ages, strict=True):
+            age.restore(saved_age)
+        for (_, transport), saved_trip in zip(engine._transports, state.transports, strict=True):
+            transport.restore(saved_trip)
         for device, (differences, serves_ccp) in state.clocks.items():
             clock = engine._clocks[device] = DeviceClock(serves_ccp=serves_ccp)
             clock.differences.extend(differences)
         for device, (site, saved_sync) in state.time_sync.items():
-            engine._time_sync_of(site, device).restore(_with_deviation(saved_sync))
+            engine._time_sync_of(site, device).restore(with_deviation(saved_sync))
         for name, saved in state.assets.items():
             site, asset = name.split("/", 1)
             engine._assets[(site, asset)].cleaning = saved.cleaning
@@ -1057,13 +1162,6 @@ def _sorted(readings: _Columns) -> _Columns:
     if not bool((key[1:] < key[:-1]).any()):
         return readings
     return readings.take(np.argsort(key, kind="stable"))
-
-
-def _with_deviation(state: dict[str, Any]) -> dict[str, Any]:
-    opened = state.get("open")
-    if opened is not None:
-        state = {**state, "open": msgspec.convert(opened, Deviation)}
-    return state
 
 
 _EMPTY_COLUMNS = _Columns(

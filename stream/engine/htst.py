@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from stream.engine.deviation import AppliedLimit, DeviationChange
-from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample
+from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample, with_deviation
 from stream.plan import Htst, Uht
 
 # k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
@@ -162,7 +162,7 @@ class HtstMachine:
             "rich_since": self.rich_since,
         }
 
-    def restore(self, state: dict[str, Any], with_deviation: Any) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Take back a snapshot's state."""
         for machine, saved in zip(self.machines, state["machines"], strict=True):
             machine.restore(with_deviation(saved))
@@ -213,7 +213,7 @@ class UhtMachine:
         """What a snapshot must keep."""
         return {"machines": [self.lethality.state()], "flow": self.flow}
 
-    def restore(self, state: dict[str, Any], with_deviation: Any) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Take back a snapshot's state."""
         self.lethality.restore(with_deviation(state["machines"][0]))
         self.flow = state["flow"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from msgspec.structs import replace
 
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange, deviation_id
@@ -366,3 +367,11 @@ class SilenceMachine(Machine):
             unit=spec.unit,
             source=spec.source,
         )
+
+
+def with_deviation(state: dict[str, Any]) -> dict[str, Any]:
+    """A machine state read back from a snapshot, with its open deviation typed again."""
+    opened = state.get("open")
+    if opened is not None and not isinstance(opened, Deviation):
+        return {**state, "open": msgspec.convert(opened, Deviation)}
+    return state

@@ -276,6 +276,7 @@ class Engine:
         self._event_changes: list[DeviationChange] = []  # from events, handed out by advance
         self._ages: dict[tuple[str, str], AgeMachine] = {}
         self._transports: list[tuple[int, TransportMachine]] = []
+        self._transports_of_row: dict[int, list[TransportMachine]] = {}
         self._transport_by_asset: dict[tuple[str, str], list[tuple[int, TransportMachine]]] = {}
         self._clocks: dict[str, DeviceClock] = {}
         self._time_sync: dict[str, TimeSyncMachine] = {}
@@ -445,6 +446,7 @@ class Engine:
     def _compile_transport(self, rule: Transport, row: int, site: str, asset_id: str) -> None:
         machine = TransportMachine(rule, self._event_rule_spec(rule, site, asset_id, rule.channel))
         self._transports.append((row, machine))
+        self._transports_of_row.setdefault(row, []).append(machine)
         self._transport_by_asset.setdefault((site, asset_id), []).append((row, machine))
 
     def _compile_cooling(self, rule: Cooling, row: int, site: str, asset_id: str) -> None:
@@ -949,7 +951,7 @@ class Engine:
             for cooling in self._cooling_of_row.get(row, ()):
                 for change in cooling.observe(sample):
                     self._record(change, out)
-            for transport in self._transport_of_row(row):
+            for transport in self._transports_of_row.get(row, ()):
                 for change in transport.observe(sample):
                     self._record(change, out)
             prev_ts, prev_value = ts, value
@@ -961,11 +963,8 @@ class Engine:
         self._busy[row] = (
             any(machine.engaged for machine in machines)
             or any(cooling.engaged for cooling in self._cooling_of_row.get(row, ()))
-            or any(transport.engaged for transport in self._transport_of_row(row))
+            or any(transport.engaged for transport in self._transports_of_row.get(row, ()))
         )
-
-    def _transport_of_row(self, row: int) -> list[TransportMachine]:
-        return [machine for r, machine in self._transports if r == row]
 
     def _fire_deadlines(self, out: list[DeviationChange]) -> None:
         """Deadlines the device's clock has passed with no sample to judge them by.

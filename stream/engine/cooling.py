@@ -24,16 +24,18 @@ class _Pending:
     started: int
     due: int
     reach_max: float
+    until: int = 2**62  # a pickup took this milk at: a miss ends there
 
 
 class _Missed(Machine):
     """One missed deadline, open until a sample reaches the temperature."""
 
-    __slots__ = ("reach_max",)
+    __slots__ = ("reach_max", "until")
 
-    def __init__(self, spec: RuleSpec, reach_max: float) -> None:
+    def __init__(self, spec: RuleSpec, reach_max: float, until: int = 2**62) -> None:
         super().__init__(spec)
         self.reach_max = reach_max
+        self.until = until
 
     def open_at(self, pending: _Pending, device: str, late: bool) -> DeviationChange:
         """The deadline passed without the temperature reached: open there."""
@@ -56,6 +58,8 @@ class _Missed(Machine):
         """Close at the first sample at or below the temperature; else keep the warmest."""
         if self._open is None:
             return None
+        if sample.ts >= self.until:
+            return self._closed(self.until, sample.late)  # the milk had left
         if sample.value <= self.reach_max:
             return self._closed(sample.ts, sample.late)
         if self._open.peak is None or sample.value > self._open.peak:
@@ -72,7 +76,9 @@ class CoolingMachine:
         self.pending: list[_Pending] = []
         self.missed: list[_Missed] = []
         self.empty = True  # no milking seen since the tank was emptied (or since monitoring began)
+        self._starts: list[tuple[int, bool]] = []  # recent milking starts: (ts, a first one)
         self.later_milking: list[list[int]] = []  # [start, end or _OPEN] of later milkings
+        self._last_seen = -1  # the last sample judged here (samples of a milking must all come)
         self.blend = (
             CriticalLimitMachine(
                 replace(
@@ -92,7 +98,7 @@ class CoolingMachine:
         return bool(
             self.pending
             or self.missed
-            or (self.later_milking and self.later_milking[-1][1] == _OPEN)
+            or any(end > self._last_seen for _, end in self.later_milking)
             or (self.blend is not None and self.blend.engaged)
         )
 
@@ -102,9 +108,14 @@ class CoolingMachine:
         """Warm milk starts flowing in."""
         first = self.empty
         self.empty = False
+        self._starts.append((ts, first))
+        del self._starts[:-16]
         if not first:
             self.later_milking.append([ts, _OPEN])
             del self.later_milking[:-16]
+        self._start_deadlines(ts, first)
+
+    def _start_deadlines(self, ts: int, first: bool) -> None:
         for deadline in self.rule.deadlines:
             if deadline.after == "milking_start" or (
                 deadline.after == "first_milking_start" and first
@@ -120,9 +131,28 @@ class CoolingMachine:
                 self._start(deadline.after, ts, deadline.within_s, deadline.reach_max)
 
     def emptied(self, ts: int, device: str) -> list[DeviationChange]:
-        """A pickup took the milk: its deadlines go with it; the next milking is a first."""
-        self.empty = True
-        self.pending = [p for p in self.pending if p.started > ts]
+        """A pickup took the milk in the tank at ``ts``; the next milking is a first one.
+
+        Events may arrive out of order: a milking that started after ``ts`` but was seen
+        first is a first milking after all. A deadline already due before the pickup still gets
+        its verdict from the samples (a miss then ends at the pickup); one not yet due leaves
+        with the milk.
+        """
+        after = sorted(start for start in self._starts if start[0] > ts)
+        self.empty = not after
+        if after and not after[0][1]:
+            start = after[0][0]
+            self.later_milking = [w for w in self.later_milking if w[0] != start]
+            self._starts = [(s, first or s == start) for s, first in self._starts]
+            self._start_deadlines(start, first=True)
+        kept: list[_Pending] = []
+        for pending in self.pending:
+            if pending.started > ts:
+                kept.append(pending)
+            elif pending.due < ts:
+                pending.until = min(pending.until, ts)
+                kept.append(pending)
+        self.pending = kept
         changes = [m.close_at(ts) for m in self.missed if m.open_deviation is not None]
         self.missed = []
         return changes
@@ -134,6 +164,7 @@ class CoolingMachine:
 
     def observe(self, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of the tank's temperature."""
+        self._last_seen = max(self._last_seen, sample.ts)
         changes: list[DeviationChange] = []
         still: list[_Pending] = []
         for pending in self.pending:
@@ -166,17 +197,22 @@ class CoolingMachine:
         return [change] if change is not None else []
 
     def fire_due(self, device_now: int, device: str) -> list[DeviationChange]:
-        """The timer: deadlines the device's clock has passed with no sample, missed."""
+        """The timer: deadlines the device's clock has passed with no sample, missed (and ended
+        at once if the milk was picked up since)."""
         due = [p for p in self.pending if p.due < device_now]
-        if not due:
-            return []
         self.pending = [p for p in self.pending if p.due >= device_now]
-        return [self._miss(p, device, late=False) for p in due]
+        changes = [self._miss(p, device, late=False) for p in due]
+        for missed in self.missed:
+            if missed.open_deviation is not None and device_now >= missed.until:
+                changes.append(missed.close_at(missed.until))
+        self.missed = [m for m in self.missed if m.open_deviation is not None]
+        return changes
 
     def _miss(self, pending: _Pending, device: str, late: bool) -> DeviationChange:
         missed = _Missed(
             replace(self._base, rule_id=f"{self.rule.id}.{pending.after}", kind="cooling_deadline"),
             pending.reach_max,
+            pending.until,
         )
         change = missed.open_at(pending, device, late)
         self.missed.append(missed)
@@ -195,23 +231,29 @@ class CoolingMachine:
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {
-            "pending": [[p.after, p.started, p.due, p.reach_max] for p in self.pending],
-            "missed": [[m.reach_max, m.state()] for m in self.missed],
+            "pending": [[p.after, p.started, p.due, p.reach_max, p.until] for p in self.pending],
+            "missed": [[m.reach_max, m.until, m.state()] for m in self.missed],
             "empty": self.empty,
+            "starts": self._starts,
             "later_milking": self.later_milking,
+            "last_seen": self._last_seen,
             "blend": self.blend.state() if self.blend is not None else None,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back a snapshot's state."""
-        self.pending = [_Pending(a, int(s), int(d), float(r)) for a, s, d, r in state["pending"]]
+        self.pending = [
+            _Pending(a, int(s), int(d), float(r), int(u)) for a, s, d, r, u in state["pending"]
+        ]
+        self._starts = [(int(ts), bool(first)) for ts, first in state["starts"]]
         self.missed = []
-        for reach_max, saved in state["missed"]:
-            missed = _Missed(self._base, float(reach_max))
+        for reach_max, until, saved in state["missed"]:
+            missed = _Missed(self._base, float(reach_max), int(until))
             missed.restore(with_deviation(saved))
             self.missed.append(missed)
         self.empty = bool(state["empty"])
         self.later_milking = [[int(a), int(b)] for a, b in state["later_milking"]]
+        self._last_seen = int(state["last_seen"])
         if self.blend is not None and state["blend"] is not None:
             self.blend.restore(with_deviation(state["blend"]))
 

@@ -247,6 +247,7 @@ class _Snapshot(msgspec.Struct):
     assets: dict[str, _AssetState]
     joined: list[dict[str, Any]]
     cooling: list[dict[str, Any]]
+    event_changes: list[DeviationChange]
     clocks: dict[str, tuple[list[int], bool]]
     ages: list[dict[str, Any]]
     transports: list[dict[str, Any]]
@@ -270,6 +271,7 @@ class Engine:
         self._assets: dict[tuple[str, str], _AssetState] = {}
         self._asset_of_row: list[_AssetState] = []
         self._joined_machines: list[JoinedMachine] = []
+        self._joined_groups: list[I64] = []
         self._cooling: list[tuple[int, CoolingMachine]] = []
         self._cooling_of_row: dict[int, list[CoolingMachine]] = {}
         self._cooling_by_asset: dict[tuple[str, str], list[tuple[int, CoolingMachine]]] = {}
@@ -501,6 +503,8 @@ class Engine:
             machine = UhtMachine(rule, base)
             roles = {"outlet": rule.outlet, "flow": rule.flow}
         self._joined_machines.append(machine)
+        group = sorted({row_of[(rule.asset, c)] for c in roles.values() if c is not None})
+        self._joined_groups.append(np.array(group, dtype=np.int64))
         for role, channel in roles.items():
             if channel is not None:
                 self._joined_roles.setdefault(row_of[(rule.asset, channel)], []).append(
@@ -584,8 +588,11 @@ class Engine:
         values = np.fromiter(map(_VALUE, readings), dtype=np.float64, count=count)
         code = self._device_codes.get(device)
         if code is None:
-            code = self._device_codes[device] = len(self._devices)
-            self._devices.append(device)
+            if len(self._devices) >= _MAX_LAYOUTS:
+                code = 0  # beyond this many gateway ids, further ones are named "unknown"
+            else:
+                code = self._device_codes[device] = len(self._devices)
+                self._devices.append(device)
         # whether a reading is late, and when its channel was last heard from, are settled at
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
@@ -723,8 +730,11 @@ class Engine:
     def _note_ccp(self, device: str, rows: I64) -> None:
         """A device that reports CCP channels has its clock held to the plan's tolerance."""
         if len(rows) and bool(self._ccp[rows].any()):
-            clock = self._clocks.setdefault(device, DeviceClock())
-            clock.serves_ccp = True
+            clock = self._clocks.get(device)
+            if clock is None and len(self._clocks) < _MAX_LAYOUTS:
+                clock = self._clocks[device] = DeviceClock()
+            if clock is not None:
+                clock.serves_ccp = True
 
     def _route_misses(
         self, site: str, rows: list[int], readings: list[Reading]
@@ -775,8 +785,12 @@ class Engine:
             self._fire_deadlines(out)
         for age in self._ages.values():
             self._record(age.fire_due(self._now), out)
-        for _, transport in self._transports:
-            self._record(transport.fire_due(self._now), out)
+        if self._transports:
+            holding = set(self._held.rows.tolist())
+            for row, transport in self._transports:
+                self._record(transport.fire_due(self._now), out)
+                for change in transport.trip_over(row in holding):
+                    self._record(change, out)
 
     def flush(self, out: list[DeviationChange]) -> None:
         """Judge everything held, as at the end of a replayed file (every channel idle)."""
@@ -796,9 +810,7 @@ class Engine:
         if everything:
             self._held = _EMPTY_COLUMNS
         else:
-            lateness = self._lateness_ms[rows]
-            idle = self._now - self._last_received[rows] >= lateness
-            ready = idle | (readings.ts <= self._newest[rows] - lateness)
+            ready = readings.ts <= self._watermarks()[rows]
             if ready.all():
                 self._held = _EMPTY_COLUMNS
             else:
@@ -806,6 +818,22 @@ class Engine:
                 readings = readings.take(ready)
         if len(readings.rows):
             self._judge(readings, out)
+
+    def _watermarks(self) -> I64:
+        """Each channel's watermark: its newest timestamp less its allowed lateness, or no limit
+        when it has been idle that long. The channels one rule reads together share the lowest
+        of theirs (on corrected time), so none is judged ahead of another's earlier samples."""
+        idle = self._now - self._last_received >= self._lateness_ms
+        marks = np.where(idle, _NEVER, self._newest - self._lateness_ms)
+        for group in self._joined_groups:
+            offsets = np.array(
+                [self.offset_ms(self._devices[int(d)]) for d in self._last_device[group]],
+                dtype=np.int64,
+            )
+            corrected = np.where(marks[group] == _NEVER, _NEVER, marks[group] - offsets)
+            lowest = corrected.min()
+            marks[group] = lowest if lowest == _NEVER else lowest + offsets
+        return marks
 
     def _take_incoming(self) -> _Columns | None:
         """What was held before, and what came since, as one set of columns."""
@@ -931,9 +959,11 @@ class Engine:
             if prev_ts < 0 or value != prev_value:
                 run_start = ts
             device = self._devices[code]
-            late = got - ts > silence_ms
+            offset = self.offset_ms(device)
+            # how long after it was taken the stream got it, both on the stream's clock
+            late = got - (ts - offset) > silence_ms
             sample = Sample(ts, value, prev_ts, prev_value, run_start, device, late)
-            sample.offset_ms = self.offset_ms(device)
+            sample.offset_ms = offset
             if cleans:
                 sample.cleaning_since = asset.cleaning_since(ts)
                 sample.prev_cleaning = prev_ts >= 0 and asset.cleaning_since(prev_ts) >= 0
@@ -974,11 +1004,13 @@ class Engine:
         """
         holding = set(self._held.rows.tolist())
         for row, machine in self._cooling:
-            if not machine.pending or row in holding:
+            if not (machine.pending or machine.missed) or row in holding:
                 continue
             heard = int(self._last_received[row])
             last = int(self._last_ts[row])
             device_now = last + (self._now - heard) if heard >= 0 and last >= 0 else self._now
+            # a sample in time may still arrive within the allowed lateness
+            device_now -= int(self._lateness_ms[row])
             device = self._devices[int(self._last_device[row])]
             for change in machine.fire_due(device_now, device):
                 self._record(change, out)
@@ -996,9 +1028,9 @@ class Engine:
     def _fire_silence(self, out: list[DeviationChange]) -> None:
         # silent in the stream's time: nothing received for longer than the limit
         heard = np.where(self._last_received >= 0, self._last_received, self._started)
-        due = (
-            ~self._silent & (self._now - heard > self._silence_ms) & (self._newest <= self._last_ts)
-        )
+        # past the silence limit, and past the allowed lateness in which samples may still come
+        waited = self._now - heard > self._silence_ms + self._lateness_ms
+        due = ~self._silent & waited & (self._newest <= self._last_ts)
         if not due.any():
             return
         # the deviation starts in the device's time: its last sample plus the limit
@@ -1056,6 +1088,7 @@ class Engine:
 
     def snapshot(self) -> bytes:
         """Everything needed to carry on after a restart exactly as without it."""
+        held = self._merged_held()  # first: folding incoming readings in updates the arrays
         arrays = {
             "last_ts": self._last_ts,
             "newest": self._newest,
@@ -1085,7 +1118,8 @@ class Engine:
             machines=machines,
             silence=silence,
             devices=self._devices,
-            held=self._merged_held(),
+            held=held,
+            event_changes=self._event_changes,
             counters={k: getattr(self.counters, k) for k in EngineCounters.__slots__},
             unplanned_seen=sorted(self._unplanned_seen),
             assets={
@@ -1127,6 +1161,7 @@ class Engine:
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
         engine._held = state.held.arrays()
+        engine._event_changes = list(state.event_changes)
         for machine, saved_joined in zip(engine._joined_machines, state.joined, strict=True):
             machine.restore(saved_joined)
         for (_, cooling), saved_cooling in zip(engine._cooling, state.cooling, strict=True):

@@ -120,6 +120,12 @@ class HtstMachine:
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of one of the pasteurizer's channels."""
+        # the valve and the official thermometer are followed even while cleaning suspends the
+        # verdicts, so the first judgement after cleaning starts from their true state
+        if role == "flow_diversion" and sample.cleaning_since >= 0:
+            self.forward = sample.value >= 0.5
+        elif role == "indicating" and sample.cleaning_since >= 0:
+            self.indicating = sample.value
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
             return [c for m in self.machines if (c := m.suspend(sample)) is not None]
         if role == "flow_diversion":

@@ -48,16 +48,22 @@ class AgeMachine:
         self.rule = rule
         self.max_age_ms = round(rule.max_age_s * 1000)
         self.oldest: int | None = None
+        # (when milk came in, how old it was): events may arrive out of order, so an emptying
+        # takes only the milk that came in before it
+        self._fills: list[tuple[int, int]] = []
         self.deadline = _Deadline(replace(base, rule_id=rule.id, kind="storage_age", unit="h"))
 
     def filled(self, ts: int, oldest: int | None = None) -> None:
         """Milk came in: a milking (its own time) or a pickup (the source's oldest milk)."""
         since = oldest if oldest is not None else ts
-        self.oldest = since if self.oldest is None else min(self.oldest, since)
+        self._fills.append((ts, since))
+        del self._fills[:-64]
+        self.oldest = min(s for _, s in self._fills)
 
     def emptied(self, ts: int) -> DeviationChange | None:
-        """A pickup (tank) or delivery (compartment) took all the milk."""
-        self.oldest = None
+        """A pickup (tank) or delivery (compartment) took all the milk that came in before it."""
+        self._fills = [(came, since) for came, since in self._fills if came > ts]
+        self.oldest = min((s for _, s in self._fills), default=None)
         return self.deadline.end_at(ts)
 
     def fire_due(self, now: int) -> DeviationChange | None:
@@ -78,11 +84,12 @@ class AgeMachine:
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
-        return {"oldest": self.oldest, "deadline": self.deadline.state()}
+        return {"fills": self._fills, "deadline": self.deadline.state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back a snapshot's state."""
-        self.oldest = state["oldest"]
+        self._fills = [(int(came), int(since)) for came, since in state["fills"]]
+        self.oldest = min((s for _, s in self._fills), default=None)
         self.deadline.restore(with_deviation(state["deadline"]))
 
 
@@ -92,6 +99,8 @@ class TransportMachine:
     def __init__(self, rule: Transport, base: RuleSpec) -> None:
         self.rule = rule
         self.loaded_since: int | None = None
+        self.delivered_at: int | None = None  # the load's end, once its delivery is known
+        self._last_seen = -1
         self.exposure_ms = 0.0  # degree-milliseconds above the reference
         self._last_ts: int | None = None
         self._last_excess = 0.0
@@ -109,20 +118,45 @@ class TransportMachine:
 
     @property
     def engaged(self) -> bool:
-        """While loaded with an exposure limit, every sample counts."""
-        return self.loaded_since is not None and self.rule.exposure_above is not None
+        """While loaded with an exposure limit, and until the samples reach the delivery, every
+        sample counts."""
+        if self.loaded_since is None or self.rule.exposure_above is None:
+            return False
+        return self.delivered_at is None or self._last_seen < self.delivered_at
 
     def pickup(self, ts: int) -> None:
         """A pickup into the compartment: the first one starts the load's trip."""
-        if self.loaded_since is None:
+        if self.loaded_since is None or self.delivered_at is not None:
             self.loaded_since = ts
+            self.delivered_at = None
             self.exposure_ms = 0.0
             self._last_ts, self._last_excess = None, 0.0
 
     def delivery(self, ts: int) -> list[DeviationChange]:
-        """The load arrived: its trip ends."""
+        """The load arrived: its trip ends at ``ts``. Samples still to be judged from before it
+        count to its exposure; the exposure verdict ends once they have (see ``observe``)."""
+        if self.loaded_since is None:
+            return []
+        self.delivered_at = ts
+        changes = [c for c in (self.transit.end_at(ts),) if c is not None]
+        if not self.engaged:
+            changes.extend(self._end_trip())
+        return changes
+
+    def _end_trip(self) -> list[DeviationChange]:
+        end = self.delivered_at
+        assert end is not None
         self.loaded_since = None
-        return [c for c in (self.transit.end_at(ts), self.exposure.end_at(ts)) if c is not None]
+        self.delivered_at = None
+        change = self.exposure.end_at(end)
+        return [change] if change is not None else []
+
+    def trip_over(self, holding: bool) -> list[DeviationChange]:
+        """The timer: a delivered load whose channel holds no sample from before the delivery
+        any more has its exposure verdict ended."""
+        if self.delivered_at is None or holding:
+            return []
+        return self._end_trip()
 
     def fire_due(self, now: int) -> DeviationChange | None:
         """The timer: the load is still on the road past its allowed transit time."""
@@ -130,6 +164,7 @@ class TransportMachine:
         if (
             limit_s is None
             or self.loaded_since is None
+            or self.delivered_at is not None
             or self.transit.open_deviation is not None
             or now < self.loaded_since + round(limit_s * 1000)
         ):
@@ -144,10 +179,13 @@ class TransportMachine:
         """A compartment temperature while loaded: exposure builds up above the reference."""
         reference = self.rule.exposure_above
         allowed = self.rule.max_exposure_degree_minutes
+        self._last_seen = max(self._last_seen, sample.ts)
         if self.loaded_since is None or reference is None or allowed is None:
             return []
         if sample.ts < self.loaded_since:
             return []
+        if self.delivered_at is not None and sample.ts >= self.delivered_at:
+            return self._end_trip()
         if self._last_ts is not None:
             self.exposure_ms += self._last_excess * (sample.ts - self._last_ts)
         self._last_ts, self._last_excess = sample.ts, max(0.0, sample.value - reference)
@@ -175,6 +213,8 @@ class TransportMachine:
         """What a snapshot must keep."""
         return {
             "loaded_since": self.loaded_since,
+            "delivered_at": self.delivered_at,
+            "last_seen": self._last_seen,
             "exposure_ms": self.exposure_ms,
             "last_ts": self._last_ts,
             "last_excess": self._last_excess,
@@ -185,6 +225,8 @@ class TransportMachine:
     def restore(self, state: dict[str, Any]) -> None:
         """Take back a snapshot's state."""
         self.loaded_since = state["loaded_since"]
+        self.delivered_at = state["delivered_at"]
+        self._last_seen = state["last_seen"]
         self.exposure_ms = state["exposure_ms"]
         self._last_ts = state["last_ts"]
         self._last_excess = state["last_excess"]

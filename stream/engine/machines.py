@@ -127,6 +127,10 @@ class Machine:
     def _closed(self, end_ms: int, late: bool) -> DeviationChange:
         deviation = self._open
         assert deviation is not None  # only called with an open deviation
+        if end_ms < deviation.start_ms:
+            # data that reached the stream after a timer opened this deviation says it ended
+            # before it began: it cannot be unsaid, it ends where it began, flagged late
+            end_ms, late = deviation.start_ms, True
         deviation.status = "closed"
         deviation.end_ms = end_ms
         deviation.time_beyond_s = (end_ms - deviation.start_ms) / 1000

@@ -65,6 +65,7 @@ def plant(profile: str, rules: str = "[]") -> str:
             "CN",
             {
                 "cn-gb.tank-1.cooling",
+                "cn-gb.tank-1.storage-age",
                 "cn-gb.tank-1.tank-max",
                 "cn-gb.comp-1.cold-chain",
                 "cn-gb.uht-1.uht-min",

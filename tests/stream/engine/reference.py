@@ -124,7 +124,7 @@ class ReferenceEngine:
             heard = channel.last_received if channel.last_received >= 0 else self.started
             if (
                 channel.silence_open is None
-                and self.now - heard > channel.silence_ms
+                and self.now - heard > channel.silence_ms + channel.lateness_ms
                 and channel.newest <= channel.last_ts
             ):
                 base = channel.last_ts if channel.last_ts >= 0 else self.started
@@ -322,6 +322,8 @@ class ReferenceEngine:
         return record
 
     def _close(self, record: dict[str, Any], end: int, late: bool) -> None:
+        if end < record["start"]:  # data that came after a timer fired: never end before start
+            end, late = record["start"], True
         record["end"] = end
         record["late"] = record["late"] or late
         self.changes.append(("closed", *_comparable(record)))

@@ -136,3 +136,25 @@ def test_a_deviation_carries_the_clock_offset_it_was_judged_with() -> None:
 
     (opened,) = [c for c in out if c.deviation.kind == "htst_temperature" and c.kind == "opened"]
     assert 900 < opened.deviation.clock_offset_ms <= 1000
+
+
+def test_detected_late_compares_arrival_and_sampling_on_the_same_clock() -> None:
+    # a gateway 10 min behind, sending promptly: its data is on time, not late
+    engine = Engine(PLAN)
+    out: list[DeviationChange] = []
+    for second in range(8):
+        temp = 71.0 if second >= 5 else 73.0
+        stamp = at(second - 600)
+        batch(
+            engine,
+            "htst-gw",
+            [Reading("htst-1", "hold_temp", temp, "degC", stamp)],
+            offset_s=-600,
+            received_s=second,
+        )
+        engine.advance(at(second), out)
+    engine.flush(out)
+
+    (opened,) = [c for c in out if c.deviation.kind == "htst_temperature" and c.kind == "opened"]
+    assert not opened.deviation.detected_late
+    assert opened.deviation.clock_offset_ms < -599_000

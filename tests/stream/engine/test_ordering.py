@@ -100,9 +100,8 @@ rules:
 )
 
 
-def test_a_deadline_met_by_a_sample_arriving_within_the_lateness_is_met() -> None:
-    engine = Engine(COOLING)
-    out: list[DeviationChange] = []
+def still_warm_after_milking(engine: Engine, out: list[DeviationChange]) -> None:
+    """A milking ended at 0 s; the tank stays at 9 degC, sampled every 10 min, to 6600 s."""
     engine.submit_events(
         "farm-01",
         [MilkingStart(asset="tank-1", ts=at(-3600)), MilkingEnd(asset="tank-1", ts=at(0))],
@@ -110,6 +109,12 @@ def test_a_deadline_met_by_a_sample_arriving_within_the_lateness_is_met() -> Non
     for t in range(0, 7200, 600):
         engine.submit("farm-01", "gw", [Reading("tank-1", "milk_temp", 9.0, "degC", at(t))], at(t))
         engine.advance(at(t), out)
+
+
+def test_a_deadline_met_by_a_sample_arriving_within_the_lateness_is_met() -> None:
+    engine = Engine(COOLING)
+    out: list[DeviationChange] = []
+    still_warm_after_milking(engine, out)
     engine.advance(at(7200) + 1, out)  # just past the deadline, nothing held
     late = Reading("tank-1", "milk_temp", 6.5, "degC", at(7190))  # 30 s late: within 60 s
     engine.submit("farm-01", "gw", [late], at(7220))
@@ -239,13 +244,7 @@ def test_a_pickup_heard_after_the_next_milking_still_leaves_that_milkings_age_an
 def test_a_deadline_missed_before_the_pickup_is_reported_and_ends_at_the_pickup() -> None:
     engine = Engine(LOGISTICS)
     out: list[DeviationChange] = []
-    engine.submit_events(
-        "farm-01",
-        [MilkingStart(asset="tank-1", ts=at(-3600)), MilkingEnd(asset="tank-1", ts=at(0))],
-    )
-    for t in range(0, 7200, 600):
-        engine.submit("farm-01", "gw", [Reading("tank-1", "milk_temp", 9.0, "degC", at(t))], at(t))
-        engine.advance(at(t), out)
+    still_warm_after_milking(engine, out)
     engine.submit_events("truck-07", [_pickup(7225 / 3600)])  # with samples still held
     engine.advance(at(7300), out)
 

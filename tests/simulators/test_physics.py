@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from simulators.demo import DemoTimeline, FarmBulkTank, TruckCompartment
+from simulators.demo import DemoTimeline
+from simulators.physics import FarmBulkTank, TruckCompartment
 
 
 def run_compartment(seconds: int, hatch: tuple[float, float]) -> list[float]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -72,6 +72,19 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--deadletter", type=Path, help="write rejected payloads here (JSONL)")
     replay.add_argument("--timeseries", type=Path, help="write line protocol into this folder")
 
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a simulator scenario: write its payloads as JSON lines, or check it",
+        description="Simulate a scenario (farms, trucks, plant lines with faults) on a simulated "
+        "clock. Deterministic for its seed. --check replays it through the rule engine and "
+        "compares with the deviations it expects.",
+    )
+    simulate.add_argument("scenario", type=Path)
+    simulate.add_argument("--output", type=Path, help="write payloads here (default: stdout)")
+    simulate.add_argument(
+        "--check", action="store_true", help="replay and compare with the expected deviations"
+    )
+
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     engine = bench_commands.add_parser(
@@ -101,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "replay": _replay,
+        "simulate": _simulate,
         "bench": lambda a: _bench_engine(a.assets, a.seconds),
         "plan": lambda a: _plan_check(a.path),
         "contract": lambda a: _schema(a.output),
@@ -197,6 +211,47 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
     with file:
         yield file
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulators.check import check  # noqa: PLC0415
+    from simulators.runner import simulate  # noqa: PLC0415
+    from simulators.scenario import load_scenario  # noqa: PLC0415
+
+    if args.check:
+        return _show_verdict(check(args.scenario))
+    scenario, _ = load_scenario(args.scenario)
+    with _output(args.output) as out:
+        for payload in simulate(scenario):
+            out.write(payload.decode() + "\n")
+    return 0
+
+
+def _show_verdict(verdict: Any) -> int:
+    console = Console()
+    table = Table(title=f"scenario {verdict.scenario}", title_justify="left")
+    for column in ("", "kind", "asset", "start h", "end h"):
+        table.add_column(column)
+    for _, found in verdict.matched:
+        end = "open" if found.end_h is None else f"{found.end_h:.2f}"
+        table.add_row("[green]found[/]", found.kind, found.asset, f"{found.start_h:.2f}", end)
+    for expected in verdict.missing:
+        end = "open" if expected.end_h is None else f"{expected.end_h:.2f}"
+        table.add_row(
+            "[red]missing[/]", expected.kind, expected.asset, f"{expected.start_h:.2f}", end
+        )
+    for found in verdict.unexpected:
+        end = "open" if found.end_h is None else f"{found.end_h:.2f}"
+        table.add_row("[red]unexpected[/]", found.kind, found.asset, f"{found.start_h:.2f}", end)
+    console.print(table)
+    summary = verdict.summary
+    console.print(
+        f"{summary.batches:,} batches, {summary.readings:,} readings, {summary.duplicates:,} "
+        f"duplicates, {summary.rejected:,} rejected, {summary.late:,} late",
+        highlight=False,
+    )
+    console.print("[green]passed[/]" if verdict.passed else "[red]failed[/]")
+    return 0 if verdict.passed else 1
 
 
 def _bench_engine(assets: int, seconds: int) -> int:

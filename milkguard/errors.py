@@ -3,6 +3,7 @@
     MilkGuardError                 every error MilkGuard raises on purpose
     ├── ConfigError                settings file or environment is wrong (names the field)
     ├── PlanError                  a HACCP plan file is wrong (names the file, line and field)
+    ├── ScenarioError              a simulator scenario file is wrong (names the file and field)
     ├── ExtraMissing               an optional part is not installed (says which extra to install)
     ├── BrokerError                a broker could not be started or reached (says where and why)
     └── (stream.errors) SinkError  a sink could not make data durable now (kept, retried)
@@ -36,6 +37,16 @@ class PlanError(MilkGuardError):
             f"{'s' if len(problems) != 1 else ''}):\n{listing}\n"
             f"Fix the plan and check it with: milkguard plan check {path}"
         )
+
+
+class ScenarioError(MilkGuardError):
+    """A simulator scenario file cannot be used; the message names the file and the field."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"scenario {path} is invalid:\n{listing}")
 
 
 class ExtraMissing(MilkGuardError):  # noqa: N818 - reads as the condition the user must fix

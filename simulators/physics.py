@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 MILK_DENSITY_KG_L = 1.03
 MILK_HEAT_CAPACITY_KJ_KG_K = 3.93
+EVAPORATOR_C = 0.5
 
 
 @dataclass
@@ -49,6 +50,8 @@ class FarmBulkTank:
             heat_kw -= self.cooling_kw
         mass_kg = self.volume_l * MILK_DENSITY_KG_L
         self.temp_c += heat_kw * dt_s / (mass_kg * MILK_HEAT_CAPACITY_KJ_KG_K)
+        # the evaporator is near 0 degC: a small heel cannot be cooled below it
+        self.temp_c = max(self.temp_c, EVAPORATOR_C)
 
 
 @dataclass
@@ -58,7 +61,9 @@ class TruckCompartment:
     asset: str
     temp_c: float = 4.0
     ambient_c: float = 28.0
-    insulation_per_s: float = 0.0005  # fraction of the ambient gap gained per second, hatch shut
+    # fraction of the ambient gap gained per second with the hatch shut: an insulated tanker
+    # warms under 1 degC an hour at 25 degC outside (time constant about 28 h)
+    insulation_per_s: float = 0.00001
     hatch_open_per_s: float = 0.008  # the same with the hatch open
     refrigeration_per_s: float = 0.03  # pull-down towards the setpoint
     setpoint_c: float = 3.5

@@ -1,10 +1,11 @@
 """A farm bulk tank's cooling: deadlines after milkings, and the blend limit of later milkings.
 
 Events arrive before the samples they concern are judged (the engine holds samples for their
-lateness), so a milking's deadlines are pending when its samples come through. A deadline is met
-by one sample at or below its temperature no later than the deadline. It is missed when a
-sample later than the deadline comes first, or, with no data, when the stream's timer estimates
-the device's clock past it: then a deviation opens at the deadline itself, and closes at the
+lateness), so a milking's deadlines are pending when its samples come through. The milk must be
+cooled by the deadline: the verdict is the last sample at or before it, at or below the
+temperature (a cold reading before the warm milk came in does not count). It is given when a
+sample later than the deadline comes, or, with no data, when the stream's timer estimates the
+device's clock past it. A miss opens a deviation at the deadline itself, which closes at the
 first sample that reaches the temperature.
 """
 
@@ -25,6 +26,7 @@ class _Pending:
     due: int
     reach_max: float
     until: int = 2**62  # a pickup took this milk at: a miss ends there
+    last_value: float | None = None  # the latest sample at or before the deadline
 
 
 class _Missed(Machine):
@@ -168,12 +170,11 @@ class CoolingMachine:
         changes: list[DeviationChange] = []
         still: list[_Pending] = []
         for pending in self.pending:
-            if sample.ts < pending.started:
+            if sample.ts <= pending.due:
+                if sample.ts >= pending.started:
+                    pending.last_value = sample.value
                 still.append(pending)
-            elif sample.ts <= pending.due:
-                if sample.value > pending.reach_max:
-                    still.append(pending)  # met by this sample otherwise
-            else:
+            elif not self._met(pending):
                 changes.append(self._miss(pending, sample.device, sample.late))
         self.pending = still
         for missed in self.missed:
@@ -201,12 +202,16 @@ class CoolingMachine:
         at once if the milk was picked up since)."""
         due = [p for p in self.pending if p.due < device_now]
         self.pending = [p for p in self.pending if p.due >= device_now]
-        changes = [self._miss(p, device, late=False) for p in due]
+        changes = [self._miss(p, device, late=False) for p in due if not self._met(p)]
         for missed in self.missed:
             if missed.open_deviation is not None and device_now >= missed.until:
                 changes.append(missed.close_at(missed.until))
         self.missed = [m for m in self.missed if m.open_deviation is not None]
         return changes
+
+    @staticmethod
+    def _met(pending: _Pending) -> bool:
+        return pending.last_value is not None and pending.last_value <= pending.reach_max
 
     def _miss(self, pending: _Pending, device: str, late: bool) -> DeviationChange:
         missed = _Missed(
@@ -231,7 +236,10 @@ class CoolingMachine:
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {
-            "pending": [[p.after, p.started, p.due, p.reach_max, p.until] for p in self.pending],
+            "pending": [
+                [p.after, p.started, p.due, p.reach_max, p.until, p.last_value]
+                for p in self.pending
+            ],
             "missed": [[m.reach_max, m.until, m.state()] for m in self.missed],
             "empty": self.empty,
             "starts": self._starts,
@@ -243,7 +251,8 @@ class CoolingMachine:
     def restore(self, state: dict[str, Any]) -> None:
         """Take back a snapshot's state."""
         self.pending = [
-            _Pending(a, int(s), int(d), float(r), int(u)) for a, s, d, r, u in state["pending"]
+            _Pending(a, int(s), int(d), float(r), int(u), v)
+            for a, s, d, r, u, v in state["pending"]
         ]
         self._starts = [(int(ts), bool(first)) for ts, first in state["starts"]]
         self.missed = []

@@ -1,0 +1,369 @@
+"""Running a scenario: device physics sampled on a simulated clock, batched by gateways with
+their delivery faults, merged into the order the stream would receive them.
+
+Deterministic: the simulated clock never reads the wall clock, and every random draw comes from
+the scenario's seed, so the same scenario gives the same payloads byte for byte.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from milkguard.contract.v1 import (
+    Batch,
+    CipEnd,
+    CipStart,
+    Delivery,
+    Event,
+    MilkingEnd,
+    MilkingStart,
+    Pickup,
+    ProductChange,
+    Reading,
+    Unit,
+    encode_batch,
+)
+from simulators.physics import FarmBulkTank, HtstLine, TruckCompartment
+from simulators.scenario import Device, FarmTankDevice, Fault, HtstDevice, Scenario, TruckDevice
+
+HEEL_L = 50.0  # what stays in a tank after a pickup
+
+
+@dataclass(order=True, frozen=True)
+class Outgoing:
+    """One payload and when the gateway sends it (ms since the epoch)."""
+
+    send_ms: int
+    order: int
+    payload: bytes = field(compare=False)
+
+
+@dataclass
+class _Step:
+    """What a device produced at one moment."""
+
+    hours: float
+    readings: list[tuple[str, float, Unit]]
+    events: list[Event]
+
+
+class _SensorFaults:
+    """Stuck, drifting, spiking and dropped-out channels of one device."""
+
+    def __init__(self, faults: list[Fault]) -> None:
+        self._faults = [f for f in faults if f.kind in {"stuck", "drift", "spikes", "dropout"}]
+        self._stuck_at: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def apply(self, channel: str, hours: float, value: float) -> float | None:
+        """The value the sensor reports, or None when it reports nothing."""
+        for fault in self._faults:
+            if fault.channel != channel or not fault.active(hours):
+                if fault.kind == "stuck" and fault.channel == channel:
+                    self._stuck_at.pop(channel, None)
+                continue
+            if fault.kind == "dropout":
+                return None
+            if fault.kind == "stuck":
+                value = self._stuck_at.setdefault(channel, value)
+            elif fault.kind == "drift":
+                value += fault.size * (hours - fault.from_h)
+            elif fault.kind == "spikes":
+                self._count[channel] = self._count.get(channel, 0) + 1
+                if self._count[channel] % fault.every == 0:
+                    value += fault.size
+        return value
+
+
+class _Gateway:
+    """Batches one device's samples as its gateway does, with its delivery faults."""
+
+    def __init__(self, device: Device, start_ms: int, seq_from: int) -> None:
+        self.device = device
+        self.start_ms = start_ms
+        self.seq = seq_from
+        self.faults = device.faults
+        skews = [f.size for f in device.faults if f.kind == "clock_skew"]
+        self.skew_ms = round(sum(skews) * 1000)
+        self._readings: list[Reading] = []
+        self._events: list[Event] = []
+        self._held: list[bytes] = []
+        self._swap: bytes | None = None
+        self._count = 0
+
+    def ms(self, hours: float) -> int:
+        """The gateway's clock at ``hours`` after the start (with its skew)."""
+        return self.start_ms + round(hours * 3_600_000) + self.skew_ms
+
+    def add(self, step: _Step) -> None:
+        """One moment's samples and events."""
+        stamp = self.ms(step.hours)
+        self._readings.extend(Reading(self._asset(c), c, v, u, stamp) for c, v, u in step.readings)
+        self._events.extend(step.events)
+
+    def _asset(self, channel: str) -> str:
+        device = self.device
+        return device.compartment if isinstance(device, TruckDevice) else device.asset
+
+    def flush(self, hours: float, order: int) -> list[Outgoing]:
+        """Send what was gathered, as one batch (faults permitting)."""
+        if not self._readings and not self._events:
+            return []
+        batch = Batch(
+            v=1,
+            site=self.device.site,
+            gateway=self.device.gateway,
+            seq=self.seq,
+            sent_at=self.ms(hours),
+            readings=self._readings,
+            events=self._events,
+        )
+        self.seq += 1
+        self._readings, self._events = [], []
+        payload = encode_batch(batch)
+        self._count += 1
+        for fault in self.faults:
+            if fault.kind == "malformed" and fault.active(hours) and self._count % fault.every == 0:
+                payload = payload[: len(payload) // 2]
+        send_ms = self.ms(hours) - self.skew_ms  # sent on time, whatever its clock says
+        outage = next(
+            (f for f in self.faults if f.kind == "outage_burst" and f.active(hours)), None
+        )
+        if outage is not None:
+            self._held.append(payload)
+            return []
+        out = [Outgoing(send_ms, order, held) for held in self._held]
+        self._held = []
+        if any(f.kind == "reorder" and f.active(hours) for f in self.faults):
+            if self._swap is None:
+                self._swap = payload
+                return out
+            payload, previous = self._swap, payload
+            self._swap = None
+            out.append(Outgoing(send_ms, order, previous))
+        out.append(Outgoing(send_ms, order, payload))
+        for fault in self.faults:
+            if (
+                fault.kind == "duplicates"
+                and fault.active(hours)
+                and self._count % fault.every == 0
+            ):
+                out.append(Outgoing(send_ms + 1, order, payload))
+        return out
+
+
+def simulate(scenario: Scenario) -> Iterator[bytes]:
+    """Every payload of the scenario, in the order the stream receives them."""
+    start_ms = int(scenario.start.timestamp() * 1000)
+    tank_temps: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    streams: list[list[Outgoing]] = []
+    devices = sorted(scenario.devices, key=lambda d: 0 if isinstance(d, FarmTankDevice) else 1)
+    for number, device in enumerate(devices):
+        rng = random.Random(f"{scenario.seed}/{device.gateway}")
+        if isinstance(device, FarmTankDevice):
+            steps = _tank(device, scenario, rng, tank_temps)
+        elif isinstance(device, TruckDevice):
+            steps = _truck(device, scenario, rng, tank_temps)
+        else:
+            steps = _htst(device, scenario, rng)
+        streams.append(_batched(device, steps, start_ms, number, scenario.duration_h))
+    for outgoing in heapq.merge(*streams):
+        yield outgoing.payload
+
+
+def _batched(
+    device: Device, steps: Iterator[_Step], start_ms: int, order: int, duration_h: float
+) -> list[Outgoing]:
+    gateway = _Gateway(device, start_ms, seq_from=start_ms)
+    sensors = _SensorFaults(device.faults)
+    out: list[Outgoing] = []
+    next_flush = device.batch_s / 3600
+    for step in steps:
+        while step.hours >= next_flush:
+            out.extend(gateway.flush(next_flush, order))
+            next_flush += device.batch_s / 3600
+        kept: list[tuple[str, float, Unit]] = []
+        for channel, value, unit in step.readings:
+            reported = sensors.apply(channel, step.hours, value)
+            if reported is not None:
+                kept.append((channel, round(reported, 3), unit))
+        gateway.add(_Step(step.hours, kept, step.events))
+    out.extend(gateway.flush(duration_h, order))
+    out.sort()
+    return out
+
+
+def _ticks(sample_s: float, duration_h: float) -> Iterator[float]:
+    steps = int(duration_h * 3600 / sample_s)
+    for number in range(steps):
+        yield number * sample_s / 3600
+
+
+def _device_fault(device: Device, kind: str, hours: float) -> Fault | None:
+    return next((f for f in device.faults if f.kind == kind and f.active(hours)), None)
+
+
+def _tank(
+    device: FarmTankDevice,
+    scenario: Scenario,
+    rng: random.Random,
+    temps: dict[tuple[str, str], list[tuple[float, float]]],
+) -> Iterator[_Step]:
+    tank = FarmBulkTank(
+        site=device.site,
+        asset=device.asset,
+        volume_l=device.volume_l,
+        temp_c=device.start_c,
+        milking_flow_l_s=device.milking_flow_l_s,
+    )
+    cooling_kw = tank.cooling_kw
+    pickups = sorted(
+        p.at_h
+        for d in scenario.devices
+        if isinstance(d, TruckDevice)
+        for p in d.pickups
+        if (p.source_site, p.source_asset) == (device.site, device.asset)
+    )
+    timeline = temps.setdefault((device.site, device.asset), [])
+    dt = device.sample_s
+    for hours in _ticks(dt, scenario.duration_h):
+        events: list[Event] = []
+        stamp = _Stamp(scenario, device.faults)
+        for start in device.milkings_h:
+            end = start + device.milking_duration_h
+            if start <= hours < start + dt / 3600:
+                events.append(MilkingStart(asset=device.asset, ts=stamp(start)))
+            if end <= hours < end + dt / 3600:
+                events.append(MilkingEnd(asset=device.asset, ts=stamp(end)))
+        tank.milking = any(s <= hours < s + device.milking_duration_h for s in device.milkings_h)
+        if pickups and pickups[0] <= hours:
+            pickups.pop(0)
+            tank.volume_l = HEEL_L
+        failed = _device_fault(device, "compressor_failure", hours) is not None
+        tank.cooling_kw = 0.0 if failed else cooling_kw
+        tank.step(dt)
+        timeline.append((hours, tank.temp_c))
+        noisy = tank.temp_c + rng.gauss(0, 0.02)
+        yield _Step(hours, [("milk_temp", noisy, "degC"), ("volume", tank.volume_l, "L")], events)
+
+
+@dataclass
+class _Stamp:
+    """Event timestamps on the gateway's clock (with its skew)."""
+
+    scenario: Scenario
+    faults: list[Fault]
+
+    def __call__(self, hours: float) -> int:
+        skew = sum(f.size for f in self.faults if f.kind == "clock_skew")
+        return int(self.scenario.start.timestamp() * 1000) + round((hours * 3600 + skew) * 1000)
+
+
+def _truck(
+    device: TruckDevice,
+    scenario: Scenario,
+    rng: random.Random,
+    temps: dict[tuple[str, str], list[tuple[float, float]]],
+) -> Iterator[_Step]:
+    comp = TruckCompartment(
+        asset=device.compartment, temp_c=device.start_c, ambient_c=device.ambient_c
+    )
+    refrigeration = comp.refrigeration_per_s
+    stamp = _Stamp(scenario, device.faults)
+    volume = 0.0
+    dt = device.sample_s
+    for hours in _ticks(dt, scenario.duration_h):
+        events: list[Event] = []
+        for number, stop in enumerate(device.pickups):
+            if stop.at_h <= hours < stop.at_h + dt / 3600:
+                milk_c = _temp_at(temps.get((stop.source_site, stop.source_asset), []), hours)
+                added = 2500.0
+                comp.temp_c = (comp.temp_c * volume + milk_c * added) / (volume + added)
+                volume += added
+                events.append(
+                    Pickup(
+                        asset=device.gateway,
+                        ts=stamp(stop.at_h),
+                        load_id=f"load-{number}",
+                        compartment=device.compartment,
+                        volume_l=added,
+                        source_site=stop.source_site,
+                        source_asset=stop.source_asset,
+                    )
+                )
+        if (
+            device.delivery_h is not None
+            and device.delivery_h <= hours < device.delivery_h + dt / 3600
+        ):
+            events.append(
+                Delivery(
+                    asset=device.gateway,
+                    ts=stamp(device.delivery_h),
+                    load_id="load-0",
+                    compartment=device.compartment,
+                    volume_l=volume,
+                    destination_site=device.destination_site,
+                )
+            )
+            volume = 0.0
+        comp.hatch_open = _device_fault(device, "hatch_open", hours) is not None
+        broken = _device_fault(device, "refrigeration_failure", hours) is not None
+        comp.refrigeration_per_s = 0.0 if broken else refrigeration
+        comp.step(dt)
+        yield _Step(hours, [("temp", comp.temp_c + rng.gauss(0, 0.03), "degC")], events)
+
+
+def _temp_at(timeline: list[tuple[float, float]], hours: float) -> float:
+    earlier = [temp for at, temp in timeline if at <= hours]
+    return earlier[-1] if earlier else 4.0
+
+
+def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterator[_Step]:
+    line = HtstLine(
+        asset=device.asset,
+        setpoint_c=device.setpoint_c,
+        hold_temp_c=device.setpoint_c,
+        flow_l_h=device.flow_l_h,
+    )
+    stamp = _Stamp(scenario, device.faults)
+    dt = device.sample_s
+    for hours in _ticks(dt, scenario.duration_h):
+        events: list[Event] = []
+        for product in device.products:
+            if product.at_h <= hours < product.at_h + dt / 3600:
+                events.append(
+                    ProductChange(
+                        asset=device.asset,
+                        ts=stamp(product.at_h),
+                        product=product.product,
+                        fat_pct=product.fat_pct,
+                    )
+                )
+        cleaning = False
+        for begin, end in device.cleaning_h:
+            if begin <= hours < begin + dt / 3600:
+                events.append(CipStart(asset=device.asset, ts=stamp(begin), program="alkaline"))
+            if end <= hours < end + dt / 3600:
+                events.append(CipEnd(asset=device.asset, ts=stamp(end)))
+            cleaning = cleaning or begin <= hours < end
+        dip = _device_fault(device, "heater_dip", hours)
+        line.setpoint_c = 80.0 if cleaning else device.setpoint_c - (dip.size if dip else 0.0)
+        line.valve_stuck_forward = _device_fault(device, "valve_stuck_forward", hours) is not None
+        surge = _device_fault(device, "flow_surge", hours)
+        flow = device.flow_l_h + (surge.size if surge else 0.0)
+        line.step(dt)
+        forward = line.forward and not cleaning
+        hold = line.hold_temp_c + rng.gauss(0, 0.03)
+        yield _Step(
+            hours,
+            [
+                ("hold_temp", hold, "degC"),
+                ("recorder_temp", hold + line.recorder_offset_c, "degC"),
+                ("flow", flow + rng.gauss(0, 15), "L/h"),
+                ("fdd_forward", 1.0 if forward else 0.0, "state"),
+            ],
+            events,
+        )

@@ -1,0 +1,173 @@
+"""Scenario files: sites and devices, their schedules and faults, and the deviations expected.
+
+A scenario is YAML, validated with pydantic like a plan. It names the HACCP plan it is judged by
+(a file next to it), a seed (the same seed gives the same payloads, byte for byte), and what the
+rule engine must find: each expected deviation by kind and asset, with its start and end within
+``tolerance_min``. A healthy day expects nothing, and finding anything is a failure.
+
+Times are hours after ``start`` (UTC).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from milkguard.errors import ScenarioError
+from stream.plan import PlanId
+
+SensorFaultKind = Literal["stuck", "drift", "spikes", "dropout"]
+DeliveryFaultKind = Literal["duplicates", "reorder", "outage_burst", "malformed", "clock_skew"]
+DeviceFaultKind = Literal[
+    "compressor_failure",
+    "hatch_open",
+    "refrigeration_failure",
+    "valve_stuck_forward",
+    "flow_surge",
+    "heater_dip",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Fault(_Strict):
+    """Something going wrong between ``from_h`` and ``to_h``.
+
+    Sensor faults name a ``channel``: ``stuck`` (the last value repeated exactly), ``drift``
+    (``size`` per hour added), ``spikes`` (``size`` added to one sample in ``every``),
+    ``dropout`` (no samples). Delivery faults: ``duplicates`` (one batch in ``every`` sent
+    twice), ``reorder`` (pairs of batches swapped), ``outage_burst`` (batches held by the
+    gateway and sent together at ``to_h``), ``malformed`` (one payload in ``every`` cut off),
+    ``clock_skew`` (the gateway's clock off by ``size`` seconds). Device faults change the
+    physics: ``compressor_failure``, ``hatch_open``, ``refrigeration_failure``,
+    ``valve_stuck_forward``, ``flow_surge`` (``size`` L/h more), ``heater_dip`` (setpoint
+    ``size`` degC lower).
+    """
+
+    kind: SensorFaultKind | DeliveryFaultKind | DeviceFaultKind
+    from_h: float = Field(default=0.0, ge=0)
+    to_h: float | None = Field(default=None, ge=0)
+    channel: PlanId | None = None
+    size: float = 0.0
+    every: int = Field(default=10, ge=2)
+
+    def active(self, hours: float) -> bool:
+        """True at ``hours`` after the start."""
+        return self.from_h <= hours and (self.to_h is None or hours < self.to_h)
+
+
+class _Device(_Strict):
+    site: PlanId
+    gateway: PlanId
+    sample_s: float = Field(gt=0)
+    batch_s: float = Field(gt=0)
+    faults: list[Fault] = Field(default_factory=list)
+
+
+class FarmTankDevice(_Device):
+    """A farm bulk tank: milkings at the given hours add warm milk; trucks empty it."""
+
+    kind: Literal["farm_tank"]
+    asset: PlanId
+    sample_s: float = 60.0
+    batch_s: float = 300.0
+    start_c: float = 3.8
+    volume_l: float = 3000.0
+    milkings_h: list[float] = Field(default_factory=list)
+    milking_duration_h: float = Field(default=1.5, gt=0)
+    milking_flow_l_s: float = Field(default=0.2, gt=0)
+
+
+class PickupSpec(_Strict):
+    """A stop at a farm tank: its milk goes into the compartment."""
+
+    at_h: float = Field(ge=0)
+    source_site: PlanId
+    source_asset: PlanId
+
+
+class TruckDevice(_Device):
+    """A milk truck's compartment on a route: pickups, transit, delivery at a plant."""
+
+    kind: Literal["truck"]
+    compartment: PlanId
+    sample_s: float = 30.0
+    batch_s: float = 60.0
+    start_c: float = 4.0
+    ambient_c: float = 25.0
+    pickups: list[PickupSpec] = Field(default_factory=list)
+    delivery_h: float | None = None
+    destination_site: PlanId = "plant-01"
+
+
+class ProductSpec(_Strict):
+    """A product change on a processing line."""
+
+    at_h: float = Field(ge=0)
+    product: PlanId
+    fat_pct: float = Field(ge=0, le=100)
+
+
+class HtstDevice(_Device):
+    """An HTST pasteurizer: heater, timing pump, diversion valve, product changes, cleaning."""
+
+    kind: Literal["htst"]
+    asset: PlanId
+    sample_s: float = 1.0
+    batch_s: float = 5.0
+    setpoint_c: float = 72.8
+    flow_l_h: float = 10_000.0
+    products: list[ProductSpec] = Field(default_factory=list)
+    cleaning_h: list[tuple[float, float]] = Field(default_factory=list)
+
+
+Device = Annotated[FarmTankDevice | TruckDevice | HtstDevice, Field(discriminator="kind")]
+
+
+class Expected(_Strict):
+    """A deviation the engine must find."""
+
+    kind: str
+    asset: PlanId
+    start_h: float
+    end_h: float | None = Field(default=None, description="None: still open at the end.")
+    rule: str | None = Field(default=None, description="Also match the rule id, if given.")
+
+
+class Scenario(_Strict):
+    """A scenario file."""
+
+    scenario: PlanId
+    description: str = ""
+    plan: str = Field(description="The HACCP plan file, relative to the scenario file.")
+    seed: int = 1
+    start: datetime = datetime(2026, 11, 22, tzinfo=UTC)
+    duration_h: float = Field(gt=0)
+    tolerance_min: float = Field(default=5.0, gt=0)
+    devices: list[Device] = Field(min_length=1)
+    expect: list[Expected] = Field(default_factory=list)
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
+    """A validated scenario and the path of its plan; errors name the file and field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ScenarioError(str(path), [f"YAML syntax error: {exc}"]) from exc
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        ]
+        raise ScenarioError(str(path), problems) from exc
+    return scenario, path.parent / scenario.plan

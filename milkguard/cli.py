@@ -84,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--check", action="store_true", help="replay and compare with the expected deviations"
     )
+    simulate.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this broker instead")
+    simulate.add_argument(
+        "--speed", type=float, default=60.0, help="with --mqtt: times faster than real time"
+    )
+
+    load = commands.add_parser(
+        "load",
+        help="load generator: gateways x channels x rate to an MQTT broker, paced",
+        description="Publish prepared batches of N gateways x channels at a sampling rate, "
+        "paced to their schedule, and print the rate achieved (and whether it kept up).",
+    )
+    load.add_argument("--host", default="127.0.0.1")
+    load.add_argument("--port", type=int, default=1883)
+    load.add_argument("--gateways", type=int, default=100)
+    load.add_argument("--channels", type=int, default=50)
+    load.add_argument("--rate-hz", type=float, default=20.0)
+    load.add_argument("--seconds", type=float, default=10.0)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -115,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "replay": _replay,
         "simulate": _simulate,
+        "load": _load,
         "bench": lambda a: _bench_engine(a.assets, a.seconds),
         "plan": lambda a: _plan_check(a.path),
         "contract": lambda a: _schema(a.output),
@@ -221,10 +239,60 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.check:
         return _show_verdict(check(args.scenario))
     scenario, _ = load_scenario(args.scenario)
+    if args.mqtt:
+        return _simulate_to_broker(scenario, args.mqtt, args.speed)
     with _output(args.output) as out:
         for payload in simulate(scenario):
             out.write(payload.decode() + "\n")
     return 0
+
+
+def _simulate_to_broker(scenario: Any, where: str, speed: float) -> int:
+    from milkguard import mqtt as mqtt_connect  # noqa: PLC0415
+    from simulators.load import Message, publish_paced  # noqa: PLC0415
+    from simulators.runner import simulate_timed  # noqa: PLC0415
+
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--mqtt takes HOST:PORT, got {where!r}")
+    start_ms = int(scenario.start.timestamp() * 1000)
+    messages = [
+        Message(o.topic, o.payload, 0, max(0.0, (o.send_ms - start_ms) / 1000))
+        for o in simulate_timed(scenario)
+    ]
+    connection = mqtt_connect.connect(mqtt_connect.BrokerAddress(host, int(port)), "simulator")
+    with _bar(len(messages), f"{scenario.scenario} at {speed:g}x") as advance:
+        result = publish_paced(connection, messages, speed=speed, progress=lambda _: advance(1))
+    connection.close()
+    Console().print(f"published {result.messages:,} batches in {result.elapsed_s:.1f} s")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from milkguard import mqtt as mqtt_connect  # noqa: PLC0415
+    from simulators.load import prepare, publish_paced  # noqa: PLC0415
+
+    console = Console()
+    with console.status("preparing payloads ..."):
+        messages = prepare(args.gateways, args.channels, args.rate_hz, args.seconds)
+    total = sum(m.readings for m in messages)
+    connection = mqtt_connect.connect(mqtt_connect.BrokerAddress(args.host, args.port), "load")
+    with _bar(total, "publishing readings") as advance:
+        result = publish_paced(connection, messages, progress=advance)
+    connection.close()
+    for line in result.lines():
+        console.print(line, highlight=False)
+    return 0 if result.kept_up else 1
+
+
+@contextmanager
+def _bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long work (silent when stderr is not a terminal)."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda amount: bar.advance(task, amount)
 
 
 def _show_verdict(verdict: Any) -> int:

@@ -24,6 +24,7 @@ from milkguard.contract.v1 import (
     ProductChange,
     Reading,
     Unit,
+    batch_topic,
     encode_batch,
 )
 from simulators.physics import FarmBulkTank, HtstLine, TruckCompartment
@@ -39,6 +40,7 @@ class Outgoing:
     send_ms: int
     order: int
     payload: bytes = field(compare=False)
+    topic: str = field(default="", compare=False)
 
 
 @dataclass
@@ -157,6 +159,12 @@ class _Gateway:
 
 def simulate(scenario: Scenario) -> Iterator[bytes]:
     """Every payload of the scenario, in the order the stream receives them."""
+    for outgoing in simulate_timed(scenario):
+        yield outgoing.payload
+
+
+def simulate_timed(scenario: Scenario) -> Iterator[Outgoing]:
+    """Every payload with its topic and send time, in the order the stream receives them."""
     start_ms = int(scenario.start.timestamp() * 1000)
     tank_temps: dict[tuple[str, str], list[tuple[float, float]]] = {}
     streams: list[list[Outgoing]] = []
@@ -170,8 +178,7 @@ def simulate(scenario: Scenario) -> Iterator[bytes]:
         else:
             steps = _htst(device, scenario, rng)
         streams.append(_batched(device, steps, start_ms, number, scenario.duration_h))
-    for outgoing in heapq.merge(*streams):
-        yield outgoing.payload
+    yield from heapq.merge(*streams)
 
 
 def _batched(
@@ -193,7 +200,8 @@ def _batched(
         gateway.add(_Step(step.hours, kept, step.events))
     out.extend(gateway.flush(duration_h, order))
     out.sort()
-    return out
+    topic = batch_topic(device.site, device.gateway)
+    return [Outgoing(o.send_ms, o.order, o.payload, topic) for o in out]
 
 
 def _ticks(sample_s: float, duration_h: float) -> Iterator[float]:

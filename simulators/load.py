@@ -1,0 +1,145 @@
+"""Load generation: many gateways' batches, prepared ahead, published at a paced rate.
+
+The generator must not be the bottleneck: payloads are encoded before the clock starts, one MQTT
+connection publishes them (QoS 1, a bounded window of unacknowledged messages, as paho stalls
+without one), and a pacer sends each second's share on time. If publishing cannot keep up, the
+run says by how much it fell behind rather than quietly running slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from milkguard import mqtt as mqtt_connect
+from milkguard.contract.v1 import Batch, Reading, batch_topic, encode_batch
+
+T_START = 1_795_341_600_000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One prepared publish."""
+
+    topic: str
+    payload: bytes
+    readings: int
+    due_s: float  # seconds after the start it is due
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What a paced run achieved."""
+
+    messages: int
+    readings: int
+    elapsed_s: float
+    target_per_s: float
+    behind_s: float  # how far the last message went out after it was due
+
+    @property
+    def achieved_per_s(self) -> float:
+        """Readings per second actually published and acknowledged."""
+        return self.readings / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def kept_up(self) -> bool:
+        """True when the last message went out (and was acknowledged) no later than 5 % of the
+        schedule's length, plus 0.1 s, after it was due."""
+        scheduled_s = self.readings / self.target_per_s if self.target_per_s > 0 else 0.0
+        return self.behind_s <= 0.05 * scheduled_s + 0.1
+
+    def lines(self) -> list[str]:
+        """The figures as printed."""
+        verdict = "kept up" if self.kept_up else f"FELL BEHIND by {self.behind_s:.1f} s"
+        return [
+            f"published: {self.messages:,} batches, {self.readings:,} readings "
+            f"in {self.elapsed_s:.2f} s",
+            f"target: {self.target_per_s:,.0f} readings/s",
+            f"achieved: {self.achieved_per_s:,.0f} readings/s ({verdict})",
+        ]
+
+
+def prepare(
+    gateways: int, channels: int, rate_hz: float, seconds: float, batch_s: float = 1.0
+) -> list[Message]:
+    """``gateways`` gateways of ``channels`` channels sampled at ``rate_hz`` for ``seconds``,
+    each sending one batch per ``batch_s``; in the order they are due."""
+    rng = random.Random(7)
+    messages: list[Message] = []
+    per_batch = max(1, round(rate_hz * batch_s))
+    seq = 1
+    windows = int(seconds / batch_s)
+    for window in range(windows):
+        for gateway in range(gateways):
+            site, name = f"load-{gateway // 50}", f"load-gw-{gateway}"
+            readings = [
+                Reading(
+                    f"asset-{gateway}",
+                    f"ch-{channel}",
+                    round(4.0 + rng.random(), 3),
+                    "degC",
+                    T_START + round((window * batch_s + sample / rate_hz) * 1000),
+                )
+                for sample in range(per_batch)
+                for channel in range(channels)
+            ]
+            batch = Batch(
+                v=1,
+                site=site,
+                gateway=name,
+                seq=seq,
+                sent_at=T_START + round((window + 1) * batch_s * 1000),
+                readings=readings,
+            )
+            seq += 1
+            messages.append(
+                Message(
+                    batch_topic(site, name),
+                    encode_batch(batch),
+                    len(readings),
+                    (window + 1) * batch_s,
+                )
+            )
+    return messages
+
+
+def publish_paced(
+    connection: mqtt_connect.Connection,
+    messages: Iterable[Message],
+    *,
+    speed: float = 1.0,
+    window: int = 100,
+    progress: Callable[[int], None] = lambda readings: None,
+) -> LoadResult:
+    """Publish each message when it is due (``speed`` times faster than its schedule); wait for
+    every acknowledgement before the clock stops."""
+    started = time.perf_counter()
+    sent = readings = 0
+    behind = 0.0
+    last_due = 0.0
+    warned = False
+    for message in messages:
+        due = message.due_s / speed
+        last_due = due
+        wait = due - (time.perf_counter() - started)
+        if wait > 0:
+            time.sleep(wait)
+        elif wait < -1.0 and not warned:
+            warned = True
+            log.warning("load.behind", extra={"behind_s": round(-wait, 2), "sent": sent})
+        connection.acks.wait_below(window)
+        connection.publish(message.topic, message.payload)
+        sent += 1
+        readings += message.readings
+        progress(message.readings)
+    connection.wait_acknowledged(60.0)
+    elapsed = time.perf_counter() - started
+    behind = max(0.0, elapsed - last_due)
+    target = readings / last_due if last_due > 0 else 0.0
+    return LoadResult(sent, readings, elapsed, target, behind)

@@ -237,6 +237,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulators.scenario import load_scenario  # noqa: PLC0415
 
     if args.check:
+        from milkguard import logs  # noqa: PLC0415
+
+        logs.configure("ERROR")  # rejections a scenario provokes are in its verdict's counts
         return _show_verdict(check(args.scenario))
     scenario, _ = load_scenario(args.scenario)
     if args.mqtt:

@@ -28,7 +28,17 @@ from milkguard.contract.v1 import (
     encode_batch,
 )
 from simulators.physics import FarmBulkTank, HtstLine, TruckCompartment
-from simulators.scenario import Device, FarmTankDevice, Fault, HtstDevice, Scenario, TruckDevice
+from simulators.scenario import (
+    CanLineDevice,
+    Device,
+    FarmTankDevice,
+    Fault,
+    HtstDevice,
+    RoomDevice,
+    Scenario,
+    TruckDevice,
+    UhtDevice,
+)
 
 HEEL_L = 50.0  # what stays in a tank after a pickup
 
@@ -175,8 +185,14 @@ def simulate_timed(scenario: Scenario) -> Iterator[Outgoing]:
             steps = _tank(device, scenario, rng, tank_temps)
         elif isinstance(device, TruckDevice):
             steps = _truck(device, scenario, rng, tank_temps)
-        else:
+        elif isinstance(device, HtstDevice):
             steps = _htst(device, scenario, rng)
+        elif isinstance(device, UhtDevice):
+            steps = _uht(device, scenario, rng)
+        elif isinstance(device, RoomDevice):
+            steps = _room(device, scenario, rng)
+        else:
+            steps = _cans(device, scenario, rng)
         streams.append(_batched(device, steps, start_ms, number, scenario.duration_h))
     yield from heapq.merge(*streams)
 
@@ -375,3 +391,47 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
             ],
             events,
         )
+
+
+def _lag(value: float, target: float, dt_s: float, time_constant_s: float) -> float:
+    """One step of a first-order approach to ``target``."""
+    return value + (target - value) * min(1.0, dt_s / time_constant_s)
+
+
+def _uht(device: UhtDevice, scenario: Scenario, rng: random.Random) -> Iterator[_Step]:
+    outlet = device.setpoint_c
+    dt = device.sample_s
+    for hours in _ticks(dt, scenario.duration_h):
+        dip = _device_fault(device, "heater_dip", hours)
+        outlet = _lag(outlet, device.setpoint_c - (dip.size if dip else 0.0), dt, 20.0)
+        yield _Step(
+            hours,
+            [
+                ("outlet_temp", outlet + rng.gauss(0, 0.05), "degC"),
+                ("flow", device.flow_l_h + rng.gauss(0, 10), "L/h"),
+            ],
+            [],
+        )
+
+
+def _room(device: RoomDevice, scenario: Scenario, rng: random.Random) -> Iterator[_Step]:
+    temp, rh = device.temp_c, device.rh
+    dt = device.sample_s
+    lag_s = device.time_constant_h * 3600
+    for hours in _ticks(dt, scenario.duration_h):
+        warm = _device_fault(device, "refrigeration_failure", hours) is not None
+        temp = _lag(temp, device.ambient_c if warm else device.temp_c, dt, lag_s)
+        readings: list[tuple[str, float, Unit]] = [("temp", temp + rng.gauss(0, 0.05), "degC")]
+        if rh is not None and device.rh is not None:
+            humid = _device_fault(device, "dehumidifier_failure", hours) is not None
+            rh = _lag(rh, device.ambient_rh if humid else device.rh, dt, lag_s)
+            readings.append(("rh", rh + rng.gauss(0, 0.3), "%RH"))
+        yield _Step(hours, readings, [])
+
+
+def _cans(device: CanLineDevice, scenario: Scenario, rng: random.Random) -> Iterator[_Step]:
+    dt = device.sample_s
+    for hours in _ticks(dt, scenario.duration_h):
+        failed = _device_fault(device, "flush_failure", hours) is not None
+        oxygen = (6.0 if failed else device.oxygen_pct) + rng.gauss(0, 0.2)
+        yield _Step(hours, [("o2", max(0.1, oxygen), "%O2")], [])

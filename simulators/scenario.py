@@ -29,6 +29,8 @@ DeviceFaultKind = Literal[
     "valve_stuck_forward",
     "flow_surge",
     "heater_dip",
+    "dehumidifier_failure",
+    "flush_failure",
 ]
 
 
@@ -127,7 +129,48 @@ class HtstDevice(_Device):
     cleaning_h: list[tuple[float, float]] = Field(default_factory=list)
 
 
-Device = Annotated[FarmTankDevice | TruckDevice | HtstDevice, Field(discriminator="kind")]
+class UhtDevice(_Device):
+    """A UHT line's holding-tube outlet and flow (``heater_dip`` lowers the outlet)."""
+
+    kind: Literal["uht"]
+    asset: PlanId
+    sample_s: float = 1.0
+    batch_s: float = 5.0
+    setpoint_c: float = 138.0
+    flow_l_h: float = 6_000.0
+
+
+class RoomDevice(_Device):
+    """A room or store held at a temperature (and humidity, if ``rh``): a powder filling room,
+    a cold store, a receiving silo. ``refrigeration_failure`` lets the temperature drift to
+    ``ambient_c``; ``dehumidifier_failure`` lets the humidity drift to ``ambient_rh``."""
+
+    kind: Literal["room"]
+    asset: PlanId
+    sample_s: float = 30.0
+    batch_s: float = 60.0
+    temp_c: float = 22.0
+    ambient_c: float = 30.0
+    rh: float | None = 45.0
+    ambient_rh: float = 85.0
+    time_constant_h: float = Field(default=0.5, gt=0)
+
+
+class CanLineDevice(_Device):
+    """A can line's headspace analyser: one residual-oxygen reading per can
+    (``flush_failure``: the nitrogen flush stops working)."""
+
+    kind: Literal["can_line"]
+    asset: PlanId
+    sample_s: float = 2.0
+    batch_s: float = 30.0
+    oxygen_pct: float = 1.2
+
+
+Device = Annotated[
+    FarmTankDevice | TruckDevice | HtstDevice | UhtDevice | RoomDevice | CanLineDevice,
+    Field(discriminator="kind"),
+]
 
 
 class Expected(_Strict):

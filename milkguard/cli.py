@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this broker instead")
     simulate.add_argument(
-        "--speed", type=float, default=60.0, help="with --mqtt: times faster than real time"
+        "--speed", type=float, help="with --mqtt: times faster than real time (default: the file's)"
     )
 
     load = commands.add_parser(
@@ -145,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `milkguard simulate ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -243,7 +248,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return _show_verdict(check(args.scenario))
     scenario, _ = load_scenario(args.scenario)
     if args.mqtt:
-        return _simulate_to_broker(scenario, args.mqtt, args.speed)
+        return _simulate_to_broker(scenario, args.mqtt, args.speed or scenario.speed)
     with _output(args.output) as out:
         for payload in simulate(scenario):
             out.write(payload.decode() + "\n")

@@ -58,7 +58,7 @@ class _Step:
     """What a device produced at one moment."""
 
     hours: float
-    readings: list[tuple[str, float, Unit]]
+    readings: list[tuple[str, str, float, Unit]]  # (asset, channel, value, unit)
     events: list[Event]
 
 
@@ -113,12 +113,8 @@ class _Gateway:
     def add(self, step: _Step) -> None:
         """One moment's samples and events."""
         stamp = self.ms(step.hours)
-        self._readings.extend(Reading(self._asset(c), c, v, u, stamp) for c, v, u in step.readings)
+        self._readings.extend(Reading(a, c, v, u, stamp) for a, c, v, u in step.readings)
         self._events.extend(step.events)
-
-    def _asset(self, channel: str) -> str:
-        device = self.device
-        return device.compartment if isinstance(device, TruckDevice) else device.asset
 
     def flush(self, hours: float, order: int) -> list[Outgoing]:
         """Send what was gathered, as one batch (faults permitting)."""
@@ -208,11 +204,11 @@ def _batched(
         while step.hours >= next_flush:
             out.extend(gateway.flush(next_flush, order))
             next_flush += device.batch_s / 3600
-        kept: list[tuple[str, float, Unit]] = []
-        for channel, value, unit in step.readings:
+        kept: list[tuple[str, str, float, Unit]] = []
+        for asset, channel, value, unit in step.readings:
             reported = sensors.apply(channel, step.hours, value)
             if reported is not None:
-                kept.append((channel, round(reported, 3), unit))
+                kept.append((asset, channel, round(reported, 3), unit))
         gateway.add(_Step(step.hours, kept, step.events))
     out.extend(gateway.flush(duration_h, order))
     out.sort()
@@ -271,7 +267,14 @@ def _tank(
         tank.step(dt)
         timeline.append((hours, tank.temp_c))
         noisy = tank.temp_c + rng.gauss(0, 0.02)
-        yield _Step(hours, [("milk_temp", noisy, "degC"), ("volume", tank.volume_l, "L")], events)
+        readings: list[tuple[str, str, float, Unit]] = [
+            (device.asset, "milk_temp", noisy, "degC"),
+            (device.asset, "volume", tank.volume_l, "L"),
+        ]
+        if device.agitator:  # stirs while milk comes in or the compressor runs
+            stirring = tank.milking or tank.compressor_on
+            readings.append((device.asset, "agitator", 1.0 if stirring else 0.0, "state"))
+        yield _Step(hours, readings, events)
 
 
 @dataclass
@@ -292,52 +295,65 @@ def _truck(
     rng: random.Random,
     temps: dict[tuple[str, str], list[tuple[float, float]]],
 ) -> Iterator[_Step]:
-    comp = TruckCompartment(
-        asset=device.compartment, temp_c=device.start_c, ambient_c=device.ambient_c
-    )
-    refrigeration = comp.refrigeration_per_s
+    comps = {
+        name: TruckCompartment(asset=name, temp_c=device.start_c, ambient_c=device.ambient_c)
+        for name in device.compartments
+    }
+    volumes = dict.fromkeys(device.compartments, 0.0)
+    refrigeration = next(iter(comps.values())).refrigeration_per_s
     stamp = _Stamp(scenario, device.faults)
-    volume = 0.0
     dt = device.sample_s
     for hours in _ticks(dt, scenario.duration_h):
         events: list[Event] = []
         for number, stop in enumerate(device.pickups):
             if stop.at_h <= hours < stop.at_h + dt / 3600:
+                name = stop.compartment or device.compartments[0]
+                comp = comps[name]
                 milk_c = _temp_at(temps.get((stop.source_site, stop.source_asset), []), hours)
-                added = 2500.0
-                comp.temp_c = (comp.temp_c * volume + milk_c * added) / (volume + added)
-                volume += added
+                comp.temp_c = (comp.temp_c * volumes[name] + milk_c * stop.volume_l) / (
+                    volumes[name] + stop.volume_l
+                )
+                volumes[name] += stop.volume_l
                 events.append(
                     Pickup(
-                        asset=device.gateway,
+                        asset=device.truck or device.gateway,
                         ts=stamp(stop.at_h),
                         load_id=f"load-{number}",
-                        compartment=device.compartment,
-                        volume_l=added,
+                        compartment=name,
+                        volume_l=stop.volume_l,
                         source_site=stop.source_site,
                         source_asset=stop.source_asset,
                     )
                 )
-        if (
-            device.delivery_h is not None
-            and device.delivery_h <= hours < device.delivery_h + dt / 3600
-        ):
-            events.append(
-                Delivery(
-                    asset=device.gateway,
-                    ts=stamp(device.delivery_h),
-                    load_id="load-0",
-                    compartment=device.compartment,
-                    volume_l=volume,
-                    destination_site=device.destination_site,
-                )
-            )
-            volume = 0.0
-        comp.hatch_open = _device_fault(device, "hatch_open", hours) is not None
+        delivery = device.delivery_h
+        if delivery is not None and delivery <= hours < delivery + dt / 3600:
+            for name in device.compartments:
+                if volumes[name] > 0:
+                    events.append(
+                        Delivery(
+                            asset=device.truck or device.gateway,
+                            ts=stamp(delivery),
+                            load_id="load-0",
+                            compartment=name,
+                            volume_l=volumes[name],
+                            destination_site=device.destination_site,
+                        )
+                    )
+                    volumes[name] = 0.0
+        readings: list[tuple[str, str, float, Unit]] = []
+        hatch = _device_fault(device, "hatch_open", hours)
         broken = _device_fault(device, "refrigeration_failure", hours) is not None
-        comp.refrigeration_per_s = 0.0 if broken else refrigeration
-        comp.step(dt)
-        yield _Step(hours, [("temp", comp.temp_c + rng.gauss(0, 0.03), "degC")], events)
+        for name, comp in comps.items():
+            comp.hatch_open = hatch is not None and (hatch.channel in (None, name))
+            comp.refrigeration_per_s = 0.0 if broken else refrigeration
+            comp.step(dt)
+            readings.append((name, "temp", comp.temp_c + rng.gauss(0, 0.03), "degC"))
+        if device.truck is not None:
+            share = min(1.0, hours / delivery) if delivery else 0.0
+            lat0, lon0, lat1, lon1 = device.route_deg
+            readings.append((device.truck, "lat", lat0 + (lat1 - lat0) * share, "deg"))
+            readings.append((device.truck, "lon", lon0 + (lon1 - lon0) * share, "deg"))
+        yield _Step(hours, readings, events)
 
 
 def _temp_at(timeline: list[tuple[float, float]], hours: float) -> float:
@@ -384,10 +400,10 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
         yield _Step(
             hours,
             [
-                ("hold_temp", hold, "degC"),
-                ("recorder_temp", hold + line.recorder_offset_c, "degC"),
-                ("flow", flow + rng.gauss(0, 15), "L/h"),
-                ("fdd_forward", 1.0 if forward else 0.0, "state"),
+                (device.asset, "hold_temp", hold, "degC"),
+                (device.asset, "recorder_temp", hold + line.recorder_offset_c, "degC"),
+                (device.asset, "flow", flow + rng.gauss(0, 15), "L/h"),
+                (device.asset, "fdd_forward", 1.0 if forward else 0.0, "state"),
             ],
             events,
         )
@@ -407,8 +423,8 @@ def _uht(device: UhtDevice, scenario: Scenario, rng: random.Random) -> Iterator[
         yield _Step(
             hours,
             [
-                ("outlet_temp", outlet + rng.gauss(0, 0.05), "degC"),
-                ("flow", device.flow_l_h + rng.gauss(0, 10), "L/h"),
+                (device.asset, "outlet_temp", outlet + rng.gauss(0, 0.05), "degC"),
+                (device.asset, "flow", device.flow_l_h + rng.gauss(0, 10), "L/h"),
             ],
             [],
         )
@@ -421,11 +437,13 @@ def _room(device: RoomDevice, scenario: Scenario, rng: random.Random) -> Iterato
     for hours in _ticks(dt, scenario.duration_h):
         warm = _device_fault(device, "refrigeration_failure", hours) is not None
         temp = _lag(temp, device.ambient_c if warm else device.temp_c, dt, lag_s)
-        readings: list[tuple[str, float, Unit]] = [("temp", temp + rng.gauss(0, 0.05), "degC")]
+        readings: list[tuple[str, str, float, Unit]] = [
+            (device.asset, "temp", temp + rng.gauss(0, 0.05), "degC")
+        ]
         if rh is not None and device.rh is not None:
             humid = _device_fault(device, "dehumidifier_failure", hours) is not None
             rh = _lag(rh, device.ambient_rh if humid else device.rh, dt, lag_s)
-            readings.append(("rh", rh + rng.gauss(0, 0.3), "%RH"))
+            readings.append((device.asset, "rh", rh + rng.gauss(0, 0.3), "%RH"))
         yield _Step(hours, readings, [])
 
 
@@ -434,4 +452,4 @@ def _cans(device: CanLineDevice, scenario: Scenario, rng: random.Random) -> Iter
     for hours in _ticks(dt, scenario.duration_h):
         failed = _device_fault(device, "flush_failure", hours) is not None
         oxygen = (6.0 if failed else device.oxygen_pct) + rng.gauss(0, 0.2)
-        yield _Step(hours, [("o2", max(0.1, oxygen), "%O2")], [])
+        yield _Step(hours, [(device.asset, "o2", max(0.1, oxygen), "%O2")], [])

@@ -84,21 +84,29 @@ class FarmTankDevice(_Device):
     milkings_h: list[float] = Field(default_factory=list)
     milking_duration_h: float = Field(default=1.5, gt=0)
     milking_flow_l_s: float = Field(default=0.2, gt=0)
+    agitator: bool = Field(default=False, description="Publish the agitator's state (1/0).")
 
 
 class PickupSpec(_Strict):
-    """A stop at a farm tank: its milk goes into the compartment."""
+    """A stop at a farm tank: its milk goes into a compartment (the first, unless named)."""
 
     at_h: float = Field(ge=0)
     source_site: PlanId
     source_asset: PlanId
+    compartment: PlanId | None = None
+    volume_l: float = Field(default=2500.0, gt=0)
 
 
 class TruckDevice(_Device):
-    """A milk truck's compartment on a route: pickups, transit, delivery at a plant."""
+    """A milk truck on a route: pickups into its compartments, transit (its position moving
+    along ``route_deg`` from start to end), delivery of every compartment at the plant."""
 
     kind: Literal["truck"]
-    compartment: PlanId
+    compartments: list[PlanId] = Field(min_length=1)
+    truck: PlanId | None = Field(
+        default=None, description="Asset id of the truck itself: publishes lat/lon if set."
+    )
+    route_deg: tuple[float, float, float, float] = (31.20, 121.40, 31.50, 121.90)
     sample_s: float = 30.0
     batch_s: float = 60.0
     start_c: float = 4.0
@@ -193,6 +201,7 @@ class Scenario(_Strict):
     start: datetime = datetime(2026, 11, 22, tzinfo=UTC)
     duration_h: float = Field(gt=0)
     tolerance_min: float = Field(default=5.0, gt=0)
+    speed: float = Field(default=60.0, gt=0, description="Time acceleration when published.")
     devices: list[Device] = Field(min_length=1)
     expect: list[Expected] = Field(default_factory=list)
 

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from simulators.runner import simulate
+from simulators.runner import simulate_timed
 from simulators.scenario import Expected, Scenario, load_scenario
+from stream.engine.core import Engine
+from stream.ingest import Ingest
 from stream.plan import load_plan
-from stream.replay import ReplaySummary, replay
+from stream.replay import JsonLinesDeviationWriter, ReplaySummary
+from stream.sinks.memory import MemoryDeadLetterSink, MemoryTimeSeriesSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +45,41 @@ class Verdict:
         return not self.missing and not self.unexpected
 
 
+TICK_MS = 60_000  # the stream's clock moves at least this often between arrivals
+
+
 def check(path: str | Path) -> Verdict:
-    """Simulate the scenario at ``path``, replay it, and compare with its expectations."""
+    """Simulate the scenario at ``path`` and feed the rule engine what a live stream would see:
+    each payload at the time it arrives, on its topic, with the clock ticking between
+    arrivals (so an outage is silence, and a skewed gateway clock shows); then compare."""
     scenario, plan_path = load_scenario(path)
-    source = io.BytesIO(b"\n".join(simulate(scenario)) + b"\n")
     out = io.StringIO()
-    summary = replay(load_plan(plan_path), source, out, name=scenario.scenario)
+    deadletters = MemoryDeadLetterSink()
+    ingest = Ingest(
+        Engine(load_plan(plan_path)),
+        MemoryTimeSeriesSink(),
+        JsonLinesDeviationWriter(out),
+        deadletters,
+    )
+    clock: int | None = None
+    for outgoing in simulate_timed(scenario):
+        while clock is not None and clock + TICK_MS < outgoing.send_ms:
+            clock += TICK_MS
+            ingest.tick(clock)
+        clock = outgoing.send_ms if clock is None else max(clock, outgoing.send_ms)
+        ingest.handle(outgoing.topic, outgoing.payload, outgoing.send_ms)
+    ingest.finish()
+    counters = ingest.counters
+    summary = ReplaySummary(
+        lines=counters.messages,
+        batches=counters.batches,
+        readings=counters.readings,
+        deviation_changes=len(out.getvalue().splitlines()),
+        rejected=counters.rejected_payloads + counters.rejected_readings,
+        duplicates=counters.duplicates,
+        late=ingest.engine.counters.late,
+        first_rejections=deadletters.letters[:5],
+    )
     found = _final_deviations(out.getvalue(), scenario)
     matched: list[tuple[Expected, Found]] = []
     missing: list[Expected] = []

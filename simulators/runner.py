@@ -8,6 +8,8 @@ the scenario's seed, so the same scenario gives the same payloads byte for byte.
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,47 +65,56 @@ class _Step:
 
 
 class _SensorFaults:
-    """Stuck, drifting, spiking and dropped-out channels of one device."""
+    """Stuck, drifting, spiking and dropped-out sensors of one device, each (asset, channel)
+    with its own state (a truck's compartments all have a ``temp``)."""
 
     def __init__(self, faults: list[Fault]) -> None:
         self._faults = [f for f in faults if f.kind in {"stuck", "drift", "spikes", "dropout"}]
-        self._stuck_at: dict[str, float] = {}
-        self._count: dict[str, int] = {}
+        self._stuck_at: dict[tuple[str, str], float] = {}
+        self._count: dict[tuple[str, str], int] = {}
 
-    def apply(self, channel: str, hours: float, value: float) -> float | None:
+    def apply(self, asset: str, channel: str, hours: float, value: float) -> float | None:
         """The value the sensor reports, or None when it reports nothing."""
+        key = (asset, channel)
         for fault in self._faults:
-            if fault.channel != channel or not fault.active(hours):
-                if fault.kind == "stuck" and fault.channel == channel:
-                    self._stuck_at.pop(channel, None)
+            if fault.channel != channel or (fault.asset not in (None, asset)):
+                continue
+            if not fault.active(hours):
+                if fault.kind == "stuck":
+                    self._stuck_at.pop(key, None)
                 continue
             if fault.kind == "dropout":
                 return None
             if fault.kind == "stuck":
-                value = self._stuck_at.setdefault(channel, value)
+                value = self._stuck_at.setdefault(key, value)
             elif fault.kind == "drift":
                 value += fault.size * (hours - fault.from_h)
             elif fault.kind == "spikes":
-                self._count[channel] = self._count.get(channel, 0) + 1
-                if self._count[channel] % fault.every == 0:
+                self._count[key] = self._count.get(key, 0) + 1
+                if self._count[key] % fault.every == 0:
                     value += fault.size
         return value
 
 
 class _Gateway:
-    """Batches one device's samples as its gateway does, with its delivery faults."""
+    """Batches one device's samples as its gateway does, with its delivery faults.
 
-    def __init__(self, device: Device, start_ms: int, seq_from: int) -> None:
+    ``sequence`` is shared by every device on the same gateway id, so their batches never
+    share a number. A batch is stamped when it is actually sent (after an outage, late), on
+    the gateway's clock (with its skew); nothing held by a fault is ever dropped.
+    """
+
+    def __init__(self, device: Device, start_ms: int, sequence: Iterator[int]) -> None:
         self.device = device
         self.start_ms = start_ms
-        self.seq = seq_from
+        self.sequence = sequence
         self.faults = device.faults
         skews = [f.size for f in device.faults if f.kind == "clock_skew"]
         self.skew_ms = round(sum(skews) * 1000)
         self._readings: list[Reading] = []
         self._events: list[Event] = []
-        self._held: list[bytes] = []
-        self._swap: bytes | None = None
+        self._held: list[tuple[list[Reading], list[Event]]] = []
+        self._swap: Outgoing | None = None
         self._count = 0
 
     def ms(self, hours: float) -> int:
@@ -116,43 +127,55 @@ class _Gateway:
         self._readings.extend(Reading(a, c, v, u, stamp) for a, c, v, u in step.readings)
         self._events.extend(step.events)
 
-    def flush(self, hours: float, order: int) -> list[Outgoing]:
-        """Send what was gathered, as one batch (faults permitting)."""
-        if not self._readings and not self._events:
+    def flush(self, hours: float, order: int, final: bool = False) -> list[Outgoing]:
+        """Send what was gathered as one batch, faults permitting; ``final`` sends everything
+        still held (an outage or a reorder still going on when the scenario ends)."""
+        gathered = (self._readings, self._events)
+        self._readings, self._events = [], []
+        outage = any(f.kind == "outage_burst" and f.active(hours) for f in self.faults)
+        if gathered[0] or gathered[1]:
+            self._held.append(gathered)
+        if outage and not final:
             return []
+        out: list[Outgoing] = []
+        for readings, events in self._held:  # the backlog first, in order, stamped now
+            out.extend(self._send(readings, events, hours, order))
+        self._held = []
+        reordering = any(f.kind == "reorder" and f.active(hours) for f in self.faults)
+        if not reordering or final:
+            if self._swap is not None:
+                out.insert(0, self._swap)
+                self._swap = None
+            return out
+        arranged: list[Outgoing] = []
+        for outgoing in out:
+            if self._swap is None:
+                self._swap = outgoing
+            else:
+                arranged.extend([outgoing, self._swap])  # the later one overtakes
+                self._swap = None
+        return arranged
+
+    def _send(
+        self, readings: list[Reading], events: list[Event], hours: float, order: int
+    ) -> list[Outgoing]:
+        sent_at = self.ms(hours)
         batch = Batch(
             v=1,
             site=self.device.site,
             gateway=self.device.gateway,
-            seq=self.seq,
-            sent_at=self.ms(hours),
-            readings=self._readings,
-            events=self._events,
+            seq=next(self.sequence),
+            sent_at=sent_at,
+            readings=readings,
+            events=events,
         )
-        self.seq += 1
-        self._readings, self._events = [], []
         payload = encode_batch(batch)
         self._count += 1
         for fault in self.faults:
             if fault.kind == "malformed" and fault.active(hours) and self._count % fault.every == 0:
                 payload = payload[: len(payload) // 2]
-        send_ms = self.ms(hours) - self.skew_ms  # sent on time, whatever its clock says
-        outage = next(
-            (f for f in self.faults if f.kind == "outage_burst" and f.active(hours)), None
-        )
-        if outage is not None:
-            self._held.append(payload)
-            return []
-        out = [Outgoing(send_ms, order, held) for held in self._held]
-        self._held = []
-        if any(f.kind == "reorder" and f.active(hours) for f in self.faults):
-            if self._swap is None:
-                self._swap = payload
-                return out
-            payload, previous = self._swap, payload
-            self._swap = None
-            out.append(Outgoing(send_ms, order, previous))
-        out.append(Outgoing(send_ms, order, payload))
+        send_ms = sent_at - self.skew_ms  # sent on time, whatever its clock says
+        out = [Outgoing(send_ms, order, payload)]
         for fault in self.faults:
             if (
                 fault.kind == "duplicates"
@@ -163,20 +186,25 @@ class _Gateway:
         return out
 
 
-def simulate(scenario: Scenario) -> Iterator[bytes]:
+def simulate(scenario: Scenario, seq_base: int | None = None) -> Iterator[bytes]:
     """Every payload of the scenario, in the order the stream receives them."""
-    for outgoing in simulate_timed(scenario):
+    for outgoing in simulate_timed(scenario, seq_base):
         yield outgoing.payload
 
 
-def simulate_timed(scenario: Scenario) -> Iterator[Outgoing]:
-    """Every payload with its topic and send time, in the order the stream receives them."""
+def simulate_timed(scenario: Scenario, seq_base: int | None = None) -> Iterator[Outgoing]:
+    """Every payload with its topic and send time, in the order the stream receives them.
+
+    Sequence numbers start at ``seq_base`` (the scenario's start in ms unless given: publishing
+    to a running stream again wants a fresh base, e.g. the wall clock, or it is all duplicates).
+    """
     start_ms = int(scenario.start.timestamp() * 1000)
     tank_temps: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    sequences: dict[tuple[str, str], Iterator[int]] = {}
     streams: list[list[Outgoing]] = []
     devices = sorted(scenario.devices, key=lambda d: 0 if isinstance(d, FarmTankDevice) else 1)
     for number, device in enumerate(devices):
-        rng = random.Random(f"{scenario.seed}/{device.gateway}")
+        rng = random.Random(f"{scenario.seed}/{device.gateway}/{number}")
         if isinstance(device, FarmTankDevice):
             steps = _tank(device, scenario, rng, tank_temps)
         elif isinstance(device, TruckDevice):
@@ -189,14 +217,32 @@ def simulate_timed(scenario: Scenario) -> Iterator[Outgoing]:
             steps = _room(device, scenario, rng)
         else:
             steps = _cans(device, scenario, rng)
-        streams.append(_batched(device, steps, start_ms, number, scenario.duration_h))
+        sequence = sequences.setdefault(
+            (device.site, device.gateway), itertools.count(seq_base or start_ms)
+        )
+        streams.append(
+            _batched(
+                device,
+                steps,
+                start_ms=start_ms,
+                order=number,
+                duration_h=scenario.duration_h,
+                sequence=sequence,
+            )
+        )
     yield from heapq.merge(*streams)
 
 
 def _batched(
-    device: Device, steps: Iterator[_Step], start_ms: int, order: int, duration_h: float
+    device: Device,
+    steps: Iterator[_Step],
+    *,
+    start_ms: int,
+    order: int,
+    duration_h: float,
+    sequence: Iterator[int],
 ) -> list[Outgoing]:
-    gateway = _Gateway(device, start_ms, seq_from=start_ms)
+    gateway = _Gateway(device, start_ms, sequence)
     sensors = _SensorFaults(device.faults)
     out: list[Outgoing] = []
     next_flush = device.batch_s / 3600
@@ -206,14 +252,24 @@ def _batched(
             next_flush += device.batch_s / 3600
         kept: list[tuple[str, str, float, Unit]] = []
         for asset, channel, value, unit in step.readings:
-            reported = sensors.apply(channel, step.hours, value)
+            reported = sensors.apply(asset, channel, step.hours, value)
             if reported is not None:
                 kept.append((asset, channel, round(reported, 3), unit))
         gateway.add(_Step(step.hours, kept, step.events))
-    out.extend(gateway.flush(duration_h, order))
+    out.extend(gateway.flush(duration_h, order, final=True))
     out.sort()
     topic = batch_topic(device.site, device.gateway)
     return [Outgoing(o.send_ms, o.order, o.payload, topic) for o in out]
+
+
+def _tick(hours: float, dt_s: float) -> int:
+    return round(hours * 3600 / dt_s)
+
+
+def _at(hours: float, at_h: float, dt_s: float) -> bool:
+    """True on the one tick at which something scheduled for ``at_h`` happens (integer tick
+    indices: a float window can hold two ticks and fire twice)."""
+    return _tick(hours, dt_s) == math.ceil(at_h * 3600 / dt_s - 1e-9)
 
 
 def _ticks(sample_s: float, duration_h: float) -> Iterator[float]:
@@ -254,9 +310,9 @@ def _tank(
         stamp = _Stamp(scenario, device.faults)
         for start in device.milkings_h:
             end = start + device.milking_duration_h
-            if start <= hours < start + dt / 3600:
+            if _at(hours, start, dt):
                 events.append(MilkingStart(asset=device.asset, ts=stamp(start)))
-            if end <= hours < end + dt / 3600:
+            if _at(hours, end, dt):
                 events.append(MilkingEnd(asset=device.asset, ts=stamp(end)))
         tank.milking = any(s <= hours < s + device.milking_duration_h for s in device.milkings_h)
         if pickups and pickups[0] <= hours:
@@ -306,7 +362,7 @@ def _truck(
     for hours in _ticks(dt, scenario.duration_h):
         events: list[Event] = []
         for number, stop in enumerate(device.pickups):
-            if stop.at_h <= hours < stop.at_h + dt / 3600:
+            if _at(hours, stop.at_h, dt):
                 name = stop.compartment or device.compartments[0]
                 comp = comps[name]
                 milk_c = _temp_at(temps.get((stop.source_site, stop.source_asset), []), hours)
@@ -326,7 +382,7 @@ def _truck(
                     )
                 )
         delivery = device.delivery_h
-        if delivery is not None and delivery <= hours < delivery + dt / 3600:
+        if delivery is not None and _at(hours, delivery, dt):
             for name in device.compartments:
                 if volumes[name] > 0:
                     events.append(
@@ -373,7 +429,7 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
     for hours in _ticks(dt, scenario.duration_h):
         events: list[Event] = []
         for product in device.products:
-            if product.at_h <= hours < product.at_h + dt / 3600:
+            if _at(hours, product.at_h, dt):
                 events.append(
                     ProductChange(
                         asset=device.asset,
@@ -384,9 +440,9 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
                 )
         cleaning = False
         for begin, end in device.cleaning_h:
-            if begin <= hours < begin + dt / 3600:
+            if _at(hours, begin, dt):
                 events.append(CipStart(asset=device.asset, ts=stamp(begin), program="alkaline"))
-            if end <= hours < end + dt / 3600:
+            if _at(hours, end, dt):
                 events.append(CipEnd(asset=device.asset, ts=stamp(end)))
             cleaning = cleaning or begin <= hours < end
         dip = _device_fault(device, "heater_dip", hours)

@@ -56,6 +56,7 @@ class Fault(_Strict):
     from_h: float = Field(default=0.0, ge=0)
     to_h: float | None = Field(default=None, ge=0)
     channel: PlanId | None = None
+    asset: PlanId | None = Field(default=None, description="Sensor faults: only this asset.")
     size: float = 0.0
     every: int = Field(default=10, ge=2)
 

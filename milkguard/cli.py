@@ -273,6 +273,9 @@ def _simulate_to_broker(scenario: Any, where: str, speed: float) -> int:
         result = publish_paced(connection, messages, speed=speed, progress=lambda _: advance(1))
     connection.close()
     Console().print(f"published {result.messages:,} batches in {result.elapsed_s:.1f} s")
+    if result.unacknowledged:
+        Console(stderr=True).print(f"[red]{result.unacknowledged:,} batches not acknowledged[/]")
+        return 1
     return 0
 
 

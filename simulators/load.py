@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Batch, Reading, batch_topic, encode_batch
+from milkguard.errors import ConfigError
 
 T_START = 1_795_341_600_000
 
@@ -40,7 +41,8 @@ class LoadResult:
     readings: int
     elapsed_s: float
     target_per_s: float
-    behind_s: float  # how far the last message went out after it was due
+    behind_s: float  # the most any message went out after it was due
+    unacknowledged: int = 0  # messages the broker never acknowledged
 
     @property
     def achieved_per_s(self) -> float:
@@ -52,11 +54,16 @@ class LoadResult:
         """True when the last message went out (and was acknowledged) no later than 5 % of the
         schedule's length, plus 0.1 s, after it was due."""
         scheduled_s = self.readings / self.target_per_s if self.target_per_s > 0 else 0.0
-        return self.behind_s <= 0.05 * scheduled_s + 0.1
+        return not self.unacknowledged and self.behind_s <= 0.05 * scheduled_s + 0.1
 
     def lines(self) -> list[str]:
         """The figures as printed."""
-        verdict = "kept up" if self.kept_up else f"FELL BEHIND by {self.behind_s:.1f} s"
+        if self.unacknowledged:
+            verdict = f"FAILED: {self.unacknowledged:,} batches never acknowledged"
+        elif self.kept_up:
+            verdict = "kept up"
+        else:
+            verdict = f"FELL BEHIND, by up to {self.behind_s:.1f} s"
         return [
             f"published: {self.messages:,} batches, {self.readings:,} readings "
             f"in {self.elapsed_s:.2f} s",
@@ -70,9 +77,16 @@ def prepare(
 ) -> list[Message]:
     """``gateways`` gateways of ``channels`` channels sampled at ``rate_hz`` for ``seconds``,
     each sending one batch per ``batch_s``; in the order they are due."""
+    per_batch = round(rate_hz * batch_s)
+    if per_batch < 1 or per_batch != rate_hz * batch_s:
+        raise ConfigError(
+            f"--rate-hz {rate_hz:g} does not give a whole number of samples per {batch_s:g} s "
+            "batch; use a rate that does (e.g. 1, 2, 10, 20)"
+        )
+    if seconds < batch_s:
+        raise ConfigError(f"--seconds {seconds:g} is shorter than one {batch_s:g} s batch")
     rng = random.Random(7)
     messages: list[Message] = []
-    per_batch = max(1, round(rate_hz * batch_s))
     seq = 1
     windows = int(seconds / batch_s)
     for window in range(windows):
@@ -111,7 +125,7 @@ def prepare(
 
 def publish_paced(
     connection: mqtt_connect.Connection,
-    messages: Iterable[Message],
+    messages: Sequence[Message],
     *,
     speed: float = 1.0,
     window: int = 100,
@@ -130,16 +144,20 @@ def publish_paced(
         wait = due - (time.perf_counter() - started)
         if wait > 0:
             time.sleep(wait)
-        elif wait < -1.0 and not warned:
+        behind = max(behind, -wait)
+        if wait < -1.0 and not warned:
             warned = True
             log.warning("load.behind", extra={"behind_s": round(-wait, 2), "sent": sent})
-        connection.acks.wait_below(window)
+        if not connection.acks.wait_below(window, timeout_s=30.0):
+            break  # the broker stopped acknowledging: reported below, not waited on forever
         connection.publish(message.topic, message.payload)
         sent += 1
         readings += message.readings
         progress(message.readings)
-    connection.wait_acknowledged(60.0)
+    acknowledged = connection.wait_acknowledged(30.0)
     elapsed = time.perf_counter() - started
-    behind = max(0.0, elapsed - last_due)
+    behind = max(behind, elapsed - last_due)
     target = readings / last_due if last_due > 0 else 0.0
-    return LoadResult(sent, readings, elapsed, target, behind)
+    unacked = 0 if acknowledged else max(1, len(connection.acks))
+    unacked += len(messages) - sent
+    return LoadResult(sent, readings, elapsed, target, behind, unacked)

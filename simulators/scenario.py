@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from milkguard.errors import ScenarioError
 from stream.plan import PlanId
@@ -206,6 +206,71 @@ class Scenario(_Strict):
     devices: list[Device] = Field(min_length=1)
     expect: list[Expected] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        problems: list[str] = []
+        tanks = {(d.site, d.asset) for d in self.devices if isinstance(d, FarmTankDevice)}
+        for number, device in enumerate(self.devices):
+            where = f"devices[{number}] ({device.gateway})"
+            channels = _CHANNELS[device.kind]
+            for fault in device.faults:
+                if fault.to_h is not None and fault.to_h < fault.from_h:
+                    problems.append(f"{where}: fault {fault.kind} ends (to_h) before it starts")
+                if fault.kind in _SENSOR_FAULTS and fault.channel not in channels:
+                    problems.append(
+                        f"{where}: sensor fault {fault.kind} names channel {fault.channel!r}; "
+                        f"this device has {', '.join(sorted(channels))}"
+                    )
+                if (
+                    fault.kind in _DEVICE_FAULTS
+                    and fault.kind not in _DEVICE_FAULTS_OF[device.kind]
+                ):
+                    problems.append(f"{where}: a {device.kind} cannot have a {fault.kind}")
+            if isinstance(device, TruckDevice):
+                for stop in device.pickups:
+                    if stop.compartment not in (None, *device.compartments):
+                        problems.append(
+                            f"{where}: pickup at {stop.at_h} h into {stop.compartment!r}, "
+                            f"not one of its compartments {device.compartments}"
+                        )
+                    if (stop.source_site, stop.source_asset) not in tanks:
+                        problems.append(
+                            f"{where}: pickup at {stop.at_h} h from {stop.source_site}/"
+                            f"{stop.source_asset}, which is no farm_tank of this scenario"
+                        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+_SENSOR_FAULTS = {"stuck", "drift", "spikes", "dropout"}
+_DEVICE_FAULTS = {
+    "compressor_failure",
+    "hatch_open",
+    "refrigeration_failure",
+    "valve_stuck_forward",
+    "flow_surge",
+    "heater_dip",
+    "dehumidifier_failure",
+    "flush_failure",
+}
+_DEVICE_FAULTS_OF = {
+    "farm_tank": {"compressor_failure"},
+    "truck": {"hatch_open", "refrigeration_failure"},
+    "htst": {"valve_stuck_forward", "flow_surge", "heater_dip"},
+    "uht": {"heater_dip"},
+    "room": {"refrigeration_failure", "dehumidifier_failure"},
+    "can_line": {"flush_failure"},
+}
+_CHANNELS = {
+    "farm_tank": {"milk_temp", "volume", "agitator"},
+    "truck": {"temp", "lat", "lon"},
+    "htst": {"hold_temp", "recorder_temp", "flow", "fdd_forward"},
+    "uht": {"outlet_temp", "flow"},
+    "room": {"temp", "rh"},
+    "can_line": {"o2"},
+}
+
 
 def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     """A validated scenario and the path of its plan; errors name the file and field."""
@@ -219,8 +284,13 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        ]
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            for problem in error["msg"].removeprefix("Value error, ").split("; "):
+                problems.append(f"{where}: {problem}" if where else problem)
         raise ScenarioError(str(path), problems) from exc
-    return scenario, path.parent / scenario.plan
+    plan = path.parent / scenario.plan
+    if not plan.exists():
+        raise ScenarioError(str(path), [f"plan: no file {plan} (relative to the scenario)"])
+    return scenario, plan

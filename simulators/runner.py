@@ -45,6 +45,20 @@ from simulators.scenario import (
 HEEL_L = 50.0  # what stays in a tank after a pickup
 
 
+class _Handovers(dict[tuple[str, str], list[tuple[float, float]]]):
+    """Volumes tanks handed to trucks: (hours, litres) per tank, filled as tanks are simulated."""
+
+    def __missing__(self, key: tuple[str, str]) -> list[tuple[float, float]]:
+        value: list[tuple[float, float]] = []
+        self[key] = value
+        return value
+
+    def at(self, tank: tuple[str, str], at_h: float) -> float:
+        """The litres a tank handed over at its first pickup at or after ``at_h``."""
+        later = [litres for hours, litres in self[tank] if hours >= at_h - 1e-9]
+        return later[0] if later else 0.0
+
+
 @dataclass(order=True, frozen=True)
 class Outgoing:
     """One payload and when the gateway sends it (ms since the epoch)."""
@@ -200,15 +214,16 @@ def simulate_timed(scenario: Scenario, seq_base: int | None = None) -> Iterator[
     """
     start_ms = int(scenario.start.timestamp() * 1000)
     tank_temps: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    handed = _Handovers()
     sequences: dict[tuple[str, str], Iterator[int]] = {}
     streams: list[list[Outgoing]] = []
     devices = sorted(scenario.devices, key=lambda d: 0 if isinstance(d, FarmTankDevice) else 1)
     for number, device in enumerate(devices):
         rng = random.Random(f"{scenario.seed}/{device.gateway}/{number}")
         if isinstance(device, FarmTankDevice):
-            steps = _tank(device, scenario, rng, tank_temps)
+            steps = _tank(device, scenario, rng, tank_temps, handed)
         elif isinstance(device, TruckDevice):
-            steps = _truck(device, scenario, rng, tank_temps)
+            steps = _truck(device, scenario, rng, tank_temps, handed)
         elif isinstance(device, HtstDevice):
             steps = _htst(device, scenario, rng)
         elif isinstance(device, UhtDevice):
@@ -287,6 +302,7 @@ def _tank(
     scenario: Scenario,
     rng: random.Random,
     temps: dict[tuple[str, str], list[tuple[float, float]]],
+    handed: _Handovers,
 ) -> Iterator[_Step]:
     tank = FarmBulkTank(
         site=device.site,
@@ -317,6 +333,8 @@ def _tank(
         tank.milking = any(s <= hours < s + device.milking_duration_h for s in device.milkings_h)
         if pickups and pickups[0] <= hours:
             pickups.pop(0)
+            # what the truck takes is what the tank held above its heel: the books balance
+            handed[(device.site, device.asset)].append((hours, tank.volume_l - HEEL_L))
             tank.volume_l = HEEL_L
         failed = _device_fault(device, "compressor_failure", hours) is not None
         tank.cooling_kw = 0.0 if failed else cooling_kw
@@ -350,12 +368,14 @@ def _truck(
     scenario: Scenario,
     rng: random.Random,
     temps: dict[tuple[str, str], list[tuple[float, float]]],
+    handed: _Handovers,
 ) -> Iterator[_Step]:
     comps = {
         name: TruckCompartment(asset=name, temp_c=device.start_c, ambient_c=device.ambient_c)
         for name in device.compartments
     }
     volumes = dict.fromkeys(device.compartments, 0.0)
+    loads: dict[str, str] = {}  # compartment -> the load id of its first pickup
     refrigeration = next(iter(comps.values())).refrigeration_per_s
     stamp = _Stamp(scenario, device.faults)
     dt = device.sample_s
@@ -365,18 +385,21 @@ def _truck(
             if _at(hours, stop.at_h, dt):
                 name = stop.compartment or device.compartments[0]
                 comp = comps[name]
-                milk_c = _temp_at(temps.get((stop.source_site, stop.source_asset), []), hours)
-                comp.temp_c = (comp.temp_c * volumes[name] + milk_c * stop.volume_l) / (
-                    volumes[name] + stop.volume_l
+                source = (stop.source_site, stop.source_asset)
+                milk_c = _temp_at(temps.get(source, []), hours)
+                volume = stop.volume_l or handed.at(source, stop.at_h)
+                comp.temp_c = (comp.temp_c * volumes[name] + milk_c * volume) / (
+                    volumes[name] + volume
                 )
-                volumes[name] += stop.volume_l
+                volumes[name] += volume
+                load_id = loads.setdefault(name, f"load-{number}")
                 events.append(
                     Pickup(
                         asset=device.truck or device.gateway,
                         ts=stamp(stop.at_h),
-                        load_id=f"load-{number}",
+                        load_id=load_id,
                         compartment=name,
-                        volume_l=stop.volume_l,
+                        volume_l=volume,
                         source_site=stop.source_site,
                         source_asset=stop.source_asset,
                     )
@@ -389,7 +412,7 @@ def _truck(
                         Delivery(
                             asset=device.truck or device.gateway,
                             ts=stamp(delivery),
-                            load_id="load-0",
+                            load_id=loads.pop(name, "load-0"),
                             compartment=name,
                             volume_l=volumes[name],
                             destination_site=device.destination_site,

@@ -95,7 +95,9 @@ class PickupSpec(_Strict):
     source_site: PlanId
     source_asset: PlanId
     compartment: PlanId | None = None
-    volume_l: float = Field(default=2500.0, gt=0)
+    volume_l: float | None = Field(
+        default=None, gt=0, description="Default: all the tank holds above its heel."
+    )
 
 
 class TruckDevice(_Device):

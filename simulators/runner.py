@@ -472,7 +472,7 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
         line.setpoint_c = 80.0 if cleaning else device.setpoint_c - (dip.size if dip else 0.0)
         line.valve_stuck_forward = _device_fault(device, "valve_stuck_forward", hours) is not None
         surge = _device_fault(device, "flow_surge", hours)
-        flow = device.flow_l_h + (surge.size if surge else 0.0)
+        line.flow_l_h = device.flow_l_h + (surge.size if surge else 0.0)
         line.step(dt)
         forward = line.forward and not cleaning
         hold = line.hold_temp_c + rng.gauss(0, 0.03)
@@ -481,7 +481,7 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
             [
                 (device.asset, "hold_temp", hold, "degC"),
                 (device.asset, "recorder_temp", hold + line.recorder_offset_c, "degC"),
-                (device.asset, "flow", flow + rng.gauss(0, 15), "L/h"),
+                (device.asset, "flow", line.flow_l_h + rng.gauss(0, 15), "L/h"),
                 (device.asset, "fdd_forward", 1.0 if forward else 0.0, "state"),
             ],
             events,

@@ -73,11 +73,16 @@ class _Device(_Strict):
     faults: list[Fault] = Field(default_factory=list)
 
 
-class FarmTankDevice(_Device):
+class _OneAsset(_Device):
+    """A device that is one asset of the plan."""
+
+    asset: PlanId
+
+
+class FarmTankDevice(_OneAsset):
     """A farm bulk tank: milkings at the given hours add warm milk; trucks empty it."""
 
     kind: Literal["farm_tank"]
-    asset: PlanId
     sample_s: float = 60.0
     batch_s: float = 300.0
     start_c: float = 3.8
@@ -127,11 +132,10 @@ class ProductSpec(_Strict):
     fat_pct: float = Field(ge=0, le=100)
 
 
-class HtstDevice(_Device):
+class HtstDevice(_OneAsset):
     """An HTST pasteurizer: heater, timing pump, diversion valve, product changes, cleaning."""
 
     kind: Literal["htst"]
-    asset: PlanId
     sample_s: float = 1.0
     batch_s: float = 5.0
     setpoint_c: float = 72.8
@@ -140,24 +144,22 @@ class HtstDevice(_Device):
     cleaning_h: list[tuple[float, float]] = Field(default_factory=list)
 
 
-class UhtDevice(_Device):
+class UhtDevice(_OneAsset):
     """A UHT line's holding-tube outlet and flow (``heater_dip`` lowers the outlet)."""
 
     kind: Literal["uht"]
-    asset: PlanId
     sample_s: float = 1.0
     batch_s: float = 5.0
     setpoint_c: float = 138.0
     flow_l_h: float = 6_000.0
 
 
-class RoomDevice(_Device):
+class RoomDevice(_OneAsset):
     """A room or store held at a temperature (and humidity, if ``rh``): a powder filling room,
     a cold store, a receiving silo. ``refrigeration_failure`` lets the temperature drift to
     ``ambient_c``; ``dehumidifier_failure`` lets the humidity drift to ``ambient_rh``."""
 
     kind: Literal["room"]
-    asset: PlanId
     sample_s: float = 30.0
     batch_s: float = 60.0
     temp_c: float = 22.0
@@ -167,12 +169,11 @@ class RoomDevice(_Device):
     time_constant_h: float = Field(default=0.5, gt=0)
 
 
-class CanLineDevice(_Device):
+class CanLineDevice(_OneAsset):
     """A can line's headspace analyser: one residual-oxygen reading per can
     (``flush_failure``: the nitrogen flush stops working)."""
 
     kind: Literal["can_line"]
-    asset: PlanId
     sample_s: float = 2.0
     batch_s: float = 30.0
     oxygen_pct: float = 1.2

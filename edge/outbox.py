@@ -7,10 +7,14 @@ same number and the stream drops the copy. Batches are handed out oldest first a
 when the broker has acknowledged them. Strict order matters: live data sent ahead of a backlog
 would make the backlog too late for the stream to judge at its timestamps.
 
+The agent seals only when it can send: a batch's ``sent_at`` is then the moment it left, which
+is what the stream's clock-offset estimate needs, and a backlog goes out in full-size batches.
+
 The outbox is bounded by ``max_bytes``. Past ``warn_fraction`` of it, ``nearly_full`` turns
 true so the agent can alert before anything is lost. When full, the policy decides:
-``drop_oldest`` keeps sampling and drops the oldest unsent batches (counted), ``refuse_new``
-keeps what is stored and refuses new readings (counted). Either way nothing goes silently.
+``drop_oldest`` keeps sampling and drops the oldest unsent samples, sealed batches first
+(counted), ``refuse_new`` keeps what is stored and refuses new readings (counted). Either way
+nothing goes silently.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Literal
 
 import msgspec
 
-from milkguard.contract.v1 import Batch, Event, Reading, encode_batch
+from milkguard.contract.v1 import Batch, ClockState, Event, Reading, encode_batch
 
 FullPolicy = Literal["drop_oldest", "refuse_new"]
 
@@ -99,6 +103,8 @@ class Outbox:
         )
         # kept up to date by every change, so no write has to scan the queue to know its size
         self._bytes = self._measure()
+        (pending,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()
+        self._pending = int(pending)
 
     def close(self) -> None:
         """Close the database (everything committed is already durable)."""
@@ -120,10 +126,13 @@ class Outbox:
             with self._transaction():
                 self._db.executemany("INSERT INTO pending (kind, body) VALUES (?, ?)", rows)
             self._bytes += sum(len(body) for _, body in rows)
+            self._pending += len(rows)
             self.counters.added += len(readings)
         return True
 
-    def seal(self, sent_at: int, max_readings: int = 1000) -> Sealed | None:
+    def seal(
+        self, sent_at: int, max_readings: int = 1000, clock: ClockState | None = None
+    ) -> Sealed | None:
         """Move up to ``max_readings`` pending samples into the next numbered batch."""
         with self._lock, self._transaction():
             rows = self._db.execute(
@@ -143,6 +152,7 @@ class Outbox:
                     sent_at=sent_at,
                     readings=readings,
                     events=events,
+                    clock=clock,
                 )
             )
             self._db.execute(
@@ -152,6 +162,7 @@ class Outbox:
             self._db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             self._bytes += len(payload) - sum(len(body) for _, _, body in rows)
+            self._pending -= len(rows)
             self.counters.sealed += 1
         return Sealed(seq, payload, len(readings))
 
@@ -166,11 +177,17 @@ class Outbox:
             ).fetchall()
         return [Sealed(seq, bytes(payload), n) for seq, payload, n in rows]
 
-    def acknowledged(self, seq: int) -> None:
-        """The broker has the batch: forget it."""
+    def acknowledged(self, *seqs: int) -> None:
+        """The broker has these batches: forget them.
+
+        Several in one transaction: one fsync per batch would cap a drain at a few hundred
+        batches a second. A crash before the commit only means the stream sees them again,
+        under the same numbers, and drops the copies.
+        """
         with self._lock, self._transaction():
-            self._bytes -= self._delete_batch(seq)
-            self.counters.acknowledged += 1
+            for seq in seqs:
+                self._bytes -= self._delete_batch(seq)
+            self.counters.acknowledged += len(seqs)
 
     # ------------------------------------------------------------------------------ size
 
@@ -179,6 +196,12 @@ class Outbox:
         """Bytes of stored samples and batches (the WAL is checkpointed into this)."""
         with self._lock:
             return self._bytes
+
+    @property
+    def pending(self) -> int:
+        """Samples (readings and events) stored and not yet sealed."""
+        with self._lock:
+            return self._pending
 
     @property
     def nearly_full(self) -> bool:
@@ -217,11 +240,27 @@ class Outbox:
             oldest = self._db.execute(
                 "SELECT seq, readings FROM batches ORDER BY seq LIMIT 1"
             ).fetchone()
-            if oldest is None:
-                return False  # nothing sealed to drop: the pending samples alone fill it
-            with self._transaction():
-                self._bytes -= self._delete_batch(oldest[0])
-            self.counters.dropped_readings += int(oldest[1])
+            if oldest is not None:
+                with self._transaction():
+                    self._bytes -= self._delete_batch(oldest[0])
+                self.counters.dropped_readings += int(oldest[1])
+            elif not self._drop_oldest_pending_locked():
+                return False
+        return True
+
+    def _drop_oldest_pending_locked(self) -> bool:
+        """Drop the oldest unsealed samples (a hundredth of them, at least one); False if none."""
+        count = max(1, self._pending // 100)
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT id, kind, LENGTH(body) FROM pending ORDER BY id LIMIT ?", (count,)
+            ).fetchall()
+            if not rows:
+                return False
+            self._db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
+        self._bytes -= sum(size for _, _, size in rows)
+        self._pending -= len(rows)
+        self.counters.dropped_readings += sum(1 for _, kind, _ in rows if kind == "r")
         return True
 
     def _transaction(self) -> _Transaction:

@@ -119,3 +119,32 @@ def test_refuse_new_keeps_what_is_stored_and_counts_what_it_refused(tmp_path: Pa
     assert accepted[-1] is False
     assert box.counters.refused_readings > 0
     assert box.nearly_full
+
+
+def test_when_full_and_nothing_is_sealed_the_oldest_samples_go_first(tmp_path: Path) -> None:
+    # offline, the agent does not seal: the policy must still make room, not refuse everything
+    box = outbox(tmp_path, max_bytes=3_000)
+    for start in range(0, 400, 10):
+        assert box.add([reading(i) for i in range(start, start + 10)])
+
+    assert box.counters.dropped_readings > 0
+    assert box.size_bytes <= 3_000 + 1_000  # bounded (one add of slack)
+    kept = box.seal(sent_at=T0, max_readings=10_000)
+    assert kept is not None
+    timestamps = [r.ts for r in decode_batch(kept.payload).readings]
+    assert timestamps[-1] == T0 + 399_000
+    assert timestamps == sorted(timestamps)
+    assert len(timestamps) + box.counters.dropped_readings == 400
+
+
+def test_acknowledging_several_batches_forgets_them_together(tmp_path: Path) -> None:
+    box = outbox(tmp_path)
+    for i in range(4):
+        box.add([reading(i)])
+        box.seal(sent_at=T0)
+    assert box.pending == 0
+
+    box.acknowledged(1, 2, 4)
+
+    assert [s.seq for s in box.unsent()] == [3]
+    assert box.counters.acknowledged == 3

@@ -85,7 +85,23 @@ class InfluxSettings(BaseModel):
         return self.url is not None
 
 
-class Settings(BaseSettings):
+class EnvOverFileSettings(BaseSettings):
+    """Settings read from a file (passed as init values) where the environment wins."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment wins over the file, which comes in as init values."""
+        return env_settings, init_settings
+
+
+class Settings(EnvOverFileSettings):
     """Everything ``milkguard run`` can be told."""
 
     model_config = SettingsConfigDict(
@@ -100,21 +116,33 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment wins over the file, which comes in as init values."""
-        return env_settings, init_settings
-
     def redacted(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets shown as ``**********``."""
         return self.model_dump(mode="json")
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """A YAML settings file as a mapping, or a :class:`ConfigError` that names the file."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"settings file {path} must be a YAML mapping")
+    return loaded or {}
+
+
+def describe_problems(exc: ValidationError) -> str:
+    """One line per problem, each naming its field as a path: ``sources[2].channels[0].unit``."""
+    lines = []
+    for err in exc.errors():
+        where = ""
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+        lines.append(f"  - {where or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -122,26 +150,14 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
 
     ``overrides`` (command-line flags, already typed) win over both.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"settings file {path} must be a YAML mapping")
-        data = loaded or {}
+    data = read_settings_file(path) if path is not None else {}
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         source = str(path) if path is not None else "environment"
-        problems = "\n".join(
-            f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
         raise ConfigError(
-            f"settings from {source} (and MILKGUARD_* variables) are invalid:\n{problems}"
+            f"settings from {source} (and MILKGUARD_* variables) are invalid:\n"
+            f"{describe_problems(exc)}"
         ) from exc
     # flags are typed by the command line parser already; they win over file and environment
     return settings.model_copy(update=overrides) if overrides else settings

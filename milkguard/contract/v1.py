@@ -190,6 +190,20 @@ EVENT_TYPES: Final = (
 )
 
 
+class ClockState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A gateway's own view of its clock, from its time service (NTP via the kernel or chrony).
+
+    The stream estimates each gateway's offset from when batches arrive; this is the gateway's
+    side of the story, so a plant can tell "the clock was never synchronised" from "the link
+    was slow".
+    """
+
+    synced: bool | None = None
+    offset_ms: float | None = None
+    error_ms: float | None = None
+    source: Literal["kernel", "chrony", "command", "none"] = "none"
+
+
 class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What one gateway publishes in one MQTT message."""
 
@@ -209,6 +223,37 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sent_at: EpochMs
     readings: Annotated[list[Reading], msgspec.Meta(max_length=50_000)] = []
     events: Annotated[list[Event], msgspec.Meta(max_length=10_000)] = []
+    clock: ClockState | None = None
+
+
+class SourceState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How one of the gateway's sensor sources is doing."""
+
+    ok: bool
+    failures: int = 0
+    error: str | None = None
+
+
+class GatewayStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A gateway's state, retained on its status topic.
+
+    The broker publishes the ``offline`` form as the gateway's last will when the link dies;
+    the gateway publishes ``online`` at every connect and at each heartbeat.
+    """
+
+    v: Literal[1]
+    site: Id
+    gateway: Id
+    state: Literal["online", "offline"]
+    ts: EpochMs
+    clock: ClockState | None = None
+    backlog: int = 0
+    outbox_bytes: int = 0
+    outbox_nearly_full: bool = False
+    dropped_readings: int = 0
+    refused_readings: int = 0
+    alarm: bool = False
+    sources: dict[str, SourceState] = {}
 
 
 _ID_RE: Final = re.compile(ID_PATTERN)
@@ -263,6 +308,19 @@ def decode_batch(payload: bytes | str) -> Batch:
 def encode_batch(batch: Batch) -> bytes:
     """Encode a batch as the compact JSON a gateway sends."""
     return _encoder.encode(batch)
+
+
+_status_decoder: Final = msgspec.json.Decoder(GatewayStatus)
+
+
+def encode_status(status: GatewayStatus) -> bytes:
+    """Encode a gateway status as JSON."""
+    return _encoder.encode(status)
+
+
+def decode_status(payload: bytes | str) -> GatewayStatus:
+    """Decode and validate a gateway status."""
+    return _status_decoder.decode(payload)
 
 
 def json_schema() -> dict[str, object]:

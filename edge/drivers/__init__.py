@@ -1,0 +1,1 @@
+"""Sensor drivers of the edge agent: one module per kind of source."""

@@ -1,6 +1,8 @@
 """The ``milkguard`` command.
 
     milkguard run [--config FILE] [--plan PLAN] [--no-simulators] ...   the stream service
+    milkguard edge run --config EDGE.yaml                               the gateway agent
+    milkguard edge check --config EDGE.yaml                             validate, read once
     milkguard replay --plan PLAN FILE.jsonl|-                          judge recorded payloads
     milkguard bench engine [--assets N] [--seconds S]                   engine throughput
     milkguard plan check PLAN                                           validate a HACCP plan
@@ -59,6 +61,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
     )
+
+    edge = commands.add_parser("edge", help="the edge agent for farm, truck and plant gateways")
+    edge_commands = edge.add_subparsers(dest="edge_command", required=True, metavar="ACTION")
+    edge_run = edge_commands.add_parser(
+        "run",
+        help="sample sensors, store, and publish to the plant's broker",
+        description="Run the edge agent: every source is sampled on its interval, every reading "
+        "is stored on disk before it is sent, and sent in order when the link allows.",
+    )
+    edge_run.add_argument("--config", type=Path, required=True, help="edge config (YAML)")
+    edge_run.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
+    )
+    edge_check = edge_commands.add_parser(
+        "check",
+        help="validate an edge config and read every source once",
+        description="Validate the config and read each source once, showing what each channel "
+        "reads now. Publishes nothing.",
+    )
+    edge_check.add_argument("--config", type=Path, required=True, help="edge config (YAML)")
 
     replay = commands.add_parser(
         "replay",
@@ -131,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
+        "edge": _edge,
         "replay": _replay,
         "simulate": _simulate,
         "load": _load,
@@ -181,6 +204,66 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     service.run(stop, args.duration)
     return 0
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from edge.config import load_edge_config  # noqa: PLC0415 - only what a gateway needs
+    from milkguard import logs  # noqa: PLC0415
+
+    config = load_edge_config(args.config)
+    if args.edge_command == "check":
+        return _edge_check(config)
+    from edge.agent import EdgeAgent  # noqa: PLC0415
+
+    logs.configure(config.log_level, config.log_format)
+    agent = EdgeAgent(config)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    if args.duration is not None:
+        threading.Timer(args.duration, stop.set).start()
+    agent.run(stop)
+    return 0
+
+
+def _edge_check(config: Any) -> int:
+    from edge.agent import make_driver  # noqa: PLC0415
+    from edge.drivers.base import DriverError  # noqa: PLC0415
+
+    table = Table(title=f"{config.site}/{config.gateway}: one read of every source")
+    for column in ("source", "driver", "asset/channel", "value", "local limits"):
+        table.add_column(column)
+    failed = 0
+    for source in config.sources:
+        try:
+            driver = make_driver(source)
+            try:
+                values: list[float | None] = driver.read()
+            finally:
+                driver.close()
+        except DriverError as exc:
+            failed += 1
+            table.add_row(source.name, source.driver, "", f"[red]{exc.problem}[/]", "")
+            continue
+        for channel, value in zip(source.channels, values, strict=True):
+            limits = channel.limits
+            shown = "[yellow]no value[/]" if value is None else f"{value:g} {channel.unit}"
+            if value is not None and limits is not None and limits.breached(value):
+                shown = f"[red]{shown} (alarm)[/]"
+            bounds = "" if limits is None else f"{_bound(limits.low)} .. {_bound(limits.high)}"
+            table.add_row(
+                source.name, source.driver, f"{channel.asset}/{channel.channel}", shown, bounds
+            )
+    Console().print(table)
+    return 1 if failed else 0
+
+
+def _bound(limit: float | None) -> str:
+    return "-" if limit is None else f"{limit:g}"
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -56,3 +57,84 @@ class TopicRecorder:
     def close(self) -> None:
         """Disconnect."""
         self.connection.close()
+
+
+class LinkCutter:
+    """A TCP relay on 127.0.0.1 between a client and a server, whose link can be cut.
+
+    ``cut()`` drops every connection through it and refuses new ones (as a cellular link that
+    dies does, seen from the gateway: resets and failed connects) until ``restore()``.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import socket  # noqa: PLC0415 - only the relay needs it
+
+        self._socket_module = socket
+        self.target_port = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+        self._closed = False
+        self._black = False
+        threading.Thread(target=self._accept, name="link-cutter", daemon=True).start()
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones."""
+        self._up.clear()
+        with self._lock:
+            for sock in self._open:
+                self._shut(sock)
+            self._open.clear()
+
+    def blackhole(self) -> None:
+        """Keep connections open but deliver nothing, either way (a link that silently dies:
+        the client goes on publishing until its keepalive notices)."""
+        self._black = True
+
+    def restore(self) -> None:
+        """Accept and relay connections again."""
+        self._black = False
+        self._up.set()
+
+    def close(self) -> None:
+        """Stop relaying for good."""
+        self._closed = True
+        self.cut()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self._up.is_set():
+                self._shut(client)
+                continue
+            try:
+                server = self._socket_module.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                self._shut(client)
+                continue
+            with self._lock:
+                self._open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                if not self._black:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        self._shut(source)
+        self._shut(sink)
+
+    def _shut(self, sock: Any) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(self._socket_module.SHUT_RDWR)
+        sock.close()

@@ -86,23 +86,132 @@ def _spawn_mosquitto(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def start_mosquitto(directory: Path) -> Mosquitto:
-    """Start Mosquitto on 127.0.0.1 and a free port, anonymous access."""
+def start_mosquitto(
+    directory: Path,
+    *,
+    persistent: bool = False,
+    users: dict[str, str] | None = None,
+    tls: TlsFiles | None = None,
+    require_certificate: bool = False,
+) -> Mosquitto:
+    """Start Mosquitto on 127.0.0.1 and a free port.
+
+    ``persistent`` keeps sessions and queued messages across a stop and start, as a production
+    broker does. ``users`` turns anonymous access off; ``tls`` serves TLS with these files
+    (and ``require_certificate`` asks clients for a certificate signed by the same CA).
+    """
     require_binary("mosquitto", "mosquitto")
     port = free_port()
     config = directory / "mosquitto.conf"
-    config.write_text(
-        "per_listener_settings true\n"
-        "persistence false\n"
-        "log_dest stdout\n"
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "max_queued_messages 100000\n",
-        encoding="utf-8",
-    )
+    lines = ["per_listener_settings true", "log_dest stdout"]
+    if os.geteuid() == 0 and (persistent or users or tls):
+        # as root Mosquitto drops to user 'mosquitto', who cannot read or write the test's
+        # private folder (its store, password file and keys)
+        lines.append("user root")
+    if persistent:
+        store = directory / "mosquitto-store"
+        store.mkdir(exist_ok=True)
+        lines += ["persistence true", f"persistence_location {store}/"]
+    else:
+        lines.append("persistence false")
+    lines += [f"listener {port} 127.0.0.1", "max_queued_messages 100000"]
+    if users:
+        passwords = directory / "mosquitto.passwd"
+        passwords.write_text("", encoding="utf-8")
+        tool = require_binary("mosquitto_passwd", "mosquitto")
+        for user, password in users.items():
+            subprocess.run([tool, "-b", str(passwords), user, password], check=True)
+        lines += ["allow_anonymous false", f"password_file {passwords}"]
+    else:
+        lines.append("allow_anonymous true")
+    if tls is not None:
+        lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}"]
+        if require_certificate:
+            lines += ["require_certificate true", "use_identity_as_username false"]
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     process = _spawn_mosquitto(config)
     wait_for_port(port, process)
     return Mosquitto("127.0.0.1", port, process, config)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost, and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here: a client trusting it must refuse the broker
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate the certificates with openssl (a few hundred ms)."""
+    openssl = require_binary("openssl", "openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=directory)
+
+    for ca in ("ca", "other-ca"):
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=MilkGuard test {ca}",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+        )
+    for name, extensions in (
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        (directory / f"{name}.ext").write_text(extensions + "\n", encoding="utf-8")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
+        )
+    return TlsFiles(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        other_ca=directory / "other-ca.pem",
+    )
 
 
 @dataclass

@@ -208,7 +208,8 @@ class Ingest:
         readings = batch.readings
         changes: list[DeviationChange] = []
         engine = self.engine
-        engine.clock(site, gateway, batch.sent_at, received_ms)
+        reported = batch.clock.synced if batch.clock is not None else None
+        engine.clock(site, gateway, batch.sent_at, received_ms, reported)
         if batch.events:
             engine.submit_events(site, batch.events)
         routed = engine.submit(site, gateway, readings, received_ms)

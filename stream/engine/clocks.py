@@ -4,6 +4,10 @@ A batch carries the gateway's clock (``sent_at``) and the stream knows when it r
 sent_at - received = offset - network delay, never more than the offset. So the largest
 difference over the last batches is the estimate, from the batch that travelled fastest.
 
+The gateway may also say how its own clock is doing (``clock.synced`` in a batch, from its time
+service). A CCP gateway that reports its clock unsynchronised has an unknown offset, whatever
+the arrival times suggest: that is a time-sync fault too, until it reports synchronised again.
+
 A clock set right again is recognized once its old differences leave the window (32 batches): a
 step down cannot be told from batches that travelled slowly (a broker's backlog after the stream
 restarts), and reacting to those would raise a false fault after every restart.
@@ -27,15 +31,17 @@ class DeviceClock:
 
     differences: deque[int] = field(default_factory=lambda: deque(maxlen=WINDOW))
     serves_ccp: bool = False
+    synced: bool | None = None  # the gateway's own latest report (None: it does not report)
 
     @property
     def offset_ms(self) -> int:
         """The estimated offset (device ahead: positive); 0 before any batch."""
         return max(self.differences) if self.differences else 0
 
-    def heard(self, sent_at: int, received_ms: int) -> None:
-        """One batch's clocks."""
+    def heard(self, sent_at: int, received_ms: int, synced: bool | None = None) -> None:
+        """One batch's clocks, and the gateway's report on its own."""
         self.differences.append(sent_at - received_ms)
+        self.synced = synced
 
 
 class TimeSyncMachine(Machine):
@@ -55,7 +61,7 @@ class TimeSyncMachine(Machine):
         offset = clock.offset_ms
         now = Sample(received_ms, offset / 1000, -1, 0.0, received_ms, device, late=False)
         now.offset_ms = offset
-        off = abs(offset) > self.tolerance_ms
+        off = abs(offset) > self.tolerance_ms or clock.synced is False
         if self._open is None:
             if off:
                 limit = AppliedLimit(
@@ -65,7 +71,9 @@ class TimeSyncMachine(Machine):
                     unit="s",
                     source=self.spec.source,
                 )
-                return self._opened(received_ms, now, offset / 1000, limit)
+                change = self._opened(received_ms, now, offset / 1000, limit)
+                change.deviation.clock_synced = clock.synced
+                return change
             return None
         if off:
             if self._open.peak is None or abs(offset / 1000) > abs(self._open.peak):

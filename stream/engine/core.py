@@ -252,6 +252,7 @@ class _Snapshot(msgspec.Struct):
     ages: list[dict[str, Any]]
     transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
+    clock_reports: dict[str, bool] = {}  # older snapshots lack it
 
 
 class Engine:
@@ -598,15 +599,18 @@ class Engine:
         self._incoming.append((rows, ts, values, received_ms, code))
         return left_out
 
-    def clock(self, site: str, device: str, sent_at: int, received_ms: int) -> None:
+    def clock(
+        self, site: str, device: str, sent_at: int, received_ms: int, synced: bool | None = None
+    ) -> None:
         """One batch's clocks: the device's offset is re-estimated, and a CCP device whose clock
-        is off by more than the plan's tolerance is a time-sync fault."""
+        is off by more than the plan's tolerance, or which reports its clock unsynchronised
+        (``synced=False``), is a time-sync fault."""
         clock = self._clocks.get(device)
         if clock is None:
             if len(self._clocks) >= _MAX_LAYOUTS:
                 return
             clock = self._clocks[device] = DeviceClock()
-        clock.heard(sent_at, received_ms)
+        clock.heard(sent_at, received_ms, synced)
         if not clock.serves_ccp:
             return
         change = self._time_sync_of(site, device).judge(clock, received_ms, device)
@@ -1130,6 +1134,7 @@ class Engine:
             joined=[machine.state() for machine in self._joined_machines],
             cooling=[machine.state() for _, machine in self._cooling],
             clocks={d: (list(c.differences), c.serves_ccp) for d, c in self._clocks.items()},
+            clock_reports={d: c.synced for d, c in self._clocks.items() if c.synced is not None},
             ages=[age.state() for age in self._ages.values()],
             transports=[transport.state() for _, transport in self._transports],
             time_sync={
@@ -1173,6 +1178,7 @@ class Engine:
         for device, (differences, serves_ccp) in state.clocks.items():
             clock = engine._clocks[device] = DeviceClock(serves_ccp=serves_ccp)
             clock.differences.extend(differences)
+            clock.synced = state.clock_reports.get(device)
         for device, (site, saved_sync) in state.time_sync.items():
             engine._time_sync_of(site, device).restore(with_deviation(saved_sync))
         for name, saved in state.assets.items():

@@ -52,6 +52,7 @@ class Deviation(msgspec.Struct):
     degree_minutes: float
     detected_late: bool = False  # found from readings that reached the stream late
     clock_offset_ms: int = 0  # the device clock's estimated offset when it was detected
+    clock_synced: bool | None = None  # time sync: the gateway's own report (None: no report)
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -101,4 +102,5 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "degree_minutes": round(d.degree_minutes, 4),
         "detected_late": d.detected_late,
         "clock_offset_ms": d.clock_offset_ms,
+        "clock_synced": d.clock_synced,
     }

@@ -158,3 +158,30 @@ def test_detected_late_compares_arrival_and_sampling_on_the_same_clock() -> None
     (opened,) = [c for c in out if c.deviation.kind == "htst_temperature" and c.kind == "opened"]
     assert not opened.deviation.detected_late
     assert opened.deviation.clock_offset_ms < -599_000
+
+
+def test_a_ccp_gateway_reporting_its_clock_unsynchronised_is_a_time_sync_fault() -> None:
+    # arrival times look fine, but the gateway's own time service has not locked: its offset
+    # is unknown, and so is every timestamp it stamps
+    engine = Engine(PLAN)
+    out: list[DeviationChange] = []
+    for second in range(10):
+        synced = second >= 6
+        reading = Reading("htst-1", "hold_temp", 73.0, "degC", at(second))
+        received = at(second)
+        engine.clock("plant-01", "htst-gw", received - 40, received, synced)
+        engine.submit("plant-01", "htst-gw", [reading], received)
+        engine.advance(received, out)
+
+    changes = [c for c in out if c.deviation.kind == "time_sync"]
+    assert [c.kind for c in changes] == ["opened", "closed"]
+    assert changes[0].deviation.clock_synced is False
+    assert changes[0].deviation.start_ms == at(2)  # after the estimate's first 3 batches
+    assert changes[1].deviation.end_ms == at(6)
+
+
+def test_a_gateway_clock_report_survives_a_snapshot() -> None:
+    engine = Engine(PLAN)
+    engine.clock("plant-01", "htst-gw", at(0), at(0), False)
+    again = Engine.restore(PLAN, engine.snapshot())
+    assert again._clocks["htst-gw"].synced is False

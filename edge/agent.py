@@ -145,8 +145,10 @@ class Poller:
             self._failed(exc.problem)
             return False
         except Exception as exc:  # a driver bug must not end sampling of this source
-            log.exception("edge.driver_crashed", extra={"source": self.source.name})
-            self._failed(f"driver error: {exc!r}")
+            problem = f"driver error: {exc!r}"
+            if problem != self.health.error:
+                log.exception("edge.driver_crashed", extra={"source": self.source.name})
+            self._failed(problem)
             return False
         # stamped at the middle of the read: the best estimate of when the values were true
         ts = (before + after) // 2_000_000

@@ -62,25 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
     )
 
-    edge = commands.add_parser("edge", help="the edge agent for farm, truck and plant gateways")
-    edge_commands = edge.add_subparsers(dest="edge_command", required=True, metavar="ACTION")
-    edge_run = edge_commands.add_parser(
-        "run",
-        help="sample sensors, store, and publish to the plant's broker",
-        description="Run the edge agent: every source is sampled on its interval, every reading "
-        "is stored on disk before it is sent, and sent in order when the link allows.",
-    )
-    edge_run.add_argument("--config", type=Path, required=True, help="edge config (YAML)")
-    edge_run.add_argument(
-        "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
-    )
-    edge_check = edge_commands.add_parser(
-        "check",
-        help="validate an edge config and read every source once",
-        description="Validate the config and read each source once, showing what each channel "
-        "reads now. Publishes nothing.",
-    )
-    edge_check.add_argument("--config", type=Path, required=True, help="edge config (YAML)")
+    _add_edge_commands(commands)
 
     replay = commands.add_parser(
         "replay",
@@ -125,13 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--rate-hz", type=float, default=20.0)
     load.add_argument("--seconds", type=float, default=10.0)
 
-    bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    engine = bench_commands.add_parser(
-        "engine", help="rule engine throughput on a realistic mix, one core"
-    )
-    engine.add_argument("--assets", type=int, default=1000)
-    engine.add_argument("--seconds", type=int, default=120, help="seconds of data per asset")
+    _add_bench_commands(commands)
 
     plan = commands.add_parser("plan", help="HACCP plan files")
     plan_commands = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
@@ -147,6 +123,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_edge_commands(commands: Any) -> None:
+    edge = commands.add_parser("edge", help="the edge agent for farm, truck and plant gateways")
+    edge_commands = edge.add_subparsers(dest="edge_command", required=True, metavar="ACTION")
+    edge_run = edge_commands.add_parser(
+        "run",
+        help="sample sensors, store, and publish to the plant's broker",
+        description="Run the edge agent: every source is sampled on its interval, every reading "
+        "is stored on disk before it is sent, and sent in order when the link allows.",
+    )
+    edge_run.add_argument("--config", type=Path, required=True, help="edge config (YAML)")
+    edge_run.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
+    )
+    edge_check = edge_commands.add_parser(
+        "check",
+        help="validate an edge config and read every source once",
+        description="Validate the config and read each source once, showing what each channel "
+        "reads now. Publishes nothing.",
+    )
+    edge_check.add_argument("--config", type=Path, required=True, help="edge config (YAML)")
+
+
+def _add_bench_commands(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    engine = bench_commands.add_parser(
+        "engine", help="rule engine throughput on a realistic mix, one core"
+    )
+    engine.add_argument("--assets", type=int, default=1000)
+    engine.add_argument("--seconds", type=int, default=120, help="seconds of data per asset")
+    bench_edge = bench_commands.add_parser(
+        "edge",
+        help="edge agent: memory and CPU at 50 channels x 1 Hz, and backlog drain after 24 h",
+        description="Run the edge agent as its own process against Mosquitto on 127.0.0.1 "
+        "(or --mqtt): its resident memory and CPU while sampling, then how fast it drains an "
+        "outbox holding a day-long outage.",
+    )
+    bench_edge.add_argument("--channels", type=int, default=50)
+    bench_edge.add_argument("--seconds", type=float, default=60.0, help="footprint run length")
+    bench_edge.add_argument("--hours", type=float, default=24.0, help="outage to drain")
+    bench_edge.add_argument(
+        "--cap", type=float, default=50_000, help="drain.max_readings_per_s of the agent"
+    )
+    bench_edge.add_argument("--mqtt", metavar="HOST:PORT", help="use this broker instead")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``milkguard`` console script."""
     args = _parser().parse_args(argv)
@@ -157,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "simulate": _simulate,
         "load": _load,
-        "bench": lambda a: _bench_engine(a.assets, a.seconds),
+        "bench": _bench,
         "plan": lambda a: _plan_check(a.path),
         "contract": lambda a: _schema(a.output),
     }
@@ -414,6 +436,60 @@ def _show_verdict(verdict: Any) -> int:
     )
     console.print("[green]passed[/]" if verdict.passed else "[red]failed[/]")
     return 0 if verdict.passed else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "edge":
+        return _bench_edge(args)
+    return _bench_engine(args.assets, args.seconds)
+
+
+def _bench_edge(args: argparse.Namespace) -> int:
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from edge import bench  # noqa: PLC0415
+
+    console = Console()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"footprint: {args.channels} channels at 1 Hz", total=1.0)
+        used = bench.footprint(
+            args.channels, args.seconds, args.mqtt, lambda f: progress.update(task, completed=f)
+        )
+        stages = {
+            "fill": progress.add_task(f"storing a {args.hours:g} h backlog", total=1.0),
+            "drain": progress.add_task("draining it", total=1.0),
+        }
+        drained = bench.drain(
+            args.hours,
+            args.channels,
+            args.cap,
+            args.mqtt,
+            lambda stage, f: progress.update(stages[stage], completed=f),
+        )
+    table = Table(title=f"edge agent on {bench.machine()}")
+    table.add_column("measure")
+    table.add_column("figure", justify="right")
+    table.add_column("target", justify="right")
+    rss = f"{used.rss_peak_mb:.1f} MB peak, {used.rss_end_mb:.1f} MB at the end"
+    table.add_row(f"resident memory, {used.channels} ch x 1 Hz", rss, "< 60 MB")
+    table.add_row("CPU, share of one core", f"{used.cpu_percent:.2f} %", "")
+    table.add_row(
+        "readings at the broker", f"{used.readings_received:,} in {used.seconds:.0f} s", ""
+    )
+    table.add_row(
+        f"backlog drain, {args.hours:g} h x {args.channels} ch",
+        f"{drained.per_second:,.0f} readings/s",
+        ">= 20,000/s",
+    )
+    table.add_row(
+        "  backlog",
+        f"{drained.readings:,} readings, {drained.outbox_mb:.0f} MB, "
+        f"drained in {drained.drain_s:.1f} s (cap {drained.cap_per_s:,.0f}/s)",
+        "",
+    )
+    table.add_row("  resident memory while draining", f"{drained.rss_peak_mb:.1f} MB peak", "")
+    console.print(table)
+    return 0
 
 
 def _bench_engine(assets: int, seconds: int) -> int:

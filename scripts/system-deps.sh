@@ -3,7 +3,8 @@
 # `make test`; safe to run again. Needs root or sudo for apt-get.
 #   run:  python3 venv support
 #   test: the above, plus the real servers the integration tests start on 127.0.0.1:
-#         mosquitto (MQTT broker) and victoria-metrics (speaks the InfluxDB v2 write API)
+#         mosquitto (MQTT broker) and victoria-metrics (speaks the InfluxDB v2 write API),
+#         and openssl (throwaway CA and certificates for the TLS tests)
 set -euo pipefail
 purpose=${1:-run}
 
@@ -16,6 +17,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [[ $purpose == test ]]; then
   command -v mosquitto >/dev/null || need+=(mosquitto)
   command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+  command -v openssl >/dev/null || need+=(openssl)
 fi
 ((${#need[@]})) || exit 0
 

@@ -91,11 +91,14 @@ class SimulatedDriver:
         self._clock = clock
         self._started = self._last = clock()
         self._random = random.Random(config.seed)
-        self._device: Device = {
-            "farm_tank": FarmBulkTank,
-            "truck_compartment": TruckCompartment,
-            "htst_line": HtstLine,
-        }[config.model]()
+        asset = config.channels[0].asset
+        self._device: Device
+        if config.model == "farm_tank":
+            self._device = FarmBulkTank(asset=asset)
+        elif config.model == "truck_compartment":
+            self._device = TruckCompartment(asset=asset)
+        else:
+            self._device = HtstLine(asset=asset)
         self._read = [QUANTITIES[config.model][c.quantity] for c in config.channels]
         self._noisy = [c.quantity not in _STATES for c in config.channels]
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -163,7 +165,7 @@ class Poller:
                 breached = channel.limits.breached(value)
                 self._alarm.update(key, breached, f"{key} = {value:g} {channel.unit}")
         if readings:
-            self._outbox.add(readings)
+            self._store(readings)
         if self.health.failures:
             log.info(
                 "edge.source_recovered",
@@ -174,6 +176,17 @@ class Poller:
         self.health.failures = 0
         self.health.error = None
         return True
+
+    def _store(self, readings: list[Reading]) -> None:
+        try:
+            self._outbox.add(readings)
+        except sqlite3.Error as exc:
+            # the disk is full or failing: these readings cannot be kept; say so loudly, go on
+            self._outbox.counters.refused_readings += len(readings)
+            log.error("edge.outbox_write_failed", extra={"error": str(exc)})
+            self._alarm.update("outbox-write", True, f"cannot store readings: {exc}")
+        else:
+            self._alarm.update("outbox-write", False)
 
     def _failed(self, problem: str) -> None:
         health = self.health
@@ -262,6 +275,7 @@ class EdgeAgent:
         self._seen_connects = 0
         self._status_signature: tuple[bool, bool] = (False, False)
         self._outbox_nearly_full = False
+        self._outbox_checked_at = -1.0
         self._topic = batch_topic(config.site, config.gateway)
         self._status_topic = status_topic(config.site, config.gateway)
         self.link = GatewayLink(config, will=self._status_payload("offline"))
@@ -381,14 +395,26 @@ class EdgeAgent:
     # ------------------------------------------------------------------------------ status
 
     def _watch_outbox(self) -> None:
-        """Past the warning threshold the farm hears it locally: the link is likely down."""
-        nearly_full = self.outbox.nearly_full
+        """Past the warning threshold, or with the disk itself nearly full, the farm hears it
+        locally: the link is likely down, and readings will soon be dropped."""
+        now = time.monotonic()
+        if now < self._outbox_checked_at + 1.0:
+            return
+        self._outbox_checked_at = now
+        free_mb = shutil.disk_usage(self.config.data_dir).free / 1_000_000
+        disk_low = free_mb < self.config.outbox.min_free_mb
+        nearly_full = self.outbox.nearly_full or disk_low
         if nearly_full != self._outbox_nearly_full:
             self._outbox_nearly_full = nearly_full
             used = self.outbox.size_bytes / self.outbox.max_bytes
+            reason = (
+                f"disk nearly full ({free_mb:.0f} MB free)"
+                if disk_low
+                else f"outbox {used:.0%} full, link down?"
+            )
             if nearly_full:
-                log.warning("edge.outbox_nearly_full", extra={"used": f"{used:.0%}"})
-            self.alarm.update("outbox", nearly_full, f"outbox {used:.0%} full, link down?")
+                log.warning("edge.outbox_nearly_full", extra={"reason": reason})
+            self.alarm.update("outbox", nearly_full, reason)
 
     def _maybe_publish_status(self) -> None:
         signature = (self.alarm.active, self._outbox_nearly_full)
@@ -417,7 +443,7 @@ class EdgeAgent:
             clock=self.clock_state,
             backlog=outbox.pending,
             outbox_bytes=outbox.size_bytes,
-            outbox_nearly_full=outbox.nearly_full,
+            outbox_nearly_full=self._outbox_nearly_full,
             dropped_readings=outbox.counters.dropped_readings,
             refused_readings=outbox.counters.refused_readings,
             alarm=self.alarm.active,

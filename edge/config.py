@@ -88,6 +88,9 @@ class OutboxConfig(BaseModel):
 
     max_mb: float = Field(default=1024, gt=0, description="Bound on stored samples.")
     warn_at: float = Field(default=0.8, gt=0, lt=1, description="Alert past this fraction.")
+    min_free_mb: float = Field(
+        default=100, ge=0, description="Alert too when the disk itself has less free space."
+    )
     when_full: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
 
 

@@ -18,6 +18,7 @@ only when the broker has it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -36,6 +37,8 @@ from edge.drivers.base import Driver, DriverError
 from edge.link import GatewayLink
 from edge.outbox import Outbox, Sealed
 from milkguard.contract.v1 import (
+    EPOCH_2000_MS,
+    EPOCH_2100_MS,
     ClockState,
     GatewayStatus,
     Reading,
@@ -44,6 +47,8 @@ from milkguard.contract.v1 import (
     encode_status,
     status_topic,
 )
+from milkguard.errors import ConfigError, MilkGuardError
+from milkguard.mqtt import PublishRefused
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def clock_plausible(epoch_ms: int) -> bool:
+    """True when the clock reads a time the wire contract accepts (2000 to 2100)."""
+    return EPOCH_2000_MS <= epoch_ms < EPOCH_2100_MS
+
+
 @dataclass(slots=True)
 class SourceHealth:
     """How a source is doing, for the status message and the logs."""
@@ -83,6 +93,7 @@ class SourceHealth:
     total_failures: int = 0
     missing_values: int = 0
     overruns: int = 0
+    unstamped: int = 0  # readings not kept because the gateway clock was not set
     error: str | None = None
 
     def as_state(self) -> SourceState:
@@ -109,6 +120,7 @@ class Poller:
         self._factory = driver_factory
         self._driver: Driver | None = None
         self._limited = [c for c in source.channels if c.limits is not None]
+        self._clock_bad = False
         self._thread = threading.Thread(target=self._run, name=f"edge-{source.name}", daemon=True)
 
     def start(self) -> None:
@@ -154,6 +166,13 @@ class Poller:
             return False
         # stamped at the middle of the read: the best estimate of when the values were true
         ts = (before + after) // 2_000_000
+        if not clock_plausible(ts):
+            self._unstamped(ts, len(values))
+            return True  # the source is fine; the clock is not
+        if self._clock_bad:
+            self._clock_bad = False
+            log.info("edge.clock_set", extra={"source": self.source.name})
+            self._alarm.update("clock", False)
         readings = []
         for channel, value in zip(self.source.channels, values, strict=True):
             if value is None or not math.isfinite(value):
@@ -176,6 +195,19 @@ class Poller:
         self.health.failures = 0
         self.health.error = None
         return True
+
+    def _unstamped(self, ts: int, count: int) -> None:
+        """A clock before 2000 (a gateway without a real-time clock, booted before NTP
+        answered) cannot stamp readings: the stream would refuse them, and no later fix can
+        tell when they were taken. Counted, logged once, and rung on the local alarm."""
+        if not self._clock_bad:
+            self._clock_bad = True
+            log.error(
+                "edge.clock_not_set",
+                extra={"source": self.source.name, "clock_ms": ts, "fix": "check the time service"},
+            )
+        self.health.unstamped += count
+        self._alarm.update("clock", True, "the gateway clock is not set: readings not stamped")
 
     def _store(self, readings: list[Reading]) -> None:
         try:
@@ -220,6 +252,10 @@ class _TokenBucket:
         self.tokens -= count  # may go below zero: a batch larger than a second's worth waits after
         return True
 
+    def give_back(self, count: int) -> None:
+        """Return what a batch that could not be sent took."""
+        self.tokens = min(self.rate, self.tokens + count)
+
 
 @dataclass(slots=True)
 class SenderCounters:
@@ -236,8 +272,8 @@ class _InFlight:
     """Published messages awaiting PUBACK, by paho message id (None: a status message)."""
 
     by_mid: dict[int, Sealed | None] = field(default_factory=dict)
-    early: set[int] = field(default_factory=set)
     batches: int = 0
+    statuses: int = 0
 
 
 class EdgeAgent:
@@ -247,16 +283,29 @@ class EdgeAgent:
         self, config: EdgeConfig, *, driver_factory: Callable[[Source], Driver] = make_driver
     ) -> None:
         self.config = config
-        self.outbox = Outbox(
-            config.data_dir / "outbox.sqlite",
-            site=config.site,
-            gateway=config.gateway,
-            max_bytes=int(config.outbox.max_mb * 1_000_000),
-            warn_fraction=config.outbox.warn_at,
-            when_full=config.outbox.when_full,
-            # a new (or wiped) gateway starts from its clock, so its numbers still only grow
-            first_seq=now_ms(),
-        )
+        try:
+            self.outbox = Outbox(
+                config.data_dir / "outbox.sqlite",
+                site=config.site,
+                gateway=config.gateway,
+                max_bytes=int(config.outbox.max_mb * 1_000_000),
+                warn_fraction=config.outbox.warn_at,
+                when_full=config.outbox.when_full,
+                # below this the policy applies (drop or refuse), so deletes can still commit
+                min_free_bytes=int(config.outbox.min_free_mb * 1_000_000) // 2,
+                # a new (or wiped) gateway starts from its clock, so its numbers still only grow
+                first_seq=now_ms(),
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open the outbox in data_dir {config.data_dir}: {exc}. The agent "
+                "needs a writable directory there (systemd: StateDirectory=milkguard-edge)"
+            ) from exc
+        if config.alarm is None and any(c.limits for s in config.sources for c in s.channels):
+            log.warning(
+                "edge.limits_without_alarm",
+                extra={"fix": "add an alarm: command to drive a relay; limits only show in status"},
+            )
         self.alarm = LocalAlarm(config.alarm)
         self.stopping = threading.Event()
         self.pollers = [
@@ -278,7 +327,8 @@ class EdgeAgent:
         self._outbox_checked_at = -1.0
         self._topic = batch_topic(config.site, config.gateway)
         self._status_topic = status_topic(config.site, config.gateway)
-        self.link = GatewayLink(config, will=self._status_payload("offline"))
+        self._send_error: str | None = None
+        self.link = GatewayLink(config, will=self._last_will)
 
     # ------------------------------------------------------------------------------ lifetime
 
@@ -294,33 +344,54 @@ class EdgeAgent:
             poller.start()
         try:
             while not stop.is_set():
-                self.send_once()
+                self._send_guarded()
                 stop.wait(0.02)
         finally:
             self.shutdown()
 
+    def _send_guarded(self) -> None:
+        """One sender round that can fail (a full disk, a refused publish) without ending the
+        agent: sampling must go on whatever the sending side meets; it is retried in a second."""
+        try:
+            self.send_once()
+        except (MilkGuardError, sqlite3.Error, OSError) as exc:
+            problem = repr(exc)
+            if problem != self._send_error:
+                log.error("edge.send_failed", extra={"error": problem})
+            self._send_error = problem
+            self.stopping.wait(1.0)
+        else:
+            self._send_error = None
+
     def shutdown(self, flush_s: float = 5.0) -> None:
-        """Stop sampling, send what can be sent within ``flush_s``, say goodbye, close."""
+        """Stop sampling, send what can be sent within ``flush_s``, say goodbye, close.
+
+        Whatever is not acknowledged by then stays in the outbox for the next start."""
         self.stopping.set()
         for poller in self.pollers:
             poller.join(timeout_s=10)
-        deadline = time.monotonic() + flush_s
-        while self.link.connected.is_set() and time.monotonic() < deadline:
-            self.send_once(final=True)
-            if not self._flight.by_mid and not self.outbox.pending and not self._queued:
-                break
-            time.sleep(0.01)
-        if self.link.connected.is_set():
-            self._publish_status("offline")
-            while self._flight.by_mid and time.monotonic() < deadline + 2:
-                self._take_acks()
+        try:
+            deadline = time.monotonic() + flush_s
+            while self.link.connected.is_set() and time.monotonic() < deadline:
+                self.send_once(final=True)
+                if not self._flight.by_mid and not self.outbox.pending and not self._queued:
+                    break
                 time.sleep(0.01)
-        self.link.stop()
-        self._take_acks()
-        self.alarm.close()
-        pending, batches = self.outbox.backlog()
-        log.info("edge.stopped", extra={"stored_samples": pending, "stored_batches": batches})
-        self.outbox.close()
+            if self.link.connected.is_set():
+                self._publish_status("offline")
+                while self._flight.by_mid and time.monotonic() < deadline + 2:
+                    self._take_acks()
+                    time.sleep(0.01)
+        except (MilkGuardError, sqlite3.Error, OSError) as exc:
+            log.error("edge.final_send_failed", extra={"error": repr(exc)})
+        finally:
+            self.link.stop()
+            with contextlib.suppress(sqlite3.Error):
+                self._take_acks()
+            self.alarm.close()
+            pending, batches = self.outbox.backlog()
+            log.info("edge.stopped", extra={"stored_samples": pending, "stored_batches": batches})
+            self.outbox.close()
 
     # ------------------------------------------------------------------------------ sending
 
@@ -339,7 +410,12 @@ class EdgeAgent:
             if not self._bucket.take(batch.readings):
                 self._queued.insert(0, batch)
                 return
-            mid = self.link.publish(self._topic, batch.payload)
+            try:
+                mid = self.link.publish(self._topic, batch.payload)
+            except PublishRefused:
+                self._queued.insert(0, batch)  # paho's queue is full: the same batch, later
+                self._bucket.give_back(batch.readings)
+                raise
             self._track(mid, batch)
             self._last_published_seq = batch.seq
             self.counters.batches_published += 1
@@ -356,18 +432,19 @@ class EdgeAgent:
         overdue = time.monotonic() - self._last_seal >= batching.max_delay_s
         if pending == 0 or not (final or overdue or pending >= batching.max_readings):
             return None
+        if not clock_plausible(now_ms()):
+            return None  # sent_at would be refused: keep the samples until the clock is set
         self._last_seal = time.monotonic()
         return self.outbox.seal(now_ms(), batching.max_readings, clock=self.clock_state)
 
     def _track(self, mid: int, batch: Sealed | None) -> None:
-        flight = self._flight
+        # PUBACKs are queued by the network thread and read by this (the sender) thread only,
+        # after this call: an acknowledgement can never be seen before its message id is known
         if batch is not None:
-            flight.batches += 1
-        if mid in flight.early:  # PUBACK handled before publish() returned the id
-            flight.early.discard(mid)
-            self._acknowledged([batch] if batch is not None else [])
+            self._flight.batches += 1
         else:
-            flight.by_mid[mid] = batch
+            self._flight.statuses += 1
+        self._flight.by_mid[mid] = batch
 
     def _take_acks(self) -> None:
         done: list[Sealed] = []
@@ -377,19 +454,20 @@ class EdgeAgent:
                 mid = self.link.acks.get_nowait()
             except queue.Empty:
                 break
-            if mid in flight.by_mid:
-                batch = flight.by_mid.pop(mid)
-                if batch is not None:
-                    done.append(batch)
+            if mid not in flight.by_mid:
+                continue  # not ours to count (e.g. acknowledged again after a reconnect)
+            batch = flight.by_mid.pop(mid)
+            if batch is None:
+                flight.statuses -= 1
             else:
-                flight.early.add(mid)
+                done.append(batch)
         self._acknowledged(done)
 
     def _acknowledged(self, batches: list[Sealed]) -> None:
         if not batches:
             return
-        self.outbox.acknowledged(*(b.seq for b in batches))
         self._flight.batches -= len(batches)
+        self.outbox.acknowledged(*(b.seq for b in batches))
         self.counters.batches_acknowledged += len(batches)
 
     # ------------------------------------------------------------------------------ status
@@ -420,6 +498,8 @@ class EdgeAgent:
         signature = (self.alarm.active, self._outbox_nearly_full)
         reconnected = self.link.connects != self._seen_connects
         due = time.monotonic() >= self._status_due
+        if self._flight.statuses:
+            return  # one status at a time: on a silently dead link, heartbeats would pile up
         if reconnected or due or signature != self._status_signature:
             self._seen_connects = self.link.connects
             self._status_signature = signature
@@ -449,6 +529,21 @@ class EdgeAgent:
             alarm=self.alarm.active,
             sources={p.source.name: p.health.as_state() for p in self.pollers},
         )
+
+    def _last_will(self) -> bytes:
+        """The ``offline`` status as of now (called by the link before each connect)."""
+        try:
+            return self._status_payload("offline")
+        except sqlite3.Error:  # the outbox is unreadable: say offline, without its figures
+            return encode_status(
+                GatewayStatus(
+                    v=1,
+                    site=self.config.site,
+                    gateway=self.config.gateway,
+                    state="offline",
+                    ts=max(now_ms(), EPOCH_2000_MS),
+                )
+            )
 
     def _status_payload(self, state: Literal["online", "offline"]) -> bytes:
         return encode_status(self.status(state))

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import subprocess
 import threading
+import time
 
 from edge.config import AlarmConfig
 
@@ -21,13 +21,20 @@ log = logging.getLogger(__name__)
 
 
 class LocalAlarm:
-    """Tracks which channels are in alarm and drives the alarm command on changes."""
+    """Tracks which channels are in alarm and drives the alarm command to match.
+
+    The relay follows the *desired* state, never a queue of orders that could overflow: the
+    driving thread runs the command until what it last ran matches what is wanted now. An
+    alarm that was wanted at all since the last command rings at least once, even if it has
+    cleared by the time the thread gets to it (a slow relay must not swallow a breach).
+    """
 
     def __init__(self, config: AlarmConfig | None) -> None:
         self.config = config
         self._causes: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._orders: queue.Queue[tuple[bool, str] | None] = queue.Queue(maxsize=64)
+        self._changed = threading.Condition()
+        self._rang = False  # 'on' wanted since the last command that ran
+        self._closing = False
         self.commands_run = 0
         self.command_failures = 0
         self._thread: threading.Thread | None = None
@@ -38,53 +45,53 @@ class LocalAlarm:
     @property
     def active(self) -> bool:
         """True while any cause holds."""
-        with self._lock:
+        with self._changed:
             return bool(self._causes)
 
     def update(self, key: str, breached: bool, reason: str = "") -> None:
         """One verdict for one channel (or source): ``key`` in alarm or not."""
-        with self._lock:
-            was = bool(self._causes)
+        with self._changed:
             if breached:
-                known = key in self._causes
-                self._causes[key] = reason
-                if not known:
+                if key not in self._causes:
                     log.warning("edge.local_alarm", extra={"cause": key, "reason": reason})
+                self._causes[key] = reason
+                self._rang = True
             elif self._causes.pop(key, None) is not None:
                 log.info("edge.local_alarm_cleared", extra={"cause": key})
-            now = bool(self._causes)
-            summary = "; ".join(self._causes.values())
-        if now != was:
-            self._order(now, summary)
+            self._changed.notify_all()
 
     def close(self) -> None:
-        """Stop driving (the relay keeps its last state, as a latching alarm should)."""
+        """Bring the relay to the current state, then stop driving it (it keeps that state)."""
         if self._thread is not None:
-            self._orders.put(None)
-            self._thread.join(timeout=(self.config.timeout_s if self.config else 1) + 1)
-
-    def _order(self, on: bool, reason: str) -> None:
-        if self.config is None:
-            return
-        try:
-            self._orders.put_nowait((on, reason))
-        except queue.Full:
-            log.error("edge.alarm_backlog", extra={"dropped_state": "on" if on else "off"})
+            with self._changed:
+                self._closing = True
+                self._changed.notify_all()
+            self._thread.join(timeout=(self.config.timeout_s if self.config else 1) * 3 + 1)
 
     def _drive(self) -> None:
-        # every change is run, in order: a breach that cleared a second later still rang
         assert self.config is not None
-        state: tuple[bool, str] | None = None
+        applied = False  # assumed off at start: no command until something is wanted
+        last_run = 0.0
         while True:
-            repeat = self.config.repeat_s if state is not None and state[0] else None
-            try:
-                order = self._orders.get(timeout=repeat)
-            except queue.Empty:
-                order = state  # repeat the 'on' for watchdog relays
-            if order is None:
-                return
-            state = order
-            self._run(*order)
+            with self._changed:
+                while True:
+                    wanted = bool(self._causes)
+                    repeat = self.config.repeat_s
+                    due = repeat is not None and applied and time.monotonic() >= last_run + repeat
+                    if wanted != applied or (self._rang and not applied) or due:
+                        break
+                    if self._closing:
+                        return
+                    timeout = None
+                    if repeat is not None and applied:
+                        timeout = max(0.0, last_run + repeat - time.monotonic())
+                    self._changed.wait(timeout)
+                # a breach that came and went while the relay was busy still rings once
+                on = wanted or (self._rang and not applied)
+                self._rang = False
+                reason = "; ".join(self._causes.values()) or "cleared"
+            self._run(on, reason)
+            applied, last_run = on, time.monotonic()
 
     def _run(self, on: bool, reason: str) -> None:
         assert self.config is not None

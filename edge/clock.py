@@ -129,7 +129,7 @@ def clock_reader(source: str, command: list[str] | None = None) -> Callable[[], 
                 return parse_chrony_tracking(_run(["chronyc", "-c", "tracking"]))
             if source == "command" and command:
                 return parse_command_output(_run(command))
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        except (OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
             log.warning("edge.clock_unreadable", extra={"source": source, "error": str(exc)})
             return ClockState(synced=None, source=source)  # type: ignore[arg-type]
         return ClockState(synced=None, source="none")

@@ -69,6 +69,8 @@ class EdgeMqtt(BaseModel):
     def _backoff(self) -> EdgeMqtt:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password without a username is not sent; set mqtt.username")
         return self
 
 
@@ -164,6 +166,16 @@ class EdgeConfig(EnvOverFileSettings):
     log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
+    def _drainable(self) -> EdgeConfig:
+        sampled = sum(len(s.channels) / s.every_s for s in self.sources)
+        if sampled >= self.drain.max_readings_per_s:
+            raise ValueError(
+                f"the sources sample {sampled:,.0f} readings/s but drain.max_readings_per_s is "
+                f"{self.drain.max_readings_per_s:,.0f}: a backlog could never be sent; raise it"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _one_home_per_channel(self) -> EdgeConfig:
         names: set[str] = set()
         homes: dict[tuple[str, str], str] = {}
@@ -187,8 +199,13 @@ class EdgeConfig(EnvOverFileSettings):
         return self.mqtt.client_id or f"edge-{self.site}-{self.gateway}"
 
     def redacted(self) -> dict[str, Any]:
-        """The configuration as it may be logged: secrets shown as ``**********``."""
-        return self.model_dump(mode="json")
+        """The configuration as it may be logged: secrets shown as ``**********``, and so are
+        the values of a command source's ``env`` (where its tokens belong)."""
+        dumped = self.model_dump(mode="json")
+        for source in dumped["sources"]:
+            if source.get("env"):
+                source["env"] = dict.fromkeys(source["env"], "**********")
+        return dumped
 
 
 def load_edge_config(path: Path) -> EdgeConfig:

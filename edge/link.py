@@ -16,11 +16,12 @@ import queue
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from edge.config import EdgeConfig
 from milkguard.contract.v1 import status_topic
-from milkguard.mqtt import PublishRefused, _paho
+from milkguard.mqtt import PublishRefused, _paho, only_the_network_thread_writes
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def explain_connect_error(exc: BaseException, host: str, port: int) -> str:
 class GatewayLink:
     """One persistent MQTT session to the plant's broker, kept up by a thread of its own."""
 
-    def __init__(self, config: EdgeConfig, will: bytes) -> None:
+    def __init__(self, config: EdgeConfig, will: Callable[[], bytes]) -> None:
         paho = _paho()
         self._paho = paho
         self.config = config
@@ -64,7 +65,8 @@ class GatewayLink:
         # the agent's window bounds what waits in paho; leave room for status messages
         client.max_inflight_messages_set(config.drain.in_flight + 4)
         client.max_queued_messages_set(config.drain.in_flight * 2 + 16)
-        client.will_set(status_topic(config.site, config.gateway), will, qos=1, retain=True)
+        self._will = will
+        self._status_topic = status_topic(config.site, config.gateway)
         if mqtt.username is not None:
             password = mqtt.password.get_secret_value() if mqtt.password else None
             client.username_pw_set(mqtt.username, password)
@@ -78,6 +80,7 @@ class GatewayLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = lambda _c, _u, mid, _r, _p: self.acks.put(mid)
+        only_the_network_thread_writes(client)
         self.client = client
         self.acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.connected = threading.Event()
@@ -94,9 +97,11 @@ class GatewayLink:
         self._thread.start()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Hand a QoS 1 message to paho (sent now, or after the reconnect); its message id."""
+        """Queue a QoS 1 message in paho (sent by the network thread now, or after the
+        reconnect); its message id. :class:`PublishRefused` when paho's queue is full."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc not in (self._paho.MQTT_ERR_SUCCESS, self._paho.MQTT_ERR_NO_CONN):
+        # NO_CONN and CONN_LOST leave the message queued for the reconnect: not a refusal
+        if info.rc == self._paho.MQTT_ERR_QUEUE_SIZE:
             raise PublishRefused(
                 f"MQTT client {self.config.client_id!r} could not queue a message for "
                 f"{topic!r}: {self._paho.error_string(info.rc)}"
@@ -118,6 +123,8 @@ class GatewayLink:
         while not self._stopping.is_set():
             self._accepted = False
             self._refused = False
+            # the last will is sent with CONNECT: give it the state of now, not of the start
+            self.client.will_set(self._status_topic, self._will(), qos=1, retain=True)
             try:
                 if first:
                     first = False  # connect() keeps the address for every reconnect()
@@ -130,6 +137,10 @@ class GatewayLink:
                 rc = self._paho.MQTT_ERR_SUCCESS
                 while rc == self._paho.MQTT_ERR_SUCCESS:
                     rc = self.client.loop(timeout=0.5)
+                    # only now: the loop that handled CONNACK has also queued paho's resends of
+                    # the batches in flight, so no newer batch can be queued ahead of them
+                    if self._accepted and not self.connected.is_set() and rc == 0:
+                        self.connected.set()
                 self.connected.clear()
                 if self._accepted:
                     delay = mqtt.reconnect_min_s  # a session that worked: back off afresh
@@ -170,7 +181,6 @@ class GatewayLink:
             "edge.mqtt_connected",
             extra={"client_id": self.config.client_id, "session_present": flags.session_present},
         )
-        self.connected.set()
 
     def _on_disconnect(
         self, client: Any, userdata: object, flags: object, reason: Any, props: object

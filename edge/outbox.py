@@ -19,6 +19,8 @@ nothing goes silently.
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -44,7 +46,15 @@ CREATE TABLE IF NOT EXISTS batches (
     readings INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL
+);
 """
+
+log = logging.getLogger(__name__)
 
 _reading_encoder = msgspec.msgpack.Encoder()
 _reading_decoder = msgspec.msgpack.Decoder(Reading)
@@ -69,6 +79,7 @@ class OutboxCounters:
     acknowledged: int = 0
     dropped_readings: int = 0
     refused_readings: int = 0
+    rejected_samples: int = 0  # stored but refused by the contract when sealed (kept aside)
 
 
 class Outbox:
@@ -84,6 +95,7 @@ class Outbox:
         warn_fraction: float = 0.8,
         when_full: FullPolicy = "drop_oldest",
         first_seq: int = 1,
+        min_free_bytes: int = 0,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -92,6 +104,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.warn_fraction = warn_fraction
         self.when_full = when_full
+        self.min_free_bytes = min_free_bytes
         self.counters = OutboxCounters()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -119,13 +132,17 @@ class Outbox:
         rows.extend(("e", msgspec.msgpack.encode(e)) for e in events)
         if not rows:
             return True
+        incoming = sum(len(body) for _, body in rows)
         with self._lock:
-            if self._full_locked() and not self._make_room_locked():
+            # the disk may fill before the configured bound: then room is made for what comes
+            # (SQLite reuses the pages of deleted rows; the file itself does not shrink)
+            need = incoming if self._disk_low() else 0
+            if (self._full_locked() or need) and not self._make_room_locked(need):
                 self.counters.refused_readings += len(readings)
                 return False
             with self._transaction():
                 self._db.executemany("INSERT INTO pending (kind, body) VALUES (?, ?)", rows)
-            self._bytes += sum(len(body) for _, body in rows)
+            self._bytes += incoming
             self._pending += len(rows)
             self.counters.added += len(readings)
         return True
@@ -133,15 +150,58 @@ class Outbox:
     def seal(
         self, sent_at: int, max_readings: int = 1000, clock: ClockState | None = None
     ) -> Sealed | None:
-        """Move up to ``max_readings`` pending samples into the next numbered batch."""
-        with self._lock, self._transaction():
+        """Move up to ``max_readings`` pending samples into the next numbered batch.
+
+        A stored sample the contract refuses (it should not get in, but a disk can corrupt
+        a row) is moved to the ``rejected`` table with the reason and counted, never left to
+        block every batch after it."""
+        with self._lock:
+            try:
+                sealed = self._seal_locked(sent_at, max_readings, clock)
+            except sqlite3.OperationalError as exc:
+                # a disk full to the last byte: without room to seal, nothing could ever be
+                # sent again; the oldest samples make way (counted), then sealing is retried
+                if "full" not in str(exc) or not self._drop_oldest_pending_locked():
+                    raise
+                log.error("edge.outbox_disk_full", extra={"dropped": "oldest samples"})
+                sealed = self._seal_locked(sent_at, max_readings, clock)
+        if sealed is None:
+            return None
+        batch, removed_bytes, removed_rows, rejected = sealed
+        # counted once the transaction committed: a failed commit changes nothing
+        self._bytes += len(batch.payload) - removed_bytes
+        self._pending -= removed_rows
+        self.counters.sealed += 1
+        self.counters.rejected_samples += rejected
+        return batch
+
+    def _seal_locked(
+        self, sent_at: int, max_readings: int, clock: ClockState | None
+    ) -> tuple[Sealed, int, int, int] | None:
+        with self._transaction():
             rows = self._db.execute(
                 "SELECT id, kind, body FROM pending ORDER BY id LIMIT ?", (max_readings,)
             ).fetchall()
             if not rows:
                 return None
-            readings = [_reading_decoder.decode(b) for _, k, b in rows if k == "r"]
-            events = [_event_decoder.decode(b) for _, k, b in rows if k == "e"]
+            readings: list[Reading] = []
+            events: list[Event] = []
+            rejected = 0
+            for row_id, kind, body in rows:
+                try:
+                    if kind == "r":
+                        readings.append(_reading_decoder.decode(body))
+                    else:
+                        events.append(_event_decoder.decode(body))
+                except msgspec.MsgspecError as exc:
+                    rejected += 1
+                    self._db.execute(
+                        "INSERT INTO rejected (kind, body, reason) VALUES (?, ?, ?)",
+                        (kind, body, str(exc)),
+                    )
+                    log.error(
+                        "edge.outbox_sample_rejected", extra={"id": row_id, "reason": str(exc)}
+                    )
             (seq,) = self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
             payload = encode_batch(
                 Batch(
@@ -161,10 +221,8 @@ class Outbox:
             )
             self._db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
-            self._bytes += len(payload) - sum(len(body) for _, _, body in rows)
-            self._pending -= len(rows)
-            self.counters.sealed += 1
-        return Sealed(seq, payload, len(readings))
+        removed = sum(len(body) for _, _, body in rows)
+        return Sealed(seq, payload, len(readings)), removed, len(rows), rejected
 
     # ------------------------------------------------------------------------------ sending
 
@@ -184,9 +242,10 @@ class Outbox:
         batches a second. A crash before the commit only means the stream sees them again,
         under the same numbers, and drops the copies.
         """
-        with self._lock, self._transaction():
-            for seq in seqs:
-                self._bytes -= self._delete_batch(seq)
+        with self._lock:
+            with self._transaction():
+                freed = sum(self._delete_batch(seq) for seq in seqs)
+            self._bytes -= freed
             self.counters.acknowledged += len(seqs)
 
     # ------------------------------------------------------------------------------ size
@@ -232,36 +291,50 @@ class Outbox:
     def _full_locked(self) -> bool:
         return self._bytes >= self.max_bytes
 
-    def _make_room_locked(self) -> bool:
-        """Apply the policy when full; True when there is room again."""
+    def _disk_low(self) -> bool:
+        if not self.min_free_bytes:
+            return False
+        return shutil.disk_usage(self.path.parent).free < self.min_free_bytes
+
+    def _make_room_locked(self, need: int = 0) -> bool:
+        """Apply the policy when full: drop until under the bound and ``need`` bytes are
+        freed; True when there is room again."""
         if self.when_full == "refuse_new":
             return False
-        while self._full_locked():
+        freed = 0
+        while self._full_locked() or freed < need:
             oldest = self._db.execute(
                 "SELECT seq, readings FROM batches ORDER BY seq LIMIT 1"
             ).fetchone()
             if oldest is not None:
                 with self._transaction():
-                    self._bytes -= self._delete_batch(oldest[0])
+                    size = self._delete_batch(oldest[0])
+                self._bytes -= size
+                freed += size
                 self.counters.dropped_readings += int(oldest[1])
-            elif not self._drop_oldest_pending_locked():
+                continue
+            size = self._drop_oldest_pending_locked()
+            if not size:
                 return False
+            freed += size
         return True
 
-    def _drop_oldest_pending_locked(self) -> bool:
-        """Drop the oldest unsealed samples (a hundredth of them, at least one); False if none."""
+    def _drop_oldest_pending_locked(self) -> int:
+        """Drop the oldest unsealed samples (a hundredth of them, at least one); the bytes
+        freed (0 when there were none)."""
         count = max(1, self._pending // 100)
         with self._transaction():
             rows = self._db.execute(
                 "SELECT id, kind, LENGTH(body) FROM pending ORDER BY id LIMIT ?", (count,)
             ).fetchall()
             if not rows:
-                return False
+                return 0
             self._db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
-        self._bytes -= sum(size for _, _, size in rows)
+        size = int(sum(size for _, _, size in rows))
+        self._bytes -= size
         self._pending -= len(rows)
         self.counters.dropped_readings += sum(1 for _, kind, _ in rows if kind == "r")
-        return True
+        return size
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -283,4 +356,14 @@ class _Transaction:
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         if not self._depth:
             return
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        self._depth = 0
+        if kind is not None:
+            self._db.execute("ROLLBACK")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # e.g. the disk filled: SQLite may keep the transaction open; end it, then report
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise

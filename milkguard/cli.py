@@ -243,12 +243,19 @@ def _edge(args: argparse.Namespace) -> int:
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        # a second Ctrl-C interrupts at once
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    timer = threading.Timer(args.duration or 0, stop.set)
+    timer.daemon = True
     if args.duration is not None:
-        threading.Timer(args.duration, stop.set).start()
-    agent.run(stop)
+        timer.start()
+    try:
+        agent.run(stop)
+    finally:
+        timer.cancel()
     return 0
 
 

@@ -133,6 +133,20 @@ class Connection:
         return acked
 
 
+def only_the_network_thread_writes(client: Any) -> None:
+    """Make ``publish`` from any thread only queue the packet and wake the network loop.
+
+    Without a thread started by ``loop_start``, paho's ``publish`` writes to the socket from the
+    calling thread while the loop thread may be writing too: the two interleave bytes of
+    different packets (paho 2.2, ``_packet_queue`` and ``_packet_write``), and the broker can
+    acknowledge a corrupted message. A write-registration hook, even one that does nothing,
+    tells paho an event loop owns the socket; the loop's select is woken through paho's socket
+    pair and writes the packet itself. The loop must have made that pair: paho's ``loop()``
+    does, ``loop_forever()`` does not.
+    """
+    client.on_socket_register_write = lambda _client, _userdata, _sock: None
+
+
 def _paho() -> Any:
     try:
         import paho.mqtt.client as mqtt  # noqa: PLC0415 - optional part, imported when used
@@ -204,6 +218,10 @@ def connect(
     thread = threading.Thread(target=client.loop_forever, name=f"mqtt-{client_id}", daemon=True)
     connection = Connection(client, thread, client_id)
     client.on_publish = lambda _c, _u, mid, _r, _p: connection.acks.acknowledged(mid)
+    only_the_network_thread_writes(client)
+    # loop_forever does not create the socket pair that wakes its select on a publish (only
+    # loop() and loop_start() do, paho 2.2); one loop() here, before the thread exists, does
+    client.loop(timeout=0)
     thread.start()
     if not connected.wait(timeout_s):
         connection.disconnect()

@@ -52,12 +52,15 @@ ReadingId = Annotated[
     ),
 ]
 
+EPOCH_2000_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z, the earliest valid event time
+EPOCH_2100_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z, the first invalid one
+
 #: Event time in milliseconds since the Unix epoch, UTC. Bounds catch seconds-vs-ms mistakes.
 EpochMs = Annotated[
     int,
     msgspec.Meta(
-        ge=946_684_800_000,  # 2000-01-01T00:00:00Z
-        lt=4_102_444_800_000,  # 2100-01-01T00:00:00Z
+        ge=EPOCH_2000_MS,
+        lt=EPOCH_2100_MS,
         description="Event time: milliseconds since 1970-01-01T00:00:00Z (UTC).",
     ),
 ]

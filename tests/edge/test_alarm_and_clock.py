@@ -108,3 +108,31 @@ def test_the_kernel_clock_is_readable_here() -> None:
     assert state.synced in (True, False)
     assert state.error_ms is not None
     assert state.error_ms >= 0
+
+
+def test_a_flapping_channel_leaves_the_relay_in_the_state_wanted_now(tmp_path: Path) -> None:
+    relay = tmp_path / "relay.log"
+    slow_relay = [
+        sys.executable,
+        "-c",
+        "import sys, time; time.sleep(0.02); open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')",
+        str(relay),
+    ]
+    alarm = LocalAlarm(AlarmConfig(command=slow_relay))
+    for flap in range(201):
+        alarm.update("tank-1/milk_temp", flap % 2 == 0, "flapping")
+    alarm.close()
+
+    assert alarm.active  # 201 flaps: the last one breached
+    assert relay_log(relay)[-1] == "on"
+    assert len(relay_log(relay)) < 201  # the relay follows the state, not every order
+
+
+def test_a_breach_that_clears_before_the_relay_runs_still_rings_once(tmp_path: Path) -> None:
+    relay = tmp_path / "relay.log"
+    alarm = LocalAlarm(AlarmConfig(command=[*RELAY, str(relay)]))
+    alarm.update("tank-1/milk_temp", True, "spike")
+    alarm.update("tank-1/milk_temp", False)
+    alarm.close()
+
+    assert [line.split()[0] for line in relay_log(relay)] == ["on", "off"]

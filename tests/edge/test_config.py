@@ -110,3 +110,38 @@ def test_the_environment_overrides_the_file(
     config = load_edge_config(write(tmp_path / "edge.yaml", minimal(mqtt={"port": 1883})))
     assert config.mqtt.port == 8883
     assert config.client_id == "edge-farm-01-gw-1"
+
+
+def test_a_password_without_a_username_is_refused() -> None:
+    with pytest.raises(ValueError, match="password without a username"):
+        EdgeConfig(**minimal(mqtt={"password": "s3cret"}))
+
+
+def test_a_drain_slower_than_sampling_is_refused() -> None:
+    data = minimal(drain={"max_readings_per_s": 0.5})
+    with pytest.raises(ValueError, match="a backlog could never be sent"):
+        EdgeConfig(**data)
+
+
+def test_command_environment_values_are_not_logged() -> None:
+    data = minimal()
+    data["sources"].append(  # type: ignore[attr-defined]
+        {
+            "name": "meter",
+            "driver": "command",
+            "command": ["/usr/bin/meter"],
+            "env": {"METER_TOKEN": "SECRET2"},
+            "channels": [{"asset": "tank-1", "channel": "level", "unit": "L"}],
+        }
+    )
+    assert "SECRET2" not in str(EdgeConfig(**data).redacted())
+
+
+def test_an_unusable_data_dir_is_a_config_error(tmp_path: Path) -> None:
+    from edge.agent import EdgeAgent  # noqa: PLC0415
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    config = EdgeConfig(**minimal(data_dir=str(blocker / "edge")))
+    with pytest.raises(ConfigError, match="cannot open the outbox in data_dir"):
+        EdgeAgent(config)

@@ -148,3 +148,29 @@ def test_acknowledging_several_batches_forgets_them_together(tmp_path: Path) -> 
 
     assert [s.seq for s in box.unsent()] == [3]
     assert box.counters.acknowledged == 3
+
+
+def test_a_disk_nearly_full_before_the_bound_makes_room_by_the_policy(tmp_path: Path) -> None:
+    box = outbox(tmp_path)
+    box.add([reading(i) for i in range(100)])
+    box.min_free_bytes = 10**18  # more than any disk has: always "low"
+
+    assert box.add([reading(i) for i in range(100, 110)])
+
+    assert 10 <= box.counters.dropped_readings < 30  # about what came in, not everything
+    kept = box.seal(sent_at=T0, max_readings=1000)
+    assert kept is not None
+    assert decode_batch(kept.payload).readings[-1].ts == T0 + 109_000
+
+
+def test_a_stored_sample_the_contract_refuses_is_set_aside_not_blocking(tmp_path: Path) -> None:
+    box = outbox(tmp_path)
+    # a gateway clock at 1970 would stamp this; it must not block every batch after it
+    box.add([Reading("tank-1", "milk_temp", 4.0, "degC", 1_000), reading(1)])
+
+    sealed = box.seal(sent_at=T0)
+
+    assert sealed is not None
+    assert [r.ts for r in decode_batch(sealed.payload).readings] == [T0 + 1000]
+    assert box.counters.rejected_samples == 1
+    assert box.pending == 0

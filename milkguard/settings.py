@@ -47,6 +47,15 @@ class MqttSettings(BaseModel):
     )
 
 
+class MetricsSettings(BaseModel):
+    """Where Prometheus scrapes the operational counters; off unless a port is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Serve /metrics here.")
+
+
 class InfluxSettings(BaseModel):
     """InfluxDB 2.x/3.x write target; off unless url, token, org and bucket are all set."""
 
@@ -113,6 +122,7 @@ class Settings(EnvOverFileSettings):
     simulators: bool = Field(default=True, description="Run the demo farm, truck and HTST line.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

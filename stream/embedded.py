@@ -93,6 +93,7 @@ class EmbeddedService:
         self.console = console or Console()
         self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
         self.ingest: Ingest | None = None
+        self.influx: InfluxDBSink | None = None
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> RunSummary:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
@@ -115,6 +116,13 @@ class EmbeddedService:
             stack.callback(outbox.close)
             ingest = self._build_ingest(outbox)
             stack.callback(ingest.close)
+            if settings.metrics.port is not None:
+                from stream.metrics import MetricsServer, StreamCollector  # noqa: PLC0415
+
+                collector = StreamCollector(lambda: self.ingest, lambda: self.influx)
+                stack.enter_context(
+                    MetricsServer(collector, settings.metrics.host, settings.metrics.port)
+                )
             source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
             source.start()
             self.ingest = ingest
@@ -168,6 +176,7 @@ class EmbeddedService:
             )
             sink.check_reachable()
             series.append(sink)
+            self.influx = sink
         return Ingest(
             self._engine(),
             FanOutTimeSeriesSink(series),

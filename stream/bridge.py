@@ -1,0 +1,159 @@
+"""``milkguard bridge``: gateways' batches from MQTT into Kafka, at least once, in order.
+
+Each valid batch is produced to the batches topic keyed ``site/gateway``, so every batch of a
+gateway lands in one partition, in the order the gateway sent it. The MQTT PUBACK for a batch is
+sent only once Kafka has acknowledged it (paho's manual acknowledgement), so a bridge that dies
+in between leaves the batch with the broker, which delivers it again; the stream drops the copy
+by sequence number. MQTT requires PUBACKs in the order the PUBLISHes came, so they are released
+from the head of a FIFO as Kafka confirms. An invalid payload goes to the dead-letter topic with
+its reason (and is acknowledged once that is in Kafka). While Kafka is slow the bounded queue
+fills and MQTT reads wait: backpressure to the broker, nothing dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from milkguard.contract.v1 import BATCH_SUBSCRIPTION, decode_batch, parse_batch_topic
+from milkguard.errors import ExtraMissing
+from milkguard.mqtt import BrokerAddress, _paho, only_the_network_thread_writes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """Where and how to produce."""
+
+    bootstrap_servers: str
+    batches_topic: str = "milkguard.batches"
+    deadletter_topic: str = "milkguard.deadletter"
+    security: dict[str, Any] | None = None  # aiokafka security_protocol, sasl_*, ssl_context
+
+
+@dataclass(slots=True)
+class BridgeCounters:
+    """What the bridge did, for metrics."""
+
+    received: int = 0
+    produced: int = 0
+    rejected: int = 0
+    acknowledged: int = 0
+
+
+def problem_of(topic: str, payload: bytes) -> tuple[str | None, str]:
+    """(None, key) for a valid batch on its own topic, else (reason, key)."""
+    route = parse_batch_topic(topic)
+    key = f"{route[0]}/{route[1]}" if route else topic
+    try:
+        batch = decode_batch(payload)
+    except msgspec.ValidationError as exc:
+        return f"invalid: {exc}", key
+    except msgspec.DecodeError as exc:
+        return f"not valid JSON: {exc}", key
+    if route is None or (batch.site, batch.gateway) != route:
+        return f"payload of {batch.site}/{batch.gateway} on topic {topic!r}", key
+    return None, key
+
+
+class Bridge:
+    """MQTT subscription in, Kafka producer out; run with :meth:`run` until ``stop`` is set."""
+
+    def __init__(
+        self, mqtt: BrokerAddress, kafka: KafkaTarget, client_id: str, queue_size: int = 10_000
+    ) -> None:
+        self.mqtt = mqtt
+        self.kafka = kafka
+        self.client_id = client_id
+        self.counters = BridgeCounters()
+        self._incoming: queue.Queue[tuple[str, bytes, int]] = queue.Queue(maxsize=queue_size)
+        self.ready = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Bridge until ``stop``; then finish what is in flight and disconnect."""
+        asyncio.run(self._run(stop))
+
+    async def _run(self, stop: threading.Event) -> None:
+        try:
+            from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+        except ImportError as exc:
+            raise ExtraMissing("The Kafka bridge", "kafka", "aiokafka") from exc
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            acks="all",
+            linger_ms=5,
+            **(self.kafka.security or {}),
+        )
+        await producer.start()
+        client = self._connect()
+        pending: deque[tuple[int, asyncio.Future[Any]]] = deque()
+        try:
+            self.ready.set()
+            while not stop.is_set() or not self._incoming.empty() or pending:
+                await self._take(producer, pending)
+                while pending and pending[0][1].done():
+                    mid, done = pending.popleft()
+                    done.result()  # a Kafka failure ends the bridge: the broker redelivers
+                    client.ack(mid, 1)
+                    self.counters.acknowledged += 1
+                if stop.is_set() and self._incoming.empty() and pending:
+                    await asyncio.wait([f for _, f in pending])
+                await asyncio.sleep(0 if pending else 0.005)
+        finally:
+            client.disconnect()
+            await producer.stop()
+
+    async def _take(self, producer: Any, pending: deque[tuple[int, asyncio.Future[Any]]]) -> None:
+        for _ in range(1000):
+            try:
+                topic, payload, mid = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            reason, key = problem_of(topic, payload)
+            if reason is None:
+                future = await producer.send(self.kafka.batches_topic, payload, key=key.encode())
+                self.counters.produced += 1
+            else:
+                letter = msgspec.json.encode(
+                    {"topic": topic, "reason": reason, "payload": payload.decode(errors="replace")}
+                )
+                future = await producer.send(self.kafka.deadletter_topic, letter, key=key.encode())
+                self.counters.rejected += 1
+                log.warning("bridge.rejected", extra={"topic": topic, "reason": reason})
+            pending.append((mid, future))
+
+    def _connect(self) -> Any:
+        paho = _paho()
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+            manual_ack=True,
+        )
+        only_the_network_thread_writes(client)
+        if self.mqtt.username is not None:
+            client.username_pw_set(self.mqtt.username, self.mqtt.password)
+
+        def on_connect(c: Any, u: object, flags: object, reason: Any, props: object) -> None:
+            if not reason.is_failure:
+                c.subscribe(BATCH_SUBSCRIPTION, qos=1)
+
+        def on_message(c: Any, u: object, message: Any) -> None:
+            self.counters.received += 1
+            # blocks the network thread while the queue is full: backpressure to the broker
+            self._incoming.put((message.topic, bytes(message.payload), message.mid))
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        client.connect(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s)
+        client.loop_start()
+        return client

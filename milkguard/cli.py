@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_edge_commands(commands)
 
+    bridge = commands.add_parser(
+        "bridge",
+        help="MQTT to Kafka: every gateway batch, at least once, in order per gateway",
+        description="Subscribe to every gateway's batches on the MQTT broker (mqtt.*) and produce "
+        "them to Kafka (kafka.*), keyed site/gateway; each is acknowledged to MQTT only once "
+        "Kafka has it. Settings from --config and MILKGUARD_* variables.",
+    )
+    bridge.add_argument("--config", type=Path, help="settings file (YAML)")
+
     replay = commands.add_parser(
         "replay",
         help="judge recorded wire payloads (JSON lines) and write deviations as JSON lines",
@@ -176,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "edge": _edge,
+        "bridge": _bridge,
         "replay": _replay,
         "simulate": _simulate,
         "load": _load,
@@ -225,6 +235,47 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     service.run(stop, args.duration)
+    return 0
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack  # noqa: PLC0415
+
+    from milkguard import logs  # noqa: PLC0415
+    from milkguard.settings import load_settings  # noqa: PLC0415
+    from stream.bridge import Bridge, KafkaTarget  # noqa: PLC0415
+    from stream.embedded import broker_address  # noqa: PLC0415
+    from stream.metrics import BridgeCollector, MetricsServer  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    logs.configure(settings.log_level, settings.log_format)
+    kafka = settings.kafka
+    bridge = Bridge(
+        broker_address(settings),
+        KafkaTarget(
+            kafka.bootstrap_servers,
+            kafka.batches_topic,
+            kafka.deadletter_topic,
+            kafka.client_options(),
+        ),
+        f"{settings.mqtt.client_id}-bridge",
+        settings.mqtt.queue_size,
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    with ExitStack() as stack:
+        if settings.metrics.port is not None:
+            collector = BridgeCollector(lambda: bridge.counters, bridge.ready.is_set)
+            stack.enter_context(
+                MetricsServer(collector, settings.metrics.host, settings.metrics.port)
+            )
+        bridge.run(stop)
     return 0
 
 

@@ -47,6 +47,50 @@ class MqttSettings(BaseModel):
     )
 
 
+class KafkaSettings(BaseModel):
+    """The Kafka cluster of a scaled-out install (``milkguard bridge``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    batches_topic: str = "milkguard.batches"
+    deadletter_topic: str = "milkguard.deadletter"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(default=None, description="CA for SSL and SASL_SSL.")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password (MILKGUARD_KAFKA__SASL_PASSWORD)"
+            )
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for the security settings (the secret unwrapped here)."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl  # noqa: PLC0415
+
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        if self.security_protocol.startswith("SASL"):
+            assert self.sasl_password is not None
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return options
+
+
 class MetricsSettings(BaseModel):
     """Where Prometheus scrapes the operational counters; off unless a port is set."""
 
@@ -123,6 +167,7 @@ class Settings(EnvOverFileSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, decode_batch, parse_batch_topic
-from milkguard.errors import ExtraMissing
+from milkguard.errors import BrokerError, ExtraMissing
 from milkguard.mqtt import BrokerAddress, _paho, only_the_network_thread_writes
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,23 @@ class Bridge:
             linger_ms=5,
             **(self.kafka.security or {}),
         )
-        await producer.start()
-        client = self._connect()
+        try:
+            await producer.start()
+        except Exception as exc:  # aiokafka's KafkaConnectionError and friends
+            await producer.stop()
+            raise BrokerError(
+                f"cannot reach Kafka at {self.kafka.bootstrap_servers}: {exc}. "
+                "Check kafka.bootstrap_servers and the security settings."
+            ) from exc
+        try:
+            client = self._connect()
+        except OSError as exc:
+            await producer.stop()
+            raise BrokerError(
+                f"cannot reach the MQTT broker at {self.mqtt.host}:{self.mqtt.port}: {exc}"
+            ) from exc
         pending: deque[tuple[int, asyncio.Future[Any]]] = deque()
         try:
-            self.ready.set()
             while not stop.is_set() or not self._incoming.empty() or pending:
                 await self._take(producer, pending)
                 while pending and pending[0][1].done():
@@ -154,6 +166,7 @@ class Bridge:
 
         client.on_connect = on_connect
         client.on_message = on_message
+        client.on_subscribe = lambda *_: self.ready.set()
         client.connect(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s)
         client.loop_start()
         return client

@@ -87,6 +87,29 @@ class StreamCollector(Collector):
             yield lag
 
 
+class BridgeCollector(Collector):
+    """The MQTT-to-Kafka bridge's counters (``milkguard_bridge_*_total``)."""
+
+    def __init__(self, counters: Callable[[], object], ready: Callable[[], bool]) -> None:
+        self._counters = counters
+        self._ready = ready
+
+    def collect(self) -> Iterator[Metric]:
+        """One scrape."""
+        yield GaugeMetricFamily(
+            "milkguard_bridge_subscribed", "1 once subscribed to the batches", value=self._ready()
+        )
+        counters = self._counters()
+        for name, what in (
+            ("received", "MQTT messages taken from the broker"),
+            ("produced", "batches Kafka was asked to store"),
+            ("rejected", "payloads sent to the dead-letter topic"),
+            ("acknowledged", "messages acknowledged to MQTT once Kafka had them"),
+        ):
+            value = getattr(counters, name)
+            yield CounterMetricFamily(f"milkguard_bridge_{name}", what, value=value)
+
+
 class MetricsServer(AbstractContextManager["MetricsServer"]):
     """``/metrics`` over HTTP for one collector, on its own registry and thread."""
 

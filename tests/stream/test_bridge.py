@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +23,8 @@ from milkguard.contract.v1 import Reading, decode_batch
 from stream.bridge import Bridge, KafkaTarget
 from tests.conftest import T0
 from tests.helpers import wait_until
-from tests.servers import Mosquitto, Tansu, start_tansu, stop
+from tests.servers import Mosquitto, Tansu, free_port, start_tansu, stop, wait_for_port
+from tests.stream.test_metrics import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +146,56 @@ def test_the_bridge_acknowledges_a_batch_to_mqtt_only_once_kafka_has_it(
     finally:
         connection.close()
     assert [decode_batch(value).seq for _, _, value in records] == [1, 2]
+
+
+def test_a_bridge_killed_before_kafka_confirmed_gets_the_batches_again_from_mqtt(
+    tmp_path: Path, mosquitto: Mosquitto, tansu: Tansu
+) -> None:
+    asyncio.run(create_topics(tansu.bootstrap))
+    metrics = free_port()
+    environment = {
+        **os.environ,
+        "MILKGUARD_MQTT__BROKER": "external",
+        "MILKGUARD_MQTT__PORT": str(mosquitto.port),
+        "MILKGUARD_KAFKA__BOOTSTRAP_SERVERS": tansu.bootstrap,
+        "MILKGUARD_METRICS__PORT": str(metrics),
+    }
+    command = [sys.executable, "-m", "milkguard", "bridge"]
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, env=environment, stderr=subprocess.DEVNULL)
+        wait_for_port(metrics, process)
+        wait_until(lambda: scrape(metrics).get("milkguard_bridge_subscribed") == 1)
+        return process
+
+    def counter(name: str) -> float:
+        return scrape(metrics).get(f"milkguard_bridge_{name}_total", -1)
+
+    connection = mqtt_connect.connect(
+        mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port), "gw-0"
+    )
+    publisher = GatewayPublisher(connection, "farm-01", "gw-0", first_seq=1)
+    bridge = start()
+    try:
+        for second in range(5):
+            publisher.publish([Reading("tank-0", "milk_temp", 4.0, "degC", T0 + second * 1000)])
+        wait_until(lambda: counter("acknowledged") == 5, 30, "five batches in Kafka")
+        tansu.process.send_signal(signal.SIGSTOP)  # Kafka stalls ...
+        for second in range(5, 10):
+            publisher.publish([Reading("tank-0", "milk_temp", 4.0, "degC", T0 + second * 1000)])
+        wait_until(lambda: counter("received") == 10, 30, "five more at the bridge")
+        bridge.kill()  # ... and the bridge dies before Kafka confirmed them
+        bridge.wait(timeout=10)
+        tansu.process.send_signal(signal.SIGCONT)
+        bridge = start()  # same client id: the broker delivers the unacknowledged batches again
+        wait_until(lambda: counter("acknowledged") >= 5, 30, "the five again, now in Kafka")
+        bridge.send_signal(signal.SIGTERM)
+        assert bridge.wait(timeout=30) == 0
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+        connection.close()
+    records = asyncio.run(consume(tansu.bootstrap, "milkguard.batches", 10))
+    seqs = [decode_batch(value).seq for _, _, value in records]
+    deduped = list(dict.fromkeys(seqs))  # the stream drops repeats by sequence number
+    assert deduped == list(range(1, 11))

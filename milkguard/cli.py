@@ -225,17 +225,22 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.getLogger("milkguard").info("settings", extra={"settings": settings.redacted()})
     service = EmbeddedService(settings)
+    stop = _stop_on_signals()
+    service.run(stop, args.duration)
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM, for a clean stop; a second Ctrl-C interrupts at once."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
-        # a second Ctrl-C interrupts at once
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    service.run(stop, args.duration)
-    return 0
+    return stop
 
 
 def _bridge(args: argparse.Namespace) -> int:
@@ -261,14 +266,7 @@ def _bridge(args: argparse.Namespace) -> int:
         f"{settings.mqtt.client_id}-bridge",
         settings.mqtt.queue_size,
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _stop_on_signals()
     with ExitStack() as stack:
         if settings.metrics.port is not None:
             collector = BridgeCollector(lambda: bridge.counters, bridge.ready.is_set)
@@ -290,15 +288,7 @@ def _edge(args: argparse.Namespace) -> int:
 
     logs.configure(config.log_level, config.log_format)
     agent = EdgeAgent(config)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        # a second Ctrl-C interrupts at once
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _stop_on_signals()
     timer = threading.Timer(args.duration or 0, stop.set)
     timer.daemon = True
     if args.duration is not None:

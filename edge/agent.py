@@ -91,8 +91,6 @@ class SourceHealth:
     reads: int = 0
     failures: int = 0  # consecutive
     total_failures: int = 0
-    missing_values: int = 0
-    overruns: int = 0
     unstamped: int = 0  # readings not kept because the gateway clock was not set
     error: str | None = None
 
@@ -139,7 +137,6 @@ class Poller:
                 due += every
                 late = time.monotonic() - due
                 if late > every:  # a read took longer than the interval: skip the missed slots
-                    self.health.overruns += int(late // every)
                     due += math.floor(late / every) * every
             else:
                 backoff = min(every * 2 ** (self.health.failures - 1), _MAX_BACKOFF_S)
@@ -176,8 +173,7 @@ class Poller:
         readings = []
         for channel, value in zip(self.source.channels, values, strict=True):
             if value is None or not math.isfinite(value):
-                self.health.missing_values += 1
-                continue
+                continue  # the driver logs a point it cannot read
             readings.append(Reading(channel.asset, channel.channel, value, channel.unit, ts))
             if channel.limits is not None:
                 key = f"{channel.asset}/{channel.channel}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from edge.config import EdgeConfig
 from milkguard.contract.v1 import status_topic
-from milkguard.mqtt import PublishRefused, _paho, only_the_network_thread_writes
+from milkguard.mqtt import PublishRefused, only_the_network_thread_writes, paho_module
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class GatewayLink:
     """One persistent MQTT session to the plant's broker, kept up by a thread of its own."""
 
     def __init__(self, config: EdgeConfig, will: Callable[[], bytes]) -> None:
-        paho = _paho()
-        self._paho = paho
+        paho = paho_module()
+        self.paho_module = paho
         self.config = config
         mqtt = config.mqtt
         client = paho.Client(
@@ -101,10 +101,10 @@ class GatewayLink:
         reconnect); its message id. :class:`PublishRefused` when paho's queue is full."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         # NO_CONN and CONN_LOST leave the message queued for the reconnect: not a refusal
-        if info.rc == self._paho.MQTT_ERR_QUEUE_SIZE:
+        if info.rc == self.paho_module.MQTT_ERR_QUEUE_SIZE:
             raise PublishRefused(
                 f"MQTT client {self.config.client_id!r} could not queue a message for "
-                f"{topic!r}: {self._paho.error_string(info.rc)}"
+                f"{topic!r}: {self.paho_module.error_string(info.rc)}"
             )
         return int(info.mid)
 
@@ -134,8 +134,8 @@ class GatewayLink:
             except (OSError, ValueError) as exc:
                 self._failed(explain_connect_error(exc, mqtt.host, mqtt.port))
             else:
-                rc = self._paho.MQTT_ERR_SUCCESS
-                while rc == self._paho.MQTT_ERR_SUCCESS:
+                rc = self.paho_module.MQTT_ERR_SUCCESS
+                while rc == self.paho_module.MQTT_ERR_SUCCESS:
                     rc = self.client.loop(timeout=0.5)
                     # only now: the loop that handled CONNACK has also queued paho's resends of
                     # the batches in flight, so no newer batch can be queued ahead of them

@@ -24,13 +24,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from milkguard import __version__
 from milkguard.errors import ConfigError, MilkGuardError
+
+if TYPE_CHECKING:
+    from edge.config import EdgeConfig
 
 EXIT_USAGE = 2
 
@@ -300,7 +303,7 @@ def _edge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edge_check(config: Any) -> int:
+def _edge_check(config: EdgeConfig) -> int:
     from edge.agent import make_driver  # noqa: PLC0415
     from edge.drivers.base import DriverError  # noqa: PLC0415
 

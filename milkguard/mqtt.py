@@ -104,7 +104,7 @@ class Connection:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish with QoS 1; queued by paho while the link is down, sent after reconnect."""
-        paho = _paho()
+        paho = paho_module()
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise PublishRefused(
@@ -147,7 +147,8 @@ def only_the_network_thread_writes(client: Any) -> None:
     client.on_socket_register_write = lambda _client, _userdata, _sock: None
 
 
-def _paho() -> Any:
+def paho_module() -> Any:
+    """``paho.mqtt.client``, or :class:`ExtraMissing` naming the extra to install."""
     try:
         import paho.mqtt.client as mqtt  # noqa: PLC0415 - optional part, imported when used
     except ImportError as exc:
@@ -171,7 +172,7 @@ def connect(
     ``on_connect_extra(client)`` runs after every (re)connect, e.g. to subscribe again.
     Raises :class:`BrokerError` with the broker's reason when the first connect fails.
     """
-    paho = _paho()
+    paho = paho_module()
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=client_id,

@@ -24,7 +24,7 @@ import msgspec
 
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, decode_batch, parse_batch_topic
 from milkguard.errors import BrokerError, ExtraMissing
-from milkguard.mqtt import BrokerAddress, _paho, only_the_network_thread_writes
+from milkguard.mqtt import BrokerAddress, only_the_network_thread_writes, paho_module
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Bridge:
             pending.append((mid, future))
 
     def _connect(self) -> Any:
-        paho = _paho()
+        paho = paho_module()
         client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,

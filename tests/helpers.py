@@ -6,8 +6,11 @@ import contextlib
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from milkguard import mqtt as mqtt_connect
 
@@ -138,3 +141,15 @@ class LinkCutter:
         with contextlib.suppress(OSError):
             sock.shutdown(self._socket_module.SHUT_RDWR)
         sock.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of /metrics by name and labels, e.g. ``milkguard_deviations{change=opened}``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples

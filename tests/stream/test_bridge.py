@@ -22,9 +22,8 @@ from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Reading, decode_batch
 from stream.bridge import Bridge, KafkaTarget
 from tests.conftest import T0
-from tests.helpers import wait_until
+from tests.helpers import scrape, wait_until
 from tests.servers import Mosquitto, Tansu, free_port, start_tansu, stop, wait_for_port
-from tests.stream.test_metrics import scrape
 
 pytestmark = pytest.mark.integration
 

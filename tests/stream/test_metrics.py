@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -20,22 +19,10 @@ from milkguard.contract.v1 import Reading
 from milkguard.settings import InfluxSettings, MetricsSettings, MqttSettings, Settings
 from stream.embedded import EmbeddedService
 from tests.conftest import T0
-from tests.helpers import wait_until
+from tests.helpers import scrape, wait_until
 from tests.servers import Mosquitto, VictoriaMetrics, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of /metrics by name and labels, e.g. ``milkguard_deviations{change=opened}``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def test_the_counters_of_a_running_stream_can_be_scraped(

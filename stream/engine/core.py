@@ -704,7 +704,10 @@ class Engine:
     def _apply(self, site: str, state: _AssetState, event: Event) -> None:
         """One event of a known asset, into the state of the rules it concerns."""
         if isinstance(event, CipStart):
-            if not state.cleaning or state.cleaning[-1][1] != _OPEN:
+            # A start stamped before the last window ended is an old event delivered again
+            # (at least once): taking it would open a window overlapping the closed one.
+            last_end = state.cleaning[-1][1] if state.cleaning else -1
+            if last_end != _OPEN and last_end <= event.ts:
                 state.cleaning.append([event.ts, _OPEN])
                 del state.cleaning[:-_KEPT_WINDOWS]
         elif isinstance(event, CipEnd) and state.cleaning:

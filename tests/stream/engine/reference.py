@@ -93,7 +93,8 @@ class ReferenceEngine:
             windows = self.cleaning.get((site, asset))
             if windows is None:
                 continue
-            if kind == "cip_start" and (not windows or windows[-1][1] != _OPEN):
+            last_end = windows[-1][1] if windows else -1
+            if kind == "cip_start" and last_end != _OPEN and last_end <= ts:
                 windows.append([ts, _OPEN])
             elif kind == "cip_end" and windows and windows[-1][1] == _OPEN and ts >= windows[-1][0]:
                 windows[-1][1] = ts

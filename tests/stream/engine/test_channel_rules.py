@@ -250,6 +250,19 @@ def test_a_breach_open_when_cleaning_starts_ends_at_the_cleaning_start(farm: Sce
     assert closed.deviation.degree_minutes == pytest.approx(2.0 * 35 / 60)
 
 
+def test_a_cleaning_start_delivered_again_after_its_end_opens_no_second_window(
+    farm: Scenario,
+) -> None:
+    cip(farm, CipStart, 15)
+    cip(farm, CipEnd, 50)
+    cip(farm, CipStart, 15)  # the bridge is at least once: the old start, once more
+    tank(farm, [(0, 4.0), (10, 4.0), (60, 9.0), (70, 9.0), (80, 9.0), (90, 3.0)])
+    farm.finish()
+
+    opened, closed = farm.of("critical_limit")
+    assert (opened.deviation.start_ms, closed.deviation.end_ms) == (at(60), at(90))
+
+
 def test_an_event_for_readings_already_judged_is_counted_late(farm: Scenario) -> None:
     tank(farm, [(0, 4.0), (10, 4.0), (50, 4.0), (60, 4.0)])
 

@@ -71,10 +71,21 @@ def _parser() -> argparse.ArgumentParser:
         "bridge",
         help="MQTT to Kafka: every gateway batch, at least once, in order per gateway",
         description="Subscribe to every gateway's batches on the MQTT broker (mqtt.*) and produce "
-        "them to Kafka (kafka.*), keyed site/gateway; each is acknowledged to MQTT only once "
+        "them to Kafka (kafka.*), keyed by site; each is acknowledged to MQTT only once "
         "Kafka has it. Settings from --config and MILKGUARD_* variables.",
     )
     bridge.add_argument("--config", type=Path, help="settings file (YAML)")
+
+    worker = commands.add_parser(
+        "worker",
+        help="the rule engine as a faust-streaming worker on Kafka",
+        description="Judge the batches in Kafka (kafka.batches_topic) with the plan, one engine "
+        "per partition, its state in a changelog-backed Faust table; deviations to "
+        "kafka.deviations_topic, readings and deviations to InfluxDB (influx.*). Start as many "
+        "as the topic has partitions; they split them. Settings from --config and MILKGUARD_*.",
+    )
+    worker.add_argument("--config", type=Path, help="settings file (YAML)")
+    worker.add_argument("--plan", type=Path, help="HACCP plan file (overrides the settings)")
 
     replay = commands.add_parser(
         "replay",
@@ -179,6 +190,26 @@ def _add_bench_commands(commands: Any) -> None:
         "--cap", type=float, default=50_000, help="drain.max_readings_per_s of the agent"
     )
     bench_edge.add_argument("--mqtt", metavar="HOST:PORT", help="use this broker instead")
+    pipeline = bench_commands.add_parser(
+        "pipeline",
+        help="end to end: readings/s, and p50/p99 latency from publish to deviation",
+        description="A fleet of gateways through the whole pipeline: a backlog published as "
+        "fast as MQTT takes it (readings/s end to end), then the fleet paced at --rate with a "
+        "probe whose deviations are timed from publish to where a consumer reads them. "
+        "Embedded by default; --kafka: Mosquitto, milkguard bridge, Kafka, milkguard worker.",
+    )
+    pipeline.add_argument("--kafka", action="store_true", help="the scaled-out pipeline")
+    pipeline.add_argument("--gateways", type=int, default=100)
+    pipeline.add_argument("--channels", type=int, default=100, help="per gateway, at 1 Hz")
+    pipeline.add_argument(
+        "--backlog-s", type=float, default=60.0, help="seconds of fleet data in the backlog"
+    )
+    pipeline.add_argument("--rate", type=float, default=10_000.0, help="paced readings/s")
+    pipeline.add_argument("--seconds", type=float, default=20.0, help="of the paced phase")
+    pipeline.add_argument("--workers", type=int, default=1, help="milkguard worker processes")
+    pipeline.add_argument("--partitions", type=int, default=4, help="of the batches topic")
+    pipeline.add_argument("--mqtt", metavar="HOST:PORT", help="a running broker (--kafka)")
+    pipeline.add_argument("--bootstrap", metavar="HOST:PORT", help="a running Kafka (--kafka)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "edge": _edge,
         "bridge": _bridge,
+        "worker": _worker,
         "replay": _replay,
         "simulate": _simulate,
         "load": _load,
@@ -278,6 +310,22 @@ def _bridge(args: argparse.Namespace) -> int:
             )
         bridge.run(stop)
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from milkguard import logs  # noqa: PLC0415
+    from milkguard.settings import load_settings  # noqa: PLC0415
+    from stream.worker import build_worker, run_worker  # noqa: PLC0415
+
+    overrides: dict[str, object] = {}
+    if args.plan is not None:
+        overrides["plan"] = args.plan
+    settings = load_settings(args.config, **overrides)
+    logs.configure(settings.log_level, settings.log_format)
+    import logging  # noqa: PLC0415
+
+    logging.getLogger("milkguard").info("settings", extra={"settings": settings.redacted()})
+    return run_worker(build_worker(settings))
 
 
 def _edge(args: argparse.Namespace) -> int:
@@ -492,6 +540,8 @@ def _show_verdict(verdict: Any) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.bench_command == "edge":
         return _bench_edge(args)
+    if args.bench_command == "pipeline":
+        return _bench_pipeline(args)
     return _bench_engine(args.assets, args.seconds)
 
 
@@ -551,6 +601,36 @@ def _bench_engine(assets: int, seconds: int) -> int:
         result = run(assets=assets, seconds=seconds)
     for line in result.lines():
         console.print(line, highlight=False)
+    return 0
+
+
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    import platform  # noqa: PLC0415
+
+    from stream import pipeline_bench  # noqa: PLC0415
+
+    console = Console()
+    with console.status("starting the pipeline ...") as status:
+        result = pipeline_bench.run(
+            kafka=args.kafka,
+            gateways=args.gateways,
+            channels=args.channels,
+            backlog_s=args.backlog_s,
+            rate=args.rate,
+            seconds=args.seconds,
+            workers=args.workers,
+            partitions=args.partitions,
+            mqtt=args.mqtt,
+            bootstrap=args.bootstrap,
+            progress=lambda step: status.update(f"{step} ..."),
+        )
+    for line in result.lines():
+        console.print(line, highlight=False)
+    console.print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        highlight=False,
+    )
     return 0
 
 

@@ -55,6 +55,10 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     batches_topic: str = "milkguard.batches"
     deadletter_topic: str = "milkguard.deadletter"
+    deviations_topic: str = "milkguard.deviations"
+    replication_factor: int = Field(
+        default=1, ge=1, description="For the topics the workers create (3 on a real cluster)."
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -89,6 +93,43 @@ class KafkaSettings(BaseModel):
                 sasl_plain_password=self.sasl_password.get_secret_value(),
             )
         return options
+
+
+class WorkerSettings(BaseModel):
+    """The faust-streaming workers of a scaled-out install (``milkguard worker``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = Field(
+        default="milkguard-worker",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Faust app id: the consumer group, and the prefix of the state changelog.",
+    )
+    checkpoint_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often work is made durable: outputs confirmed, state saved, offsets "
+        "committed. Longer: less overhead, more work repeated after a crash.",
+    )
+    tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="A partition quiet this long has its clock moved."
+    )
+    session_timeout_s: float = Field(
+        default=30.0,
+        ge=2,
+        description="Kafka consumer session: how soon a dead worker's partitions move on.",
+    )
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 2 > self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be at most half of "
+                f"session_timeout_s ({self.session_timeout_s:g})"
+            )
+        return self
 
 
 class MetricsSettings(BaseModel):
@@ -168,6 +209,7 @@ class Settings(EnvOverFileSettings):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

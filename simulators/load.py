@@ -73,10 +73,22 @@ class LoadResult:
 
 
 def prepare(
-    gateways: int, channels: int, rate_hz: float, seconds: float, batch_s: float = 1.0
+    gateways: int,
+    channels: int,
+    rate_hz: float,
+    seconds: float,
+    batch_s: float = 1.0,
+    *,
+    per_site: int = 50,
+    start_s: float = 0.0,
+    first_seq: int = 1,
 ) -> list[Message]:
     """``gateways`` gateways of ``channels`` channels sampled at ``rate_hz`` for ``seconds``,
-    each sending one batch per ``batch_s``; in the order they are due."""
+    each sending one batch per ``batch_s``; in the order they are due.
+
+    Gateway ``g`` is at site ``load-{g // per_site}`` and reads asset ``asset-{g}``. Readings
+    start ``start_s`` after ``T_START`` and batches are numbered from ``first_seq``, so a second
+    run carries on where the first ended; ``due_s`` counts from this run's start."""
     per_batch = round(rate_hz * batch_s)
     if per_batch < 1 or per_batch != rate_hz * batch_s:
         raise ConfigError(
@@ -87,18 +99,18 @@ def prepare(
         raise ConfigError(f"--seconds {seconds:g} is shorter than one {batch_s:g} s batch")
     rng = random.Random(7)
     messages: list[Message] = []
-    seq = 1
+    seq = first_seq
     windows = int(seconds / batch_s)
     for window in range(windows):
         for gateway in range(gateways):
-            site, name = f"load-{gateway // 50}", f"load-gw-{gateway}"
+            site, name = f"load-{gateway // per_site}", f"load-gw-{gateway}"
             readings = [
                 Reading(
                     f"asset-{gateway}",
                     f"ch-{channel}",
                     round(4.0 + rng.random(), 3),
                     "degC",
-                    T_START + round((window * batch_s + sample / rate_hz) * 1000),
+                    T_START + round((start_s + window * batch_s + sample / rate_hz) * 1000),
                 )
                 for sample in range(per_batch)
                 for channel in range(channels)
@@ -108,7 +120,7 @@ def prepare(
                 site=site,
                 gateway=name,
                 seq=seq,
-                sent_at=T_START + round((window + 1) * batch_s * 1000),
+                sent_at=T_START + round((start_s + (window + 1) * batch_s) * 1000),
                 readings=readings,
             )
             seq += 1
@@ -130,9 +142,11 @@ def publish_paced(
     speed: float = 1.0,
     window: int = 100,
     progress: Callable[[int], None] = lambda readings: None,
+    published: Callable[[Message, float], None] = lambda message, at: None,
 ) -> LoadResult:
     """Publish each message when it is due (``speed`` times faster than its schedule); wait for
-    every acknowledgement before the clock stops."""
+    every acknowledgement before the clock stops. ``published(message, wall time)`` is told of
+    each publish as it is handed to the client."""
     started = time.perf_counter()
     sent = readings = 0
     behind = 0.0
@@ -151,6 +165,7 @@ def publish_paced(
         if not connection.acks.wait_below(window, timeout_s=30.0):
             break  # the broker stopped acknowledging: reported below, not waited on forever
         connection.publish(message.topic, message.payload)
+        published(message, time.time())
         sent += 1
         readings += message.readings
         progress(message.readings)

@@ -1,13 +1,17 @@
 """``milkguard bridge``: gateways' batches from MQTT into Kafka, at least once, in order.
 
-Each valid batch is produced to the batches topic keyed ``site/gateway``, so every batch of a
-gateway lands in one partition, in the order the gateway sent it. The MQTT PUBACK for a batch is
-sent only once Kafka has acknowledged it (paho's manual acknowledgement), so a bridge that dies
-in between leaves the batch with the broker, which delivers it again; the stream drops the copy
-by sequence number. MQTT requires PUBACKs in the order the PUBLISHes came, so they are released
-from the head of a FIFO as Kafka confirms. An invalid payload goes to the dead-letter topic with
-its reason (and is acknowledged once that is in Kafka). While Kafka is slow the bounded queue
-fills and MQTT reads wait: backpressure to the broker, nothing dropped.
+Each valid batch is produced to the batches topic keyed by its site, so every batch of a
+gateway lands in one partition, in the order the gateway sent it, and all the gateways of a
+site land in the same one: a site's rules (cleaning windows, transport, silence of every
+channel) are judged by one engine (:mod:`stream.worker`), which needs all of its batches.
+
+The MQTT PUBACK for a batch is sent only once Kafka has acknowledged it (paho's manual
+acknowledgement), so a bridge that dies in between leaves the batch with the broker, which
+delivers it again; the stream drops the copy by sequence number. MQTT requires PUBACKs in the
+order the PUBLISHes came, so they are released from the head of a FIFO as Kafka confirms. An
+invalid payload goes to the dead-letter topic with its reason (and is acknowledged once that is
+in Kafka). While Kafka is slow the bounded queue fills and MQTT reads wait: backpressure to the
+broker, nothing dropped.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class BridgeCounters:
 def problem_of(topic: str, payload: bytes) -> tuple[str | None, str]:
     """(None, key) for a valid batch on its own topic, else (reason, key)."""
     route = parse_batch_topic(topic)
-    key = f"{route[0]}/{route[1]}" if route else topic
+    key = route[0] if route else topic  # the site: see the module's description
     try:
         batch = decode_batch(payload)
     except msgspec.ValidationError as exc:

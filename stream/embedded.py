@@ -93,6 +93,7 @@ class EmbeddedService:
         self.console = console or Console()
         self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
         self.ingest: Ingest | None = None
+        self.source: MqttBatchSource | None = None  # once running
         self.influx: InfluxDBSink | None = None
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> RunSummary:
@@ -117,15 +118,18 @@ class EmbeddedService:
             ingest = self._build_ingest(outbox)
             stack.callback(ingest.close)
             if settings.metrics.port is not None:
-                from stream.metrics import MetricsServer, StreamCollector  # noqa: PLC0415
+                from stream.metrics import MetricsServer, StreamCollector, counts_of  # noqa: PLC0415
 
-                collector = StreamCollector(lambda: self.ingest, lambda: self.influx)
+                collector = StreamCollector(
+                    lambda: counts_of(self.ingest) if self.ingest else None, lambda: self.influx
+                )
                 stack.enter_context(
                     MetricsServer(collector, settings.metrics.host, settings.metrics.port)
                 )
             source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
             source.start()
             self.ingest = ingest
+            self.source = source
             log.info(
                 "stream.started",
                 extra={
@@ -160,21 +164,7 @@ class EmbeddedService:
         series: list[TimeSeriesSink] = [LineProtocolFileSink(data_dir)]
         influx = settings.influx
         if influx.enabled:
-            assert influx.url is not None
-            assert influx.token is not None
-            assert influx.org is not None
-            assert influx.bucket is not None
-            sink = InfluxDBSink(
-                influx.url,
-                influx.token.get_secret_value(),
-                influx.org,
-                influx.bucket,
-                rejected_path=data_dir / "influx-rejected.lp",
-                batch_lines=influx.batch_lines,
-                max_buffer_lines=influx.max_buffer_lines,
-                timeout_s=influx.timeout_s,
-            )
-            sink.check_reachable()
+            sink = InfluxDBSink.from_settings(influx, data_dir)
             series.append(sink)
             self.influx = sink
         return Ingest(

@@ -19,7 +19,7 @@ import msgspec
 from milkguard.contract.v1 import Batch, Reading, decode_batch, is_valid_id, parse_batch_topic
 from stream.engine.core import Engine
 from stream.engine.deviation import DeviationChange, iso_ms
-from stream.lineprotocol import deviation_line, event_line, reading_line
+from stream.lineprotocol import derived_line, deviation_line, event_line, reading_line
 from stream.sinks.base import (
     DeadLetter,
     DeadLetterSink,
@@ -62,6 +62,26 @@ class SequenceWindow:
         self.size = size
         self.high = -1
         self._seen: set[int] = set()
+
+    def state(self) -> tuple[int, list[tuple[int, int]]]:
+        """(highest, seen numbers as inclusive ranges): compact, as numbers mostly run on."""
+        ranges: list[tuple[int, int]] = []
+        for seq in sorted(self._seen):
+            if ranges and ranges[-1][1] == seq - 1:
+                ranges[-1] = (ranges[-1][0], seq)
+            else:
+                ranges.append((seq, seq))
+        return self.high, ranges
+
+    @classmethod
+    def restored(cls, size: int, high: int, ranges: list[tuple[int, int]]) -> SequenceWindow:
+        """A window as :meth:`state` described it."""
+        window = cls(size)
+        window.high = high
+        floor = high - size
+        for first, last in ranges:
+            window._seen.update(range(max(first, floor + 1), last + 1))
+        return window
 
     def admit(self, seq: int) -> bool | None:
         """True: new. False: a duplicate. None: too far behind the window to tell."""
@@ -136,6 +156,23 @@ class Ingest:
         """
         self.counters.messages += 1
         self._handle(origin, None, payload, None)
+
+    def handle_bridged(self, payload: bytes, received_ms: int, origin: str) -> None:
+        """Process one payload the bridge took from MQTT (it checked the topic against it)."""
+        self.counters.messages += 1
+        self._handle(origin, None, payload, received_ms)
+
+    def windows(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
+        """The duplicate windows of every gateway, for a snapshot."""
+        return {f"{site}/{gw}": window.state() for (site, gw), window in self._windows.items()}
+
+    def restore_windows(self, saved: dict[str, tuple[int, list[tuple[int, int]]]]) -> None:
+        """Carry on dropping the duplicates a snapshot's windows knew of."""
+        for name, (high, ranges) in saved.items():
+            site, gateway = name.split("/", 1)
+            self._windows[(site, gateway)] = SequenceWindow.restored(
+                self._window_size, high, ranges
+            )
 
     def _handle(
         self,
@@ -253,7 +290,7 @@ class Ingest:
         """Move the engine's clock with no data: releases held readings and fires timers."""
         changes: list[DeviationChange] = []
         self.engine.advance(now_ms, changes)
-        if changes:
+        if changes or self.engine.derived:
             lines: list[str] = []
             self._emit(changes, lines)
             self._timeseries.add(lines)
@@ -268,6 +305,11 @@ class Ingest:
         self.flush()
 
     def _emit(self, changes: list[DeviationChange], lines: list[str]) -> None:
+        """Deviation changes to their sinks and, with the engine's derived values, to lines."""
+        derived = self.engine.derived
+        if derived:
+            lines.extend(map(derived_line, derived))
+            derived.clear()
         for change in changes:
             lines.append(deviation_line(change))
             self._deviations.emit(change)

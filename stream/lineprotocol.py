@@ -10,6 +10,7 @@ Schema (low-cardinality tags, values in fields):
     event,site=S,asset=A,kind=K,gateway=G detail="<json>" <ts>
     deviation,site=S,asset=A,rule=R,severity=V,change=opened|closed peak=<f>,time_beyond_s=<f>,
         degree_minutes=<f>,open=<bool>,id="<id>" <start ts>
+    derived,site=S,asset=A,rule=R,quantity=holding_time_s|f0_min value=<float> <ts>
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 
 from milkguard.contract.v1 import Event, Reading
 from stream.engine.deviation import DeviationChange
+from stream.engine.htst import Derived
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
@@ -63,4 +65,12 @@ def deviation_line(change: DeviationChange) -> str:
         f"open={'true' if d.status == 'open' else 'false'},"
         f"late={'true' if d.detected_late else 'false'},id={string_field(d.id)} "
         f"{d.start_ms}000000"
+    )
+
+
+def derived_line(derived: Derived) -> str:
+    """A value computed while judging: a holding tube's fastest-particle time, a UHT F0."""
+    return (
+        f"derived,site={derived.site},asset={derived.asset},rule={escape_tag(derived.rule_id)},"
+        f"quantity={derived.quantity} value={derived.value!r} {derived.ts}000000"
     )

@@ -3,7 +3,7 @@
 Read live from the counters ingest, the engine and the InfluxDB sink keep anyway, at scrape
 time (a custom collector): nothing is counted twice and the hot path pays nothing for metrics.
 
-    milkguard_messages_received_total        MQTT messages taken from the broker
+    milkguard_messages_received_total        messages taken from the broker (MQTT or Kafka)
     milkguard_batches_received_total         valid batches
     milkguard_readings_received_total        readings in valid batches
     milkguard_payloads_rejected_total        payloads dead-lettered whole
@@ -23,17 +23,63 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from milkguard.errors import ConfigError
-from stream.ingest import Ingest
+from stream.engine.core import EngineCounters
+from stream.ingest import Ingest, IngestCounters
 from stream.sinks.influx import InfluxDBSink
 
+if TYPE_CHECKING:
+    from stream.worker import Worker
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StreamCounts:
+    """The counters of ingest and the engine that Prometheus gets, summed where there are many."""
+
+    messages: int = 0
+    batches: int = 0
+    readings: int = 0
+    rejected_payloads: int = 0
+    rejected_readings: int = 0
+    duplicates: int = 0
+    late: int = 0
+    judged: int = 0
+    opened: int = 0
+    closed: int = 0
+
+    def add(self, ingest: IngestCounters, engine: EngineCounters) -> None:
+        """Add one ingest's and its engine's counters."""
+        for name in ("messages", "batches", "readings", "rejected_payloads"):
+            setattr(self, name, getattr(self, name) + getattr(ingest, name))
+        self.rejected_readings += ingest.rejected_readings
+        self.duplicates += ingest.duplicates
+        for name in ("late", "judged", "opened", "closed"):
+            setattr(self, name, getattr(self, name) + getattr(engine, name))
+
+    def plus(self, other: StreamCounts) -> StreamCounts:
+        """These counts and ``other``'s together."""
+        return StreamCounts(*(getattr(self, n) + getattr(other, n) for n in self.__slots__))
+
+    def less(self, other: StreamCounts) -> StreamCounts:
+        """These counts minus ``other``'s (what happened since ``other`` was taken)."""
+        return StreamCounts(*(getattr(self, n) - getattr(other, n) for n in self.__slots__))
+
+
+def counts_of(ingest: Ingest) -> StreamCounts:
+    """One ingest's counters with its engine's."""
+    counts = StreamCounts()
+    counts.add(ingest.counters, ingest.engine.counters)
+    return counts
 
 
 class StreamCollector(Collector):
@@ -41,35 +87,36 @@ class StreamCollector(Collector):
 
     def __init__(
         self,
-        ingest: Callable[[], Ingest | None],
+        counts: Callable[[], StreamCounts | None],
         influx: Callable[[], InfluxDBSink | None] = lambda: None,
+        extra: Callable[[], Iterator[Metric]] = lambda: iter(()),
     ) -> None:
-        self._ingest = ingest
+        self._counts = counts
         self._influx = influx
+        self._extra = extra
 
     def collect(self) -> Iterator[Metric]:
         """One scrape: the counters as they are now."""
-        ingest = self._ingest()
-        if ingest is not None:
-            seen = ingest.counters
-            engine = ingest.engine.counters
+        seen = self._counts()
+        if seen is not None:
             for name, value, what in (
-                ("messages_received", seen.messages, "MQTT messages taken from the broker"),
+                ("messages_received", seen.messages, "messages taken from the broker"),
                 ("batches_received", seen.batches, "valid batches"),
                 ("readings_received", seen.readings, "readings in valid batches"),
                 ("payloads_rejected", seen.rejected_payloads, "payloads dead-lettered whole"),
                 ("readings_rejected", seen.rejected_readings, "readings dead-lettered alone"),
                 ("batches_duplicate", seen.duplicates, "batches dropped as repeats"),
-                ("readings_late", engine.late, "readings behind their channel's judgement"),
-                ("readings_judged", engine.judged, "readings the rules judged"),
+                ("readings_late", seen.late, "readings behind their channel's judgement"),
+                ("readings_judged", seen.judged, "readings the rules judged"),
             ):
                 yield CounterMetricFamily(f"milkguard_{name}", what, value=value)
             deviations = CounterMetricFamily(
                 "milkguard_deviations", "deviations opened and closed", labels=["change"]
             )
-            deviations.add_metric(["opened"], engine.opened)
-            deviations.add_metric(["closed"], engine.closed)
+            deviations.add_metric(["opened"], seen.opened)
+            deviations.add_metric(["closed"], seen.closed)
             yield deviations
+        yield from self._extra()
         influx = self._influx()
         if influx is not None:
             for name, value, what in (
@@ -134,3 +181,33 @@ class MetricsServer(AbstractContextManager["MetricsServer"]):
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class WorkerCollector(StreamCollector):
+    """A Faust worker's counters: its partitions' summed, its InfluxDB sink's, and its own."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(worker.counts, lambda: worker.influx, self._worker_metrics)
+        self._worker = worker
+
+    def _worker_metrics(self) -> Iterator[Metric]:
+        worker = self._worker
+        yield GaugeMetricFamily(
+            "milkguard_worker_partitions",
+            "partitions of the batches topic assigned to this worker",
+            value=len(worker.assigned()),
+        )
+        yield GaugeMetricFamily(
+            "milkguard_worker_unacknowledged_messages",
+            "messages taken but not yet made durable by a checkpoint",
+            value=sum(len(work.unacked) for work in worker.work.values()),
+        )
+        for name, what in (
+            ("checkpoints", "checkpoints: outputs confirmed, state saved, offsets released"),
+            ("skipped", "messages a restored state already included"),
+            ("restored", "partitions carried on from a saved state"),
+            ("deviations_sent", "deviation changes produced to the deviations topic"),
+            ("letters_sent", "dead letters produced to the dead-letter topic"),
+        ):
+            value = getattr(worker.counters, name)
+            yield CounterMetricFamily(f"milkguard_worker_{name}", what, value=value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -47,11 +48,14 @@ class MqttBatchSource:
         self._address = address
         self._client_id = client_id
         self.connection: mqtt_connect.Connection | None = None
+        #: set once the broker confirmed the subscription: batches published now reach us
+        self.subscribed = threading.Event()
 
     def start(self) -> None:
         """Connect and subscribe (again after every reconnect)."""
 
         def subscribe(client: mqtt.Client) -> None:
+            client.on_subscribe = lambda *_: self.subscribed.set()
             client.subscribe(BATCH_SUBSCRIPTION, qos=1)
 
         self.connection = mqtt_connect.connect(

@@ -494,6 +494,31 @@ class LoadedPlan:
     plan: Plan
     path: str
     version: str  # first 16 hex digits of the SHA-256 of the file
+    part: str = ""  # which sites, for the part of a plan one engine of several judges
+
+    @property
+    def state_version(self) -> str:
+        """What an engine's saved state must have been taken under to be restored."""
+        return f"{self.version}/{self.part}" if self.part else self.version
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites the plan covers, sorted."""
+        return sorted({asset.site for asset in self.plan.assets.values()})
+
+    def for_sites(self, sites: set[str]) -> LoadedPlan:
+        """The part of the plan that covers ``sites``: their assets and the rules on them.
+
+        Every rule judges assets of one site, so the parts of a plan split by site judge what
+        the whole plan judges, and under the same version (deviation ids stay the same). The
+        part is named in :attr:`state_version`, so a snapshot of one part is never restored
+        into another.
+        """
+        assets = {k: a for k, a in self.plan.assets.items() if a.site in sites}
+        rules = [rule for rule in self.plan.rules if rule.asset in assets]
+        part = self.plan.model_copy(update={"assets": assets, "rules": rules})
+        digest = hashlib.sha256(",".join(sorted(sites)).encode()).hexdigest()[:16]
+        return LoadedPlan(plan=part, path=self.path, version=self.version, part=digest)
 
 
 def load_plan(path: str | Path) -> LoadedPlan:

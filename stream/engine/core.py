@@ -57,7 +57,7 @@ from milkguard.contract.v1 import (
 from stream.engine.clocks import DeviceClock, TimeSyncMachine
 from stream.engine.cooling import CoolingMachine
 from stream.engine.deviation import Deviation, DeviationChange
-from stream.engine.htst import HtstMachine, UhtMachine
+from stream.engine.htst import Derived, HtstMachine, UhtMachine
 from stream.engine.logistics import AgeMachine, TransportMachine
 from stream.engine.machines import (
     CriticalLimitMachine,
@@ -277,6 +277,8 @@ class Engine:
         self._cooling_of_row: dict[int, list[CoolingMachine]] = {}
         self._cooling_by_asset: dict[tuple[str, str], list[tuple[int, CoolingMachine]]] = {}
         self._event_changes: list[DeviationChange] = []  # from events, handed out by advance
+        #: holding times and F0s computed while judging, for the runtime to store and clear
+        self.derived: list[Derived] = []
         self._ages: dict[tuple[str, str], AgeMachine] = {}
         self._transports: list[tuple[int, TransportMachine]] = []
         self._transports_of_row: dict[int, list[TransportMachine]] = {}
@@ -492,7 +494,7 @@ class Engine:
         )
         machine: JoinedMachine
         if isinstance(rule, Htst):
-            machine = HtstMachine(rule, base, unit)
+            machine = HtstMachine(rule, base, unit, self.derived)
             self._htst_by_asset.setdefault((asset.site, asset_id), []).append(machine)
             roles = {
                 "indicating": rule.indicating,
@@ -501,7 +503,7 @@ class Engine:
                 "flow": rule.flow,
             }
         else:
-            machine = UhtMachine(rule, base)
+            machine = UhtMachine(rule, base, self.derived)
             roles = {"outlet": rule.outlet, "flow": rule.flow}
         self._joined_machines.append(machine)
         group = sorted({row_of[(rule.asset, c)] for c in roles.values() if c is not None})
@@ -1118,7 +1120,7 @@ class Engine:
         ]
         state = _Snapshot(
             format=SNAPSHOT_FORMAT,
-            plan_version=self.plan.version,
+            plan_version=self.plan.state_version,
             now=self._now,
             started=self._started,
             arrays={name: array.tobytes() for name, array in arrays.items()},
@@ -1152,10 +1154,10 @@ class Engine:
         state = msgspec.msgpack.decode(data, type=_Snapshot)
         if state.format != SNAPSHOT_FORMAT:
             raise SnapshotMismatch(f"snapshot format {state.format}, expected {SNAPSHOT_FORMAT}")
-        if state.plan_version != loaded.version:
+        if state.plan_version != loaded.state_version:
             raise SnapshotMismatch(
                 f"snapshot of plan version {state.plan_version}, but the plan is now "
-                f"{loaded.version}; a changed plan starts from fresh state"
+                f"{loaded.state_version}; a changed plan starts from fresh state"
             )
         engine = cls(loaded)
         engine._now, engine._started = state.now, state.started

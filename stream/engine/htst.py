@@ -15,11 +15,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from stream.engine.deviation import AppliedLimit, DeviationChange
 from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample, with_deviation
 from stream.plan import Htst, Uht
+
+
+class Derived(NamedTuple):
+    """A value computed from readings, kept as a time series: a holding time, an F0."""
+
+    site: str
+    asset: str
+    rule_id: str
+    quantity: str  # holding_time_s, f0_min
+    ts: int
+    value: float
+
 
 # k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
 _LAMINAR_RE, _TRANSITION_RE, _TURBULENT_RE = 2100.0, 4000.0, 20000.0
@@ -60,8 +72,12 @@ class HtstMachine:
     """One pasteurizer's legal checks; roles are 'indicating', 'flow_diversion', 'recorder'
     and 'flow'."""
 
-    def __init__(self, rule: Htst, base: RuleSpec, temperature_unit: str) -> None:
+    def __init__(
+        self, rule: Htst, base: RuleSpec, temperature_unit: str, derived: list[Derived]
+    ) -> None:
         self.rule = rule
+        self._base = base
+        self._derived = derived  # the engine's, drained by the runtime into the store
         self._unit = temperature_unit
         self.temperature = CriticalLimitMachine(
             replace(
@@ -149,6 +165,11 @@ class HtstMachine:
             change = self.temperature.observe_excess(sample, excess, limit)
         elif role == "flow":
             hold = fastest_particle_hold_s(self.rule, sample.value)
+            if math.isfinite(hold):
+                base = self._base
+                self._derived.append(
+                    Derived(base.site, base.asset, self.rule.id, "holding_time_s", sample.ts, hold)
+                )
             legal_hold = self.rule.legal.hold_s
             excess = legal_hold - hold if self.forward and hold < legal_hold else 0.0
             change = self.holding.observe_excess(replace(sample, value=round(hold, 3)), excess)
@@ -180,8 +201,10 @@ class HtstMachine:
 class UhtMachine:
     """A UHT line's lethality per parcel; roles are 'outlet' and 'flow'."""
 
-    def __init__(self, rule: Uht, base: RuleSpec) -> None:
+    def __init__(self, rule: Uht, base: RuleSpec, derived: list[Derived]) -> None:
         self.rule = rule
+        self._base = base
+        self._derived = derived
         self.lethality = CriticalLimitMachine(
             replace(
                 base,
@@ -210,6 +233,11 @@ class UhtMachine:
         if self.flow is None:
             return []  # no flow known yet: no residence time to judge by
         f0 = lethality_f0(self.rule, sample.value, self.flow)
+        if math.isfinite(f0):
+            base = self._base
+            self._derived.append(
+                Derived(base.site, base.asset, self.rule.id, "f0_min", sample.ts, f0)
+            )
         excess = self.rule.min_f0 - f0 if f0 < self.rule.min_f0 else 0.0
         value = round(f0, 4) if math.isfinite(f0) else sample.value
         change = self.lethality.observe_excess(replace(sample, value=value), excess)

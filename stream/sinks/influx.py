@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from milkguard.errors import ExtraMissing
+from milkguard.settings import InfluxSettings
 from stream.errors import InfluxWriteError
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,30 @@ class InfluxDBSink:
         self._clock = clock
         self._backoff_s = 0.0
         self._next_try = 0.0
+        self.added = 0
         self.written = 0
         self.failures = 0
         self.rejected = 0
+
+    @classmethod
+    def from_settings(cls, influx: InfluxSettings, data_dir: Path) -> InfluxDBSink:
+        """The sink ``influx.*`` describes (enabled), its server pinged once."""
+        assert influx.url is not None
+        assert influx.token is not None
+        assert influx.org is not None
+        assert influx.bucket is not None
+        sink = cls(
+            influx.url,
+            influx.token.get_secret_value(),
+            influx.org,
+            influx.bucket,
+            rejected_path=data_dir / "influx-rejected.lp",
+            batch_lines=influx.batch_lines,
+            max_buffer_lines=influx.max_buffer_lines,
+            timeout_s=influx.timeout_s,
+        )
+        sink.check_reachable()
+        return sink
 
     def check_reachable(self) -> bool:
         """Ping the server once at start; a failure is logged, not fatal (lines are buffered)."""
@@ -93,6 +115,28 @@ class InfluxDBSink:
     def add(self, lines: Sequence[str]) -> None:
         """Buffer lines for the next flush."""
         self._buffer.extend(lines)
+        self.added += len(lines)
+
+    @property
+    def settled(self) -> int:
+        """Lines InfluxDB has confirmed or refused for good, of the ``added`` so far."""
+        return self.written + self.rejected
+
+    @property
+    def retry_in_s(self) -> float:
+        """How long the backoff after a failed write still lasts."""
+        return max(0.0, self._next_try - self._clock())
+
+    def flush_through(self, mark: int) -> None:
+        """Write until the first ``mark`` lines ever added are settled (lines added meanwhile,
+        from another thread, may wait); raise :class:`InfluxWriteError` if they are not."""
+        if self.settled < mark and self._clock() < self._next_try:
+            raise InfluxWriteError(
+                f"InfluxDB at {self.url} is backing off for {self._backoff_s:g} s; "
+                f"{len(self._buffer)} lines buffered"
+            )
+        while self.settled < mark and self._buffer:
+            self._write_chunk()
 
     def flush(self) -> None:
         """Write everything buffered; raise :class:`InfluxWriteError` if lines remain."""

@@ -1,5 +1,5 @@
 """The MQTT-to-Kafka bridge against a real Mosquitto and a real Kafka-protocol broker (tansu):
-every valid batch lands once, keyed by its gateway and in its order; a bad payload lands in
+every valid batch lands once, keyed by its site and in its order; a bad payload lands in
 the dead-letter topic with its reason; MQTT is acknowledged only once Kafka has the batch."""
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from milkguard.contract.v1 import Reading, decode_batch
 from stream.bridge import Bridge, KafkaTarget
 from tests.conftest import T0
 from tests.helpers import scrape, wait_until
+from tests.kafka import consume, create_topics
 from tests.servers import Mosquitto, Tansu, free_port, start_tansu, stop, wait_for_port
 
 pytestmark = pytest.mark.integration
+
+TOPICS = {"milkguard.batches": 4, "milkguard.deadletter": 1}
 
 
 @pytest.fixture
@@ -37,41 +40,10 @@ def tansu() -> Iterator[Tansu]:
         stop(server.process)
 
 
-async def create_topics(bootstrap: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    # produce-only topics would be auto-created with 4 partitions anyway (tansu): say so
-    await admin.create_topics(
-        [NewTopic("milkguard.batches", 4, 1), NewTopic("milkguard.deadletter", 1, 1)]
-    )
-    await admin.close()
-
-
-async def consume(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, int, bytes]]:
-    """(key, partition, value) of the first ``count`` records, in offset order per partition."""
-    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    records = []
-    try:
-        while len(records) < count:
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
-            for part, messages in batch.items():
-                records += [(m.key, part.partition, m.value) for m in messages]
-    finally:
-        await consumer.stop()
-    return records
-
-
 @pytest.fixture
 def bridge(mosquitto: Mosquitto, tansu: Tansu) -> Iterator[Bridge]:
     """A bridge from the test's Mosquitto to its tansu, running on a thread."""
-    asyncio.run(create_topics(tansu.bootstrap))
+    asyncio.run(create_topics(tansu.bootstrap, TOPICS))
     address = mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port)
     running = Bridge(address, KafkaTarget(tansu.bootstrap), "test-bridge")
     stop_bridge = threading.Event()
@@ -106,17 +78,17 @@ def test_every_batch_lands_in_kafka_once_in_order_per_gateway(
             publisher.connection.close()
 
     assert len(records) == 60
-    by_gateway: dict[bytes, list[int]] = {}
-    partitions: dict[bytes, set[int]] = {}
-    for key, partition, value in records:
-        by_gateway.setdefault(key, []).append(decode_batch(value).seq)
-        partitions.setdefault(key, set()).add(partition)
-    assert sorted(by_gateway) == [b"farm-01/gw-0", b"farm-01/gw-1", b"farm-01/gw-2"]
-    for key, seqs in by_gateway.items():
-        assert seqs == list(range(1, 21)), key
-        assert len(partitions[key]) == 1  # one gateway, one partition: its order holds
+    by_gateway: dict[str, list[int]] = {}
+    for key, _, value in records:
+        batch = decode_batch(value)
+        assert key == batch.site.encode()
+        by_gateway.setdefault(batch.gateway, []).append(batch.seq)
+    assert sorted(by_gateway) == ["gw-0", "gw-1", "gw-2"]
+    for gateway, seqs in by_gateway.items():
+        assert seqs == list(range(1, 21)), gateway  # in order
+    assert len({partition for _, partition, _ in records}) == 1  # one site, one partition
     (letter,) = letters
-    assert letter[0] == b"farm-01/gw-0"
+    assert letter[0] == b"farm-01"
     assert json.loads(letter[2])["reason"].startswith("not valid JSON")
     assert bridge.counters.acknowledged == 61
 
@@ -150,7 +122,7 @@ def test_the_bridge_acknowledges_a_batch_to_mqtt_only_once_kafka_has_it(
 def test_a_bridge_killed_before_kafka_confirmed_gets_the_batches_again_from_mqtt(
     tmp_path: Path, mosquitto: Mosquitto, tansu: Tansu
 ) -> None:
-    asyncio.run(create_topics(tansu.bootstrap))
+    asyncio.run(create_topics(tansu.bootstrap, TOPICS))
     metrics = free_port()
     environment = {
         **os.environ,

@@ -192,6 +192,25 @@ def test_the_sequence_window_stays_bounded() -> None:
     assert window.admit(9_950) is False
 
 
+def test_a_sequence_window_saved_and_restored_judges_as_before() -> None:
+    window = SequenceWindow(size=100)
+    for seq in (*range(1, 60), 70, 72):
+        window.admit(seq)
+
+    high, ranges = window.state()
+    again = SequenceWindow.restored(100, high, ranges)
+
+    assert ranges == [(1, 59), (70, 70), (72, 72)]  # runs, not every number
+    assert [again.admit(s) for s in (59, 60, 70, 71, 72, 73)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+
+
 def test_a_reading_whose_id_is_unsafe_for_topics_and_tags_is_dead_lettered_alone(
     harness: Harness,
 ) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from milkguard.contract.v1 import CipStart, Reading
-from stream.lineprotocol import escape_tag, event_line, reading_line, string_field
+from stream.engine.htst import Derived
+from stream.lineprotocol import derived_line, escape_tag, event_line, reading_line, string_field
 from tests.conftest import T0
 
 
@@ -30,3 +31,11 @@ def test_an_event_keeps_its_details_as_json() -> None:
     assert line.startswith("event,site=plant-01,asset=htst-1,kind=cip_start,gateway=gw detail=")
     assert r"\"program\":\"alkaline\"" in line
     assert line.endswith(f" {T0}000000")
+
+
+def test_a_derived_value_is_a_line_of_its_own_measurement() -> None:
+    derived = Derived("plant-01", "uht-1", "sterile", "f0_min", T0, 5.25)
+
+    assert derived_line(derived) == (
+        f"derived,site=plant-01,asset=uht-1,rule=sterile,quantity=f0_min value=5.25 {T0}000000"
+    )

@@ -150,3 +150,21 @@ def test_two_plan_assets_claiming_one_wire_asset_are_refused() -> None:
 
     (problem,) = problems(doubled)
     assert "are both asset 'tank-1' of site 'farm-01'" in problem
+
+
+def test_a_plan_split_by_site_keeps_each_site_s_assets_rules_and_version() -> None:
+    loaded = load_plan(Path("simulators/scenarios/plans/route-two-farms-cn.yaml"))
+
+    farm = loaded.for_sites({"farm-02"})
+    truck = loaded.for_sites({"truck-07"})
+
+    assert loaded.sites == ["farm-01", "farm-02", "truck-07"]
+    assert list(farm.plan.assets) == ["farm-02.tank-1"]
+    assert {rule.asset for rule in farm.plan.rules} == {"farm-02.tank-1"}
+    assert {rule.asset for rule in truck.plan.rules} <= {"comp-1", "comp-2", "truck-07"}
+    assert len(farm.plan.rules) + len(truck.plan.rules) + len(
+        loaded.for_sites({"farm-01"}).plan.rules
+    ) == len(loaded.plan.rules)
+    # deviations keep the plan's version; a saved state names the part it was taken under
+    assert farm.version == truck.version == loaded.version
+    assert len({farm.state_version, truck.state_version, loaded.state_version}) == 3

@@ -128,6 +128,9 @@ def test_a_flow_surge_shortening_the_holding_time_is_a_deviation_at_a_good_tempe
     assert opened.deviation.action == "hold_lot"
     assert closed.deviation.end_ms == at(2)
     assert line.of("htst_temperature") == []
+    holding = [(d.ts, round(d.value, 2)) for d in line.engine.derived]
+    assert holding[1] == (at(1), 14.39)  # every flow sample's holding time is kept
+    assert [d.quantity for d in line.engine.derived] == ["holding_time_s"] * 3
 
 
 def test_the_recorder_must_not_read_above_the_indicating_thermometer(line: Scenario) -> None:

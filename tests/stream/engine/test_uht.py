@@ -73,6 +73,20 @@ def test_a_parcel_below_the_minimum_lethality_is_a_critical_deviation() -> None:
     assert closed.deviation.end_ms == at(3)
 
 
+def test_every_parcel_s_f0_is_kept_as_a_derived_value() -> None:
+    line = Scenario(PLAN)
+    line.send("plant-01", [sample(0, "flow", 6000)])
+    line.send("plant-01", [sample(1, "outlet_temp", 140.0), sample(2, "outlet_temp", 135.0)])
+    line.finish()
+
+    derived = line.engine.derived
+    assert [(d.site, d.asset, d.rule_id, d.quantity, d.ts) for d in derived] == [
+        ("plant-01", "uht-1", "sterile", "f0_min", at(1)),
+        ("plant-01", "uht-1", "sterile", "f0_min", at(2)),
+    ]
+    assert derived[0].value > 3.0 > derived[1].value  # 140 degC sterile, 135 degC not
+
+
 def test_no_verdict_before_the_flow_is_known() -> None:
     line = Scenario(PLAN)
     line.send("plant-01", [sample(0, "outlet_temp", 100.0)])

@@ -1,0 +1,480 @@
+"""``milkguard worker``: the rule engine on Kafka, as faust-streaming workers.
+
+Partitions. The bridge keys every batch by its site, so all of a site's gateways land in one
+partition of the batches topic, each in its order. Every rule judges the assets of one site, so
+a partition is judged by one engine compiled for the plan's sites that hash to it (the murmur2
+partitioner every Kafka producer uses by default): a site judged elsewhere is never "silent"
+here. Workers of one ``worker.group`` split the partitions; Faust moves them on a rebalance.
+
+Durability. Every ``worker.checkpoint_s`` the worker makes its work durable, in this order:
+
+1. the deviation changes and dead letters it produced are confirmed by Kafka;
+2. the InfluxDB lines it produced are written (retried with backoff while InfluxDB is down);
+3. per partition, a snapshot of the engine, the duplicate windows and the offset of the last
+   message taken goes to the changelog of a Faust table (restored on whichever worker gets the
+   partition next);
+4. the messages are acknowledged, so Faust commits their offsets.
+
+A worker that dies anywhere in between leaves its partitions to another (or to itself,
+restarted), which restores the last snapshot and takes the messages after it again: those at
+or below the snapshot's offset are skipped, the others are judged again exactly as before (a
+partition's clock is its messages' Kafka timestamps, the bridge's receive times), so a change
+may be produced twice, with the same deviation id: consumers drop repeats by (id, change).
+Nothing is lost. A rebalance that revokes a partition from a live worker checkpoints it first.
+
+Backpressure. InfluxDB lines wait in a bounded buffer; once it is full the agent stops taking
+messages until InfluxDB confirms some, so Faust stops fetching: Kafka, not memory, holds the
+backlog.
+
+Time. A partition with no message for ``worker.tick_s`` is moved on by the wall time since its
+last message, so a gateway gone quiet is found silent; a partition still working through a
+backlog is never ticked, so a backlog does not look like silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from milkguard.errors import ConfigError, ExtraMissing
+from milkguard.settings import Settings
+from stream.engine.core import Engine, SnapshotMismatch
+from stream.engine.deviation import DeviationChange, deviation_to_json
+from stream.errors import InfluxWriteError
+from stream.ingest import Ingest
+from stream.metrics import StreamCounts, counts_of
+from stream.plan import LoadedPlan, load_plan
+from stream.sinks.base import DeadLetter, TimeSeriesSink
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+_ENCODER = msgspec.json.Encoder()
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as in the Java client)."""
+    from aiokafka.partitioner import murmur2  # noqa: PLC0415
+
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def sites_of_partition(plan: LoadedPlan, partition: int, partitions: int) -> set[str]:
+    """The plan's sites whose batches land in ``partition``."""
+    return {s for s in plan.sites if partition_of(s.encode(), partitions) == partition}
+
+
+class _State(msgspec.Struct):
+    """What a partition's changelog entry holds."""
+
+    format: int
+    offset: int  # the last message the snapshot includes
+    engine: bytes
+    windows: dict[str, tuple[int, list[tuple[int, int]]]]
+    clock_ms: int  # the partition's clock: the newest message timestamp taken
+
+
+class _Outputs:
+    """Deviation changes and dead letters of one partition, until they are sent to Kafka."""
+
+    def __init__(self) -> None:
+        self.changes: list[DeviationChange] = []
+        self.letters: list[DeadLetter] = []
+
+    def emit(self, change: DeviationChange) -> None:
+        self.changes.append(change)
+
+    def reject(self, letter: DeadLetter) -> None:
+        self.letters.append(letter)
+
+    def flush(self) -> None:
+        """Sent by the worker, not here."""
+
+    def close(self) -> None:
+        """Nothing held beyond the worker's lists."""
+
+
+@dataclass
+class PartitionWork:
+    """One partition: its engine and ingest, and what is not yet durable."""
+
+    number: int
+    ingest: Ingest
+    outputs: _Outputs
+    offset: int = -1  # the last message taken
+    clock_ms: int = -1
+    quiet_since: float = field(default_factory=time.monotonic)
+    unacked: list[Any] = field(default_factory=list)  # Faust events
+    dirty: bool = False
+    baseline: StreamCounts = field(default_factory=StreamCounts)  # counted before this process
+
+    @classmethod
+    def start(
+        cls,
+        number: int,
+        plan: LoadedPlan,
+        timeseries: TimeSeriesSink,
+        saved: bytes | None,
+    ) -> PartitionWork:
+        """A partition's work, carrying on from its saved state when there is one."""
+        outputs = _Outputs()
+        engine: Engine | None = None
+        state: _State | None = None
+        if saved is not None:
+            state = msgspec.msgpack.decode(saved, type=_State)
+            try:
+                engine = Engine.restore(plan, state.engine)
+            except SnapshotMismatch as exc:
+                log.warning("worker.state_discarded", extra={"partition": number, "why": str(exc)})
+                state = None
+        ingest = Ingest(engine or Engine(plan), timeseries, outputs, outputs)
+        work = cls(number, ingest, outputs, baseline=counts_of(ingest))
+        if state is not None:
+            ingest.restore_windows(state.windows)
+            work.offset, work.clock_ms = state.offset, state.clock_ms
+        return work
+
+    def take(self, payload: bytes, offset: int, timestamp_ms: int, origin: str) -> bool:
+        """Judge one message; False if the saved state already includes it."""
+        if offset <= self.offset:
+            return False
+        self.clock_ms = max(self.clock_ms, timestamp_ms)
+        self.ingest.handle_bridged(payload, self.clock_ms, origin)
+        self.offset = offset
+        self.quiet_since = time.monotonic()
+        self.dirty = True
+        return True
+
+    def counts(self) -> StreamCounts:
+        """What this process counted on the partition."""
+        return counts_of(self.ingest).less(self.baseline)
+
+    def tick(self, now: float) -> None:
+        """Move a quiet partition's clock on by the wall time since its last message."""
+        if self.clock_ms < 0:
+            return
+        self.ingest.tick(self.clock_ms + round((now - self.quiet_since) * 1000))
+        self.dirty = True
+
+    def state(self) -> bytes:
+        """The snapshot for the changelog."""
+        snapshot = _State(
+            format=STATE_FORMAT,
+            offset=self.offset,
+            engine=self.ingest.engine.snapshot(),
+            windows=self.ingest.windows(),
+            clock_ms=self.clock_ms,
+        )
+        return msgspec.msgpack.encode(snapshot)
+
+
+@dataclass(slots=True)
+class WorkerCounters:
+    """What the worker did beyond what ingest and the engines count."""
+
+    skipped: int = 0  # messages the restored state already included
+    checkpoints: int = 0
+    restored: int = 0  # partitions carried on from a saved state
+    deviations_sent: int = 0
+    letters_sent: int = 0
+
+
+class Worker:
+    """The Faust app: one agent over the batches topic, one table of partition states."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        plan: LoadedPlan,
+        partitions: int,
+        timeseries: TimeSeriesSink,
+        influx: Any = None,  # the InfluxDBSink when writing to InfluxDB, for flush_through
+    ) -> None:
+        try:
+            import faust  # noqa: PLC0415
+        except ImportError as exc:
+            raise ExtraMissing("milkguard worker", "kafka", "faust-streaming") from exc
+        self.settings = settings
+        self.plan = plan
+        self.partitions = partitions
+        self.timeseries = timeseries
+        self.influx = influx
+        self.counters = WorkerCounters()
+        self.work: dict[int, PartitionWork] = {}
+        self.retired = StreamCounts()  # counted on partitions since revoked
+        self.ready = False
+        kafka, worker = settings.kafka, settings.worker
+        self.app = faust.App(
+            worker.group,
+            broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=partitions,
+            topic_replication_factor=kafka.replication_factor,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=worker.session_timeout_s,
+            broker_heartbeat_interval=worker.heartbeat_interval_s,
+            broker_commit_every=10_000,
+            # offsets are only acknowledged by a checkpoint: commit soon after each one
+            broker_commit_interval=worker.checkpoint_s / 4,
+            producer_acks=-1,
+            table_standby_replicas=0,
+        )
+        self.batches = self.app.topic(
+            kafka.batches_topic, key_type=bytes, value_type=bytes, value_serializer="raw"
+        )
+        self.deviations = self.app.topic(
+            kafka.deviations_topic, partitions=partitions, value_serializer="raw"
+        )
+        self.deadletter = self.app.topic(
+            kafka.deadletter_topic, partitions=partitions, value_serializer="raw"
+        )
+        self.table = self.app.Table(
+            "partition-state",
+            partitions=partitions,
+            key_type=int,  # the partition (json on the wire)
+            value_type=bytes,  # the state, msgpack (raw on the wire)
+        )
+        self._lock = asyncio.Lock()  # the partitions' work: taking, ticking, snapshotting
+        self._checkpointing = asyncio.Lock()  # states reach the changelog in the order taken
+        self.app.agent(self.batches, name="judge")(self._judge)
+        self.app.timer(worker.tick_s)(self._tick)
+        self.app.timer(worker.checkpoint_s)(self._checkpoint_all)
+        # mode's signal stubs want a positional-only sender; a bound method works the same
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    def assigned(self) -> set[int]:
+        """The partitions of the batches topic this worker holds now."""
+        topic = self.settings.kafka.batches_topic
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def counts(self) -> StreamCounts:
+        """Ingest and engine counters of every partition this process judged."""
+        total = self.retired
+        for work in list(self.work.values()):
+            total = total.plus(work.counts())
+        return total
+
+    # ------------------------------------------------------------------ the agent
+
+    async def _judge(self, stream: Any) -> None:
+        async for event in stream.noack().events():
+            message = event.message
+            work = self._work_of(message.partition)
+            async with self._lock:
+                stamp = round(message.timestamp * 1000)
+                taken = work.take(message.value, message.offset, stamp, message.topic)
+                if not taken:
+                    self.counters.skipped += 1
+                    event.ack()
+                    continue
+                work.unacked.append(event)
+                await self._send_outputs(work)
+            if self.influx is not None:
+                while self.influx.saturated:  # backpressure: stop taking until InfluxDB catches up
+                    await asyncio.sleep(0.05)
+
+    def _work_of(self, partition: int) -> PartitionWork:
+        work = self.work.get(partition)
+        if work is None:
+            plan = self.plan.for_sites(sites_of_partition(self.plan, partition, self.partitions))
+            saved = self.table.data.get(partition)
+            work = PartitionWork.start(partition, plan, self.timeseries, saved)
+            self.work[partition] = work
+            if saved is not None:
+                self.counters.restored += 1
+            log.info(
+                "worker.partition_taken",
+                extra={
+                    "partition": partition,
+                    "sites": len(plan.sites),
+                    "restored_offset": work.offset,
+                },
+            )
+            self.ready = True
+        return work
+
+    async def _send_outputs(self, work: PartitionWork) -> None:
+        outputs = work.outputs
+        for change in outputs.changes:
+            d = change.deviation
+            await self.deviations.send(
+                key=d.site.encode(), value=_ENCODER.encode(deviation_to_json(change))
+            )
+        self.counters.deviations_sent += len(outputs.changes)
+        for letter in outputs.letters:
+            await self.deadletter.send(
+                key=(letter.site or "unknown").encode(), value=_ENCODER.encode(letter)
+            )
+        self.counters.letters_sent += len(outputs.letters)
+        outputs.changes.clear()
+        outputs.letters.clear()
+
+    # ------------------------------------------------------------------ time
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        quiet_for = self.settings.worker.tick_s
+        async with self._lock:
+            for work in list(self.work.values()):
+                if now - work.quiet_since >= quiet_for:
+                    work.tick(now)
+                    await self._send_outputs(work)
+
+    # ------------------------------------------------------------------ durability
+
+    async def _checkpoint_all(self) -> None:
+        await self.checkpoint(set(self.work))
+
+    async def checkpoint(self, partitions: set[int]) -> None:
+        """Make the work of ``partitions`` durable (see the module's description)."""
+        async with self._checkpointing:
+            await self._checkpoint(partitions)
+
+    async def _checkpoint(self, partitions: set[int]) -> None:
+        async with self._lock:
+            chosen = [self.work[p] for p in sorted(partitions) if p in self.work]
+            chosen = [work for work in chosen if work.dirty]
+            if not chosen:
+                return
+            states = {work.number: work.state() for work in chosen}
+            events = {work.number: work.unacked for work in chosen}
+            for work in chosen:
+                work.unacked, work.dirty = [], False
+            mark = self.influx.added if self.influx is not None else 0
+        await self.app.producer.flush()  # 1. deviations and dead letters are in Kafka
+        if self.influx is not None:
+            await self._influx_through(mark)  # 2. lines are in InfluxDB
+        else:
+            self.timeseries.flush()
+        sent = [  # 3. the states, in each partition's changelog
+            self.table.send_changelog(number, number, state) for number, state in states.items()
+        ]
+        for number, state in states.items():
+            self.table.data[number] = state
+        await self.app.producer.flush()
+        await asyncio.gather(*sent)
+        for taken in events.values():  # 4. the offsets may be committed
+            for event in taken:
+                event.ack()
+        self.counters.checkpoints += 1
+
+    async def _influx_through(self, mark: int) -> None:
+        influx = self.influx
+        while influx.settled < mark:
+            try:
+                await asyncio.to_thread(influx.flush_through, mark)
+            except InfluxWriteError:
+                await asyncio.sleep(max(0.05, influx.retry_in_s))
+
+    async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **_: Any) -> None:
+        revoked: set[Any] = args[0]
+        mine = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.batches_topic}
+        if not mine:
+            return
+        try:
+            await asyncio.wait_for(self.checkpoint(mine), timeout=5.0)
+        except (TimeoutError, Exception) as exc:  # the next owner repeats the work instead
+            log.warning("worker.revoke_checkpoint_failed", extra={"error": repr(exc)})
+        for number in mine:
+            work = self.work.pop(number, None)
+            if work is not None:
+                self.retired = self.retired.plus(work.counts())
+        log.info("worker.partitions_revoked", extra={"partitions": sorted(mine)})
+
+
+def _credentials(settings: Settings) -> Any:
+    """Faust broker credentials from the Kafka security settings (None for PLAINTEXT)."""
+    import faust  # noqa: PLC0415
+
+    kafka = settings.kafka
+    options = kafka.client_options()
+    ssl_context = options.get("ssl_context")
+    if kafka.security_protocol.startswith("SASL"):
+        assert kafka.sasl_password is not None
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+async def topic_partitions(settings: Settings) -> int:
+    """How many partitions the batches topic has; a clear error if it does not exist."""
+    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+    kafka = settings.kafka
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, **kafka.client_options())
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        raise ConfigError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}. "
+            "Check kafka.bootstrap_servers (MILKGUARD_KAFKA__BOOTSTRAP_SERVERS)."
+        ) from exc
+    try:
+        await consumer.topics()  # fetches the cluster's metadata
+        found = consumer.partitions_for_topic(kafka.batches_topic)
+    finally:
+        await consumer.stop()
+    if not found:
+        raise ConfigError(
+            f"topic {kafka.batches_topic!r} does not exist on {kafka.bootstrap_servers}; "
+            f"create it with as many partitions as workers may ever run, e.g. "
+            f"kafka-topics.sh --create --topic {kafka.batches_topic} --partitions 12"
+        )
+    return len(found)
+
+
+def build_worker(settings: Settings) -> Worker:
+    """A worker for ``settings``: the plan loaded, the partition count asked of Kafka, InfluxDB
+    (or, without ``influx.*``, line protocol files in ``data_dir``) as the time-series store."""
+    plan = load_plan(settings.plan)
+    partitions = asyncio.run(topic_partitions(settings))
+    influx = settings.influx
+    if influx.enabled:
+        from stream.sinks.influx import InfluxDBSink  # noqa: PLC0415
+
+        sink = InfluxDBSink.from_settings(influx, settings.data_dir)
+        return Worker(settings, plan, partitions, sink, sink)
+    from stream.sinks.files import LineProtocolFileSink  # noqa: PLC0415
+
+    log.warning(
+        "worker.no_influx",
+        extra={"writing_to": str(settings.data_dir), "fix": "set influx.url, token, org, bucket"},
+    )
+    return Worker(settings, plan, partitions, LineProtocolFileSink(settings.data_dir))
+
+
+def run_worker(worker: Worker) -> int:
+    """Run until SIGTERM or Ctrl-C (Faust's own signal handling), serving metrics if asked."""
+    from faust.worker import Worker as FaustWorker  # noqa: PLC0415
+
+    metrics = worker.settings.metrics
+    server = None
+    if metrics.port is not None:
+        from stream.metrics import MetricsServer, WorkerCollector  # noqa: PLC0415
+
+        server = MetricsServer(WorkerCollector(worker), metrics.host, metrics.port)
+    level = worker.settings.log_level.lower()
+    try:
+        FaustWorker(worker.app, loglevel=level, quiet=True).execute_from_commandline()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        worker.timeseries.close()
+        if server is not None:
+            server.__exit__(None, None, None)

@@ -1,0 +1,273 @@
+"""``milkguard worker`` against a real Kafka-protocol broker (tansu) and a real server of the
+InfluxDB v2 write API (VictoriaMetrics), checked through their own APIs: every reading lands
+once, every deviation the engine finds in one process is produced; two workers split the
+partitions, and when one is killed the other takes its partitions over from the changelog with
+no deviation lost (and, after dropping repeats by id and change, none twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from milkguard.contract.v1 import Batch, Reading, encode_batch
+from stream.engine import Engine
+from stream.ingest import Ingest
+from stream.plan import load_plan
+from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
+from stream.worker import partition_of
+from tests.conftest import T0
+from tests.helpers import scrape, wait_until
+from tests.kafka import consume_all, create_topics, produce
+from tests.servers import (
+    Tansu,
+    VictoriaMetrics,
+    free_port,
+    start_tansu,
+    start_victoria_metrics,
+    stop,
+)
+
+pytestmark = pytest.mark.integration
+
+FARMS = [f"farm-{n:02d}" for n in range(1, 9)]
+PARTITIONS = 4
+MINUTES = 40  # of readings per farm, one a minute
+
+
+def plan_yaml() -> str:
+    assets = "\n".join(
+        f"  {farm}.tank-1:\n    site: {farm}\n    id: tank-1\n    kind: bulk_tank\n"
+        "    channels:\n      milk_temp: {unit: degC, interval_s: 60, ccp: true}"
+        for farm in FARMS
+    )
+    rules = "\n".join(
+        f"  - id: {farm}-tank-max-6\n    kind: critical_limit\n    ccp: CCP-FARM-1\n"
+        f"    asset: {farm}.tank-1\n    channel: milk_temp\n    max: 6.0\n    severity: major\n"
+        '    action: alert\n    source: "farm code: below 6 degC"'
+        for farm in FARMS
+    )
+    return (
+        "plan: worker-test\njurisdiction: company\nallowed_lateness_s: 60\n"
+        f"assets:\n{assets}\nrules:\n{rules}\n"
+    )
+
+
+def records() -> list[tuple[bytes, bytes, int]]:
+    """Batches as the bridge produces them: keyed by site, stamped with their receive time.
+
+    Farm n's tank is warm (8 degC) from minute 5 + 2n to minute 8 + 2n: one deviation each,
+    opened and closed. A batch per farm per minute, farms interleaved as they would arrive.
+    """
+    out = []
+    for minute in range(MINUTES):
+        for n, farm in enumerate(FARMS):
+            ts = T0 + minute * 60_000
+            warm = 5 + 2 * n <= minute < 8 + 2 * n
+            reading = Reading("tank-1", "milk_temp", 8.0 if warm else 4.0, "degC", ts)
+            batch = Batch(
+                v=1, site=farm, gateway="gw-1", seq=minute + 1, sent_at=ts + 50, readings=[reading]
+            )
+            out.append((farm.encode(), encode_batch(batch), ts + 100))
+    return out
+
+
+def expected_changes(plan_path: Path, batches: list[tuple[bytes, bytes, int]]) -> set[tuple]:
+    """(id, change) of every deviation change one engine over the whole plan finds."""
+    deviations = MemoryDeviationSink()
+    ingest = Ingest(
+        Engine(load_plan(plan_path)),
+        MemoryTimeSeriesSink(),
+        deviations,
+        MemoryDeadLetterSink(),
+    )
+    for _, payload, stamp in batches:
+        ingest.handle_bridged(payload, stamp, "milkguard.batches")
+    return {(c.deviation.id, c.kind) for c in deviations.changes}
+
+
+@dataclass
+class Rig:
+    tansu: Tansu
+    vm: VictoriaMetrics
+    plan: Path
+    directory: Path
+
+    def start_worker(self, name: str) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = {
+            **os.environ,
+            "MILKGUARD_PLAN": str(self.plan),
+            "MILKGUARD_DATA_DIR": str(self.directory / name),
+            "MILKGUARD_KAFKA__BOOTSTRAP_SERVERS": self.tansu.bootstrap,
+            "MILKGUARD_INFLUX__URL": self.vm.url,
+            "MILKGUARD_INFLUX__TOKEN": "test-token",
+            "MILKGUARD_INFLUX__ORG": "dairy",
+            "MILKGUARD_INFLUX__BUCKET": "milkguard",
+            "MILKGUARD_METRICS__PORT": str(port),
+            "MILKGUARD_WORKER__SESSION_TIMEOUT_S": "6",
+            "MILKGUARD_WORKER__HEARTBEAT_INTERVAL_S": "1",
+            "MILKGUARD_LOG_FORMAT": "json",
+        }
+        log = (self.directory / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "milkguard", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return process, port
+
+    def alive(self, process: subprocess.Popen[bytes], name: str) -> bool:
+        """True while the worker runs; its log in the failure once it has died."""
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited with {process.returncode}:\n{self.log_of(name)}")
+        return True
+
+    def log_of(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def deviation_changes(self) -> list[tuple[str, str]]:
+        values = asyncio.run(consume_all(self.tansu.bootstrap, "milkguard.deviations"))
+        return [(d["id"], d["change"]) for d in map(json.loads, values)]
+
+    def readings_landed(self) -> list[tuple[str, int]]:
+        """(site, timestamp) of every reading point VictoriaMetrics holds, repeats included."""
+        self.vm.flush_index()
+        points: list[tuple[str, int]] = []
+        for line in self.vm.export('{__name__="reading_value"}').splitlines():
+            series = json.loads(line)
+            points += [(series["metric"]["site"], ts) for ts in series["timestamps"]]
+        return points
+
+
+def sent(batches: list[tuple[bytes, bytes, int]]) -> list[tuple[str, int]]:
+    """(site, timestamp) of every reading in ``batches`` (each batch has one, 100 ms older)."""
+    return [(key.decode(), stamp - 100) for key, _, stamp in batches]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    tansu = start_tansu()
+    vm = start_victoria_metrics(tmp_path)
+    try:
+        asyncio.run(
+            create_topics(
+                tansu.bootstrap,
+                {
+                    "milkguard.batches": PARTITIONS,
+                    "milkguard.deviations": PARTITIONS,
+                    "milkguard.deadletter": PARTITIONS,
+                },
+            )
+        )
+        plan = tmp_path / "plan.yaml"
+        plan.write_text(plan_yaml())
+        yield Rig(tansu, vm, plan, tmp_path)
+    finally:
+        stop(vm.process)
+        stop(tansu.process)
+
+
+def metric(port: int, name: str) -> float:
+    """One sample of a worker's /metrics; 0 while it is not serving yet."""
+    try:
+        return scrape(port).get(name, 0.0)
+    except OSError:
+        return 0.0
+
+
+def test_the_farms_spread_over_every_partition() -> None:
+    assert {partition_of(farm.encode(), PARTITIONS) for farm in FARMS} == set(range(PARTITIONS))
+
+
+def test_a_worker_writes_every_reading_once_and_produces_every_deviation(rig: Rig) -> None:
+    batches = records()
+    expected = expected_changes(rig.plan, batches)
+    assert len(expected) == 2 * len(FARMS)  # each farm: one opened, one closed
+    worker, port = rig.start_worker("worker-a")
+    try:
+        asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", batches))
+        wait_until(
+            lambda: rig.alive(worker, "worker-a") and len(rig.readings_landed()) >= len(batches),
+            90,
+            "the readings in VictoriaMetrics",
+        )
+        wait_until(lambda: len(set(rig.deviation_changes())) >= len(expected), 30, "deviations")
+        wait_until(lambda: metric(port, "milkguard_worker_unacknowledged_messages") == 0)
+        counters = scrape(port)
+    finally:
+        stop(worker)
+
+    assert sorted(rig.readings_landed()) == sorted(sent(batches))  # each, once
+    assert sorted(rig.deviation_changes()) == sorted(expected)  # every one, and once
+    assert counters["milkguard_readings_received_total"] == len(batches)
+    assert counters["milkguard_deviations_total{change=opened}"] == len(FARMS)
+    assert counters["milkguard_worker_partitions"] == PARTITIONS
+    assert counters["milkguard_sink_lines_written_total{sink=influxdb}"] >= len(batches)
+
+
+def test_when_a_worker_is_killed_the_other_takes_over_and_no_deviation_is_lost(rig: Rig) -> None:
+    batches = records()
+    expected = expected_changes(rig.plan, batches)
+    first, second = batches[: len(batches) // 3], batches[len(batches) // 3 :]
+    a, port_a = rig.start_worker("worker-a")
+    b, port_b = rig.start_worker("worker-b")
+    try:
+
+        def split() -> bool:
+            held = [metric(port, "milkguard_worker_partitions") for port in (port_a, port_b)]
+            return min(held) > 0 and sum(held) == PARTITIONS
+
+        asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", first))
+        wait_until(split, 90, "two workers splitting the partitions")
+        # the rest comes slowly: worker b dies while it holds work not yet made durable
+        asyncio.run(_produce_and_kill(rig, second, b, port_b))
+        wait_until(
+            lambda: metric(port_a, "milkguard_worker_partitions") == PARTITIONS,
+            90,
+            "worker a taking over every partition",
+        )
+        wait_until(lambda: len(set(rig.readings_landed())) >= len(batches), 90, "the readings")
+        wait_until(lambda: set(rig.deviation_changes()) >= expected, 60, "every deviation")
+        restored = metric(port_a, "milkguard_worker_restored_total")
+    finally:
+        stop(a)
+        stop(b)
+
+    changes = rig.deviation_changes()
+    assert set(changes) == expected  # none lost, none invented
+    assert set(rig.readings_landed()) == set(sent(batches))  # every reading landed
+    assert restored >= 1  # b's partitions carried on from their saved state
+
+
+async def _produce_and_kill(
+    rig: Rig, rest: list[tuple[bytes, bytes, int]], victim: subprocess.Popen[bytes], port: int
+) -> None:
+    """Produce ``rest`` slowly; kill ``victim`` once it has saved its state at least once and
+    holds messages it took but has not made durable since."""
+    producing = asyncio.create_task(
+        produce(rig.tansu.bootstrap, "milkguard.batches", rest, pace_s=0.02)
+    )
+
+    def caught_mid_work() -> bool:
+        counters = scrape(port)
+        return bool(
+            counters.get("milkguard_worker_checkpoints_total", 0) >= 1
+            and counters.get("milkguard_worker_unacknowledged_messages", 0) > 0
+        )
+
+    while not await asyncio.to_thread(caught_mid_work):
+        assert not producing.done(), "the victim never held work it had not made durable"
+        await asyncio.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    await asyncio.to_thread(victim.wait)
+    await producing

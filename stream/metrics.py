@@ -200,7 +200,7 @@ class WorkerCollector(StreamCollector):
         yield GaugeMetricFamily(
             "milkguard_worker_unacknowledged_messages",
             "messages taken but not yet made durable by a checkpoint",
-            value=sum(len(work.unacked) for work in worker.work.values()),
+            value=worker.unacknowledged(),
         )
         for name, what in (
             ("checkpoints", "checkpoints: outputs confirmed, state saved, offsets released"),

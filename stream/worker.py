@@ -245,6 +245,7 @@ class Worker:
         )
         self._lock = asyncio.Lock()  # the partitions' work: taking, ticking, snapshotting
         self._checkpointing = asyncio.Lock()  # states reach the changelog in the order taken
+        self._checkpointing_messages = 0  # taken by the checkpoint under way, not yet acked
         self.app.agent(self.batches, name="judge")(self._judge)
         self.app.timer(worker.tick_s)(self._tick)
         self.app.timer(worker.checkpoint_s)(self._checkpoint_all)
@@ -255,6 +256,11 @@ class Worker:
         """The partitions of the batches topic this worker holds now."""
         topic = self.settings.kafka.batches_topic
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def unacknowledged(self) -> int:
+        """Messages taken but not yet made durable (so their offsets are not committed)."""
+        pending = sum(len(work.unacked) for work in list(self.work.values()))
+        return pending + self._checkpointing_messages
 
     def counts(self) -> StreamCounts:
         """Ingest and engine counters of every partition this process judged."""
@@ -349,6 +355,7 @@ class Worker:
             events = {work.number: work.unacked for work in chosen}
             for work in chosen:
                 work.unacked, work.dirty = [], False
+            self._checkpointing_messages = sum(len(taken) for taken in events.values())
             mark = self.influx.added if self.influx is not None else 0
         await self.app.producer.flush()  # 1. deviations and dead letters are in Kafka
         if self.influx is not None:
@@ -365,6 +372,7 @@ class Worker:
         for taken in events.values():  # 4. the offsets may be committed
             for event in taken:
                 event.ack()
+        self._checkpointing_messages = 0
         self.counters.checkpoints += 1
 
     async def _influx_through(self, mark: int) -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,7 @@ def sent(batches: list[tuple[bytes, bytes, int]]) -> list[tuple[str, int]]:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     tansu = start_tansu()
-    vm = start_victoria_metrics(tmp_path)
+    rig = Rig(tansu, start_victoria_metrics(tmp_path), tmp_path / "plan.yaml", tmp_path)
     try:
         asyncio.run(
             create_topics(
@@ -169,11 +170,10 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                 },
             )
         )
-        plan = tmp_path / "plan.yaml"
-        plan.write_text(plan_yaml())
-        yield Rig(tansu, vm, plan, tmp_path)
+        rig.plan.write_text(plan_yaml())
+        yield rig
     finally:
-        stop(vm.process)
+        stop(rig.vm.process)  # the one running now: a test may have restarted it
         stop(tansu.process)
 
 
@@ -194,8 +194,9 @@ def test_a_worker_writes_every_reading_once_and_produces_every_deviation(rig: Ri
     expected = expected_changes(rig.plan, batches)
     assert len(expected) == 2 * len(FARMS)  # each farm: one opened, one closed
     worker, port = rig.start_worker("worker-a")
+    garbage = (b"farm-03", b'{"v": 1, "site": "farm-03"', T0)  # cut short on its way
     try:
-        asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", batches))
+        asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", [*batches, garbage]))
         wait_until(
             lambda: rig.alive(worker, "worker-a") and len(rig.readings_landed()) >= len(batches),
             90,
@@ -204,12 +205,19 @@ def test_a_worker_writes_every_reading_once_and_produces_every_deviation(rig: Ri
         wait_until(lambda: len(set(rig.deviation_changes())) >= len(expected), 30, "deviations")
         wait_until(lambda: metric(port, "milkguard_worker_unacknowledged_messages") == 0)
         counters = scrape(port)
+        letters = asyncio.run(consume_all(rig.tansu.bootstrap, "milkguard.deadletter"))
     finally:
         stop(worker)
+
+    (letter,) = map(json.loads, letters)  # the bad payload, kept with its reason
+    assert letter["reason"].startswith("not valid JSON")
+    assert letter["payload"] == garbage[1].decode()
+    assert counters["milkguard_payloads_rejected_total"] == 1
 
     assert sorted(rig.readings_landed()) == sorted(sent(batches))  # each, once
     assert sorted(rig.deviation_changes()) == sorted(expected)  # every one, and once
     assert counters["milkguard_readings_received_total"] == len(batches)
+    assert counters["milkguard_worker_letters_sent_total"] == 1
     assert counters["milkguard_deviations_total{change=opened}"] == len(FARMS)
     assert counters["milkguard_worker_partitions"] == PARTITIONS
     assert counters["milkguard_sink_lines_written_total{sink=influxdb}"] >= len(batches)
@@ -271,3 +279,34 @@ async def _produce_and_kill(
     os.kill(victim.pid, signal.SIGKILL)
     await asyncio.to_thread(victim.wait)
     await producing
+
+
+def test_influxdb_down_for_a_minute_loses_nothing_and_holds_the_offsets(rig: Rig) -> None:
+    batches = records()
+    half = len(batches) // 2
+    worker, port = rig.start_worker("worker-a")
+    try:
+        asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", batches[:half]))
+        wait_until(lambda: len(rig.readings_landed()) >= half, 90, "the first half landing")
+        vm_port = int(rig.vm.url.rsplit(":", 1)[1])
+        stop(rig.vm.process)
+        down_since = time.monotonic()
+        asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", batches[half:]))
+        wait_until(lambda: metric(port, "milkguard_sink_write_failures_total{sink=influxdb}") > 0)
+        while time.monotonic() - down_since < 60:  # InfluxDB down for a minute
+            rig.alive(worker, "worker-a")
+            time.sleep(1)
+        during = scrape(port)
+        rig.vm = start_victoria_metrics(rig.directory, vm_port)
+        wait_until(
+            lambda: len(rig.readings_landed()) >= len(batches), 120, "the second half landing"
+        )
+        wait_until(lambda: metric(port, "milkguard_worker_unacknowledged_messages") == 0, 30)
+    finally:
+        stop(worker)
+
+    assert sorted(rig.readings_landed()) == sorted(sent(batches))  # every one, once
+    # while InfluxDB was down the worker held the messages unacknowledged (their offsets not
+    # committed: a crash then would have left them in Kafka), the lines buffered, not dropped
+    assert during["milkguard_worker_unacknowledged_messages"] == len(batches) - half
+    assert during["milkguard_sink_buffered_lines{sink=influxdb}"] >= len(batches) - half

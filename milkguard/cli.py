@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_bench_commands(commands)
 
+    from alerts.cli import add_commands as add_alert_commands  # noqa: PLC0415
+
+    add_alert_commands(commands)
+
     plan = commands.add_parser("plan", help="HACCP plan files")
     plan_commands = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
     check = plan_commands.add_parser("check", help="validate a plan and list its rules")
@@ -226,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load": _load,
         "bench": _bench,
         "plan": lambda a: _plan_check(a.path),
+        "alerts": _alerts,
+        "audit": _audit,
         "contract": lambda a: _schema(a.output),
     }
     try:
@@ -632,6 +638,18 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from alerts.cli import run_alerts  # noqa: PLC0415
+
+    return run_alerts(args)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from alerts.cli import run_audit  # noqa: PLC0415
+
+    return run_audit(args)
 
 
 def _plan_check(path: Path) -> int:

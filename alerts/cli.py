@@ -1,0 +1,159 @@
+"""``milkguard alerts ...`` and ``milkguard audit ...``: signed reports and the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from milkguard.errors import ConfigError
+
+DEFAULT_KEY = Path("var/alerts/signing-key.pem")
+DEFAULT_DB = Path("var/alerts/audit.db")
+
+
+def add_commands(commands: Any) -> None:
+    """The ``alerts`` and ``audit`` command groups."""
+    alerts = commands.add_parser("alerts", help="signed regulator reports")
+    what = alerts.add_subparsers(dest="alerts_command", required=True, metavar="WHAT")
+    public = what.add_parser(
+        "public-key",
+        help="the public key to publish (the signing key is created if there is none)",
+    )
+    public.add_argument("--key", type=Path, default=DEFAULT_KEY, help="the private signing key")
+    public.add_argument("--output", type=Path, help="write the PEM here (default: stdout)")
+    report = what.add_parser(
+        "report",
+        help="sign a report of a critical deviation (JSON and HTML) and record it in the trail",
+    )
+    report.add_argument("deviation_id")
+    report.add_argument("--deviations", type=Path, default=Path("var/deviations.jsonl"))
+    report.add_argument("--key", type=Path, default=DEFAULT_KEY)
+    report.add_argument("--db", type=Path, default=DEFAULT_DB, help="the audit trail")
+    report.add_argument("--out", type=Path, default=Path("var/reports"))
+    report.add_argument("--deadline-h", type=float, default=24.0, help="from detection")
+    report.add_argument("--issuer", default="MilkGuard", help="who issues it (the dairy)")
+    verify = what.add_parser("verify", help="check a report's signature")
+    verify.add_argument("report", type=Path)
+    verify.add_argument("--public-key", type=Path, action="append", required=True)
+
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail")
+    audit_what = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
+    check = audit_what.add_parser("verify", help="find any edit, insertion or deletion")
+    check.add_argument("--db", type=Path, default=DEFAULT_DB)
+    check.add_argument("--public-key", type=Path, action="append", required=True)
+    check.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        metavar="N:HASH",
+        help="a head handed out earlier (e.g. in a report) that the trail must still hold",
+    )
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    """``milkguard alerts ...``."""
+    from alerts.signing import Signer, Verifier  # noqa: PLC0415
+
+    console = Console()
+    if args.alerts_command == "public-key":
+        pem = Signer.load_or_create(args.key).public_pem()
+        if args.output is None:
+            console.out(pem, end="", highlight=False)
+        else:
+            args.output.write_text(pem, encoding="utf-8")
+        return 0
+    if args.alerts_command == "verify":
+        from alerts.reports import verify_file  # noqa: PLC0415
+
+        report, problem = verify_file(args.report, Verifier.from_files(args.public_key))
+        if problem is not None:
+            console.print(f"[bold red]NOT VALID[/] {args.report}: {problem}", highlight=False)
+            return 1
+        assert report is not None
+        deviation = report["deviation"]
+        console.print(
+            f"[green]valid[/] {args.report}: deviation {deviation['id']} at "
+            f"{deviation['site']}/{deviation['asset']} ({deviation['rule_id']}), issued "
+            f"{report['issued_at']} by {report['issuer']}",
+            highlight=False,
+        )
+        return 0
+    return _report(args, console)
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from alerts.audit import AuditTrail  # noqa: PLC0415
+    from alerts.reports import issue  # noqa: PLC0415
+    from alerts.signing import Signer  # noqa: PLC0415
+
+    deviation = _latest_change(args.deviations, args.deviation_id)
+    signer = Signer.load_or_create(args.key)
+    trail = AuditTrail(args.db, signer)
+    try:
+        path = issue(
+            deviation,
+            signer=signer,
+            trail=trail,
+            out_dir=args.out,
+            deadline_h=args.deadline_h,
+            issuer=args.issuer,
+        )
+    finally:
+        trail.close()
+    console.print(
+        f"[green]signed[/] {path} and {path.with_suffix('.html')} (key {signer.key_id})",
+        highlight=False,
+    )
+    return 0
+
+
+def _latest_change(deviations: Path, deviation_id: str) -> dict[str, Any]:
+    """The last change record of a deviation in a deviations.jsonl file."""
+    found: dict[str, Any] | None = None
+    try:
+        with deviations.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{deviations} line {number} is not JSON: {exc}") from exc
+                if record.get("id") == deviation_id:
+                    found = record
+    except OSError as exc:
+        raise ConfigError(f"cannot read {deviations}: {exc.strerror}") from exc
+    if found is None:
+        raise ConfigError(f"no deviation {deviation_id!r} in {deviations}")
+    return found
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """``milkguard audit verify``: exit 1 and name every problem when the trail was tampered."""
+    from alerts.audit import AuditTrail  # noqa: PLC0415
+    from alerts.signing import Verifier  # noqa: PLC0415
+
+    heads = []
+    for given in args.head:
+        seq, _, digest = given.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise ConfigError(f"--head {given!r}: expected N:HASH, e.g. 12:9f86d08...")
+        heads.append((int(seq), digest))
+    if not args.db.exists():
+        raise ConfigError(f"no audit trail at {args.db}; pass --db")
+    trail = AuditTrail(args.db)
+    try:
+        problems = trail.verify(Verifier.from_files(args.public_key), heads)
+        seq, digest = trail.head()
+    finally:
+        trail.close()
+    console = Console()
+    if problems:
+        console.print(f"[bold red]TAMPERED[/] {args.db}: {len(problems)} problem(s)")
+        for problem in problems:
+            console.print(f"  - {problem}", highlight=False)
+        return 1
+    console.print(f"[green]intact[/] {args.db}: {seq} entries, head {digest}", highlight=False)
+    return 0

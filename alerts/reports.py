@@ -1,0 +1,167 @@
+"""Regulator reports: one per critical deviation, signed with Ed25519, in JSON and readable HTML.
+
+The JSON is the record: ``{"report": {...}, "signature": {"alg", "key_id", "value"}}``, the
+signature over the report's canonical JSON. The report holds the deviation as the stream judged
+it (the schema of deviations.jsonl), when it was issued against the deadline for reporting it,
+and the audit trail's head at issue, so the regulator also holds a point the dairy's trail must
+keep containing. The HTML says the same for people, and how to check it.
+``milkguard alerts verify REPORT.json --public-key KEY.pem`` checks a report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alerts.audit import AuditTrail
+from alerts.signing import Signer, Verifier
+from milkguard.errors import ConfigError
+
+REPORT_FORMAT = "milkguard-deviation-report/1"
+
+
+def parse_iso(stamp: str) -> datetime:
+    """An ISO 8601 UTC stamp of the deviation records."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds, as everywhere in the records."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_report(
+    deviation: dict[str, Any],
+    *,
+    issued_at: datetime,
+    deadline_h: float,
+    audit_head: tuple[int, str],
+    issuer: str,
+) -> dict[str, Any]:
+    """The report of one critical deviation (a change record of deviations.jsonl)."""
+    if deviation.get("severity") != "critical":
+        raise ConfigError(
+            f"deviation {deviation.get('id')} is {deviation.get('severity')}, not critical: "
+            "regulator reports are for critical deviations"
+        )
+    detected = parse_iso(deviation["detected"])
+    due = detected + timedelta(hours=deadline_h)
+    return {
+        "format": REPORT_FORMAT,
+        "deviation": deviation,
+        "issuer": issuer,
+        "issued_at": iso(issued_at),
+        "due_by": iso(due),
+        "within_deadline": issued_at <= due,
+        "audit_head": {"seq": audit_head[0], "hash": audit_head[1]},
+    }
+
+
+def issue(
+    deviation: dict[str, Any],
+    *,
+    signer: Signer,
+    trail: AuditTrail,
+    out_dir: Path,
+    deadline_h: float,
+    issuer: str,
+    now: datetime | None = None,
+) -> Path:
+    """Sign and write ``<id>.json`` and ``<id>.html``, and record the issue in the trail."""
+    report = build_report(
+        deviation,
+        issued_at=now or datetime.now(UTC),
+        deadline_h=deadline_h,
+        audit_head=trail.head(),
+        issuer=issuer,
+    )
+    signed = {"report": report, "signature": signer.sign(report).as_dict()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{deviation['id']}.json"
+    path.write_text(json.dumps(signed, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.with_suffix(".html").write_text(render_html(signed), encoding="utf-8")
+    trail.append(
+        "report.issued",
+        deviation["id"],
+        issuer,
+        {
+            "report": path.name,
+            "signature": signed["signature"]["value"],
+            "due_by": report["due_by"],
+        },
+    )
+    return path
+
+
+def verify_file(path: Path, verifier: Verifier) -> tuple[dict[str, Any] | None, str | None]:
+    """(the report, None) if ``path`` is a report signed by a known key, else (report?, why)."""
+    try:
+        signed = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror}"
+    except json.JSONDecodeError as exc:
+        return None, f"{path} is not JSON: {exc}"
+    if not isinstance(signed, dict) or not {"report", "signature"} <= signed.keys():
+        return None, f"{path} is not a signed report: it needs 'report' and 'signature'"
+    report = signed["report"]
+    return report, verifier.problem(report, signed["signature"])
+
+
+def render_html(signed: dict[str, Any]) -> str:
+    """The report for people: what happened, the limit, the deadline, the signature."""
+    report, signature = signed["report"], signed["signature"]
+    d = report["deviation"]
+    limit = d.get("limit") or {}
+    bounds = " and ".join(
+        part
+        for part in (
+            f"at least {limit['min']:g}" if limit.get("min") is not None else "",
+            f"at most {limit['max']:g}" if limit.get("max") is not None else "",
+        )
+        if part
+    )
+    rows = [
+        ("Deviation", d["id"]),
+        ("Site / asset", f"{d['site']} / {d['asset']} ({', '.join(d.get('channels', []))})"),
+        ("Rule", f"{d['rule_id']} ({d['kind']}), CCP {d.get('ccp') or '-'}"),
+        ("Plan", f"{d['plan']} version {d['plan_version']}, jurisdiction {d['jurisdiction']}"),
+        ("Limit", f"{bounds} {limit.get('unit', '')}: {limit.get('source', '')}"),
+        ("Began", d["start"]),
+        ("Detected", d["detected"]),
+        ("Ended", d.get("end") or "still open at issue"),
+        ("Worst value", "-" if d.get("peak") is None else f"{d['peak']:g} {limit.get('unit', '')}"),
+        ("Beyond the limit", f"{d['time_beyond_s']:g} s, {d['degree_minutes']:g} degree-minutes"),
+        ("Action required", d["action"]),
+        ("Issued", f"{report['issued_at']} by {report['issuer']}"),
+        (
+            "Reporting deadline",
+            f"{report['due_by']} ({'met' if report['within_deadline'] else 'MISSED'})",
+        ),
+        (
+            "Audit trail head",
+            f"entry {report['audit_head']['seq']}, {report['audit_head']['hash']}",
+        ),
+        ("Signature", f"Ed25519, key {signature['key_id']}: {signature['value']}"),
+    ]
+    body = "\n".join(
+        f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>"
+        for name, value in rows
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Critical deviation {html.escape(d["id"])}</title>
+<style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}
+th{{text-align:left;padding-right:1em;vertical-align:top}}td,th{{padding:.3em}}</style>
+</head><body>
+<h1>Critical deviation report</h1>
+<table>
+{body}
+</table>
+<p>The JSON file of the same name is the signed record. Check it with
+<code>milkguard alerts verify {html.escape(d["id"])}.json --public-key PUBLIC_KEY.pem</code>
+using the dairy's published public key (id {html.escape(signature["key_id"])}).</p>
+</body></html>
+"""

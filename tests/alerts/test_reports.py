@@ -1,0 +1,162 @@
+"""Regulator reports: a critical deviation yields a signed JSON and a readable HTML; anyone with
+the published public key can check it; a changed report or another key is caught."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from alerts.audit import AuditTrail
+from alerts.reports import issue, verify_file
+from alerts.signing import Signer, Verifier
+from milkguard.cli import main
+from milkguard.errors import ConfigError
+
+DEVIATION = {
+    "change": "opened",
+    "id": "5d0c1e2f3a4b5c6d7e8f",
+    "status": "open",
+    "kind": "htst_temperature",
+    "plan": "htst-us",
+    "plan_version": "9136772fa79621b1",
+    "rule_id": "pmo-htst.temperature",
+    "ccp": "CCP-PAST-1",
+    "jurisdiction": "US",
+    "severity": "critical",
+    "action": "divert",
+    "site": "plant-01",
+    "asset": "htst-1",
+    "channels": ["hold_temp"],
+    "device": "plant-01-gw",
+    "limit": {"min": 72.0, "max": None, "sustained_s": 0.0, "unit": "degC", "source": "PMO"},
+    "start": "2026-11-22T10:00:10.000Z",
+    "detected": "2026-11-22T10:00:10.000Z",
+    "end": None,
+    "peak": 71.4,
+    "time_beyond_s": 0.0,
+    "degree_minutes": 0.0,
+    "detected_late": False,
+    "clock_offset_ms": 0,
+    "clock_synced": None,
+}
+
+
+def issued(tmp_path: Path, at: datetime) -> tuple[Path, Signer, AuditTrail]:
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    trail = AuditTrail(tmp_path / "audit.db", signer)
+    trail.append("deviation.opened", DEVIATION["id"], "stream", {"rule": DEVIATION["rule_id"]})
+    path = issue(
+        DEVIATION,
+        signer=signer,
+        trail=trail,
+        out_dir=tmp_path / "reports",
+        deadline_h=24,
+        issuer="Dairy Co-op",
+        now=at,
+    )
+    return path, signer, trail
+
+
+def test_a_report_is_signed_checkable_and_recorded_in_the_trail(tmp_path: Path) -> None:
+    path, signer, trail = issued(tmp_path, datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+
+    report, problem = verify_file(path, Verifier([signer.public_pem().encode()]))
+
+    assert problem is None
+    assert report is not None
+    assert report["within_deadline"] is True
+    assert report["due_by"] == "2026-11-23T10:00:10.000Z"
+    assert report["audit_head"]["seq"] == 1  # the regulator now holds the trail's head
+    assert [e.kind for e in trail.entries()] == ["deviation.opened", "report.issued"]
+    page = path.with_suffix(".html").read_text()
+    assert "plant-01 / htst-1" in page
+    assert "milkguard alerts verify 5d0c1e2f3a4b5c6d7e8f.json" in page
+    trail.close()
+
+
+def test_a_late_report_says_the_deadline_was_missed(tmp_path: Path) -> None:
+    path, _, trail = issued(tmp_path, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+
+    assert json.loads(path.read_text())["report"]["within_deadline"] is False
+    assert "MISSED" in path.with_suffix(".html").read_text()
+    trail.close()
+
+
+def test_a_changed_report_or_another_key_is_caught(tmp_path: Path) -> None:
+    path, signer, trail = issued(tmp_path, datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    verifier = Verifier([signer.public_pem().encode()])
+    signed = json.loads(path.read_text())
+    signed["report"]["deviation"]["peak"] = 72.1  # "it was within the limit after all"
+    path.write_text(json.dumps(signed))
+
+    _, problem = verify_file(path, verifier)
+    assert problem is not None
+    assert "changed after signing" in problem
+
+    other = Signer.load_or_create(tmp_path / "other.pem")
+    _, problem = verify_file(path, Verifier([other.public_pem().encode()]))
+    assert problem is not None
+    assert "not among the public keys given" in problem
+    trail.close()
+
+
+def test_only_critical_deviations_get_a_regulator_report(tmp_path: Path) -> None:
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    trail = AuditTrail(tmp_path / "audit.db", signer)
+    with pytest.raises(ConfigError, match="is major, not critical"):
+        issue(
+            {**DEVIATION, "severity": "major"},
+            signer=signer,
+            trail=trail,
+            out_dir=tmp_path,
+            deadline_h=24,
+            issuer="x",
+        )
+    trail.close()
+
+
+def test_the_signing_key_is_private_to_its_owner(tmp_path: Path) -> None:
+    Signer.load_or_create(tmp_path / "key.pem")
+
+    assert (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_commands_issue_publish_and_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deviations = tmp_path / "deviations.jsonl"
+    deviations.write_text(json.dumps({**DEVIATION, "peak": 70.0}) + "\n" + json.dumps(DEVIATION))
+    key, public, db = tmp_path / "key.pem", tmp_path / "public.pem", tmp_path / "audit.db"
+    reports = tmp_path / "reports"
+
+    assert main(["alerts", "public-key", "--key", str(key), "--output", str(public)]) == 0
+    assert (
+        main(
+            [
+                "alerts",
+                "report",
+                DEVIATION["id"],
+                "--deviations",
+                str(deviations),
+                "--key",
+                str(key),
+                "--db",
+                str(db),
+                "--out",
+                str(reports),
+            ]
+        )
+        == 0
+    )
+    report = reports / f"{DEVIATION['id']}.json"
+    assert json.loads(report.read_text())["report"]["deviation"]["peak"] == 71.4  # the latest
+    capsys.readouterr()
+    assert main(["alerts", "verify", str(report), "--public-key", str(public)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["audit", "verify", "--db", str(db), "--public-key", str(public)]) == 0
+    report.write_text(report.read_text().replace("71.4", "72.4"))  # a changed peak
+    assert main(["alerts", "verify", str(report), "--public-key", str(public)]) == 1
+    assert "NOT VALID" in capsys.readouterr().out

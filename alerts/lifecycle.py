@@ -1,0 +1,280 @@
+"""The alert lifecycle: raised, acknowledged, escalated, resolved, reopened; kept in SQLite.
+
+One alert per (site, asset, rule): the deviation changes of the stream drive it.
+
+- A deviation opening raises an alert and tells the first audience of its severity. The same
+  deviation again (Kafka and MQTT deliver at least once) changes nothing: no repeat.
+- A deviation closing resolves its alert and tells everyone who was told of it.
+- A new deviation of the same rule on the same asset within ``reopen_within_s`` of the
+  resolution reopens the alert (a flapping probe is one alert, not a flood); later, it is a new
+  alert.
+- An alert not acknowledged within its severity's ``ack_within_s`` is escalated to the next
+  audience (operator, then QA manager, then regulator, as the policy lists them), and again
+  after as long, until the list ends. Acknowledging stops the escalation; it does not resolve.
+
+Time is given (``now``, epoch milliseconds), never read, so the book is a pure function of its
+inputs and the database; the database is the state, so a restart changes nothing: what was due
+before it is due after it. Each transition is written to the audit trail when one is given.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from alerts.audit import AuditTrail
+from milkguard.errors import ConfigError
+
+
+class State(StrEnum):
+    """Where an alert is in its life."""
+
+    RAISED = "raised"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class Audience(StrEnum):
+    """Who is told."""
+
+    OPERATOR = "operator"
+    QA = "qa"
+    REGULATOR = "regulator"
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A severity's policy: who is told first, and then, unacknowledged, who next."""
+
+    audiences: tuple[Audience, ...]
+    ack_within_s: float
+
+
+DEFAULT_POLICY: dict[str, Escalation] = {
+    "critical": Escalation((Audience.OPERATOR, Audience.QA, Audience.REGULATOR), 5 * 60),
+    "major": Escalation((Audience.OPERATOR, Audience.QA), 15 * 60),
+    "minor": Escalation((Audience.OPERATOR,), 60 * 60),
+}
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell an audience about an alert (the channels deliver it)."""
+
+    event: str  # raised, escalated, reopened, resolved
+    audience: Audience
+    alert: Alert
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert as stored."""
+
+    id: str  # site/asset/rule
+    site: str
+    asset: str
+    rule_id: str
+    severity: str
+    state: State
+    level: int  # index of the last audience told
+    raised_ms: int
+    due_ms: int | None  # when it escalates unless acknowledged
+    acknowledged_by: str | None
+    resolved_ms: int | None
+    reopened: int
+    deviations: list[str]  # ids, newest last
+    deviation: dict[str, Any]  # the latest change record
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deviations_seen (
+    deviation_id TEXT NOT NULL,
+    change TEXT NOT NULL,
+    PRIMARY KEY (deviation_id, change)
+);
+"""
+
+
+class AlertBook:
+    """The alerts and their lifecycle, persisted."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        policy: dict[str, Escalation] | None = None,
+        reopen_within_s: float = 3600.0,
+        trail: AuditTrail | None = None,
+    ) -> None:
+        self.policy = policy or DEFAULT_POLICY
+        self.reopen_within_ms = round(reopen_within_s * 1000)
+        self._trail = trail
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the alert store {path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # ----------------------------------------------------------------- reading
+
+    def get(self, alert_id: str) -> Alert | None:
+        """One alert by id (site/asset/rule)."""
+        row = self._db.execute("SELECT record FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        return _decode(row[0]) if row else None
+
+    def all(self) -> list[Alert]:
+        """Every alert, open ones first, newest first."""
+        alerts = [_decode(r[0]) for r in self._db.execute("SELECT record FROM alerts")]
+        return sorted(alerts, key=lambda a: (a.state == State.RESOLVED, -a.raised_ms))
+
+    # ----------------------------------------------------------------- transitions
+
+    def on_deviation(self, change: dict[str, Any], now_ms: int) -> list[Notice]:
+        """A deviation change record (the JSON of deviations.jsonl) in; what to tell out."""
+        deviation_id, kind = str(change["id"]), str(change["change"])
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            seen = db.execute(
+                "INSERT OR IGNORE INTO deviations_seen VALUES (?, ?)", (deviation_id, kind)
+            ).rowcount
+            notices = [] if not seen else self._apply(change, kind, now_ms)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return notices
+
+    def _apply(self, change: dict[str, Any], kind: str, now_ms: int) -> list[Notice]:
+        alert_id = f"{change['site']}/{change['asset']}/{change['rule_id']}"
+        alert = self.get(alert_id)
+        escalation = self._escalation(str(change["severity"]))
+        if kind == "opened":
+            if alert is None or (
+                alert.state == State.RESOLVED
+                and alert.resolved_ms is not None
+                and now_ms - alert.resolved_ms > self.reopen_within_ms
+            ):
+                fresh = Alert(
+                    id=alert_id,
+                    site=change["site"],
+                    asset=change["asset"],
+                    rule_id=change["rule_id"],
+                    severity=change["severity"],
+                    state=State.RAISED,
+                    level=0,
+                    raised_ms=now_ms,
+                    due_ms=self._due(escalation, 0, now_ms),
+                    acknowledged_by=None,
+                    resolved_ms=None,
+                    reopened=alert.reopened if alert else 0,
+                    deviations=[*(alert.deviations if alert else []), change["id"]][-50:],
+                    deviation=change,
+                )
+                return self._save(fresh, "raised", [escalation.audiences[0]], "stream")
+            if alert.state == State.RESOLVED:
+                again = replace(
+                    alert,
+                    state=State.RAISED,
+                    level=0,
+                    due_ms=self._due(escalation, 0, now_ms),
+                    acknowledged_by=None,
+                    resolved_ms=None,
+                    reopened=alert.reopened + 1,
+                    deviations=[*alert.deviations, change["id"]][-50:],
+                    deviation=change,
+                )
+                return self._save(again, "reopened", [escalation.audiences[0]], "stream")
+            # a second deviation while the alert is open: the same alert, nobody told twice
+            merged = replace(alert, deviations=[*alert.deviations, change["id"]][-50:])
+            self._store(merged)
+            return []
+        if alert is None or alert.state == State.RESOLVED:
+            return []  # a close for an alert already resolved (or never raised here)
+        resolved = replace(alert, state=State.RESOLVED, due_ms=None, resolved_ms=now_ms)
+        resolved = replace(resolved, deviation=change)
+        told = escalation.audiences[: alert.level + 1]
+        return self._save(resolved, "resolved", list(told), "stream")
+
+    def acknowledge(self, alert_id: str, who: str, now_ms: int, note: str = "") -> Alert:
+        """Someone has seen the alert and is acting: escalation stops."""
+        alert = self.get(alert_id)
+        if alert is None:
+            raise ConfigError(f"no alert {alert_id!r}")
+        if alert.state != State.RAISED:
+            return alert  # acknowledged or resolved already: nothing changes
+        acked = replace(alert, state=State.ACKNOWLEDGED, due_ms=None, acknowledged_by=who)
+        self._store(acked)
+        self._audit("alert.acknowledged", acked, who, {"note": note, "at_ms": now_ms})
+        return acked
+
+    def due(self, now_ms: int) -> list[Notice]:
+        """Escalate every raised alert whose acknowledgement is overdue; what to tell."""
+        notices: list[Notice] = []
+        for alert in self.all():
+            if alert.state != State.RAISED or alert.due_ms is None or alert.due_ms > now_ms:
+                continue
+            escalation = self._escalation(alert.severity)
+            level = min(alert.level + 1, len(escalation.audiences) - 1)
+            if level == alert.level:  # told everyone on the list: keep reminding the last
+                next_due = self._due(escalation, level, alert.due_ms)
+                bumped = replace(alert, due_ms=next_due)
+            else:
+                bumped = replace(
+                    alert, level=level, due_ms=self._due(escalation, level, alert.due_ms)
+                )
+            notices += self._save(bumped, "escalated", [escalation.audiences[level]], "policy")
+        return notices
+
+    # ----------------------------------------------------------------- helpers
+
+    def _escalation(self, severity: str) -> Escalation:
+        return self.policy.get(severity) or self.policy["minor"]
+
+    @staticmethod
+    def _due(escalation: Escalation, level: int, since_ms: int) -> int:
+        del level  # every step of a severity waits as long
+        return since_ms + round(escalation.ack_within_s * 1000)
+
+    def _save(
+        self, alert: Alert, event: str, audiences: Sequence[Audience], actor: str
+    ) -> list[Notice]:
+        self._store(alert)
+        self._audit(
+            f"alert.{event}",
+            alert,
+            actor,
+            {"deviation": alert.deviation.get("id"), "audiences": [str(a) for a in audiences]},
+        )
+        return [Notice(event, audience, alert) for audience in audiences]
+
+    def _store(self, alert: Alert) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO alerts VALUES (?, ?)",
+            (alert.id, msgspec.json.encode(alert).decode()),
+        )
+
+    def _audit(self, kind: str, alert: Alert, actor: str, body: dict[str, Any]) -> None:
+        if self._trail is not None:
+            self._trail.append(kind, alert.id, actor, {"state": str(alert.state), **body})
+
+
+def _decode(text: str) -> Alert:
+    return msgspec.json.decode(text, type=Alert)

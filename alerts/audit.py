@@ -19,7 +19,6 @@ SQLite in WAL mode with full synchronous commits: an appended entry survives a p
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 import msgspec
 
 from alerts.signing import Signer, Verifier, canonical
+from alerts.store import open_db
 from milkguard.errors import ConfigError
 
 GENESIS = "0" * 64
@@ -90,14 +90,7 @@ class AuditTrail:
     def __init__(self, path: Path, signer: Signer | None = None) -> None:
         self.path = path
         self._signer = signer
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the audit trail {path}: {exc}") from exc
+        self._db = open_db(path, _SCHEMA, "the audit trail")
 
     def close(self) -> None:
         """Close the database."""

@@ -19,7 +19,6 @@ before it is due after it. Each transition is written to the audit trail when on
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -29,6 +28,7 @@ from typing import Any
 import msgspec
 
 from alerts.audit import AuditTrail
+from alerts.store import open_db
 from milkguard.errors import ConfigError
 
 
@@ -119,14 +119,7 @@ class AlertBook:
         self.policy = policy or DEFAULT_POLICY
         self.reopen_within_ms = round(reopen_within_s * 1000)
         self._trail = trail
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the alert store {path}: {exc}") from exc
+        self._db = open_db(path, _SCHEMA, "the alert store")
 
     def close(self) -> None:
         """Close the database."""

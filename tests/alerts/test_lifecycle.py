@@ -6,27 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from alerts.audit import AuditTrail
 from alerts.lifecycle import AlertBook, Audience, Notice, State
 from alerts.signing import Signer, Verifier
+from tests.alerts.records import change
 
 MIN = 60_000
 T = 1_795_341_600_000
-
-
-def change(kind: str, deviation_id: str = "dev-1", severity: str = "critical") -> dict[str, Any]:
-    return {
-        "change": kind,
-        "id": deviation_id,
-        "site": "plant-01",
-        "asset": "htst-1",
-        "rule_id": "pmo-htst.temperature",
-        "severity": severity,
-    }
 
 
 def told(notices: list[Notice]) -> list[tuple[str, str]]:

@@ -1,0 +1,309 @@
+"""Who is told, and telling them: e-mail over SMTP, webhooks signed with HMAC, the console.
+
+Routing: a notice goes to every recipient of its audience whose sites and severities match.
+During a recipient's quiet hours a notice waits until they end, unless it is critical: quiet
+hours never hold back a critical alert.
+
+Delivery goes through an outbox in SQLite. A notice is queued once per recipient and channel
+(keyed by alert, event, reopening and escalation level), so a notice produced twice, or again
+after a restart, is sent once. Sending is retried with exponential backoff; a message refused
+for good (a webhook's 4xx other than 408/429) or still failing after ``max_attempts`` is
+dead-lettered with the reason, and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from alerts.lifecycle import Audience, Notice
+from alerts.store import open_db
+
+log = logging.getLogger(__name__)
+
+
+class Recipient(BaseModel):
+    """A person or system to tell, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    audience: Audience
+    sites: list[str] = Field(default_factory=lambda: ["*"], description='"*": every site')
+    severities: list[str] = Field(default_factory=lambda: ["critical", "major", "minor"])
+    email: str | None = None
+    webhook: str | None = None
+    quiet_hours: str | None = Field(
+        default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$", description="UTC, e.g. 22:00-06:00"
+    )
+
+    def wants(self, notice: Notice) -> bool:
+        """Whether this recipient is told of ``notice``."""
+        alert = notice.alert
+        return (
+            notice.audience == self.audience
+            and ("*" in self.sites or alert.site in self.sites)
+            and alert.severity in self.severities
+        )
+
+    def quiet_until(self, now: datetime) -> datetime | None:
+        """The end of the quiet hours ``now`` falls in, or None."""
+        if self.quiet_hours is None:
+            return None
+        start_text, end_text = self.quiet_hours.split("-")
+        start, end = time.fromisoformat(start_text), time.fromisoformat(end_text)
+        today = now.date()
+        for day in (today - timedelta(days=1), today):
+            begins = datetime.combine(day, start, UTC)
+            ends = datetime.combine(day if end > start else day + timedelta(days=1), end, UTC)
+            if begins <= now < ends:
+                return ends
+        return None
+
+
+class SmtpSettings(BaseModel):
+    """The mail server alerts are sent through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "milkguard@localhost"
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Message:
+    """What is said, whatever the channel."""
+
+    subject: str
+    text: str
+    data: dict[str, Any]
+
+
+def compose(notice: Notice) -> Message:
+    """The message of a notice: a subject line people can sort by, the facts, the record."""
+    alert, d = notice.alert, notice.alert.deviation
+    subject = (
+        f"[{alert.severity.upper()}] {notice.event}: {alert.site}/{alert.asset} {alert.rule_id}"
+    )
+    limit = d.get("limit") or {}
+    text = "\n".join(
+        [
+            f"Alert {alert.id} was {notice.event} (you are told as {notice.audience}).",
+            f"Deviation {d.get('id')}: {d.get('kind')} on {', '.join(d.get('channels', []))}",
+            f"Limit: min {limit.get('min')} max {limit.get('max')} {limit.get('unit', '')}"
+            f" ({limit.get('source', '')})",
+            f"Began {d.get('start')}, detected {d.get('detected')}, ended {d.get('end') or '-'}",
+            f"Worst value: {d.get('peak')}; required action: {d.get('action')}",
+        ]
+    )
+    data = {
+        "event": notice.event,
+        "audience": str(notice.audience),
+        "alert": {"id": alert.id, "state": str(alert.state), "severity": alert.severity},
+        "deviation": d,
+    }
+    return Message(subject, text, data)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    text TEXT NOT NULL,
+    data TEXT NOT NULL,
+    next_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending',
+    error TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """One stored delivery, as its columns."""
+
+    key: str
+    channel: str
+    target: str
+    subject: str
+    text: str
+    data: str
+    attempts: int
+
+
+class Permanent(Exception):  # noqa: N818 - reads as what the failure is
+    """The receiver refused the message for good: retrying cannot help."""
+
+
+class Outbox:
+    """Notices routed to recipients' channels, sent once, retried, dead-lettered."""
+
+    def __init__(
+        self,
+        path: Path,
+        recipients: list[Recipient],
+        *,
+        smtp: SmtpSettings | None = None,
+        webhook_secret: SecretStr | None = None,
+        max_attempts: int = 8,
+        backoff_s: float = 2.0,
+    ) -> None:
+        self.recipients = recipients
+        self.smtp = smtp or SmtpSettings()
+        self._secret = webhook_secret
+        self.max_attempts = max_attempts
+        self.backoff_ms = round(backoff_s * 1000)
+        self.sent = self.retried = self.dead = 0
+        self._db = open_db(path, _SCHEMA, "the alert outbox")
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def queue(self, notices: list[Notice], now_ms: int) -> int:
+        """Route notices to recipients' channels; returns how many deliveries were new."""
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        added = 0
+        for notice in notices:
+            message = compose(notice)
+            alert = notice.alert
+            for recipient in self.recipients:
+                if not recipient.wants(notice):
+                    continue
+                quiet = recipient.quiet_until(now)
+                held = quiet is not None and alert.severity != "critical"
+                start_ms = round(quiet.timestamp() * 1000) if held and quiet else now_ms
+                channels = [("console", recipient.name)]
+                if recipient.email:
+                    channels.append(("email", recipient.email))
+                if recipient.webhook:
+                    channels.append(("webhook", recipient.webhook))
+                for channel, target in channels:
+                    key = (
+                        f"{alert.id}|{notice.event}|{alert.reopened}|{alert.level}|"
+                        f"{alert.raised_ms}|{recipient.name}|{channel}"
+                    )
+                    added += self._db.execute(
+                        "INSERT OR IGNORE INTO deliveries (key, channel, target, subject, text, "
+                        "data, next_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            key,
+                            channel,
+                            target,
+                            message.subject,
+                            message.text,
+                            json.dumps(message.data),
+                            start_ms,
+                        ),
+                    ).rowcount
+        return added
+
+    def deliver_due(self, now_ms: int) -> int:
+        """Send what is due; returns how many were sent now."""
+        rows = self._db.execute(
+            "SELECT key, channel, target, subject, text, data, attempts FROM deliveries "
+            "WHERE status = 'pending' AND next_ms <= ? ORDER BY next_ms",
+            (now_ms,),
+        ).fetchall()
+        sent = 0
+        for row in rows:
+            pending = _Pending(*row)
+            key, channel, target = pending.key, pending.channel, pending.target
+            try:
+                self._send(pending)
+            except Permanent as exc:
+                self._dead(key, f"refused for good: {exc}")
+                continue
+            except (OSError, smtplib.SMTPException) as exc:
+                failed = pending.attempts + 1
+                if failed >= self.max_attempts:
+                    self._dead(key, f"failed {failed} times, last: {exc}")
+                    continue
+                self.retried += 1
+                wait = self.backoff_ms * 2 ** (failed - 1)
+                self._db.execute(
+                    "UPDATE deliveries SET attempts = ?, next_ms = ?, error = ? WHERE key = ?",
+                    (failed, now_ms + wait, str(exc), key),
+                )
+                log.warning(
+                    "alert.delivery_failed",
+                    extra={"channel": channel, "target": target, "retry_in_ms": wait},
+                )
+                continue
+            self._db.execute(
+                "UPDATE deliveries SET status = 'sent', attempts = ? WHERE key = ?",
+                (pending.attempts + 1, key),
+            )
+            self.sent += 1
+            sent += 1
+        return sent
+
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        """(channel, target, reason) of every message given up on."""
+        return list(
+            self._db.execute(
+                "SELECT channel, target, error FROM deliveries WHERE status = 'dead' ORDER BY key"
+            )
+        )
+
+    def _dead(self, key: str, reason: str) -> None:
+        self.dead += 1
+        self._db.execute(
+            "UPDATE deliveries SET status = 'dead', error = ? WHERE key = ?", (reason, key)
+        )
+        log.error("alert.dead_letter", extra={"delivery": key, "reason": reason})
+
+    def _send(self, pending: _Pending) -> None:
+        if pending.channel == "console":
+            log.warning("alert", extra={"to": pending.target, "subject": pending.subject})
+        elif pending.channel == "email":
+            self._email(pending.target, pending.subject, pending.text)
+        else:
+            self._webhook(pending.target, pending.key, pending.data)
+
+    def _email(self, to: str, subject: str, text: str) -> None:
+        smtp = self.smtp
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = smtp.sender, to, subject
+        message.set_content(text)
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout_s) as server:
+            if smtp.starttls:
+                server.starttls()
+            if smtp.username and smtp.password:
+                server.login(smtp.username, smtp.password.get_secret_value())
+            server.send_message(message)
+
+    def _webhook(self, url: str, key: str, data: str) -> None:
+        body = data.encode()
+        headers = {"Content-Type": "application/json", "X-MilkGuard-Delivery": key}
+        if self._secret is not None:
+            digest = hmac.new(self._secret.get_secret_value().encode(), body, hashlib.sha256)
+            headers["X-MilkGuard-Signature"] = f"sha256={digest.hexdigest()}"
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - configured URL
+                return
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                raise Permanent(f"HTTP {exc.code} from {url}") from exc
+            raise OSError(f"HTTP {exc.code} from {url}") from exc

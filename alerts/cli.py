@@ -36,6 +36,13 @@ def add_commands(commands: Any) -> None:
     report.add_argument("--out", type=Path, default=Path("var/reports"))
     report.add_argument("--deadline-h", type=float, default=24.0, help="from detection")
     report.add_argument("--issuer", default="MilkGuard", help="who issues it (the dairy)")
+    run = what.add_parser(
+        "run",
+        help="alert the right people of deviations: lifecycle, escalation, e-mail, webhooks",
+        description="Subscribe to the deviations the stream publishes on MQTT (mqtt.*) and "
+        "alert the recipients of alerts.* until Ctrl-C or SIGTERM.",
+    )
+    run.add_argument("--config", type=Path, help="settings file (YAML)")
     verify = what.add_parser("verify", help="check a report's signature")
     verify.add_argument("report", type=Path)
     verify.add_argument("--public-key", type=Path, action="append", required=True)
@@ -66,6 +73,8 @@ def run_alerts(args: argparse.Namespace) -> int:
         else:
             args.output.write_text(pem, encoding="utf-8")
         return 0
+    if args.alerts_command == "run":
+        return _run(args)
     if args.alerts_command == "verify":
         from alerts.reports import verify_file  # noqa: PLC0415
 
@@ -83,6 +92,26 @@ def run_alerts(args: argparse.Namespace) -> int:
         )
         return 0
     return _report(args, console)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from alerts.service import AlertService  # noqa: PLC0415
+    from milkguard import logs  # noqa: PLC0415
+    from milkguard.cli import stop_on_signals  # noqa: PLC0415
+    from milkguard.settings import broker_address, load_settings  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    logs.configure(settings.log_level, settings.log_format)
+    if not settings.alerts.recipients:
+        raise ConfigError(
+            "no alerts.recipients: say who is told (name, audience, email or webhook) in the "
+            "settings file"
+        )
+    service = AlertService(
+        settings.alerts, broker_address(settings), f"{settings.mqtt.client_id}-alerts"
+    )
+    service.run(stop_on_signals())
+    return 0
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:

@@ -266,12 +266,12 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.getLogger("milkguard").info("settings", extra={"settings": settings.redacted()})
     service = EmbeddedService(settings)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     service.run(stop, args.duration)
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
     """An event set by Ctrl-C or SIGTERM, for a clean stop; a second Ctrl-C interrupts at once."""
     stop = threading.Event()
 
@@ -288,9 +288,8 @@ def _bridge(args: argparse.Namespace) -> int:
     from contextlib import ExitStack  # noqa: PLC0415
 
     from milkguard import logs  # noqa: PLC0415
-    from milkguard.settings import load_settings  # noqa: PLC0415
+    from milkguard.settings import broker_address, load_settings  # noqa: PLC0415
     from stream.bridge import Bridge, KafkaTarget  # noqa: PLC0415
-    from stream.embedded import broker_address  # noqa: PLC0415
     from stream.metrics import BridgeCollector, MetricsServer  # noqa: PLC0415
 
     settings = load_settings(args.config)
@@ -307,7 +306,7 @@ def _bridge(args: argparse.Namespace) -> int:
         f"{settings.mqtt.client_id}-bridge",
         settings.mqtt.queue_size,
     )
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with ExitStack() as stack:
         if settings.metrics.port is not None:
             collector = BridgeCollector(lambda: bridge.counters, bridge.ready.is_set)
@@ -345,7 +344,7 @@ def _edge(args: argparse.Namespace) -> int:
 
     logs.configure(config.log_level, config.log_format)
     agent = EdgeAgent(config)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     timer = threading.Timer(args.duration or 0, stop.set)
     timer.daemon = True
     if args.duration is not None:

@@ -15,7 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from alerts.delivery import Recipient, SmtpSettings
 from milkguard.errors import ConfigError
+from milkguard.mqtt import BrokerAddress
 
 
 def demo_plan_path() -> Path:
@@ -132,6 +134,34 @@ class WorkerSettings(BaseModel):
         return self
 
 
+class EscalationSettings(BaseModel):
+    """How long an alert of one severity may stay unacknowledged before the next audience."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critical_s: float = Field(default=300, gt=0)
+    major_s: float = Field(default=900, gt=0)
+    minor_s: float = Field(default=3600, gt=0)
+
+
+class AlertSettings(BaseModel):
+    """``milkguard alerts run``: who is told of deviations, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    directory: Path = Field(
+        default=Path("var/alerts"), description="Alert store, outbox, audit trail, signing key."
+    )
+    recipients: list[Recipient] = Field(default_factory=list)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key of X-MilkGuard-Signature on webhooks."
+    )
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    reopen_within_s: float = Field(default=3600, ge=0)
+    max_attempts: int = Field(default=8, ge=1)
+
+
 class MetricsSettings(BaseModel):
     """Where Prometheus scrapes the operational counters; off unless a port is set."""
 
@@ -210,6 +240,7 @@ class Settings(EnvOverFileSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -258,3 +289,16 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         ) from exc
     # flags are typed by the command line parser already; they win over file and environment
     return settings.model_copy(update=overrides) if overrides else settings
+
+
+def broker_address(settings: Settings) -> BrokerAddress:
+    """The broker address from the settings (the secret is unwrapped only here)."""
+    mqtt = settings.mqtt
+    return BrokerAddress(
+        host=mqtt.host,
+        port=mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        tls_ca=mqtt.tls_ca,
+        keepalive_s=mqtt.keepalive_s,
+    )

@@ -31,8 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from milkguard.errors import ConfigError
-from milkguard.mqtt import BrokerAddress
-from milkguard.settings import Settings
+from milkguard.settings import Settings, broker_address
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import SinkError
@@ -64,19 +63,6 @@ class RunSummary:
     counters: dict[str, int]
     open_deviations: int
     data_dir: str
-
-
-def broker_address(settings: Settings) -> BrokerAddress:
-    """The broker address from the settings (the secret is unwrapped only here)."""
-    mqtt = settings.mqtt
-    return BrokerAddress(
-        host=mqtt.host,
-        port=mqtt.port,
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password else None,
-        tls_ca=mqtt.tls_ca,
-        keepalive_s=mqtt.keepalive_s,
-    )
 
 
 class EmbeddedService:

@@ -8,9 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import mailbox
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,42 +21,16 @@ from pydantic import SecretStr
 
 from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
+from tests.alerts.conftest import Smtp
 from tests.alerts.records import change
 from tests.helpers import wait_until
-from tests.servers import free_port, stop, wait_for_port
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
 MIN = 60_000
 T = round(datetime(2026, 11, 22, 10, 0, tzinfo=UTC).timestamp() * 1000)
 SECRET = "webhook-secret"
-
-
-@dataclass
-class Smtp:
-    port: int
-    maildir: Path
-    process: subprocess.Popen[bytes]
-
-    def received(self) -> list[tuple[str, str]]:
-        return sorted((m["To"], m["Subject"]) for m in mailbox.Maildir(self.maildir))
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[Smtp]:
-    port = free_port()
-    maildir = tmp_path / "maildir"
-    handler = ["-c", "aiosmtpd.handlers.Mailbox", str(maildir)]  # each message into a Maildir
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", *handler],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process)
-        yield Smtp(port, maildir, process)
-    finally:
-        stop(process)
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""A real SMTP server for the alerting tests: aiosmtpd in its own process, each message kept
+in a Maildir, stopped by PID."""
+
+from __future__ import annotations
+
+import mailbox
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port, stop, wait_for_port
+
+
+@dataclass
+class Smtp:
+    port: int
+    maildir: Path
+    process: subprocess.Popen[bytes]
+
+    def received(self) -> list[tuple[str, str]]:
+        return sorted((m["To"], m["Subject"]) for m in mailbox.Maildir(self.maildir))
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[Smtp]:
+    port = free_port()
+    maildir = tmp_path / "maildir"
+    handler = ["-c", "aiosmtpd.handlers.Mailbox", str(maildir)]  # each message into a Maildir
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", *handler],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        yield Smtp(port, maildir, process)
+    finally:
+        stop(process)

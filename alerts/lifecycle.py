@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import msgspec
 
 from alerts.audit import AuditTrail
+from alerts.corrective import CorrectiveAction, CorrectiveActionInput
 from alerts.store import open_db
 from milkguard.errors import ConfigError
 
@@ -54,11 +56,12 @@ class Escalation:
 
     audiences: tuple[Audience, ...]
     ack_within_s: float
+    action_within_s: float | None = None  # a corrective action is due this long after raising
 
 
 DEFAULT_POLICY: dict[str, Escalation] = {
-    "critical": Escalation((Audience.OPERATOR, Audience.QA, Audience.REGULATOR), 5 * 60),
-    "major": Escalation((Audience.OPERATOR, Audience.QA), 15 * 60),
+    "critical": Escalation((Audience.OPERATOR, Audience.QA, Audience.REGULATOR), 5 * 60, 24 * 3600),
+    "major": Escalation((Audience.OPERATOR, Audience.QA), 15 * 60, 72 * 3600),
     "minor": Escalation((Audience.OPERATOR,), 60 * 60),
 }
 
@@ -90,11 +93,17 @@ class Alert:
     reopened: int
     deviations: list[str]  # ids, newest last
     deviation: dict[str, Any]  # the latest change record
+    action_due_ms: int | None = None  # a corrective action is due by then (none recorded yet)
+    actions: int = 0  # corrective actions recorded
 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS corrective_actions (
+    alert_id TEXT NOT NULL,
     record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deviations_seen (
@@ -180,6 +189,7 @@ class AlertBook:
                     reopened=alert.reopened if alert else 0,
                     deviations=[*(alert.deviations if alert else []), change["id"]][-50:],
                     deviation=change,
+                    action_due_ms=self._action_due(escalation, now_ms),
                 )
                 return self._save(fresh, "raised", [escalation.audiences[0]], "stream")
             if alert.state == State.RESOLVED:
@@ -193,6 +203,7 @@ class AlertBook:
                     reopened=alert.reopened + 1,
                     deviations=[*alert.deviations, change["id"]][-50:],
                     deviation=change,
+                    action_due_ms=self._action_due(escalation, now_ms),
                 )
                 return self._save(again, "reopened", [escalation.audiences[0]], "stream")
             # a second deviation while the alert is open: the same alert, nobody told twice
@@ -218,10 +229,50 @@ class AlertBook:
         self._audit("alert.acknowledged", acked, who, {"note": note, "at_ms": now_ms})
         return acked
 
+    def record_action(
+        self, alert_id: str, given: CorrectiveActionInput, who: str, role: str, now_ms: int
+    ) -> CorrectiveAction:
+        """Record a signed corrective action; its record goes to the audit trail whole."""
+        alert = self.get(alert_id)
+        if alert is None:
+            raise ConfigError(f"no alert {alert_id!r}")
+        action = CorrectiveAction(
+            **given.model_dump(),
+            alert_id=alert_id,
+            deviation_id=str(alert.deviation.get("id")),
+            signed_by=who,
+            role=role,
+            signed_at=_iso(now_ms),
+        )
+        self._db.execute(
+            "INSERT INTO corrective_actions (alert_id, record) VALUES (?, ?)",
+            (alert_id, action.model_dump_json()),
+        )
+        self._store(replace(alert, actions=alert.actions + 1, action_due_ms=None))
+        if self._trail is not None:
+            self._trail.append(
+                "corrective_action.recorded", alert_id, who, action.model_dump(mode="json")
+            )
+        return action
+
+    def actions(self, alert_id: str) -> list[CorrectiveAction]:
+        """The corrective actions recorded on an alert, oldest first."""
+        rows = self._db.execute(
+            "SELECT record FROM corrective_actions WHERE alert_id = ? ORDER BY rowid", (alert_id,)
+        )
+        return [CorrectiveAction.model_validate_json(row[0]) for row in rows]
+
     def due(self, now_ms: int) -> list[Notice]:
-        """Escalate every raised alert whose acknowledgement is overdue; what to tell."""
+        """Escalate every raised alert whose acknowledgement is overdue, and every alert whose
+        corrective action is overdue; what to tell."""
         notices: list[Notice] = []
-        for alert in self.all():
+        for stored in self.all():
+            alert = stored
+            if stored.action_due_ms is not None and stored.action_due_ms <= now_ms:
+                escalation = self._escalation(stored.severity)
+                alert = replace(stored, action_due_ms=None)  # told once; recording clears it
+                audience = Audience.QA if Audience.QA in escalation.audiences else Audience.OPERATOR
+                notices += self._save(alert, "action_overdue", [audience], "policy")
             if alert.state != State.RAISED or alert.due_ms is None or alert.due_ms > now_ms:
                 continue
             escalation = self._escalation(alert.severity)
@@ -240,6 +291,12 @@ class AlertBook:
 
     def _escalation(self, severity: str) -> Escalation:
         return self.policy.get(severity) or self.policy["minor"]
+
+    @staticmethod
+    def _action_due(escalation: Escalation, now_ms: int) -> int | None:
+        if escalation.action_within_s is None:
+            return None
+        return now_ms + round(escalation.action_within_s * 1000)
 
     @staticmethod
     def _due(escalation: Escalation, level: int, since_ms: int) -> int:
@@ -271,3 +328,8 @@ class AlertBook:
 
 def _decode(text: str) -> Alert:
     return msgspec.json.decode(text, type=Alert)
+
+
+def _iso(epoch_ms: int) -> str:
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

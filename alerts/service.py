@@ -43,8 +43,10 @@ class AlertService:
         escalation = settings.escalation
         operator, qa, regulator = Audience.OPERATOR, Audience.QA, Audience.REGULATOR
         policy = {
-            "critical": Escalation((operator, qa, regulator), escalation.critical_s),
-            "major": Escalation((operator, qa), escalation.major_s),
+            "critical": Escalation(
+                (operator, qa, regulator), escalation.critical_s, escalation.critical_action_s
+            ),
+            "major": Escalation((operator, qa), escalation.major_s, escalation.major_action_s),
             "minor": Escalation((operator,), escalation.minor_s),
         }
         self.trail = AuditTrail(

@@ -142,6 +142,10 @@ class EscalationSettings(BaseModel):
     critical_s: float = Field(default=300, gt=0)
     major_s: float = Field(default=900, gt=0)
     minor_s: float = Field(default=3600, gt=0)
+    critical_action_s: float = Field(
+        default=86400, gt=0, description="A corrective action is due this long after raising."
+    )
+    major_action_s: float = Field(default=259200, gt=0)
 
 
 class AlertSettings(BaseModel):

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from alerts.audit import AuditTrail
+from alerts.corrective import CorrectiveActionInput
 from alerts.lifecycle import AlertBook, Audience, Notice, State
 from alerts.signing import Signer, Verifier
 from tests.alerts.records import change
@@ -129,3 +131,49 @@ def test_every_transition_is_in_the_audit_trail(tmp_path: Path) -> None:
     assert trail.verify(Verifier([signer.public_pem().encode()])) == []
     book.close()
     trail.close()
+
+
+def test_a_corrective_action_is_recorded_signed_and_in_the_trail(tmp_path: Path) -> None:
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    trail = AuditTrail(tmp_path / "audit.db", signer)
+    book = AlertBook(tmp_path / "alerts.db", trail=trail)
+    alert_id = "plant-01/htst-1/pmo-htst.temperature"
+    book.on_deviation(change("opened"), T)
+
+    given = CorrectiveActionInput(
+        cause="steam valve stuck half open",
+        action_taken="valve replaced, line re-sanitized",
+        disposition="re-pasteurize",
+        lot="L-2026-11-22-A",
+    )
+    action = book.record_action(alert_id, given, "qa:wang", "qa", T + 30 * MIN)
+
+    assert book.actions(alert_id) == [action]
+    assert action.signed_at == "2026-11-22T10:30:00.000Z"
+    assert action.deviation_id == "dev-1"
+    last = list(trail.entries())[-1]
+    assert (last.kind, last.actor) == ("corrective_action.recorded", "qa:wang")
+    assert last.body["meaning"].startswith("I performed or verified this corrective action")
+    assert last.body["disposition"] == "re-pasteurize"
+    later = book.due(T + 48 * 60 * MIN)  # never acknowledged: it escalates, but the action is in
+    assert "action_overdue" not in [n.event for n in later]
+    book.close()
+    trail.close()
+
+
+def test_an_overdue_corrective_action_escalates_to_qa_once(book: AlertBook) -> None:
+    alert_id = "plant-01/htst-1/pmo-htst.temperature"
+    book.on_deviation(change("opened"), T)
+    book.acknowledge(alert_id, "operator:li", T + MIN)
+    book.on_deviation(change("closed"), T + 2 * MIN)
+
+    assert book.due(T + 24 * 60 * MIN - 1) == []
+    assert told(book.due(T + 24 * 60 * MIN)) == [("action_overdue", "qa")]
+    assert book.due(T + 25 * 60 * MIN) == []
+
+
+def test_a_corrective_action_must_say_cause_action_and_a_known_disposition() -> None:
+    with pytest.raises(ValidationError, match="disposition"):
+        CorrectiveActionInput(cause="probe", action_taken="fixed it", disposition="sell anyway")
+    with pytest.raises(ValidationError, match="cause"):
+        CorrectiveActionInput(cause="", action_taken="fixed it", disposition="hold")

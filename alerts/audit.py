@@ -19,7 +19,7 @@ SQLite in WAL mode with full synchronous commits: an appended entry survives a p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from alerts.signing import Signer, Verifier, canonical
-from alerts.store import open_db
+from alerts.store import new_lock, open_db, serialized
 from milkguard.errors import ConfigError
 
 GENESIS = "0" * 64
@@ -90,12 +90,15 @@ class AuditTrail:
     def __init__(self, path: Path, signer: Signer | None = None) -> None:
         self.path = path
         self._signer = signer
+        self._lock = new_lock()
         self._db = open_db(path, _SCHEMA, "the audit trail")
 
+    @serialized
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
+    @serialized
     def append(
         self, kind: str, subject: str, actor: str, body: dict[str, Any], at: datetime | None = None
     ) -> Entry:
@@ -133,17 +136,25 @@ class AuditTrail:
             raise
         return Entry(seq, stamp, kind, subject, actor, body, prev, digest)
 
-    def entries(self) -> Iterator[Entry]:
-        """Every entry, in order."""
-        for row in self._db.execute("SELECT * FROM audit ORDER BY seq"):
-            seq, at, kind, subject, actor, body, prev, digest = row
-            yield Entry(seq, at, kind, subject, actor, msgspec.json.decode(body), prev, digest)
+    @serialized
+    def entries(self, subject: str | None = None) -> list[Entry]:
+        """Every entry (of ``subject``, if given), in order."""
+        query = "SELECT * FROM audit ORDER BY seq"
+        args: tuple[str, ...] = ()
+        if subject is not None:
+            query, args = "SELECT * FROM audit WHERE subject = ? ORDER BY seq", (subject,)
+        return [
+            Entry(seq, at, kind, subj, actor, msgspec.json.decode(body), prev, digest)
+            for seq, at, kind, subj, actor, body, prev, digest in self._db.execute(query, args)
+        ]
 
+    @serialized
     def head(self) -> tuple[int, str]:
         """(number, hash) of the last entry: what to hand a regulator with a report."""
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else (0, GENESIS)
 
+    @serialized
     def verify(self, verifier: Verifier, known_heads: Sequence[tuple[int, str]] = ()) -> list[str]:
         """Every problem found, each naming the entry; an empty list for an intact trail."""
         problems: list[str] = []

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from milkguard.errors import ConfigError
 
-DEFAULT_KEY = Path("var/alerts/signing-key.pem")
+DEFAULT_KEY = Path("var/alerts/signing-key.pem")  # where milkguard alerts run keeps them
 DEFAULT_DB = Path("var/alerts/audit.db")
 
 
@@ -33,7 +33,7 @@ def add_commands(commands: Any) -> None:
     report.add_argument("--deviations", type=Path, default=Path("var/deviations.jsonl"))
     report.add_argument("--key", type=Path, default=DEFAULT_KEY)
     report.add_argument("--db", type=Path, default=DEFAULT_DB, help="the audit trail")
-    report.add_argument("--out", type=Path, default=Path("var/reports"))
+    report.add_argument("--out", type=Path, default=Path("var/alerts/reports"))
     report.add_argument("--deadline-h", type=float, default=24.0, help="from detection")
     report.add_argument("--issuer", default="MilkGuard", help="who issues it (the dairy)")
     run = what.add_parser(
@@ -43,6 +43,12 @@ def add_commands(commands: Any) -> None:
         "alert the recipients of alerts.* until Ctrl-C or SIGTERM.",
     )
     run.add_argument("--config", type=Path, help="settings file (YAML)")
+    share = what.add_parser(
+        "compliance", help="the share of critical deviations reported within the deadline"
+    )
+    share.add_argument("--deviations", type=Path, default=Path("var/deviations.jsonl"))
+    share.add_argument("--reports", type=Path, default=Path("var/alerts/reports"))
+    share.add_argument("--deadline-h", type=float, default=24.0)
     verify = what.add_parser("verify", help="check a report's signature")
     verify.add_argument("report", type=Path)
     verify.add_argument("--public-key", type=Path, action="append", required=True)
@@ -75,6 +81,8 @@ def run_alerts(args: argparse.Namespace) -> int:
         return 0
     if args.alerts_command == "run":
         return _run(args)
+    if args.alerts_command == "compliance":
+        return _compliance(args, console)
     if args.alerts_command == "verify":
         from alerts.reports import verify_file  # noqa: PLC0415
 
@@ -114,6 +122,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compliance(args: argparse.Namespace, console: Console) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from rich.table import Table  # noqa: PLC0415
+
+    from alerts.reports import compliance  # noqa: PLC0415
+
+    found = compliance(_records(args.deviations), args.reports, args.deadline_h, datetime.now(UTC))
+    table = Table(title=f"Critical deviations, reports due {args.deadline_h:g} h after detection")
+    for column in ("critical", "reported in time", "reported late", "missing", "not yet due"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *map(str, (found.critical, found.in_time, found.late, found.missing, found.pending))
+    )
+    console.print(table)
+    share = found.share_in_time
+    console.print(
+        "reported within the deadline: "
+        + ("n/a (none due yet)" if share is None else f"{share:.1%}"),
+        highlight=False,
+    )
+    return 0
+
+
+def _records(deviations: Path) -> list[dict[str, Any]]:
+    """The change records of a deviations.jsonl file, naming the line of a bad one."""
+    records = []
+    try:
+        with deviations.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{deviations} line {number} is not JSON: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {deviations}: {exc.strerror}") from exc
+    return records
+
+
 def _report(args: argparse.Namespace, console: Console) -> int:
     from alerts.audit import AuditTrail  # noqa: PLC0415
     from alerts.reports import issue  # noqa: PLC0415
@@ -142,21 +189,10 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
 def _latest_change(deviations: Path, deviation_id: str) -> dict[str, Any]:
     """The last change record of a deviation in a deviations.jsonl file."""
-    found: dict[str, Any] | None = None
-    try:
-        with deviations.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{deviations} line {number} is not JSON: {exc}") from exc
-                if record.get("id") == deviation_id:
-                    found = record
-    except OSError as exc:
-        raise ConfigError(f"cannot read {deviations}: {exc.strerror}") from exc
-    if found is None:
+    found = [r for r in _records(deviations) if r.get("id") == deviation_id]
+    if not found:
         raise ConfigError(f"no deviation {deviation_id!r} in {deviations}")
-    return found
+    return found[-1]
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Who is told, and telling them: e-mail over SMTP, webhooks signed with HMAC, the console.
+"""Who is told, and telling them: e-mail over SMTP, webhooks signed with HMAC, the MQTT alert
+topic, the console.
 
 Routing: a notice goes to every recipient of its audience whose sites and severities match.
 During a recipient's quiet hours a notice waits until they end, unless it is critical: quiet
@@ -30,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from alerts.lifecycle import Audience, Notice
 from alerts.store import open_db
+from milkguard.contract.v1 import alert_topic
+from milkguard.mqtt import Connection
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +168,15 @@ class Outbox:
         *,
         smtp: SmtpSettings | None = None,
         webhook_secret: SecretStr | None = None,
+        mqtt: Connection | None = None,
         max_attempts: int = 8,
         backoff_s: float = 2.0,
     ) -> None:
         self.recipients = recipients
         self.smtp = smtp or SmtpSettings()
         self._secret = webhook_secret
+        #: with a connection, every notice also goes to milkguard/v1/alerts/{site}/{asset}
+        self.mqtt = mqtt
         self.max_attempts = max_attempts
         self.backoff_ms = round(backoff_s * 1000)
         self.sent = self.retried = self.dead = 0
@@ -181,12 +187,18 @@ class Outbox:
         self._db.close()
 
     def queue(self, notices: list[Notice], now_ms: int) -> int:
-        """Route notices to recipients' channels; returns how many deliveries were new."""
+        """Route notices to recipients' channels (and, with an MQTT connection, each notice to
+        its alert topic); returns how many deliveries were new."""
         now = datetime.fromtimestamp(now_ms / 1000, UTC)
         added = 0
         for notice in notices:
             message = compose(notice)
             alert = notice.alert
+            stem = f"{alert.id}|{notice.event}|{alert.reopened}|{alert.level}|{alert.raised_ms}"
+            deliveries: list[tuple[str, str, str, int]] = []  # (key, channel, target, when)
+            if self.mqtt is not None:
+                topic = alert_topic(alert.site, alert.asset)
+                deliveries.append((f"{stem}|{notice.audience}|mqtt", "mqtt", topic, now_ms))
             for recipient in self.recipients:
                 if not recipient.wants(notice):
                     continue
@@ -198,24 +210,24 @@ class Outbox:
                     channels.append(("email", recipient.email))
                 if recipient.webhook:
                     channels.append(("webhook", recipient.webhook))
-                for channel, target in channels:
-                    key = (
-                        f"{alert.id}|{notice.event}|{alert.reopened}|{alert.level}|"
-                        f"{alert.raised_ms}|{recipient.name}|{channel}"
-                    )
-                    added += self._db.execute(
-                        "INSERT OR IGNORE INTO deliveries (key, channel, target, subject, text, "
-                        "data, next_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            key,
-                            channel,
-                            target,
-                            message.subject,
-                            message.text,
-                            json.dumps(message.data),
-                            start_ms,
-                        ),
-                    ).rowcount
+                deliveries += [
+                    (f"{stem}|{recipient.name}|{channel}", channel, target, start_ms)
+                    for channel, target in channels
+                ]
+            for key, channel, target, when in deliveries:
+                added += self._db.execute(
+                    "INSERT OR IGNORE INTO deliveries (key, channel, target, subject, text, "
+                    "data, next_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        channel,
+                        target,
+                        message.subject,
+                        message.text,
+                        json.dumps(message.data),
+                        when,
+                    ),
+                ).rowcount
         return added
 
     def deliver_due(self, now_ms: int) -> int:
@@ -278,8 +290,16 @@ class Outbox:
             log.warning("alert", extra={"to": pending.target, "subject": pending.subject})
         elif pending.channel == "email":
             self._email(pending.target, pending.subject, pending.text)
+        elif pending.channel == "mqtt":
+            self._publish(pending.target, pending.data)
         else:
             self._webhook(pending.target, pending.key, pending.data)
+
+    def _publish(self, topic: str, data: str) -> None:
+        assert self.mqtt is not None
+        self.mqtt.publish(topic, data.encode())
+        if not self.mqtt.wait_acknowledged(self.smtp.timeout_s):
+            raise OSError(f"the MQTT broker did not acknowledge the notice on {topic}")
 
     def _email(self, to: str, subject: str, text: str) -> None:
         smtp = self.smtp

@@ -30,7 +30,7 @@ import msgspec
 
 from alerts.audit import AuditTrail
 from alerts.corrective import CorrectiveAction, CorrectiveActionInput
-from alerts.store import open_db
+from alerts.store import new_lock, open_db, serialized
 from milkguard.errors import ConfigError
 
 
@@ -128,19 +128,23 @@ class AlertBook:
         self.policy = policy or DEFAULT_POLICY
         self.reopen_within_ms = round(reopen_within_s * 1000)
         self._trail = trail
+        self._lock = new_lock()
         self._db = open_db(path, _SCHEMA, "the alert store")
 
+    @serialized
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
     # ----------------------------------------------------------------- reading
 
+    @serialized
     def get(self, alert_id: str) -> Alert | None:
         """One alert by id (site/asset/rule)."""
         row = self._db.execute("SELECT record FROM alerts WHERE id = ?", (alert_id,)).fetchone()
         return _decode(row[0]) if row else None
 
+    @serialized
     def all(self) -> list[Alert]:
         """Every alert, open ones first, newest first."""
         alerts = [_decode(r[0]) for r in self._db.execute("SELECT record FROM alerts")]
@@ -148,6 +152,7 @@ class AlertBook:
 
     # ----------------------------------------------------------------- transitions
 
+    @serialized
     def on_deviation(self, change: dict[str, Any], now_ms: int) -> list[Notice]:
         """A deviation change record (the JSON of deviations.jsonl) in; what to tell out."""
         deviation_id, kind = str(change["id"]), str(change["change"])
@@ -217,6 +222,7 @@ class AlertBook:
         told = escalation.audiences[: alert.level + 1]
         return self._save(resolved, "resolved", list(told), "stream")
 
+    @serialized
     def acknowledge(self, alert_id: str, who: str, now_ms: int, note: str = "") -> Alert:
         """Someone has seen the alert and is acting: escalation stops."""
         alert = self.get(alert_id)
@@ -229,6 +235,7 @@ class AlertBook:
         self._audit("alert.acknowledged", acked, who, {"note": note, "at_ms": now_ms})
         return acked
 
+    @serialized
     def record_action(
         self, alert_id: str, given: CorrectiveActionInput, who: str, role: str, now_ms: int
     ) -> CorrectiveAction:
@@ -255,6 +262,7 @@ class AlertBook:
             )
         return action
 
+    @serialized
     def actions(self, alert_id: str) -> list[CorrectiveAction]:
         """The corrective actions recorded on an alert, oldest first."""
         rows = self._db.execute(
@@ -262,6 +270,7 @@ class AlertBook:
         )
         return [CorrectiveAction.model_validate_json(row[0]) for row in rows]
 
+    @serialized
     def due(self, now_ms: int) -> list[Notice]:
         """Escalate every raised alert whose acknowledgement is overdue, and every alert whose
         corrective action is overdue; what to tell."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,44 @@ th{{text-align:left;padding-right:1em;vertical-align:top}}td,th{{padding:.3em}}<
 using the dairy's published public key (id {html.escape(signature["key_id"])}).</p>
 </body></html>
 """
+
+
+@dataclass(frozen=True)
+class Compliance:
+    """How critical deviations were reported against their deadline."""
+
+    critical: int
+    in_time: int
+    late: int
+    missing: int  # deadline passed, no report
+    pending: int  # no report yet, deadline not passed
+
+    @property
+    def share_in_time(self) -> float | None:
+        """Reported within the deadline, of those whose deadline passed or that were reported."""
+        judged = self.in_time + self.late + self.missing
+        return self.in_time / judged if judged else None
+
+
+def compliance(
+    deviations: Iterable[dict[str, Any]], reports: Path, deadline_h: float, now: datetime
+) -> Compliance:
+    """Every critical deviation in ``deviations`` (change records) against the reports issued."""
+    detected: dict[str, datetime] = {}
+    for record in deviations:
+        if record.get("severity") == "critical":
+            detected.setdefault(str(record["id"]), parse_iso(record["detected"]))
+    in_time = late = missing = pending = 0
+    for deviation_id, when in detected.items():
+        path = reports / f"{deviation_id}.json"
+        if path.exists():
+            report = json.loads(path.read_text(encoding="utf-8"))["report"]
+            if report["within_deadline"]:
+                in_time += 1
+            else:
+                late += 1
+        elif now > when + timedelta(hours=deadline_h):
+            missing += 1
+        else:
+            pending += 1
+    return Compliance(len(detected), in_time, late, missing, pending)

@@ -15,10 +15,12 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from alerts.audit import AuditTrail
 from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience, Escalation, Notice
+from alerts.reports import issue
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import TOPIC_ROOT
@@ -28,11 +30,6 @@ from milkguard.settings import AlertSettings
 log = logging.getLogger(__name__)
 
 DEVIATION_SUBSCRIPTION = f"{TOPIC_ROOT}/deviations/#"
-
-
-def alert_topic(site: str, asset: str) -> str:
-    """Where notices of an asset's alerts are published."""
-    return f"{TOPIC_ROOT}/alerts/{site}/{asset}"
 
 
 class AlertService:
@@ -49,9 +46,8 @@ class AlertService:
             "major": Escalation((operator, qa), escalation.major_s, escalation.major_action_s),
             "minor": Escalation((operator,), escalation.minor_s),
         }
-        self.trail = AuditTrail(
-            directory / "audit.db", Signer.load_or_create(directory / "key.pem")
-        )
+        self.signer = Signer.load_or_create(directory / "signing-key.pem")
+        self.trail = AuditTrail(directory / "audit.db", self.signer)
         self.book = AlertBook(
             directory / "alerts.db",
             policy=policy,
@@ -65,6 +61,7 @@ class AlertService:
             webhook_secret=settings.webhook_secret,
             max_attempts=settings.max_attempts,
         )
+        self._settings = settings
         self._broker = broker
         self._client_id = client_id
         self._incoming: queue.Queue[bytes] = queue.Queue(maxsize=10_000)
@@ -85,19 +82,43 @@ class AlertService:
             on_message=lambda client, userdata, message: self._incoming.put(bytes(message.payload)),
             on_connect_extra=subscribe,
         )
+        self.outbox.mqtt = connection  # notices to the alert topic go through the outbox too
+        web = self._serve_api()
         try:
             while not stop.is_set():
-                self._take(connection, timeout_s=1.0)
+                self._take(timeout_s=1.0)
                 now = _now_ms()
-                self._tell(connection, self.book.due(now), now)
+                self._tell(self.book.due(now), now)
                 self.outbox.deliver_due(now)
         finally:
+            if web is not None:
+                web.should_exit = True
+                self._web_thread.join(timeout=10)
             connection.close()
             self.book.close()
             self.outbox.close()
             self.trail.close()
 
-    def _take(self, connection: mqtt_connect.Connection, timeout_s: float) -> None:
+    def _serve_api(self) -> Any:
+        """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set."""
+        settings = self._settings
+        if settings.http_port is None:
+            return None
+        import uvicorn  # noqa: PLC0415
+
+        from alerts.api import create_app  # noqa: PLC0415
+
+        app = create_app(settings.users, self.book, self.trail, settings.directory / "reports")
+        config = uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        self._web_thread = threading.Thread(target=server.run, name="alerts-http", daemon=True)
+        self._web_thread.start()
+        log.info("alerts.http", extra={"url": f"http://{settings.http_host}:{settings.http_port}/"})
+        return server
+
+    def _take(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -111,24 +132,33 @@ class AlertService:
                 self.rejected += 1
                 log.error("alerts.bad_deviation", extra={"error": repr(exc)})
                 continue
-            self._tell(connection, notices, _now_ms())
+            self._tell(notices, _now_ms())
             self.outbox.deliver_due(_now_ms())
 
-    def _tell(self, connection: mqtt_connect.Connection, notices: list[Notice], now: int) -> None:
-        if not notices:
-            return
+    def _tell(self, notices: list[Notice], now: int) -> None:
         for notice in notices:
             alert = notice.alert
-            body = {
-                "event": notice.event,
-                "audience": str(notice.audience),
-                "alert": alert.id,
-                "state": str(alert.state),
-                "severity": alert.severity,
-                "deviation": alert.deviation.get("id"),
-            }
-            connection.publish(alert_topic(alert.site, alert.asset), json.dumps(body).encode())
+            if notice.event in ("raised", "reopened") and alert.severity == "critical":
+                self._report(alert.deviation)
         self.outbox.queue(notices, now)
+
+    def _report(self, deviation: dict[str, Any]) -> None:
+        """Each critical deviation yields a signed regulator report as soon as it is raised."""
+        settings = self._settings
+        try:
+            path = issue(
+                deviation,
+                signer=self.signer,
+                trail=self.trail,
+                out_dir=settings.directory / "reports",
+                deadline_h=settings.report_deadline_h,
+                issuer=settings.issuer,
+            )
+        except (KeyError, ValueError) as exc:
+            failed = {"deviation": deviation.get("id"), "error": repr(exc)}
+            log.error("alerts.report_failed", extra=failed)
+            return
+        log.info("alerts.report_issued", extra={"report": str(path)})
 
 
 def _now_ms() -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from milkguard.errors import ConfigError
 
@@ -21,3 +25,23 @@ def open_db(path: Path, schema: str, what: str) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open {what} {path}: {exc}") from exc
     return db
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def serialized(method: F) -> F:
+    """One caller at a time on the object's connection (the service loop and the HTTP API's
+    threads share it): the method runs under the object's ``_lock``."""
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
+def new_lock() -> threading.RLock:
+    """The lock :func:`serialized` methods take (re-entrant: they call one another)."""
+    return threading.RLock()

@@ -148,6 +148,25 @@ class EscalationSettings(BaseModel):
     major_action_s: float = Field(default=259200, gt=0)
 
 
+class ApiUser(BaseModel):
+    """Someone who may use the alert API and page: their token, role and sites."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    role: Literal["operator", "qa", "regulator"]
+    token: SecretStr = Field(description="A bearer token; 32+ random characters.")
+    sites: list[str] = Field(
+        default_factory=lambda: ["*"], description="Regulators read every site regardless."
+    )
+
+    @model_validator(mode="after")
+    def _long_token(self) -> ApiUser:
+        if len(self.token.get_secret_value()) < 24:
+            raise ValueError(f"the token of {self.name!r} is too short: use 24+ random characters")
+        return self
+
+
 class AlertSettings(BaseModel):
     """``milkguard alerts run``: who is told of deviations, and how."""
 
@@ -164,6 +183,15 @@ class AlertSettings(BaseModel):
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     reopen_within_s: float = Field(default=3600, ge=0)
     max_attempts: int = Field(default=8, ge=1)
+    users: list[ApiUser] = Field(default_factory=list)
+    report_deadline_h: float = Field(
+        default=24.0, gt=0, description="A critical deviation's report is due this long after."
+    )
+    issuer: str = Field(default="MilkGuard", description="Who signs the regulator reports.")
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve the API and the operators' page here."
+    )
 
 
 class MetricsSettings(BaseModel):

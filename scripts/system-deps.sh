@@ -4,7 +4,8 @@
 #   run:  python3 venv support
 #   test: the above, plus the real servers the integration tests start on 127.0.0.1:
 #         mosquitto (MQTT broker) and victoria-metrics (speaks the InfluxDB v2 write API),
-#         and openssl (throwaway CA and certificates for the TLS tests)
+#         openssl (throwaway CA and certificates for the TLS tests), and chromium (the
+#         operators' alert page is driven in it, headless, through Playwright)
 set -euo pipefail
 purpose=${1:-run}
 
@@ -18,6 +19,7 @@ if [[ $purpose == test ]]; then
   command -v mosquitto >/dev/null || need+=(mosquitto)
   command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
   command -v openssl >/dev/null || need+=(openssl)
+  command -v chromium >/dev/null || need+=(chromium)
 fi
 ((${#need[@]})) || exit 0
 

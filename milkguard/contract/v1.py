@@ -287,6 +287,11 @@ def deviation_topic(site: str, asset: str) -> str:
     return f"{TOPIC_ROOT}/deviations/{site}/{asset}"
 
 
+def alert_topic(site: str, asset: str) -> str:
+    """Where the alert service publishes the notices of an asset's alerts."""
+    return f"{TOPIC_ROOT}/alerts/{site}/{asset}"
+
+
 #: Subscription that matches every gateway's batches.
 BATCH_SUBSCRIPTION: Final = f"{TOPIC_ROOT}/gw/+/+/batch"
 

@@ -21,10 +21,11 @@ from pydantic import SecretStr
 
 from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
+from milkguard import mqtt as mqtt_connect
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import change
-from tests.helpers import wait_until
-from tests.servers import free_port
+from tests.helpers import TopicRecorder, wait_until
+from tests.servers import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +200,31 @@ def test_an_unreachable_mail_server_is_retried_then_dead_lettered(
     assert reason.startswith("failed 3 times, last:")
     book.close()
     box.close()
+
+
+def test_every_notice_goes_to_the_alert_topic_once(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    address = mqtt_connect.BrokerAddress(port=mosquitto.port)
+    recorder = TopicRecorder(address, "milkguard/v1/alerts/#")
+    connection = mqtt_connect.connect(address, "alert-service")
+    box = Outbox(tmp_path / "out.db", [], mqtt=connection)
+    book = AlertBook(tmp_path / "alerts.db")
+    try:
+        notices = book.on_deviation(change("opened"), T)
+        box.queue(notices, T)
+        box.queue(notices, T)  # the same notice again: queued once
+        box.deliver_due(T)
+        wait_until(lambda: len(recorder.messages) == 1, 10, "the notice on MQTT")
+        box.deliver_due(T + MIN)
+    finally:
+        connection.close()
+        recorder.close()
+        book.close()
+        box.close()
+
+    ((topic, body),) = recorder.messages
+    assert topic == "milkguard/v1/alerts/plant-01/htst-1"
+    assert (body["event"], body["audience"], body["deviation"]["id"]) == (
+        "raised",
+        "operator",
+        "dev-1",
+    )

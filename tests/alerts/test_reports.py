@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from alerts.audit import AuditTrail
-from alerts.reports import issue, verify_file
+from alerts.reports import compliance, issue, verify_file
 from alerts.signing import Signer, Verifier
 from milkguard.cli import main
 from milkguard.errors import ConfigError
@@ -44,12 +45,15 @@ DEVIATION = {
 }
 
 
-def issued(tmp_path: Path, at: datetime) -> tuple[Path, Signer, AuditTrail]:
+def issued(
+    tmp_path: Path, at: datetime, deviation: dict[str, Any] = DEVIATION
+) -> tuple[Path, Signer, AuditTrail]:
+    """A report of ``deviation`` issued ``at``, with the key and trail in ``tmp_path``."""
     signer = Signer.load_or_create(tmp_path / "key.pem")
     trail = AuditTrail(tmp_path / "audit.db", signer)
-    trail.append("deviation.opened", DEVIATION["id"], "stream", {"rule": DEVIATION["rule_id"]})
+    trail.append("deviation.opened", deviation["id"], "stream", {"rule": deviation["rule_id"]})
     path = issue(
-        DEVIATION,
+        deviation,
         signer=signer,
         trail=trail,
         out_dir=tmp_path / "reports",
@@ -160,3 +164,35 @@ def test_the_commands_issue_publish_and_verify(
     report.write_text(report.read_text().replace("71.4", "72.4"))  # a changed peak
     assert main(["alerts", "verify", str(report), "--public-key", str(public)]) == 1
     assert "NOT VALID" in capsys.readouterr().out
+    share = ["alerts", "compliance", "--deviations", str(deviations), "--reports", str(reports)]
+    assert main(share) == 0
+    printed = capsys.readouterr().out
+    assert "reported within the deadline: " in printed  # in time or late: it depends on today
+    assert "Critical deviations" in printed
+
+
+def test_the_share_reported_in_time_counts_late_missing_and_pending(tmp_path: Path) -> None:
+    _, _, trail = issued(tmp_path, datetime(2026, 11, 22, 12, 0, tzinfo=UTC))  # in time
+    trail.close()
+    late = {**DEVIATION, "id": "late00000000000000000"}
+    _, _, trail = issued(tmp_path, datetime(2026, 11, 24, 12, 0, tzinfo=UTC), late)
+    records = [
+        DEVIATION,
+        {**DEVIATION, "change": "closed"},  # the same deviation, counted once
+        late,
+        {**DEVIATION, "id": "missing0000000000000"},
+        {**DEVIATION, "id": "recent00000000000000", "detected": "2026-11-24T11:00:00.000Z"},
+        {**DEVIATION, "id": "minor000000000000000", "severity": "minor"},
+    ]
+
+    found = compliance(records, tmp_path / "reports", 24, datetime(2026, 11, 24, 12, tzinfo=UTC))
+
+    assert (found.critical, found.in_time, found.late, found.missing, found.pending) == (
+        4,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert found.share_in_time == pytest.approx(1 / 3)
+    trail.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from milkguard import mqtt as mqtt_connect
+from milkguard.cli import main
 from milkguard.contract.v1 import deviation_topic
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import change
@@ -89,3 +90,11 @@ def test_alerts_run_tells_the_right_people_once_through_a_kill(
         ("raised", "operator"),
         ("escalated", "qa"),
     ]
+    # the critical deviation yielded a signed report at once, checkable with the public key
+    public = tmp_path / "public.pem"
+    key = str(tmp_path / "alerts" / "signing-key.pem")
+    assert main(["alerts", "public-key", "--key", key, "--output", str(public)]) == 0
+    report = tmp_path / "alerts" / "reports" / "dev-1.json"
+    assert main(["alerts", "verify", str(report), "--public-key", str(public)]) == 0
+    audit = ["audit", "verify", "--db", str(tmp_path / "alerts" / "audit.db")]
+    assert main([*audit, "--public-key", str(public)]) == 0

@@ -28,14 +28,14 @@ from typing import Any
 import msgspec
 
 from alerts.signing import Signer, Verifier, canonical
-from alerts.store import new_lock, open_db, serialized
+from alerts.store import Database, new_lock, serialized
 from milkguard.errors import ConfigError
 
 GENESIS = "0" * 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
+    seq BIGINT PRIMARY KEY,
     at TEXT NOT NULL,
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE TABLE IF NOT EXISTS audit_head (
     one INTEGER PRIMARY KEY CHECK (one = 1),
-    seq INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
     hash TEXT NOT NULL,
     signature TEXT NOT NULL
 );
@@ -87,11 +87,11 @@ def entry_hash(content: dict[str, Any]) -> str:
 class AuditTrail:
     """Append-only, hash-chained, its head signed after every append."""
 
-    def __init__(self, path: Path, signer: Signer | None = None) -> None:
+    def __init__(self, path: Path | str, signer: Signer | None = None) -> None:
         self.path = path
         self._signer = signer
         self._lock = new_lock()
-        self._db = open_db(path, _SCHEMA, "the audit trail")
+        self._db = Database(path, _SCHEMA, "the audit trail")
 
     @serialized
     def close(self) -> None:
@@ -107,8 +107,7 @@ class AuditTrail:
             raise ConfigError("this audit trail was opened to verify, not to write")
         stamp = (at or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction():
             last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
             content = {
@@ -127,13 +126,10 @@ class AuditTrail:
             )
             signature = self._signer.sign({"seq": seq, "hash": digest})
             db.execute(
-                "INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?)",
+                "INSERT INTO audit_head VALUES (1, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET "
+                "seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
                 (seq, digest, msgspec.json.encode(signature.as_dict()).decode()),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return Entry(seq, stamp, kind, subject, actor, body, prev, digest)
 
     @serialized

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from alerts.lifecycle import Audience, Notice
-from alerts.store import open_db
+from alerts.store import Database
 from milkguard.contract.v1 import alert_topic
 from milkguard.mqtt import Connection
 
@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     subject TEXT NOT NULL,
     text TEXT NOT NULL,
     data TEXT NOT NULL,
-    next_ms INTEGER NOT NULL,
+    next_ms BIGINT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL DEFAULT 'pending',
     error TEXT
@@ -154,6 +154,9 @@ class _Pending:
     attempts: int
 
 
+_LEASE_MS = 120_000  # a claimed delivery is another node's to retry after this
+
+
 class Permanent(Exception):  # noqa: N818 - reads as what the failure is
     """The receiver refused the message for good: retrying cannot help."""
 
@@ -163,7 +166,7 @@ class Outbox:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         recipients: list[Recipient],
         *,
         smtp: SmtpSettings | None = None,
@@ -180,7 +183,7 @@ class Outbox:
         self.max_attempts = max_attempts
         self.backoff_ms = round(backoff_s * 1000)
         self.sent = self.retried = self.dead = 0
-        self._db = open_db(path, _SCHEMA, "the alert outbox")
+        self._db = Database(path, _SCHEMA, "the alert outbox")
 
     def close(self) -> None:
         """Close the database."""
@@ -216,8 +219,8 @@ class Outbox:
                 ]
             for key, channel, target, when in deliveries:
                 added += self._db.execute(
-                    "INSERT OR IGNORE INTO deliveries (key, channel, target, subject, text, "
-                    "data, next_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO deliveries (key, channel, target, subject, text, data, next_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (
                         key,
                         channel,
@@ -233,14 +236,23 @@ class Outbox:
     def deliver_due(self, now_ms: int) -> int:
         """Send what is due; returns how many were sent now."""
         rows = self._db.execute(
-            "SELECT key, channel, target, subject, text, data, attempts FROM deliveries "
+            "SELECT key, channel, target, subject, text, data, attempts, next_ms FROM deliveries "
             "WHERE status = 'pending' AND next_ms <= ? ORDER BY next_ms",
             (now_ms,),
         ).fetchall()
         sent = 0
         for row in rows:
-            pending = _Pending(*row)
+            pending = _Pending(*row[:7])
             key, channel, target = pending.key, pending.channel, pending.target
+            # claim it for a lease: another node (or this one, restarted) sending the same
+            # delivery now would find it taken; if this node dies, the lease runs out
+            claimed = self._db.execute(
+                "UPDATE deliveries SET next_ms = ? WHERE key = ? AND status = 'pending' "
+                "AND next_ms = ?",
+                (now_ms + _LEASE_MS, key, row[7]),
+            ).rowcount
+            if not claimed:
+                continue
             try:
                 self._send(pending)
             except Permanent as exc:

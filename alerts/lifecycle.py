@@ -30,7 +30,7 @@ import msgspec
 
 from alerts.audit import AuditTrail
 from alerts.corrective import CorrectiveAction, CorrectiveActionInput
-from alerts.store import new_lock, open_db, serialized
+from alerts.store import Database, new_lock, serialized, transactional
 from milkguard.errors import ConfigError
 
 
@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS corrective_actions (
+    id {serial},
     alert_id TEXT NOT NULL,
     record TEXT NOT NULL
 );
@@ -119,7 +120,7 @@ class AlertBook:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         *,
         policy: dict[str, Escalation] | None = None,
         reopen_within_s: float = 3600.0,
@@ -129,7 +130,7 @@ class AlertBook:
         self.reopen_within_ms = round(reopen_within_s * 1000)
         self._trail = trail
         self._lock = new_lock()
-        self._db = open_db(path, _SCHEMA, "the alert store")
+        self._db = Database(path, _SCHEMA, "the alert store")
 
     @serialized
     def close(self) -> None:
@@ -152,22 +153,14 @@ class AlertBook:
 
     # ----------------------------------------------------------------- transitions
 
-    @serialized
+    @transactional
     def on_deviation(self, change: dict[str, Any], now_ms: int) -> list[Notice]:
         """A deviation change record (the JSON of deviations.jsonl) in; what to tell out."""
         deviation_id, kind = str(change["id"]), str(change["change"])
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            seen = db.execute(
-                "INSERT OR IGNORE INTO deviations_seen VALUES (?, ?)", (deviation_id, kind)
-            ).rowcount
-            notices = [] if not seen else self._apply(change, kind, now_ms)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return notices
+        seen = self._db.execute(
+            "INSERT INTO deviations_seen VALUES (?, ?) ON CONFLICT DO NOTHING", (deviation_id, kind)
+        ).rowcount
+        return [] if not seen else self._apply(change, kind, now_ms)
 
     def _apply(self, change: dict[str, Any], kind: str, now_ms: int) -> list[Notice]:
         alert_id = f"{change['site']}/{change['asset']}/{change['rule_id']}"
@@ -222,7 +215,7 @@ class AlertBook:
         told = escalation.audiences[: alert.level + 1]
         return self._save(resolved, "resolved", list(told), "stream")
 
-    @serialized
+    @transactional
     def acknowledge(self, alert_id: str, who: str, now_ms: int, note: str = "") -> Alert:
         """Someone has seen the alert and is acting: escalation stops."""
         alert = self.get(alert_id)
@@ -235,7 +228,7 @@ class AlertBook:
         self._audit("alert.acknowledged", acked, who, {"note": note, "at_ms": now_ms})
         return acked
 
-    @serialized
+    @transactional
     def record_action(
         self, alert_id: str, given: CorrectiveActionInput, who: str, role: str, now_ms: int
     ) -> CorrectiveAction:
@@ -266,11 +259,11 @@ class AlertBook:
     def actions(self, alert_id: str) -> list[CorrectiveAction]:
         """The corrective actions recorded on an alert, oldest first."""
         rows = self._db.execute(
-            "SELECT record FROM corrective_actions WHERE alert_id = ? ORDER BY rowid", (alert_id,)
+            "SELECT record FROM corrective_actions WHERE alert_id = ? ORDER BY id", (alert_id,)
         )
         return [CorrectiveAction.model_validate_json(row[0]) for row in rows]
 
-    @serialized
+    @transactional
     def due(self, now_ms: int) -> list[Notice]:
         """Escalate every raised alert whose acknowledgement is overdue, and every alert whose
         corrective action is overdue; what to tell."""
@@ -326,7 +319,8 @@ class AlertBook:
 
     def _store(self, alert: Alert) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO alerts VALUES (?, ?)",
+            "INSERT INTO alerts VALUES (?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET record = excluded.record",
             (alert.id, msgspec.json.encode(alert).decode()),
         )
 

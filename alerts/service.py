@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from alerts.audit import AuditTrail
@@ -46,16 +47,21 @@ class AlertService:
             "major": Escalation((operator, qa), escalation.major_s, escalation.major_action_s),
             "minor": Escalation((operator,), escalation.minor_s),
         }
+        shared = settings.database.get_secret_value() if settings.database else None
+
+        def where(name: str) -> Path | str:
+            return shared or directory / name
+
         self.signer = Signer.load_or_create(directory / "signing-key.pem")
-        self.trail = AuditTrail(directory / "audit.db", self.signer)
+        self.trail = AuditTrail(where("audit.db"), self.signer)
         self.book = AlertBook(
-            directory / "alerts.db",
+            where("alerts.db"),
             policy=policy,
             reopen_within_s=settings.reopen_within_s,
             trail=self.trail,
         )
         self.outbox = Outbox(
-            directory / "outbox.db",
+            where("outbox.db"),
             settings.recipients,
             smtp=settings.smtp,
             webhook_secret=settings.webhook_secret,

@@ -175,6 +175,12 @@ class AlertSettings(BaseModel):
     directory: Path = Field(
         default=Path("var/alerts"), description="Alert store, outbox, audit trail, signing key."
     )
+    database: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user:password@host/db for a multi-node install (several "
+        "alert services sharing it); unset: SQLite files in `directory`. "
+        "MILKGUARD_ALERTS__DATABASE.",
+    )
     recipients: list[Recipient] = Field(default_factory=list)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     webhook_secret: SecretStr | None = Field(

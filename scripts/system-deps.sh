@@ -4,8 +4,9 @@
 #   run:  python3 venv support
 #   test: the above, plus the real servers the integration tests start on 127.0.0.1:
 #         mosquitto (MQTT broker) and victoria-metrics (speaks the InfluxDB v2 write API),
-#         openssl (throwaway CA and certificates for the TLS tests), and chromium (the
-#         operators' alert page is driven in it, headless, through Playwright)
+#         openssl (throwaway CA and certificates for the TLS tests), chromium (the
+#         operators' alert page is driven in it, headless, through Playwright) and
+#         postgresql (alerting's multi-node database)
 set -euo pipefail
 purpose=${1:-run}
 
@@ -20,6 +21,7 @@ if [[ $purpose == test ]]; then
   command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
   command -v openssl >/dev/null || need+=(openssl)
   command -v chromium >/dev/null || need+=(chromium)
+  [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need+=(postgresql)
 fi
 ((${#need[@]})) || exit 0
 
@@ -38,7 +40,7 @@ export DEBIAN_FRONTEND=noninteractive
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
   for service in "${need[@]}"; do
     case $service in
-      mosquitto|victoria-metrics) "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true ;;
+      mosquitto|victoria-metrics|postgresql) "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true ;;
     esac
   done
 fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,3 +265,86 @@ def start_tansu() -> Tansu:
     )
     wait_for_port(port, process)
     return Tansu(f"127.0.0.1:{port}", process)
+
+
+@dataclass
+class Postgres:
+    """A running PostgreSQL 15 on 127.0.0.1, its data in a throwaway directory."""
+
+    url: str
+    directory: Path
+    as_postgres: list[str]
+
+    def stop(self) -> None:
+        """``pg_ctl stop``: the postmaster, by the PID in its pid file."""
+        subprocess.run(
+            [
+                *self.as_postgres,
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(self.directory / "data"),
+                "-m",
+                "fast",
+                "stop",
+            ],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    return f"/usr/lib/postgresql/15/bin/{name}"
+
+
+def start_postgres() -> Postgres:
+    """initdb and start PostgreSQL on a free port (as user postgres when root: it refuses
+    to run as root), in a directory of its own under /tmp."""
+    if not Path(_pg_bin("initdb")).exists():
+        require_binary("initdb-postgresql-15", "postgresql")  # fails under CI, skips elsewhere
+    directory = Path(tempfile.mkdtemp(prefix="milkguard-pg-"))
+    directory.chmod(0o755)
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(directory, "postgres", "postgres")
+    for part in ("data", "sock", "log"):
+        (directory / part).mkdir()
+        if as_postgres:
+            shutil.chown(directory / part, "postgres", "postgres")
+    subprocess.run(
+        [
+            *as_postgres,
+            _pg_bin("initdb"),
+            "-D",
+            str(directory / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {directory / 'sock'} -c fsync=off"
+    subprocess.run(
+        [
+            *as_postgres,
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(directory / "data"),
+            "-l",
+            str(directory / "log" / "server.log"),
+            "-w",
+            "-o",
+            options,
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return Postgres(f"postgresql://postgres@127.0.0.1:{port}/postgres", directory, as_postgres)

@@ -19,6 +19,7 @@ the ``User`` dependency is an alias local to :func:`create_app`.)
 
 import hashlib
 import hmac
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -123,9 +124,12 @@ def create_app(users: list[ApiUser], book: AlertBook, trail: AuditTrail, reports
         stem, _, suffix = name.rpartition(".")
         if suffix not in ("json", "html") or not stem.isalnum():
             raise HTTPException(404, "reports are <deviation id>.json or .html")
-        path = reports / name
-        if not path.exists():
+        path, record = reports / name, reports / f"{stem}.json"
+        if not path.exists() or not record.exists():
             raise HTTPException(404, f"no report {name}")
+        site = json.loads(record.read_text(encoding="utf-8"))["report"]["deviation"]["site"]
+        if not (user.role == "regulator" or "*" in user.sites or site in user.sites):
+            raise HTTPException(404, f"no report {name}")  # another site's: not even its name
         return FileResponse(path)
 
     return app

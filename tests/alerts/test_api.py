@@ -43,7 +43,9 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     book.on_deviation(change("opened"), T)
     reports = tmp_path / "reports"
     reports.mkdir()
-    (reports / "dev1.json").write_text('{"report": {}, "signature": {}}')
+    (reports / "dev1.json").write_text(
+        '{"report": {"deviation": {"site": "plant-01"}}, "signature": {}}'
+    )
     with TestClient(create_app(users(), book, trail, reports)) as test_client:
         yield test_client
     book.close()
@@ -77,6 +79,8 @@ def test_a_regulator_reads_every_site_and_cannot_write(client: TestClient) -> No
 
 def test_an_operator_sees_and_acts_on_their_own_sites_only(client: TestClient) -> None:
     assert client.get("/api/alerts", headers=as_("zhao")).json() == []
+    assert client.get("/api/reports/dev1.json", headers=as_("zhao")).status_code == 404
+    assert client.get("/api/reports/dev1.json", headers=as_("li")).status_code == 200
     refused = client.post("/api/acknowledge", json={"alert_id": HTST}, headers=as_("zhao"))
     assert refused.status_code == 403
 

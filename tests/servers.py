@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from milkguard.processes import free_port, stop, wait_for_port
+from milkguard.processes import free_port, stop, tansu_command, wait_for_port
 
 __all__ = ["free_port", "stop", "wait_for_port"]  # re-exported for the tests
 
@@ -248,20 +248,8 @@ def tansu_binary() -> str:
 def start_tansu() -> Tansu:
     """Start tansu on 127.0.0.1 and a free port, storing in memory."""
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [
-            tansu_binary(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        tansu_command(tansu_binary(), port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_port(port, process)
     return Tansu(f"127.0.0.1:{port}", process)

@@ -15,7 +15,8 @@ from alerts.lifecycle import AlertBook
 from alerts.signing import Signer
 from milkguard.settings import ApiUser
 from tests.alerts.records import change
-from tests.servers import free_port, require_binary, wait_for_port
+from tests.helpers import wait_until
+from tests.servers import free_port, require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -38,24 +39,13 @@ def site(tmp_path: Path) -> Iterator[tuple[str, AuditTrail]]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_for_port(port, _Alive(thread))  # type: ignore[arg-type]
+        wait_until(lambda: server.started, 10, "the API server")
         yield f"http://127.0.0.1:{port}/", trail
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         book.close()
         trail.close()
-
-
-class _Alive:
-    """A thread looks like a process to wait_for_port: None while it runs."""
-
-    def __init__(self, thread: threading.Thread) -> None:
-        self._thread = thread
-        self.returncode = 1
-
-    def poll(self) -> int | None:
-        return None if self._thread.is_alive() else 1
 
 
 def test_an_operator_logs_in_acknowledges_and_records_a_corrective_action(

@@ -5,6 +5,7 @@
     milkguard edge check --config EDGE.yaml                             validate, read once
     milkguard replay --plan PLAN FILE.jsonl|-                          judge recorded payloads
     milkguard bench engine [--assets N] [--seconds S]                   engine throughput
+    milkguard bench fuzz [--payloads N] [--seed S] [--no-replay]        mutated payloads, 0 crashes
     milkguard plan check PLAN                                           validate a HACCP plan
     milkguard contract schema [--output FILE]                           wire contract JSON Schema
 
@@ -214,6 +215,33 @@ def _add_bench_commands(commands: Any) -> None:
     pipeline.add_argument("--partitions", type=int, default=4, help="of the batches topic")
     pipeline.add_argument("--mqtt", metavar="HOST:PORT", help="a running broker (--kafka)")
     pipeline.add_argument("--bootstrap", metavar="HOST:PORT", help="a running Kafka (--kafka)")
+    fuzz = bench_commands.add_parser(
+        "fuzz",
+        help="mutated payloads through the live ingest path and milkguard replay: 0 crashes",
+        description="Generate mutated payloads from valid batches of a plan (truncated JSON, "
+        "wrong types, invalid UTF-8, NaN, extreme numbers and timestamps, huge seq, odd ids, "
+        "invented gateways, 10 MB payloads, ...), feed them through the live ingest path and "
+        "the milkguard replay command, and check that nothing raised and every message and "
+        "reading is counted. Exit status 1 when a crash or a broken count was found.",
+    )
+    fuzz.add_argument("--payloads", type=int, default=1_000_000)
+    fuzz.add_argument("--seed", type=int, default=1)
+    fuzz.add_argument("--plan", type=Path, help="HACCP plan (default: the example plant plan)")
+    fuzz.add_argument(
+        "--replay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also through milkguard replay (default: on)",
+    )
+    fuzz.add_argument(
+        "--crash-dir",
+        type=Path,
+        default=Path("fuzz-crashes"),
+        help="where payloads that raised are saved",
+    )
+    fuzz.add_argument(
+        "--skip", default="", metavar="CLASS,...", help="leave these mutation classes out"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -547,6 +575,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_edge(args)
     if args.bench_command == "pipeline":
         return _bench_pipeline(args)
+    if args.bench_command == "fuzz":
+        return _bench_fuzz(args)
     return _bench_engine(args.assets, args.seconds)
 
 
@@ -607,6 +637,44 @@ def _bench_engine(assets: int, seconds: int) -> int:
     for line in result.lines():
         console.print(line, highlight=False)
     return 0
+
+
+def _bench_fuzz(args: argparse.Namespace) -> int:
+    from rich.markup import escape  # noqa: PLC0415
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn  # noqa: PLC0415
+
+    from stream import fuzz  # noqa: PLC0415
+
+    console = Console()
+    columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        report = fuzz.run(
+            args.payloads,
+            seed=args.seed,
+            plan=args.plan,
+            replay=args.replay,
+            crash_dir=args.crash_dir,
+            progress=advance,
+            skip=frozenset(name for name in args.skip.split(",") if name),
+        )
+    for table in report.tables():
+        console.print(table)
+    for problem in report.broken:
+        console.print(f"[red]broken:[/] {escape(problem)}", highlight=False)
+    if report.crashes.total:
+        console.print(
+            f"[red]{report.crashes.total:,} crashes[/]; payloads saved in "
+            f"{escape(str(args.crash_dir))}",
+            highlight=False,
+        )
+    return 0 if report.ok else 1
 
 
 def _bench_pipeline(args: argparse.Namespace) -> int:

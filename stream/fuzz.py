@@ -17,8 +17,11 @@ The runner feeds them
   one per line (it splits at newlines and skips blank lines, so the lines it judges are counted the
   same way), beside an in-process ingest wired as replay wires it, whose counters are checked.
 
-Every exception is caught, counted by its type and where it was raised, and the payload that caused
-it saved to a crash directory (``.payload`` holds the bytes, ``.txt`` the topic and traceback).
+Every exception is caught, counted by its type and where it was raised, and the payload handled
+when it was raised saved to a crash directory: ``.payload`` holds its bytes, ``.txt`` the topic
+and the traceback, ``.context.jsonl`` the last 200 payloads of that path up to it (a judgement can
+raise on a later payload than the one holding the value; ``milkguard replay`` on it reproduces
+most).
 After the run the counters must add up: every message is a batch, a duplicate or a rejected
 payload, and every reading fed (counted here independently, with the standard library's JSON
 parser) is accepted, a duplicate, or in a rejected payload.
@@ -944,7 +947,8 @@ class Crash:
 
 
 class CrashBook:
-    """Counts exceptions by (path, type, where raised) and saves the first few payloads of each."""
+    """Counts exceptions by (path, type, where raised) and saves the first few payloads of each
+    (with the payloads before them, see the module's docstring)."""
 
     def __init__(self, directory: Path | None, keep_per_kind: int = 3) -> None:
         self.directory = directory
@@ -953,6 +957,15 @@ class CrashBook:
         self.examples: list[Crash] = []
         self.total = 0
         self.by_mutation: Counter[tuple[str, str]] = Counter()
+        # a judgement can raise while a later payload is handled: the ones before go along
+        self._recent: dict[str, deque[bytes]] = {}
+
+    def remember(self, path: str, payload: bytes) -> None:
+        """Keep ``payload`` among the last few of ``path``, saved beside a crash."""
+        recent = self._recent.get(path)
+        if recent is None:
+            recent = self._recent[path] = deque(maxlen=200)
+        recent.append(payload)
 
     def record(self, path: str, stage: str, item: Fuzzed | None, exc: BaseException) -> None:
         """Count ``exc`` (raised on ``path`` while at ``stage`` of ``item``) and save the payload
@@ -972,6 +985,10 @@ class CrashBook:
             stem = f"{path}-{type(exc).__name__}-{mutation}-{index}"
             payload = item.payload if item is not None else b""
             (self.directory / f"{stem}.payload").write_bytes(payload)
+            before = [p for p in self._recent.get(path, ()) if len(p) < 1_000_000]
+            (self.directory / f"{stem}.context.jsonl").write_bytes(
+                b"".join(p + b"\n" for p in before)
+            )
             details = "".join(traceback.format_exception(exc))
             (self.directory / f"{stem}.txt").write_text(
                 f"path: {path} ({stage})\nmutation: {mutation}\nindex: {index}\n"
@@ -1044,6 +1061,12 @@ class MutationTally:
     payloads: int = 0
     readings: int = 0
     bytes: int = 0
+
+    def add(self, item: Fuzzed) -> None:
+        """Count one payload of the class."""
+        self.payloads += 1
+        self.readings += item.readings
+        self.bytes += len(item.payload)
 
 
 @dataclass(slots=True)
@@ -1184,6 +1207,24 @@ def check_counters(
     return values, broken
 
 
+_NON_FINITE = re.compile(r"=(?:-?inf|nan)(?=[ ,])")
+
+
+def non_finite_lines(directory: Path) -> list[str]:
+    """A broken invariant when line protocol under ``directory`` holds an ``inf`` or ``nan``
+    field: InfluxDB refuses the whole write that carries one."""
+    count, example = 0, ""
+    for path in sorted(directory.glob("*.lp")):
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if _NON_FINITE.search(line):
+                    count += 1
+                    example = example or line.strip()[:200]
+    if not count:
+        return []
+    return [f"{count:,} lines of line protocol hold a non-finite field, e.g. {example!r}"]
+
+
 class _LogTally(logging.Handler):
     """Formats every record as ``milkguard run`` would, writes nothing, counts failures."""
 
@@ -1301,6 +1342,7 @@ def run(
             work_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="milkguard-fuzz-"))
             )
+        work_dir.mkdir(parents=True, exist_ok=True)
         tally = stack.enter_context(_logs_formatted_and_dropped())
         devnull = stack.enter_context(Path(os.devnull).open("w", encoding="utf-8"))
         shared = _Run(
@@ -1374,16 +1416,14 @@ def _run_live(
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(replayed.path.open("wb")) if keep_lines else None
         for item in fuzzer.generate(payloads):
-            tally = by_mutation[item.mutation]
-            tally.payloads += 1
-            tally.readings += item.readings
-            tally.bytes += len(item.payload)
+            by_mutation[item.mutation].add(item)
             result.readings_fed += item.readings
             if item.received_ms // 1000 != second:
                 # the live loop ticks the engine with the clock whenever its queue is idle
                 now = second * 1000 + 999
                 book.guard("live", "tick", last, partial(ingest.tick, now))
                 second = item.received_ms // 1000
+            book.remember("live", item.payload)
             book.guard(
                 "live",
                 "handle",
@@ -1414,6 +1454,7 @@ def _run_live(
     result.counters, result.broken = check_counters(
         ingest.counters, result.messages_fed, result.readings_fed
     )
+    result.broken += non_finite_lines(shared.work_dir / "live")
     result.rss_end_mb = rss.sample()
     result.rss_peak_mb = rss.peak
     fed = _ReplayInput(replayed.path, lines, readings, replayed.origins, replayed.kinds)
@@ -1515,6 +1556,7 @@ def _replay_in_process(shared: _Run, fed: _ReplayInput) -> PathResult:
             origin = f"{fed.path.name}:{number}"
             index = fed.origins[number - 1]
             item = Fuzzed(index, names[fed.kinds[index]], origin, line, 0, 0)
+            book.remember("replay", line)
             book.guard(
                 "replay",
                 "handle",
@@ -1535,6 +1577,7 @@ def _replay_in_process(shared: _Run, fed: _ReplayInput) -> PathResult:
     result.counters, result.broken = check_counters(
         twin.counters, result.messages_fed, result.readings_fed
     )
+    result.broken += non_finite_lines(shared.work_dir / "replay-series")
     result.rss_end_mb = rss.sample()
     result.rss_peak_mb = rss.peak
     return result
@@ -1576,6 +1619,7 @@ __all__ = [
     "check_counters",
     "default_plan",
     "mqtt_publishable",
+    "non_finite_lines",
     "readings_in",
     "replay_lines",
     "run",

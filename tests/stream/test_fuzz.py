@@ -27,8 +27,8 @@ from stream.plan import LoadedPlan, load_plan
 from tests.helpers import scrape, wait_until
 from tests.servers import Mosquitto, free_port
 
-# enough for every mutation class, the 10 MB payloads and the 100,000-reading batch to appear
-CI_PAYLOADS = 20_000
+# every mutation class many times over, one 10 MB payload and one 100,000-reading batch
+CI_PAYLOADS = 30_000
 
 
 def test_fuzzed_payloads_raise_nothing_and_every_message_and_reading_is_counted(
@@ -84,6 +84,20 @@ def test_replay_lines_split_at_newlines_and_drop_blank_ones() -> None:
     assert fuzz.replay_lines(b'{"a": 1}') == [b'{"a": 1}']
     assert fuzz.replay_lines(b'{\n  "a": 1\n}\n') == [b"{", b'"a": 1', b"}"]
     assert fuzz.replay_lines(b" \t\r ") == []
+
+
+def test_an_inf_or_nan_field_in_line_protocol_is_a_broken_invariant(tmp_path: Path) -> None:
+    (tmp_path / "timeseries-2026-11-22.lp").write_text(
+        "reading,site=s,asset=a,channel=c,unit=degC,gateway=g value=4.5 1000000\n"
+        "deviation,site=s,asset=a,rule=r peak=inf,open=true 1000000\n"
+        "reading,site=s,asset=a,channel=c,unit=degC,gateway=g value=nan 1000000\n"
+        'event,site=s,asset=a,kind=k detail="value=inf" 1000000\n'
+    )
+
+    (broken,) = fuzz.non_finite_lines(tmp_path)
+
+    assert broken.startswith("2 lines of line protocol hold a non-finite field, e.g. 'deviation,")
+    assert fuzz.non_finite_lines(tmp_path / "empty") == []
 
 
 @dataclass

@@ -961,7 +961,10 @@ class CrashBook:
         self._recent: dict[str, deque[bytes]] = {}
 
     def remember(self, path: str, payload: bytes) -> None:
-        """Keep ``payload`` among the last few of ``path``, saved beside a crash."""
+        """Keep ``payload`` among the last few of ``path``, saved beside a crash (not the huge
+        ones: they would count in the memory measured)."""
+        if len(payload) >= 1_000_000:
+            return
         recent = self._recent.get(path)
         if recent is None:
             recent = self._recent[path] = deque(maxlen=200)
@@ -985,10 +988,8 @@ class CrashBook:
             stem = f"{path}-{type(exc).__name__}-{mutation}-{index}"
             payload = item.payload if item is not None else b""
             (self.directory / f"{stem}.payload").write_bytes(payload)
-            before = [p for p in self._recent.get(path, ()) if len(p) < 1_000_000]
-            (self.directory / f"{stem}.context.jsonl").write_bytes(
-                b"".join(p + b"\n" for p in before)
-            )
+            before = b"".join(p + b"\n" for p in self._recent.get(path, ()))
+            (self.directory / f"{stem}.context.jsonl").write_bytes(before)
             details = "".join(traceback.format_exception(exc))
             (self.directory / f"{stem}.txt").write_text(
                 f"path: {path} ({stage})\nmutation: {mutation}\nindex: {index}\n"

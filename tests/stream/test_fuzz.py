@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from milkguard import mqtt as mqtt_connect
+from milkguard.cli import main
 from milkguard.contract.v1 import parse_batch_topic
 from milkguard.settings import demo_plan_path
 from stream import fuzz
@@ -65,6 +66,15 @@ def test_the_fuzzer_draws_every_class_and_schedules_the_huge_ones(demo_plan: Loa
     assert set(seen) == {*fuzz.MUTATIONS, *fuzz.SCHEDULED}
     assert seen["payload_10mb"] == seen["readings_100k"] == 1
     assert largest["payload_10mb"] >= fuzz.TEN_MB
+
+
+def test_the_command_names_the_classes_when_told_to_skip_an_unknown_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "fuzz", "--payloads", "10", "--skip", "huge_seq,nonsense"]) == 2
+
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "unknown mutation class nonsense; the classes are valid, duplicate," in printed
 
 
 def test_readings_fed_are_counted_by_the_standard_json_parser_on_strict_utf8() -> None:

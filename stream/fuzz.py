@@ -226,6 +226,18 @@ _DAY_MS: Final = 86_400_000
 _YEAR_MS: Final = 365 * _DAY_MS
 
 
+def _holders_of_readings(pairs: list[tuple[str, Any]]) -> dict[str, Any] | int:
+    # only an object with a "readings" key can be the one counted: the others (every reading of
+    # a 10 MB batch) become a small int, so counting does not build them all in memory
+    if any(key == "readings" for key, _ in pairs):
+        return dict(pairs)
+    return 0
+
+
+#: the standard library's parser, accepting exactly what ``json.loads`` accepts
+_COUNTING: Final = json.JSONDecoder(object_pairs_hook=_holders_of_readings)
+
+
 def readings_in(payload: bytes) -> int:
     """How many readings a payload carries: the length of its top-level ``readings`` array when it
     is strict UTF-8 and parses (standard library JSON) as an object holding a list there, else 0.
@@ -234,7 +246,7 @@ def readings_in(payload: bytes) -> int:
     must add up to it.
     """
     try:
-        data = json.loads(payload.decode("utf-8"))
+        data = _COUNTING.decode(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         return 0
     if isinstance(data, dict):

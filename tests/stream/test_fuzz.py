@@ -90,6 +90,19 @@ def test_readings_fed_are_counted_by_the_standard_json_parser_on_strict_utf8() -
     assert fuzz.readings_in(b"[" * 100_000) == 0
 
 
+def test_the_count_of_readings_fed_is_that_of_a_plain_json_loads(demo_plan: LoadedPlan) -> None:
+    def plain(payload: bytes) -> int:
+        try:
+            data = json.loads(payload.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return 0
+        readings = data.get("readings") if isinstance(data, dict) else None
+        return len(readings) if isinstance(readings, list) else 0
+
+    for item in fuzz.PayloadFuzzer(demo_plan, seed=9).generate(3000):
+        assert item.readings == plain(item.payload), item
+
+
 def test_replay_lines_split_at_newlines_and_drop_blank_ones() -> None:
     assert fuzz.replay_lines(b'{"a": 1}') == [b'{"a": 1}']
     assert fuzz.replay_lines(b'{\n  "a": 1\n}\n') == [b"{", b'"a": 1', b"}"]

@@ -1095,7 +1095,6 @@ class FuzzReport:
     command: CommandResult | None
     crashes: CrashBook
     log_errors: int
-    mqtt_skipped: int = 0
 
     @property
     def broken(self) -> list[str]:
@@ -1153,6 +1152,7 @@ class FuzzReport:
         ]
         for label, cell in rows:
             paths.add_row(label, *(cell(r) for r in results))
+        paths.caption = f"log records that could not be formatted: {self.log_errors:,}"
         tables = [classes, paths]
         if self.command is not None:
             command = Table(title="milkguard replay (subprocess)", title_justify="left")
@@ -1274,14 +1274,21 @@ class _Rss:
     def __init__(self, pid: int | None = None) -> None:
         import psutil  # noqa: PLC0415 - a benchmark dependency (dev extra), not the stream's
 
-        self._process = psutil.Process(pid)
         self.peak = 0.0
+        self.start = 0.0
+        try:
+            self._process: Any = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            self._process = None  # ended already: nothing to sample
+            return
         self.start = self.sample()
 
     def sample(self) -> float:
         """The resident memory now (0 once the process has ended); the peak also takes the
         kernel's high-water mark where there is one (Linux), so a spike between two samples
         counts."""
+        if self._process is None:
+            return 0.0
         try:
             rss = float(self._process.memory_info().rss) / 1e6
         except Exception:  # the process has ended: nothing to sample

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from alerts.reports import issue
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import TOPIC_ROOT
+from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import AlertSettings
 
@@ -106,22 +108,81 @@ class AlertService:
             self.trail.close()
 
     def _serve_api(self) -> Any:
-        """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set."""
+        """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set.
+
+        The port is bound here, before the thread starts, so that a taken port or a bad
+        certificate is a :class:`ConfigError` the command reports (exit status 2), not a
+        failure lost in the server's thread.
+        """
         settings = self._settings
         if settings.http_port is None:
             return None
         import uvicorn  # noqa: PLC0415
 
         from alerts.api import create_app  # noqa: PLC0415
+        from alerts.gate import FailedLogins  # noqa: PLC0415
 
-        app = create_app(settings.users, self.book, self.trail, settings.directory / "reports")
-        config = uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_level="warning"
+        host, port = settings.http_host, settings.http_port
+        logins = FailedLogins(
+            allowed=settings.failed_logins_allowed, max_lockout_s=settings.lockout_max_s
         )
+        app = create_app(
+            settings.users,
+            self.book,
+            self.trail,
+            settings.directory / "reports",
+            max_body_bytes=settings.max_body_bytes,
+            logins=logins,
+        )
+        tls: dict[str, Any] = {}
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            log_config=None,  # uvicorn's records go through MilkGuard's handler: one format, masked
+            **tls,
+        )
+        try:
+            config.load()  # reads the certificate and key now
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"cannot serve the alerts API over HTTPS with alerts.tls_cert {settings.tls_cert} "
+                f"and alerts.tls_key {settings.tls_key}: {exc}. Give a PEM certificate and its "
+                "unencrypted private key."
+            ) from exc
+        listening = _bind(host, port)
         server = uvicorn.Server(config)
-        self._web_thread = threading.Thread(target=server.run, name="alerts-http", daemon=True)
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                server.run(sockets=[listening])
+            except BaseException as exc:  # uvicorn exits with SystemExit
+                failure.append(exc)
+            finally:
+                listening.close()
+
+        self._web_thread = threading.Thread(target=serve, name="alerts-http", daemon=True)
         self._web_thread.start()
-        log.info("alerts.http", extra={"url": f"http://{settings.http_host}:{settings.http_port}/"})
+        deadline = time.monotonic() + 30
+        while not server.started and self._web_thread.is_alive():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if not server.started:
+            server.should_exit = True
+            raise ConfigError(
+                f"the alerts API did not start on {host}:{port}: "
+                f"{failure[0] if failure else 'it did not become ready within 30 s'}"
+            )
+        scheme = "https" if tls else "http"
+        log.info(
+            "alerts.http",
+            extra={"url": f"{scheme}://{host}:{port}/", "max_body_bytes": settings.max_body_bytes},
+        )
         return server
 
     def _take(self, timeout_s: float) -> None:
@@ -165,6 +226,24 @@ class AlertService:
             log.error("alerts.report_failed", extra=failed)
             return
         log.info("alerts.report_issued", extra={"report": str(path)})
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the API, or a :class:`ConfigError` naming the port and the fix."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a LISTENING one
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(
+            f"cannot serve the alerts API on {host}:{port}: {exc.strerror or exc}. Set another "
+            "port (alerts.http_port in the settings file, or MILKGUARD_ALERTS__HTTP_PORT), or "
+            "stop what listens there."
+        ) from exc
+    listening.set_inheritable(True)
+    return listening
 
 
 def _now_ms() -> int:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.delivery import Recipient, SmtpSettings
+from milkguard import logs
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 
@@ -198,6 +199,34 @@ class AlertSettings(BaseModel):
     http_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve the API and the operators' page here."
     )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request body the API reads; larger is refused (413) unread.",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the API; with tls_key: HTTPS."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    failed_logins_allowed: int = Field(
+        default=5,
+        ge=1,
+        description="Wrong tokens from one address before it is locked out (429), for 2 s "
+        "then twice as long after each further failure, up to lockout_max_s.",
+    )
+    lockout_max_s: float = Field(default=900, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> AlertSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            )
+            raise ValueError(
+                f"alerts.{given} is set but alerts.{missing} is not: HTTPS needs both the "
+                "certificate and its private key"
+            )
+        return self
 
 
 class MetricsSettings(BaseModel):
@@ -325,6 +354,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             f"settings from {source} (and MILKGUARD_* variables) are invalid:\n"
             f"{describe_problems(exc)}"
         ) from exc
+    logs.register_secrets(settings)  # no log line may show them from now on
     # flags are typed by the command line parser already; they win over file and environment
     return settings.model_copy(update=overrides) if overrides else settings
 

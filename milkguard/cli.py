@@ -28,8 +28,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from milkguard import __version__
+from milkguard import __version__, logs
 from milkguard.errors import ConfigError, MilkGuardError
 
 if TYPE_CHECKING:
@@ -237,7 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except MilkGuardError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # the message quotes files, commands and values: text, never markup; and no secret
+        message = logs.mask(str(exc))
+        err.print(
+            Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -122,3 +122,25 @@ def test_two_nodes_escalating_at_the_same_moment_escalate_each_alert_once(
     for stores in nodes:
         for store in stores:
             store.close()
+
+
+def test_audit_verify_reads_postgresql_read_only(
+    postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from milkguard.cli import main  # noqa: PLC0415
+
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    public = tmp_path / "public.pem"
+    public.write_text(signer.public_pem())
+    argv = ["audit", "verify", "--db", postgres.url, "--public-key", str(public)]
+
+    assert main(argv) == 1  # nothing there yet: no tables, and verifying creates none
+    assert "no audit and no audit_head table" in capsys.readouterr().out
+    trail = AuditTrail(postgres.url, signer)
+    trail.append("deviation.opened", "dev-1", "stream", {"rule": "tank-max"})
+    trail.close()
+    state = tmp_path / "verified.json"
+
+    assert main([*argv, "--state", str(state)]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert '"seq": 1' in state.read_text()

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -365,7 +366,8 @@ def _edge_check(config: EdgeConfig) -> int:
     from edge.agent import make_driver  # noqa: PLC0415
     from edge.drivers.base import DriverError  # noqa: PLC0415
 
-    table = Table(title=f"{config.site}/{config.gateway}: one read of every source")
+    # every cell quotes the config or a driver's error (a command's stderr): text, not markup
+    table = Table(title=escape(f"{config.site}/{config.gateway}: one read of every source"))
     for column in ("source", "driver", "asset/channel", "value", "local limits"):
         table.add_column(column)
     failed = 0
@@ -378,16 +380,26 @@ def _edge_check(config: EdgeConfig) -> int:
                 driver.close()
         except DriverError as exc:
             failed += 1
-            table.add_row(source.name, source.driver, "", f"[red]{exc.problem}[/]", "")
+            table.add_row(
+                Text(source.name), Text(source.driver), "", Text(exc.problem, style="red"), ""
+            )
             continue
         for channel, value in zip(source.channels, values, strict=True):
             limits = channel.limits
-            shown = "[yellow]no value[/]" if value is None else f"{value:g} {channel.unit}"
+            shown = (
+                Text("no value", style="yellow")
+                if value is None
+                else Text(f"{value:g} {channel.unit}")
+            )
             if value is not None and limits is not None and limits.breached(value):
-                shown = f"[red]{shown} (alarm)[/]"
+                shown = Text(f"{value:g} {channel.unit} (alarm)", style="red")
             bounds = "" if limits is None else f"{_bound(limits.low)} .. {_bound(limits.high)}"
             table.add_row(
-                source.name, source.driver, f"{channel.asset}/{channel.channel}", shown, bounds
+                Text(source.name),
+                Text(source.driver),
+                Text(f"{channel.asset}/{channel.channel}"),
+                shown,
+                bounds,
             )
     Console().print(table)
     return 1 if failed else 0
@@ -483,7 +495,7 @@ def _simulate_to_broker(scenario: Any, where: str, speed: float) -> int:
         for o in simulate_timed(scenario)
     ]
     connection = mqtt_connect.connect(mqtt_connect.BrokerAddress(host, int(port)), "simulator")
-    with _bar(len(messages), f"{scenario.scenario} at {speed:g}x") as advance:
+    with _bar(len(messages), escape(f"{scenario.scenario} at {speed:g}x")) as advance:
         result = publish_paced(connection, messages, speed=speed, progress=lambda _: advance(1))
     connection.close()
     Console().print(f"published {result.messages:,} batches in {result.elapsed_s:.1f} s")
@@ -506,7 +518,7 @@ def _load(args: argparse.Namespace) -> int:
         result = publish_paced(connection, messages, progress=advance)
     connection.close()
     for line in result.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     return 0 if result.kept_up else 1
 
 
@@ -522,20 +534,29 @@ def _bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
 
 def _show_verdict(verdict: Any) -> int:
     console = Console()
-    table = Table(title=f"scenario {verdict.scenario}", title_justify="left")
+    # kinds and assets come from the scenario and the plan: text, not markup
+    table = Table(title=escape(f"scenario {verdict.scenario}"), title_justify="left")
     for column in ("", "kind", "asset", "start h", "end h"):
         table.add_column(column)
     for _, found in verdict.matched:
         end = "open" if found.end_h is None else f"{found.end_h:.2f}"
-        table.add_row("[green]found[/]", found.kind, found.asset, f"{found.start_h:.2f}", end)
+        table.add_row(
+            "[green]found[/]", Text(found.kind), Text(found.asset), f"{found.start_h:.2f}", end
+        )
     for expected in verdict.missing:
         end = "open" if expected.end_h is None else f"{expected.end_h:.2f}"
         table.add_row(
-            "[red]missing[/]", expected.kind, expected.asset, f"{expected.start_h:.2f}", end
+            "[red]missing[/]",
+            Text(expected.kind),
+            Text(expected.asset),
+            f"{expected.start_h:.2f}",
+            end,
         )
     for found in verdict.unexpected:
         end = "open" if found.end_h is None else f"{found.end_h:.2f}"
-        table.add_row("[red]unexpected[/]", found.kind, found.asset, f"{found.start_h:.2f}", end)
+        table.add_row(
+            "[red]unexpected[/]", Text(found.kind), Text(found.asset), f"{found.start_h:.2f}", end
+        )
     console.print(table)
     summary = verdict.summary
     console.print(
@@ -610,7 +631,7 @@ def _bench_engine(assets: int, seconds: int) -> int:
     with console.status(f"benchmarking the engine on {assets:,} assets ..."):
         result = run(assets=assets, seconds=seconds)
     for line in result.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     return 0
 
 
@@ -635,7 +656,7 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
             progress=lambda step: status.update(f"{step} ..."),
         )
     for line in result.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     console.print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}",
@@ -663,8 +684,9 @@ def _plan_check(path: Path) -> int:
     plan = loaded.plan
     console = Console()
     console.print(
-        f"[green]ok[/] {path}: plan [bold]{plan.plan}[/] ({plan.jurisdiction}), "
-        f"version {loaded.version}, {len(plan.assets)} assets, {len(plan.rules)} rules"
+        f"[green]ok[/] {escape(str(path))}: plan [bold]{escape(plan.plan)}[/] "
+        f"({escape(plan.jurisdiction)}), version {escape(str(loaded.version))}, "
+        f"{len(plan.assets)} assets, {len(plan.rules)} rules"
     )
     table = Table(title="Rules", title_justify="left")
     for column in ("rule", "kind", "ccp", "asset/channel", "limit", "severity", "action"):
@@ -680,7 +702,7 @@ def _plan_check(path: Path) -> int:
             channel = rule.channel
         channels = plan.assets[rule.asset].channels
         unit = channels[channel].unit if channel else "h"
-        table.add_row(
+        cells = (
             rule.id,
             rule.kind,
             rule.ccp or "",
@@ -689,6 +711,7 @@ def _plan_check(path: Path) -> int:
             rule.severity,
             rule.action,
         )
+        table.add_row(*(Text(str(cell)) for cell in cells))  # the plan's words, not markup
     console.print(table)
     return 0
 

@@ -29,6 +29,7 @@ import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from milkguard.errors import ConfigError
 from milkguard.settings import Settings, broker_address
@@ -305,12 +306,12 @@ class EmbeddedService:
             state = "[bold red]DEVIATION[/]" if key in breached else "[green]ok[/]"
             if key not in limits:
                 state = "[dim]recorded[/]"
-            table.add_row(
-                key[0],
-                key[1],
-                key[2],
-                f"{reading.value:g} {reading.unit}",
-                limits.get(key, ""),
+            table.add_row(  # ids and units come from gateways: text, never markup
+                Text(key[0]),
+                Text(key[1]),
+                Text(key[2]),
+                Text(f"{reading.value:g} {reading.unit}"),
+                Text(limits.get(key, "")),
                 state,
             )
         return table
@@ -333,10 +334,13 @@ class EmbeddedService:
         self.console.print(table)
         for d in still_open:
             self.console.print(
-                f"[bold red]still open[/] {d.site}/{d.asset} rule {d.rule_id} "
-                f"since event time {d.start_ms} (see {self.settings.data_dir}/deviations.jsonl)"
+                Text.assemble(
+                    ("still open", "bold red"),
+                    f" {d.site}/{d.asset} rule {d.rule_id} since event time {d.start_ms} "
+                    f"(see {self.settings.data_dir}/deviations.jsonl)",
+                )
             )
-        self.console.print(f"[dim]stores: {self.settings.data_dir}/[/dim]")
+        self.console.print(Text(f"stores: {self.settings.data_dir}/", style="dim"))
         return RunSummary(counters, len(still_open), str(self.settings.data_dir))
 
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 LogFormat = Literal["text", "json"]
 
@@ -197,7 +197,8 @@ def _secret_values(source: object, depth: int) -> Iterable[str]:
     if depth > 20 or source is None:
         return
     if isinstance(source, str):
-        yield from _with_url_parts(source)
+        if depth == 0:  # a string handed in is a secret; a model's plain string fields are not
+            yield from _with_url_parts(source)
         return
     get_secret = getattr(source, "get_secret_value", None)
     if callable(get_secret):
@@ -231,6 +232,8 @@ def _with_url_parts(value: str, path_is_secret: bool = False) -> Iterable[str]:
     for part in (password, parts.query, parts.fragment):
         if part:
             yield part
+    for _, given in parse_qsl(parts.query):  # ?token=VALUE: an error may quote VALUE alone
+        yield given
     if username and password is None:
         yield username  # a token passed as the user part (https://TOKEN@host/)
     if path_is_secret and len(parts.path) > _MIN_SECRET_PATH:

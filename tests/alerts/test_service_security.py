@@ -12,10 +12,9 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -24,7 +23,7 @@ import pytest
 from milkguard import mqtt as mqtt_connect
 from milkguard.cli import main
 from milkguard.contract.v1 import deviation_topic
-from tests.alerts.conftest import Smtp
+from tests.alerts.conftest import Smtp, http_server
 from tests.alerts.records import change
 from tests.helpers import wait_until
 from tests.servers import (
@@ -181,15 +180,9 @@ def failing_hook() -> Iterator[FailingHook]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as port:
+        hook.port = port
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

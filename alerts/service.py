@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -146,6 +147,10 @@ class AlertService:
             **tls,
         )
         try:
+            if settings.tls_cert is not None:
+                # an encrypted key fails here, where OpenSSL would otherwise ask on the terminal
+                probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                probe.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
             config.load()  # reads the certificate and key now
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise ConfigError(

@@ -344,6 +344,7 @@ def _edge(args: argparse.Namespace) -> int:
     from milkguard import logs  # noqa: PLC0415
 
     config = load_edge_config(args.config)
+    logs.register_secrets(config)  # the broker password never reaches a log line
     if args.edge_command == "check":
         return _edge_check(config)
     from edge.agent import EdgeAgent  # noqa: PLC0415

@@ -328,3 +328,46 @@ def _answers(api: str, service: subprocess.Popen[bytes], log: Path) -> bool:
         return httpx.get(f"{api}/").status_code == 200
     except httpx.TransportError:
         return False
+
+
+@pytest.mark.parametrize("key", ["not-pem", "encrypted"])
+def test_an_unusable_certificate_or_key_stops_alerts_run_with_status_2(
+    tmp_path: Path, mosquitto: Mosquitto, key: str
+) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    key_file = tmp_path / "api.key"
+    if key == "not-pem":
+        key_file.write_text("this is not a key\n")
+    else:  # a key behind a passphrase: the service must not sit waiting for one on a terminal
+        subprocess.run(
+            [
+                "openssl",
+                "rsa",
+                "-in",
+                str(tls.server_key),
+                "-aes256",
+                "-passout",
+                "pass:x",
+                "-out",
+                str(key_file),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    config = write_config(
+        tmp_path,
+        mosquitto,
+        f"  http_port: {free_port()}\n  tls_cert: {tls.server_cert}\n  tls_key: {key_file}\n"
+        f"  users: [{{name: li, role: operator, token: {TOKEN}}}]",
+    )
+    log = tmp_path / "service.log"
+    service = run_alerts(config, log)
+    try:
+        status = service.wait(timeout=60)
+    finally:
+        stop(service)
+
+    said = " ".join(log.read_text().split())
+    assert status == 2, said
+    assert "cannot serve the alerts API over HTTPS with alerts.tls_cert" in said
+    assert "Traceback" not in said

@@ -86,6 +86,20 @@ alerts:
     return config
 
 
+USERS = f"  users: [{{name: li, role: operator, token: {TOKEN}}}]"
+
+
+def run_to_exit(tmp_path: Path, broker: Mosquitto, body: str) -> tuple[int, str]:
+    """Run ``alerts run`` with these alerts settings until it exits: its status and output."""
+    log = tmp_path / "service.log"
+    service = run_alerts(write_config(tmp_path, broker, body), log)
+    try:
+        status = service.wait(timeout=60)
+    finally:
+        stop(service)
+    return status, " ".join(log.read_text().split())
+
+
 def test_a_taken_api_port_stops_alerts_run_with_status_2_naming_it(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -93,19 +107,8 @@ def test_a_taken_api_port_stops_alerts_run_with_status_2_naming_it(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write_config(
-            tmp_path,
-            mosquitto,
-            f"  http_port: {port}\n  users: [{{name: li, role: operator, token: {TOKEN}}}]",
-        )
-        log = tmp_path / "service.log"
-        service = run_alerts(config, log)
-        try:
-            status = service.wait(timeout=60)
-        finally:
-            stop(service)
+        status, said = run_to_exit(tmp_path, mosquitto, f"  http_port: {port}\n{USERS}")
 
-    said = " ".join(log.read_text().split())
     assert status == 2, said
     assert f"cannot serve the alerts API on 127.0.0.1:{port}" in said
     assert "alerts.http_port" in said
@@ -130,8 +133,7 @@ def test_the_api_is_served_over_tls(tmp_path: Path, mosquitto: Mosquitto) -> Non
     config = write_config(
         tmp_path,
         mosquitto,
-        f"  http_port: {port}\n  tls_cert: {tls.server_cert}\n  tls_key: {tls.server_key}\n"
-        f"  users: [{{name: li, role: operator, token: {TOKEN}}}]",
+        f"  http_port: {port}\n  tls_cert: {tls.server_cert}\n  tls_key: {tls.server_key}\n{USERS}",
     )
     service = run_alerts(config, tmp_path / "service.log")
     trusted = ssl.create_default_context(cafile=str(tls.ca))
@@ -354,20 +356,13 @@ def test_an_unusable_certificate_or_key_stops_alerts_run_with_status_2(
             check=True,
             capture_output=True,
         )
-    config = write_config(
+    status, said = run_to_exit(
         tmp_path,
         mosquitto,
-        f"  http_port: {free_port()}\n  tls_cert: {tls.server_cert}\n  tls_key: {key_file}\n"
-        f"  users: [{{name: li, role: operator, token: {TOKEN}}}]",
+        f"  http_port: {free_port()}\n  tls_cert: {tls.server_cert}\n"
+        f"  tls_key: {key_file}\n{USERS}",
     )
-    log = tmp_path / "service.log"
-    service = run_alerts(config, log)
-    try:
-        status = service.wait(timeout=60)
-    finally:
-        stop(service)
 
-    said = " ".join(log.read_text().split())
     assert status == 2, said
     assert "cannot serve the alerts API over HTTPS with alerts.tls_cert" in said
     assert "Traceback" not in said

@@ -160,6 +160,61 @@ def test_the_api_is_served_over_tls(tmp_path: Path, mosquitto: Mosquitto) -> Non
     assert who["name"] == "li"
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def push(port: int, head: str, size: int) -> int:
+    """Send a request's headers, then up to ``size`` bytes of body whatever the server says
+    (as a hostile client would); how many bytes it took before the server hung up."""
+    sent = 0
+    piece = b"x" * 65536
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head.encode() + b"\r\n")
+        try:
+            while sent < size:
+                connection.sendall(piece)
+                sent += len(piece)
+        except OSError:
+            pass  # refused and closed: what it would not read
+    return sent
+
+
+def test_a_128_mb_post_does_not_grow_the_service(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    port = free_port()
+    config = write_config(tmp_path, mosquitto, f"  http_port: {port}\n{USERS}")
+    service = run_alerts(config, tmp_path / "service.log")
+    size = 128 * 1024 * 1024
+    try:
+        wait_until(
+            lambda: _answers(f"http://127.0.0.1:{port}", service, tmp_path / "service.log"), 30
+        )
+        before = rss_mb(service.pid)
+        refused = [
+            push(
+                port,
+                f"POST /api/acknowledge HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n",
+                size,
+            ),
+            push(
+                port,
+                f"POST /api/acknowledge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Length: {size}\r\n",
+                size,
+            ),
+        ]
+        after = rss_mb(service.pid)
+    finally:
+        stop(service)
+
+    assert all(taken < size for taken in refused)  # both cut off long before 128 MB
+    assert after - before < 16, f"{before:.0f} MB -> {after:.0f} MB"
+
+
 @dataclass
 class FailingHook:
     """A webhook receiver that is down (503): deliveries fail, are retried, dead-lettered."""

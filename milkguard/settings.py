@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.delivery import Recipient, SmtpSettings
+from milkguard.broker_security import BrokerSecurity
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 
@@ -40,6 +41,15 @@ class MqttSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     tls_ca: Path | None = Field(default=None, description="CA file; enables TLS when set.")
+    tls_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM), for a broker that asks for one."
+    )
+    tls_key: Path | None = Field(default=None, description="The client certificate's key.")
+    security: BrokerSecurity = Field(
+        default_factory=BrokerSecurity,
+        description="The embedded broker's users, roles and TLS; also the source of "
+        "`milkguard broker mosquitto-config`.",
+    )
     client_id: str = "milkguard-stream"
     keepalive_s: int = Field(default=30, ge=5)
     queue_size: int = Field(
@@ -47,6 +57,14 @@ class MqttSettings(BaseModel):
         ge=10,
         description="Messages waiting for the engine; when full, MQTT reads wait (backpressure).",
     )
+
+    @model_validator(mode="after")
+    def _client_certificate_complete(self) -> MqttSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca: a client certificate is sent over TLS only")
+        return self
 
 
 class KafkaSettings(BaseModel):
@@ -338,5 +356,7 @@ def broker_address(settings: Settings) -> BrokerAddress:
         username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         tls_ca=mqtt.tls_ca,
+        tls_cert=mqtt.tls_cert,
+        tls_key=mqtt.tls_key,
         keepalive_s=mqtt.keepalive_s,
     )

@@ -26,12 +26,13 @@ import hmac
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from milkguard.contract.v1 import ID_PATTERN, TOPIC_ROOT
 
@@ -80,12 +81,22 @@ class MqttUser(BaseModel):
 
     name: str = Field(pattern=USER_PATTERN, description="The MQTT user name.")
     role: Role
-    password_hash: str = Field(
-        pattern=HASH_PATTERN,
-        description="`milkguard broker hash-password` prints one; never the password itself.",
+    password_hash: SecretStr = Field(
+        description="`milkguard broker hash-password` prints one; never the password itself. "
+        "Masked in logs too: a hash can be attacked offline.",
     )
     site: str | None = Field(default=None, pattern=ID_PATTERN, description="Gateways only.")
     gateway: str | None = Field(default=None, pattern=ID_PATTERN, description="Gateways only.")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_hash_not_a_password(cls, value: SecretStr) -> SecretStr:
+        if not re.match(HASH_PATTERN, value.get_secret_value()):
+            raise ValueError(
+                "password_hash must be a $7$ PBKDF2-SHA512 hash, not a password: make one with "
+                "`milkguard broker hash-password` (or mosquitto_passwd 2.0)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _gateway_bound_to_its_topics(self) -> MqttUser:
@@ -264,7 +275,7 @@ def amqtt_config(security: BrokerSecurity, host: str, port: int) -> dict[str, An
             "milkguard.amqtt_guard.AmqttGuard": {
                 "users": {
                     u.name: {
-                        "password_hash": u.password_hash,
+                        "password_hash": u.password_hash.get_secret_value(),
                         "publish": list(grants(u).publish),
                         "read": list(grants(u).read),
                     }
@@ -393,7 +404,9 @@ def mosquitto_files(
         lines += _mosquitto_listener(security, security.local_port, "127.0.0.1", conf_dir, None)
     files = {"mosquitto.conf": "\n".join(lines) + "\n"}
     if security.users:
-        files["passwd"] = "".join(f"{u.name}:{u.password_hash}\n" for u in security.users)
+        files["passwd"] = "".join(
+            f"{u.name}:{u.password_hash.get_secret_value()}\n" for u in security.users
+        )
         files["acl"] = mosquitto_acl(security)
     return files
 

@@ -81,7 +81,7 @@ def check_own_credentials(settings: Settings) -> None:
             "Set mqtt.username (MILKGUARD_MQTT__USERNAME) and mqtt.password to the stream's."
         )
     password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else ""
-    if not verify_password(password, user.password_hash):
+    if not verify_password(password, user.password_hash.get_secret_value()):
         raise ConfigError(
             f"mqtt.password does not match the password_hash of user {user.name!r} in "
             "mqtt.security.users: set MILKGUARD_MQTT__PASSWORD to the password that hash was "

@@ -44,7 +44,7 @@ def security_model(tls: TlsFiles, *, client_ca: bool = False) -> BrokerSecurity:
         MqttUser(
             name=name,
             role=role,  # type: ignore[arg-type]
-            password_hash=hash_password(password, iterations=ROUNDS),
+            password_hash=hash_password(password, iterations=ROUNDS),  # type: ignore[arg-type]
             site=site,
             gateway=gateway,
         )

@@ -240,6 +240,11 @@ def _add_broker_commands(commands: Any) -> None:
     mosquitto.add_argument("--config", type=Path, help="settings file (YAML)")
     mosquitto.add_argument("--out", type=Path, required=True, help="folder to write into")
     mosquitto.add_argument(
+        "--bind",
+        help="address of the TLS listener (default: mqtt.host; e.g. 0.0.0.0 when mqtt.host "
+        "is the name clients connect to)",
+    )
+    mosquitto.add_argument(
         "--conf-dir", type=Path, help="where the files will live on the broker (default: --out)"
     )
     mosquitto.add_argument(
@@ -282,7 +287,7 @@ def _broker(args: argparse.Namespace) -> int:
     try:
         files = security.mosquitto_files(
             model,
-            settings.mqtt.host,
+            args.bind or settings.mqtt.host,
             settings.mqtt.port,
             conf_dir=(args.conf_dir or out).absolute(),
             persistence_dir=args.persistence_dir,

@@ -155,3 +155,25 @@ def test_run_without_simulators_takes_a_gateways_batch_over_tls_and_refuses_a_st
         stop.set()
         thread.join(timeout=30)
     assert result, "the service stopped cleanly"
+
+
+def test_the_shipped_mosquitto_files_are_what_the_generator_writes(tmp_path: Path) -> None:
+    deploy = Path(__file__).parents[2] / "deploy" / "mosquitto"
+    out = tmp_path / "out"
+    done = milkguard(
+        "broker",
+        "mosquitto-config",
+        "--config",
+        str(deploy / "milkguard-mqtt.example.yaml"),
+        "--bind",
+        "0.0.0.0",  # noqa: S104 - text only, nothing binds here
+        "--conf-dir",
+        "/etc/mosquitto/milkguard",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    for shipped, generated in (("mosquitto.conf", "mosquitto.conf"), ("acl.example", "acl")):
+        assert (deploy / shipped).read_text(encoding="utf-8") == (out / generated).read_text(
+            encoding="utf-8"
+        ), f"deploy/mosquitto/{shipped} is stale: write it again with the command in README.md"

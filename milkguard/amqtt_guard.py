@@ -63,7 +63,18 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         if not ok:
             self.refused += 1
             log.warning("broker.refused", extra={"user": session.username, "reason": "password"})
-        return ok
+            return False
+        # amqtt publishes a last will without asking the topic plugins: a gateway could leave
+        # a forged deviation as its will, so a will must be on a topic the user may publish on
+        will_topic = session.will_topic if session.will_flag else None
+        if will_topic is not None and not any_covers(entry["publish"], will_topic):
+            self.refused += 1
+            log.warning(
+                "broker.refused",
+                extra={"user": session.username, "reason": "will topic", "topic": will_topic},
+            )
+            return False
+        return True
 
     async def topic_filtering(
         self, *, session: Any = None, topic: str | None = None, action: Action | None = None

@@ -169,3 +169,21 @@ def test_only_its_own_service_publishes_deviations_dead_letters_and_alerts(
         assert inbox.payloads() == [b"the real one"]
     finally:
         inbox.close()
+
+
+def test_a_gateway_cannot_leave_a_forged_deviation_as_its_last_will(broker: SecuredBroker) -> None:
+    alerts = Inbox(broker.on_loopback("alerts"), "alerts", "milkguard/v1/deviations/#")
+    try:
+        paho = mqtt.paho_module()
+        client = mqtt.new_client(broker.on_loopback("gw-farm-01"), "gw-will", clean_session=True)
+        client.will_set(DEVIATION, b"forged as a will", qos=1)
+        accepted = client.connect("127.0.0.1", broker.local_port) == paho.MQTT_ERR_SUCCESS
+        for _ in range(20):  # CONNECT out, CONNACK (or the refusal) in
+            client.loop(timeout=0.1)
+        if accepted and client.socket() is not None:
+            client.socket().close()  # gone without DISCONNECT: the will would be published now
+        publish(broker.on_loopback("stream"), "stream", (DEVIATION, b"the stream's"))
+        wait_until(lambda: b"the stream's" in alerts.payloads(), what="the stream's deviation")
+        assert alerts.payloads() == [b"the stream's"]
+    finally:
+        alerts.close()

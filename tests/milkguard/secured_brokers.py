@@ -93,9 +93,11 @@ def _password(user: str | None) -> str | None:
 
 
 @contextmanager
-def secured_broker(kind: str, directory: Path, tls: TlsFiles) -> Iterator[SecuredBroker]:
+def secured_broker(
+    kind: str, directory: Path, tls: TlsFiles, *, client_ca: bool = False
+) -> Iterator[SecuredBroker]:
     """``kind`` ``embedded`` or ``mosquitto``, started from the same model, stopped after."""
-    security = security_model(tls)
+    security = security_model(tls, client_ca=client_ca)
     port = free_port()
     assert security.local_port is not None
     broker = SecuredBroker(kind, port, security.local_port, tls.ca)

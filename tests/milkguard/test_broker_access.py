@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,16 @@ def test_a_gateway_cannot_leave_a_forged_deviation_as_its_last_will(broker: Secu
         assert alerts.payloads() == [b"the stream's"]
     finally:
         alerts.close()
+
+
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_with_a_client_ca_a_client_without_a_certificate_is_refused(
+    kind: str, tmp_path: Path, tls: TlsFiles
+) -> None:
+    with secured_broker(kind, tmp_path, tls, client_ca=True) as running:
+        with pytest.raises(BrokerError):
+            mqtt.connect(running.over_tls("gw-farm-01"), "no-certificate", timeout_s=3)
+        with_certificate = replace(
+            running.over_tls("gw-farm-01"), tls_cert=tls.client_cert, tls_key=tls.client_key
+        )
+        publish(with_certificate, "with-certificate", (A_BATCH, b"{}"))

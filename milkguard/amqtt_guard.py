@@ -11,13 +11,20 @@ settings never import amqtt.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
 
 from milkguard.broker_security import any_covers, verify_password
 
@@ -41,40 +48,55 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         super().__init__(context)
         self.refused = 0  # connections refused
         self.denied = 0  # publishes and subscriptions refused
+        # client id -> the user who first logged in with it since the broker started: another
+        # user taking it over would inherit that client's persistent session (amqtt merges a
+        # reconnecting session before asking for authentication) and silence it
+        self._owners: dict[str, str] = {}
+        self._verified: dict[tuple[str, str], bytes] = {}
 
     def _users(self) -> dict[str, dict[str, Any]]:
         config: GuardConfig = self.context.config
         return config.users
 
     async def authenticate(self, *, session: Any) -> bool:
-        """A known user with the right password; anonymous and unknown users are refused."""
-        entry = self._users().get(session.username) if session.username else None
+        """A known user with the right password, with a client id no other user holds, and a
+        last will on a topic it may publish; anyone else is refused."""
+        username = session.username
+        owner = self._owners.get(session.client_id)
+        if owner is not None and owner != username:
+            return self._refuse(session, "client id belongs to another user")
+        entry = self._users().get(username) if username else None
         if entry is None:
-            self.refused += 1
-            log.warning(
-                "broker.refused",
-                extra={"user": session.username, "reason": "unknown user or no user name"},
-            )
-            return False
-        # PBKDF2 takes a while: off the broker's event loop
-        ok = await asyncio.to_thread(
-            verify_password, session.password or "", entry["password_hash"]
-        )
-        if not ok:
-            self.refused += 1
-            log.warning("broker.refused", extra={"user": session.username, "reason": "password"})
-            return False
+            return self._refuse(session, "unknown user or no user name")
+        password = (session.password or "").encode()
+        key = (session.client_id, username)
+        # GuardedBroker asks twice per CONNECT (before and after amqtt's session handling):
+        # the second time, a digest of the password just verified spares a second PBKDF2
+        seen = hashlib.sha256(password).digest()
+        if self._verified.pop(key, None) != seen:
+            # PBKDF2 takes a while: off the broker's event loop
+            ok = await asyncio.to_thread(verify_password, password.decode(), entry["password_hash"])
+            if not ok:
+                return self._refuse(session, "password")
         # amqtt publishes a last will without asking the topic plugins: a gateway could leave
         # a forged deviation as its will, so a will must be on a topic the user may publish on
         will_topic = session.will_topic if session.will_flag else None
         if will_topic is not None and not any_covers(entry["publish"], will_topic):
-            self.refused += 1
-            log.warning(
-                "broker.refused",
-                extra={"user": session.username, "reason": "will topic", "topic": will_topic},
-            )
-            return False
+            return self._refuse(session, f"will topic {will_topic!r}")
+        if session.client_id:
+            self._owners.setdefault(session.client_id, username)
+        if len(self._verified) > 10_000:  # connections that died between the two asks
+            self._verified.clear()
+        self._verified[key] = seen
         return True
+
+    def _refuse(self, session: Any, reason: str) -> bool:
+        self.refused += 1
+        log.warning(
+            "broker.refused",
+            extra={"user": session.username, "client_id": session.client_id, "reason": reason},
+        )
+        return False
 
     async def topic_filtering(
         self, *, session: Any = None, topic: str | None = None, action: Action | None = None
@@ -105,3 +127,66 @@ def harden_listener_tls(context: ssl.SSLContext, listener: dict[str, Any]) -> ss
     if listener.get("cafile"):
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class GuardedBroker(Broker):  # type: ignore[misc]
+    """amqtt's broker, authenticating a CONNECT before it touches the stored sessions.
+
+    amqtt 0.12 first deletes the stored session of the CONNECT's client id (clean session) or
+    merges into it, and only then authenticates; and it takes over a connected client of that
+    id whether or not the newcomer is authenticated. Anyone who knew the stream's client id
+    could wipe its queued batches or keep it disconnected without a password. Here a refused
+    CONNECT gets its CONNACK and is closed first. Its TLS also requires client certificates
+    when a client CA is configured (:func:`harden_listener_tls`).
+    """
+
+    @staticmethod
+    def _create_ssl_context(listener: Any) -> ssl.SSLContext:
+        return harden_listener_tls(Broker._create_ssl_context(listener), listener)
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except MQTTError as exc:
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except (AMQTTError, NoDataError) as exc:
+            raise AMQTTError(exc) from exc
+        if not await self._authenticate(session, None):
+            if not session.client_id:
+                session.client_id = gen_client_id()
+            handler.attach(session, reader, writer)
+            await handler.mqtt_connack_authorize(False)
+            await writer.close()
+            raise AMQTTError(f"{remote_address}:{remote_port} refused")
+        # from here as amqtt 0.12's own _initialize_client_session
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            stored, _ = self._sessions[session.client_id]
+            for name in (
+                "will_flag",
+                "will_message",
+                "will_topic",
+                "will_qos",
+                "keep_alive",
+                "username",
+                "password",
+            ):
+                setattr(stored, name, getattr(session, name))
+            session = stored
+            session.parent = 1
+        else:
+            session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return handler, session

@@ -424,6 +424,12 @@ def _mosquitto_listener(
             f"password_file {conf_dir / 'passwd'}",
             f"acl_file {conf_dir / 'acl'}",
         ]
+    if tls is not None and security.users and security.local_port is not None:
+        lines += [
+            "# the services use the loopback listener; here every client id is its user name,",
+            "# so no gateway can take over (and silence) the stream's persistent session",
+            "use_username_as_clientid true",
+        ]
     if tls is not None:
         lines += [f"certfile {tls.cert}", f"keyfile {tls.key}", "tls_version tlsv1.2"]
         if tls.client_ca is not None:

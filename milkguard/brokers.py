@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -181,19 +180,12 @@ class EmbeddedBroker:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from amqtt.broker import Broker  # noqa: PLC0415 - optional part
-
-        from milkguard.amqtt_guard import harden_listener_tls  # noqa: PLC0415 - imports amqtt
-
-        class HardenedBroker(Broker):  # type: ignore[misc]
-            @staticmethod
-            def _create_ssl_context(listener: Any) -> ssl.SSLContext:
-                return harden_listener_tls(Broker._create_ssl_context(listener), listener)
+        from milkguard.amqtt_guard import GuardedBroker  # noqa: PLC0415 - imports amqtt
 
         config: dict[str, Any] = amqtt_config(self.security, self.host, self.port)
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        broker = HardenedBroker(config)
+        broker = GuardedBroker(config)
         await broker.start()
         self._ready.set()
         await self._stopping.wait()

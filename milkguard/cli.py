@@ -242,8 +242,9 @@ def _add_broker_commands(commands: Any) -> None:
     mosquitto.add_argument(
         "--bind",
         help="address of the TLS listener (default: mqtt.host; e.g. 0.0.0.0 when mqtt.host "
-        "is the name clients connect to)",
+        "is where the services connect)",
     )
+    mosquitto.add_argument("--port", type=int, help="port of that listener (default: mqtt.port)")
     mosquitto.add_argument(
         "--conf-dir", type=Path, help="where the files will live on the broker (default: --out)"
     )
@@ -288,7 +289,7 @@ def _broker(args: argparse.Namespace) -> int:
         files = security.mosquitto_files(
             model,
             args.bind or settings.mqtt.host,
-            settings.mqtt.port,
+            args.port or settings.mqtt.port,
             conf_dir=(args.conf_dir or out).absolute(),
             persistence_dir=args.persistence_dir,
             sizing=security.QueueSizing(

@@ -64,6 +64,11 @@ class MqttSettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         if self.tls_cert is not None and self.tls_ca is None:
             raise ValueError("tls_cert needs tls_ca: a client certificate is sent over TLS only")
+        if self.broker == "embedded" and self.security.local_port == self.port:
+            raise ValueError(
+                f"security.local_port {self.port} is mqtt.port too: the embedded broker needs "
+                "two ports (or no local_port)"
+            )
         return self
 
 

@@ -5,6 +5,7 @@ publishes only as itself, reads only its own topics, and cannot forge a deviatio
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -41,7 +42,9 @@ def broker(
 class Inbox:
     """A connected client collecting (topic, payload) of what it is sent."""
 
-    def __init__(self, address: mqtt.BrokerAddress, name: str, *filters: str) -> None:
+    def __init__(
+        self, address: mqtt.BrokerAddress, name: str, *filters: str, clean_session: bool = True
+    ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
@@ -55,7 +58,11 @@ class Inbox:
                 self.messages.append((message.topic, bytes(message.payload)))  # type: ignore[attr-defined]
 
         self.connection = mqtt.connect(
-            address, name, on_message=on_message, on_connect_extra=subscribe
+            address,
+            name,
+            clean_session=clean_session,
+            on_message=on_message,
+            on_connect_extra=subscribe,
         )
         assert subscribed.wait(10)
 
@@ -142,7 +149,8 @@ def test_a_gateway_subscribed_to_everything_gets_nothing_of_the_others(
     try:
         publish(broker.over_tls("gw-farm-02"), "gw-b", (B_BATCH, b"farm-02's batch"))
         publish(broker.on_loopback("stream"), "stream", (DEVIATION, b"a deviation"))
-        publish(broker.over_tls("gw-farm-01"), "gw-a-pub", (A_BATCH, b"marker"))
+        # from the same connection: on Mosquitto's network listener a user has one client id
+        nosy.connection.publish(A_BATCH, b"marker")
         wait_until(lambda: b"marker" in nosy.payloads(), what="the gateway's own message")
         assert {topic for topic, _ in nosy.messages} == {A_BATCH}
     finally:
@@ -201,3 +209,20 @@ def test_with_a_client_ca_a_client_without_a_certificate_is_refused(
             running.over_tls("gw-farm-01"), tls_cert=tls.client_cert, tls_key=tls.client_key
         )
         publish(with_certificate, "with-certificate", (A_BATCH, b"{}"))
+
+
+def test_a_gateway_cannot_wipe_or_take_over_the_streams_session(broker: SecuredBroker) -> None:
+    stream_login = broker.on_loopback("stream")
+    batches = "milkguard/v1/gw/+/+/batch"
+    Inbox(stream_login, "milkguard-stream", batches, clean_session=False).close()
+    # the stream is away; its persistent session waits for batches. A gateway (or anyone)
+    # connecting with its client id and a clean session must not wipe that session
+    for address in (broker.over_tls("gw-farm-02"), broker.over_tls("gw-farm-02", "guess")):
+        with contextlib.suppress(BrokerError):  # the embedded broker refuses it outright
+            mqtt.connect(address, "milkguard-stream", timeout_s=3).close()
+    publish(broker.over_tls("gw-farm-01"), "gw-a", (A_BATCH, b"queued while away"))
+    stream = Inbox(stream_login, "milkguard-stream", batches, clean_session=False)
+    try:
+        wait_until(lambda: b"queued while away" in stream.payloads(), what="the queued batch")
+    finally:
+        stream.close()

@@ -167,6 +167,8 @@ def test_the_shipped_mosquitto_files_are_what_the_generator_writes(tmp_path: Pat
         str(deploy / "milkguard-mqtt.example.yaml"),
         "--bind",
         "0.0.0.0",  # noqa: S104 - text only, nothing binds here
+        "--port",
+        "8883",
         "--conf-dir",
         "/etc/mosquitto/milkguard",
         "--out",

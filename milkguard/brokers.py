@@ -60,10 +60,17 @@ def own_clients_address(settings: Settings) -> BrokerAddress:
 
 
 def check_own_credentials(settings: Settings) -> None:
-    """With users configured, the service's own clients must be able to log in as the stream,
-    and the demo fleet (which has no gateway credentials) cannot run: a :class:`ConfigError`
-    saying what to set, before anything starts."""
+    """The service's own clients must be able to reach its embedded broker (TLS trusted, or
+    the loopback listener) and, with users configured, log in as the stream; the demo fleet
+    (which has no gateway credentials) cannot run then. A :class:`ConfigError` saying what
+    to set, before anything starts."""
     security = settings.mqtt.security
+    if security.tls is not None and security.local_port is None and settings.mqtt.tls_ca is None:
+        raise ConfigError(
+            "mqtt.security.tls puts TLS on mqtt.port, but mqtt.tls_ca is not set, so the "
+            "stream's own clients could not connect: set mqtt.tls_ca to the CA that signed "
+            f"{security.tls.cert}, or mqtt.security.local_port for a loopback listener"
+        )
     if not security.users:
         return
     if settings.simulators:

@@ -226,3 +226,28 @@ def test_a_gateway_cannot_wipe_or_take_over_the_streams_session(broker: SecuredB
         wait_until(lambda: b"queued while away" in stream.payloads(), what="the queued batch")
     finally:
         stream.close()
+
+
+def test_the_alert_service_logs_in_as_the_alerts_role_and_subscribes_to_deviations(
+    broker: SecuredBroker, tmp_path: Path
+) -> None:
+    from alerts.service import AlertService  # noqa: PLC0415 - the alerts extra
+    from milkguard.settings import AlertSettings  # noqa: PLC0415
+
+    login = broker.over_tls("alerts")
+    service = AlertService(AlertSettings(directory=tmp_path / "alerts"), login, "plant-alerts")
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        assert service.subscribed.wait(20)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    # its persistent session, subscribed under the alerts role, holds what the stream publishes
+    publish(broker.on_loopback("stream"), "stream", (DEVIATION, b"the stream's"))
+    session = Inbox(login, "plant-alerts", "milkguard/v1/deviations/#", clean_session=False)
+    try:
+        wait_until(lambda: b"the stream's" in session.payloads(), what="the queued deviation")
+    finally:
+        session.close()

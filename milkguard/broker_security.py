@@ -337,6 +337,7 @@ class QueueSizing:
 #: that acknowledges only once it has stored a batch at 20 batches per storage round trip
 #: (20 / 10 ms = 2,000 batches/s at best, far less while a backlog drains with a slow sink).
 MAX_INFLIGHT = 1_000
+MAX_PACKET_BYTES = 16 * 2**20
 
 
 def mosquitto_files(
@@ -387,6 +388,9 @@ def mosquitto_files(
         f"max_queued_bytes {sizing.bytes}",
         f"max_inflight_messages {MAX_INFLIGHT}",
         "queue_qos0_messages false",
+        "# the contract's largest batch (50,000 readings of at most ~250 bytes, ~12.5 MB) fits;",
+        "# a client sending a larger packet is disconnected instead of filling the queues",
+        f"max_packet_size {MAX_PACKET_BYTES}",
         "",
         f"log_dest {log_dest}",
         "log_type error",

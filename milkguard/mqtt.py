@@ -43,6 +43,8 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = None
     tls_ca: Path | None = None
+    tls_cert: Path | None = None  # a client certificate, with its key, when the broker asks
+    tls_key: Path | None = None
     keepalive_s: int = 30
 
     def __repr__(self) -> str:
@@ -156,6 +158,45 @@ def paho_module() -> Any:
     return mqtt
 
 
+def new_client(
+    address: BrokerAddress, client_id: str, *, clean_session: bool, manual_ack: bool = False
+) -> Any:
+    """A paho client set up as every MilkGuard client is: MQTT 3.1.1, the credentials, and TLS
+    with the broker's certificate verified (chain and host name) whenever ``tls_ca`` is set.
+
+    Not connected yet. Raises :class:`BrokerError` naming the file when a TLS file is unusable.
+    """
+    paho = paho_module()
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=paho.MQTTv311,
+        manual_ack=manual_ack,
+    )
+    if address.username is not None:
+        client.username_pw_set(address.username, address.password)
+    if address.tls_ca is not None:
+        client.tls_set_context(tls_context(address))
+    return client
+
+
+def tls_context(address: BrokerAddress) -> ssl.SSLContext:
+    """A client TLS context trusting ``tls_ca`` only, checking the host name, TLS 1.2 or later,
+    with the client certificate loaded when one is configured."""
+    try:
+        context = ssl.create_default_context(cafile=str(address.tls_ca))
+        if address.tls_cert is not None:
+            context.load_cert_chain(str(address.tls_cert), str(address.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(
+            f"cannot use the MQTT TLS files (mqtt.tls_ca {address.tls_ca}, mqtt.tls_cert "
+            f"{address.tls_cert}, mqtt.tls_key {address.tls_key}): {exc}"
+        ) from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def connect(
     address: BrokerAddress,
     client_id: str,
@@ -172,20 +213,10 @@ def connect(
     ``on_connect_extra(client)`` runs after every (re)connect, e.g. to subscribe again.
     Raises :class:`BrokerError` with the broker's reason when the first connect fails.
     """
-    paho = paho_module()
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=paho.MQTTv311,
-    )
+    client = new_client(address, client_id, clean_session=clean_session)
     client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
-    if address.username is not None:
-        client.username_pw_set(address.username, address.password)
-    if address.tls_ca is not None:
-        client.tls_set(ca_certs=str(address.tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     connected = threading.Event()
     outcome: dict[str, Any] = {}
 

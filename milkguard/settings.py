@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from alerts.delivery import Recipient, SmtpSettings
 from milkguard import logs
+from milkguard.broker_security import BrokerSecurity
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 
@@ -41,6 +42,15 @@ class MqttSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     tls_ca: Path | None = Field(default=None, description="CA file; enables TLS when set.")
+    tls_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM), for a broker that asks for one."
+    )
+    tls_key: Path | None = Field(default=None, description="The client certificate's key.")
+    security: BrokerSecurity = Field(
+        default_factory=BrokerSecurity,
+        description="The embedded broker's users, roles and TLS; also the source of "
+        "`milkguard broker mosquitto-config`.",
+    )
     client_id: str = "milkguard-stream"
     keepalive_s: int = Field(default=30, ge=5)
     queue_size: int = Field(
@@ -48,6 +58,19 @@ class MqttSettings(BaseModel):
         ge=10,
         description="Messages waiting for the engine; when full, MQTT reads wait (backpressure).",
     )
+
+    @model_validator(mode="after")
+    def _client_certificate_complete(self) -> MqttSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca: a client certificate is sent over TLS only")
+        if self.broker == "embedded" and self.security.local_port == self.port:
+            raise ValueError(
+                f"security.local_port {self.port} is mqtt.port too: the embedded broker needs "
+                "two ports (or no local_port)"
+            )
+        return self
 
 
 class KafkaSettings(BaseModel):
@@ -368,5 +391,7 @@ def broker_address(settings: Settings) -> BrokerAddress:
         username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         tls_ca=mqtt.tls_ca,
+        tls_cert=mqtt.tls_cert,
+        tls_key=mqtt.tls_key,
         keepalive_s=mqtt.keepalive_s,
     )

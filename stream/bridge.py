@@ -28,7 +28,7 @@ import msgspec
 
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, decode_batch, parse_batch_topic
 from milkguard.errors import BrokerError, ExtraMissing
-from milkguard.mqtt import BrokerAddress, only_the_network_thread_writes, paho_module
+from milkguard.mqtt import BrokerAddress, new_client, only_the_network_thread_writes
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +147,19 @@ class Bridge:
             pending.append((mid, future))
 
     def _connect(self) -> Any:
-        paho = paho_module()
-        client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,
-            protocol=paho.MQTTv311,
-            manual_ack=True,
-        )
+        # TLS (verified) and credentials as every MilkGuard client: the password never
+        # crosses the network in clear when mqtt.tls_ca is set
+        client = new_client(self.mqtt, self.client_id, clean_session=False, manual_ack=True)
         only_the_network_thread_writes(client)
-        if self.mqtt.username is not None:
-            client.username_pw_set(self.mqtt.username, self.mqtt.password)
 
         def on_connect(c: Any, u: object, flags: object, reason: Any, props: object) -> None:
             if not reason.is_failure:
                 c.subscribe(BATCH_SUBSCRIPTION, qos=1)
+            else:
+                log.error(
+                    "bridge.refused",
+                    extra={"broker": repr(self.mqtt), "reason": str(reason)},
+                )
 
         def on_message(c: Any, u: object, message: Any) -> None:
             self.counters.received += 1

@@ -87,6 +87,11 @@ class EmbeddedService:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
         settings = self.settings
         address = broker_address(settings)
+        if settings.mqtt.broker == "embedded":
+            from milkguard.brokers import check_own_credentials, own_clients_address  # noqa: PLC0415
+
+            check_own_credentials(settings)
+            address = own_clients_address(settings)
         data_dir = settings.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,8 @@ class EmbeddedService:
             if settings.mqtt.broker == "embedded":
                 from milkguard.brokers import EmbeddedBroker  # noqa: PLC0415 - only when embedded
 
-                stack.enter_context(EmbeddedBroker(address.host, address.port))
+                mqtt = settings.mqtt
+                stack.enter_context(EmbeddedBroker(mqtt.host, mqtt.port, mqtt.security))
             outbox = MqttOutbox(address, f"{settings.mqtt.client_id}-out")
             stack.callback(outbox.close)
             ingest = self._build_ingest(outbox)

@@ -774,7 +774,7 @@ class Engine:
         for row, stamp in zip(rows.tolist(), ts.tolist(), strict=True):
             self._late_count[row] += 1
             count = int(self._late_count[row])
-            if _is_power_of_ten(count):
+            if is_power_of_ten(count):
                 site, asset, channel = self._names[row]
                 self.notices.append(Notice("late", site, asset, channel, stamp, count))
 
@@ -927,7 +927,8 @@ class Engine:
         run_start = anchor[position]
         base = np.where(seen, prev_ts, self._started)
         gap = ts - base
-        step = np.abs(values - prev_value)
+        with np.errstate(over="ignore", invalid="ignore"):  # an infinite step is implausible
+            step = np.abs(values - prev_value)
         quiet = (
             (values >= self._lo[rows])
             & (values <= self._hi[rows])
@@ -1203,10 +1204,17 @@ def _sorted(readings: _Columns) -> _Columns:
     rows, ts = readings.rows, readings.ts
     if len(rows) < 2:
         return readings
-    key = (rows << 41) | (ts - ts.min())  # 2**41 ms is 69 years; rows stay below 2**22
+    span = ts - ts.min()
+    if int(span.max()) >= _KEY_SPAN:
+        # the contract's event times span 100 years, more than the key holds: sort on both
+        return readings.take(np.lexsort((ts, rows)))
+    key = (rows << 41) | span  # 2**41 ms is 69 years; rows stay below 2**22
     if not bool((key[1:] < key[:-1]).any()):
         return readings
     return readings.take(np.argsort(key, kind="stable"))
+
+
+_KEY_SPAN = 2**41
 
 
 _EMPTY_COLUMNS = _Columns(
@@ -1223,13 +1231,14 @@ _EVENT_TS = attrgetter("ts")
 # product classes that raise the legal pasteurization minimum (PMO: +3 degC)
 _RICH_FAT_PCT = 10.0
 _RICH_SOLIDS_PCT = 18.0
-_MAX_LAYOUTS = 100_000  # one per gateway; bounded so invented gateway ids cannot grow memory
+_MAX_LAYOUTS = 20_000  # one per gateway; bounded so invented gateway ids cannot grow memory
 
 # unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)
 _MAX_NOTICED = 10_000
 
 
-def _is_power_of_ten(n: int) -> bool:
-    while n % 10 == 0:
+def is_power_of_ten(n: int) -> bool:
+    """1, 10, 100, ...: when a repeated notice is logged again (the first, then ever rarer)."""
+    while n >= 10 and n % 10 == 0:
         n //= 10
     return n == 1

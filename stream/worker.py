@@ -153,15 +153,16 @@ class PartitionWork:
 
         Total, like ingest: a message without a value (a tombstone) is judged as an empty
         payload (dead-lettered), and a timestamp further ahead of the wall clock than the future
-        tolerance does not move the partition's clock (it would make every later message late).
+        tolerance, or a missing one, does not move the partition's clock (it would make every
+        later message late).
         """
         if offset <= self.offset:
             return False
-        horizon = time.time_ns() // 1_000_000 + self.ingest.future_tolerance_ms
-        if timestamp_ms <= horizon:
+        wall_ms = time.time_ns() // 1_000_000
+        if 0 <= timestamp_ms <= wall_ms + self.ingest.future_tolerance_ms:
             self.clock_ms = max(self.clock_ms, timestamp_ms)
         elif self.clock_ms < 0:
-            self.clock_ms = time.time_ns() // 1_000_000
+            self.clock_ms = wall_ms  # no usable time yet: now is the best guess
         self.ingest.handle_bridged(payload or b"", self.clock_ms, origin)
         self.offset = offset
         self.quiet_since = time.monotonic()

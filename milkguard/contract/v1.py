@@ -379,8 +379,10 @@ _readings_only: Final = msgspec.json.Decoder(_ReadingsOnly)
 def count_readings(payload: bytes) -> int:
     """How many readings a payload holds as the contract counts them: the length of its
     top-level ``readings`` array when it parses as a JSON object holding a list there, else 0.
-    Used for payloads refused whole, so every reading fed is counted somewhere."""
+    Used for payloads refused whole, so every reading fed is counted somewhere. A payload that
+    is not UTF-8 throughout is no JSON text (RFC 8259), so it holds none."""
     try:
+        payload.decode("utf-8")
         return len(_readings_only.decode(payload).readings)
     except Exception:  # not parseable as such: it holds no readings anyone could count
         return 0

@@ -72,8 +72,6 @@ MAX_UNPLANNED_LATEST = 10_000
 CAPPED_GATEWAY = "_capped"
 
 _TS = attrgetter("ts")
-_UNIT = attrgetter("unit")
-_VALUE = attrgetter("value")
 
 
 @dataclass(slots=True)
@@ -149,7 +147,8 @@ class SequenceWindow:
 class ReplayClock:
     """The receive time of recorded batches, which carry none.
 
-    It starts at the first batch's ``sent_at`` and moves only forward, to each later
+    It starts at the first batch's ``sent_at`` (or at its newest reading when the ``sent_at`` is
+    further ahead of that than the tolerance) and moves only forward, to each later
     ``sent_at`` within the future tolerance of it. A ``sent_at`` further ahead (a gateway's
     absurd clock, a forged stamp) does not move it, unless the next batch confirms the jump
     (its ``sent_at`` is also beyond the tolerance, and within it of the first): a recording
@@ -164,10 +163,14 @@ class ReplayClock:
         self.now = -1
         self._candidate: int | None = None
 
-    def receive(self, sent_at: int) -> int:
-        """The receive time of a batch sent at ``sent_at``; moves the clock (see the class)."""
+    def receive(self, sent_at: int, newest: int | None = None) -> int:
+        """The receive time of a batch sent at ``sent_at`` whose newest reading is ``newest``
+        (needed for the first batch only); moves the clock (see the class)."""
         tolerance = self.tolerance_ms
-        if self.now < 0 or sent_at <= self.now + tolerance:
+        if self.now < 0:
+            absurd = newest is not None and sent_at > newest + tolerance
+            self.now = newest if absurd and newest is not None else sent_at
+        elif sent_at <= self.now + tolerance:
             self.now = max(self.now, sent_at)
             self._candidate = None
         elif self._candidate is not None and abs(sent_at - self._candidate) <= tolerance:
@@ -286,7 +289,9 @@ class Ingest:
             self._reject_payload(topic, payload, shown_at, reason, site=site, gateway=gateway)
             return
         if received_ms is None:
-            received_ms = self.replay_clock.receive(batch.sent_at)
+            first = self.replay_clock.now < 0
+            newest = max(map(_TS, batch.readings), default=None) if first else None
+            received_ms = self.replay_clock.receive(batch.sent_at, newest)
         if route is None:
             site, gateway = route = batch.site, batch.gateway
         elif (batch.site, batch.gateway) != (site, gateway):
@@ -381,7 +386,6 @@ class Ingest:
         counters.readings += len(batch.readings)
         counters.events += len(batch.events)
         horizon = received_ms + self.future_tolerance_ms
-        readings = self._admissible(topic, received_ms, horizon, batch)
         events = batch.events
         if events and max(map(_TS, events)) > horizon:
             events = self._events_in_time(topic, received_ms, horizon, batch)
@@ -394,22 +398,30 @@ class Ingest:
             engine.clock(site, device, min(batch.sent_at, horizon), received_ms, reported)
         if events:
             engine.submit_events(site, events)
-        routed = engine.submit(site, device, readings, received_ms)
+        readings = batch.readings
+        routed = engine.submit(site, device, readings, received_ms, horizon)
+        left_out = {id(m.reading) for m in routed.mismatches}
+        refused = routed.refused
+        if routed.unplanned:
+            refused = [*refused, *_beyond(routed.unplanned, horizon)]
+        for reading in refused:
+            self._refuse(topic, received_ms, horizon, batch, reading)
+            left_out.add(id(reading))
+        # a reading the plan routed has the plan's ids, valid by validation; only the others
+        # are checked against the contract's id pattern before they reach line protocol
+        if routed.unplanned and has_unchecked_ids(routed.unplanned, self._valid_ids):
+            unchecked = [r for r in routed.unplanned if id(r) not in left_out]
+            unsafe = self._unsafe_ids(topic, received_ms, batch, unchecked)
+            left_out.update(id(r) for r in unsafe)
+        if left_out:
+            readings = [r for r in readings if id(r) not in left_out]
         if self._event_clock:
-            newest = max((r.ts for r in readings), default=engine.now)
+            newest = max(map(_TS, readings), default=engine.now)
             engine.advance(max(newest, engine.now), changes)
         else:
             engine.advance(received_ms, changes)
         if engine.notices:
             self._log_notices(gateway)
-        left_out = {id(m.reading) for m in routed.mismatches}
-        # a reading the plan routed has the plan's ids, valid by validation; only the others
-        # are checked against the contract's id pattern before they reach line protocol
-        if routed.unplanned and has_unchecked_ids(routed.unplanned, self._valid_ids):
-            unsafe = self._unsafe_ids(topic, received_ms, batch, routed.unplanned)
-            left_out.update(id(r) for r in unsafe)
-        if left_out:
-            readings = [r for r in readings if id(r) not in left_out]
         lines = [reading_line(site, gateway, r) for r in readings]
         lines.extend(event_line(site, gateway, e) for e in events)
         for mismatch in routed.mismatches:
@@ -442,51 +454,36 @@ class Ingest:
             elif reading.ts >= previous.ts:
                 latest[key] = reading
 
-    def _admissible(
-        self, topic: str, received_ms: int, horizon: int, batch: Batch
-    ) -> list[Reading]:
-        """The batch's readings the engine may take: each plausible for its unit and stamped no
-        further ahead than ``horizon``; the others are dead-lettered alone, with the reason."""
-        readings = batch.readings
-        if not readings:
-            return readings
-        bounds = PLAUSIBLE
-        in_time = max(map(_TS, readings)) <= horizon
-        if in_time and all(
-            bounds[unit][0] <= value <= bounds[unit][1]
-            for unit, value in zip(map(_UNIT, readings), map(_VALUE, readings), strict=True)
-        ):
-            return readings
-        kept: list[Reading] = []
-        for reading in readings:
-            low, high = bounds[reading.unit]
-            if reading.ts > horizon:
-                self.counters.readings_quarantined += 1
-                self._reject_reading(
-                    topic,
-                    received_ms,
-                    batch,
-                    reading,
-                    f"reading of {batch.gateway}/{reading.asset}/{reading.channel} is stamped "
-                    f"{iso_ms(reading.ts)}, {_hours(reading.ts - received_ms)} ahead of its "
-                    f"batch's receive time {iso_ms(received_ms)} (tolerance "
-                    f"{_hours(self.future_tolerance_ms)}): quarantined, not judged. Set the "
-                    "gateway's clock (NTP) and stamp readings in UTC milliseconds.",
-                )
-            elif not low <= reading.value <= high:
-                self._reject_reading(
-                    topic,
-                    received_ms,
-                    batch,
-                    reading,
-                    f"value {reading.value!r} {reading.unit} of {batch.gateway}/{reading.asset}/"
-                    f"{reading.channel} is outside the plausible range {low:g}..{high:g} "
-                    f"{reading.unit}: a broken sensor or a wrong unit. Fix the sensor or convert "
-                    "at the gateway (README: Wire contract v1).",
-                )
-            else:
-                kept.append(reading)
-        return kept
+    def _refuse(
+        self, topic: str, received_ms: int, horizon: int, batch: Batch, reading: Reading
+    ) -> None:
+        """Dead-letter a reading stamped beyond ``horizon`` (quarantined) or implausible for its
+        unit, saying which and how to fix it."""
+        if reading.ts > horizon:
+            self.counters.readings_quarantined += 1
+            self._reject_reading(
+                topic,
+                received_ms,
+                batch,
+                reading,
+                f"reading of {batch.gateway}/{reading.asset}/{reading.channel} is stamped "
+                f"{iso_ms(reading.ts)}, {_hours(reading.ts - received_ms)} ahead of its "
+                f"batch's receive time {iso_ms(received_ms)} (tolerance "
+                f"{_hours(self.future_tolerance_ms)}): quarantined, not judged. Set the "
+                "gateway's clock (NTP) and stamp readings in UTC milliseconds.",
+            )
+            return
+        low, high = PLAUSIBLE[reading.unit]
+        self._reject_reading(
+            topic,
+            received_ms,
+            batch,
+            reading,
+            f"value {reading.value!r} {reading.unit} of {batch.gateway}/{reading.asset}/"
+            f"{reading.channel} is outside the plausible range {low:g}..{high:g} "
+            f"{reading.unit}: a broken sensor or a wrong unit. Fix the sensor or convert "
+            "at the gateway (README: Wire contract v1).",
+        )
 
     def _events_in_time(
         self, topic: str, received_ms: int, horizon: int, batch: Batch
@@ -691,6 +688,17 @@ class Ingest:
             )
         else:
             log.warning("event.rejected", extra={**context, "reason": reason})
+
+
+def _beyond(readings: list[Reading], horizon: int) -> list[Reading]:
+    """The readings stamped after ``horizon`` or outside their unit's plausible bounds (for
+    readings the engine did not screen: those of channels the plan does not know)."""
+    bounds = PLAUSIBLE
+    return [
+        r
+        for r in readings
+        if r.ts > horizon or not bounds[r.unit][0] <= r.value <= bounds[r.unit][1]
+    ]
 
 
 def has_unchecked_ids(readings: list[Reading], known: set[str]) -> bool:

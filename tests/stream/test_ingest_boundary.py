@@ -269,6 +269,13 @@ def test_the_replay_clock_moves_forward_and_no_single_outlier_moves_it() -> None
     assert clock.receive(T0 + day + 5_000) == T0 + day + 5_000  # confirmed by the next
 
 
+def test_a_replay_whose_first_batch_has_an_absurd_sent_at_starts_at_its_readings() -> None:
+    clock = ReplayClock(tolerance_ms=3_600_000)
+
+    assert clock.receive(YEAR_2099, newest=T0) == T0
+    assert clock.receive(T0 + 1_000) == T0 + 1_000
+
+
 def test_a_replayed_file_with_an_outlier_sent_at_judges_the_rest_on_time(rig: Rig) -> None:
     def line(seq: int, sent_at: int, readings: list[Reading]) -> bytes:
         return encode_batch(

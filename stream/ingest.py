@@ -435,17 +435,18 @@ class Ingest:
                 f"the plan declares {mismatch.expected!r}; convert at the gateway or fix the plan",
             )
         self._emit(changes, lines)
-        self._remember_latest(site, readings)
+        self._remember_latest(site, readings, always=(site, gateway) in self._known_gateways)
         self._timeseries.add(lines)
 
-    def _remember_latest(self, site: str, readings: list[Reading]) -> None:
-        """Keep each channel's newest reading (the plan's channels always, others up to a cap)."""
+    def _remember_latest(self, site: str, readings: list[Reading], *, always: bool) -> None:
+        """Keep each channel's newest reading: the plan's channels and (``always``) those of a
+        known gateway whatever the cap, the others up to it."""
         latest = self.latest
         for reading in readings:
             key = (site, reading.asset, reading.channel)
             previous = latest.get(key)
             if previous is None:
-                if key not in self._planned:
+                if not always and key not in self._planned:
                     if self._unplanned_latest >= MAX_UNPLANNED_LATEST:
                         self._note_capped("latest readings", "/".join(key), MAX_UNPLANNED_LATEST)
                         continue

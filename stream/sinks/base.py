@@ -69,7 +69,8 @@ class DeadLetter(msgspec.Struct, frozen=True):
             encoding=encoding,
             site=site,
             gateway=gateway,
-            seq=seq,
+            # JSON and msgpack encoders refuse ints beyond 64 bits: a letter must always encode
+            seq=seq if seq is not None and 0 <= seq < 2**63 else None,
             truncated=truncated,
             payload_bytes=size if truncated else None,
             payload_sha256=hashlib.sha256(payload).hexdigest() if truncated else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -26,6 +27,7 @@ from stream.engine import Engine
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest, ReplayClock
 from stream.plan import LoadedPlan
 from stream.sinks.base import KEPT_PAYLOAD_BYTES, KEPT_PREFIX_BYTES
+from stream.sinks.files import JsonlDeadLetterSink
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
 from tests.conftest import T0
 
@@ -418,5 +420,23 @@ def test_any_bytes_or_json_never_raise_and_keep_the_counts(
 
     rig.assert_every_reading_counted()
     assert rig.ingest.counters.messages == 2 * len(payloads)
+    for letter in rig.deadletter.letters:  # every sink can write every letter
+        msgspec.json.encode(letter)
+        msgspec.msgpack.encode(letter)
     assert not any("inf" in line.split(" ")[1] for line in rig.series.lines if " " in line)
     assert all(math.isfinite(c.deviation.degree_minutes) for c in rig.deviations.changes)
+
+
+def test_a_seq_too_large_for_any_encoder_is_dead_lettered_to_a_file(
+    demo_plan: LoadedPlan, tmp_path: Path
+) -> None:
+    letters = JsonlDeadLetterSink(tmp_path / "deadletter.jsonl")
+    ingest = Ingest(Engine(demo_plan), MemoryTimeSeriesSink(), MemoryDeviationSink(), letters)
+    payload = encode_batch(Batch(v=1, site=SITE, gateway=GATEWAY, seq=1, sent_at=T0))
+
+    ingest.handle(TOPIC, payload.replace(b'"seq":1', b'"seq":' + str(2**70).encode()), T0)
+    letters.close()
+
+    (written,) = (tmp_path / "deadletter.jsonl").read_text().splitlines()
+    assert json.loads(written)["seq"] is None
+    assert str(2**70) in json.loads(written)["payload"]

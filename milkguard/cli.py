@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--output", type=Path, help="write deviations here instead of stdout")
     replay.add_argument("--deadletter", type=Path, help="write rejected payloads here (JSONL)")
     replay.add_argument("--timeseries", type=Path, help="write line protocol into this folder")
+    replay.add_argument(
+        "--future-tolerance-h",
+        type=float,
+        default=2.0,
+        help="quarantine readings stamped further ahead of their batch's receive time (hours)",
+    )
 
     simulate = commands.add_parser(
         "simulate",
@@ -529,6 +535,7 @@ def _replay(args: argparse.Namespace) -> int:
             deadletter=args.deadletter,
             timeseries=args.timeseries,
             progress_total=size,
+            future_tolerance_ms=round(args.future_tolerance_h * 3_600_000),
         )
     err.print(
         f"replayed {summary.lines:,} lines: {summary.batches:,} batches, "
@@ -536,6 +543,16 @@ def _replay(args: argparse.Namespace) -> int:
         f"{summary.rejected:,} rejected, {summary.duplicates:,} duplicate batches, "
         f"{summary.late:,} late readings",
         highlight=False,
+        soft_wrap=True,
+    )
+    err.print(
+        f"readings: {summary.rejected_readings:,} dead-lettered alone (of which "
+        f"{summary.readings_quarantined:,} quarantined: stamped too far ahead), "
+        f"{summary.readings_duplicate:,} in duplicate batches, "
+        f"{summary.readings_in_rejected_payloads:,} in {summary.rejected_payloads:,} payloads "
+        f"rejected whole; {summary.events_quarantined:,} events quarantined",
+        highlight=False,
+        markup=False,
         soft_wrap=True,
     )
     for letter in summary.first_rejections:

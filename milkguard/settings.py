@@ -331,6 +331,14 @@ class Settings(EnvOverFileSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    future_tolerance_h: float = Field(
+        default=2.0,
+        gt=0,
+        le=8760,
+        description="A reading or event stamped further ahead of its batch's receive time is "
+        "quarantined (dead-lettered, never judged), as is a seq beyond the receive time in ms "
+        "plus this. Keep it above any clock skew the time-sync rule should report.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

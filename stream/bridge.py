@@ -20,15 +20,18 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from milkguard.contract.v1 import BATCH_SUBSCRIPTION, decode_batch, parse_batch_topic
+from milkguard.contract.v1 import BATCH_SUBSCRIPTION, parse_batch_topic, read_batch
 from milkguard.errors import BrokerError, ExtraMissing
 from milkguard.mqtt import BrokerAddress, new_client, only_the_network_thread_writes
+from stream.engine.deviation import iso_ms
+from stream.sinks.base import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,9 @@ def problem_of(topic: str, payload: bytes) -> tuple[str | None, str]:
     """(None, key) for a valid batch on its own topic, else (reason, key)."""
     route = parse_batch_topic(topic)
     key = route[0] if route else topic  # the site: see the module's description
-    try:
-        batch = decode_batch(payload)
-    except msgspec.ValidationError as exc:
-        return f"invalid: {exc}", key
-    except msgspec.DecodeError as exc:
-        return f"not valid JSON: {exc}", key
+    batch = read_batch(payload)  # never raises: any byte sequence is a batch or a reason
+    if isinstance(batch, str):
+        return (batch if batch.startswith("not ") else f"invalid: {batch}"), key
     if route is None or (batch.site, batch.gateway) != route:
         return f"payload of {batch.site}/{batch.gateway} on topic {topic!r}", key
     return None, key
@@ -138,8 +138,13 @@ class Bridge:
                 future = await producer.send(self.kafka.batches_topic, payload, key=key.encode())
                 self.counters.produced += 1
             else:
-                letter = msgspec.json.encode(
-                    {"topic": topic, "reason": reason, "payload": payload.decode(errors="replace")}
+                letter = msgspec.json.encode(  # bounded: huge payloads cannot fill the topic
+                    DeadLetter.of_payload(
+                        payload,
+                        received_at=iso_ms(time.time_ns() // 1_000_000),
+                        topic=topic,
+                        reason=reason,
+                    )
                 )
                 future = await producer.send(self.kafka.deadletter_topic, letter, key=key.encode())
                 self.counters.rejected += 1

@@ -174,6 +174,7 @@ class EmbeddedService:
                 [JsonlDeadLetterSink(data_dir / "deadletter.jsonl"), MqttDeadLetterSink(outbox)]
             ),
             on_change=self._on_change,
+            future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
         )
 
     @property

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 import pytest
@@ -25,6 +26,7 @@ from milkguard.contract import (
     json_schema,
     parse_batch_topic,
 )
+from milkguard.contract.v1 import PLAUSIBLE, Unit, count_readings, read_batch
 from tests.conftest import T0
 
 SCHEMA_FILE = Path(__file__).parents[2] / "milkguard" / "contract" / "wire-v1.schema.json"
@@ -168,3 +170,26 @@ def test_the_schema_tells_device_makers_the_id_pattern_of_readings() -> None:
 def test_is_valid_id_refuses_what_would_break_topics_or_line_protocol() -> None:
     assert is_valid_id("tank-1.milk_temp")
     assert not any(is_valid_id(bad) for bad in ("", "a b", "a,b", "a=b", "a/b", "+", "-a"))
+
+
+def test_every_unit_has_plausible_bounds_and_the_schema_publishes_them() -> None:
+    assert set(PLAUSIBLE) == set(get_args(Unit))
+    assert all(low < high for low, high in PLAUSIBLE.values())
+    described = json_schema()["$defs"]["Reading"]["properties"]["value"]["description"]
+    assert "degC -90..400" in described
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"\xff":1}', b"[" * 100_000, b'{"a":' * 50_000, b"\xc3", b"", b"1e999", b"null"],
+)
+def test_reading_a_batch_never_raises_it_gives_a_reason(payload: bytes) -> None:
+    assert isinstance(read_batch(payload), str)
+
+
+def test_readings_are_counted_in_any_payload_that_holds_a_readings_list() -> None:
+    assert count_readings(b'{"readings":[1,"x",{"a":[]}],"v":"?"}') == 3
+    assert count_readings(b'{"readings":{"a":1}}') == 0
+    assert count_readings(b'[{"readings":[1]}]') == 0
+    assert count_readings(b'{"\xff":1,"readings":[1]}') == 0  # not UTF-8: not JSON text
+    assert count_readings(b"\xff") == 0

@@ -198,6 +198,23 @@ class AlertSettings(BaseModel):
     http_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve the API and the operators' page here."
     )
+    stream_keys: list[Path] = Field(
+        default_factory=list,
+        description="Public keys (PEM) of the streams whose signed deviations are believed "
+        "(`milkguard stream public-key --output stream.pem` on the stream's host). Required.",
+    )
+
+
+class SigningSettings(BaseModel):
+    """The stream's own Ed25519 key: every deviation change it publishes is signed with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: Path | None = Field(
+        default=None,
+        description="Private key (PEM), created mode 0600 on first use; unset: "
+        "{data_dir}/signing-key.pem. Export the public key: milkguard stream public-key.",
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -279,6 +296,7 @@ class Settings(EnvOverFileSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -23,7 +23,7 @@ from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
 from milkguard import mqtt as mqtt_connect
 from tests.alerts.conftest import Smtp
-from tests.alerts.records import change
+from tests.alerts.records import DEV1, change
 from tests.helpers import TopicRecorder, wait_until
 from tests.servers import Mosquitto, free_port
 
@@ -226,5 +226,5 @@ def test_every_notice_goes_to_the_alert_topic_once(tmp_path: Path, mosquitto: Mo
     assert (body["event"], body["audience"], body["deviation"]["id"]) == (
         "raised",
         "operator",
-        "dev-1",
+        DEV1,
     )

@@ -209,7 +209,7 @@ class AlertService:
                 deadline_h=settings.report_deadline_h,
                 issuer=settings.issuer,
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, ConfigError) as exc:
             failed = {"deviation": deviation.get("id"), "error": repr(exc)}
             log.error("alerts.report_failed", extra=failed)
             return

@@ -712,7 +712,7 @@ def _stream_public_key(args: argparse.Namespace) -> int:
     from stream.signed import stream_key_path  # noqa: PLC0415
 
     key = args.key or stream_key_path(load_settings(args.config))
-    pem = Signer.load_or_create(key, setting="signing.key").public_pem()
+    pem = Signer.load_or_create(key, setting="signing.key", extra="stream").public_pem()
     if args.output is None:
         sys.stdout.write(pem)
         return 0

@@ -72,12 +72,15 @@ class Signer:
         self.key_id = key_id(self.public_raw)
 
     @classmethod
-    def load_or_create(cls, path: Path, setting: str = "alerts.signing_key") -> Signer:
+    def load_or_create(
+        cls, path: Path, setting: str = "alerts.directory", extra: str = "alerts"
+    ) -> Signer:
         """The key in ``path`` (PEM, PKCS#8); a new one written there (mode 0600) if none.
 
-        ``setting`` names where the path comes from, for the error message.
+        ``setting`` names where the path comes from, ``extra`` what to install without
+        cryptography, for the error messages.
         """
-        primitives = _primitives()
+        primitives = _primitives(extra)
         serialization, ed25519 = primitives.serialization, primitives.ed25519
         if path.exists():
             try:
@@ -260,11 +263,11 @@ def unseal(payload: bytes, verifier: Verifier) -> Envelope:
         raise UntrustedRecord("invalid_record", str(exc)) from None
 
 
-def _primitives() -> SimpleNamespace:
+def _primitives(extra: str = "alerts") -> SimpleNamespace:
     """cryptography's serialization and ed25519 modules, or how to install them."""
     try:
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
         from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
     except ImportError as exc:
-        raise ExtraMissing("Signing and checking records", "alerts", "cryptography") from exc
+        raise ExtraMissing("Signing and checking records", extra, "cryptography") from exc
     return SimpleNamespace(serialization=serialization, ed25519=ed25519)

@@ -22,7 +22,7 @@ def stream_key_path(settings: Settings) -> Path:
 
 def load_stream_signer(settings: Settings) -> Signer:
     """The stream's signer; the key is created on first use."""
-    return Signer.load_or_create(stream_key_path(settings), setting="signing.key")
+    return Signer.load_or_create(stream_key_path(settings), setting="signing.key", extra="stream")
 
 
 def sealed_change(change: DeviationChange, signer: Signer) -> bytes:

@@ -15,6 +15,7 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from milkguard.cli import main
 from milkguard.contract.records import DeviationEnvelope, DeviationRecord
 from milkguard.signing import (
     MAX_ENVELOPE_BYTES,
@@ -150,3 +151,16 @@ def test_a_new_key_file_is_private_to_its_owner(tmp_path: Path) -> None:
     Signer.load_or_create(tmp_path / "keys" / "stream.pem")
 
     assert (tmp_path / "keys" / "stream.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_stream_exports_the_public_key_of_its_own_signing_key(tmp_path: Path) -> None:
+    config = tmp_path / "milkguard.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    public = tmp_path / "stream.pem"
+
+    assert main(["stream", "public-key", "--config", str(config), "--output", str(public)]) == 0
+
+    key = tmp_path / "var" / "signing-key.pem"  # created on first use, private to its owner
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert Signer.load_or_create(key).public_pem() == public.read_text()
+    assert Verifier.from_files([public]).key_ids == [Signer.load_or_create(key).key_id]

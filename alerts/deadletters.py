@@ -61,8 +61,19 @@ class DeadLetterStore:
         self._db = Database(path, _SCHEMA, "the dead-letter store")
 
     @serialized
-    def add(self, topic: str, reason: str, detail: str, payload: bytes, now_ms: int) -> None:
-        """Keep one refused message."""
+    def add(
+        self,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        *,
+        now_ms: int,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Keep one refused message; ``size`` and ``sha256`` are the whole payload's when only
+        its prefix is given."""
         kept = payload[:MAX_KEPT_BYTES]
         self._db.execute(
             "INSERT INTO dead_letters "
@@ -73,8 +84,8 @@ class DeadLetterStore:
                 clip(topic),
                 reason,
                 clip(detail),
-                len(payload),
-                hashlib.sha256(payload).hexdigest(),
+                len(payload) if size is None else size,
+                hashlib.sha256(payload).hexdigest() if sha256 is None else sha256,
                 base64.b64encode(kept).decode(),
             ),
         )

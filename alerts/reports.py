@@ -1,10 +1,11 @@
 """Regulator reports: one per critical deviation, signed with Ed25519, in JSON and readable HTML.
 
 The JSON is the record: ``{"report": {...}, "signature": {"alg", "key_id", "value"}}``, the
-signature over the report's canonical JSON. The report holds the deviation as the stream judged
-it (the schema of deviations.jsonl), when it was issued against the deadline for reporting it,
-and the audit trail's head at issue, so the regulator also holds a point the dairy's trail must
-keep containing. The HTML says the same for people, and how to check it.
+signature over the report's RFC 8785 canonical JSON (standard tools check it too). The report
+holds the deviation as the stream judged it (the schema of deviations.jsonl), when it was
+issued against the deadline for reporting it, and the audit trail's head at issue, so the
+regulator also holds a point the dairy's trail must keep containing. The HTML says the same
+for people, and how to check it.
 ``milkguard alerts verify REPORT.json --public-key KEY.pem`` checks a report.
 """
 
@@ -192,7 +193,8 @@ th{{text-align:left;padding-right:1em;vertical-align:top}}td,th{{padding:.3em}}<
 </table>
 <p>The JSON file of the same name is the signed record. Check it with
 <code>milkguard alerts verify {html.escape(d["id"])}.json --public-key PUBLIC_KEY.pem</code>
-using the dairy's published public key (id {html.escape(signature["key_id"])}).</p>
+using the dairy's published public key (id {html.escape(signature["key_id"])}), or with any
+Ed25519 implementation over the RFC 8785 canonical JSON of its <code>report</code>.</p>
 </body></html>
 """
 

@@ -15,6 +15,7 @@ deviation's ``closed`` is counted as stale and changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -25,7 +26,7 @@ from typing import Any
 import msgspec
 
 from alerts.audit import AuditTrail
-from alerts.deadletters import DeadLetterStore, clip
+from alerts.deadletters import MAX_KEPT_BYTES, DeadLetterStore, clip
 from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
 from alerts.reports import issue
@@ -35,7 +36,7 @@ from milkguard.contract.v1 import TOPIC_ROOT, deviation_topic
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import AlertSettings
-from milkguard.signing import UntrustedRecord, Verifier, unseal
+from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, unseal
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class AlertService:
         self._broker = broker
         self._client_id = client_id
         self.dead_letters = DeadLetterStore(where("deadletters.db"))
-        self._incoming: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
+        # (topic, payload, size, digest): an oversized payload waits as its prefix and digest only
+        self._incoming: queue.Queue[tuple[str, bytes, int, str | None]] = queue.Queue(10_000)
         self.subscribed = threading.Event()
         self.rejected = 0  # dead-lettered
         self.duplicates = 0  # applied before, delivered again
@@ -105,8 +107,8 @@ class AlertService:
             self._broker,
             self._client_id,
             clean_session=False,
-            on_message=lambda client, userdata, message: self._incoming.put(
-                (str(message.topic), bytes(message.payload))
+            on_message=lambda client, userdata, message: self._receive(
+                str(message.topic), bytes(message.payload)
             ),
             on_connect_extra=subscribe,
         )
@@ -127,6 +129,8 @@ class AlertService:
             self.outbox.close()
             self.trail.close()
             self.dead_letters.close()
+            counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
+            log.info("alerts.stopped", extra={**counted, "stale": self.stale})
 
     def _serve_api(self) -> Any:
         """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set."""
@@ -151,9 +155,13 @@ class AlertService:
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:
-                topic, payload = self._incoming.get(timeout=left)
+                topic, payload, size, digest = self._incoming.get(timeout=left)
             except queue.Empty:
                 return
+            if digest is not None:
+                detail = f"{size} bytes, more than {MAX_ENVELOPE_BYTES} for an envelope"
+                self._dead_letter(topic, "too_large", detail, payload, size=size, digest=digest)
+                continue
             notices = self.take(topic, payload)
             if notices:
                 self._tell(notices, _now_ms())
@@ -182,9 +190,28 @@ class AlertService:
             )
         return notices
 
-    def _dead_letter(self, topic: str, reason: str, detail: str, payload: bytes) -> None:
+    def _receive(self, topic: str, payload: bytes) -> None:
+        """paho's thread: queue one message (blocking while the queue is full)."""
+        size, digest = len(payload), None
+        if size > MAX_ENVELOPE_BYTES:  # memory stays bounded: keep what a dead letter keeps
+            digest = hashlib.sha256(payload).hexdigest()
+            payload = payload[:MAX_KEPT_BYTES]
+        self._incoming.put((topic, payload, size, digest))
+
+    def _dead_letter(
+        self,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        *,
+        size: int | None = None,
+        digest: str | None = None,
+    ) -> None:
         self.rejected += 1
-        self.dead_letters.add(topic, reason, detail, payload, _now_ms())
+        self.dead_letters.add(
+            topic, reason, detail, payload, now_ms=_now_ms(), size=size, sha256=digest
+        )
         log.warning(
             "alerts.dead_letter",
             extra={"topic": clip(topic), "reason": reason, "detail": clip(detail)},

@@ -124,8 +124,9 @@ def test_forged_unsigned_tampered_or_invalid_deviations_raise_nothing_and_are_de
     rig.publish(signed_anyway({**change("opened"), "id": escape}, rig.stream))
     rig.publish(b'{"\xff":1}')
     rig.publish(sealed(change("opened"), rig.stream), deviation_topic("plant-02", "htst-1"))
+    rig.publish(b"{" * 1_000_000)
 
-    wait_until(lambda: len(rig.letters()) == 6, 30, "six dead letters")
+    wait_until(lambda: len(rig.letters()) == 7, 30, "seven dead letters")
 
     assert [(letter.topic, letter.reason) for letter in rig.letters()] == [
         (TOPIC, "unsigned"),
@@ -134,8 +135,11 @@ def test_forged_unsigned_tampered_or_invalid_deviations_raise_nothing_and_are_de
         (TOPIC, "invalid_record"),
         (TOPIC, "not_json"),
         ("milkguard/v1/deviations/plant-02/htst-1", "wrong_topic"),
+        (TOPIC, "too_large"),
     ]
     assert rig.letters()[1].payload == sealed(change("opened"), stranger)  # kept whole
+    huge = rig.letters()[6]
+    assert (huge.size, len(huge.payload)) == (1_000_000, 64 * 1024)  # and its SHA-256
     assert rig.alert() is None
     assert smtp.received() == []
     assert not (rig.tmp_path / "alerts" / "reports").exists()

@@ -168,20 +168,26 @@ class Verifier:
         """The ids of the keys it trusts."""
         return list(self._keys)
 
+    def key_problem(self, alg: object, key: object) -> str | None:
+        """None if ``alg`` is Ed25519 and ``key`` the id of a trusted key, else what is wrong."""
+        if alg != "Ed25519":
+            return f"signature algorithm {str(alg)[:40]!r}, expected 'Ed25519'"
+        if str(key) not in self._keys:
+            return (
+                f"signed with key {str(key)[:40]!r}, which is not among the public "
+                f"keys given ({', '.join(self._keys) or 'none'})"
+            )
+        return None
+
     def check(self, content: bytes, alg: object, key: object, value: object) -> str | None:
         """None if ``value`` (base64) is a valid signature of ``content`` by key ``key``."""
         from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
 
-        if alg != "Ed25519":
-            return f"signature algorithm {alg!r}, expected 'Ed25519'"
-        public = self._keys.get(str(key))
-        if public is None:
-            return (
-                f"signed with key {key!r}, which is not among the public "
-                f"keys given ({', '.join(self._keys) or 'none'})"
-            )
+        problem = self.key_problem(alg, key)
+        if problem is not None:
+            return problem
         try:
-            public.verify(base64.b64decode(str(value), validate=True), content)
+            self._keys[str(key)].verify(base64.b64decode(str(value), validate=True), content)
         except (InvalidSignature, ValueError, binascii.Error):
             return "the signature does not match the content: the record was changed after signing"
         return None
@@ -190,7 +196,7 @@ class Verifier:
         """None if ``signature`` (``{"alg", "key_id", "value"}``) is valid for ``record``."""
         try:
             content = canonical(record)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             return f"the record has no canonical JSON form: {exc}"
         return self.check(
             content, signature.get("alg"), signature.get("key_id"), signature.get("value")
@@ -237,7 +243,7 @@ def unseal(payload: bytes, verifier: Verifier) -> Envelope:
         )
     try:
         message = _decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UntrustedRecord("not_json", str(exc)) from None
     if not isinstance(message, dict) or "signature" not in message or "signed_by" not in message:
         raise UntrustedRecord(
@@ -247,16 +253,18 @@ def unseal(payload: bytes, verifier: Verifier) -> Envelope:
     signed_by = message["signed_by"]
     if not isinstance(signed_by, dict):
         raise UntrustedRecord("unsigned", "'signed_by' is not an object")
+    alg, key = signed_by.get("alg"), signed_by.get("key_id")
+    problem = verifier.key_problem(alg, key)  # before any work on what a stranger sent
+    if problem is not None:
+        reason = "unknown_key" if alg == "Ed25519" else "bad_signature"
+        raise UntrustedRecord(reason, problem)
     try:
         content = rfc8785.dumps(unsigned)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # huge integers, deep nesting
         raise UntrustedRecord("invalid_record", f"no canonical JSON form: {exc}") from None
-    problem = verifier.check(
-        content, signed_by.get("alg"), signed_by.get("key_id"), message["signature"]
-    )
+    problem = verifier.check(content, alg, key, message["signature"])
     if problem is not None:
-        reason = "unknown_key" if problem.startswith("signed with key") else "bad_signature"
-        raise UntrustedRecord(reason, problem)
+        raise UntrustedRecord("bad_signature", problem)
     try:
         return msgspec.convert(message, Envelope)
     except msgspec.ValidationError as exc:

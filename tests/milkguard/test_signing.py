@@ -139,6 +139,8 @@ def test_a_validly_signed_record_outside_the_contract_is_refused(
         (b'{"signed_by": 1, "signature": "x"}', "unsigned"),
         (b'{"signed_by": {"alg": "RSA", "key_id": "x"}, "signature": "x"}', "bad_signature"),
         (b" " * (MAX_ENVELOPE_BYTES + 1), "too_large"),
+        (b"[" * 20_000, "not_json"),
+        (b'{"a":' * 10_000, "not_json"),
     ],
 )
 def test_malformed_payloads_are_refused_with_their_reason(
@@ -164,3 +166,14 @@ def test_the_stream_exports_the_public_key_of_its_own_signing_key(tmp_path: Path
     assert key.stat().st_mode & 0o777 == 0o600
     assert Signer.load_or_create(key).public_pem() == public.read_text()
     assert Verifier.from_files([public]).key_ids == [Signer.load_or_create(key).key_id]
+
+
+@pytest.mark.parametrize("value", [b"[" * 2_000 + b"]" * 2_000, b"1" * 400])
+def test_what_has_no_canonical_form_is_refused_not_raised(
+    stream: Signer, verifier: Verifier, value: bytes
+) -> None:
+    """Nesting too deep to canonicalize, integers beyond 2^53: refused, the service goes on."""
+    signed_by = json.dumps({"alg": "Ed25519", "key_id": stream.key_id}).encode()
+    payload = b'{"signed_by":' + signed_by + b',"signature":"x","record":' + value + b"}"
+
+    assert refusal(payload, verifier) in ("not_json", "invalid_record")

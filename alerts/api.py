@@ -33,6 +33,7 @@ from alerts.audit import AuditTrail
 from alerts.corrective import CorrectiveActionInput
 from alerts.gate import FailedLogins, Gate
 from alerts.lifecycle import Alert, AlertBook
+from alerts.reports import report_paths
 from milkguard.settings import ApiUser
 
 PAGE = Path(__file__).with_name("page.html")
@@ -124,10 +125,10 @@ def create_app(
 
     @app.get("/api/reports/{name}")
     def report(name: str, user: User) -> FileResponse:
-        stem, _, suffix = name.rpartition(".")
-        if suffix not in ("json", "html") or not stem.isalnum():
+        found = report_paths(reports, name)  # named by a deviation id only, never a path
+        if found is None:
             raise HTTPException(404, "reports are <deviation id>.json or .html")
-        path, record = reports / name, reports / f"{stem}.json"
+        path, record = found
         if not path.exists() or not record.exists():
             raise HTTPException(404, f"no report {name}")
         site = json.loads(record.read_text(encoding="utf-8"))["report"]["deviation"]["site"]

@@ -6,11 +6,16 @@ alert lifecycle, publishes every notice on ``milkguard/v1/alerts/{site}/{asset}`
 to the outbox (e-mail, webhooks, console). Once a second it escalates what is overdue and sends
 what is due. Everything lives in SQLite under ``alerts.directory``: a restart, even a kill,
 changes nothing but the delay.
+
+Only what a configured stream key signed is believed (``alerts.stream_keys``): every other
+message is dead-lettered with its reason (:mod:`alerts.deadletters`), counted and logged, and
+raises nothing. A change applied before is a counted duplicate; an ``opened`` after its
+deviation's ``closed`` is counted as stale and changes nothing.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import queue
 import socket
@@ -20,16 +25,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from alerts.audit import AuditTrail
+from alerts.deadletters import MAX_KEPT_BYTES, DeadLetterStore, clip
 from alerts.delivery import Outbox
-from alerts.lifecycle import AlertBook, Audience, Escalation, Notice
+from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
 from alerts.reports import issue
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
-from milkguard.contract.v1 import TOPIC_ROOT
+from milkguard.contract.v1 import TOPIC_ROOT, deviation_topic
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import AlertSettings
+from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, unseal
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,14 @@ class AlertService:
             "major": Escalation((operator, qa), escalation.major_s, escalation.major_action_s),
             "minor": Escalation((operator,), escalation.minor_s),
         }
+        if not settings.stream_keys:
+            raise ConfigError(
+                "alerts.stream_keys is empty: the alert service believes only deviations signed "
+                "by a stream key it is given. On the stream's host run `milkguard stream "
+                "public-key --output stream.pem` (with the stream's settings), copy stream.pem "
+                "here and set alerts.stream_keys: [path/to/stream.pem]"
+            )
+        self.verifier = Verifier.from_files(settings.stream_keys)
         shared = settings.database.get_secret_value() if settings.database else None
 
         def where(name: str) -> Path | str:
@@ -73,9 +90,13 @@ class AlertService:
         self._settings = settings
         self._broker = broker
         self._client_id = client_id
-        self._incoming: queue.Queue[bytes] = queue.Queue(maxsize=10_000)
+        self.dead_letters = DeadLetterStore(where("deadletters.db"))
+        # (topic, payload, size, digest): an oversized payload waits as its prefix and digest only
+        self._incoming: queue.Queue[tuple[str, bytes, int, str | None]] = queue.Queue(10_000)
         self.subscribed = threading.Event()
-        self.rejected = 0
+        self.rejected = 0  # dead-lettered
+        self.duplicates = 0  # applied before, delivered again
+        self.stale = 0  # older than what was applied for the deviation
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: take deviation changes, escalate, deliver."""
@@ -88,7 +109,9 @@ class AlertService:
             self._broker,
             self._client_id,
             clean_session=False,
-            on_message=lambda client, userdata, message: self._incoming.put(bytes(message.payload)),
+            on_message=lambda client, userdata, message: self._receive(
+                str(message.topic), bytes(message.payload)
+            ),
             on_connect_extra=subscribe,
         )
         self.outbox.mqtt = connection  # notices to the alert topic go through the outbox too
@@ -107,6 +130,9 @@ class AlertService:
             self.book.close()
             self.outbox.close()
             self.trail.close()
+            self.dead_letters.close()
+            counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
+            log.info("alerts.stopped", extra={**counted, "stale": self.stale})
 
     def _serve_api(self) -> Any:
         """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set.
@@ -194,18 +220,67 @@ class AlertService:
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:
-                payload = self._incoming.get(timeout=left)
+                topic, payload, size, digest = self._incoming.get(timeout=left)
             except queue.Empty:
                 return
-            try:
-                change = json.loads(payload)
-                notices = self.book.on_deviation(change, _now_ms())
-            except (ValueError, KeyError, TypeError) as exc:
-                self.rejected += 1
-                log.error("alerts.bad_deviation", extra={"error": repr(exc)})
+            if digest is not None:
+                detail = f"{size} bytes, more than {MAX_ENVELOPE_BYTES} for an envelope"
+                self._dead_letter(topic, "too_large", detail, payload, size=size, digest=digest)
                 continue
-            self._tell(notices, _now_ms())
-            self.outbox.deliver_due(_now_ms())
+            notices = self.take(topic, payload)
+            if notices:
+                self._tell(notices, _now_ms())
+                self.outbox.deliver_due(_now_ms())
+
+    def take(self, topic: str, payload: bytes) -> list[Notice]:
+        """One message from the deviations topic: believed if signed and valid, else kept aside."""
+        try:
+            record = unseal(payload, self.verifier).record
+        except UntrustedRecord as exc:
+            self._dead_letter(topic, exc.reason, exc.detail, payload)
+            return []
+        expected = deviation_topic(record.site, record.asset)
+        if topic != expected:  # signed, but replayed where it does not belong
+            self._dead_letter(topic, "wrong_topic", f"a change of {expected}", payload)
+            return []
+        taken, notices = self.book.take(msgspec.to_builtins(record), _now_ms())
+        if taken != Taken.APPLIED:
+            if taken == Taken.DUPLICATE:
+                self.duplicates += 1
+            else:
+                self.stale += 1
+            log.info(
+                f"alerts.deviation_{taken}",
+                extra={"deviation": record.id, "change": record.change, "topic": topic},
+            )
+        return notices
+
+    def _receive(self, topic: str, payload: bytes) -> None:
+        """paho's thread: queue one message (blocking while the queue is full)."""
+        size, digest = len(payload), None
+        if size > MAX_ENVELOPE_BYTES:  # memory stays bounded: keep what a dead letter keeps
+            digest = hashlib.sha256(payload).hexdigest()
+            payload = payload[:MAX_KEPT_BYTES]
+        self._incoming.put((topic, payload, size, digest))
+
+    def _dead_letter(
+        self,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        *,
+        size: int | None = None,
+        digest: str | None = None,
+    ) -> None:
+        self.rejected += 1
+        self.dead_letters.add(
+            topic, reason, detail, payload, now_ms=_now_ms(), size=size, sha256=digest
+        )
+        log.warning(
+            "alerts.dead_letter",
+            extra={"topic": clip(topic), "reason": reason, "detail": clip(detail)},
+        )
 
     def _tell(self, notices: list[Notice], now: int) -> None:
         for notice in notices:
@@ -226,7 +301,7 @@ class AlertService:
                 deadline_h=settings.report_deadline_h,
                 issuer=settings.issuer,
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, ConfigError) as exc:
             failed = {"deviation": deviation.get("id"), "error": repr(exc)}
             log.error("alerts.report_failed", extra=failed)
             return

@@ -156,7 +156,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema = contract_commands.add_parser("schema", help="print the JSON Schema of a payload")
     schema.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    schema.add_argument(
+        "--records", action="store_true", help="the signed records the stream publishes instead"
+    )
+    _add_stream_commands(commands)
     return parser
+
+
+def _add_stream_commands(commands: Any) -> None:
+    stream = commands.add_parser("stream", help="the stream's signing key")
+    stream_commands = stream.add_subparsers(dest="stream_command", required=True, metavar="WHAT")
+    public = stream_commands.add_parser(
+        "public-key",
+        help="the public key that checks the stream's signed deviations (alerts.stream_keys); "
+        "the signing key is created if there is none",
+    )
+    public.add_argument("--config", type=Path, help="settings file (YAML): signing.key, data_dir")
+    public.add_argument("--key", type=Path, help="the private key (default: from the settings)")
+    public.add_argument("--output", type=Path, help="write the PEM here (default: stdout)")
 
 
 def _add_edge_commands(commands: Any) -> None:
@@ -338,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alerts": _alerts,
         "audit": _audit,
         "broker": _broker,
-        "contract": lambda a: _schema(a.output),
+        "contract": lambda a: _schema(a.output, records=a.records),
+        "stream": _stream_public_key,
     }
     try:
         return commands[args.command](args)
@@ -832,10 +850,29 @@ def _plan_check(path: Path) -> int:
     return 0
 
 
-def _schema(output: Path | None) -> int:
-    from milkguard.contract import json_schema  # noqa: PLC0415
+def _stream_public_key(args: argparse.Namespace) -> int:
+    from milkguard.settings import load_settings  # noqa: PLC0415
+    from milkguard.signing import Signer  # noqa: PLC0415
+    from stream.signed import stream_key_path  # noqa: PLC0415
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    key = args.key or stream_key_path(load_settings(args.config))
+    pem = Signer.load_or_create(key, setting="signing.key", extra="stream").public_pem()
+    if args.output is None:
+        sys.stdout.write(pem)
+        return 0
+    try:
+        args.output.write_text(pem, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the public key to {args.output}: {exc.strerror}") from exc
+    return 0
+
+
+def _schema(output: Path | None, *, records: bool = False) -> int:
+    from milkguard.contract import json_schema  # noqa: PLC0415
+    from milkguard.contract.records import records_schema  # noqa: PLC0415
+
+    schema = records_schema() if records else json_schema()
+    text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)
         return 0

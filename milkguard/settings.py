@@ -222,6 +222,11 @@ class AlertSettings(BaseModel):
     http_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve the API and the operators' page here."
     )
+    stream_keys: list[Path] = Field(
+        default_factory=list,
+        description="Public keys (PEM) of the streams whose signed deviations are believed "
+        "(`milkguard stream public-key --output stream.pem` on the stream's host). Required.",
+    )
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
@@ -250,6 +255,18 @@ class AlertSettings(BaseModel):
                 "certificate and its private key"
             )
         return self
+
+
+class SigningSettings(BaseModel):
+    """The stream's own Ed25519 key: every deviation change it publishes is signed with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: Path | None = Field(
+        default=None,
+        description="Private key (PEM), created mode 0600 on first use; unset: "
+        "{data_dir}/signing-key.pem. Export the public key: milkguard stream public-key.",
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -339,6 +356,7 @@ class Settings(EnvOverFileSettings):
         "quarantined (dead-lettered, never judged), as is a seq beyond the receive time in ms "
         "plus this. Keep it above any clock skew the time-sync rule should report.",
     )
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -39,6 +39,7 @@ from stream.errors import SinkError
 from stream.ingest import Ingest
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
 from stream.plan import CriticalLimit, Htst, LoadedPlan, load_plan
+from stream.signed import load_stream_signer
 from stream.sinks.base import (
     FanOutDeadLetterSink,
     FanOutDeviationSink,
@@ -167,7 +168,7 @@ class EmbeddedService:
                 [
                     JsonlDeviationSink(data_dir / "deviations.jsonl"),
                     ConsoleDeviationSink(self.console),
-                    MqttDeviationSink(outbox),
+                    MqttDeviationSink(outbox, load_stream_signer(settings)),
                 ]
             ),
             FanOutDeadLetterSink(

@@ -45,11 +45,12 @@ import msgspec
 from milkguard.errors import ConfigError, ExtraMissing
 from milkguard.settings import Settings
 from stream.engine.core import Engine, SnapshotMismatch
-from stream.engine.deviation import DeviationChange, deviation_to_json
+from stream.engine.deviation import DeviationChange
 from stream.errors import InfluxWriteError
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest
 from stream.metrics import StreamCounts, counts_of
 from stream.plan import LoadedPlan, load_plan
+from stream.signed import load_stream_signer, sealed_change
 from stream.sinks.base import DeadLetter, TimeSeriesSink
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class WorkerCounters:
     checkpoints: int = 0
     restored: int = 0  # partitions carried on from a saved state
     deviations_sent: int = 0
+    deviations_unpublishable: int = 0  # outside the wire contract: logged, never sent unsigned
     letters_sent: int = 0
 
 
@@ -224,6 +226,7 @@ class Worker:
         self.timeseries = timeseries
         self.influx = influx
         self.counters = WorkerCounters()
+        self.signer = load_stream_signer(settings)  # every deviation sent is signed with it
         self.work: dict[int, PartitionWork] = {}
         self.retired = StreamCounts()  # counted on partitions since revoked
         self.ready = False
@@ -331,10 +334,14 @@ class Worker:
         outputs = work.outputs
         for change in outputs.changes:
             d = change.deviation
-            await self.deviations.send(
-                key=d.site.encode(), value=_ENCODER.encode(deviation_to_json(change))
-            )
-        self.counters.deviations_sent += len(outputs.changes)
+            try:
+                sealed = sealed_change(change, self.signer)
+            except msgspec.ValidationError as exc:
+                self.counters.deviations_unpublishable += 1
+                log.error("deviation.unpublishable", extra={"deviation": d.id, "error": str(exc)})
+                continue
+            await self.deviations.send(key=d.site.encode(), value=sealed)
+            self.counters.deviations_sent += 1
         for letter in outputs.letters:
             await self.deadletter.send(
                 key=(letter.site or "unknown").encode(), value=_ENCODER.encode(letter)

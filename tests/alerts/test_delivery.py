@@ -22,7 +22,7 @@ from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
 from milkguard import mqtt as mqtt_connect
 from tests.alerts.conftest import Smtp, http_server
-from tests.alerts.records import change
+from tests.alerts.records import DEV1, change
 from tests.helpers import TopicRecorder, wait_until
 from tests.servers import Mosquitto, free_port
 
@@ -219,5 +219,5 @@ def test_every_notice_goes_to_the_alert_topic_once(tmp_path: Path, mosquitto: Mo
     assert (body["event"], body["audience"], body["deviation"]["id"]) == (
         "raised",
         "operator",
-        "dev-1",
+        DEV1,
     )

@@ -15,7 +15,7 @@ from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
 from alerts.signing import Signer, Verifier
 from tests.alerts.conftest import Smtp
-from tests.alerts.records import change
+from tests.alerts.records import change, dev
 from tests.helpers import wait_until
 from tests.servers import Postgres, start_postgres
 
@@ -101,7 +101,7 @@ def test_two_nodes_escalating_at_the_same_moment_escalate_each_alert_once(
     signer = Signer.load_or_create(tmp_path / "key.pem")
     nodes = [node(postgres.url, signer, smtp) for _ in range(2)]
     for n in range(20):
-        record = {**change("opened", f"dev-{n}"), "asset": f"htst-{n}"}
+        record = {**change("opened", dev(n)), "asset": f"htst-{n}"}
         nodes[0][0].on_deviation(record, T)
     start = threading.Barrier(2)
     told: list[list[str]] = [[], []]

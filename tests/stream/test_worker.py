@@ -138,7 +138,8 @@ class Rig:
 
     def deviation_changes(self) -> list[tuple[str, str]]:
         values = asyncio.run(consume_all(self.tansu.bootstrap, "milkguard.deviations"))
-        return [(d["id"], d["change"]) for d in map(json.loads, values)]
+        records = [envelope["record"] for envelope in map(json.loads, values)]  # signed
+        return [(d["id"], d["change"]) for d in records]
 
     def readings_landed(self) -> list[tuple[str, int]]:
         """(site, timestamp) of every reading point VictoriaMetrics holds, repeats included."""

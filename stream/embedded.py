@@ -31,6 +31,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError
 from milkguard.settings import Settings, broker_address
 from stream.engine.core import Engine, SnapshotMismatch
@@ -176,6 +177,7 @@ class EmbeddedService:
             ),
             on_change=self._on_change,
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
+            known_gateways=known_gateways(settings),
         )
 
     @property

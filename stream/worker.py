@@ -37,11 +37,13 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError, ExtraMissing
 from milkguard.settings import Settings
 from stream.engine.core import Engine, SnapshotMismatch
@@ -123,7 +125,9 @@ class PartitionWork:
         plan: LoadedPlan,
         timeseries: TimeSeriesSink,
         saved: bytes | None,
+        *,
         future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
+        known_gateways: Collection[tuple[str, str]] = (),
     ) -> PartitionWork:
         """A partition's work, carrying on from its saved state when there is one."""
         outputs = _Outputs()
@@ -142,6 +146,7 @@ class PartitionWork:
             outputs,
             outputs,
             future_tolerance_ms=future_tolerance_ms,
+            known_gateways=known_gateways,
         )
         work = cls(number, ingest, outputs, baseline=counts_of(ingest))
         if state is not None:
@@ -315,7 +320,14 @@ class Worker:
             plan = self.plan.for_sites(sites_of_partition(self.plan, partition, self.partitions))
             saved = self.table.data.get(partition)
             tolerance_ms = round(self.settings.future_tolerance_h * 3_600_000)
-            work = PartitionWork.start(partition, plan, self.timeseries, saved, tolerance_ms)
+            work = PartitionWork.start(
+                partition,
+                plan,
+                self.timeseries,
+                saved,
+                future_tolerance_ms=tolerance_ms,
+                known_gateways=known_gateways(self.settings),
+            )
             self.work[partition] = work
             if saved is not None:
                 self.counters.restored += 1

@@ -24,7 +24,7 @@ from milkguard import mqtt as mqtt_connect
 from milkguard.cli import main
 from milkguard.contract.v1 import deviation_topic
 from tests.alerts.conftest import Smtp, http_server
-from tests.alerts.records import change
+from tests.alerts.records import change, sealed, stream_signer
 from tests.helpers import wait_until
 from tests.servers import (
     Mosquitto,
@@ -72,12 +72,14 @@ def run_alerts(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
 
 
 def write_config(tmp_path: Path, broker: Mosquitto, body: str) -> Path:
+    _, stream_key = stream_signer(tmp_path)
     config = tmp_path / "alerts.yaml"
     config.write_text(
         f"""
 mqtt: {{broker: external, host: 127.0.0.1, port: {broker.port}, client_id: plant-alerts}}
 alerts:
   directory: {tmp_path / "alerts"}
+  stream_keys: [{stream_key}]
   recipients:
     - {{name: li, audience: operator, sites: [plant-01]}}
 {body}
@@ -269,6 +271,7 @@ def test_no_credential_appears_in_any_log_line_of_a_full_run(
         f"http://hooks:{HOOK_PASSWORD}@127.0.0.1:{failing_hook.port}/services/{HOOK_PATH_KEY}"
         f"?token={HOOK_QUERY}"
     )
+    signer, stream_key = stream_signer(tmp_path)
     config = tmp_path / "milkguard.yaml"
     config.write_text(
         f"""
@@ -280,6 +283,7 @@ influx: {{url: "http://127.0.0.1:{free_port()}", org: dairy, bucket: milk}}
 kafka: {{security_protocol: SASL_PLAINTEXT, sasl_mechanism: PLAIN, sasl_username: milkguard}}
 alerts:
   directory: {tmp_path / "alerts"}
+  stream_keys: [{stream_key}]
   database: "{database}"
   max_attempts: 2
   http_port: {api_port}
@@ -334,7 +338,7 @@ alerts:
 
         def dead_lettered() -> bool:  # published until the service has subscribed
             publisher.publish(
-                deviation_topic("plant-01", "htst-1"), json.dumps(change("opened")).encode()
+                deviation_topic("plant-01", "htst-1"), sealed(change("opened"), signer)
             )
             return log.read_text().count("alert.dead_letter") >= 2  # webhook and e-mail
 

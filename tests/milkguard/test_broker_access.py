@@ -233,9 +233,12 @@ def test_the_alert_service_logs_in_as_the_alerts_role_and_subscribes_to_deviatio
 ) -> None:
     from alerts.service import AlertService  # noqa: PLC0415 - the alerts extra
     from milkguard.settings import AlertSettings  # noqa: PLC0415
+    from tests.alerts.records import stream_signer  # noqa: PLC0415 - the alerts extra
 
     login = broker.over_tls("alerts")
-    service = AlertService(AlertSettings(directory=tmp_path / "alerts"), login, "plant-alerts")
+    _, stream_key = stream_signer(tmp_path)
+    settings = AlertSettings(directory=tmp_path / "alerts", stream_keys=[stream_key])
+    service = AlertService(settings, login, "plant-alerts")
     stop = threading.Event()
     runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
     runner.start()

@@ -110,7 +110,7 @@ class AlertService:
             self._client_id,
             clean_session=False,
             on_message=lambda client, userdata, message: self._receive(
-                str(message.topic), bytes(message.payload)
+                mqtt_connect.topic_of(message), bytes(message.payload)
             ),
             on_connect_extra=subscribe,
         )

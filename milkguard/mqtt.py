@@ -149,6 +149,18 @@ def only_the_network_thread_writes(client: Any) -> None:
     client.on_socket_register_write = lambda _client, _userdata, _sock: None
 
 
+def topic_of(message: Any) -> str:
+    """The topic of a received message, even when its bytes are not UTF-8.
+
+    paho's ``MQTTMessage.topic`` decodes strictly, and an exception in ``on_message`` ends
+    paho's network thread: one message from a broker that lets a bad topic through would stop
+    the service. Undecodable bytes are escaped instead, so the message is dead-lettered with a
+    topic that shows what came.
+    """
+    raw: bytes = message._topic  # paho keeps the raw bytes only here
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def paho_module() -> Any:
     """``paho.mqtt.client``, or :class:`ExtraMissing` naming the extra to install."""
     try:

@@ -29,7 +29,7 @@ import msgspec
 
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, parse_batch_topic, read_batch
 from milkguard.errors import BrokerError, ExtraMissing
-from milkguard.mqtt import BrokerAddress, new_client, only_the_network_thread_writes
+from milkguard.mqtt import BrokerAddress, new_client, only_the_network_thread_writes, topic_of
 from stream.engine.deviation import iso_ms
 from stream.sinks.base import DeadLetter
 
@@ -169,7 +169,7 @@ class Bridge:
         def on_message(c: Any, u: object, message: Any) -> None:
             self.counters.received += 1
             # blocks the network thread while the queue is full: backpressure to the broker
-            self._incoming.put((message.topic, bytes(message.payload), message.mid))
+            self._incoming.put((topic_of(message), bytes(message.payload), message.mid))
 
         client.on_connect = on_connect
         client.on_message = on_message

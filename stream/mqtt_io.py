@@ -70,7 +70,8 @@ class MqttBatchSource:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         # blocks while the queue is full: paho stops reading the socket, the broker holds on
-        self.queue.put(Message(msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
+        topic = mqtt_connect.topic_of(msg)
+        self.queue.put(Message(topic, bytes(msg.payload), time.time_ns() // 1_000_000))
 
     def stop(self, handle: Callable[[Message], None]) -> None:
         """Disconnect, handing every message already received to ``handle``.

@@ -1,5 +1,6 @@
 """Alerts: deviations to operators, QA and regulators (acknowledgement, escalation, audit trail).
 
-Deviations reach this package today as JSON lines (``var/deviations.jsonl``) and on the MQTT
-topic ``milkguard/v1/deviations/{site}/{asset}``; see stream.engine.deviation for the schema.
+Deviations reach this package as JSON lines (``var/deviations.jsonl``, for reports made by hand)
+and, for the alert service, on the MQTT topic ``milkguard/v1/deviations/{site}/{asset}`` as
+envelopes signed by the stream; see milkguard.contract.records for the record and envelope.
 """

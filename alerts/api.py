@@ -1,7 +1,9 @@
 """The alert HTTP API (FastAPI) and the operators' page.
 
 Every request carries ``Authorization: Bearer TOKEN``; tokens, roles and sites come from
-``alerts.users``. Operators and QA see the alerts of their sites, acknowledge them and record
+``alerts.users``. The token is checked, failed logins are rate limited and the body size is
+limited before any body is read, by :class:`alerts.gate.Gate` in front of the app.
+Operators and QA see the alerts of their sites, acknowledge them and record
 corrective actions; regulators read every site and write nothing. A missing or unknown token is
 401, a write by a regulator or on another site's alert is 403.
 
@@ -17,8 +19,6 @@ corrective actions; regulators read every site and write nothing. A missing or u
 the ``User`` dependency is an alias local to :func:`create_app`.)
 """
 
-import hashlib
-import hmac
 import json
 import time
 from dataclasses import asdict
@@ -31,7 +31,9 @@ from pydantic import BaseModel, Field
 
 from alerts.audit import AuditTrail
 from alerts.corrective import CorrectiveActionInput
+from alerts.gate import FailedLogins, Gate
 from alerts.lifecycle import Alert, AlertBook
+from alerts.reports import report_paths
 from milkguard.settings import ApiUser
 
 PAGE = Path(__file__).with_name("page.html")
@@ -50,21 +52,23 @@ class ActionRequest(CorrectiveActionInput):
     alert_id: str
 
 
-def create_app(users: list[ApiUser], book: AlertBook, trail: AuditTrail, reports: Path) -> FastAPI:
-    """The API over a running service's alert book and audit trail."""
+def create_app(
+    users: list[ApiUser],
+    book: AlertBook,
+    trail: AuditTrail,
+    reports: Path,
+    *,
+    max_body_bytes: int = 64 * 1024,
+    logins: FailedLogins | None = None,
+) -> Gate:
+    """The API over a running service's alert book and audit trail, behind its gate."""
     app = FastAPI(title="MilkGuard alerts", docs_url=None, redoc_url=None)
-    by_digest = {_digest(u.token.get_secret_value()): u for u in users}
 
     def caller(request: Request) -> ApiUser:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        user = request.scope.get("user")  # put there by the gate, which checked the token
+        if not isinstance(user, ApiUser):
             raise HTTPException(401, "send Authorization: Bearer <token>")
-        digest = _digest(token)
-        for known, user in by_digest.items():
-            if hmac.compare_digest(known, digest):
-                return user
-        raise HTTPException(401, "unknown token")
+        return user
 
     User = Annotated[ApiUser, Depends(caller)]  # noqa: N806 - a type, named as one
 
@@ -121,10 +125,10 @@ def create_app(users: list[ApiUser], book: AlertBook, trail: AuditTrail, reports
 
     @app.get("/api/reports/{name}")
     def report(name: str, user: User) -> FileResponse:
-        stem, _, suffix = name.rpartition(".")
-        if suffix not in ("json", "html") or not stem.isalnum():
+        found = report_paths(reports, name)  # named by a deviation id only, never a path
+        if found is None:
             raise HTTPException(404, "reports are <deviation id>.json or .html")
-        path, record = reports / name, reports / f"{stem}.json"
+        path, record = found
         if not path.exists() or not record.exists():
             raise HTTPException(404, f"no report {name}")
         site = json.loads(record.read_text(encoding="utf-8"))["report"]["deviation"]["site"]
@@ -132,17 +136,13 @@ def create_app(users: list[ApiUser], book: AlertBook, trail: AuditTrail, reports
             raise HTTPException(404, f"no report {name}")  # another site's: not even its name
         return FileResponse(path)
 
-    return app
+    return Gate(app, users, max_body_bytes=max_body_bytes, logins=logins)
 
 
 def _alert_json(alert: Alert) -> dict[str, Any]:
     data = asdict(alert)
     data["state"] = str(alert.state)
     return data
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _now_ms() -> int:

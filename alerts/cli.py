@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from milkguard.errors import ConfigError
 
@@ -55,8 +56,27 @@ def add_commands(commands: Any) -> None:
 
     audit = commands.add_parser("audit", help="the tamper-evident audit trail")
     audit_what = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
-    check = audit_what.add_parser("verify", help="find any edit, insertion or deletion")
-    check.add_argument("--db", type=Path, default=DEFAULT_DB)
+    check = audit_what.add_parser(
+        "verify",
+        help="find any edit, insertion or deletion (read-only: creates nothing)",
+        description="Check the audit trail read-only: every entry's hash and link, the signed "
+        "head, the heads given with --head, and with --state the head verified last time. "
+        "Exit 1 naming every problem: also for a missing file, missing tables, an empty trail "
+        "or a missing head.",
+    )
+    check.add_argument(
+        "--db",
+        default=None,
+        help="SQLite file or postgresql:// URL (default: MILKGUARD_ALERTS__DATABASE if set, "
+        f"else {DEFAULT_DB})",
+    )
+    check.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="keep the head verified here (JSON, written only when the trail is intact); "
+        "fail when a later trail is behind it or does not hold it",
+    )
     check.add_argument("--public-key", type=Path, action="append", required=True)
     check.add_argument(
         "--head",
@@ -87,15 +107,22 @@ def run_alerts(args: argparse.Namespace) -> int:
         from alerts.reports import verify_file  # noqa: PLC0415
 
         report, problem = verify_file(args.report, Verifier.from_files(args.public_key))
+        # a report's fields and the problem quote the file: shown as text, never as markup
         if problem is not None:
-            console.print(f"[bold red]NOT VALID[/] {args.report}: {problem}", highlight=False)
+            console.print(
+                Text.assemble(("NOT VALID", "bold red"), f" {args.report}: {problem}"),
+                highlight=False,
+            )
             return 1
         assert report is not None
         deviation = report["deviation"]
         console.print(
-            f"[green]valid[/] {args.report}: deviation {deviation['id']} at "
-            f"{deviation['site']}/{deviation['asset']} ({deviation['rule_id']}), issued "
-            f"{report['issued_at']} by {report['issuer']}",
+            Text.assemble(
+                ("valid", "green"),
+                f" {args.report}: deviation {deviation['id']} at "
+                f"{deviation['site']}/{deviation['asset']} ({deviation['rule_id']}), issued "
+                f"{report['issued_at']} by {report['issuer']}",
+            ),
             highlight=False,
         )
         return 0
@@ -181,7 +208,9 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     finally:
         trail.close()
     console.print(
-        f"[green]signed[/] {path} and {path.with_suffix('.html')} (key {signer.key_id})",
+        Text.assemble(
+            ("signed", "green"), f" {path} and {path.with_suffix('.html')} (key {signer.key_id})"
+        ),
         highlight=False,
     )
     return 0
@@ -196,9 +225,18 @@ def _latest_change(deviations: Path, deviation_id: str) -> dict[str, Any]:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    """``milkguard audit verify``: exit 1 and name every problem when the trail was tampered."""
-    from alerts.audit import AuditTrail  # noqa: PLC0415
+    """``milkguard audit verify``: exit 1 and name every problem when the trail was tampered
+    with, is missing, empty or behind the head verified last time (``--state``)."""
+    import os  # noqa: PLC0415
+
+    from alerts.audit import (  # noqa: PLC0415
+        AuditTrail,
+        TrailError,
+        load_verified_head,
+        save_verified_head,
+    )
     from alerts.signing import Verifier  # noqa: PLC0415
+    from milkguard.logs import mask_url  # noqa: PLC0415
 
     heads = []
     for given in args.head:
@@ -206,19 +244,35 @@ def run_audit(args: argparse.Namespace) -> int:
         if not seq.isdigit() or len(digest) != 64:
             raise ConfigError(f"--head {given!r}: expected N:HASH, e.g. 12:9f86d08...")
         heads.append((int(seq), digest))
-    if not args.db.exists():
-        raise ConfigError(f"no audit trail at {args.db}; pass --db")
-    trail = AuditTrail(args.db)
+    where = args.db or os.environ.get("MILKGUARD_ALERTS__DATABASE") or str(DEFAULT_DB)
+    shown = mask_url(where) if "://" in where else where
+    verifier = Verifier.from_files(args.public_key)
+    last = load_verified_head(args.state) if args.state is not None else None
+    if last is not None:
+        heads.append((last.seq, last.hash))
+    console = Console(highlight=False)
     try:
-        problems = trail.verify(Verifier.from_files(args.public_key), heads)
-        seq, digest = trail.head()
+        trail = AuditTrail.open_read_only(where)
+    except TrailError as exc:
+        console.print(Text.assemble(("NOT VERIFIED", "bold red"), f" {shown}: {exc}"))
+        return 1
+    try:
+        problems = trail.verify(verifier, heads)
+        seq, digest = (0, "") if problems else trail.head()  # no head to read in a dropped trail
     finally:
         trail.close()
-    console = Console()
     if problems:
-        console.print(f"[bold red]TAMPERED[/] {args.db}: {len(problems)} problem(s)")
+        console.print(
+            Text.assemble(("TAMPERED", "bold red"), f" {shown}: {len(problems)} problem(s)")
+        )
         for problem in problems:
-            console.print(f"  - {problem}", highlight=False)
+            console.print(Text(f"  - {problem}"))
+        if last is not None:
+            console.print(
+                Text(f"  (last verified: entry {last.seq} at {last.verified_at}, {args.state})")
+            )
         return 1
-    console.print(f"[green]intact[/] {args.db}: {seq} entries, head {digest}", highlight=False)
+    if args.state is not None:
+        save_verified_head(args.state, seq, digest)
+    console.print(Text.assemble(("intact", "green"), f" {shown}: {seq} entries, head {digest}"))
     return 0

@@ -14,12 +14,15 @@ dead-lettered with the reason, and counted.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import smtplib
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -27,14 +30,26 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from alerts.lifecycle import Audience, Notice
 from alerts.store import Database
 from milkguard.contract.v1 import alert_topic
+from milkguard.logs import mask_url
 from milkguard.mqtt import Connection
 
 log = logging.getLogger(__name__)
+
+
+class WebhookUrl(SecretStr):
+    """A webhook's URL: a secret, since its user, path or query is often its credential (Slack,
+    Teams and most chat hooks put the key in the path). Shown as ``https://host/***``."""
+
+    #: tells :func:`milkguard.logs.register_secrets` that this URL's path is a credential too
+    path_is_secret = True
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value(), hide_path=True)
 
 
 class Recipient(BaseModel):
@@ -47,10 +62,19 @@ class Recipient(BaseModel):
     sites: list[str] = Field(default_factory=lambda: ["*"], description='"*": every site')
     severities: list[str] = Field(default_factory=lambda: ["critical", "major", "minor"])
     email: str | None = None
-    webhook: str | None = None
+    webhook: WebhookUrl | None = Field(
+        default=None, description="http(s) URL; a secret: logged as https://host/***"
+    )
     quiet_hours: str | None = Field(
         default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$", description="UTC, e.g. 22:00-06:00"
     )
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, url: WebhookUrl | None) -> WebhookUrl | None:
+        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError(f"a webhook is an http:// or https:// URL, not {url}")
+        return url
 
     def wants(self, notice: Notice) -> bool:
         """Whether this recipient is told of ``notice``."""
@@ -212,7 +236,7 @@ class Outbox:
                 if recipient.email:
                     channels.append(("email", recipient.email))
                 if recipient.webhook:
-                    channels.append(("webhook", recipient.webhook))
+                    channels.append(("webhook", recipient.webhook.get_secret_value()))
                 deliveries += [
                     (f"{stem}|{recipient.name}|{channel}", channel, target, start_ms)
                     for channel, target in channels
@@ -271,7 +295,12 @@ class Outbox:
                 )
                 log.warning(
                     "alert.delivery_failed",
-                    extra={"channel": channel, "target": target, "retry_in_ms": wait},
+                    extra={
+                        "channel": channel,
+                        "target": shown_target(channel, target),
+                        "error": str(exc),
+                        "retry_in_ms": wait,
+                    },
                 )
                 continue
             self._db.execute(
@@ -283,7 +312,8 @@ class Outbox:
         return sent
 
     def dead_letters(self) -> list[tuple[str, str, str]]:
-        """(channel, target, reason) of every message given up on."""
+        """(channel, target, reason) of every message given up on (the target in full: this is
+        for the operator's own tools, not for logs)."""
         return list(
             self._db.execute(
                 "SELECT channel, target, error FROM deliveries WHERE status = 'dead' ORDER BY key"
@@ -331,11 +361,36 @@ class Outbox:
         if self._secret is not None:
             digest = hmac.new(self._secret.get_secret_value().encode(), body, hashlib.sha256)
             headers["X-MilkGuard-Signature"] = f"sha256={digest.hexdigest()}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        shown = mask_url(url, hide_path=True)
+        url = _basic_auth(url, headers)
         try:
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
             with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - configured URL
                 return
         except urllib.error.HTTPError as exc:
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                raise Permanent(f"HTTP {exc.code} from {url}") from exc
-            raise OSError(f"HTTP {exc.code} from {url}") from exc
+                raise Permanent(f"HTTP {exc.code} from {shown}") from None
+            raise OSError(f"HTTP {exc.code} from {shown}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            # urllib's errors may quote the URL or a part of it: say what failed without it
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+            raise OSError(f"{reason or type(exc).__name__} from {shown}") from None
+        except ValueError:
+            raise Permanent(f"webhook URL {shown} cannot be used") from None
+
+
+def _basic_auth(url: str, headers: dict[str, str]) -> str:
+    """``https://user:password@host/...`` as HTTP basic authentication (urllib would take the
+    user part for the host): the header is set, the URL returned without it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def shown_target(channel: str, target: str) -> str:
+    """A delivery's target as it may be logged: a webhook's URL masked, others as they are."""
+    return mask_url(target, hide_path=True) if channel == "webhook" else target

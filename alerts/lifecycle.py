@@ -3,7 +3,8 @@
 One alert per (site, asset, rule): the deviation changes of the stream drive it.
 
 - A deviation opening raises an alert and tells the first audience of its severity. The same
-  deviation again (Kafka and MQTT deliver at least once) changes nothing: no repeat.
+  change again (Kafka and MQTT deliver at least once) changes nothing: no repeat. A change older
+  than one applied for its deviation (an ``opened`` after the ``closed``) changes nothing either.
 - A deviation closing resolves its alert and tells everyone who was told of it.
 - A new deviation of the same rule on the same asset within ``reopen_within_s`` of the
   resolution reopens the alert (a flapping probe is one alert, not a flood); later, it is a new
@@ -40,6 +41,14 @@ class State(StrEnum):
     RAISED = "raised"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+
+
+class Taken(StrEnum):
+    """What a deviation change did to the book."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # applied before: delivered again
+    STALE = "stale"  # older than what was applied for its deviation (opened after closed)
 
 
 class Audience(StrEnum):
@@ -153,14 +162,30 @@ class AlertBook:
 
     # ----------------------------------------------------------------- transitions
 
-    @transactional
     def on_deviation(self, change: dict[str, Any], now_ms: int) -> list[Notice]:
         """A deviation change record (the JSON of deviations.jsonl) in; what to tell out."""
+        return self.take(change, now_ms)[1]
+
+    @transactional
+    def take(self, change: dict[str, Any], now_ms: int) -> tuple[Taken, list[Notice]]:
+        """Apply a deviation change once, in its order; how it was taken, and what to tell.
+
+        A change applied before is a ``duplicate`` (the stream delivers at least once); an
+        ``opened`` after its deviation's ``closed`` is ``stale``: neither changes anything.
+        """
         deviation_id, kind = str(change["id"]), str(change["change"])
-        seen = self._db.execute(
-            "INSERT INTO deviations_seen VALUES (?, ?) ON CONFLICT DO NOTHING", (deviation_id, kind)
-        ).rowcount
-        return [] if not seen else self._apply(change, kind, now_ms)
+        seen = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT change FROM deviations_seen WHERE deviation_id = ?", (deviation_id,)
+            )
+        }
+        if kind in seen:
+            return Taken.DUPLICATE, []
+        if kind == "opened" and "closed" in seen:
+            return Taken.STALE, []
+        self._db.execute("INSERT INTO deviations_seen VALUES (?, ?)", (deviation_id, kind))
+        return Taken.APPLIED, self._apply(change, kind, now_ms)
 
     def _apply(self, change: dict[str, Any], kind: str, now_ms: int) -> list[Notice]:
         alert_id = f"{change['site']}/{change['asset']}/{change['rule_id']}"

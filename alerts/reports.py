@@ -1,10 +1,11 @@
 """Regulator reports: one per critical deviation, signed with Ed25519, in JSON and readable HTML.
 
 The JSON is the record: ``{"report": {...}, "signature": {"alg", "key_id", "value"}}``, the
-signature over the report's canonical JSON. The report holds the deviation as the stream judged
-it (the schema of deviations.jsonl), when it was issued against the deadline for reporting it,
-and the audit trail's head at issue, so the regulator also holds a point the dairy's trail must
-keep containing. The HTML says the same for people, and how to check it.
+signature over the report's RFC 8785 canonical JSON (standard tools check it too). The report
+holds the deviation as the stream judged it (the schema of deviations.jsonl), when it was
+issued against the deadline for reporting it, and the audit trail's head at issue, so the
+regulator also holds a point the dairy's trail must keep containing. The HTML says the same
+for people, and how to check it.
 ``milkguard alerts verify REPORT.json --public-key KEY.pem`` checks a report.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,9 +22,35 @@ from typing import Any
 
 from alerts.audit import AuditTrail
 from alerts.signing import Signer, Verifier
+from milkguard.contract.records import DEVIATION_ID_PATTERN
 from milkguard.errors import ConfigError
 
 REPORT_FORMAT = "milkguard-deviation-report/1"
+
+_DEVIATION_ID = re.compile(DEVIATION_ID_PATTERN)
+
+
+def report_stem(deviation_id: object) -> str:
+    """The file name (without suffix) of a deviation's report: its id, once checked.
+
+    Only a deviation id (20 hex digits) names a file, so no message can choose where a report
+    is written or which file is served.
+    """
+    if not isinstance(deviation_id, str) or _DEVIATION_ID.fullmatch(deviation_id) is None:
+        shown = repr(deviation_id)[:80]
+        raise ConfigError(
+            f"deviation id {shown} is not 20 lowercase hex digits: it cannot name a report"
+        )
+    return deviation_id
+
+
+def report_paths(reports: Path, name: str) -> tuple[Path, Path] | None:
+    """``<deviation id>.json`` or ``.html`` in ``reports``, and its signed JSON record; None
+    for any other name."""
+    stem, _, suffix = name.rpartition(".")
+    if suffix not in ("json", "html") or _DEVIATION_ID.fullmatch(stem) is None:
+        return None
+    return reports / f"{stem}.{suffix}", reports / f"{stem}.json"
 
 
 def parse_iso(stamp: str) -> datetime:
@@ -80,14 +108,15 @@ def issue(
         audit_head=trail.head(),
         issuer=issuer,
     )
+    stem = report_stem(deviation.get("id"))  # before anything is signed, written or recorded
     signed = {"report": report, "signature": signer.sign(report).as_dict()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{deviation['id']}.json"
+    path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(signed, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     path.with_suffix(".html").write_text(render_html(signed), encoding="utf-8")
     trail.append(
         "report.issued",
-        deviation["id"],
+        stem,
         issuer,
         {
             "report": path.name,
@@ -164,7 +193,8 @@ th{{text-align:left;padding-right:1em;vertical-align:top}}td,th{{padding:.3em}}<
 </table>
 <p>The JSON file of the same name is the signed record. Check it with
 <code>milkguard alerts verify {html.escape(d["id"])}.json --public-key PUBLIC_KEY.pem</code>
-using the dairy's published public key (id {html.escape(signature["key_id"])}).</p>
+using the dairy's published public key (id {html.escape(signature["key_id"])}), or with any
+Ed25519 implementation over the RFC 8785 canonical JSON of its <code>report</code>.</p>
 </body></html>
 """
 
@@ -196,7 +226,7 @@ def compliance(
             detected.setdefault(str(record["id"]), parse_iso(record["detected"]))
     in_time = late = missing = pending = 0
     for deviation_id, when in detected.items():
-        path = reports / f"{deviation_id}.json"
+        path = reports / f"{report_stem(deviation_id)}.json"
         if path.exists():
             report = json.loads(path.read_text(encoding="utf-8"))["report"]
             if report["within_deadline"]:

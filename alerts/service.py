@@ -6,27 +6,39 @@ alert lifecycle, publishes every notice on ``milkguard/v1/alerts/{site}/{asset}`
 to the outbox (e-mail, webhooks, console). Once a second it escalates what is overdue and sends
 what is due. Everything lives in SQLite under ``alerts.directory``: a restart, even a kill,
 changes nothing but the delay.
+
+Only what a configured stream key signed is believed (``alerts.stream_keys``): every other
+message is dead-lettered with its reason (:mod:`alerts.deadletters`), counted and logged, and
+raises nothing. A change applied before is a counted duplicate; an ``opened`` after its
+deviation's ``closed`` is counted as stale and changes nothing.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import queue
+import socket
+import ssl
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from alerts.audit import AuditTrail
+from alerts.deadletters import MAX_KEPT_BYTES, DeadLetterStore, clip
 from alerts.delivery import Outbox
-from alerts.lifecycle import AlertBook, Audience, Escalation, Notice
+from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
 from alerts.reports import issue
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
-from milkguard.contract.v1 import TOPIC_ROOT
+from milkguard.contract.v1 import TOPIC_ROOT, deviation_topic
+from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import AlertSettings
+from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, unseal
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,14 @@ class AlertService:
             "major": Escalation((operator, qa), escalation.major_s, escalation.major_action_s),
             "minor": Escalation((operator,), escalation.minor_s),
         }
+        if not settings.stream_keys:
+            raise ConfigError(
+                "alerts.stream_keys is empty: the alert service believes only deviations signed "
+                "by a stream key it is given. On the stream's host run `milkguard stream "
+                "public-key --output stream.pem` (with the stream's settings), copy stream.pem "
+                "here and set alerts.stream_keys: [path/to/stream.pem]"
+            )
+        self.verifier = Verifier.from_files(settings.stream_keys)
         shared = settings.database.get_secret_value() if settings.database else None
 
         def where(name: str) -> Path | str:
@@ -70,9 +90,13 @@ class AlertService:
         self._settings = settings
         self._broker = broker
         self._client_id = client_id
-        self._incoming: queue.Queue[bytes] = queue.Queue(maxsize=10_000)
+        self.dead_letters = DeadLetterStore(where("deadletters.db"))
+        # (topic, payload, size, digest): an oversized payload waits as its prefix and digest only
+        self._incoming: queue.Queue[tuple[str, bytes, int, str | None]] = queue.Queue(10_000)
         self.subscribed = threading.Event()
-        self.rejected = 0
+        self.rejected = 0  # dead-lettered
+        self.duplicates = 0  # applied before, delivered again
+        self.stale = 0  # older than what was applied for the deviation
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: take deviation changes, escalate, deliver."""
@@ -85,7 +109,9 @@ class AlertService:
             self._broker,
             self._client_id,
             clean_session=False,
-            on_message=lambda client, userdata, message: self._incoming.put(bytes(message.payload)),
+            on_message=lambda client, userdata, message: self._receive(
+                mqtt_connect.topic_of(message), bytes(message.payload)
+            ),
             on_connect_extra=subscribe,
         )
         self.outbox.mqtt = connection  # notices to the alert topic go through the outbox too
@@ -104,42 +130,157 @@ class AlertService:
             self.book.close()
             self.outbox.close()
             self.trail.close()
+            self.dead_letters.close()
+            counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
+            log.info("alerts.stopped", extra={**counted, "stale": self.stale})
 
     def _serve_api(self) -> Any:
-        """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set."""
+        """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set.
+
+        The port is bound here, before the thread starts, so that a taken port or a bad
+        certificate is a :class:`ConfigError` the command reports (exit status 2), not a
+        failure lost in the server's thread.
+        """
         settings = self._settings
         if settings.http_port is None:
             return None
         import uvicorn  # noqa: PLC0415
 
         from alerts.api import create_app  # noqa: PLC0415
+        from alerts.gate import FailedLogins  # noqa: PLC0415
 
-        app = create_app(settings.users, self.book, self.trail, settings.directory / "reports")
-        config = uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_level="warning"
+        host, port = settings.http_host, settings.http_port
+        logins = FailedLogins(
+            allowed=settings.failed_logins_allowed, max_lockout_s=settings.lockout_max_s
         )
+        app = create_app(
+            settings.users,
+            self.book,
+            self.trail,
+            settings.directory / "reports",
+            max_body_bytes=settings.max_body_bytes,
+            logins=logins,
+        )
+        tls: dict[str, Any] = {}
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            log_config=None,  # uvicorn's records go through MilkGuard's handler: one format, masked
+            **tls,
+        )
+        try:
+            if settings.tls_cert is not None:
+                # an encrypted key fails here, where OpenSSL would otherwise ask on the terminal
+                probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                probe.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+            config.load()  # reads the certificate and key now
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"cannot serve the alerts API over HTTPS with alerts.tls_cert {settings.tls_cert} "
+                f"and alerts.tls_key {settings.tls_key}: {exc}. Give a PEM certificate and its "
+                "unencrypted private key."
+            ) from exc
+        listening = _bind(host, port)
         server = uvicorn.Server(config)
-        self._web_thread = threading.Thread(target=server.run, name="alerts-http", daemon=True)
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                server.run(sockets=[listening])
+            except BaseException as exc:  # uvicorn exits with SystemExit
+                failure.append(exc)
+            finally:
+                listening.close()
+
+        self._web_thread = threading.Thread(target=serve, name="alerts-http", daemon=True)
         self._web_thread.start()
-        log.info("alerts.http", extra={"url": f"http://{settings.http_host}:{settings.http_port}/"})
+        deadline = time.monotonic() + 30
+        while not server.started and self._web_thread.is_alive():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if not server.started:
+            server.should_exit = True
+            raise ConfigError(
+                f"the alerts API did not start on {host}:{port}: "
+                f"{failure[0] if failure else 'it did not become ready within 30 s'}"
+            )
+        scheme = "https" if tls else "http"
+        log.info(
+            "alerts.http",
+            extra={"url": f"{scheme}://{host}:{port}/", "max_body_bytes": settings.max_body_bytes},
+        )
         return server
 
     def _take(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:
-                payload = self._incoming.get(timeout=left)
+                topic, payload, size, digest = self._incoming.get(timeout=left)
             except queue.Empty:
                 return
-            try:
-                change = json.loads(payload)
-                notices = self.book.on_deviation(change, _now_ms())
-            except (ValueError, KeyError, TypeError) as exc:
-                self.rejected += 1
-                log.error("alerts.bad_deviation", extra={"error": repr(exc)})
+            if digest is not None:
+                detail = f"{size} bytes, more than {MAX_ENVELOPE_BYTES} for an envelope"
+                self._dead_letter(topic, "too_large", detail, payload, size=size, digest=digest)
                 continue
-            self._tell(notices, _now_ms())
-            self.outbox.deliver_due(_now_ms())
+            notices = self.take(topic, payload)
+            if notices:
+                self._tell(notices, _now_ms())
+                self.outbox.deliver_due(_now_ms())
+
+    def take(self, topic: str, payload: bytes) -> list[Notice]:
+        """One message from the deviations topic: believed if signed and valid, else kept aside."""
+        try:
+            record = unseal(payload, self.verifier).record
+        except UntrustedRecord as exc:
+            self._dead_letter(topic, exc.reason, exc.detail, payload)
+            return []
+        expected = deviation_topic(record.site, record.asset)
+        if topic != expected:  # signed, but replayed where it does not belong
+            self._dead_letter(topic, "wrong_topic", f"a change of {expected}", payload)
+            return []
+        taken, notices = self.book.take(msgspec.to_builtins(record), _now_ms())
+        if taken != Taken.APPLIED:
+            if taken == Taken.DUPLICATE:
+                self.duplicates += 1
+            else:
+                self.stale += 1
+            log.info(
+                f"alerts.deviation_{taken}",
+                extra={"deviation": record.id, "change": record.change, "topic": topic},
+            )
+        return notices
+
+    def _receive(self, topic: str, payload: bytes) -> None:
+        """paho's thread: queue one message (blocking while the queue is full)."""
+        size, digest = len(payload), None
+        if size > MAX_ENVELOPE_BYTES:  # memory stays bounded: keep what a dead letter keeps
+            digest = hashlib.sha256(payload).hexdigest()
+            payload = payload[:MAX_KEPT_BYTES]
+        self._incoming.put((topic, payload, size, digest))
+
+    def _dead_letter(
+        self,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        *,
+        size: int | None = None,
+        digest: str | None = None,
+    ) -> None:
+        self.rejected += 1
+        self.dead_letters.add(
+            topic, reason, detail, payload, now_ms=_now_ms(), size=size, sha256=digest
+        )
+        log.warning(
+            "alerts.dead_letter",
+            extra={"topic": clip(topic), "reason": reason, "detail": clip(detail)},
+        )
 
     def _tell(self, notices: list[Notice], now: int) -> None:
         for notice in notices:
@@ -160,11 +301,29 @@ class AlertService:
                 deadline_h=settings.report_deadline_h,
                 issuer=settings.issuer,
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, ConfigError) as exc:
             failed = {"deviation": deviation.get("id"), "error": repr(exc)}
             log.error("alerts.report_failed", extra=failed)
             return
         log.info("alerts.report_issued", extra={"report": str(path)})
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the API, or a :class:`ConfigError` naming the port and the fix."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a LISTENING one
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(
+            f"cannot serve the alerts API on {host}:{port}: {exc.strerror or exc}. Set another "
+            "port (alerts.http_port in the settings file, or MILKGUARD_ALERTS__HTTP_PORT), or "
+            "stop what listens there."
+        ) from exc
+    listening.set_inheritable(True)
+    return listening
 
 
 def _now_ms() -> int:

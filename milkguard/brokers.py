@@ -1,8 +1,11 @@
 """MQTT brokers MilkGuard starts itself: the embedded in-process broker for the default run.
 
-amqtt runs in its own thread with its own asyncio loop, bound to 127.0.0.1 (never the library's
-default 0.0.0.0). It is 3-4x slower than Mosquitto, which is plenty for one site's demo; a real
-install points ``mqtt.broker: external`` at Mosquitto.
+amqtt runs in its own thread with its own asyncio loop, bound where the settings say (never the
+library's default 0.0.0.0 by accident). Who may connect and what they may do comes from
+``mqtt.security`` (:mod:`milkguard.broker_security`): without users it is anonymous, which
+:func:`milkguard.broker_security.exposure_problems` allows on loopback only. It is 3-4x slower
+than Mosquitto, which is plenty for one site; a large install points ``mqtt.broker: external``
+at Mosquitto configured from the same model.
 """
 
 from __future__ import annotations
@@ -11,9 +14,19 @@ import asyncio
 import logging
 import socket
 import threading
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from milkguard.errors import BrokerError, ExtraMissing
+from milkguard.broker_security import (
+    BrokerSecurity,
+    amqtt_config,
+    exposure_problems,
+    verify_password,
+)
+from milkguard.errors import BrokerError, ConfigError, ExtraMissing
+from milkguard.mqtt import BrokerAddress
+from milkguard.settings import Settings, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +42,69 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-class EmbeddedBroker:
-    """An amqtt broker in a background thread; use as a context manager."""
+def own_clients_address(settings: Settings) -> BrokerAddress:
+    """Where the service's own clients reach the embedded broker it runs.
 
-    def __init__(self, host: str, port: int) -> None:
+    The loopback listener (``mqtt.security.local_port``) when there is one; else mqtt.host, or
+    127.0.0.1 for a wildcard host (0.0.0.0, ::), whose certificate must then name 127.0.0.1.
+    """
+    address = broker_address(settings)
+    local_port = settings.mqtt.security.local_port
+    if local_port is not None:
+        return replace(
+            address, host="127.0.0.1", port=local_port, tls_ca=None, tls_cert=None, tls_key=None
+        )
+    if address.host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising it, not binding to it
+        return replace(address, host="127.0.0.1")
+    return address
+
+
+def check_own_credentials(settings: Settings) -> None:
+    """The service's own clients must be able to reach its embedded broker (TLS trusted, or
+    the loopback listener) and, with users configured, log in as the stream; the demo fleet
+    (which has no gateway credentials) cannot run then. A :class:`ConfigError` saying what
+    to set, before anything starts."""
+    security = settings.mqtt.security
+    if security.tls is not None and security.local_port is None and settings.mqtt.tls_ca is None:
+        raise ConfigError(
+            "mqtt.security.tls puts TLS on mqtt.port, but mqtt.tls_ca is not set, so the "
+            "stream's own clients could not connect: set mqtt.tls_ca to the CA that signed "
+            f"{security.tls.cert}, or mqtt.security.local_port for a loopback listener"
+        )
+    if not security.users:
+        return
+    if settings.simulators:
+        raise ConfigError(
+            "the demo fleet cannot run with mqtt.security.users set (it has no gateway "
+            "credentials): run with --no-simulators, or remove mqtt.security.users for a "
+            "loopback-only demo"
+        )
+    user = security.user(settings.mqtt.username)
+    if user is None or user.role != "stream":
+        raise ConfigError(
+            f"mqtt.username is {settings.mqtt.username!r}, which is not a user with role "
+            "stream in mqtt.security.users: the stream could not connect to its own broker. "
+            "Set mqtt.username (MILKGUARD_MQTT__USERNAME) and mqtt.password to the stream's."
+        )
+    password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else ""
+    if not verify_password(password, user.password_hash.get_secret_value()):
+        raise ConfigError(
+            f"mqtt.password does not match the password_hash of user {user.name!r} in "
+            "mqtt.security.users: set MILKGUARD_MQTT__PASSWORD to the password that hash was "
+            "made from (`milkguard broker hash-password`)"
+        )
+
+
+class EmbeddedBroker:
+    """An amqtt broker in a background thread; use as a context manager.
+
+    Refuses (:class:`ConfigError`) to listen beyond loopback without users and TLS.
+    """
+
+    def __init__(self, host: str, port: int, security: BrokerSecurity | None = None) -> None:
         self.host = host
         self.port = port
+        self.security = security or BrokerSecurity()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping: asyncio.Event | None = None
@@ -54,11 +124,29 @@ class EmbeddedBroker:
             import amqtt.broker  # noqa: F401, PLC0415 - optional part, imported when used
         except ImportError as exc:
             raise ExtraMissing("The embedded MQTT broker", "stream", "amqtt") from exc
-        if not port_is_free(self.host, self.port):
+        problems = exposure_problems(self.security, self.host)
+        if problems:
+            raise ConfigError(
+                f"refusing to start the embedded MQTT broker on mqtt.host {self.host}: it is "
+                "reachable from the network, and anyone could publish as any gateway. Either "
+                "set mqtt.host: 127.0.0.1, or:\n"
+                + "\n".join(f"  - {problem}" for problem in problems)
+            )
+        for tls_file in self._tls_files():
+            if not tls_file.is_file():
+                raise ConfigError(
+                    f"mqtt.security.tls: {tls_file} is not a readable file (PEM expected)"
+                )
+        listeners = [(self.host, self.port)]
+        if self.security.local_port is not None:
+            listeners.append(("127.0.0.1", self.security.local_port))
+        taken = [port for host, port in listeners if not port_is_free(host, port)]
+        if taken:
             raise BrokerError(
-                f"cannot start the embedded MQTT broker: {self.host}:{self.port} is in use. "
-                "Set another port (MILKGUARD_MQTT__PORT or mqtt.port in the settings file), or "
-                "point MilkGuard at that broker with mqtt.broker: external."
+                f"cannot start the embedded MQTT broker: port {taken[0]} is in use. "
+                "Set another port (MILKGUARD_MQTT__PORT or mqtt.port, mqtt.security.local_port "
+                "in the settings file), or point MilkGuard at that broker with "
+                "mqtt.broker: external."
             )
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
         self._thread.start()
@@ -67,7 +155,21 @@ class EmbeddedBroker:
                 f"the embedded MQTT broker did not start on {self.host}:{self.port}: "
                 f"{self._error or 'timed out'}"
             )
-        log.info("broker.embedded.started", extra={"address": f"{self.host}:{self.port}"})
+        log.info(
+            "broker.embedded.started",
+            extra={
+                "address": f"{self.host}:{self.port}",
+                "tls": self.security.tls is not None,
+                "users": len(self.security.users),
+                "local_port": self.security.local_port,
+            },
+        )
+
+    def _tls_files(self) -> list[Path]:
+        tls = self.security.tls
+        if tls is None:
+            return []
+        return [tls.cert, tls.key] + ([tls.client_ca] if tls.client_ca else [])
 
     def stop(self) -> None:
         """Shut the broker down and wait for its thread."""
@@ -85,17 +187,12 @@ class EmbeddedBroker:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from amqtt.broker import Broker  # noqa: PLC0415 - optional part
+        from milkguard.amqtt_guard import GuardedBroker  # noqa: PLC0415 - imports amqtt
 
-        config: dict[str, Any] = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
-        }
+        config: dict[str, Any] = amqtt_config(self.security, self.host, self.port)
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        broker = Broker(config)
+        broker = GuardedBroker(config)
         await broker.start()
         self._ready.set()
         await self._stopping.wait()

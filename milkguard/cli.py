@@ -8,6 +8,7 @@
     milkguard bench fuzz [--payloads N] [--seed S] [--no-replay]        mutated payloads, 0 crashes
     milkguard plan check PLAN                                           validate a HACCP plan
     milkguard contract schema [--output FILE]                           wire contract JSON Schema
+    milkguard broker hash-password | mosquitto-config --out DIR         MQTT broker security
 
 Errors MilkGuard expects (bad settings, bad plan, missing broker) are printed without a traceback
 and exit with status 2.
@@ -28,9 +29,11 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from milkguard import __version__
+from milkguard import __version__, logs
 from milkguard.errors import ConfigError, MilkGuardError
 
 if TYPE_CHECKING:
@@ -100,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--output", type=Path, help="write deviations here instead of stdout")
     replay.add_argument("--deadletter", type=Path, help="write rejected payloads here (JSONL)")
     replay.add_argument("--timeseries", type=Path, help="write line protocol into this folder")
+    replay.add_argument(
+        "--future-tolerance-h",
+        type=float,
+        default=2.0,
+        help="quarantine readings stamped further ahead of their batch's receive time (hours)",
+    )
 
     simulate = commands.add_parser(
         "simulate",
@@ -148,7 +157,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema = contract_commands.add_parser("schema", help="print the JSON Schema of a payload")
     schema.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    schema.add_argument(
+        "--records", action="store_true", help="the signed records the stream publishes instead"
+    )
+    _add_stream_commands(commands)
     return parser
+
+
+def _add_stream_commands(commands: Any) -> None:
+    stream = commands.add_parser("stream", help="the stream's signing key")
+    stream_commands = stream.add_subparsers(dest="stream_command", required=True, metavar="WHAT")
+    public = stream_commands.add_parser(
+        "public-key",
+        help="the public key that checks the stream's signed deviations (alerts.stream_keys); "
+        "the signing key is created if there is none",
+    )
+    public.add_argument("--config", type=Path, help="settings file (YAML): signing.key, data_dir")
+    public.add_argument("--key", type=Path, help="the private key (default: from the settings)")
+    public.add_argument("--output", type=Path, help="write the PEM here (default: stdout)")
 
 
 def _add_edge_commands(commands: Any) -> None:
@@ -174,6 +200,8 @@ def _add_edge_commands(commands: Any) -> None:
 
 
 def _add_bench_commands(commands: Any) -> None:
+    _add_broker_commands(commands)
+
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     engine = bench_commands.add_parser(
@@ -244,6 +272,100 @@ def _add_bench_commands(commands: Any) -> None:
     )
 
 
+def _add_broker_commands(commands: Any) -> None:
+    broker = commands.add_parser("broker", help="MQTT broker security: passwords, Mosquitto")
+    broker_commands = broker.add_subparsers(dest="broker_command", required=True, metavar="WHAT")
+    hashing = broker_commands.add_parser(
+        "hash-password",
+        help="print the password_hash of an mqtt.security user (password read from stdin)",
+        description="Read a password (prompted on a terminal, else the first line of standard "
+        "input; never an argument, which others can see) and print its PBKDF2-SHA512 hash in "
+        "the $7$ format both the embedded broker and Mosquitto 2.0 accept.",
+    )
+    hashing.add_argument("--iterations", type=int, default=None, help="PBKDF2 rounds")
+    mosquitto = broker_commands.add_parser(
+        "mosquitto-config",
+        help="write mosquitto.conf, passwd and acl from mqtt.security",
+        description="Generate a Mosquitto 2.0 configuration from the same security model the "
+        "embedded broker enforces: users and password hashes, per-gateway ACL, TLS, "
+        "persistence, and queues sized for an outage of the stream.",
+    )
+    mosquitto.add_argument("--config", type=Path, help="settings file (YAML)")
+    mosquitto.add_argument("--out", type=Path, required=True, help="folder to write into")
+    mosquitto.add_argument(
+        "--bind",
+        help="address of the TLS listener (default: mqtt.host; e.g. 0.0.0.0 when mqtt.host "
+        "is where the services connect)",
+    )
+    mosquitto.add_argument("--port", type=int, help="port of that listener (default: mqtt.port)")
+    mosquitto.add_argument(
+        "--conf-dir", type=Path, help="where the files will live on the broker (default: --out)"
+    )
+    mosquitto.add_argument(
+        "--persistence-dir", type=Path, default=Path("/var/lib/mosquitto"), help="its store"
+    )
+    mosquitto.add_argument(
+        "--outage-hours", type=float, default=24.0, help="how long the stream may be away"
+    )
+    mosquitto.add_argument(
+        "--gateways", type=int, help="count for the queue sizing (default: the gateway users)"
+    )
+    mosquitto.add_argument(
+        "--batch-bytes", type=int, default=8192, help="size of a large batch, for the sizing"
+    )
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from milkguard import broker_security as security  # noqa: PLC0415
+
+    if args.broker_command == "hash-password":
+        if sys.stdin.isatty():
+            import getpass  # noqa: PLC0415
+
+            password = getpass.getpass("password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ConfigError("no password given (type it, or pipe it on standard input)")
+        iterations = args.iterations or security.HASH_ITERATIONS
+        print(security.hash_password(password, iterations=iterations))
+        return 0
+    from milkguard.settings import load_settings  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    model = settings.mqtt.security
+    gateways = args.gateways
+    if gateways is None:
+        gateways = len(security.known_gateways(settings))
+    out = args.out
+    try:
+        files = security.mosquitto_files(
+            model,
+            args.bind or settings.mqtt.host,
+            args.port or settings.mqtt.port,
+            conf_dir=(args.conf_dir or out).absolute(),
+            persistence_dir=args.persistence_dir,
+            sizing=security.QueueSizing(
+                gateways, outage_h=args.outage_hours, batch_bytes=args.batch_bytes
+            ),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            path = out / name
+            path.write_text(text, encoding="utf-8")
+            if name == "passwd":
+                path.chmod(0o600)  # hashes only, but no reason to let others guess at them
+    except OSError as exc:
+        raise ConfigError(f"cannot write the Mosquitto files into {out}: {exc.strerror}") from exc
+    Console(stderr=True).print(
+        f"wrote {', '.join(sorted(files))} into {out} ({len(model.users)} users)", markup=False
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``milkguard`` console script."""
     args = _parser().parse_args(argv)
@@ -260,12 +382,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": lambda a: _plan_check(a.path),
         "alerts": _alerts,
         "audit": _audit,
-        "contract": lambda a: _schema(a.output),
+        "broker": _broker,
+        "contract": lambda a: _schema(a.output, records=a.records),
+        "stream": _stream_public_key,
     }
     try:
         return commands[args.command](args)
     except MilkGuardError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # the message quotes files, commands and values: text, never markup; and no secret
+        message = logs.mask(str(exc))
+        err.print(
+            Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -366,6 +494,7 @@ def _edge(args: argparse.Namespace) -> int:
     from milkguard import logs  # noqa: PLC0415
 
     config = load_edge_config(args.config)
+    logs.register_secrets(config)  # the broker password never reaches a log line
     if args.edge_command == "check":
         return _edge_check(config)
     from edge.agent import EdgeAgent  # noqa: PLC0415
@@ -388,7 +517,8 @@ def _edge_check(config: EdgeConfig) -> int:
     from edge.agent import make_driver  # noqa: PLC0415
     from edge.drivers.base import DriverError  # noqa: PLC0415
 
-    table = Table(title=f"{config.site}/{config.gateway}: one read of every source")
+    # every cell quotes the config or a driver's error (a command's stderr): text, not markup
+    table = Table(title=escape(f"{config.site}/{config.gateway}: one read of every source"))
     for column in ("source", "driver", "asset/channel", "value", "local limits"):
         table.add_column(column)
     failed = 0
@@ -401,16 +531,26 @@ def _edge_check(config: EdgeConfig) -> int:
                 driver.close()
         except DriverError as exc:
             failed += 1
-            table.add_row(source.name, source.driver, "", f"[red]{exc.problem}[/]", "")
+            table.add_row(
+                Text(source.name), Text(source.driver), "", Text(exc.problem, style="red"), ""
+            )
             continue
         for channel, value in zip(source.channels, values, strict=True):
             limits = channel.limits
-            shown = "[yellow]no value[/]" if value is None else f"{value:g} {channel.unit}"
+            shown = (
+                Text("no value", style="yellow")
+                if value is None
+                else Text(f"{value:g} {channel.unit}")
+            )
             if value is not None and limits is not None and limits.breached(value):
-                shown = f"[red]{shown} (alarm)[/]"
+                shown = Text(f"{value:g} {channel.unit} (alarm)", style="red")
             bounds = "" if limits is None else f"{_bound(limits.low)} .. {_bound(limits.high)}"
             table.add_row(
-                source.name, source.driver, f"{channel.asset}/{channel.channel}", shown, bounds
+                Text(source.name),
+                Text(source.driver),
+                Text(f"{channel.asset}/{channel.channel}"),
+                shown,
+                bounds,
             )
     Console().print(table)
     return 1 if failed else 0
@@ -441,6 +581,7 @@ def _replay(args: argparse.Namespace) -> int:
             deadletter=args.deadletter,
             timeseries=args.timeseries,
             progress_total=size,
+            future_tolerance_ms=round(args.future_tolerance_h * 3_600_000),
         )
     err.print(
         f"replayed {summary.lines:,} lines: {summary.batches:,} batches, "
@@ -448,6 +589,16 @@ def _replay(args: argparse.Namespace) -> int:
         f"{summary.rejected:,} rejected, {summary.duplicates:,} duplicate batches, "
         f"{summary.late:,} late readings",
         highlight=False,
+        soft_wrap=True,
+    )
+    err.print(
+        f"readings: {summary.rejected_readings:,} dead-lettered alone (of which "
+        f"{summary.readings_quarantined:,} quarantined: stamped too far ahead), "
+        f"{summary.readings_duplicate:,} in duplicate batches, "
+        f"{summary.readings_in_rejected_payloads:,} in {summary.rejected_payloads:,} payloads "
+        f"rejected whole; {summary.events_quarantined:,} events quarantined",
+        highlight=False,
+        markup=False,
         soft_wrap=True,
     )
     for letter in summary.first_rejections:
@@ -506,7 +657,7 @@ def _simulate_to_broker(scenario: Any, where: str, speed: float) -> int:
         for o in simulate_timed(scenario)
     ]
     connection = mqtt_connect.connect(mqtt_connect.BrokerAddress(host, int(port)), "simulator")
-    with _bar(len(messages), f"{scenario.scenario} at {speed:g}x") as advance:
+    with _bar(len(messages), escape(f"{scenario.scenario} at {speed:g}x")) as advance:
         result = publish_paced(connection, messages, speed=speed, progress=lambda _: advance(1))
     connection.close()
     Console().print(f"published {result.messages:,} batches in {result.elapsed_s:.1f} s")
@@ -529,7 +680,7 @@ def _load(args: argparse.Namespace) -> int:
         result = publish_paced(connection, messages, progress=advance)
     connection.close()
     for line in result.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     return 0 if result.kept_up else 1
 
 
@@ -545,20 +696,29 @@ def _bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
 
 def _show_verdict(verdict: Any) -> int:
     console = Console()
-    table = Table(title=f"scenario {verdict.scenario}", title_justify="left")
+    # kinds and assets come from the scenario and the plan: text, not markup
+    table = Table(title=escape(f"scenario {verdict.scenario}"), title_justify="left")
     for column in ("", "kind", "asset", "start h", "end h"):
         table.add_column(column)
     for _, found in verdict.matched:
         end = "open" if found.end_h is None else f"{found.end_h:.2f}"
-        table.add_row("[green]found[/]", found.kind, found.asset, f"{found.start_h:.2f}", end)
+        table.add_row(
+            "[green]found[/]", Text(found.kind), Text(found.asset), f"{found.start_h:.2f}", end
+        )
     for expected in verdict.missing:
         end = "open" if expected.end_h is None else f"{expected.end_h:.2f}"
         table.add_row(
-            "[red]missing[/]", expected.kind, expected.asset, f"{expected.start_h:.2f}", end
+            "[red]missing[/]",
+            Text(expected.kind),
+            Text(expected.asset),
+            f"{expected.start_h:.2f}",
+            end,
         )
     for found in verdict.unexpected:
         end = "open" if found.end_h is None else f"{found.end_h:.2f}"
-        table.add_row("[red]unexpected[/]", found.kind, found.asset, f"{found.start_h:.2f}", end)
+        table.add_row(
+            "[red]unexpected[/]", Text(found.kind), Text(found.asset), f"{found.start_h:.2f}", end
+        )
     console.print(table)
     summary = verdict.summary
     console.print(
@@ -635,7 +795,7 @@ def _bench_engine(assets: int, seconds: int) -> int:
     with console.status(f"benchmarking the engine on {assets:,} assets ..."):
         result = run(assets=assets, seconds=seconds)
     for line in result.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     return 0
 
 
@@ -698,7 +858,7 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
             progress=lambda step: status.update(f"{step} ..."),
         )
     for line in result.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     console.print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}",
@@ -726,8 +886,9 @@ def _plan_check(path: Path) -> int:
     plan = loaded.plan
     console = Console()
     console.print(
-        f"[green]ok[/] {path}: plan [bold]{plan.plan}[/] ({plan.jurisdiction}), "
-        f"version {loaded.version}, {len(plan.assets)} assets, {len(plan.rules)} rules"
+        f"[green]ok[/] {escape(str(path))}: plan [bold]{escape(plan.plan)}[/] "
+        f"({escape(plan.jurisdiction)}), version {escape(str(loaded.version))}, "
+        f"{len(plan.assets)} assets, {len(plan.rules)} rules"
     )
     table = Table(title="Rules", title_justify="left")
     for column in ("rule", "kind", "ccp", "asset/channel", "limit", "severity", "action"):
@@ -743,7 +904,7 @@ def _plan_check(path: Path) -> int:
             channel = rule.channel
         channels = plan.assets[rule.asset].channels
         unit = channels[channel].unit if channel else "h"
-        table.add_row(
+        cells = (
             rule.id,
             rule.kind,
             rule.ccp or "",
@@ -752,14 +913,34 @@ def _plan_check(path: Path) -> int:
             rule.severity,
             rule.action,
         )
+        table.add_row(*(Text(str(cell)) for cell in cells))  # the plan's words, not markup
     console.print(table)
     return 0
 
 
-def _schema(output: Path | None) -> int:
-    from milkguard.contract import json_schema  # noqa: PLC0415
+def _stream_public_key(args: argparse.Namespace) -> int:
+    from milkguard.settings import load_settings  # noqa: PLC0415
+    from milkguard.signing import Signer  # noqa: PLC0415
+    from stream.signed import stream_key_path  # noqa: PLC0415
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    key = args.key or stream_key_path(load_settings(args.config))
+    pem = Signer.load_or_create(key, setting="signing.key", extra="stream").public_pem()
+    if args.output is None:
+        sys.stdout.write(pem)
+        return 0
+    try:
+        args.output.write_text(pem, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the public key to {args.output}: {exc.strerror}") from exc
+    return 0
+
+
+def _schema(output: Path | None, *, records: bool = False) -> int:
+    from milkguard.contract import json_schema  # noqa: PLC0415
+    from milkguard.contract.records import records_schema  # noqa: PLC0415
+
+    schema = records_schema() if records else json_schema()
+    text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)
         return 0

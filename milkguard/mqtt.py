@@ -43,6 +43,8 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = None
     tls_ca: Path | None = None
+    tls_cert: Path | None = None  # a client certificate, with its key, when the broker asks
+    tls_key: Path | None = None
     keepalive_s: int = 30
 
     def __repr__(self) -> str:
@@ -147,6 +149,18 @@ def only_the_network_thread_writes(client: Any) -> None:
     client.on_socket_register_write = lambda _client, _userdata, _sock: None
 
 
+def topic_of(message: Any) -> str:
+    """The topic of a received message, even when its bytes are not UTF-8.
+
+    paho's ``MQTTMessage.topic`` decodes strictly, and an exception in ``on_message`` ends
+    paho's network thread: one message from a broker that lets a bad topic through would stop
+    the service. Undecodable bytes are escaped instead, so the message is dead-lettered with a
+    topic that shows what came.
+    """
+    raw: bytes = message._topic  # paho keeps the raw bytes only here
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def paho_module() -> Any:
     """``paho.mqtt.client``, or :class:`ExtraMissing` naming the extra to install."""
     try:
@@ -154,6 +168,45 @@ def paho_module() -> Any:
     except ImportError as exc:
         raise ExtraMissing("Talking MQTT", "edge", "paho-mqtt") from exc
     return mqtt
+
+
+def new_client(
+    address: BrokerAddress, client_id: str, *, clean_session: bool, manual_ack: bool = False
+) -> Any:
+    """A paho client set up as every MilkGuard client is: MQTT 3.1.1, the credentials, and TLS
+    with the broker's certificate verified (chain and host name) whenever ``tls_ca`` is set.
+
+    Not connected yet. Raises :class:`BrokerError` naming the file when a TLS file is unusable.
+    """
+    paho = paho_module()
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=paho.MQTTv311,
+        manual_ack=manual_ack,
+    )
+    if address.username is not None:
+        client.username_pw_set(address.username, address.password)
+    if address.tls_ca is not None:
+        client.tls_set_context(tls_context(address))
+    return client
+
+
+def tls_context(address: BrokerAddress) -> ssl.SSLContext:
+    """A client TLS context trusting ``tls_ca`` only, checking the host name, TLS 1.2 or later,
+    with the client certificate loaded when one is configured."""
+    try:
+        context = ssl.create_default_context(cafile=str(address.tls_ca))
+        if address.tls_cert is not None:
+            context.load_cert_chain(str(address.tls_cert), str(address.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(
+            f"cannot use the MQTT TLS files (mqtt.tls_ca {address.tls_ca}, mqtt.tls_cert "
+            f"{address.tls_cert}, mqtt.tls_key {address.tls_key}): {exc}"
+        ) from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def connect(
@@ -172,20 +225,10 @@ def connect(
     ``on_connect_extra(client)`` runs after every (re)connect, e.g. to subscribe again.
     Raises :class:`BrokerError` with the broker's reason when the first connect fails.
     """
-    paho = paho_module()
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=paho.MQTTv311,
-    )
+    client = new_client(address, client_id, clean_session=clean_session)
     client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
-    if address.username is not None:
-        client.username_pw_set(address.username, address.password)
-    if address.tls_ca is not None:
-        client.tls_set(ca_certs=str(address.tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     connected = threading.Event()
     outcome: dict[str, Any] = {}
 

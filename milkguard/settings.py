@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.delivery import Recipient, SmtpSettings
+from milkguard import logs
+from milkguard.broker_security import BrokerSecurity
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
 
@@ -40,6 +42,15 @@ class MqttSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     tls_ca: Path | None = Field(default=None, description="CA file; enables TLS when set.")
+    tls_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM), for a broker that asks for one."
+    )
+    tls_key: Path | None = Field(default=None, description="The client certificate's key.")
+    security: BrokerSecurity = Field(
+        default_factory=BrokerSecurity,
+        description="The embedded broker's users, roles and TLS; also the source of "
+        "`milkguard broker mosquitto-config`.",
+    )
     client_id: str = "milkguard-stream"
     keepalive_s: int = Field(default=30, ge=5)
     queue_size: int = Field(
@@ -47,6 +58,19 @@ class MqttSettings(BaseModel):
         ge=10,
         description="Messages waiting for the engine; when full, MQTT reads wait (backpressure).",
     )
+
+    @model_validator(mode="after")
+    def _client_certificate_complete(self) -> MqttSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca: a client certificate is sent over TLS only")
+        if self.broker == "embedded" and self.security.local_port == self.port:
+            raise ValueError(
+                f"security.local_port {self.port} is mqtt.port too: the embedded broker needs "
+                "two ports (or no local_port)"
+            )
+        return self
 
 
 class KafkaSettings(BaseModel):
@@ -198,6 +222,51 @@ class AlertSettings(BaseModel):
     http_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve the API and the operators' page here."
     )
+    stream_keys: list[Path] = Field(
+        default_factory=list,
+        description="Public keys (PEM) of the streams whose signed deviations are believed "
+        "(`milkguard stream public-key --output stream.pem` on the stream's host). Required.",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request body the API reads; larger is refused (413) unread.",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the API; with tls_key: HTTPS."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    failed_logins_allowed: int = Field(
+        default=5,
+        ge=1,
+        description="Wrong tokens from one address before it is locked out (429), for 2 s "
+        "then twice as long after each further failure, up to lockout_max_s.",
+    )
+    lockout_max_s: float = Field(default=900, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> AlertSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            )
+            raise ValueError(
+                f"alerts.{given} is set but alerts.{missing} is not: HTTPS needs both the "
+                "certificate and its private key"
+            )
+        return self
+
+
+class SigningSettings(BaseModel):
+    """The stream's own Ed25519 key: every deviation change it publishes is signed with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: Path | None = Field(
+        default=None,
+        description="Private key (PEM), created mode 0600 on first use; unset: "
+        "{data_dir}/signing-key.pem. Export the public key: milkguard stream public-key.",
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -279,6 +348,15 @@ class Settings(EnvOverFileSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    future_tolerance_h: float = Field(
+        default=2.0,
+        gt=0,
+        le=8760,
+        description="A reading or event stamped further ahead of its batch's receive time is "
+        "quarantined (dead-lettered, never judged), as is a seq beyond the receive time in ms "
+        "plus this. Keep it above any clock skew the time-sync rule should report.",
+    )
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -325,6 +403,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             f"settings from {source} (and MILKGUARD_* variables) are invalid:\n"
             f"{describe_problems(exc)}"
         ) from exc
+    logs.register_secrets(settings)  # no log line may show them from now on
     # flags are typed by the command line parser already; they win over file and environment
     return settings.model_copy(update=overrides) if overrides else settings
 
@@ -338,5 +417,7 @@ def broker_address(settings: Settings) -> BrokerAddress:
         username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         tls_ca=mqtt.tls_ca,
+        tls_cert=mqtt.tls_cert,
+        tls_key=mqtt.tls_key,
         keepalive_s=mqtt.keepalive_s,
     )

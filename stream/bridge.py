@@ -20,15 +20,18 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from milkguard.contract.v1 import BATCH_SUBSCRIPTION, decode_batch, parse_batch_topic
+from milkguard.contract.v1 import BATCH_SUBSCRIPTION, parse_batch_topic, read_batch
 from milkguard.errors import BrokerError, ExtraMissing
-from milkguard.mqtt import BrokerAddress, only_the_network_thread_writes, paho_module
+from milkguard.mqtt import BrokerAddress, new_client, only_the_network_thread_writes, topic_of
+from stream.engine.deviation import iso_ms
+from stream.sinks.base import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,9 @@ def problem_of(topic: str, payload: bytes) -> tuple[str | None, str]:
     """(None, key) for a valid batch on its own topic, else (reason, key)."""
     route = parse_batch_topic(topic)
     key = route[0] if route else topic  # the site: see the module's description
-    try:
-        batch = decode_batch(payload)
-    except msgspec.ValidationError as exc:
-        return f"invalid: {exc}", key
-    except msgspec.DecodeError as exc:
-        return f"not valid JSON: {exc}", key
+    batch = read_batch(payload)  # never raises: any byte sequence is a batch or a reason
+    if isinstance(batch, str):
+        return (batch if batch.startswith("not ") else f"invalid: {batch}"), key
     if route is None or (batch.site, batch.gateway) != route:
         return f"payload of {batch.site}/{batch.gateway} on topic {topic!r}", key
     return None, key
@@ -138,8 +138,13 @@ class Bridge:
                 future = await producer.send(self.kafka.batches_topic, payload, key=key.encode())
                 self.counters.produced += 1
             else:
-                letter = msgspec.json.encode(
-                    {"topic": topic, "reason": reason, "payload": payload.decode(errors="replace")}
+                letter = msgspec.json.encode(  # bounded: huge payloads cannot fill the topic
+                    DeadLetter.of_payload(
+                        payload,
+                        received_at=iso_ms(time.time_ns() // 1_000_000),
+                        topic=topic,
+                        reason=reason,
+                    )
                 )
                 future = await producer.send(self.kafka.deadletter_topic, letter, key=key.encode())
                 self.counters.rejected += 1
@@ -147,26 +152,24 @@ class Bridge:
             pending.append((mid, future))
 
     def _connect(self) -> Any:
-        paho = paho_module()
-        client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,
-            protocol=paho.MQTTv311,
-            manual_ack=True,
-        )
+        # TLS (verified) and credentials as every MilkGuard client: the password never
+        # crosses the network in clear when mqtt.tls_ca is set
+        client = new_client(self.mqtt, self.client_id, clean_session=False, manual_ack=True)
         only_the_network_thread_writes(client)
-        if self.mqtt.username is not None:
-            client.username_pw_set(self.mqtt.username, self.mqtt.password)
 
         def on_connect(c: Any, u: object, flags: object, reason: Any, props: object) -> None:
             if not reason.is_failure:
                 c.subscribe(BATCH_SUBSCRIPTION, qos=1)
+            else:
+                log.error(
+                    "bridge.refused",
+                    extra={"broker": repr(self.mqtt), "reason": str(reason)},
+                )
 
         def on_message(c: Any, u: object, message: Any) -> None:
             self.counters.received += 1
             # blocks the network thread while the queue is full: backpressure to the broker
-            self._incoming.put((message.topic, bytes(message.payload), message.mid))
+            self._incoming.put((topic_of(message), bytes(message.payload), message.mid))
 
         client.on_connect = on_connect
         client.on_message = on_message

@@ -29,7 +29,9 @@ import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError
 from milkguard.settings import Settings, broker_address
 from stream.engine.core import Engine, SnapshotMismatch
@@ -38,6 +40,7 @@ from stream.errors import SinkError
 from stream.ingest import Ingest
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
 from stream.plan import CriticalLimit, Htst, LoadedPlan, load_plan
+from stream.signed import load_stream_signer
 from stream.sinks.base import (
     FanOutDeadLetterSink,
     FanOutDeviationSink,
@@ -86,6 +89,11 @@ class EmbeddedService:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
         settings = self.settings
         address = broker_address(settings)
+        if settings.mqtt.broker == "embedded":
+            from milkguard.brokers import check_own_credentials, own_clients_address  # noqa: PLC0415
+
+            check_own_credentials(settings)
+            address = own_clients_address(settings)
         data_dir = settings.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +106,8 @@ class EmbeddedService:
             if settings.mqtt.broker == "embedded":
                 from milkguard.brokers import EmbeddedBroker  # noqa: PLC0415 - only when embedded
 
-                stack.enter_context(EmbeddedBroker(address.host, address.port))
+                mqtt = settings.mqtt
+                stack.enter_context(EmbeddedBroker(mqtt.host, mqtt.port, mqtt.security))
             outbox = MqttOutbox(address, f"{settings.mqtt.client_id}-out")
             stack.callback(outbox.close)
             ingest = self._build_ingest(outbox)
@@ -160,13 +169,15 @@ class EmbeddedService:
                 [
                     JsonlDeviationSink(data_dir / "deviations.jsonl"),
                     ConsoleDeviationSink(self.console),
-                    MqttDeviationSink(outbox),
+                    MqttDeviationSink(outbox, load_stream_signer(settings)),
                 ]
             ),
             FanOutDeadLetterSink(
                 [JsonlDeadLetterSink(data_dir / "deadletter.jsonl"), MqttDeadLetterSink(outbox)]
             ),
             on_change=self._on_change,
+            future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
+            known_gateways=known_gateways(settings),
         )
 
     @property
@@ -305,12 +316,12 @@ class EmbeddedService:
             state = "[bold red]DEVIATION[/]" if key in breached else "[green]ok[/]"
             if key not in limits:
                 state = "[dim]recorded[/]"
-            table.add_row(
-                key[0],
-                key[1],
-                key[2],
-                f"{reading.value:g} {reading.unit}",
-                limits.get(key, ""),
+            table.add_row(  # ids and units come from gateways: text, never markup
+                Text(key[0]),
+                Text(key[1]),
+                Text(key[2]),
+                Text(f"{reading.value:g} {reading.unit}"),
+                Text(limits.get(key, "")),
                 state,
             )
         return table
@@ -333,10 +344,13 @@ class EmbeddedService:
         self.console.print(table)
         for d in still_open:
             self.console.print(
-                f"[bold red]still open[/] {d.site}/{d.asset} rule {d.rule_id} "
-                f"since event time {d.start_ms} (see {self.settings.data_dir}/deviations.jsonl)"
+                Text.assemble(
+                    ("still open", "bold red"),
+                    f" {d.site}/{d.asset} rule {d.rule_id} since event time {d.start_ms} "
+                    f"(see {self.settings.data_dir}/deviations.jsonl)",
+                )
             )
-        self.console.print(f"[dim]stores: {self.settings.data_dir}/[/dim]")
+        self.console.print(Text(f"stores: {self.settings.data_dir}/", style="dim"))
         return RunSummary(counters, len(still_open), str(self.settings.data_dir))
 
 

@@ -4,20 +4,41 @@ For each message: check the topic, decode and validate the batch (msgspec, one p
 duplicate (same gateway and sequence number), store readings and events as line protocol, judge
 the readings, and hand deviation changes to the deviation sink. What fails goes to the
 dead-letter sink with the reason, and is counted; the stream keeps running.
+
+Total: no byte sequence, value or timestamp raises out of :meth:`Ingest.handle`. A payload that
+is not a batch is dead-lettered whole; a reading outside its unit's plausible bounds
+(:data:`milkguard.contract.v1.PLAUSIBLE`) or further ahead of its batch's receive time than the
+future tolerance is dead-lettered alone (the latter "quarantined": it never reaches the engine,
+so it cannot move a watermark). Every reading fed is counted once:
+
+    readings fed = readings + readings_duplicate + readings_in_rejected_payloads
+
+and every message once: ``messages = batches + duplicates + rejected_payloads``. What ingest
+remembers per id (duplicate windows, latest readings) is capped for ids neither the plan nor the
+runtime knows, so invented gateways cannot grow memory without end.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Literal
 
 import msgspec
 
-from milkguard.contract.v1 import Batch, Reading, decode_batch, is_valid_id, parse_batch_topic
-from stream.engine.core import Engine
+from milkguard.contract.v1 import (
+    PLAUSIBLE,
+    Batch,
+    Event,
+    Reading,
+    count_readings,
+    is_valid_id,
+    parse_batch_topic,
+    read_batch,
+)
+from stream.engine.core import Engine, is_power_of_ten
 from stream.engine.deviation import DeviationChange, iso_ms
 from stream.lineprotocol import derived_line, deviation_line, event_line, reading_line
 from stream.sinks.base import (
@@ -34,6 +55,24 @@ _EPOCH_MS_FLOOR = "946684800000"
 # a bound on the id cache, so a gateway inventing ids cannot grow memory without end
 _MAX_REMEMBERED_IDS = 100_000
 
+#: How far ahead of its batch's receive time a reading or event may be stamped before it is
+#: quarantined. Larger than any clock skew the time-sync rule exists to report (a gateway a few
+#: minutes, or a summer hour, fast is still judged and flagged), small enough that one outlier
+#: cannot hold a channel's watermark for long.
+DEFAULT_FUTURE_TOLERANCE_MS = 2 * 3_600_000
+
+#: Duplicate windows kept for gateways the runtime does not know, on the plan's sites and on
+#: other sites; beyond them a gateway's batches are judged without duplicate detection (the
+#: engine still drops a channel's repeated timestamps) and counted as ``capped``.
+MAX_PLAN_SITE_GATEWAYS = 10_000
+MAX_OTHER_GATEWAYS = 1_000
+#: Latest readings kept for channels the plan does not know (the plan's are always kept).
+MAX_UNPLANNED_LATEST = 10_000
+#: The engine's name for a gateway beyond the caps: its clock and layout are not tracked.
+CAPPED_GATEWAY = "_capped"
+
+_TS = attrgetter("ts")
+
 
 @dataclass(slots=True)
 class IngestCounters:
@@ -44,8 +83,13 @@ class IngestCounters:
     readings: int = 0
     events: int = 0
     rejected_payloads: int = 0
-    rejected_readings: int = 0
+    rejected_readings: int = 0  # readings of accepted batches dead-lettered alone
     duplicates: int = 0
+    readings_duplicate: int = 0  # readings of duplicate batches
+    readings_in_rejected_payloads: int = 0  # readings of payloads dead-lettered whole
+    readings_quarantined: int = 0  # stamped too far ahead; also in rejected_readings
+    capped: int = 0  # times an id or gateway was not tracked because of a memory cap
+    events_quarantined: int = 0  # events stamped too far ahead, dead-lettered alone
 
 
 class SequenceWindow:
@@ -100,8 +144,50 @@ class SequenceWindow:
         return True
 
 
+class ReplayClock:
+    """The receive time of recorded batches, which carry none.
+
+    It starts at the first batch's ``sent_at`` (or at its newest reading when the ``sent_at`` is
+    further ahead of that than the tolerance) and moves only forward, to each later
+    ``sent_at`` within the future tolerance of it. A ``sent_at`` further ahead (a gateway's
+    absurd clock, a forged stamp) does not move it, unless the next batch confirms the jump
+    (its ``sent_at`` is also beyond the tolerance, and within it of the first): a recording
+    with a long gap goes on after the gap, losing at most the first batch after it to
+    quarantine. A batch is taken as received at the clock after it.
+    """
+
+    __slots__ = ("_candidate", "now", "tolerance_ms")
+
+    def __init__(self, tolerance_ms: int) -> None:
+        self.tolerance_ms = tolerance_ms
+        self.now = -1
+        self._candidate: int | None = None
+
+    def receive(self, sent_at: int, newest: int | None = None) -> int:
+        """The receive time of a batch sent at ``sent_at`` whose newest reading is ``newest``
+        (needed for the first batch only); moves the clock (see the class)."""
+        tolerance = self.tolerance_ms
+        if self.now < 0:
+            absurd = newest is not None and sent_at > newest + tolerance
+            self.now = newest if absurd and newest is not None else sent_at
+        elif sent_at <= self.now + tolerance:
+            self.now = max(self.now, sent_at)
+            self._candidate = None
+        elif self._candidate is not None and abs(sent_at - self._candidate) <= tolerance:
+            self.now = sent_at
+            self._candidate = None
+        else:
+            self._candidate = sent_at
+        return self.now
+
+
 class Ingest:
-    """Turns raw MQTT messages into stored readings and judged deviations."""
+    """Turns raw MQTT messages into stored readings and judged deviations.
+
+    ``known_gateways`` are (site, gateway) pairs the runtime vouches for (e.g. those its broker
+    lets publish): they, the plan's sites and the plan's channels are always tracked, whatever
+    the caps. ``future_tolerance_ms``: how far ahead of the receive time a timestamp may be.
+    """
 
     def __init__(
         self,
@@ -113,6 +199,8 @@ class Ingest:
         dedupe_window: int = 65_536,
         clock: Literal["received", "event"] = "received",
         on_change: Callable[[DeviationChange], None] | None = None,
+        known_gateways: Collection[tuple[str, str]] = (),
+        future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
     ) -> None:
         self.engine = engine
         # live, the engine's clock is the receive time; replaying a file, the newest event time
@@ -133,6 +221,18 @@ class Ingest:
         }
         #: the newest reading of each (site, asset, channel), for live views
         self.latest: dict[tuple[str, str, str], Reading] = {}
+        self.future_tolerance_ms = future_tolerance_ms
+        self.replay_clock = ReplayClock(future_tolerance_ms)
+        self._known_gateways = frozenset(known_gateways)
+        plan = engine.plan.plan
+        self._plan_sites = frozenset(asset.site for asset in plan.assets.values())
+        self._planned = frozenset(
+            (asset.site, asset.id or key, channel)
+            for key, asset in plan.assets.items()
+            for channel in asset.channels
+        )
+        self._gateways_by_budget = {"plan": 0, "other": 0}
+        self._unplanned_latest = 0
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
@@ -152,7 +252,7 @@ class Ingest:
     def handle_recorded(self, payload: bytes, origin: str) -> None:
         """Process one payload recorded without its topic (a line of a replayed file).
 
-        Its receive time is taken as the later of its ``sent_at`` and its newest reading.
+        Its receive time is the :class:`ReplayClock`'s, which outliers cannot move.
         """
         self.counters.messages += 1
         self._handle(origin, None, payload, None)
@@ -182,91 +282,148 @@ class Ingest:
         received_ms: int | None,
     ) -> None:
         site, gateway = route if route is not None else (None, None)
-        shown_at = received_ms if received_ms is not None else 0
-        try:
-            batch = decode_batch(payload)
-        except msgspec.ValidationError as exc:
-            self._reject_payload(
-                topic, payload, shown_at, _explain(str(exc)), site=site, gateway=gateway
-            )
-            return
-        except msgspec.DecodeError as exc:
-            self._reject_payload(
-                topic, payload, shown_at, f"not valid JSON: {exc}", site=site, gateway=gateway
-            )
+        shown_at = received_ms if received_ms is not None else max(self.replay_clock.now, 0)
+        batch = read_batch(payload)
+        if isinstance(batch, str):
+            reason = batch if batch.startswith("not valid") else _explain(batch)
+            self._reject_payload(topic, payload, shown_at, reason, site=site, gateway=gateway)
             return
         if received_ms is None:
-            newest = max((r.ts for r in batch.readings), default=batch.sent_at)
-            received_ms = max(batch.sent_at, newest)
+            first = self.replay_clock.now < 0
+            newest = max(map(_TS, batch.readings), default=None) if first else None
+            received_ms = self.replay_clock.receive(batch.sent_at, newest)
         if route is None:
             site, gateway = route = batch.site, batch.gateway
         elif (batch.site, batch.gateway) != (site, gateway):
-            self._reject_payload(
+            self._reject_batch(
                 topic,
-                payload,
+                batch,
                 received_ms,
                 f"payload says site {batch.site!r}, gateway {batch.gateway!r} but the topic "
                 f"says site {site!r}, gateway {gateway!r}; they must match",
-                site=site,
-                gateway=gateway,
-                seq=batch.seq,
+                payload,
             )
             return
         assert site is not None
         assert gateway is not None
-        window = self._windows.get(route)
-        if window is None:
-            window = self._windows[route] = SequenceWindow(self._window_size)
-        admitted = window.admit(batch.seq)
-        if admitted is False:
-            self.counters.duplicates += 1
-            log.debug("batch.duplicate", extra={"site": site, "gateway": gateway, "seq": batch.seq})
-            return
-        if admitted is None:
-            self._reject_payload(
+        seq_limit = received_ms + self.future_tolerance_ms
+        if batch.seq > seq_limit:
+            # not a counter, nor a seed from any sane clock: taking it would move the window
+            # so far that every later batch of the gateway looked like an old repeat
+            self._reject_batch(
                 topic,
-                payload,
+                batch,
                 received_ms,
-                f"sequence number {batch.seq} is more than {window.size} behind the highest "
-                f"seen ({window.high}); cannot tell it from a duplicate. Did the gateway reset "
-                "its counter? Gateways must keep seq growing across restarts.",
-                site=site,
-                gateway=gateway,
-                seq=batch.seq,
+                f"sequence number {batch.seq} of gateway {site}/{gateway} is greater than the "
+                f"receive time in ms plus the future tolerance ({seq_limit}): it can be neither "
+                "a counter nor a seed from the gateway's clock. Keep seq a counter that grows "
+                "across restarts, or seed it from the clock in milliseconds.",
+                payload,
             )
             return
-        self._accept(site, gateway, batch, topic, received_ms)
+        window = self._window_of(route)
+        if window is not None:
+            admitted = window.admit(batch.seq)
+            if admitted is False:
+                self.counters.duplicates += 1
+                self.counters.readings_duplicate += len(batch.readings)
+                log.debug(
+                    "batch.duplicate", extra={"site": site, "gateway": gateway, "seq": batch.seq}
+                )
+                return
+            if admitted is None:
+                self._reject_batch(
+                    topic,
+                    batch,
+                    received_ms,
+                    f"sequence number {batch.seq} is more than {window.size} behind the highest "
+                    f"seen ({window.high}); cannot tell it from a duplicate. Did the gateway "
+                    "reset its counter? Gateways must keep seq growing across restarts.",
+                    payload,
+                )
+                return
+            device = gateway
+        else:
+            device = CAPPED_GATEWAY
+        self._accept(site, gateway, batch, device=device, topic=topic, received_ms=received_ms)
 
-    def _accept(self, site: str, gateway: str, batch: Batch, topic: str, received_ms: int) -> None:
+    def _window_of(self, route: tuple[str, str]) -> SequenceWindow | None:
+        """The gateway's duplicate window; None when the cap leaves it untracked."""
+        window = self._windows.get(route)
+        if window is not None:
+            return window
+        if route not in self._known_gateways:
+            budget = "plan" if route[0] in self._plan_sites else "other"
+            cap = MAX_PLAN_SITE_GATEWAYS if budget == "plan" else MAX_OTHER_GATEWAYS
+            if self._gateways_by_budget[budget] >= cap:
+                self._note_capped(f"gateways of {budget} sites", f"{route[0]}/{route[1]}", cap)
+                return None
+            self._gateways_by_budget[budget] += 1
+        window = self._windows[route] = SequenceWindow(self._window_size)
+        return window
+
+    def _note_capped(self, what: str, name: str, cap: int) -> None:
+        """Count an id not tracked; log the first time, then at each power of ten."""
+        self.counters.capped += 1
+        if is_power_of_ten(self.counters.capped):
+            log.warning(
+                "ingest.capped",
+                extra={
+                    "what": what,
+                    "cap": cap,
+                    "example": name[:160],
+                    "capped_so_far": self.counters.capped,
+                    "hint": "ids the plan and the broker do not know are tracked up to the cap; "
+                    "are gateways inventing ids, or is a known gateway missing from the list?",
+                },
+            )
+
+    def _accept(
+        self, site: str, gateway: str, batch: Batch, *, device: str, topic: str, received_ms: int
+    ) -> None:
         counters = self.counters
         counters.batches += 1
         counters.readings += len(batch.readings)
         counters.events += len(batch.events)
-        readings = batch.readings
+        horizon = received_ms + self.future_tolerance_ms
+        events = batch.events
+        if events and max(map(_TS, events)) > horizon:
+            events = self._events_in_time(topic, received_ms, horizon, batch)
         changes: list[DeviationChange] = []
         engine = self.engine
         reported = batch.clock.synced if batch.clock is not None else None
-        engine.clock(site, gateway, batch.sent_at, received_ms, reported)
-        if batch.events:
-            engine.submit_events(site, batch.events)
-        routed = engine.submit(site, gateway, readings, received_ms)
+        if device != CAPPED_GATEWAY:
+            # a sent_at beyond the horizon still shows as a skew (the time-sync rule reports
+            # it), but as no more than the horizon: an absurd one cannot skew joined channels
+            engine.clock(site, device, min(batch.sent_at, horizon), received_ms, reported)
+        if events:
+            engine.submit_events(site, events)
+        readings = batch.readings
+        routed = engine.submit(site, device, readings, received_ms, horizon)
+        left_out = {id(m.reading) for m in routed.mismatches}
+        refused = routed.refused
+        if routed.unplanned:
+            refused = [*refused, *_beyond(routed.unplanned, horizon)]
+        for reading in refused:
+            self._refuse(topic, received_ms, horizon, batch, reading)
+            left_out.add(id(reading))
+        # a reading the plan routed has the plan's ids, valid by validation; only the others
+        # are checked against the contract's id pattern before they reach line protocol
+        if routed.unplanned and has_unchecked_ids(routed.unplanned, self._valid_ids):
+            unchecked = [r for r in routed.unplanned if id(r) not in left_out]
+            unsafe = self._unsafe_ids(topic, received_ms, batch, unchecked)
+            left_out.update(id(r) for r in unsafe)
+        if left_out:
+            readings = [r for r in readings if id(r) not in left_out]
         if self._event_clock:
-            newest = max((r.ts for r in readings), default=engine.now)
+            newest = max(map(_TS, readings), default=engine.now)
             engine.advance(max(newest, engine.now), changes)
         else:
             engine.advance(received_ms, changes)
         if engine.notices:
             self._log_notices(gateway)
-        left_out = {id(m.reading) for m in routed.mismatches}
-        # a reading the plan routed has the plan's ids, valid by validation; only the others
-        # are checked against the contract's id pattern before they reach line protocol
-        if routed.unplanned and has_unchecked_ids(routed.unplanned, self._valid_ids):
-            unsafe = self._unsafe_ids(topic, received_ms, batch, routed.unplanned)
-            left_out.update(id(r) for r in unsafe)
-        if left_out:
-            readings = [r for r in readings if id(r) not in left_out]
         lines = [reading_line(site, gateway, r) for r in readings]
-        lines.extend(event_line(site, gateway, e) for e in batch.events)
+        lines.extend(event_line(site, gateway, e) for e in events)
         for mismatch in routed.mismatches:
             reading = mismatch.reading
             self._reject_reading(
@@ -278,13 +435,77 @@ class Ingest:
                 f"the plan declares {mismatch.expected!r}; convert at the gateway or fix the plan",
             )
         self._emit(changes, lines)
+        self._remember_latest(site, readings, always=(site, gateway) in self._known_gateways)
+        self._timeseries.add(lines)
+
+    def _remember_latest(self, site: str, readings: list[Reading], *, always: bool) -> None:
+        """Keep each channel's newest reading: the plan's channels and (``always``) those of a
+        known gateway whatever the cap, the others up to it."""
         latest = self.latest
         for reading in readings:
             key = (site, reading.asset, reading.channel)
             previous = latest.get(key)
-            if previous is None or reading.ts >= previous.ts:
+            if previous is None:
+                if not always and key not in self._planned:
+                    if self._unplanned_latest >= MAX_UNPLANNED_LATEST:
+                        self._note_capped("latest readings", "/".join(key), MAX_UNPLANNED_LATEST)
+                        continue
+                    self._unplanned_latest += 1
                 latest[key] = reading
-        self._timeseries.add(lines)
+            elif reading.ts >= previous.ts:
+                latest[key] = reading
+
+    def _refuse(
+        self, topic: str, received_ms: int, horizon: int, batch: Batch, reading: Reading
+    ) -> None:
+        """Dead-letter a reading stamped beyond ``horizon`` (quarantined) or implausible for its
+        unit, saying which and how to fix it."""
+        if reading.ts > horizon:
+            self.counters.readings_quarantined += 1
+            self._reject_reading(
+                topic,
+                received_ms,
+                batch,
+                reading,
+                f"reading of {batch.gateway}/{reading.asset}/{reading.channel} is stamped "
+                f"{iso_ms(reading.ts)}, {_hours(reading.ts - received_ms)} ahead of its "
+                f"batch's receive time {iso_ms(received_ms)} (tolerance "
+                f"{_hours(self.future_tolerance_ms)}): quarantined, not judged. Set the "
+                "gateway's clock (NTP) and stamp readings in UTC milliseconds.",
+            )
+            return
+        low, high = PLAUSIBLE[reading.unit]
+        self._reject_reading(
+            topic,
+            received_ms,
+            batch,
+            reading,
+            f"value {reading.value!r} {reading.unit} of {batch.gateway}/{reading.asset}/"
+            f"{reading.channel} is outside the plausible range {low:g}..{high:g} "
+            f"{reading.unit}: a broken sensor or a wrong unit. Fix the sensor or convert "
+            "at the gateway (README: Wire contract v1).",
+        )
+
+    def _events_in_time(
+        self, topic: str, received_ms: int, horizon: int, batch: Batch
+    ) -> list[Event]:
+        """The batch's events stamped no further ahead than ``horizon``; the others are
+        quarantined: dead-lettered alone, never applied."""
+        kept: list[Event] = []
+        for event in batch.events:
+            if event.ts <= horizon:
+                kept.append(event)
+                continue
+            self.counters.events_quarantined += 1
+            reason = (
+                f"event {type(event).__struct_config__.tag} of {batch.gateway}/{event.asset} is "
+                f"stamped {iso_ms(event.ts)}, {_hours(event.ts - received_ms)} ahead of its "
+                f"batch's receive time {iso_ms(received_ms)} (tolerance "
+                f"{_hours(self.future_tolerance_ms)}): quarantined, not applied. Set the "
+                "gateway's clock (NTP) and stamp events in UTC milliseconds."
+            )
+            self._reject_alone(topic, received_ms, batch, event, reason)
+        return kept
 
     def tick(self, now_ms: int) -> None:
         """Move the engine's clock with no data: releases held readings and fires timers."""
@@ -308,7 +529,7 @@ class Ingest:
         """Deviation changes to their sinks and, with the engine's derived values, to lines."""
         derived = self.engine.derived
         if derived:
-            lines.extend(map(derived_line, derived))
+            lines.extend(line for line in map(derived_line, derived) if line is not None)
             derived.clear()
         for change in changes:
             lines.append(deviation_line(change))
@@ -401,16 +622,19 @@ class Ingest:
         site: str | None = None,
         gateway: str | None = None,
         seq: int | None = None,
+        readings: int | None = None,
     ) -> None:
-        self.counters.rejected_payloads += 1
-        text, encoding = _printable(payload)
+        counters = self.counters
+        counters.rejected_payloads += 1
+        counters.readings_in_rejected_payloads += (
+            count_readings(payload) if readings is None else readings
+        )
         self._deadletter.reject(
-            DeadLetter(
+            DeadLetter.of_payload(
+                payload,
                 received_at=iso_ms(received_ms),
                 topic=topic,
                 reason=reason,
-                payload=text,
-                encoding=encoding,
                 site=site,
                 gateway=gateway,
                 seq=seq,
@@ -418,35 +642,64 @@ class Ingest:
         )
         log.warning(
             "payload.rejected",
-            extra={"topic": topic, "site": site, "gateway": gateway, "reason": reason},
+            extra={"topic": topic[:160], "site": site, "gateway": gateway, "reason": reason},
+        )
+
+    def _reject_batch(
+        self, topic: str, batch: Batch, received_ms: int, reason: str, payload: bytes
+    ) -> None:
+        """Dead-letter a batch that decoded but is refused whole."""
+        self._reject_payload(
+            topic,
+            payload,
+            received_ms,
+            reason,
+            site=batch.site,
+            gateway=batch.gateway,
+            seq=batch.seq,
+            readings=len(batch.readings),
         )
 
     def _reject_reading(
         self, topic: str, received_ms: int, batch: Batch, reading: Reading, reason: str
     ) -> None:
         self.counters.rejected_readings += 1
+        self._reject_alone(topic, received_ms, batch, reading, reason)
+
+    def _reject_alone(
+        self, topic: str, received_ms: int, batch: Batch, item: Reading | Event, reason: str
+    ) -> None:
+        """Dead-letter one reading or event of an accepted batch; the rest of it is kept."""
         self._deadletter.reject(
             DeadLetter(
                 received_at=iso_ms(received_ms),
                 topic=topic,
                 reason=reason,
-                payload=msgspec.json.encode(reading).decode(),
+                payload=msgspec.json.encode(item).decode(),
                 encoding="utf-8",
                 site=batch.site,
                 gateway=batch.gateway,
                 seq=batch.seq,
             )
         )
-        log.warning(
-            "reading.rejected",
-            extra={
-                "site": batch.site,
-                "gateway": batch.gateway,
-                "asset": reading.asset,
-                "channel": reading.channel,
-                "reason": reason,
-            },
-        )
+        context = {"site": batch.site, "gateway": batch.gateway, "asset": item.asset}
+        if isinstance(item, Reading):
+            log.warning(
+                "reading.rejected", extra={**context, "channel": item.channel, "reason": reason}
+            )
+        else:
+            log.warning("event.rejected", extra={**context, "reason": reason})
+
+
+def _beyond(readings: list[Reading], horizon: int) -> list[Reading]:
+    """The readings stamped after ``horizon`` or outside their unit's plausible bounds (for
+    readings the engine did not screen: those of channels the plan does not know)."""
+    bounds = PLAUSIBLE
+    return [
+        r
+        for r in readings
+        if r.ts > horizon or not bounds[r.unit][0] <= r.value <= bounds[r.unit][1]
+    ]
 
 
 def has_unchecked_ids(readings: list[Reading], known: set[str]) -> bool:
@@ -454,11 +707,11 @@ def has_unchecked_ids(readings: list[Reading], known: set[str]) -> bool:
     return any(r.asset not in known or r.channel not in known for r in readings)
 
 
-def _printable(payload: bytes) -> tuple[str, str]:
-    try:
-        return payload.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(payload).decode("ascii"), "base64"
+def _hours(ms: int) -> str:
+    """A duration for a message: ``2.5 h``, or minutes and seconds below an hour."""
+    if abs(ms) >= 3_600_000:
+        return f"{ms / 3_600_000:,.1f} h"
+    return f"{ms / 60_000:.1f} min" if abs(ms) >= 60_000 else f"{ms / 1000:.1f} s"
 
 
 def _explain(message: str) -> str:

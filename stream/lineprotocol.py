@@ -4,6 +4,11 @@ Point objects of influxdb-client are the bottleneck on hot paths (measured here:
 against ~65k lines/s as strings), so lines are formatted directly. Timestamps are nanoseconds,
 the protocol's default precision, so files import with any InfluxDB tool unchanged.
 
+No line ever carries a non-finite float (InfluxDB refuses ``inf`` and ``nan``, and with them
+the whole chunk of lines): readings are finite by the contract's plausible bounds, a
+deviation's non-finite figures are left out of its line, and a non-finite derived value gives
+no line (:func:`derived_line` returns None).
+
 Schema (low-cardinality tags, values in fields):
 
     reading,site=S,asset=A,channel=C,unit=U,gateway=G value=<float> <ts>
@@ -14,6 +19,8 @@ Schema (low-cardinality tags, values in fields):
 """
 
 from __future__ import annotations
+
+import math
 
 import msgspec
 
@@ -36,7 +43,8 @@ def string_field(value: str) -> str:
 
 
 def reading_line(site: str, gateway: str, reading: Reading) -> str:
-    """One reading. Ids are already tag-safe by the wire contract's pattern."""
+    """One reading. Ids are already tag-safe by the wire contract's pattern; its value is
+    finite by the contract's plausible bounds, which ingest applies before it gets here."""
     return (
         f"reading,site={site},asset={reading.asset},channel={reading.channel},"
         f"unit={escape_tag(reading.unit)},gateway={gateway} "
@@ -57,19 +65,29 @@ def event_line(site: str, gateway: str, event: Event) -> str:
 def deviation_line(change: DeviationChange) -> str:
     """A deviation opening or closing, stamped at the deviation's start."""
     d = change.deviation
-    peak = f"peak={d.peak!r}," if d.peak is not None else ""
+    figures = "".join(
+        f"{name}={value!r},"
+        for name, value in (
+            ("peak", d.peak),
+            ("time_beyond_s", d.time_beyond_s),
+            ("degree_minutes", d.degree_minutes),
+        )
+        if value is not None and math.isfinite(value)
+    )
     return (
         f"deviation,site={d.site},asset={d.asset},rule={escape_tag(d.rule_id)},kind={d.kind},"
         f"severity={d.severity},change={change.kind} "
-        f"{peak}time_beyond_s={d.time_beyond_s!r},degree_minutes={d.degree_minutes!r},"
-        f"open={'true' if d.status == 'open' else 'false'},"
+        f"{figures}open={'true' if d.status == 'open' else 'false'},"
         f"late={'true' if d.detected_late else 'false'},id={string_field(d.id)} "
         f"{d.start_ms}000000"
     )
 
 
-def derived_line(derived: Derived) -> str:
-    """A value computed while judging: a holding tube's fastest-particle time, a UHT F0."""
+def derived_line(derived: Derived) -> str | None:
+    """A value computed while judging: a holding tube's fastest-particle time, a UHT F0; None
+    when the value is not finite (no flow: an infinite holding time is no point to store)."""
+    if not math.isfinite(derived.value):
+        return None
     return (
         f"derived,site={derived.site},asset={derived.asset},rule={escape_tag(derived.rule_id)},"
         f"quantity={derived.quantity} value={derived.value!r} {derived.ts}000000"

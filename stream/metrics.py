@@ -11,6 +11,11 @@ time (a custom collector): nothing is counted twice and the hot path pays nothin
     milkguard_batches_duplicate_total        batches dropped as repeats (same gateway and seq)
     milkguard_readings_late_total            readings behind what their channel already judged
     milkguard_readings_judged_total          readings the rules judged
+    milkguard_readings_duplicate_total       readings of batches dropped as repeats
+    milkguard_readings_in_rejected_payloads_total  readings of payloads dead-lettered whole
+    milkguard_readings_quarantined_total     readings stamped too far ahead (in rejected too)
+    milkguard_events_quarantined_total       events stamped too far ahead, dead-lettered
+    milkguard_ids_capped_total               ids not tracked because of a memory cap
     milkguard_deviations_total{change}       deviations opened and closed
     milkguard_sink_lines_written_total{sink} lines a time-series sink has made durable
     milkguard_sink_write_failures_total{sink} failed writes, each retried with backoff
@@ -56,6 +61,11 @@ class StreamCounts:
     judged: int = 0
     opened: int = 0
     closed: int = 0
+    readings_duplicate: int = 0
+    readings_in_rejected_payloads: int = 0
+    readings_quarantined: int = 0
+    events_quarantined: int = 0
+    capped: int = 0
 
     def add(self, ingest: IngestCounters, engine: EngineCounters) -> None:
         """Add one ingest's and its engine's counters."""
@@ -65,6 +75,8 @@ class StreamCounts:
         self.duplicates += ingest.duplicates
         for name in ("late", "judged", "opened", "closed"):
             setattr(self, name, getattr(self, name) + getattr(engine, name))
+        for name in _PER_READING:
+            setattr(self, name, getattr(self, name) + getattr(ingest, name))
 
     def plus(self, other: StreamCounts) -> StreamCounts:
         """These counts and ``other``'s together."""
@@ -73,6 +85,15 @@ class StreamCounts:
     def less(self, other: StreamCounts) -> StreamCounts:
         """These counts minus ``other``'s (what happened since ``other`` was taken)."""
         return StreamCounts(*(getattr(self, n) - getattr(other, n) for n in self.__slots__))
+
+
+_PER_READING = (
+    "readings_duplicate",
+    "readings_in_rejected_payloads",
+    "readings_quarantined",
+    "events_quarantined",
+    "capped",
+)
 
 
 def counts_of(ingest: Ingest) -> StreamCounts:
@@ -108,6 +129,23 @@ class StreamCollector(Collector):
                 ("batches_duplicate", seen.duplicates, "batches dropped as repeats"),
                 ("readings_late", seen.late, "readings behind their channel's judgement"),
                 ("readings_judged", seen.judged, "readings the rules judged"),
+                ("readings_duplicate", seen.readings_duplicate, "readings of repeated batches"),
+                (
+                    "readings_in_rejected_payloads",
+                    seen.readings_in_rejected_payloads,
+                    "readings of payloads dead-lettered whole",
+                ),
+                (
+                    "readings_quarantined",
+                    seen.readings_quarantined,
+                    "readings stamped too far ahead of their receive time",
+                ),
+                (
+                    "events_quarantined",
+                    seen.events_quarantined,
+                    "events stamped too far ahead of their receive time",
+                ),
+                ("ids_capped", seen.capped, "ids not tracked because of a memory cap"),
             ):
                 yield CounterMetricFamily(f"milkguard_{name}", what, value=value)
             deviations = CounterMetricFamily(

@@ -20,8 +20,10 @@ import msgspec
 
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, deadletter_topic, deviation_topic
-from stream.engine.deviation import DeviationChange, deviation_to_json
+from milkguard.signing import Signer
+from stream.engine.deviation import DeviationChange
 from stream.errors import NotAcknowledged
+from stream.signed import sealed_change
 from stream.sinks.base import DeadLetter
 
 if TYPE_CHECKING:
@@ -68,7 +70,8 @@ class MqttBatchSource:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         # blocks while the queue is full: paho stops reading the socket, the broker holds on
-        self.queue.put(Message(msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
+        topic = mqtt_connect.topic_of(msg)
+        self.queue.put(Message(topic, bytes(msg.payload), time.time_ns() // 1_000_000))
 
     def stop(self, handle: Callable[[Message], None]) -> None:
         """Disconnect, handing every message already received to ``handle``.
@@ -134,18 +137,25 @@ class MqttOutbox:
 
 
 class MqttDeviationSink:
-    """Publishes each deviation change (QoS 1) on ``milkguard/v1/deviations/{site}/{asset}``."""
+    """Publishes each deviation change (QoS 1) on ``milkguard/v1/deviations/{site}/{asset}``,
+    in an envelope signed with the stream's key (the alert service believes nothing else)."""
 
-    def __init__(self, outbox: MqttOutbox) -> None:
+    def __init__(self, outbox: MqttOutbox, signer: Signer) -> None:
         self._outbox = outbox
-        self._encoder = msgspec.json.Encoder()
+        self._signer = signer
+        self.unpublishable = 0
 
     def emit(self, change: DeviationChange) -> None:
-        """Publish the change."""
+        """Sign and publish the change; one outside the wire contract is counted and logged."""
         d = change.deviation
-        self._outbox.publish(
-            deviation_topic(d.site, d.asset), self._encoder.encode(deviation_to_json(change))
-        )
+        topic = deviation_topic(d.site, d.asset)
+        try:
+            payload = sealed_change(change, self._signer)
+        except msgspec.ValidationError as exc:  # kept in deviations.jsonl all the same
+            self.unpublishable += 1
+            log.error("deviation.unpublishable", extra={"topic": topic, "error": str(exc)})
+            return
+        self._outbox.publish(topic, payload)
 
     def flush(self) -> None:
         """Wait for the broker's acknowledgements."""

@@ -156,9 +156,9 @@ class Arrivals:
         self._lock = threading.Lock()
 
     def take(self, payload: bytes) -> None:
-        """One deviation change (the JSON of deviations.jsonl)."""
+        """One deviation change, in the signed envelope the stream publishes."""
         now = time.time()
-        change = json.loads(payload)
+        change = json.loads(payload)["record"]
         if change.get("rule_id") != PROBE_RULE:
             return
         stamp = change["start"] if change["change"] == "opened" else change["end"]

@@ -1,7 +1,10 @@
 """``milkguard replay``: judge recorded wire payloads (JSON lines) and write deviations.
 
-Deterministic: the engine's clock is the data's own (each batch is taken as received at the later
-of its ``sent_at`` and its newest reading), so the same input always gives the same output. The
+Deterministic: the engine's clock is the data's own, so the same input always gives the same
+output. A recorded batch has no receive time; it is taken as received at the replay clock
+(:class:`stream.ingest.ReplayClock`: the newest ``sent_at`` so far, moved only forward and never
+by one absurd stamp), and readings further ahead of that than the future tolerance are
+quarantined, as live. The
 output is one JSON object per deviation change, in the schema of ``deviation_to_json``
 (README: "Deviation records").
 """
@@ -21,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stream.engine.core import Engine
 from stream.engine.deviation import DeviationChange, deviation_to_json
-from stream.ingest import Ingest
+from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest
 from stream.plan import LoadedPlan
 from stream.sinks.base import DeadLetter
 from stream.sinks.files import JsonlDeadLetterSink, LineProtocolFileSink
@@ -69,6 +72,13 @@ class ReplaySummary:
     duplicates: int
     late: int
     first_rejections: list[DeadLetter]
+    readings_duplicate: int = 0
+    readings_in_rejected_payloads: int = 0
+    readings_quarantined: int = 0
+    events_quarantined: int = 0
+    rejected_payloads: int = 0
+    rejected_readings: int = 0
+    capped: int = 0
 
 
 def replay(
@@ -80,13 +90,21 @@ def replay(
     deadletter: Path | None = None,
     timeseries: Path | None = None,
     progress_total: int | None = None,
+    future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
 ) -> ReplaySummary:
     """Judge every payload of ``source``; write deviation changes to ``out``."""
     writer = JsonLinesDeviationWriter(out)
     rejected_memory = MemoryDeadLetterSink()
     letters = JsonlDeadLetterSink(deadletter) if deadletter is not None else rejected_memory
     series = LineProtocolFileSink(timeseries) if timeseries is not None else _DiscardedSeries()
-    ingest = Ingest(Engine(loaded), series, writer, letters, clock="event")
+    ingest = Ingest(
+        Engine(loaded),
+        series,
+        writer,
+        letters,
+        clock="event",
+        future_tolerance_ms=future_tolerance_ms,
+    )
     lines = 0
     with _progress(progress_total) as advance:
         for number, line in enumerate(_lines(source), start=1):
@@ -107,6 +125,13 @@ def replay(
         duplicates=counters.duplicates,
         late=ingest.engine.counters.late,
         first_rejections=rejected_memory.letters[:5],
+        readings_duplicate=counters.readings_duplicate,
+        readings_in_rejected_payloads=counters.readings_in_rejected_payloads,
+        readings_quarantined=counters.readings_quarantined,
+        events_quarantined=counters.events_quarantined,
+        rejected_payloads=counters.rejected_payloads,
+        rejected_readings=counters.rejected_readings,
+        capped=counters.capped,
     )
 
 

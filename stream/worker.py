@@ -35,20 +35,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError, ExtraMissing
 from milkguard.settings import Settings
 from stream.engine.core import Engine, SnapshotMismatch
-from stream.engine.deviation import DeviationChange, deviation_to_json
+from stream.engine.deviation import DeviationChange
 from stream.errors import InfluxWriteError
-from stream.ingest import Ingest
+from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest
 from stream.metrics import StreamCounts, counts_of
 from stream.plan import LoadedPlan, load_plan
+from stream.signed import load_stream_signer, sealed_change
 from stream.sinks.base import DeadLetter, TimeSeriesSink
 
 log = logging.getLogger(__name__)
@@ -121,31 +125,51 @@ class PartitionWork:
         plan: LoadedPlan,
         timeseries: TimeSeriesSink,
         saved: bytes | None,
+        *,
+        future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
+        known_gateways: Collection[tuple[str, str]] = (),
     ) -> PartitionWork:
         """A partition's work, carrying on from its saved state when there is one."""
         outputs = _Outputs()
         engine: Engine | None = None
         state: _State | None = None
         if saved is not None:
-            state = msgspec.msgpack.decode(saved, type=_State)
             try:
+                state = msgspec.msgpack.decode(saved, type=_State)
                 engine = Engine.restore(plan, state.engine)
-            except SnapshotMismatch as exc:
+            except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("worker.state_discarded", extra={"partition": number, "why": str(exc)})
                 state = None
-        ingest = Ingest(engine or Engine(plan), timeseries, outputs, outputs)
+        ingest = Ingest(
+            engine or Engine(plan),
+            timeseries,
+            outputs,
+            outputs,
+            future_tolerance_ms=future_tolerance_ms,
+            known_gateways=known_gateways,
+        )
         work = cls(number, ingest, outputs, baseline=counts_of(ingest))
         if state is not None:
             ingest.restore_windows(state.windows)
             work.offset, work.clock_ms = state.offset, state.clock_ms
         return work
 
-    def take(self, payload: bytes, offset: int, timestamp_ms: int, origin: str) -> bool:
-        """Judge one message; False if the saved state already includes it."""
+    def take(self, payload: bytes | None, offset: int, timestamp_ms: int, origin: str) -> bool:
+        """Judge one message; False if the saved state already includes it.
+
+        Total, like ingest: a message without a value (a tombstone) is judged as an empty
+        payload (dead-lettered), and a timestamp further ahead of the wall clock than the future
+        tolerance, or a missing one, does not move the partition's clock (it would make every
+        later message late).
+        """
         if offset <= self.offset:
             return False
-        self.clock_ms = max(self.clock_ms, timestamp_ms)
-        self.ingest.handle_bridged(payload, self.clock_ms, origin)
+        wall_ms = time.time_ns() // 1_000_000
+        if 0 <= timestamp_ms <= wall_ms + self.ingest.future_tolerance_ms:
+            self.clock_ms = max(self.clock_ms, timestamp_ms)
+        elif self.clock_ms < 0:
+            self.clock_ms = wall_ms  # no usable time yet: now is the best guess
+        self.ingest.handle_bridged(payload or b"", self.clock_ms, origin)
         self.offset = offset
         self.quiet_since = time.monotonic()
         self.dirty = True
@@ -182,6 +206,7 @@ class WorkerCounters:
     checkpoints: int = 0
     restored: int = 0  # partitions carried on from a saved state
     deviations_sent: int = 0
+    deviations_unpublishable: int = 0  # outside the wire contract: logged, never sent unsigned
     letters_sent: int = 0
 
 
@@ -206,6 +231,7 @@ class Worker:
         self.timeseries = timeseries
         self.influx = influx
         self.counters = WorkerCounters()
+        self.signer = load_stream_signer(settings)  # every deviation sent is signed with it
         self.work: dict[int, PartitionWork] = {}
         self.retired = StreamCounts()  # counted on partitions since revoked
         self.ready = False
@@ -276,7 +302,7 @@ class Worker:
             message = event.message
             work = self._work_of(message.partition)
             async with self._lock:
-                stamp = round(message.timestamp * 1000)
+                stamp = _stamp_ms(message.timestamp)
                 taken = work.take(message.value, message.offset, stamp, message.topic)
                 if not taken:
                     self.counters.skipped += 1
@@ -293,7 +319,15 @@ class Worker:
         if work is None:
             plan = self.plan.for_sites(sites_of_partition(self.plan, partition, self.partitions))
             saved = self.table.data.get(partition)
-            work = PartitionWork.start(partition, plan, self.timeseries, saved)
+            tolerance_ms = round(self.settings.future_tolerance_h * 3_600_000)
+            work = PartitionWork.start(
+                partition,
+                plan,
+                self.timeseries,
+                saved,
+                future_tolerance_ms=tolerance_ms,
+                known_gateways=known_gateways(self.settings),
+            )
             self.work[partition] = work
             if saved is not None:
                 self.counters.restored += 1
@@ -312,10 +346,14 @@ class Worker:
         outputs = work.outputs
         for change in outputs.changes:
             d = change.deviation
-            await self.deviations.send(
-                key=d.site.encode(), value=_ENCODER.encode(deviation_to_json(change))
-            )
-        self.counters.deviations_sent += len(outputs.changes)
+            try:
+                sealed = sealed_change(change, self.signer)
+            except msgspec.ValidationError as exc:
+                self.counters.deviations_unpublishable += 1
+                log.error("deviation.unpublishable", extra={"deviation": d.id, "error": str(exc)})
+                continue
+            await self.deviations.send(key=d.site.encode(), value=sealed)
+            self.counters.deviations_sent += 1
         for letter in outputs.letters:
             await self.deadletter.send(
                 key=(letter.site or "unknown").encode(), value=_ENCODER.encode(letter)
@@ -397,6 +435,13 @@ class Worker:
             if work is not None:
                 self.retired = self.retired.plus(work.counts())
         log.info("worker.partitions_revoked", extra={"partitions": sorted(mine)})
+
+
+def _stamp_ms(timestamp: object) -> int:
+    """A Kafka message's timestamp in ms; -1 (no time) when it is missing or not a number."""
+    if not isinstance(timestamp, int | float) or not math.isfinite(timestamp):
+        return -1
+    return round(timestamp * 1000)
 
 
 def _credentials(settings: Settings) -> Any:

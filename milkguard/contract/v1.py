@@ -78,8 +78,43 @@ Unit = Literal[
     "deg",  # position (latitude/longitude)
 ]
 
-Volume = Annotated[float, msgspec.Meta(ge=0, description="Litres.")]
+#: What a reading of each unit may plausibly be, inclusive. A value outside (NaN and infinity
+#: included) is a broken sensor, a wrong unit or a forged payload: it is dead-lettered alone
+#: (the rest of its batch is kept) and counted, and never reaches the rules. Bounds are wide on
+#: purpose: beyond any dairy process, so a real excursion is always judged, never refused.
+PLAUSIBLE: Final[dict[str, tuple[float, float]]] = {
+    "degC": (-90.0, 400.0),  # deep freezers down to -60; steam and UHT up to ~150; fire beyond
+    "%RH": (0.0, 100.0),
+    "%O2": (0.0, 100.0),
+    "%": (0.0, 100.0),
+    "L": (0.0, 10_000_000.0),  # the largest silos hold ~500,000 L
+    "L/h": (0.0, 10_000_000.0),  # the largest pasteurizers run ~100,000 L/h
+    "bar": (-1.0, 2_000.0),  # full vacuum (gauge) to beyond homogenizers (~250 bar)
+    "state": (0.0, 1.0),  # 1/0 (forward/divert, open/closed)
+    "km/h": (0.0, 300.0),
+    "deg": (-180.0, 180.0),  # latitude within +-90 and longitude within +-180
+}
+
+#: Every float the contract accepts is finite and no larger than this, so arithmetic on it
+#: cannot overflow to infinity where the contract gives no tighter bound.
+FINITE_MAX: Final = 1e15
+
+_VALUE_DESCRIPTION: Final = (
+    "The value in its unit. Plausible ranges (inclusive; a reading outside, or NaN or infinity, "
+    "is dead-lettered alone): "
+    + "; ".join(f"{unit} {low:g}..{high:g}" for unit, (low, high) in PLAUSIBLE.items())
+    + "."
+)
+
+Volume = Annotated[float, msgspec.Meta(ge=0, le=10_000_000.0, description="Litres.")]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+Finite = Annotated[float, msgspec.Meta(ge=-FINITE_MAX, le=FINITE_MAX)]
+
+
+def implausible(unit: str, value: float) -> tuple[float, float] | None:
+    """The bounds ``value`` lies outside of for ``unit`` (NaN and infinity included), or None."""
+    low, high = PLAUSIBLE[unit]
+    return None if low <= value <= high else (low, high)
 
 
 class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -91,7 +126,7 @@ class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False)
 
     asset: ReadingId
     channel: ReadingId
-    value: float
+    value: Annotated[float, msgspec.Meta(description=_VALUE_DESCRIPTION)]
     unit: Unit
     ts: EpochMs
 
@@ -202,8 +237,8 @@ class ClockState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     synced: bool | None = None
-    offset_ms: float | None = None
-    error_ms: float | None = None
+    offset_ms: Finite | None = None
+    error_ms: Finite | None = None
     source: Literal["kernel", "chrony", "command", "none"] = "none"
 
 
@@ -219,7 +254,9 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             ge=0,
             description=(
                 "Per-gateway sequence number; grows with every batch and survives restarts "
-                "(a gateway that cannot store it may seed it from its clock in ms)."
+                "(a gateway that cannot store it may seed it from its clock in ms). A number "
+                "greater than the receive time in ms plus the stream's future tolerance can be "
+                "neither, and is refused."
             ),
         ),
     ]
@@ -309,8 +346,46 @@ _encoder: Final = msgspec.json.Encoder()
 
 
 def decode_batch(payload: bytes | str) -> Batch:
-    """Decode and validate one payload; raises msgspec.ValidationError or msgspec.DecodeError."""
+    """Decode and validate one payload; raises msgspec.ValidationError or msgspec.DecodeError,
+    and for some inputs other errors (invalid UTF-8, deep nesting): see :func:`read_batch`."""
     return _decoder.decode(payload)
+
+
+def read_batch(payload: bytes) -> Batch | str:
+    """The batch of a payload, or why it is not one. Never raises: every byte sequence is either
+    a batch or a reason (msgspec raises UnicodeDecodeError for invalid UTF-8 in a string and
+    RecursionError for deep nesting, not only its own errors)."""
+    try:
+        return _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    except msgspec.DecodeError as exc:
+        return f"not valid JSON: {exc}"
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 at byte {exc.start}: JSON text must be UTF-8"
+    except RecursionError:
+        return "nested too deeply to be a batch of wire contract v1"
+    except Exception as exc:  # whatever else a decoder may raise on hostile input
+        return f"not a batch of wire contract v1 ({type(exc).__name__}: {exc})"
+
+
+class _ReadingsOnly(msgspec.Struct):
+    readings: list[msgspec.Raw] = []
+
+
+_readings_only: Final = msgspec.json.Decoder(_ReadingsOnly)
+
+
+def count_readings(payload: bytes) -> int:
+    """How many readings a payload holds as the contract counts them: the length of its
+    top-level ``readings`` array when it parses as a JSON object holding a list there, else 0.
+    Used for payloads refused whole, so every reading fed is counted somewhere. A payload that
+    is not UTF-8 throughout is no JSON text (RFC 8259), so it holds none."""
+    try:
+        payload.decode("utf-8")
+        return len(_readings_only.decode(payload).readings)
+    except Exception:  # not parseable as such: it holds no readings anyone could count
+        return 0
 
 
 def encode_batch(batch: Batch) -> bytes:

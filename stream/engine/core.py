@@ -34,7 +34,7 @@ amortizes the vector work; a replay calls it on a fixed count, so it is determin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from milkguard.contract.v1 import (
+    PLAUSIBLE,
     CipEnd,
     CipStart,
     Delivery,
@@ -114,11 +115,14 @@ class EngineCounters:
 
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """What ``submit`` could not hold: readings in another unit than the plan's, and readings of
-    channels the plan does not know (whose ids the caller must still check before storing)."""
+    """What ``submit`` could not hold: readings in another unit than the plan's, readings of
+    channels the plan does not know (whose ids the caller must still check before storing), and
+    readings of planned channels it refused: implausible for their unit, or stamped beyond the
+    horizon it was given (the caller says why, and dead-letters them)."""
 
     mismatches: list[UnitMismatch]
     unplanned: list[Reading]
+    refused: list[Reading] = field(default_factory=list)
 
 
 _NOTHING_LEFT_OUT = Routed([], [])
@@ -311,6 +315,7 @@ class Engine:
         silence: list[int] = []
         lateness: list[int] = []
         ccp: list[bool] = []
+        plausible: list[tuple[float, float]] = []
         row_of: dict[tuple[str, str], int] = {}
         for key, asset in plan.assets.items():
             asset_id = asset.id or key
@@ -336,6 +341,7 @@ class Engine:
                 ccp.append(channel.ccp)
                 lo.append(-math.inf)
                 hi.append(math.inf)
+                plausible.append(PLAUSIBLE[channel.unit])
                 rate.append(math.inf)
                 flat.append(int(_NEVER))
                 self._machines.append([])
@@ -361,6 +367,8 @@ class Engine:
         self._silence_ms = np.array(silence, dtype=np.int64)
         self._lateness_ms = np.array(lateness, dtype=np.int64)
         self._ccp = np.array(ccp, dtype=np.bool_)
+        bounds = np.array(plausible, dtype=np.float64).reshape(-1, 2)
+        self._plausible_lo, self._plausible_hi = bounds[:, 0].copy(), bounds[:, 1].copy()
         self._allocate_state(n)
 
     def _compile_rules(
@@ -552,12 +560,22 @@ class Engine:
         """The unit the plan declares for a reading's channel, or None if the plan lacks it."""
         return self._by_name.get((site, reading.asset, reading.channel))
 
-    def submit(self, site: str, device: str, readings: list[Reading], received_ms: int) -> Routed:
+    def submit(
+        self,
+        site: str,
+        device: str,
+        readings: list[Reading],
+        received_ms: int,
+        horizon_ms: int | None = None,
+    ) -> Routed:
         """Hold a gateway's readings until their channels' watermarks pass them.
 
         Returns what was not held: readings whose unit differs from the plan's (not judged: a
         value in another unit checked against the plan's limit would be a false verdict either
-        way), and readings of channels the plan does not know (counted, noticed once).
+        way), readings of channels the plan does not know (counted, noticed once), and, when
+        ``horizon_ms`` is given, readings of planned channels outside their unit's plausible
+        bounds or stamped after ``horizon_ms`` (one vector step here, where the values are
+        columns already, rather than a Python loop per reading at the boundary).
         """
         if not readings:
             return _NOTHING_LEFT_OUT
@@ -580,15 +598,28 @@ class Engine:
         left_out = _NOTHING_LEFT_OUT
         if not complete:
             rows_list, readings, left_out = self._route_misses(site, rows.tolist(), readings)
-            if not readings:
-                return left_out
             count = len(readings)
             rows = np.array(rows_list, dtype=np.int64)
+        ts = np.fromiter(map(_TS, readings), dtype=np.int64, count=count)
+        values = np.fromiter(map(_VALUE, readings), dtype=np.float64, count=count)
+        if horizon_ms is not None:
+            # written so that NaN is refused too: every comparison with it is False
+            plausible = (values >= self._plausible_lo[rows]) & (values <= self._plausible_hi[rows])
+            refused = ~plausible | (ts > horizon_ms)
+            if refused.any():
+                left_out = Routed(
+                    left_out.mismatches,
+                    left_out.unplanned,
+                    [readings[i] for i in np.flatnonzero(refused).tolist()],
+                )
+                kept = ~refused
+                rows, ts, values = rows[kept], ts[kept], values[kept]
+                count = len(rows)
+        if not count:
+            return left_out
         self.counters.submitted += count
         if layout is None or not complete:
             self._note_ccp(device, rows)
-        ts = np.fromiter(map(_TS, readings), dtype=np.int64, count=count)
-        values = np.fromiter(map(_VALUE, readings), dtype=np.float64, count=count)
         code = self._device_codes.get(device)
         if code is None:
             if len(self._devices) >= _MAX_LAYOUTS:
@@ -774,7 +805,7 @@ class Engine:
         for row, stamp in zip(rows.tolist(), ts.tolist(), strict=True):
             self._late_count[row] += 1
             count = int(self._late_count[row])
-            if _is_power_of_ten(count):
+            if is_power_of_ten(count):
                 site, asset, channel = self._names[row]
                 self.notices.append(Notice("late", site, asset, channel, stamp, count))
 
@@ -927,7 +958,8 @@ class Engine:
         run_start = anchor[position]
         base = np.where(seen, prev_ts, self._started)
         gap = ts - base
-        step = np.abs(values - prev_value)
+        with np.errstate(over="ignore", invalid="ignore"):  # an infinite step is implausible
+            step = np.abs(values - prev_value)
         quiet = (
             (values >= self._lo[rows])
             & (values <= self._hi[rows])
@@ -1203,10 +1235,17 @@ def _sorted(readings: _Columns) -> _Columns:
     rows, ts = readings.rows, readings.ts
     if len(rows) < 2:
         return readings
-    key = (rows << 41) | (ts - ts.min())  # 2**41 ms is 69 years; rows stay below 2**22
+    span = ts - ts.min()
+    if int(span.max()) >= _KEY_SPAN:
+        # the contract's event times span 100 years, more than the key holds: sort on both
+        return readings.take(np.lexsort((ts, rows)))
+    key = (rows << 41) | span  # 2**41 ms is 69 years; rows stay below 2**22
     if not bool((key[1:] < key[:-1]).any()):
         return readings
     return readings.take(np.argsort(key, kind="stable"))
+
+
+_KEY_SPAN = 2**41
 
 
 _EMPTY_COLUMNS = _Columns(
@@ -1223,13 +1262,14 @@ _EVENT_TS = attrgetter("ts")
 # product classes that raise the legal pasteurization minimum (PMO: +3 degC)
 _RICH_FAT_PCT = 10.0
 _RICH_SOLIDS_PCT = 18.0
-_MAX_LAYOUTS = 100_000  # one per gateway; bounded so invented gateway ids cannot grow memory
+_MAX_LAYOUTS = 20_000  # one per gateway; bounded so invented gateway ids cannot grow memory
 
 # unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)
 _MAX_NOTICED = 10_000
 
 
-def _is_power_of_ten(n: int) -> bool:
-    while n % 10 == 0:
+def is_power_of_ten(n: int) -> bool:
+    """1, 10, 100, ...: when a repeated notice is logged again (the first, then ever rarer)."""
+    while n >= 10 and n % 10 == 0:
         n //= 10
     return n == 1

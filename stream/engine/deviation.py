@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from milkguard.contract.records import DeviationRecord
+
 DeviationStatus = Literal["open", "closed"]
 ChangeKind = Literal["opened", "closed"]
 
@@ -104,3 +106,12 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "clock_offset_ms": d.clock_offset_ms,
         "clock_synced": d.clock_synced,
     }
+
+
+def deviation_record(change: DeviationChange) -> DeviationRecord:
+    """The typed record of the wire contract (what the stream signs and publishes).
+
+    Raises ``msgspec.ValidationError`` when the change falls outside the contract (an id or
+    kind the contract does not know): such a change must not be published half-checked.
+    """
+    return msgspec.convert(deviation_to_json(change), DeviationRecord)

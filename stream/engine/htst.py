@@ -52,10 +52,14 @@ def fastest_to_mean(reynolds: float) -> float:
 
 
 def fastest_particle_hold_s(rule: Htst | Uht, flow_l_h: float) -> float:
-    """t_min = V / (k Q), seconds, for a flow in L/h (infinite when nothing flows)."""
+    """t_min = V / (k Q), seconds, for a flow in L/h (infinite when nothing flows).
+
+    Total: any float in gives a number out, never an error (a flow too small to divide by, as
+    5e-324 L/h, is no flow; NaN is no flow either).
+    """
     tube = rule.holding_tube
     assert tube is not None  # the plan refuses a flow channel without a tube
-    if flow_l_h <= 0:
+    if not flow_l_h > 0:
         return math.inf
     flow_m3_s = flow_l_h / 3.6e6
     reynolds = (
@@ -65,7 +69,10 @@ def fastest_particle_hold_s(rule: Htst | Uht, flow_l_h: float) -> float:
         * flow_m3_s
         / (math.pi * tube.diameter_m * rule.viscosity_mpa_s / 1000)
     )
-    return tube.volume_l / (fastest_to_mean(reynolds) * flow_l_h / 3600)
+    mean_velocity_share = fastest_to_mean(reynolds) * flow_l_h / 3600
+    if not mean_velocity_share > 0:  # underflowed to zero: no measurable flow
+        return math.inf
+    return tube.volume_l / mean_velocity_share  # float division overflows to inf, not an error
 
 
 class HtstMachine:
@@ -254,6 +261,21 @@ class UhtMachine:
 
 
 def lethality_f0(rule: Uht, outlet_c: float, flow_l_h: float) -> float:
-    """F0 (minutes at 121.1 degC, z = 10 degC) of the fastest parcel at this outlet temperature."""
+    """F0 (minutes at 121.1 degC, z = 10 degC) of the fastest parcel at this outlet temperature.
+
+    Total: infinite when nothing flows or the temperature is beyond any float's reach (10 ** x
+    raises OverflowError past x ~ 308, so the exponent is capped where the result is infinite
+    anyway); 0 for a NaN temperature (an unknown temperature is no proof of lethality).
+    """
     residence_s = fastest_particle_hold_s(rule, flow_l_h)
-    return residence_s * 10 ** ((outlet_c - 121.1) / 10) / 60
+    if math.isnan(outlet_c):
+        return 0.0
+    if math.isinf(residence_s):
+        return math.inf
+    exponent = (outlet_c - 121.1) / 10
+    if exponent > _MAX_EXPONENT:
+        return math.inf
+    return residence_s * 10**exponent / 60  # float products overflow to inf, not an error
+
+
+_MAX_EXPONENT = 300.0

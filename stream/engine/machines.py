@@ -313,7 +313,7 @@ class RateOfChangeMachine(Machine):
             # steps into, during and out of cleaning are the cleaning, not the sensor
             return self._closed(sample.ts, sample.late) if self._open is not None else None
         step, span = abs(sample.value - sample.prev_value), sample.ts - sample.prev_ts
-        rate = step / span
+        rate = step / max(span, 1)  # one instant twice (never here, by the engine): as 1 ms
         # the same comparison as the engine's screen, so the two never disagree on a boundary
         implausible = step > self.spec.max_per_ms * span
         if self._open is None:

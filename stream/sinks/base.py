@@ -7,6 +7,8 @@ knows nothing was confirmed.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -14,9 +16,21 @@ import msgspec
 
 from stream.engine.deviation import DeviationChange
 
+#: A dead letter keeps a payload whole up to this many bytes; beyond it, its SHA-256, its length
+#: and its first bytes, so a flood of huge payloads cannot fill the disk or the topics.
+KEPT_PAYLOAD_BYTES = 64 * 1024
+#: How much of a payload beyond :data:`KEPT_PAYLOAD_BYTES` is kept, to recognise it by.
+KEPT_PREFIX_BYTES = 1024
+
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """A rejected payload or reading, kept with the reason so nothing is dropped silently."""
+    """A rejected payload or reading, kept with the reason so nothing is dropped silently.
+
+    ``payload`` is the payload whole when it is at most :data:`KEPT_PAYLOAD_BYTES` long;
+    otherwise only its first :data:`KEPT_PREFIX_BYTES` bytes, with ``truncated`` set,
+    ``payload_bytes`` its full length and ``payload_sha256`` the hash of all of it. Build
+    letters of raw payloads with :meth:`of_payload`, which applies that bound.
+    """
 
     received_at: str
     topic: str
@@ -26,6 +40,70 @@ class DeadLetter(msgspec.Struct, frozen=True):
     site: str | None = None
     gateway: str | None = None
     seq: int | None = None
+    truncated: bool = False
+    payload_bytes: int | None = None
+    payload_sha256: str | None = None
+
+    @classmethod
+    def of_payload(
+        cls,
+        payload: bytes,
+        *,
+        received_at: str,
+        topic: str,
+        reason: str,
+        site: str | None = None,
+        gateway: str | None = None,
+        seq: int | None = None,
+    ) -> DeadLetter:
+        """A letter for a raw payload, bounded (see the class)."""
+        size = len(payload)
+        truncated = size > KEPT_PAYLOAD_BYTES
+        kept = payload[:KEPT_PREFIX_BYTES] if truncated else payload
+        text, encoding = printable(kept)
+        return cls(
+            received_at=received_at,
+            topic=topic[:512],  # a topic is the client's choice too
+            reason=reason,
+            payload=text,
+            encoding=encoding,
+            site=site,
+            gateway=gateway,
+            # JSON and msgpack encoders refuse ints beyond 64 bits: a letter must always encode
+            seq=seq if seq is not None and 0 <= seq < 2**63 else None,
+            truncated=truncated,
+            payload_bytes=size if truncated else None,
+            payload_sha256=hashlib.sha256(payload).hexdigest() if truncated else None,
+        )
+
+
+def bounded(letter: DeadLetter) -> DeadLetter:
+    """``letter`` itself, or its bounded form when it was built around a payload too long to
+    keep whole (a sink's last guard: every letter it writes has the bound)."""
+    if letter.truncated or len(letter.payload) <= KEPT_PAYLOAD_BYTES * 4 // 3 + 4:
+        return letter
+    raw = (
+        base64.b64decode(letter.payload)
+        if letter.encoding == "base64"
+        else letter.payload.encode("utf-8", errors="surrogatepass")
+    )
+    return DeadLetter.of_payload(
+        raw,
+        received_at=letter.received_at,
+        topic=letter.topic,
+        reason=letter.reason,
+        site=letter.site,
+        gateway=letter.gateway,
+        seq=letter.seq,
+    )
+
+
+def printable(payload: bytes) -> tuple[str, str]:
+    """``payload`` as text: itself when it is UTF-8, else base64."""
+    try:
+        return payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii"), "base64"
 
 
 class TimeSeriesSink(Protocol):

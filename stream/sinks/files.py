@@ -16,7 +16,7 @@ from typing import IO
 import msgspec
 
 from stream.engine.deviation import DeviationChange, deviation_to_json
-from stream.sinks.base import DeadLetter
+from stream.sinks.base import DeadLetter, bounded
 
 
 def _utc_day() -> str:
@@ -130,8 +130,8 @@ class JsonlDeadLetterSink:
         self._encoder = msgspec.json.Encoder()
 
     def reject(self, letter: DeadLetter) -> None:
-        """Buffer one letter."""
-        self._out.append(self._encoder.encode(letter).decode())
+        """Buffer one letter, bounded: a flood of huge payloads cannot fill the disk."""
+        self._out.append(self._encoder.encode(bounded(letter)).decode())
 
     def flush(self) -> None:
         """Append and fsync."""

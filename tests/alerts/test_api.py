@@ -15,7 +15,7 @@ from alerts.audit import AuditTrail
 from alerts.lifecycle import AlertBook
 from alerts.signing import Signer
 from milkguard.settings import ApiUser
-from tests.alerts.records import change
+from tests.alerts.records import DEV1, change
 
 T = 1_795_341_600_000
 TOKENS = {
@@ -43,7 +43,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     book.on_deviation(change("opened"), T)
     reports = tmp_path / "reports"
     reports.mkdir()
-    (reports / "dev1.json").write_text(
+    (reports / f"{DEV1}.json").write_text(
         '{"report": {"deviation": {"site": "plant-01"}}, "signature": {}}'
     )
     with TestClient(create_app(users(), book, trail, reports)) as test_client:
@@ -60,12 +60,19 @@ def test_requests_without_a_valid_token_are_refused(client: TestClient) -> None:
     assert client.get("/api/alerts").status_code == 401
     assert client.get("/api/alerts", headers={"Authorization": "Bearer guess"}).status_code == 401
     assert client.post("/api/acknowledge", json={"alert_id": HTST}).status_code == 401
-    assert client.get("/api/reports/dev1.json").status_code == 401
+    assert client.get(f"/api/reports/{DEV1}.json").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "name", ["..%2Fkey.pem", "%2Fetc%2Fpasswd.json", "x.json", f"{DEV1}.pem", f"{DEV1}.json.json"]
+)
+def test_only_a_deviation_id_names_a_report(client: TestClient, name: str) -> None:
+    assert client.get(f"/api/reports/{name}", headers=as_("authority")).status_code == 404
 
 
 def test_a_regulator_reads_every_site_and_cannot_write(client: TestClient) -> None:
     assert [a["id"] for a in client.get("/api/alerts", headers=as_("authority")).json()] == [HTST]
-    assert client.get("/api/reports/dev1.json", headers=as_("authority")).status_code == 200
+    assert client.get(f"/api/reports/{DEV1}.json", headers=as_("authority")).status_code == 200
 
     ack = client.post("/api/acknowledge", json={"alert_id": HTST}, headers=as_("authority"))
     action = client.post(
@@ -79,8 +86,8 @@ def test_a_regulator_reads_every_site_and_cannot_write(client: TestClient) -> No
 
 def test_an_operator_sees_and_acts_on_their_own_sites_only(client: TestClient) -> None:
     assert client.get("/api/alerts", headers=as_("zhao")).json() == []
-    assert client.get("/api/reports/dev1.json", headers=as_("zhao")).status_code == 404
-    assert client.get("/api/reports/dev1.json", headers=as_("li")).status_code == 200
+    assert client.get(f"/api/reports/{DEV1}.json", headers=as_("zhao")).status_code == 404
+    assert client.get(f"/api/reports/{DEV1}.json", headers=as_("li")).status_code == 200
     refused = client.post("/api/acknowledge", json={"alert_id": HTST}, headers=as_("zhao"))
     assert refused.status_code == 403
 

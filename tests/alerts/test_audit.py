@@ -3,6 +3,7 @@ end by the signed head, a whole rollback by a head handed out earlier."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_a_rollback_to_an_older_signed_state_is_caught_by_a_head_handed_out(
 
     assert rolled_back.verify(verifier) == []  # consistent in itself...
     (problem,) = rolled_back.verify(verifier, [(handed_out.seq, handed_out.hash)])
-    assert problem.startswith("the trail no longer holds entry 6")
+    assert problem.startswith("the trail ends at entry 5, behind entry 6 handed out")
     rolled_back.close()
 
 
@@ -163,3 +164,126 @@ def test_audit_verify_exits_1_and_names_the_problem(
     sql(trail, "UPDATE audit SET actor = 'someone else' WHERE seq = 1")
     assert main(argv) == 1
     assert "entry 1 (deviation.opened, dev-1) does not match its hash" in capsys.readouterr().out
+
+
+def verify_command(
+    db: Path | str, signer: Signer, tmp_path: Path, *extra: str
+) -> tuple[list[str], Path]:
+    public = tmp_path / "public.pem"
+    public.write_text(signer.public_pem())
+    return ["audit", "verify", "--db", str(db), "--public-key", str(public), *extra], public
+
+
+@pytest.mark.parametrize(
+    ("statements", "expected"),
+    [
+        (
+            ["DELETE FROM audit", "DELETE FROM audit_head"],
+            "the trail has no entries: it was emptied",
+        ),
+        (["DROP TABLE audit", "DROP TABLE audit_head"], "no audit and no audit_head table"),
+    ],
+    ids=["emptied", "dropped"],
+)
+def test_an_emptied_or_dropped_trail_fails_and_is_not_created_again(
+    trail: AuditTrail,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    statements: list[str],
+    expected: str,
+) -> None:
+    trail.close()
+    for statement in statements:
+        sql(trail, statement)
+    with sqlite3.connect(trail.path) as db:
+        tables = db.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+    argv, _ = verify_command(trail.path, signer, tmp_path)
+
+    assert main(argv) == 1
+    assert expected in capsys.readouterr().out
+    with sqlite3.connect(trail.path) as db:
+        assert db.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == tables
+
+
+def test_a_missing_signed_head_is_reported(
+    trail: AuditTrail, verifier: Verifier, tmp_path: Path
+) -> None:
+    sql(trail, "DELETE FROM audit_head")
+
+    problems = AuditTrail.open_read_only(trail.path).verify(verifier)
+    assert problems == ["the signed head is missing: it was deleted"]
+
+
+def test_a_missing_trail_fails_and_nothing_is_created(
+    signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "var" / "alerts"
+    argv, _ = verify_command(folder / "audit.db", signer, tmp_path)
+
+    assert main(argv) == 1
+    assert "the file is missing" in capsys.readouterr().out
+    assert not (tmp_path / "var").exists()
+
+
+def test_verifying_a_stopped_services_trail_writes_no_file(
+    trail: AuditTrail, signer: Signer, tmp_path: Path
+) -> None:
+    trail.close()
+    argv, _ = verify_command(trail.path, signer, tmp_path)
+    before = {p.name for p in tmp_path.iterdir()}
+
+    assert main(argv) == 0
+    assert {p.name for p in tmp_path.iterdir()} == before  # no -wal, no -shm, nothing
+
+
+def test_a_trail_rolled_back_behind_the_last_verified_head_fails_with_state(
+    trail: AuditTrail, signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "verified.json"
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--state", str(state))
+    old_copy = tmp_path / "old.db"
+    with sqlite3.connect(trail.path) as source, sqlite3.connect(old_copy) as target:
+        source.backup(target)
+    assert main(argv) == 0
+    trail.append("report.issued", "dev-5", "qa:wang", {"report": "dev-5.json"})
+    assert main(argv) == 0
+    kept = json.loads(state.read_text())
+    assert kept["seq"] == 6
+    trail.close()
+    for journal in ("-wal", "-shm"):
+        Path(f"{trail.path}{journal}").unlink(missing_ok=True)
+    old_copy.replace(trail.path)  # yesterday's copy: consistent in itself, signed, 5 entries
+    capsys.readouterr()
+
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "the trail ends at entry 5, behind entry 6" in out
+    assert json.loads(state.read_text()) == kept  # a failed verification keeps the state
+
+
+def test_a_trail_rewritten_from_the_verified_head_fails_with_state(
+    trail: AuditTrail, signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "verified.json"
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--state", str(state))
+    assert main(argv) == 0
+    # whoever holds the key rewrites entry 5 onwards: a chain intact in itself
+    sql(trail, "DELETE FROM audit WHERE seq = 5")
+    trail.append("deviation.opened", "dev-5", "stream", {"rule": "tank-max", "peak": 0})
+    trail.append("deviation.opened", "dev-6", "stream", {"rule": "tank-max", "peak": 6})
+    capsys.readouterr()
+
+    assert main(argv) == 1
+    assert "the trail no longer holds entry 5" in capsys.readouterr().out
+
+
+def test_a_damaged_state_file_is_a_clear_error(
+    trail: AuditTrail, signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "verified.json"
+    state.write_text("{not json")
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--state", str(state))
+
+    assert main(argv) == 2
+    assert "is not one MilkGuard wrote" in " ".join(capsys.readouterr().err.split())

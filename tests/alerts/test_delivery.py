@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from pydantic import SecretStr
 from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
 from milkguard import mqtt as mqtt_connect
-from tests.alerts.conftest import Smtp
-from tests.alerts.records import change
+from tests.alerts.conftest import Smtp, http_server
+from tests.alerts.records import DEV1, change
 from tests.helpers import TopicRecorder, wait_until
 from tests.servers import Mosquitto, free_port
 
@@ -61,15 +60,9 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    got.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as port:
+        got.url = f"http://127.0.0.1:{port}/hook"
         yield got
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def people(receiver: Receiver) -> list[Recipient]:
@@ -226,5 +219,5 @@ def test_every_notice_goes_to_the_alert_topic_once(tmp_path: Path, mosquitto: Mo
     assert (body["event"], body["audience"], body["deviation"]["id"]) == (
         "raised",
         "operator",
-        "dev-1",
+        DEV1,
     )

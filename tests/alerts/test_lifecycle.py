@@ -14,7 +14,7 @@ from alerts.audit import AuditTrail
 from alerts.corrective import CorrectiveActionInput
 from alerts.lifecycle import AlertBook, Audience, Notice, State
 from alerts.signing import Signer, Verifier
-from tests.alerts.records import change
+from tests.alerts.records import DEV1, change, dev
 
 MIN = 60_000
 T = 1_795_341_600_000
@@ -78,16 +78,16 @@ def test_closing_resolves_and_tells_everyone_who_was_told(book: AlertBook) -> No
 
 
 def test_a_returning_deviation_reopens_its_alert_within_the_hour(book: AlertBook) -> None:
-    book.on_deviation(change("opened", "dev-1"), T)
-    book.on_deviation(change("closed", "dev-1"), T + MIN)
+    book.on_deviation(change("opened", DEV1), T)
+    book.on_deviation(change("closed", DEV1), T + MIN)
 
-    assert told(book.on_deviation(change("opened", "dev-2"), T + 10 * MIN)) == [
+    assert told(book.on_deviation(change("opened", dev(2)), T + 10 * MIN)) == [
         ("reopened", "operator")
     ]
     (alert,) = book.all()
-    assert (alert.reopened, alert.deviations) == (1, ["dev-1", "dev-2"])
-    book.on_deviation(change("closed", "dev-2"), T + 11 * MIN)
-    assert told(book.on_deviation(change("opened", "dev-3"), T + 3 * 60 * MIN)) == [
+    assert (alert.reopened, alert.deviations) == (1, [DEV1, dev(2)])
+    book.on_deviation(change("closed", dev(2)), T + 11 * MIN)
+    assert told(book.on_deviation(change("opened", dev(3)), T + 3 * 60 * MIN)) == [
         ("raised", "operator")  # hours later: a new alert
     ]
 
@@ -150,7 +150,7 @@ def test_a_corrective_action_is_recorded_signed_and_in_the_trail(tmp_path: Path)
 
     assert book.actions(alert_id) == [action]
     assert action.signed_at == "2026-11-22T10:30:00.000Z"
-    assert action.deviation_id == "dev-1"
+    assert action.deviation_id == DEV1
     last = list(trail.entries())[-1]
     assert (last.kind, last.actor) == ("corrective_action.recorded", "qa:wang")
     assert last.body["meaning"].startswith("I performed or verified this corrective action")

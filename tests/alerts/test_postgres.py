@@ -15,7 +15,7 @@ from alerts.delivery import Outbox, Recipient, SmtpSettings
 from alerts.lifecycle import AlertBook, Audience
 from alerts.signing import Signer, Verifier
 from tests.alerts.conftest import Smtp
-from tests.alerts.records import change
+from tests.alerts.records import change, dev
 from tests.helpers import wait_until
 from tests.servers import Postgres, start_postgres
 
@@ -101,7 +101,7 @@ def test_two_nodes_escalating_at_the_same_moment_escalate_each_alert_once(
     signer = Signer.load_or_create(tmp_path / "key.pem")
     nodes = [node(postgres.url, signer, smtp) for _ in range(2)]
     for n in range(20):
-        record = {**change("opened", f"dev-{n}"), "asset": f"htst-{n}"}
+        record = {**change("opened", dev(n)), "asset": f"htst-{n}"}
         nodes[0][0].on_deviation(record, T)
     start = threading.Barrier(2)
     told: list[list[str]] = [[], []]
@@ -122,3 +122,25 @@ def test_two_nodes_escalating_at_the_same_moment_escalate_each_alert_once(
     for stores in nodes:
         for store in stores:
             store.close()
+
+
+def test_audit_verify_reads_postgresql_read_only(
+    postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from milkguard.cli import main  # noqa: PLC0415
+
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    public = tmp_path / "public.pem"
+    public.write_text(signer.public_pem())
+    argv = ["audit", "verify", "--db", postgres.url, "--public-key", str(public)]
+
+    assert main(argv) == 1  # nothing there yet: no tables, and verifying creates none
+    assert "no audit and no audit_head table" in capsys.readouterr().out
+    trail = AuditTrail(postgres.url, signer)
+    trail.append("deviation.opened", "dev-1", "stream", {"rule": "tank-max"})
+    trail.close()
+    state = tmp_path / "verified.json"
+
+    assert main([*argv, "--state", str(state)]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert '"seq": 1' in state.read_text()

@@ -3,12 +3,16 @@ the published public key can check it; a changed report or another key is caught
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from alerts.audit import AuditTrail
 from alerts.reports import compliance, issue, verify_file
@@ -62,6 +66,32 @@ def issued(
         now=at,
     )
     return path, signer, trail
+
+
+@pytest.mark.parametrize("bad_id", ["/tmp/x/pwned", "../../escaped", "..", "a" * 20 + "/x"])
+def test_a_path_like_deviation_id_writes_no_report_anywhere(tmp_path: Path, bad_id: str) -> None:
+    out = tmp_path / "deep" / "reports"
+
+    with pytest.raises(ConfigError, match="cannot name a report"):
+        issued(
+            tmp_path / "deep",
+            datetime(2026, 11, 22, 12, 0, tzinfo=UTC),
+            {**DEVIATION, "id": bad_id},
+        )
+
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.suffix in (".json", ".html")) == []
+
+
+def test_a_report_verifies_with_standard_tools_alone(tmp_path: Path) -> None:
+    """The signature is over the RFC 8785 form of ``report``: no MilkGuard code needed."""
+    path, signer, trail = issued(tmp_path, datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    signed = json.loads(path.read_text())
+    public = serialization.load_pem_public_key(signer.public_pem().encode())
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+
+    public.verify(base64.b64decode(signed["signature"]["value"]), rfc8785.dumps(signed["report"]))
+    trail.close()
 
 
 def test_a_report_is_signed_checkable_and_recorded_in_the_trail(tmp_path: Path) -> None:
@@ -174,15 +204,15 @@ def test_the_commands_issue_publish_and_verify(
 def test_the_share_reported_in_time_counts_late_missing_and_pending(tmp_path: Path) -> None:
     _, _, trail = issued(tmp_path, datetime(2026, 11, 22, 12, 0, tzinfo=UTC))  # in time
     trail.close()
-    late = {**DEVIATION, "id": "late00000000000000000"}
+    late = {**DEVIATION, "id": "1a7e0000000000000000"}
     _, _, trail = issued(tmp_path, datetime(2026, 11, 24, 12, 0, tzinfo=UTC), late)
     records = [
         DEVIATION,
         {**DEVIATION, "change": "closed"},  # the same deviation, counted once
         late,
-        {**DEVIATION, "id": "missing0000000000000"},
-        {**DEVIATION, "id": "recent00000000000000", "detected": "2026-11-24T11:00:00.000Z"},
-        {**DEVIATION, "id": "minor000000000000000", "severity": "minor"},
+        {**DEVIATION, "id": "0155000000000000000a"},
+        {**DEVIATION, "id": "2ece0000000000000000", "detected": "2026-11-24T11:00:00.000Z"},
+        {**DEVIATION, "id": "3140000000000000000b", "severity": "minor"},
     ]
 
     found = compliance(records, tmp_path / "reports", 24, datetime(2026, 11, 24, 12, tzinfo=UTC))

@@ -5,7 +5,6 @@ not again, and tells both when the deviation closes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from milkguard import mqtt as mqtt_connect
 from milkguard.cli import main
 from milkguard.contract.v1 import deviation_topic
 from tests.alerts.conftest import Smtp
-from tests.alerts.records import change
+from tests.alerts.records import DEV1, change, sealed, stream_signer
 from tests.helpers import TopicRecorder, wait_until
 from tests.servers import Mosquitto, stop
 
@@ -28,12 +27,14 @@ SUBJECT = "[CRITICAL] {}: plant-01/htst-1 pmo-htst.temperature"
 
 
 def start_service(tmp_path: Path, mosquitto: Mosquitto, smtp: Smtp) -> subprocess.Popen[bytes]:
+    """``milkguard alerts run`` believing the stream key of :func:`stream_signer` in tmp_path."""
     config = tmp_path / "alerts.yaml"
     config.write_text(
         f"""
 mqtt: {{broker: external, host: 127.0.0.1, port: {mosquitto.port}, client_id: plant-alerts}}
 alerts:
   directory: {tmp_path / "alerts"}
+  stream_keys: [{tmp_path / "stream.pem"}]
   smtp: {{host: 127.0.0.1, port: {smtp.port}, sender: milkguard@dairy}}
   escalation: {{critical_s: 4}}
   recipients:
@@ -57,20 +58,21 @@ def test_alerts_run_tells_the_right_people_once_through_a_kill(
     publisher = mqtt_connect.connect(address, "stream-outbox")
     notices = TopicRecorder(address, "milkguard/v1/alerts/#")
     topic = deviation_topic("plant-01", "htst-1")
+    signer, _ = stream_signer(tmp_path)
     service = start_service(tmp_path, mosquitto, smtp)
     try:
 
         def raised() -> bool:  # published until the service has subscribed: a redelivery storm
-            publisher.publish(topic, json.dumps(change("opened")).encode())
+            publisher.publish(topic, sealed(change("opened"), signer))
             return smtp.received() == [("li@plant", SUBJECT.format("raised"))]
 
         wait_until(raised, 30, "the operator's e-mail")
         os.kill(service.pid, signal.SIGKILL)
         service.wait()
-        publisher.publish(topic, json.dumps(change("opened")).encode())  # while it is down
+        publisher.publish(topic, sealed(change("opened"), signer))  # while it is down
         service = start_service(tmp_path, mosquitto, smtp)
         wait_until(lambda: len(smtp.received()) == 2, 30, "the escalation to QA")
-        publisher.publish(topic, json.dumps(change("closed")).encode())
+        publisher.publish(topic, sealed(change("closed"), signer))
         wait_until(lambda: len(smtp.received()) == 4, 30, "the resolution e-mails")
         wait_until(lambda: len(notices.payloads()) >= 4, 10, "the notices on MQTT")
     finally:
@@ -94,7 +96,7 @@ def test_alerts_run_tells_the_right_people_once_through_a_kill(
     public = tmp_path / "public.pem"
     key = str(tmp_path / "alerts" / "signing-key.pem")
     assert main(["alerts", "public-key", "--key", key, "--output", str(public)]) == 0
-    report = tmp_path / "alerts" / "reports" / "dev-1.json"
+    report = tmp_path / "alerts" / "reports" / f"{DEV1}.json"
     assert main(["alerts", "verify", str(report), "--public-key", str(public)]) == 0
     audit = ["audit", "verify", "--db", str(tmp_path / "alerts" / "audit.db")]
     assert main([*audit, "--public-key", str(public)]) == 0

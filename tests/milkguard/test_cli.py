@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from milkguard.cli import main
 from tests.helpers import wait_until
 from tests.servers import free_port
 
@@ -176,3 +177,59 @@ def test_an_unwritable_schema_output_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot write the schema to" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_yaml_error_quoting_a_bracketed_path_is_shown_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    config = tmp_path / "milkguard.yaml"
+    config.write_text("plan: [/usr/local/bin/x\n")
+
+    assert main(["run", "--config", str(config)]) == 2
+
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err
+    assert "plan: [/usr/local/bin/x" in err  # the YAML error's own quote, bracket and all
+
+
+def test_a_commands_stderr_in_brackets_is_shown_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    said = "open [/dev/ttyUSB0]: [busy] held by [bold]modem"
+    failing = f"import sys; sys.stderr.write({said!r}); sys.exit(3)"
+    config = tmp_path / "edge.yaml"
+    config.write_bytes(
+        json.dumps(
+            {
+                "site": "farm-01",
+                "gateway": "gw-1",
+                "sources": [
+                    {
+                        "name": "level",
+                        "driver": "command",
+                        "command": [sys.executable, "-c", failing],
+                        "channels": [{"asset": "tank-1", "channel": "level", "unit": "L"}],
+                    }
+                ],
+            }
+        ).encode()
+    )
+
+    assert main(["edge", "check", "--config", str(config)]) == 1
+
+    assert said in capsys.readouterr().out
+
+
+def test_an_error_naming_a_file_with_brackets_keeps_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    missing = tmp_path / "[bold]edge[/bold] [/etc].yaml"
+
+    assert main(["edge", "run", "--config", str(missing)]) == 2
+
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "Traceback" not in err

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 import pytest
@@ -25,9 +28,14 @@ from milkguard.contract import (
     json_schema,
     parse_batch_topic,
 )
+from milkguard.contract.records import DeviationKind, DeviationRecord, records_schema
+from milkguard.contract.v1 import PLAUSIBLE, Unit, count_readings, read_batch
+from tests.alerts.records import change
 from tests.conftest import T0
 
-SCHEMA_FILE = Path(__file__).parents[2] / "milkguard" / "contract" / "wire-v1.schema.json"
+ROOT = Path(__file__).parents[2]
+SCHEMA_FILE = ROOT / "milkguard" / "contract" / "wire-v1.schema.json"
+RECORDS_SCHEMA_FILE = ROOT / "milkguard" / "contract" / "records-v1.schema.json"
 
 
 def batch(**fields: object) -> dict[str, object]:
@@ -148,7 +156,7 @@ def test_the_committed_json_schema_matches_the_types() -> None:
 
 def test_importing_the_contract_pulls_in_nothing_heavier_than_msgspec() -> None:
     code = (
-        "import sys, milkguard.contract; "
+        "import sys, milkguard.contract, milkguard.contract.records; "
         "heavy = {'pydantic', 'paho', 'numpy', 'influxdb_client', 'faust', 'amqtt', 'yaml', "
         "'rich'}; print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
@@ -168,3 +176,75 @@ def test_the_schema_tells_device_makers_the_id_pattern_of_readings() -> None:
 def test_is_valid_id_refuses_what_would_break_topics_or_line_protocol() -> None:
     assert is_valid_id("tank-1.milk_temp")
     assert not any(is_valid_id(bad) for bad in ("", "a b", "a,b", "a=b", "a/b", "+", "-a"))
+
+
+def test_every_unit_has_plausible_bounds_and_the_schema_publishes_them() -> None:
+    assert set(PLAUSIBLE) == set(get_args(Unit))
+    assert all(low < high for low, high in PLAUSIBLE.values())
+    described = json_schema()["$defs"]["Reading"]["properties"]["value"]["description"]
+    assert "degC -90..400" in described
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"\xff":1}', b"[" * 100_000, b'{"a":' * 50_000, b"\xc3", b"", b"1e999", b"null"],
+)
+def test_reading_a_batch_never_raises_it_gives_a_reason(payload: bytes) -> None:
+    assert isinstance(read_batch(payload), str)
+
+
+def test_readings_are_counted_in_any_payload_that_holds_a_readings_list() -> None:
+    assert count_readings(b'{"readings":[1,"x",{"a":[]}],"v":"?"}') == 3
+    assert count_readings(b'{"readings":{"a":1}}') == 0
+    assert count_readings(b'[{"readings":[1]}]') == 0
+    assert count_readings(b'{"\xff":1,"readings":[1]}') == 0  # not UTF-8: not JSON text
+    assert count_readings(b"\xff") == 0
+
+
+def test_the_committed_records_schema_matches_the_types() -> None:
+    committed = json.loads(RECORDS_SCHEMA_FILE.read_text())
+
+    assert committed == json.loads(json.dumps(records_schema())), (
+        "records-v1.schema.json is stale: run milkguard contract schema --records "
+        "--output milkguard/contract/records-v1.schema.json"
+    )
+
+
+def test_the_deviation_kinds_are_those_of_the_readme_and_of_the_engine() -> None:
+    kinds = set(typing.get_args(DeviationKind))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Rule kinds so far", 1)[1].split("\n\n", 2)[1]  # the rule kinds table
+    documented = set(re.findall(r"^\| `([a-z_]+)`", table, flags=re.MULTILINE))
+    engine = ROOT / "stream" / "engine"
+    emitted = {
+        kind
+        for source in engine.glob("*.py")
+        for kind in re.findall(r'kind="([a-z_]+)"', source.read_text(encoding="utf-8"))
+    } - {"opened", "closed", "stable"}  # change kinds, numpy's sort
+
+    assert kinds == documented
+    assert "htst_temperature" in emitted
+    assert emitted <= kinds
+
+
+def test_a_deviation_record_keeps_the_json_of_deviations_jsonl() -> None:
+    record = change("opened")
+
+    assert msgspec.to_builtins(msgspec.convert(record, DeviationRecord)) == record
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "/tmp/x/pwned"),
+        ("id", "5D0C1E2F3A4B5C6D7E8F"),
+        ("kind", "party"),
+        ("change", "reopened"),
+        ("site", "plant/+"),
+        ("start", "yesterday"),
+        ("clock_offset_ms", 2**60),
+    ],
+)
+def test_a_deviation_record_outside_the_contract_is_refused(field: str, value: object) -> None:
+    with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}`"):
+        msgspec.convert({**change("opened"), field: value}, DeviationRecord)

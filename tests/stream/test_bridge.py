@@ -20,7 +20,7 @@ import pytest
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Reading, decode_batch
-from stream.bridge import Bridge, KafkaTarget
+from stream.bridge import Bridge, KafkaTarget, problem_of
 from tests.conftest import T0
 from tests.helpers import scrape, wait_until
 from tests.kafka import consume, create_topics
@@ -170,3 +170,13 @@ def test_a_bridge_killed_before_kafka_confirmed_gets_the_batches_again_from_mqtt
     seqs = [decode_batch(value).seq for _, _, value in records]
     deduped = list(dict.fromkeys(seqs))  # the stream drops repeats by sequence number
     assert deduped == list(range(1, 11))
+
+
+@pytest.mark.parametrize(
+    "payload", [b'{"\xff":1}', b"[" * 100_000, b"\x00", b"", b'{"v":1}' * 10_000]
+)
+def test_the_bridge_check_turns_any_payload_into_a_reason_never_an_error(payload: bytes) -> None:
+    reason, key = problem_of("milkguard/v1/gw/farm-01/gw-1/batch", payload)
+
+    assert reason
+    assert key == "farm-01"

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 from milkguard.contract.v1 import CipStart, Reading
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
 from stream.engine.htst import Derived
-from stream.lineprotocol import derived_line, escape_tag, event_line, reading_line, string_field
+from stream.lineprotocol import (
+    derived_line,
+    deviation_line,
+    escape_tag,
+    event_line,
+    reading_line,
+    string_field,
+)
 from tests.conftest import T0
 
 
@@ -39,3 +49,38 @@ def test_a_derived_value_is_a_line_of_its_own_measurement() -> None:
     assert derived_line(derived) == (
         f"derived,site=plant-01,asset=uht-1,rule=sterile,quantity=f0_min value=5.25 {T0}000000"
     )
+
+
+def test_no_line_carries_a_non_finite_number() -> None:
+    derived = Derived("plant-01", "htst-1", "p", "holding_time_s", T0, math.inf)
+    limit = AppliedLimit(min=72.0, max=None, sustained_s=0.0, unit="degC", source="test")
+    deviation = Deviation(
+        id="d1",
+        status="open",
+        kind="critical_limit",
+        plan="p",
+        plan_version="1",
+        rule_id="r",
+        ccp=None,
+        jurisdiction="US",
+        severity="critical",
+        action="alert",
+        site="plant-01",
+        asset="htst-1",
+        channels=["hold_temp"],
+        device="gw",
+        limit=limit,
+        start_ms=T0,
+        detected_ms=T0,
+        end_ms=None,
+        peak=math.inf,
+        time_beyond_s=1.0,
+        degree_minutes=math.nan,
+    )
+
+    line = deviation_line(DeviationChange("opened", deviation))
+
+    assert derived_line(derived) is None
+    assert "inf" not in line
+    assert "nan" not in line
+    assert "time_beyond_s=1.0,open=true" in line

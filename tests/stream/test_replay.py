@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from milkguard.contract.v1 import Batch, Reading, encode_batch
+from milkguard.contract.v1 import Batch, Reading, count_readings, encode_batch
 from milkguard.settings import demo_plan_path
 from stream.plan import load_plan
 from stream.replay import replay
@@ -108,3 +110,68 @@ def test_the_engine_benchmark_prints_its_figures() -> None:
         "memory per tracked channel:",
     ):
         assert label in result.stdout
+
+
+def test_hostile_lines_are_dead_lettered_and_replay_exits_0(tmp_path: Path) -> None:
+    good = encode_batch(
+        Batch(
+            v=1,
+            site="truck-07",
+            gateway="truck-07-gw",
+            seq=1,
+            sent_at=T0,
+            readings=[Reading("comp-2", "temp", 4.0, "degC", T0)],
+        )
+    )
+    hostile = [
+        b'{"\xff":1}',
+        b"[" * 100_000,
+        good.replace(b'"value":4.0', b'"value":1e308').replace(b'"seq":1', b'"seq":2'),
+        good.replace(b'"seq":1', b'"seq":9223372036854775808'),
+        good.replace(b'"ts":' + str(T0).encode(), b'"ts":4070908800000').replace(
+            b'"seq":1', b'"seq":3'
+        ),
+    ]
+    source = b"\n".join([*hostile, good]) + b"\n"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "milkguard", "replay", "--plan", str(demo_plan_path()), "-"],
+        input=source,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+    assert b"1 quarantined" in result.stderr
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lines=st.lists(
+        st.binary(max_size=40)
+        | st.sampled_from(
+            [
+                b'{"\xff":1}',
+                b'{"v":1,"site":"truck-07","gateway":"g","seq":18446744073709551616,'
+                b'"sent_at":1795341600000,"readings":[1,2]}',
+                b'{"v":1,"site":"truck-07","gateway":"g","seq":1,"sent_at":4070908800000,'
+                b'"readings":[{"asset":"comp-2","channel":"temp","value":1e308,"unit":"degC",'
+                b'"ts":4070908800000}]}',
+            ]
+        ),
+        max_size=10,
+    )
+)
+def test_replay_of_any_lines_never_raises_and_counts_every_reading(lines: list[bytes]) -> None:
+    data = b"\n".join(lines)
+    fed = sum(count_readings(line.strip()) for line in data.split(b"\n") if line.strip())
+
+    summary = replay(load_plan(demo_plan_path()), io.BytesIO(data), io.StringIO(), name="fuzz")
+
+    assert (
+        summary.readings + summary.readings_duplicate + summary.readings_in_rejected_payloads
+        == (fed)
+    )
+    assert summary.lines == summary.batches + summary.duplicates + summary.rejected_payloads

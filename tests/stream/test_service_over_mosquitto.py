@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from pydantic import SecretStr
 from rich.console import Console
@@ -19,6 +20,7 @@ from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Batch, Reading, encode_batch
 from milkguard.settings import InfluxSettings, MqttSettings, Settings
+from milkguard.signing import Signer, Verifier, unseal
 from stream.embedded import EmbeddedService, RunSummary
 from tests.conftest import T0
 from tests.helpers import TopicRecorder, wait_until
@@ -93,12 +95,18 @@ def test_a_warm_compartment_opens_and_closes_a_deviation_with_the_right_start_an
         truck_gateway.publish([compartment(second * 5, temp)])
 
     def limit_changes() -> list[dict[str, object]]:
-        return [p for p in recorder.payloads() if p["kind"] == "critical_limit"]
+        return [p for p in recorder.payloads() if p["record"]["kind"] == "critical_limit"]
 
     wait_until(lambda: len(limit_changes()) == 2, what="deviation opened and closed")
-    opened, closed = limit_changes()
+    envelopes = limit_changes()
     recorder.close()
-    assert ("milkguard/v1/deviations/truck-07/comp-2", opened) in recorder.messages
+    assert ("milkguard/v1/deviations/truck-07/comp-2", envelopes[0]) in recorder.messages
+    # signed with the stream's own key, checkable with the public key it exports
+    stream_key = Signer.load_or_create(service.data_dir / "signing-key.pem")
+    verifier = Verifier([stream_key.public_pem().encode()])
+    opened, closed = (
+        msgspec.to_builtins(unseal(msgspec.json.encode(e), verifier).record) for e in envelopes
+    )
     assert (opened["change"], closed["change"]) == ("opened", "closed")
     assert opened["rule_id"] == closed["rule_id"] == "cn-transport-max-comp-2"
     assert opened["start"] == closed["start"] == "2026-11-22T10:00:10.000Z"  # first sample > 6

@@ -22,9 +22,9 @@ import pytest
 from milkguard.contract.v1 import Batch, Reading, encode_batch
 from stream.engine import Engine
 from stream.ingest import Ingest
-from stream.plan import load_plan
+from stream.plan import LoadedPlan, load_plan
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
-from stream.worker import partition_of
+from stream.worker import PartitionWork, partition_of
 from tests.conftest import T0
 from tests.helpers import scrape, wait_until
 from tests.kafka import consume_all, create_topics, produce
@@ -138,7 +138,8 @@ class Rig:
 
     def deviation_changes(self) -> list[tuple[str, str]]:
         values = asyncio.run(consume_all(self.tansu.bootstrap, "milkguard.deviations"))
-        return [(d["id"], d["change"]) for d in map(json.loads, values)]
+        records = [envelope["record"] for envelope in map(json.loads, values)]  # signed
+        return [(d["id"], d["change"]) for d in records]
 
     def readings_landed(self) -> list[tuple[str, int]]:
         """(site, timestamp) of every reading point VictoriaMetrics holds, repeats included."""
@@ -310,3 +311,35 @@ def test_influxdb_down_for_a_minute_loses_nothing_and_holds_the_offsets(rig: Rig
     # committed: a crash then would have left them in Kafka), the lines buffered, not dropped
     assert during["milkguard_worker_unacknowledged_messages"] == len(batches) - half
     assert during["milkguard_sink_buffered_lines{sink=influxdb}"] >= len(batches) - half
+
+
+def test_a_partition_takes_a_tombstone_and_an_absurd_timestamp_without_stopping(
+    demo_plan: LoadedPlan,
+) -> None:
+    work = PartitionWork.start(0, demo_plan, MemoryTimeSeriesSink(), None)
+    batch = Batch(
+        v=1,
+        site="truck-07",
+        gateway="gw",
+        seq=1,
+        sent_at=T0,
+        readings=[Reading("comp-2", "temp", 4.0, "degC", T0)],
+    )
+
+    assert work.take(None, 0, T0, "milkguard.batches")
+    assert work.take(b'{"\xff":1}', 1, 2**62, "milkguard.batches")  # year 146 million
+    assert work.take(encode_batch(batch), 2, T0 + 1000, "milkguard.batches")
+
+    counters = work.ingest.counters
+    assert (counters.rejected_payloads, counters.batches) == (2, 1)
+    assert work.clock_ms == T0 + 1000  # the absurd timestamp did not move the clock
+
+
+def test_a_partition_whose_first_message_has_no_timestamp_takes_the_wall_clock(
+    demo_plan: LoadedPlan,
+) -> None:
+    work = PartitionWork.start(0, demo_plan, MemoryTimeSeriesSink(), None)
+
+    work.take(b"{}", 0, -1, "milkguard.batches")
+
+    assert work.clock_ms >= T0

@@ -39,18 +39,21 @@ def sample(seconds: float, channel: str, value: float) -> Reading:
     return Reading("uht-1", channel, value, unit, at(seconds))  # type: ignore[arg-type]
 
 
+RULE = Uht.model_validate(
+    {
+        "kind": "uht",
+        "id": "u",
+        "asset": "a",
+        "outlet": "t",
+        "flow": "f",
+        "holding_tube": {"diameter_m": 0.035, "length_m": 12},
+        "source": "test",
+    }
+)
+
+
 def test_f0_follows_the_lethal_rate_at_the_outlet_and_the_fastest_residence() -> None:
-    rule = Uht.model_validate(
-        {
-            "kind": "uht",
-            "id": "u",
-            "asset": "a",
-            "outlet": "t",
-            "flow": "f",
-            "holding_tube": {"diameter_m": 0.035, "length_m": 12},
-            "source": "test",
-        }
-    )
+    rule = RULE
 
     at_121 = lethality_f0(rule, 121.1, 6000)
     assert lethality_f0(rule, 131.1, 6000) == pytest.approx(at_121 * 10)  # z = 10 degC

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from stream.sinks.base import DeadLetter
+from stream.sinks.base import KEPT_PAYLOAD_BYTES, DeadLetter
 from stream.sinks.files import JsonlDeadLetterSink, LineProtocolFileSink
 
 
@@ -50,3 +51,25 @@ def test_dead_letters_are_appended_as_json_lines(tmp_path: Path) -> None:
         "run 0",
         "run 1",
     ]
+
+
+def test_a_dead_letter_of_a_huge_payload_is_written_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "deadletter.jsonl"
+    sink = JsonlDeadLetterSink(path)
+    huge = "y" * (10 * KEPT_PAYLOAD_BYTES)
+    sink.reject(
+        DeadLetter(
+            received_at="2026-11-22T10:00:00.000Z",
+            topic="t",
+            reason="r",
+            payload=huge,
+            encoding="utf-8",
+        )
+    )
+    sink.close()
+
+    written = json.loads(path.read_text())
+    assert written["truncated"] is True
+    assert written["payload_bytes"] == len(huge)
+    assert written["payload_sha256"] == hashlib.sha256(huge.encode()).hexdigest()
+    assert len(path.read_bytes()) < 2 * KEPT_PAYLOAD_BYTES

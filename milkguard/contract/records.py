@@ -1,0 +1,149 @@
+"""Records the stream publishes for other services, and the signed envelope that carries them.
+
+A deviation change leaves the stream as a :class:`DeviationRecord` (the JSON of deviations.jsonl)
+inside an :class:`Envelope`::
+
+    {"v": 1, "type": "deviation", "record": {...},
+     "signed_by": {"alg": "Ed25519", "key_id": "<16 hex digits>"},
+     "signature": "<base64 of the 64-byte Ed25519 signature>"}
+
+The signature is over the RFC 8785 canonical JSON (JCS) of the envelope without ``signature``,
+so anyone can check it with standard tools and the stream's public key (``milkguard stream
+public-key``); ``type`` says which record is inside, so advisories and compliance facts can
+travel in the same envelope later. Signing and checking live in :mod:`milkguard.signing`;
+this module, like the rest of the contract, imports msgspec only. The JSON Schema is generated
+from these types and committed as ``records-v1.schema.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from milkguard.contract.v1 import Id
+
+#: Every kind of deviation the rule engine opens (README: the table of rule kinds).
+DeviationKind = Literal[
+    "critical_limit",
+    "monitoring_lost",
+    "stuck_sensor",
+    "rate_of_change",
+    "cooling_deadline",
+    "blend_temperature",
+    "htst_temperature",
+    "htst_holding_time",
+    "htst_recorder",
+    "uht_lethality",
+    "storage_age",
+    "transit_time",
+    "temperature_exposure",
+    "time_sync",
+]
+
+#: A deviation id: the first 20 hex digits of a SHA-256 (``stream.engine.deviation``). Reports
+#: are named after it, so nothing else (no ``/``, no ``..``) may ever pass.
+DEVIATION_ID_PATTERN: Final = r"^[0-9a-f]{20}$"
+
+DeviationId = Annotated[
+    str, msgspec.Meta(pattern=DEVIATION_ID_PATTERN, description="20 lowercase hex digits.")
+]
+
+#: ISO 8601 UTC with milliseconds, as ``stream.engine.deviation.iso_ms`` writes it.
+IsoTime = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$",
+        description="Event time, ISO 8601 UTC with milliseconds: 2026-11-22T10:00:00.120Z.",
+    ),
+]
+
+#: Free text from the plan (names, sources, actions): bounded so no record can be huge.
+Text = Annotated[str, msgspec.Meta(max_length=1_000)]
+
+#: JSON numbers every JCS implementation can hold exactly (RFC 8785 refuses larger integers).
+SafeInt = Annotated[int, msgspec.Meta(ge=-(2**53) + 1, le=2**53 - 1)]
+
+
+class AppliedLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The limit as it was applied when the deviation was judged."""
+
+    min: float | None
+    max: float | None
+    sustained_s: float
+    unit: Text
+    source: Text
+
+
+class DeviationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One deviation change: a deviation opened or closed, as the stream judged it."""
+
+    change: Literal["opened", "closed"]
+    id: DeviationId
+    status: Literal["open", "closed"]
+    kind: DeviationKind
+    plan: Text
+    plan_version: Text
+    rule_id: Text
+    ccp: Text | None
+    jurisdiction: Text
+    severity: Literal["critical", "major", "minor"]
+    action: Text
+    site: Id
+    asset: Id
+    channels: Annotated[list[Id], msgspec.Meta(max_length=64)]
+    device: Text
+    limit: AppliedLimit
+    start: IsoTime
+    detected: IsoTime
+    end: IsoTime | None
+    peak: float | None
+    time_beyond_s: float
+    degree_minutes: float
+    detected_late: bool
+    clock_offset_ms: SafeInt
+    clock_synced: bool | None
+
+
+class SignedBy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which key signed an envelope: the first 16 hex digits of the SHA-256 of its raw bytes."""
+
+    alg: Literal["Ed25519"]
+    key_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+
+
+class _Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+    """What every signed envelope carries besides its record."""
+
+    v: Literal[1]
+    signed_by: SignedBy
+    signature: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^[A-Za-z0-9+/]{86}==$",
+            description="Base64 of the Ed25519 signature over the RFC 8785 canonical JSON of "
+            "the envelope without this field.",
+        ),
+    ]
+
+
+class DeviationEnvelope(_Envelope, tag="deviation", frozen=True):
+    """A signed deviation change."""
+
+    record: DeviationRecord
+
+
+#: Every signed envelope; grows by one member per record type (advisories, compliance facts).
+Envelope = DeviationEnvelope
+
+#: The ``type`` of the envelope each record travels in.
+RECORD_TYPES: Final[dict[type[msgspec.Struct], str]] = {DeviationRecord: "deviation"}
+
+
+def records_schema() -> dict[str, object]:
+    """The JSON Schema of a signed envelope and the records it carries."""
+    schema = msgspec.json.schema(Envelope)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://milkguard.example/schemas/records-v1.schema.json"
+    schema["title"] = "MilkGuard records v1: a signed record the stream publishes"
+    return schema

@@ -229,9 +229,14 @@ _YEAR_MS: Final = 365 * _DAY_MS
 def _holders_of_readings(pairs: list[tuple[str, Any]]) -> dict[str, Any] | int:
     # only an object with a "readings" key can be the one counted: the others (every reading of
     # a 10 MB batch) become a small int, so counting does not build them all in memory
-    if any(key == "readings" for key, _ in pairs):
-        return dict(pairs)
-    return 0
+    named = [value for key, value in pairs if key == "readings"]
+    if not named:
+        return 0
+    if not all(isinstance(value, list) for value in named):
+        # a name given twice (RFC 8259 leaves the meaning open): the last counts only when
+        # every one is a list, as a decoder that checks each occurrence reads it
+        return {"readings": None}
+    return dict(pairs)
 
 
 def _not_json(literal: str) -> float:

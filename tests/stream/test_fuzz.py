@@ -101,6 +101,8 @@ def test_json_text_is_held_to_rfc_8259_not_to_what_python_reads() -> None:
     assert fuzz.readings_in(batch(b'"\\udc00\\ud800"')) == 0
     assert fuzz.readings_in(batch(b'"\\ud83d\\udc04"')) == 2  # a whole pair
     assert fuzz.readings_in(batch(b'"\\\\ud800"')) == 2  # an escaped backslash, then text
+    assert fuzz.readings_in(b'{"readings": [1], "readings": [1, 2]}') == 2  # the last
+    assert fuzz.readings_in(b'{"readings": 4000, "readings": [1, 2]}') == 0  # not a list, once
 
 
 def test_replay_lines_split_at_newlines_and_drop_blank_ones() -> None:

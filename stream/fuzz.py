@@ -1310,7 +1310,13 @@ class _Rss:
     """Samples a process's resident memory (this one by default) and keeps the peak, in MB."""
 
     def __init__(self, pid: int | None = None) -> None:
-        import psutil  # noqa: PLC0415 - a benchmark dependency (dev extra), not the stream's
+        try:
+            import psutil  # noqa: PLC0415 - a benchmark dependency (dev extra), not the stream's
+        except ImportError as exc:
+            raise ConfigError(
+                "the fuzz run measures memory with psutil, which is not installed: "
+                "pip install psutil (it comes with the dev extra)"
+            ) from exc
 
         self.peak = 0.0
         self.start = 0.0

@@ -62,12 +62,19 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         """A known user with the right password, with a client id no other user holds, and a
         last will on a topic it may publish; anyone else is refused."""
         username = session.username
-        owner = self._owners.get(session.client_id)
-        if owner is not None and owner != username:
-            return self._refuse(session, "client id belongs to another user")
         entry = self._users().get(username) if username else None
         if entry is None:
             return self._refuse(session, "unknown user or no user name")
+        if entry.get("namespaced") and session.client_id:
+            # first come would otherwise own an id: a gateway connecting first with the alert
+            # service's (or another gateway's) client id would lock it out until a restart.
+            # User names have no ':', so no other user's id can be in this namespace.
+            prefix = f"{username}:"
+            if not session.client_id.startswith(prefix):  # asked twice per CONNECT
+                session.client_id = prefix + session.client_id
+        owner = self._owners.get(session.client_id)
+        if owner is not None and owner != username:
+            return self._refuse(session, "client id belongs to another user")
         password = (session.password or "").encode()
         key = (session.client_id, username)
         # GuardedBroker asks twice per CONNECT (before and after amqtt's session handling):

@@ -278,6 +278,10 @@ def amqtt_config(security: BrokerSecurity, host: str, port: int) -> dict[str, An
                         "password_hash": u.password_hash.get_secret_value(),
                         "publish": list(grants(u).publish),
                         "read": list(grants(u).read),
+                        # a gateway's or reader's client id is put in its user's namespace,
+                        # so it cannot take the id (and the session) of a service or another
+                        # gateway
+                        "namespaced": u.role in ("gateway", "reader"),
                     }
                     for u in security.users
                 }

@@ -254,3 +254,19 @@ def test_the_alert_service_logs_in_as_the_alerts_role_and_subscribes_to_deviatio
         wait_until(lambda: b"the stream's" in session.payloads(), what="the queued deviation")
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("service", ["plant-alerts", "milkguard-stream", "gw-b"])
+def test_a_gateway_that_takes_a_client_id_first_locks_nobody_out(
+    broker: SecuredBroker, service: str
+) -> None:
+    # a gateway (compromised, or misconfigured) connects first with the client id of the alert
+    # service, of the stream, or of another gateway, and stays connected
+    squatter = mqtt.connect(broker.over_tls("gw-farm-01"), service)
+    user = {"plant-alerts": "alerts", "milkguard-stream": "stream", "gw-b": "gw-farm-02"}[service]
+    try:
+        address = broker.over_tls(user) if user.startswith("gw-") else broker.on_loopback(user)
+        owner = mqtt.connect(address, service, timeout_s=5)
+        owner.close()
+    finally:
+        squatter.close()

@@ -148,6 +148,7 @@ class AlertService:
 
         from alerts.api import create_app  # noqa: PLC0415
         from alerts.gate import FailedLogins  # noqa: PLC0415
+        from alerts.http_protocol import HeadDeadlineProtocol  # noqa: PLC0415 - imports uvicorn
 
         host, port = settings.http_host, settings.http_port
         logins = FailedLogins(
@@ -170,6 +171,10 @@ class AlertService:
             port=port,
             log_level="warning",
             log_config=None,  # uvicorn's records go through MilkGuard's handler: one format, masked
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local client could
+            # then pick a new address per request and never be locked out for failed logins
+            proxy_headers=False,
+            http=HeadDeadlineProtocol,  # a client trickling its headers is cut off
             **tls,
         )
         try:

@@ -236,7 +236,7 @@ def run_audit(args: argparse.Namespace) -> int:
         save_verified_head,
     )
     from alerts.signing import Verifier  # noqa: PLC0415
-    from milkguard.logs import mask_url  # noqa: PLC0415
+    from milkguard.logs import mask, mask_url, register_secrets  # noqa: PLC0415
 
     heads = []
     for given in args.head:
@@ -246,6 +246,8 @@ def run_audit(args: argparse.Namespace) -> int:
         heads.append((int(seq), digest))
     where = args.db or os.environ.get("MILKGUARD_ALERTS__DATABASE") or str(DEFAULT_DB)
     shown = mask_url(where) if "://" in where else where
+    if "://" in where:
+        register_secrets(where)  # libpq quotes a malformed URL's parts, password and all
     verifier = Verifier.from_files(args.public_key)
     last = load_verified_head(args.state) if args.state is not None else None
     if last is not None:
@@ -254,7 +256,7 @@ def run_audit(args: argparse.Namespace) -> int:
     try:
         trail = AuditTrail.open_read_only(where)
     except TrailError as exc:
-        console.print(Text.assemble(("NOT VERIFIED", "bold red"), f" {shown}: {exc}"))
+        console.print(Text.assemble(("NOT VERIFIED", "bold red"), f" {shown}: {mask(str(exc))}"))
         return 1
     try:
         problems = trail.verify(verifier, heads)

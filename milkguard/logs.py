@@ -227,6 +227,9 @@ def _with_url_parts(value: str, path_is_secret: bool = False) -> Iterable[str]:
     yield value
     if "://" not in value:
         return
+    userinfo, at, _ = value.split("://", 1)[1].partition("@")
+    if at and ":" in userinfo:  # even when the URL is too malformed to parse, as errors quote it
+        yield userinfo.split(":", 1)[1]
     try:
         parts = urlsplit(value)
         password, username = parts.password, parts.username

@@ -287,3 +287,22 @@ def test_a_damaged_state_file_is_a_clear_error(
 
     assert main(argv) == 2
     assert "is not one MilkGuard wrote" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://milkguard:p%zzXq7-db-secret@127.0.0.1:1/alerts",  # a bad %-escape
+        "postgresql://milkguard:Xq7-db-secret@[::1/alerts",  # an unclosed IPv6 host
+    ],
+)
+def test_a_malformed_database_url_is_refused_without_showing_its_password(
+    signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    # libpq quotes the offending part of the URL in its error, password and all
+    argv, _ = verify_command(url, signer, tmp_path)
+
+    assert main(argv) == 1
+    shown = capsys.readouterr()
+    assert "NOT VERIFIED" in shown.out
+    assert "Xq7-db-secret" not in shown.out + shown.err

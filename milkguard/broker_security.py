@@ -361,6 +361,13 @@ def mosquitto_files(
     when the listener would be reachable from the network without users and TLS.
     """
     problems = exposure_problems(security, host)
+    if security.users and not is_loopback(host) and security.local_port is None:
+        problems.append(
+            "set mqtt.security.local_port (a loopback listener for the stream, the bridge and "
+            "the alert service): Mosquitto 2.0 binds no client id to a user, so on one listener "
+            "a gateway logging in with the stream's client id would wipe its queued batches; "
+            "on the network listener every client id is then its user name"
+        )
     if problems:
         raise ValueError(f"mqtt.host {host} is reachable from the network: " + "; ".join(problems))
     lines = [

@@ -34,6 +34,7 @@ from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
 from alerts.reports import issue
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
+from milkguard.broker_security import is_loopback
 from milkguard.contract.v1 import TOPIC_ROOT, deviation_topic
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
@@ -151,6 +152,12 @@ class AlertService:
         from alerts.http_protocol import HeadDeadlineProtocol  # noqa: PLC0415 - imports uvicorn
 
         host, port = settings.http_host, settings.http_port
+        if settings.tls_cert is None and not is_loopback(host):
+            raise ConfigError(
+                f"alerts.http_host is {host}, reachable from the network, but the API has no "
+                "TLS: bearer tokens would cross it in clear. Set alerts.tls_cert and "
+                "alerts.tls_key (PEM), or alerts.http_host: 127.0.0.1 behind a TLS proxy"
+            )
         logins = FailedLogins(
             allowed=settings.failed_logins_allowed, max_lockout_s=settings.lockout_max_s
         )
@@ -171,9 +178,9 @@ class AlertService:
             port=port,
             log_level="warning",
             log_config=None,  # uvicorn's records go through MilkGuard's handler: one format, masked
-            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local client could
-            # then pick a new address per request and never be locked out for failed logins
-            proxy_headers=False,
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: without a proxy any
+            # local client could pick a new address per request and never be locked out
+            proxy_headers=settings.behind_proxy,
             http=HeadDeadlineProtocol,  # a client trickling its headers is cut off
             **tls,
         )

@@ -11,7 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.alerts.test_service_security import TOKEN, USERS, _answers, run_alerts, write_config
+from tests.alerts.test_service_security import (
+    TOKEN,
+    USERS,
+    _answers,
+    run_alerts,
+    run_to_exit,
+    write_config,
+)
 from tests.helpers import wait_until
 from tests.servers import Mosquitto, free_port, stop
 
@@ -113,3 +120,35 @@ def test_a_client_trickling_its_headers_is_cut_off(api: str) -> None:
                 break
     assert closed
     assert httpx.get(f"{api}/api/whoami", headers={"Authorization": f"Bearer {TOKEN}"}).is_success
+
+
+def test_the_api_is_not_served_beyond_loopback_without_tls(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # bearer tokens would cross the network in clear; nothing is bound before the refusal
+    body = f"  http_host: 0.0.0.0\n  http_port: {free_port()}\n{USERS}"
+    status, said = run_to_exit(tmp_path, mosquitto, body)
+
+    assert status == 2, said
+    assert "alerts.tls_cert" in said
+    assert "Traceback" not in said
+
+
+def test_behind_a_proxy_the_lockout_follows_the_forwarded_address(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    port = free_port()
+    body = f"  http_port: {port}\n  behind_proxy: true\n{USERS}"
+    log = tmp_path / "service.log"
+    service = run_alerts(write_config(tmp_path, mosquitto, body), log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url, service, log), 30)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            guesser = {"X-Forwarded-For": "10.0.0.1", "Authorization": "Bearer guess"}
+            statuses = [client.get("/api/whoami", headers=guesser).status_code for _ in range(8)]
+            other = {"X-Forwarded-For": "10.0.0.2", "Authorization": f"Bearer {TOKEN}"}
+            assert client.get("/api/whoami", headers=other).is_success
+    finally:
+        stop(service)
+    assert 429 in statuses, statuses

@@ -306,3 +306,32 @@ def test_a_malformed_database_url_is_refused_without_showing_its_password(
     shown = capsys.readouterr()
     assert "NOT VERIFIED" in shown.out
     assert "Xq7-db-secret" not in shown.out + shown.err
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        ["UPDATE audit SET body = 'not json' WHERE seq = 2"],
+        ["UPDATE audit SET body = '[1, 2]' WHERE seq = 2"],
+        ["UPDATE audit SET seq = 'two' WHERE seq = 2"],
+        ["UPDATE audit_head SET signature = 'not json'"],
+        ["UPDATE audit_head SET signature = '[\"a\"]'"],
+        ["UPDATE audit_head SET seq = 'five'"],
+        ["DROP TABLE audit", "CREATE TABLE audit (seq INTEGER)", "INSERT INTO audit VALUES (1)"],
+    ],
+    ids=["body", "body-list", "seq-text", "head-json", "head-list", "head-seq", "columns"],
+)
+def test_a_trail_edited_into_odd_shapes_is_tampered_not_a_traceback(
+    trail: AuditTrail,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    statements: list[str],
+) -> None:
+    trail.close()
+    for statement in statements:
+        sql(trail, statement)
+    argv, _ = verify_command(trail.path, signer, tmp_path)
+
+    assert main(argv) == 1
+    assert "TAMPERED" in capsys.readouterr().out

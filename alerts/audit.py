@@ -353,7 +353,7 @@ class VerifiedHead:
 def load_verified_head(path: Path) -> VerifiedHead | None:
     """The head kept in ``path`` (None before the first verification)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -361,7 +361,7 @@ def load_verified_head(path: Path) -> VerifiedHead | None:
     try:
         data = json.loads(text)
         head = VerifiedHead(int(data["seq"]), str(data["hash"]), str(data["verified_at"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # UTF-8, JSON, shape
         raise ConfigError(
             f"the verification state {path} is not one MilkGuard wrote ({exc!r}): restore it "
             "from a copy; deleting it forgets the last head verified"

@@ -228,6 +228,7 @@ def run_audit(args: argparse.Namespace) -> int:
     """``milkguard audit verify``: exit 1 and name every problem when the trail was tampered
     with, is missing, empty or behind the head verified last time (``--state``)."""
     import os  # noqa: PLC0415
+    import re  # noqa: PLC0415
 
     from alerts.audit import (  # noqa: PLC0415
         AuditTrail,
@@ -240,10 +241,10 @@ def run_audit(args: argparse.Namespace) -> int:
 
     heads = []
     for given in args.head:
-        seq, _, digest = given.partition(":")
-        if not seq.isdigit() or len(digest) != 64:
+        found = re.fullmatch(r"([0-9]{1,18}):([0-9a-f]{64})", given)
+        if found is None:  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
             raise ConfigError(f"--head {given!r}: expected N:HASH, e.g. 12:9f86d08...")
-        heads.append((int(seq), digest))
+        heads.append((int(found[1]), found[2]))
     where = args.db or os.environ.get("MILKGUARD_ALERTS__DATABASE") or str(DEFAULT_DB)
     shown = mask_url(where) if "://" in where else where
     if "://" in where:

@@ -335,3 +335,33 @@ def test_a_trail_edited_into_odd_shapes_is_tampered_not_a_traceback(
 
     assert main(argv) == 1
     assert "TAMPERED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe{}", b"[" * 100_000, b'{"seq": "x", "hash": 1, "verified_at": 2}'],
+    ids=["not-utf8", "deep", "wrong-types"],
+)
+def test_a_crafted_state_file_is_a_clear_error(
+    trail: AuditTrail,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+) -> None:
+    state = tmp_path / "verified.json"
+    state.write_bytes(content)
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--state", str(state))
+
+    assert main(argv) == 2
+    assert str(state) in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("head", ["²:" + "0" * 64, "1:" + "z" * 64, "1:" + "0" * 63 + "\n"])
+def test_an_odd_head_argument_is_a_clear_error(
+    trail: AuditTrail, signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str], head: str
+) -> None:
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--head", head)
+
+    assert main(argv) == 2
+    assert "--head" in capsys.readouterr().err

@@ -85,7 +85,7 @@ class Signer:
         if path.exists():
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, primitives.UnsupportedAlgorithm) as exc:
                 raise ConfigError(
                     f"{path} is not an unencrypted PEM private key: {exc}. Point "
                     f"{setting} at an Ed25519 key, or at a new path to create one"
@@ -139,7 +139,7 @@ class Verifier:
         for pem in public_pems:
             try:
                 key = primitives.serialization.load_pem_public_key(pem)
-            except ValueError as exc:
+            except (ValueError, primitives.UnsupportedAlgorithm) as exc:  # e.g. an odd EC curve
                 raise ConfigError(f"not a PEM public key: {exc}") from exc
             if not isinstance(key, primitives.ed25519.Ed25519PublicKey):
                 raise ConfigError(f"a {type(key).__name__} is not an Ed25519 public key")
@@ -274,8 +274,11 @@ def unseal(payload: bytes, verifier: Verifier) -> Envelope:
 def _primitives(extra: str = "alerts") -> SimpleNamespace:
     """cryptography's serialization and ed25519 modules, or how to install them."""
     try:
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
         from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
     except ImportError as exc:
         raise ExtraMissing("Signing and checking records", extra, "cryptography") from exc
-    return SimpleNamespace(serialization=serialization, ed25519=ed25519)
+    return SimpleNamespace(
+        serialization=serialization, ed25519=ed25519, UnsupportedAlgorithm=UnsupportedAlgorithm
+    )

@@ -90,7 +90,7 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         will_topic = session.will_topic if session.will_flag else None
         if will_topic is not None and not any_covers(entry["publish"], will_topic):
             return self._refuse(session, f"will topic {will_topic!r}")
-        if session.client_id:
+        if session.client_id and not entry.get("namespaced"):  # a namespace binds it already
             self._owners.setdefault(session.client_id, username)
         if len(self._verified) > 10_000:  # connections that died between the two asks
             self._verified.clear()

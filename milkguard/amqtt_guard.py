@@ -30,6 +30,9 @@ from milkguard.broker_security import any_covers, verify_password
 
 log = logging.getLogger("milkguard.broker")
 
+#: Seconds a new connection has to send its whole CONNECT (a real client needs milliseconds).
+CONNECT_DEADLINE_S = 10.0
+
 
 @dataclass
 class GuardConfig:
@@ -155,9 +158,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(
-                reader, writer, self.plugins_manager
+            # amqtt waits for the CONNECT as long as the client likes: sockets that never send
+            # one would hold a file descriptor each until none is left for the gateways
+            handler, session = await asyncio.wait_for(
+                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                CONNECT_DEADLINE_S,
             )
+        except TimeoutError as exc:
+            await writer.close()
+            raise AMQTTError(f"{remote_address}:{remote_port} sent no CONNECT in time") from exc
         except MQTTError as exc:
             await writer.close()
             raise MQTTError(exc) from exc

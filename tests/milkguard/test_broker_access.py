@@ -6,6 +6,7 @@ publishes only as itself, reads only its own topics, and cannot forge a deviatio
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -270,3 +271,16 @@ def test_a_gateway_that_takes_a_client_id_first_locks_nobody_out(
         owner.close()
     finally:
         squatter.close()
+
+
+def test_a_connection_that_never_sends_its_connect_is_closed(tmp_path: Path, tls: TlsFiles) -> None:
+    # the embedded broker only: Mosquitto 2.0.11 has no such deadline (see the README)
+    with secured_broker("embedded", tmp_path, tls) as running:
+        address = ("127.0.0.1", running.local_port)
+        with (
+            socket.create_connection(address, timeout=60) as silent,
+            socket.create_connection(address, timeout=60) as half,
+        ):
+            half.sendall(b"\x10")  # the first byte of a CONNECT, then nothing
+            assert silent.recv(10) == b""
+            assert half.recv(10) == b""

@@ -152,3 +152,14 @@ def test_behind_a_proxy_the_lockout_follows_the_forwarded_address(
     finally:
         stop(service)
     assert 429 in statuses, statuses
+
+
+@pytest.mark.parametrize("path", ["/", "/api/whoami", "/api/reports/nothing"])
+def test_every_answer_forbids_framing_sniffing_and_caching(api: str, path: str) -> None:
+    # the operators' page must not be framed by another site (a click on Acknowledge)
+    answer = httpx.get(f"{api}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["referrer-policy"] == "no-referrer"

@@ -104,7 +104,11 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         self.refused += 1
         log.warning(
             "broker.refused",
-            extra={"user": session.username, "client_id": session.client_id, "reason": reason},
+            extra={
+                "user": _clipped(session.username),
+                "client_id": _clipped(session.client_id),
+                "reason": _clipped(reason),
+            },
         )
         return False
 
@@ -125,9 +129,22 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
             self.denied += 1
             log.warning(
                 "broker.denied",
-                extra={"user": username, "topic": topic, "action": getattr(action, "value", "")},
+                extra={
+                    "user": _clipped(username),
+                    "topic": _clipped(topic),
+                    "action": getattr(action, "value", ""),
+                },
             )
         return allowed
+
+
+def _clipped(value: object) -> str | None:
+    """A client's user name, client id or topic as logged: up to 64 KiB each in MQTT, so cut
+    (a refusal per CONNECT must not write 64 KiB lines)."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def harden_listener_tls(context: ssl.SSLContext, listener: dict[str, Any]) -> ssl.SSLContext:

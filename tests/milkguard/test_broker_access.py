@@ -284,3 +284,16 @@ def test_a_connection_that_never_sends_its_connect_is_closed(tmp_path: Path, tls
             half.sendall(b"\x10")  # the first byte of a CONNECT, then nothing
             assert silent.recv(10) == b""
             assert half.recv(10) == b""
+
+
+def test_a_huge_user_name_or_topic_is_logged_clipped(
+    tmp_path: Path, tls: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    with secured_broker("embedded", tmp_path, tls) as running:
+        with pytest.raises(BrokerError):
+            mqtt.connect(running.on_loopback("x" * 60_000, "guess"), "y" * 60_000, timeout_s=5)
+        publish(running.over_tls("gw-farm-01"), "gw-a", ("milkguard/v1/" + "z" * 60_000, b"x"))
+    refusals = [r for r in caplog.records if r.getMessage() in ("broker.refused", "broker.denied")]
+    assert len(refusals) >= 2
+    for record in refusals:
+        assert all(len(str(value)) < 1_000 for value in vars(record).values())

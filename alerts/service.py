@@ -67,7 +67,7 @@ class AlertService:
                 "public-key --output stream.pem` (with the stream's settings), copy stream.pem "
                 "here and set alerts.stream_keys: [path/to/stream.pem]"
             )
-        self.verifier = Verifier.from_files(settings.stream_keys)
+        self.verifier = Verifier.from_files(settings.stream_keys, refuse_test_keys=True)
         shared = settings.database.get_secret_value() if settings.database else None
 
         def where(name: str) -> Path | str:

@@ -36,6 +36,10 @@ from milkguard.errors import ConfigError, ExtraMissing, MilkGuardError
 #: A signed envelope larger than this is refused before it is parsed.
 MAX_ENVELOPE_BYTES: Final = 64 * 1024
 
+#: Ids of keys whose private half is published (RFC 8032 section 7.1 TEST 1, the key of our
+#: test vectors): a signature by one proves nothing, so none may be trusted for live records.
+PUBLISHED_TEST_KEY_IDS: Final = frozenset({"21fe31dfa154a261"})
+
 
 def canonical(record: Any) -> bytes:
     """The RFC 8785 bytes a record is hashed and signed as (structs and dataclasses too)."""
@@ -149,8 +153,9 @@ class Verifier:
             self._keys[key_id(raw)] = key
 
     @classmethod
-    def from_files(cls, paths: list[Path]) -> Verifier:
-        """Public keys from PEM files, with the file named when one cannot be read."""
+    def from_files(cls, paths: list[Path], *, refuse_test_keys: bool = False) -> Verifier:
+        """Public keys from PEM files, with the file named when one cannot be read; with
+        ``refuse_test_keys`` (live records), a published test key is a :class:`ConfigError`."""
         pems = []
         for path in paths:
             try:
@@ -158,9 +163,15 @@ class Verifier:
             except OSError as exc:
                 raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from exc
             try:
-                cls([pems[-1]])
+                one = cls([pems[-1]])
             except ConfigError as exc:
                 raise ConfigError(f"public key {path}: {exc}") from exc
+            if refuse_test_keys and PUBLISHED_TEST_KEY_IDS & set(one.key_ids):
+                raise ConfigError(
+                    f"public key {path} is the published test key (RFC 8032 TEST 1, in "
+                    "milkguard/contract/vectors): its private key is public, so anyone could "
+                    "sign with it. Export the stream's own key with `milkguard stream public-key`"
+                )
         return cls(pems)
 
     @property

@@ -182,8 +182,21 @@ class AuditTrail:
         """Every problem found, each naming the entry; an empty list for an intact trail.
 
         A trail without its tables, without entries or without a signed head is not intact:
-        the service signs a head with its first entry, and nothing it does removes one.
+        the service signs a head with its first entry, and nothing it does removes one. Nor is
+        one holding what no service writes (a body or signature that is not JSON, a text seq,
+        other columns): that is a problem found, never an exception.
         """
+        try:
+            return self._verify(verifier, known_heads)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            shown = f"{type(exc).__name__}: {str(exc)[:200]}"
+        except Exception as exc:  # a column dropped or renamed: sqlite3's or psycopg's error
+            if not _is_database_error(exc):
+                raise
+            shown = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return [f"the trail holds what no MilkGuard service writes ({shown}): it was edited"]
+
+    def _verify(self, verifier: Verifier, known_heads: Sequence[tuple[int, str]]) -> list[str]:
         missing = [table for table in TABLES if table not in self._tables()]
         if missing:
             return [
@@ -264,6 +277,11 @@ def _chain_problems(entries: list[Entry]) -> list[str]:
     return problems
 
 
+def _is_database_error(exc: Exception) -> bool:
+    """True for an error of the database driver (sqlite3, psycopg), not of the code."""
+    return isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg")
+
+
 class _ReadOnly:
     """A read-only connection in one snapshot: SQLite ``mode=ro`` (``immutable`` when no writer
     has it open: then not even a journal file is created), PostgreSQL a read-only repeatable-
@@ -335,7 +353,7 @@ class VerifiedHead:
 def load_verified_head(path: Path) -> VerifiedHead | None:
     """The head kept in ``path`` (None before the first verification)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -343,7 +361,7 @@ def load_verified_head(path: Path) -> VerifiedHead | None:
     try:
         data = json.loads(text)
         head = VerifiedHead(int(data["seq"]), str(data["hash"]), str(data["verified_at"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # UTF-8, JSON, shape
         raise ConfigError(
             f"the verification state {path} is not one MilkGuard wrote ({exc!r}): restore it "
             "from a copy; deleting it forgets the last head verified"

@@ -228,6 +228,7 @@ def run_audit(args: argparse.Namespace) -> int:
     """``milkguard audit verify``: exit 1 and name every problem when the trail was tampered
     with, is missing, empty or behind the head verified last time (``--state``)."""
     import os  # noqa: PLC0415
+    import re  # noqa: PLC0415
 
     from alerts.audit import (  # noqa: PLC0415
         AuditTrail,
@@ -236,16 +237,18 @@ def run_audit(args: argparse.Namespace) -> int:
         save_verified_head,
     )
     from alerts.signing import Verifier  # noqa: PLC0415
-    from milkguard.logs import mask_url  # noqa: PLC0415
+    from milkguard.logs import mask, mask_url, register_secrets  # noqa: PLC0415
 
     heads = []
     for given in args.head:
-        seq, _, digest = given.partition(":")
-        if not seq.isdigit() or len(digest) != 64:
+        found = re.fullmatch(r"([0-9]{1,18}):([0-9a-f]{64})", given)
+        if found is None:  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
             raise ConfigError(f"--head {given!r}: expected N:HASH, e.g. 12:9f86d08...")
-        heads.append((int(seq), digest))
+        heads.append((int(found[1]), found[2]))
     where = args.db or os.environ.get("MILKGUARD_ALERTS__DATABASE") or str(DEFAULT_DB)
     shown = mask_url(where) if "://" in where else where
+    if "://" in where:
+        register_secrets(where)  # libpq quotes a malformed URL's parts, password and all
     verifier = Verifier.from_files(args.public_key)
     last = load_verified_head(args.state) if args.state is not None else None
     if last is not None:
@@ -254,7 +257,7 @@ def run_audit(args: argparse.Namespace) -> int:
     try:
         trail = AuditTrail.open_read_only(where)
     except TrailError as exc:
-        console.print(Text.assemble(("NOT VERIFIED", "bold red"), f" {shown}: {exc}"))
+        console.print(Text.assemble(("NOT VERIFIED", "bold red"), f" {shown}: {mask(str(exc))}"))
         return 1
     try:
         problems = trail.verify(verifier, heads)

@@ -49,7 +49,9 @@ class DeadLetter:
 
 
 def clip(text: str) -> str:
-    """Text from a message, bounded for storing and logging."""
+    """Text from a message, bounded for storing and logging, U+0000 escaped: the embedded
+    broker delivers it in topics, and PostgreSQL text cannot hold it (the insert would raise)."""
+    text = text.replace("\x00", "\\x00")
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
 
 

@@ -136,6 +136,7 @@ class Gate:
         if scope["type"] != "http":  # no websockets here
             await send({"type": "websocket.close", "code": 1008})
             return
+        send = _with_safety_headers(send)
         address = (scope.get("client") or ("unknown", 0))[0]
         public = (scope["method"], scope["path"]) in PUBLIC
         if not public:
@@ -214,6 +215,31 @@ class Gate:
     async def _too_large(self, send: Send) -> None:
         self.too_large += 1
         await _answer(send, 413, f"the body is larger than {self.max_body_bytes} bytes", [])
+
+
+#: On every answer: no framing by another site (a click on Acknowledge in a hidden frame), no
+#: content sniffing, no caching of alerts and reports, no Referer with them.
+SAFETY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def _with_safety_headers(send: Send) -> Send:
+    """``send``, adding :data:`SAFETY_HEADERS` the app did not set to the response's start."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            present = {name.lower() for name, _ in headers}
+            headers += [header for header in SAFETY_HEADERS if header[0] not in present]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

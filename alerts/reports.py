@@ -130,15 +130,25 @@ def issue(
 def verify_file(path: Path, verifier: Verifier) -> tuple[dict[str, Any] | None, str | None]:
     """(the report, None) if ``path`` is a report signed by a known key, else (report?, why)."""
     try:
-        signed = json.loads(path.read_text(encoding="utf-8"))
+        signed = json.loads(path.read_bytes())
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror}"
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge integers, deep nesting
         return None, f"{path} is not JSON: {exc}"
     if not isinstance(signed, dict) or not {"report", "signature"} <= signed.keys():
         return None, f"{path} is not a signed report: it needs 'report' and 'signature'"
-    report = signed["report"]
-    return report, verifier.problem(report, signed["signature"])
+    report, signature = signed["report"], signed["signature"]
+    if not isinstance(signature, dict):
+        return None, f"{path}: 'signature' must be an object with alg, key_id and value"
+    problem = verifier.problem(report, signature)
+    if problem is None and not (
+        isinstance(report, dict)
+        and report.get("format") == REPORT_FORMAT
+        and isinstance(report.get("deviation"), dict)
+    ):
+        # the same key signs the audit trail's head: a signature alone does not make a report
+        return None, f"{path} is signed, but not a deviation report ({REPORT_FORMAT})"
+    return report, problem
 
 
 def render_html(signed: dict[str, Any]) -> str:

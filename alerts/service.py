@@ -34,6 +34,7 @@ from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
 from alerts.reports import issue
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
+from milkguard.broker_security import is_loopback
 from milkguard.contract.v1 import TOPIC_ROOT, deviation_topic
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
@@ -66,7 +67,7 @@ class AlertService:
                 "public-key --output stream.pem` (with the stream's settings), copy stream.pem "
                 "here and set alerts.stream_keys: [path/to/stream.pem]"
             )
-        self.verifier = Verifier.from_files(settings.stream_keys)
+        self.verifier = Verifier.from_files(settings.stream_keys, refuse_test_keys=True)
         shared = settings.database.get_secret_value() if settings.database else None
 
         def where(name: str) -> Path | str:
@@ -148,8 +149,15 @@ class AlertService:
 
         from alerts.api import create_app  # noqa: PLC0415
         from alerts.gate import FailedLogins  # noqa: PLC0415
+        from alerts.http_protocol import HeadDeadlineProtocol  # noqa: PLC0415 - imports uvicorn
 
         host, port = settings.http_host, settings.http_port
+        if settings.tls_cert is None and not is_loopback(host):
+            raise ConfigError(
+                f"alerts.http_host is {host}, reachable from the network, but the API has no "
+                "TLS: bearer tokens would cross it in clear. Set alerts.tls_cert and "
+                "alerts.tls_key (PEM), or alerts.http_host: 127.0.0.1 behind a TLS proxy"
+            )
         logins = FailedLogins(
             allowed=settings.failed_logins_allowed, max_lockout_s=settings.lockout_max_s
         )
@@ -170,6 +178,10 @@ class AlertService:
             port=port,
             log_level="warning",
             log_config=None,  # uvicorn's records go through MilkGuard's handler: one format, masked
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: without a proxy any
+            # local client could pick a new address per request and never be locked out
+            proxy_headers=settings.behind_proxy,
+            http=HeadDeadlineProtocol,  # a client trickling its headers is cut off
             **tls,
         )
         try:

@@ -30,6 +30,9 @@ from milkguard.broker_security import any_covers, verify_password
 
 log = logging.getLogger("milkguard.broker")
 
+#: Seconds a new connection has to send its whole CONNECT (a real client needs milliseconds).
+CONNECT_DEADLINE_S = 10.0
+
 
 @dataclass
 class GuardConfig:
@@ -62,12 +65,19 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         """A known user with the right password, with a client id no other user holds, and a
         last will on a topic it may publish; anyone else is refused."""
         username = session.username
-        owner = self._owners.get(session.client_id)
-        if owner is not None and owner != username:
-            return self._refuse(session, "client id belongs to another user")
         entry = self._users().get(username) if username else None
         if entry is None:
             return self._refuse(session, "unknown user or no user name")
+        if entry.get("namespaced") and session.client_id:
+            # first come would otherwise own an id: a gateway connecting first with the alert
+            # service's (or another gateway's) client id would lock it out until a restart.
+            # User names have no ':', so no other user's id can be in this namespace.
+            prefix = f"{username}:"
+            if not session.client_id.startswith(prefix):  # asked twice per CONNECT
+                session.client_id = prefix + session.client_id
+        owner = self._owners.get(session.client_id)
+        if owner is not None and owner != username:
+            return self._refuse(session, "client id belongs to another user")
         password = (session.password or "").encode()
         key = (session.client_id, username)
         # GuardedBroker asks twice per CONNECT (before and after amqtt's session handling):
@@ -83,7 +93,7 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         will_topic = session.will_topic if session.will_flag else None
         if will_topic is not None and not any_covers(entry["publish"], will_topic):
             return self._refuse(session, f"will topic {will_topic!r}")
-        if session.client_id:
+        if session.client_id and not entry.get("namespaced"):  # a namespace binds it already
             self._owners.setdefault(session.client_id, username)
         if len(self._verified) > 10_000:  # connections that died between the two asks
             self._verified.clear()
@@ -94,7 +104,11 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         self.refused += 1
         log.warning(
             "broker.refused",
-            extra={"user": session.username, "client_id": session.client_id, "reason": reason},
+            extra={
+                "user": _clipped(session.username),
+                "client_id": _clipped(session.client_id),
+                "reason": _clipped(reason),
+            },
         )
         return False
 
@@ -115,9 +129,22 @@ class AmqttGuard(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
             self.denied += 1
             log.warning(
                 "broker.denied",
-                extra={"user": username, "topic": topic, "action": getattr(action, "value", "")},
+                extra={
+                    "user": _clipped(username),
+                    "topic": _clipped(topic),
+                    "action": getattr(action, "value", ""),
+                },
             )
         return allowed
+
+
+def _clipped(value: object) -> str | None:
+    """A client's user name, client id or topic as logged: up to 64 KiB each in MQTT, so cut
+    (a refusal per CONNECT must not write 64 KiB lines)."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def harden_listener_tls(context: ssl.SSLContext, listener: dict[str, Any]) -> ssl.SSLContext:
@@ -148,9 +175,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(
-                reader, writer, self.plugins_manager
+            # amqtt waits for the CONNECT as long as the client likes: sockets that never send
+            # one would hold a file descriptor each until none is left for the gateways
+            handler, session = await asyncio.wait_for(
+                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                CONNECT_DEADLINE_S,
             )
+        except TimeoutError as exc:
+            await writer.close()
+            raise AMQTTError(f"{remote_address}:{remote_port} sent no CONNECT in time") from exc
         except MQTTError as exc:
             await writer.close()
             raise MQTTError(exc) from exc

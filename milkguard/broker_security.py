@@ -278,6 +278,10 @@ def amqtt_config(security: BrokerSecurity, host: str, port: int) -> dict[str, An
                         "password_hash": u.password_hash.get_secret_value(),
                         "publish": list(grants(u).publish),
                         "read": list(grants(u).read),
+                        # a gateway's or reader's client id is put in its user's namespace,
+                        # so it cannot take the id (and the session) of a service or another
+                        # gateway
+                        "namespaced": u.role in ("gateway", "reader"),
                     }
                     for u in security.users
                 }
@@ -357,6 +361,13 @@ def mosquitto_files(
     when the listener would be reachable from the network without users and TLS.
     """
     problems = exposure_problems(security, host)
+    if security.users and not is_loopback(host) and security.local_port is None:
+        problems.append(
+            "set mqtt.security.local_port (a loopback listener for the stream, the bridge and "
+            "the alert service): Mosquitto 2.0 binds no client id to a user, so on one listener "
+            "a gateway logging in with the stream's client id would wipe its queued batches; "
+            "on the network listener every client id is then its user name"
+        )
     if problems:
         raise ValueError(f"mqtt.host {host} is reachable from the network: " + "; ".join(problems))
     lines = [

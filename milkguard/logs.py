@@ -11,6 +11,7 @@ message, its context, its exception. :func:`mask_url` shows a URL without its cr
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 LogFormat = Literal["text", "json"]
 
@@ -43,7 +44,9 @@ class KeyValueFormatter(logging.Formatter):
         parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]
         for key, value in _context(record).items():
             text = str(value)
-            if not text or any(c in text for c in ' "='):
+            # quoted (escaped) too when it holds a line break or a control character: user
+            # names, topics and paths come from the network and must not forge a log line
+            if not text or any(c in text for c in ' "=') or not text.isprintable():
                 text = json.dumps(text, ensure_ascii=False)
             parts.append(f"{key}={text}")
         line = " ".join(parts)
@@ -224,6 +227,9 @@ def _with_url_parts(value: str, path_is_secret: bool = False) -> Iterable[str]:
     yield value
     if "://" not in value:
         return
+    userinfo, at, _ = value.split("://", 1)[1].partition("@")
+    if at and ":" in userinfo:  # even when the URL is too malformed to parse, as errors quote it
+        yield userinfo.split(":", 1)[1]
     try:
         parts = urlsplit(value)
         password, username = parts.password, parts.username
@@ -232,6 +238,10 @@ def _with_url_parts(value: str, path_is_secret: bool = False) -> Iterable[str]:
     for part in (password, parts.query, parts.fragment):
         if part:
             yield part
+            yield unquote(part)  # a driver's error may quote the password decoded
+    if username and password:  # as an HTTP Basic header, quoted in a client's exception
+        basic = f"{unquote(username)}:{unquote(password)}".encode()
+        yield base64.b64encode(basic).decode()
     for _, given in parse_qsl(parts.query):  # ?token=VALUE: an error may quote VALUE alone
         yield given
     if username and password is None:

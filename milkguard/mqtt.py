@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from milkguard.broker_security import is_loopback
 from milkguard.errors import BrokerError, ExtraMissing
 
 if TYPE_CHECKING:
@@ -176,8 +177,15 @@ def new_client(
     """A paho client set up as every MilkGuard client is: MQTT 3.1.1, the credentials, and TLS
     with the broker's certificate verified (chain and host name) whenever ``tls_ca`` is set.
 
-    Not connected yet. Raises :class:`BrokerError` naming the file when a TLS file is unusable.
+    Not connected yet. Raises :class:`BrokerError` naming the file when a TLS file is unusable,
+    or when a password would cross the network in clear (another host, no ``tls_ca``).
     """
+    if address.password and address.tls_ca is None and not is_loopback(address.host):
+        raise BrokerError(
+            f"refusing to send mqtt.password to the MQTT broker at {address.host}:"
+            f"{address.port} in clear: set mqtt.tls_ca to the CA of the broker's certificate "
+            "(and use its TLS port), or reach it through 127.0.0.1"
+        )
     paho = paho_module()
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,

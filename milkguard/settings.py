@@ -243,6 +243,12 @@ class AlertSettings(BaseModel):
         "then twice as long after each further failure, up to lockout_max_s.",
     )
     lockout_max_s: float = Field(default=900, gt=0)
+    behind_proxy: bool = Field(
+        default=False,
+        description="A reverse proxy on this host forwards to the API: the client address "
+        "(for the lockout) is then taken from the X-Forwarded-For it sends from 127.0.0.1. "
+        "Off, the header is ignored: any local client could claim a new address per request.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> AlertSettings:

@@ -36,6 +36,10 @@ from milkguard.errors import ConfigError, ExtraMissing, MilkGuardError
 #: A signed envelope larger than this is refused before it is parsed.
 MAX_ENVELOPE_BYTES: Final = 64 * 1024
 
+#: Ids of keys whose private half is published (RFC 8032 section 7.1 TEST 1, the key of our
+#: test vectors): a signature by one proves nothing, so none may be trusted for live records.
+PUBLISHED_TEST_KEY_IDS: Final = frozenset({"21fe31dfa154a261"})
+
 
 def canonical(record: Any) -> bytes:
     """The RFC 8785 bytes a record is hashed and signed as (structs and dataclasses too)."""
@@ -85,7 +89,7 @@ class Signer:
         if path.exists():
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, primitives.UnsupportedAlgorithm) as exc:
                 raise ConfigError(
                     f"{path} is not an unencrypted PEM private key: {exc}. Point "
                     f"{setting} at an Ed25519 key, or at a new path to create one"
@@ -139,7 +143,7 @@ class Verifier:
         for pem in public_pems:
             try:
                 key = primitives.serialization.load_pem_public_key(pem)
-            except ValueError as exc:
+            except (ValueError, primitives.UnsupportedAlgorithm) as exc:  # e.g. an odd EC curve
                 raise ConfigError(f"not a PEM public key: {exc}") from exc
             if not isinstance(key, primitives.ed25519.Ed25519PublicKey):
                 raise ConfigError(f"a {type(key).__name__} is not an Ed25519 public key")
@@ -149,8 +153,9 @@ class Verifier:
             self._keys[key_id(raw)] = key
 
     @classmethod
-    def from_files(cls, paths: list[Path]) -> Verifier:
-        """Public keys from PEM files, with the file named when one cannot be read."""
+    def from_files(cls, paths: list[Path], *, refuse_test_keys: bool = False) -> Verifier:
+        """Public keys from PEM files, with the file named when one cannot be read; with
+        ``refuse_test_keys`` (live records), a published test key is a :class:`ConfigError`."""
         pems = []
         for path in paths:
             try:
@@ -158,9 +163,15 @@ class Verifier:
             except OSError as exc:
                 raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from exc
             try:
-                cls([pems[-1]])
+                one = cls([pems[-1]])
             except ConfigError as exc:
                 raise ConfigError(f"public key {path}: {exc}") from exc
+            if refuse_test_keys and PUBLISHED_TEST_KEY_IDS & set(one.key_ids):
+                raise ConfigError(
+                    f"public key {path} is the published test key (RFC 8032 TEST 1, in "
+                    "milkguard/contract/vectors): its private key is public, so anyone could "
+                    "sign with it. Export the stream's own key with `milkguard stream public-key`"
+                )
         return cls(pems)
 
     @property
@@ -274,8 +285,11 @@ def unseal(payload: bytes, verifier: Verifier) -> Envelope:
 def _primitives(extra: str = "alerts") -> SimpleNamespace:
     """cryptography's serialization and ed25519 modules, or how to install them."""
     try:
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
         from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
     except ImportError as exc:
         raise ExtraMissing("Signing and checking records", extra, "cryptography") from exc
-    return SimpleNamespace(serialization=serialization, ed25519=ed25519)
+    return SimpleNamespace(
+        serialization=serialization, ed25519=ed25519, UnsupportedAlgorithm=UnsupportedAlgorithm
+    )

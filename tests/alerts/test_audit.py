@@ -287,3 +287,81 @@ def test_a_damaged_state_file_is_a_clear_error(
 
     assert main(argv) == 2
     assert "is not one MilkGuard wrote" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://milkguard:p%zzXq7-db-secret@127.0.0.1:1/alerts",  # a bad %-escape
+        "postgresql://milkguard:Xq7-db-secret@[::1/alerts",  # an unclosed IPv6 host
+    ],
+)
+def test_a_malformed_database_url_is_refused_without_showing_its_password(
+    signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    # libpq quotes the offending part of the URL in its error, password and all
+    argv, _ = verify_command(url, signer, tmp_path)
+
+    assert main(argv) == 1
+    shown = capsys.readouterr()
+    assert "NOT VERIFIED" in shown.out
+    assert "Xq7-db-secret" not in shown.out + shown.err
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        ["UPDATE audit SET body = 'not json' WHERE seq = 2"],
+        ["UPDATE audit SET body = '[1, 2]' WHERE seq = 2"],
+        ["UPDATE audit SET seq = 'two' WHERE seq = 2"],
+        ["UPDATE audit_head SET signature = 'not json'"],
+        ["UPDATE audit_head SET signature = '[\"a\"]'"],
+        ["UPDATE audit_head SET seq = 'five'"],
+        ["DROP TABLE audit", "CREATE TABLE audit (seq INTEGER)", "INSERT INTO audit VALUES (1)"],
+    ],
+    ids=["body", "body-list", "seq-text", "head-json", "head-list", "head-seq", "columns"],
+)
+def test_a_trail_edited_into_odd_shapes_is_tampered_not_a_traceback(
+    trail: AuditTrail,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    statements: list[str],
+) -> None:
+    trail.close()
+    for statement in statements:
+        sql(trail, statement)
+    argv, _ = verify_command(trail.path, signer, tmp_path)
+
+    assert main(argv) == 1
+    assert "TAMPERED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe{}", b"[" * 100_000, b'{"seq": "x", "hash": 1, "verified_at": 2}'],
+    ids=["not-utf8", "deep", "wrong-types"],
+)
+def test_a_crafted_state_file_is_a_clear_error(
+    trail: AuditTrail,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+) -> None:
+    state = tmp_path / "verified.json"
+    state.write_bytes(content)
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--state", str(state))
+
+    assert main(argv) == 2
+    assert str(state) in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("head", ["²:" + "0" * 64, "1:" + "z" * 64, "1:" + "0" * 63 + "\n"])
+def test_an_odd_head_argument_is_a_clear_error(
+    trail: AuditTrail, signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str], head: str
+) -> None:
+    argv, _ = verify_command(trail.path, signer, tmp_path, "--head", head)
+
+    assert main(argv) == 2
+    assert "--head" in capsys.readouterr().err

@@ -226,3 +226,42 @@ def test_the_share_reported_in_time_counts_late_missing_and_pending(tmp_path: Pa
     )
     assert found.share_in_time == pytest.approx(1 / 3)
     trail.close()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe{}",  # not UTF-8
+        b"[" * 100_000,  # nested past the parser's depth
+        b'{"report": {}, "signature": "not an object"}',
+        b'{"report": {}, "signature": {}, "n": ' + b"1" * 5000 + b"}",  # past int digits
+        b'{"report": {"a": NaN}, "signature": {"alg": "Ed25519", "key_id": "x", "value": "y"}}',
+    ],
+    ids=["not-utf8", "deep", "signature-string", "huge-int", "nan"],
+)
+def test_a_crafted_report_file_is_not_valid_and_raises_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    public = tmp_path / "public.pem"
+    public.write_text(signer.public_pem())
+    crafted = tmp_path / "report.json"
+    crafted.write_bytes(content)
+
+    assert main(["alerts", "verify", str(crafted), "--public-key", str(public)]) == 1
+    assert "NOT VALID" in capsys.readouterr().out
+
+
+def test_the_trails_signed_head_does_not_pass_for_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the dairy's key signs reports and the trail's head: a head is no report
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+    public = tmp_path / "public.pem"
+    public.write_text(signer.public_pem())
+    head = {"seq": 3, "hash": "0" * 64}
+    crafted = tmp_path / "report.json"
+    crafted.write_text(json.dumps({"report": head, "signature": signer.sign(head).as_dict()}))
+
+    assert main(["alerts", "verify", str(crafted), "--public-key", str(public)]) == 1
+    assert "not a deviation report" in capsys.readouterr().out

@@ -244,3 +244,27 @@ def test_the_streams_signed_deviations_raise_alerts_end_to_end(
     assert first["deviation"]["device"] == "truck-07-gw"
     letters = DeadLetterStore(tmp_path / "alerts" / "deadletters.db").all()
     assert letters == []  # every deviation the stream published was believed
+
+
+def test_the_service_refuses_the_published_test_key_as_a_stream_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # its private key is in the test vectors (RFC 8032, TEST 1): anyone could sign with it
+    vectors = Path(__file__).parents[2] / "milkguard" / "contract" / "vectors"
+    vector = json.loads((vectors / "deviation-envelope.json").read_text())
+    test_key = tmp_path / "test-key.pem"
+    test_key.write_text(vector["public_key_pem"])
+    config = tmp_path / "alerts.yaml"
+    config.write_text(
+        f"""
+alerts:
+  directory: {tmp_path / "alerts"}
+  stream_keys: [{test_key}]
+  recipients: [{{name: li, audience: operator, email: li@plant}}]
+"""
+    )
+
+    assert main(["alerts", "run", "--config", str(config)]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "test key" in said
+    assert str(test_key) in said

@@ -6,6 +6,7 @@ publishes only as itself, reads only its own topics, and cannot forge a deviatio
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -254,3 +255,45 @@ def test_the_alert_service_logs_in_as_the_alerts_role_and_subscribes_to_deviatio
         wait_until(lambda: b"the stream's" in session.payloads(), what="the queued deviation")
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("service", ["plant-alerts", "milkguard-stream", "gw-b"])
+def test_a_gateway_that_takes_a_client_id_first_locks_nobody_out(
+    broker: SecuredBroker, service: str
+) -> None:
+    # a gateway (compromised, or misconfigured) connects first with the client id of the alert
+    # service, of the stream, or of another gateway, and stays connected
+    squatter = mqtt.connect(broker.over_tls("gw-farm-01"), service)
+    user = {"plant-alerts": "alerts", "milkguard-stream": "stream", "gw-b": "gw-farm-02"}[service]
+    try:
+        address = broker.over_tls(user) if user.startswith("gw-") else broker.on_loopback(user)
+        owner = mqtt.connect(address, service, timeout_s=5)
+        owner.close()
+    finally:
+        squatter.close()
+
+
+def test_a_connection_that_never_sends_its_connect_is_closed(tmp_path: Path, tls: TlsFiles) -> None:
+    # the embedded broker only: Mosquitto 2.0.11 has no such deadline (see the README)
+    with secured_broker("embedded", tmp_path, tls) as running:
+        address = ("127.0.0.1", running.local_port)
+        with (
+            socket.create_connection(address, timeout=60) as silent,
+            socket.create_connection(address, timeout=60) as half,
+        ):
+            half.sendall(b"\x10")  # the first byte of a CONNECT, then nothing
+            assert silent.recv(10) == b""
+            assert half.recv(10) == b""
+
+
+def test_a_huge_user_name_or_topic_is_logged_clipped(
+    tmp_path: Path, tls: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    with secured_broker("embedded", tmp_path, tls) as running:
+        with pytest.raises(BrokerError):
+            mqtt.connect(running.on_loopback("x" * 60_000, "guess"), "y" * 60_000, timeout_s=5)
+        publish(running.over_tls("gw-farm-01"), "gw-a", ("milkguard/v1/" + "z" * 60_000, b"x"))
+    refusals = [r for r in caplog.records if r.getMessage() in ("broker.refused", "broker.denied")]
+    assert len(refusals) >= 2
+    for record in refusals:
+        assert all(len(str(value)) < 1_000 for value in vars(record).values())

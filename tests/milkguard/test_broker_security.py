@@ -181,3 +181,23 @@ def test_no_mosquitto_files_for_an_anonymous_broker_on_the_network() -> None:
             persistence_dir=Path("/var/lib/mosquitto"),
             sizing=QueueSizing(gateways=1),
         )
+
+
+def test_no_mosquitto_files_where_gateways_and_the_stream_share_one_network_listener() -> None:
+    # Mosquitto 2.0 binds no client id to a user: on one listener a gateway logging in with the
+    # stream's client id and a clean session wipes the batches queued for the stream (seen with
+    # a real Mosquitto); the services need the loopback listener, the gateways get
+    # use_username_as_clientid on theirs
+    security = BrokerSecurity(
+        users=[user("stream", "stream")],
+        tls=ListenerTls(cert=Path("/etc/c.pem"), key=Path("/etc/k.pem")),
+    )
+    with pytest.raises(ValueError, match=r"mqtt\.security\.local_port"):
+        mosquitto_files(
+            security,
+            "0.0.0.0",  # noqa: S104 - text only
+            8883,
+            conf_dir=Path("/etc/mosquitto"),
+            persistence_dir=Path("/var/lib/mosquitto"),
+            sizing=QueueSizing(gateways=1),
+        )

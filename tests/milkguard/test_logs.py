@@ -111,3 +111,28 @@ def test_the_settings_line_shows_where_a_webhook_goes_but_not_its_key(settings: 
     (recipient,) = settings.alerts.recipients
     assert repr(recipient.webhook) == "WebhookUrl('https://***@chat.example.com/***?***')"
     assert settings.redacted()["alerts"]["recipients"][0]["webhook"] == "**********"
+
+
+def test_a_value_from_the_network_cannot_forge_a_log_line(
+    captured: tuple[logging.Logger, io.StringIO, io.StringIO],
+) -> None:
+    logger, text, _ = captured
+    # an MQTT user name, a topic or a request path chosen by a client, without spaces or quotes
+    forged = "x\n2026-12-01T00:00:00.000Z\tINFO\talerts.acknowledged\x1b[2K"
+    logger.warning("broker.refused", extra={"user": forged})
+
+    assert text.getvalue().count("\n") == 1
+    assert "\\n2026-12-01" in text.getvalue()
+
+
+def test_a_password_quoted_decoded_or_as_basic_auth_is_masked_too(
+    captured: tuple[logging.Logger, io.StringIO, io.StringIO],
+) -> None:
+    logger, text, data = captured
+    logs.register_secrets("postgresql://milkguard:p%40ss%3Aw0rd-77@db/alerts")
+    basic = "bWlsa2d1YXJkOnBAc3M6dzByZC03Nw=="  # base64 of milkguard:p@ss:w0rd-77
+    logger.error("db.failed", extra={"error": f"password p@ss:w0rd-77 refused; Basic {basic}"})
+
+    for output in (text.getvalue(), data.getvalue()):
+        assert "p@ss:w0rd-77" not in output
+        assert basic not in output

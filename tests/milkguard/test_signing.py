@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milkguard.cli import main
 from milkguard.contract.records import DeviationEnvelope, DeviationRecord
+from milkguard.errors import ConfigError
 from milkguard.signing import (
     MAX_ENVELOPE_BYTES,
     Signer,
@@ -177,3 +178,27 @@ def test_what_has_no_canonical_form_is_refused_not_raised(
     payload = b'{"signed_by":' + signed_by + b',"signature":"x","record":' + value + b"}"
 
     assert refusal(payload, verifier) in ("not_json", "invalid_record")
+
+
+#: an EC key on secp112r1, a curve OpenSSL can write but cryptography does not load
+UNSUPPORTED_PUBLIC = b"""-----BEGIN PUBLIC KEY-----
+MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEPRRPTcNqe3EcoqLv9b4+s4of1NKNUCno
+bvBxug==
+-----END PUBLIC KEY-----
+"""
+UNSUPPORTED_PRIVATE = b"""-----BEGIN PRIVATE KEY-----
+ME4CAQAwEAYHKoZIzj0CAQYFK4EEAAYENzA1AgEBBA4SgJhxPRwUP13IXm6M1aEg
+Ax4ABD0UT03DantxHKKi7/W+PrOKH9TSjVAp6G7wcbo=
+-----END PRIVATE KEY-----
+"""
+
+
+def test_a_key_of_an_unsupported_kind_is_a_settings_error_naming_the_file(tmp_path: Path) -> None:
+    public, private = tmp_path / "odd.pub", tmp_path / "odd.key"
+    public.write_bytes(UNSUPPORTED_PUBLIC)
+    private.write_bytes(UNSUPPORTED_PRIVATE)
+
+    with pytest.raises(ConfigError, match=r"odd\.pub"):
+        Verifier.from_files([public])
+    with pytest.raises(ConfigError, match=r"odd\.key"):
+        Signer.load_or_create(private)

@@ -21,7 +21,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from milkguard.contract.v1 import Id
+from milkguard.contract.v1 import Id, published, whole_text
 
 #: Every kind of deviation the rule engine opens (README: the table of rule kinds).
 DeviationKind = Literal[
@@ -46,7 +46,12 @@ DeviationKind = Literal[
 DEVIATION_ID_PATTERN: Final = r"^[0-9a-f]{20}$"
 
 DeviationId = Annotated[
-    str, msgspec.Meta(pattern=DEVIATION_ID_PATTERN, description="20 lowercase hex digits.")
+    str,
+    msgspec.Meta(
+        pattern=whole_text(DEVIATION_ID_PATTERN),
+        extra_json_schema={"pattern": DEVIATION_ID_PATTERN},
+        description="20 lowercase hex digits.",
+    ),
 ]
 
 #: ISO 8601 UTC with milliseconds, as ``stream.engine.deviation.iso_ms`` writes it.
@@ -142,7 +147,7 @@ RECORD_TYPES: Final[dict[type[msgspec.Struct], str]] = {DeviationRecord: "deviat
 
 def records_schema() -> dict[str, object]:
     """The JSON Schema of a signed envelope and the records it carries."""
-    schema = msgspec.json.schema(Envelope)
+    schema: dict[str, object] = published(msgspec.json.schema(Envelope))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://milkguard.example/schemas/records-v1.schema.json"
     schema["title"] = "MilkGuard records v1: a signed record the stream publishes"

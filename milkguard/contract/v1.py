@@ -20,7 +20,7 @@ generated from these types and committed as ``wire-v1.schema.json``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -30,10 +30,36 @@ TOPIC_ROOT: Final = "milkguard/v1"
 #: Ids of sites, gateways, assets and channels: safe in MQTT topics, InfluxDB tags and file names.
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
+
+def whole_text(pattern: str) -> str:
+    r"""``pattern`` (``^...$``, as JSON Schema publishes it) for Python's ``re``, whose ``$`` also
+    matches before a final newline: msgspec searches with ``re``, so ``"tank-1\n"`` would pass
+    as an id. ``\Z`` is the end of the text only."""
+    return pattern.removesuffix("$") + r"\Z"
+
+
+def published(node: Any) -> Any:
+    """A generated JSON Schema with every :func:`whole_text` pattern as JSON Schema writes it
+    (``$``: there, the end of the text only)."""
+    if isinstance(node, dict):
+        return {
+            key: (
+                value.removesuffix(r"\Z") + "$"
+                if key == "pattern" and isinstance(value, str) and value.endswith(r"\Z")
+                else published(value)
+            )
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [published(item) for item in node]
+    return node
+
+
 Id = Annotated[
     str,
     msgspec.Meta(
-        pattern=ID_PATTERN,
+        pattern=whole_text(ID_PATTERN),
+        extra_json_schema={"pattern": ID_PATTERN},
         description="Letters, digits, '_', '.', '-'; starts with a letter or digit; 1-64 chars.",
     ),
 ]
@@ -296,7 +322,7 @@ class GatewayStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sources: dict[str, SourceState] = {}
 
 
-_ID_RE: Final = re.compile(ID_PATTERN)
+_ID_RE: Final = re.compile(whole_text(ID_PATTERN))
 
 
 def is_valid_id(text: str) -> bool:
@@ -408,7 +434,7 @@ def decode_status(payload: bytes | str) -> GatewayStatus:
 
 def json_schema() -> dict[str, object]:
     """The JSON Schema of a v1 payload, for third-party device makers."""
-    schema = msgspec.json.schema(Batch)
+    schema: dict[str, object] = published(msgspec.json.schema(Batch))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://milkguard.example/schemas/wire-v1.schema.json"
     schema["title"] = "MilkGuard wire contract v1: a batch from one gateway"

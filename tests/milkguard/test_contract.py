@@ -248,3 +248,17 @@ def test_a_deviation_record_keeps_the_json_of_deviations_jsonl() -> None:
 def test_a_deviation_record_outside_the_contract_is_refused(field: str, value: object) -> None:
     with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}`"):
         msgspec.convert({**change("opened"), field: value}, DeviationRecord)
+
+
+@pytest.mark.parametrize("field", ["site", "gateway"])
+def test_an_id_with_a_trailing_newline_is_refused(field: str) -> None:
+    # Python's `$` matches before a final newline; an id must end where its text ends
+    batch = {"v": 1, "site": "farm-01", "gateway": "gw-1", "seq": 1, "sent_at": T0}
+    with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}`"):
+        decode_batch(json.dumps({**batch, field: "farm-01\n"}))
+    assert not is_valid_id("tank-1\n")
+
+
+def test_a_deviation_id_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"at `\$.id`"):
+        msgspec.convert({**change("opened"), "id": "0123456789abcdef0123\n"}, DeviationRecord)

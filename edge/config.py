@@ -18,6 +18,7 @@ from edge.drivers.command import CommandConfig
 from edge.drivers.ds18b20 import DS18B20Config
 from edge.drivers.modbus import ModbusConfig
 from edge.drivers.simulated import SimulatedConfig
+from milkguard.broker_security import is_loopback
 from milkguard.errors import ConfigError
 from milkguard.settings import EnvOverFileSettings, describe_problems, read_settings_file
 
@@ -71,6 +72,12 @@ class EdgeMqtt(BaseModel):
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         if self.password is not None and self.username is None:
             raise ValueError("a password without a username is not sent; set mqtt.username")
+        if self.password is not None and self.tls is None and not is_loopback(self.host):
+            raise ValueError(
+                f"the password would cross the network to {self.host} in clear: set mqtt.tls "
+                "(ca: the CA of the broker's certificate, and its TLS port), or reach the "
+                "broker through 127.0.0.1"
+            )
         return self
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from edge.config import EdgeConfig, load_edge_config
+from edge.config import EdgeConfig, EdgeMqtt, load_edge_config
 from milkguard.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "edge" / "edge.example.yaml"
@@ -145,3 +146,10 @@ def test_an_unusable_data_dir_is_a_config_error(tmp_path: Path) -> None:
     config = EdgeConfig(**minimal(data_dir=str(blocker / "edge")))
     with pytest.raises(ConfigError, match="cannot open the outbox in data_dir"):
         EdgeAgent(config)
+
+
+def test_a_password_for_a_broker_on_another_host_needs_tls() -> None:
+    mqtt = {"host": "broker.dairy.example", "username": "farm-01-gw", "password": "pw-12345"}
+    with pytest.raises(ValidationError, match=r"in clear: set mqtt\.tls"):
+        EdgeMqtt(**mqtt)
+    assert EdgeMqtt(**{**mqtt, "host": "127.0.0.1"}).password is not None

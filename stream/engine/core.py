@@ -851,6 +851,12 @@ class Engine:
             self._held = _EMPTY_COLUMNS
         else:
             ready = readings.ts <= self._watermarks()[rows]
+            ahead = readings.ts > self._now
+            if ahead.any():
+                # nothing is judged before the stream's clock reaches it on its device's clock:
+                # an idle channel would otherwise release one reading stamped ahead (within the
+                # future tolerance) at once, and every real reading before it would be late
+                ready[ahead] &= readings.ts[ahead] <= self._device_now(readings.devices[ahead])
             if ready.all():
                 self._held = _EMPTY_COLUMNS
             else:
@@ -858,6 +864,19 @@ class Engine:
                 readings = readings.take(ready)
         if len(readings.rows):
             self._judge(readings, out)
+
+    def _device_now(self, codes: I64) -> I64:
+        """The stream's clock on each device's clock (ahead by its estimated offset, if any)."""
+        unique, inverse = np.unique(codes, return_inverse=True)
+        devices = self._devices
+        offsets = np.array(
+            [
+                max(self.offset_ms(devices[c]), 0) if c < len(devices) else 0
+                for c in unique.tolist()
+            ],
+            dtype=np.int64,
+        )
+        return self._now + offsets[inverse]
 
     def _watermarks(self) -> I64:
         """Each channel's watermark: its newest timestamp less its allowed lateness, or no limit
@@ -1071,9 +1090,17 @@ class Engine:
         heard = np.where(self._last_received >= 0, self._last_received, self._started)
         # past the silence limit, and past the allowed lateness in which samples may still come
         waited = self._now - heard > self._silence_ms + self._lateness_ms
-        due = ~self._silent & waited & (self._newest <= self._last_ts)
+        due = ~self._silent & waited
         if not due.any():
             return
+        # a channel still holding samples is not silent; unless they are stamped ahead of the
+        # clock (an outlier within the future tolerance), which must not mask a real silence
+        holding = np.flatnonzero(due & (self._newest > self._last_ts))
+        if len(holding):
+            ahead = self._newest[holding] > self._device_now(self._last_device[holding])
+            due[holding] = ahead
+            if not due.any():
+                return
         # the deviation starts in the device's time: its last sample plus the limit
         begins = np.where(self._last_ts >= 0, self._last_ts, self._started) + self._silence_ms
         for row in np.flatnonzero(due).tolist():

@@ -233,6 +233,60 @@ def test_one_reading_stamped_2099_is_quarantined_and_a_breach_still_opens_its_de
     rig.assert_every_reading_counted()
 
 
+@pytest.mark.parametrize("ahead_s", [180, 1800, 7000])
+def test_one_reading_stamped_ahead_within_the_tolerance_does_not_blind_its_channel(
+    rig: Rig, ahead_s: int
+) -> None:
+    # within the tolerance it is not quarantined; the channel then goes quiet (idle), which
+    # used to release it at once and make every real reading before its stamp "late"
+    for second in range(0, 30, 5):
+        rig.batch([temp(second)], sent_at=T0 + second * 1000)
+    outlier = Reading("comp-2", "temp", 4.0, "degC", T0 + 30_000 + ahead_s * 1000)
+    rig.batch([outlier], sent_at=T0 + 30_000)
+    rig.ingest.tick(T0 + 100_000)  # quiet for longer than the allowed lateness
+    for second in range(150, 215, 5):  # 60 s above the 6 degC limit
+        rig.batch([temp(second, 9.0)], sent_at=T0 + second * 1000)
+    rig.ingest.tick(T0 + 400_000)
+
+    opened = [
+        c.deviation
+        for c in rig.deviations.changes
+        if c.kind == "opened" and c.deviation.kind == "critical_limit"
+    ]
+    assert [d.rule_id for d in opened] == ["cn-transport-max-comp-2"]
+    assert opened[0].start_ms == T0 + 150_000
+    assert rig.ingest.engine.counters.late == 0
+    rig.assert_every_reading_counted()
+
+
+def test_a_reading_held_because_it_is_stamped_ahead_does_not_mask_a_silence(rig: Rig) -> None:
+    for second in range(0, 30, 5):
+        rig.batch([temp(second)], sent_at=T0 + second * 1000)
+    outlier = Reading("comp-2", "temp", 4.0, "degC", T0 + 30_000 + 1_800_000)
+    rig.batch([outlier], sent_at=T0 + 30_000)
+    for second in range(40, 600, 10):  # the sensor is silent from here on
+        rig.ingest.tick(T0 + second * 1000)
+
+    lost = [
+        c.deviation
+        for c in rig.deviations.changes
+        if c.kind == "opened" and c.deviation.kind == "monitoring_lost"
+    ]
+    assert any(d.asset == "comp-2" and d.start_ms > T0 + 25_000 for d in lost)
+
+
+def test_a_fast_gateways_readings_are_released_when_its_channel_goes_quiet(rig: Rig) -> None:
+    fast = 10 * 60_000
+    for second in range(0, 65, 5):  # above the limit for a minute, on a clock 10 min fast
+        rig.batch(
+            [temp(second, 9.0)], sent_at=T0 + fast + second * 1000, received=T0 + second * 1000
+        )
+    rig.ingest.tick(T0 + 200_000)
+
+    opened = [c.deviation.kind for c in rig.deviations.changes if c.kind == "opened"]
+    assert "critical_limit" in opened
+
+
 def test_a_gateway_ten_minutes_fast_is_still_judged(rig: Rig) -> None:
     fast = 10 * 60_000
     rig.batch([temp(0, 9.0)], sent_at=T0 + fast, received=T0)

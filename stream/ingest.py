@@ -98,14 +98,20 @@ class SequenceWindow:
     Sequence numbers only grow, but batches may arrive reordered (a backlog drained after an
     outage) and twice (QoS 1 redelivery). Numbers within ``size`` of the highest seen are checked
     exactly; a number further behind cannot be told apart from a duplicate and is reported.
+
+    A number more than ``size`` ahead of the highest (a gateway that reseeded from its clock, or
+    one absurd batch) starts a new run; the run it left is kept as ``before``, so that if the
+    gateway's counter goes on where it was (the jump was a glitch), it is still heard, while
+    the numbers it already sent stay duplicates.
     """
 
-    __slots__ = ("_seen", "high", "size")
+    __slots__ = ("_seen", "before", "high", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.high = -1
         self._seen: set[int] = set()
+        self.before: SequenceWindow | None = None
 
     def state(self) -> tuple[int, list[tuple[int, int]]]:
         """(highest, seen numbers as inclusive ranges): compact, as numbers mostly run on."""
@@ -130,6 +136,8 @@ class SequenceWindow:
     def admit(self, seq: int) -> bool | None:
         """True: new. False: a duplicate. None: too far behind the window to tell."""
         if seq > self.high:
+            if self.high >= 0 and seq - self.high > self.size:
+                self.before = self._copy()
             self.high = seq
             self._seen.add(seq)
             if len(self._seen) > 2 * self.size:
@@ -137,11 +145,20 @@ class SequenceWindow:
                 self._seen = {s for s in self._seen if s > floor}
             return True
         if seq <= self.high - self.size:
-            return None
+            before = self.before
+            return None if before is None or seq <= before.high - before.size else before.admit(seq)
         if seq in self._seen:
             return False
         self._seen.add(seq)
         return True
+
+    def _copy(self) -> SequenceWindow:
+        """This window as it is now, without the run before it (one is kept, not a chain)."""
+        copy = SequenceWindow(self.size)
+        copy.high = self.high
+        floor = self.high - self.size
+        copy._seen = {s for s in self._seen if s > floor}
+        return copy
 
 
 class ReplayClock:

@@ -129,8 +129,8 @@ class SequenceWindow:
         window = cls(size)
         window.high = high
         floor = high - size
-        for first, last in ranges:
-            window._seen.update(range(max(first, floor + 1), last + 1))
+        for first, last in ranges:  # clamped to the window: a corrupt range cannot fill memory
+            window._seen.update(range(max(first, floor + 1), min(last, high) + 1))
         return window
 
     def admit(self, seq: int) -> bool | None:
@@ -286,10 +286,11 @@ class Ingest:
     def restore_windows(self, saved: dict[str, tuple[int, list[tuple[int, int]]]]) -> None:
         """Carry on dropping the duplicates a snapshot's windows knew of."""
         for name, (high, ranges) in saved.items():
-            site, gateway = name.split("/", 1)
-            self._windows[(site, gateway)] = SequenceWindow.restored(
-                self._window_size, high, ranges
-            )
+            site, slash, gateway = name.partition("/")
+            route = (site, gateway)
+            # within the caps, as if heard now: else every restart would add a cap's worth
+            if slash and route not in self._windows and self._may_track(route):
+                self._windows[route] = SequenceWindow.restored(self._window_size, high, ranges)
 
     def _handle(
         self,
@@ -369,15 +370,22 @@ class Ingest:
         window = self._windows.get(route)
         if window is not None:
             return window
-        if route not in self._known_gateways:
-            budget = "plan" if route[0] in self._plan_sites else "other"
-            cap = MAX_PLAN_SITE_GATEWAYS if budget == "plan" else MAX_OTHER_GATEWAYS
-            if self._gateways_by_budget[budget] >= cap:
-                self._note_capped(f"gateways of {budget} sites", f"{route[0]}/{route[1]}", cap)
-                return None
-            self._gateways_by_budget[budget] += 1
+        if not self._may_track(route):
+            return None
         window = self._windows[route] = SequenceWindow(self._window_size)
         return window
+
+    def _may_track(self, route: tuple[str, str]) -> bool:
+        """Whether a new gateway's window fits its cap (taking its place if so)."""
+        if route in self._known_gateways:
+            return True
+        budget = "plan" if route[0] in self._plan_sites else "other"
+        cap = MAX_PLAN_SITE_GATEWAYS if budget == "plan" else MAX_OTHER_GATEWAYS
+        if self._gateways_by_budget[budget] >= cap:
+            self._note_capped(f"gateways of {budget} sites", f"{route[0]}/{route[1]}", cap)
+            return False
+        self._gateways_by_budget[budget] += 1
+        return True
 
     def _note_capped(self, what: str, name: str, cap: int) -> None:
         """Count an id not tracked; log the first time, then at each power of ten."""

@@ -433,6 +433,37 @@ def test_unknown_gateways_beyond_the_cap_are_counted_and_logged_not_tracked(
     rig.assert_every_reading_counted()
 
 
+def test_restored_windows_stay_within_the_caps_so_restarts_cannot_grow_them(
+    demo_plan: LoadedPlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "MAX_OTHER_GATEWAYS", 5)
+    saved: dict[str, tuple[int, list[tuple[int, int]]]] = {}
+    for _restart in range(3):
+        rig = Rig(demo_plan, known_gateways=[("elsewhere", "gw-known")])
+        rig.ingest.restore_windows(saved)
+        for number in range(20):
+            rig.batch([], site="elsewhere", gateway=f"gw-{_restart}-{number}")
+        rig.batch([], site="elsewhere", gateway="gw-known")
+        saved = rig.ingest.windows()
+        assert len(saved) <= 5 + 1
+
+
+def test_a_hostile_or_corrupt_saved_window_is_bounded_or_skipped(demo_plan: LoadedPlan) -> None:
+    rig = Rig(demo_plan)
+    rig.ingest.restore_windows(
+        {
+            f"{SITE}/{GATEWAY}": (10, [(0, 10**15)]),  # a range far beyond its own highest
+            "no-slash": (5, [(1, 5)]),
+        }
+    )
+
+    (name,) = rig.ingest.windows()
+    high, ranges = rig.ingest.windows()[name]
+    assert (high, ranges) == (10, [(0, 10)])
+    rig.batch([temp(0)], seq=11)
+    assert rig.ingest.counters.batches == 1
+
+
 # ------------------------------------------------------------------ property
 
 

@@ -1218,6 +1218,18 @@ class Engine:
                 f"snapshot of plan version {state.plan_version}, but the plan is now "
                 f"{loaded.state_version}; a changed plan starts from fresh state"
             )
+        try:
+            return cls._restored(loaded, state)
+        except SnapshotMismatch:
+            raise
+        except Exception as exc:  # it decoded, but does not fit: corrupt, or not ours
+            raise SnapshotMismatch(
+                f"snapshot does not fit plan {loaded.state_version} "
+                f"({type(exc).__name__}: {exc}); starting from fresh state"
+            ) from exc
+
+    @classmethod
+    def _restored(cls, loaded: LoadedPlan, state: _Snapshot) -> Engine:
         engine = cls(loaded)
         engine._now, engine._started = state.now, state.started
         for name, raw in state.arrays.items():

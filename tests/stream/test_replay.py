@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,21 @@ def test_replay_of_any_lines_never_raises_and_counts_every_reading(lines: list[b
         == (fed)
     )
     assert summary.lines == summary.batches + summary.duplicates + summary.rejected_payloads
+
+
+def test_a_replay_without_a_dead_letter_file_keeps_only_the_first_rejections() -> None:
+    # they are shown in the summary; keeping every one made memory grow with the file
+    line = b'{"not":"a batch","pad":"' + b"x" * 30_000 + b'"}\n'
+    source = io.BytesIO(line * 2_000)  # 60 MB of rejections, each kept whole in its letter
+    plan = load_plan(demo_plan_path())
+    tracemalloc.start()
+    try:
+        summary = replay(plan, source, io.StringIO(), name="many.jsonl")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 20_000_000
+    assert summary.rejected_payloads == 2_000
+    assert len(summary.first_rejections) == 5
+    assert [r.topic for r in summary.first_rejections] == [f"many.jsonl:{n}" for n in range(1, 6)]

@@ -100,18 +100,21 @@ class SequenceWindow:
     exactly; a number further behind cannot be told apart from a duplicate and is reported.
 
     A number more than ``size`` ahead of the highest (a gateway that reseeded from its clock, or
-    one absurd batch) starts a new run; the run it left is kept as ``before``, so that if the
-    gateway's counter goes on where it was (the jump was a glitch), it is still heard, while
-    the numbers it already sent stay duplicates.
+    an absurd batch) starts a new run; the last few runs it left are kept in ``before``, so that
+    if the gateway's counter goes on where it was (the jump was a glitch), it is still heard,
+    while the numbers it already sent stay duplicates.
     """
 
     __slots__ = ("_seen", "before", "high", "size")
+
+    #: runs kept from before jumps: a glitch or two, and a reseed, without locking a gateway out
+    RUNS_KEPT = 3
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.high = -1
         self._seen: set[int] = set()
-        self.before: SequenceWindow | None = None
+        self.before: list[SequenceWindow] = []
 
     def state(self) -> tuple[int, list[tuple[int, int]]]:
         """(highest, seen numbers as inclusive ranges): compact, as numbers mostly run on."""
@@ -137,7 +140,7 @@ class SequenceWindow:
         """True: new. False: a duplicate. None: too far behind the window to tell."""
         if seq > self.high:
             if self.high >= 0 and seq - self.high > self.size:
-                self.before = self._copy()
+                self.before = [*self.before[1 - self.RUNS_KEPT :], self._copy()]
             self.high = seq
             self._seen.add(seq)
             if len(self._seen) > 2 * self.size:
@@ -145,15 +148,18 @@ class SequenceWindow:
                 self._seen = {s for s in self._seen if s > floor}
             return True
         if seq <= self.high - self.size:
-            before = self.before
-            return None if before is None or seq <= before.high - before.size else before.admit(seq)
+            # the newest earlier run whose window the number falls in (runs only jumped upward)
+            for run in reversed(self.before):
+                if seq > run.high - run.size:
+                    return run.admit(seq)
+            return None
         if seq in self._seen:
             return False
         self._seen.add(seq)
         return True
 
     def _copy(self) -> SequenceWindow:
-        """This window as it is now, without the run before it (one is kept, not a chain)."""
+        """This window as it is now, without the runs before it (the window keeps those)."""
         copy = SequenceWindow(self.size)
         copy.high = self.high
         floor = self.high - self.size

@@ -107,7 +107,7 @@ class SequenceWindow:
 
     __slots__ = ("_seen", "before", "high", "size")
 
-    #: runs kept from before jumps: a glitch or two, and a reseed, without locking a gateway out
+    #: runs kept from before jumps (the longest): a reseed and glitches lock no gateway out
     RUNS_KEPT = 3
 
     def __init__(self, size: int) -> None:
@@ -140,7 +140,11 @@ class SequenceWindow:
         """True: new. False: a duplicate. None: too far behind the window to tell."""
         if seq > self.high:
             if self.high >= 0 and seq - self.high > self.size:
-                self.before = [*self.before[1 - self.RUNS_KEPT :], self._copy()]
+                self.before.append(self._copy())
+                if len(self.before) > self.RUNS_KEPT:
+                    # the run with the fewest numbers goes: an absurd batch is a run of one,
+                    # the gateway's own counter the longest
+                    self.before.remove(min(self.before, key=lambda run: len(run._seen)))
             self.high = seq
             self._seen.add(seq)
             if len(self._seen) > 2 * self.size:

@@ -404,6 +404,17 @@ def test_batches_whose_seq_jumps_within_the_limit_do_not_lock_the_gateway_out(
     rig.assert_every_reading_counted()
 
 
+def test_a_stream_of_absurd_seqs_does_not_push_the_gateways_own_counter_out(rig: Rig) -> None:
+    for seq in range(500, 510):
+        rig.batch([temp(seq - 500)], seq=seq)
+    for number in range(1, 8):  # glitches between the counter's batches, each a jump
+        rig.batch([temp(9 + number)], seq=T0 + number * 1_000_000)
+        rig.batch([temp(9 + number)], seq=509 + number)
+
+    assert rig.ingest.counters.batches == 10 + 7 + 7
+    assert not rig.deadletter.letters
+
+
 # ------------------------------------------------------------------ memory
 
 

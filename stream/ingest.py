@@ -451,7 +451,10 @@ class Ingest:
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
         if self._event_clock:
-            newest = max(map(_TS, readings), default=engine.now)
+            # the data's own time, but no further than the batch's receive time (the replay
+            # clock's, which one outlier cannot move): a reading stamped ahead within the
+            # tolerance would otherwise silence every channel and make earlier readings late
+            newest = min(max(map(_TS, readings), default=engine.now), received_ms)
             engine.advance(max(newest, engine.now), changes)
         else:
             engine.advance(received_ms, changes)

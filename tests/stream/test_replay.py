@@ -194,3 +194,37 @@ def test_a_replay_without_a_dead_letter_file_keeps_only_the_first_rejections() -
     assert summary.rejected_payloads == 2_000
     assert len(summary.first_rejections) == 5
     assert [r.topic for r in summary.first_rejections] == [f"many.jsonl:{n}" for n in range(1, 6)]
+
+
+def test_one_reading_stamped_ahead_within_the_tolerance_does_not_move_the_replays_clock() -> None:
+    # the replay's clock is the data's own, but not one reading's: moved an hour on, every
+    # channel fell silent at once and every reading before the stamp was late
+    lines = []
+    for seq, second in enumerate(range(120)):
+        temp = 9.0 if second >= 60 else 4.0  # comp-2 above 6 degC from 60 s
+        readings = [Reading("comp-2", "temp", temp, "degC", T0 + second * 1000)]
+        if second == 30:
+            readings.append(Reading("comp-2", "temp", 4.0, "degC", T0 + 3_600_000))
+        batch = Batch(
+            v=1,
+            site="truck-07",
+            gateway="truck-07-gw",
+            seq=seq,
+            sent_at=T0 + second * 1000,
+            readings=readings,
+        )
+        lines.append(encode_batch(batch))
+    out = io.StringIO()
+    summary = replay(
+        load_plan(demo_plan_path()), io.BytesIO(b"\n".join(lines)), out, name="ahead.jsonl"
+    )
+
+    changes = [json.loads(line) for line in out.getvalue().splitlines()]
+    opened = [c for c in changes if c["change"] == "opened" and c["asset"] == "comp-2"]
+    assert [c["start"] for c in opened if c["kind"] == "critical_limit"] == [
+        "2026-11-22T10:01:00.000Z"
+    ]
+    # the outlier itself is judged at the end: a gap after the last real reading, not before
+    lost = [c["start"] for c in opened if c["kind"] == "monitoring_lost"]
+    assert all(start > "2026-11-22T10:01:59.000Z" for start in lost)
+    assert summary.late == 0

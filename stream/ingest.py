@@ -61,6 +61,11 @@ _MAX_REMEMBERED_IDS = 100_000
 #: cannot hold a channel's watermark for long.
 DEFAULT_FUTURE_TOLERANCE_MS = 2 * 3_600_000
 
+#: How far one batch's ``sent_at`` may move the replay clock on its own (:class:`ReplayClock`):
+#: more than batches of a recording are apart, far less than the tolerance, so that one batch an
+#: hour fast cannot make every later batch of the recording look an hour late.
+DEFAULT_REPLAY_STEP_MS = 5 * 60_000
+
 #: Duplicate windows kept for gateways the runtime does not know, on the plan's sites and on
 #: other sites; beyond them a gateway's batches are judged without duplicate detection (the
 #: engine still drops a channel's repeated timestamps) and counted as ``capped``.
@@ -176,17 +181,19 @@ class ReplayClock:
 
     It starts at the first batch's ``sent_at`` (or at its newest reading when the ``sent_at`` is
     further ahead of that than the tolerance) and moves only forward, to each later
-    ``sent_at`` within the future tolerance of it. A ``sent_at`` further ahead (a gateway's
-    absurd clock, a forged stamp) does not move it, unless the next batch confirms the jump
-    (its ``sent_at`` is also beyond the tolerance, and within it of the first): a recording
-    with a long gap goes on after the gap, losing at most the first batch after it to
-    quarantine. A batch is taken as received at the clock after it.
+    ``sent_at`` up to ``step_ms`` ahead of it. A ``sent_at`` further ahead (a gateway's absurd
+    clock, a forged stamp, one an hour fast) does not move it, unless the next batch confirms
+    the jump (its ``sent_at`` is also beyond the step, and within the tolerance of the first):
+    a recording with a long gap goes on after the gap, losing at most the first batch after it
+    to quarantine when the gap is longer than the tolerance. A batch is taken as received at
+    the clock after it.
     """
 
-    __slots__ = ("_candidate", "now", "tolerance_ms")
+    __slots__ = ("_candidate", "now", "step_ms", "tolerance_ms")
 
-    def __init__(self, tolerance_ms: int) -> None:
+    def __init__(self, tolerance_ms: int, step_ms: int = DEFAULT_REPLAY_STEP_MS) -> None:
         self.tolerance_ms = tolerance_ms
+        self.step_ms = min(step_ms, tolerance_ms)
         self.now = -1
         self._candidate: int | None = None
 
@@ -197,7 +204,7 @@ class ReplayClock:
         if self.now < 0:
             absurd = newest is not None and sent_at > newest + tolerance
             self.now = newest if absurd and newest is not None else sent_at
-        elif sent_at <= self.now + tolerance:
+        elif sent_at <= self.now + self.step_ms:
             self.now = max(self.now, sent_at)
             self._candidate = None
         elif self._candidate is not None and abs(sent_at - self._candidate) <= tolerance:

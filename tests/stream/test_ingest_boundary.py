@@ -317,6 +317,16 @@ def test_the_replay_clock_moves_forward_and_no_single_outlier_moves_it() -> None
     assert clock.receive(T0 + day + 5_000) == T0 + day + 5_000  # confirmed by the next
 
 
+def test_one_sent_at_an_hour_ahead_within_the_tolerance_does_not_move_the_replay_clock() -> None:
+    clock = ReplayClock(tolerance_ms=DEFAULT_FUTURE_TOLERANCE_MS)
+
+    assert clock.receive(T0) == T0
+    assert clock.receive(T0 + 3_600_000) == T0  # within the tolerance, but one batch alone
+    assert clock.receive(T0 + 2_000) == T0 + 2_000
+    assert clock.receive(T0 + 3_000 + 3_600_000) == T0 + 2_000
+    assert clock.receive(T0 + 4_000 + 3_600_000) == T0 + 4_000 + 3_600_000  # a gap, confirmed
+
+
 def test_a_replay_whose_first_batch_has_an_absurd_sent_at_starts_at_its_readings() -> None:
     clock = ReplayClock(tolerance_ms=3_600_000)
 

@@ -196,21 +196,26 @@ def test_a_replay_without_a_dead_letter_file_keeps_only_the_first_rejections() -
     assert [r.topic for r in summary.first_rejections] == [f"many.jsonl:{n}" for n in range(1, 6)]
 
 
-def test_one_reading_stamped_ahead_within_the_tolerance_does_not_move_the_replays_clock() -> None:
-    # the replay's clock is the data's own, but not one reading's: moved an hour on, every
+@pytest.mark.parametrize("sent_ahead", [False, True], ids=["reading", "reading-and-sent-at"])
+def test_one_batch_stamped_ahead_within_the_tolerance_does_not_move_the_replays_clock(
+    sent_ahead: bool,
+) -> None:
+    # the replay's clock is the data's own, but not one batch's: moved an hour on, every
     # channel fell silent at once and every reading before the stamp was late
     lines = []
     for seq, second in enumerate(range(120)):
         temp = 9.0 if second >= 60 else 4.0  # comp-2 above 6 degC from 60 s
         readings = [Reading("comp-2", "temp", temp, "degC", T0 + second * 1000)]
+        sent_at = T0 + second * 1000
         if second == 30:
             readings.append(Reading("comp-2", "temp", 4.0, "degC", T0 + 3_600_000))
+            sent_at = T0 + 3_600_000 if sent_ahead else sent_at
         batch = Batch(
             v=1,
             site="truck-07",
             gateway="truck-07-gw",
             seq=seq,
-            sent_at=T0 + second * 1000,
+            sent_at=sent_at,
             readings=readings,
         )
         lines.append(encode_batch(batch))

@@ -251,6 +251,24 @@ def test_one_reading_stamped_ahead_within_the_tolerance_does_not_blind_its_chann
     assert rig.ingest.counters.readings_quarantined == 0
 
 
+def test_one_batch_with_its_sent_at_and_a_reading_an_hour_ahead_does_not_blind_either(
+    rig: Rig,
+) -> None:
+    # its sent_at makes the gateway's clock look an hour fast, for that batch only
+    for second in range(0, 30, 5):
+        rig.batch([temp(second)], sent_at=T0 + second * 1000)
+    outlier = Reading("comp-2", "temp", 4.0, "degC", T0 + 3_630_000)
+    rig.batch([outlier], sent_at=T0 + 3_630_000, received=T0 + 30_000)
+    rig.ingest.tick(T0 + 100_000)
+    for second in range(150, 215, 5):
+        rig.batch([temp(second, 9.0)], sent_at=T0 + second * 1000)
+    rig.ingest.tick(T0 + 400_000)
+
+    opened = [c.deviation.kind for c in rig.deviations.changes if c.kind == "opened"]
+    assert "critical_limit" in opened
+    assert rig.ingest.engine.counters.late == 0
+
+
 def test_a_reading_held_because_it_is_stamped_ahead_does_not_mask_a_silence(rig: Rig) -> None:
     for second in range(0, 30, 5):
         rig.batch([temp(second)], sent_at=T0 + second * 1000)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -40,6 +41,19 @@ if TYPE_CHECKING:
     from edge.config import EdgeConfig
 
 EXIT_USAGE = 2
+
+
+def _tolerance_hours(text: str) -> float:
+    """A future tolerance in hours, bounded as the setting ``future_tolerance_h`` is."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not 0 < hours <= 8760:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give hours above 0 and at most 8760 (a year), e.g. 2"
+        )
+    return hours
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeseries", type=Path, help="write line protocol into this folder")
     replay.add_argument(
         "--future-tolerance-h",
-        type=float,
+        type=_tolerance_hours,
         default=2.0,
         help="quarantine readings stamped further ahead of their batch's receive time (hours)",
     )

@@ -61,6 +61,11 @@ _MAX_REMEMBERED_IDS = 100_000
 #: cannot hold a channel's watermark for long.
 DEFAULT_FUTURE_TOLERANCE_MS = 2 * 3_600_000
 
+#: How far one batch's ``sent_at`` may move the replay clock on its own (:class:`ReplayClock`):
+#: more than batches of a recording are apart, far less than the tolerance, so that one batch an
+#: hour fast cannot make every later batch of the recording look an hour late.
+DEFAULT_REPLAY_STEP_MS = 5 * 60_000
+
 #: Duplicate windows kept for gateways the runtime does not know, on the plan's sites and on
 #: other sites; beyond them a gateway's batches are judged without duplicate detection (the
 #: engine still drops a channel's repeated timestamps) and counted as ``capped``.
@@ -98,14 +103,23 @@ class SequenceWindow:
     Sequence numbers only grow, but batches may arrive reordered (a backlog drained after an
     outage) and twice (QoS 1 redelivery). Numbers within ``size`` of the highest seen are checked
     exactly; a number further behind cannot be told apart from a duplicate and is reported.
+
+    A number more than ``size`` ahead of the highest (a gateway that reseeded from its clock, or
+    an absurd batch) starts a new run; the last few runs it left are kept in ``before``, so that
+    if the gateway's counter goes on where it was (the jump was a glitch), it is still heard,
+    while the numbers it already sent stay duplicates.
     """
 
-    __slots__ = ("_seen", "high", "size")
+    __slots__ = ("_seen", "before", "high", "size")
+
+    #: runs kept from before jumps (the longest): a reseed and glitches lock no gateway out
+    RUNS_KEPT = 3
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.high = -1
         self._seen: set[int] = set()
+        self.before: list[SequenceWindow] = []
 
     def state(self) -> tuple[int, list[tuple[int, int]]]:
         """(highest, seen numbers as inclusive ranges): compact, as numbers mostly run on."""
@@ -123,13 +137,19 @@ class SequenceWindow:
         window = cls(size)
         window.high = high
         floor = high - size
-        for first, last in ranges:
-            window._seen.update(range(max(first, floor + 1), last + 1))
+        for first, last in ranges:  # clamped to the window: a corrupt range cannot fill memory
+            window._seen.update(range(max(first, floor + 1), min(last, high) + 1))
         return window
 
     def admit(self, seq: int) -> bool | None:
         """True: new. False: a duplicate. None: too far behind the window to tell."""
         if seq > self.high:
+            if self.high >= 0 and seq - self.high > self.size:
+                self.before.append(self._copy())
+                if len(self.before) > self.RUNS_KEPT:
+                    # the run with the fewest numbers goes: an absurd batch is a run of one,
+                    # the gateway's own counter the longest
+                    self.before.remove(min(self.before, key=lambda run: len(run._seen)))
             self.high = seq
             self._seen.add(seq)
             if len(self._seen) > 2 * self.size:
@@ -137,11 +157,23 @@ class SequenceWindow:
                 self._seen = {s for s in self._seen if s > floor}
             return True
         if seq <= self.high - self.size:
+            # the newest earlier run whose window the number falls in (runs only jumped upward)
+            for run in reversed(self.before):
+                if seq > run.high - run.size:
+                    return run.admit(seq)
             return None
         if seq in self._seen:
             return False
         self._seen.add(seq)
         return True
+
+    def _copy(self) -> SequenceWindow:
+        """This window as it is now, without the runs before it (the window keeps those)."""
+        copy = SequenceWindow(self.size)
+        copy.high = self.high
+        floor = self.high - self.size
+        copy._seen = {s for s in self._seen if s > floor}
+        return copy
 
 
 class ReplayClock:
@@ -149,17 +181,19 @@ class ReplayClock:
 
     It starts at the first batch's ``sent_at`` (or at its newest reading when the ``sent_at`` is
     further ahead of that than the tolerance) and moves only forward, to each later
-    ``sent_at`` within the future tolerance of it. A ``sent_at`` further ahead (a gateway's
-    absurd clock, a forged stamp) does not move it, unless the next batch confirms the jump
-    (its ``sent_at`` is also beyond the tolerance, and within it of the first): a recording
-    with a long gap goes on after the gap, losing at most the first batch after it to
-    quarantine. A batch is taken as received at the clock after it.
+    ``sent_at`` up to ``step_ms`` ahead of it. A ``sent_at`` further ahead (a gateway's absurd
+    clock, a forged stamp, one an hour fast) does not move it, unless the next batch confirms
+    the jump (its ``sent_at`` is also beyond the step, and within the tolerance of the first):
+    a recording with a long gap goes on after the gap, losing at most the first batch after it
+    to quarantine when the gap is longer than the tolerance. A batch is taken as received at
+    the clock after it.
     """
 
-    __slots__ = ("_candidate", "now", "tolerance_ms")
+    __slots__ = ("_candidate", "now", "step_ms", "tolerance_ms")
 
-    def __init__(self, tolerance_ms: int) -> None:
+    def __init__(self, tolerance_ms: int, step_ms: int = DEFAULT_REPLAY_STEP_MS) -> None:
         self.tolerance_ms = tolerance_ms
+        self.step_ms = min(step_ms, tolerance_ms)
         self.now = -1
         self._candidate: int | None = None
 
@@ -170,7 +204,7 @@ class ReplayClock:
         if self.now < 0:
             absurd = newest is not None and sent_at > newest + tolerance
             self.now = newest if absurd and newest is not None else sent_at
-        elif sent_at <= self.now + tolerance:
+        elif sent_at <= self.now + self.step_ms:
             self.now = max(self.now, sent_at)
             self._candidate = None
         elif self._candidate is not None and abs(sent_at - self._candidate) <= tolerance:
@@ -269,10 +303,11 @@ class Ingest:
     def restore_windows(self, saved: dict[str, tuple[int, list[tuple[int, int]]]]) -> None:
         """Carry on dropping the duplicates a snapshot's windows knew of."""
         for name, (high, ranges) in saved.items():
-            site, gateway = name.split("/", 1)
-            self._windows[(site, gateway)] = SequenceWindow.restored(
-                self._window_size, high, ranges
-            )
+            site, slash, gateway = name.partition("/")
+            route = (site, gateway)
+            # within the caps, as if heard now: else every restart would add a cap's worth
+            if slash and route not in self._windows and self._may_track(route):
+                self._windows[route] = SequenceWindow.restored(self._window_size, high, ranges)
 
     def _handle(
         self,
@@ -352,15 +387,22 @@ class Ingest:
         window = self._windows.get(route)
         if window is not None:
             return window
-        if route not in self._known_gateways:
-            budget = "plan" if route[0] in self._plan_sites else "other"
-            cap = MAX_PLAN_SITE_GATEWAYS if budget == "plan" else MAX_OTHER_GATEWAYS
-            if self._gateways_by_budget[budget] >= cap:
-                self._note_capped(f"gateways of {budget} sites", f"{route[0]}/{route[1]}", cap)
-                return None
-            self._gateways_by_budget[budget] += 1
+        if not self._may_track(route):
+            return None
         window = self._windows[route] = SequenceWindow(self._window_size)
         return window
+
+    def _may_track(self, route: tuple[str, str]) -> bool:
+        """Whether a new gateway's window fits its cap (taking its place if so)."""
+        if route in self._known_gateways:
+            return True
+        budget = "plan" if route[0] in self._plan_sites else "other"
+        cap = MAX_PLAN_SITE_GATEWAYS if budget == "plan" else MAX_OTHER_GATEWAYS
+        if self._gateways_by_budget[budget] >= cap:
+            self._note_capped(f"gateways of {budget} sites", f"{route[0]}/{route[1]}", cap)
+            return False
+        self._gateways_by_budget[budget] += 1
+        return True
 
     def _note_capped(self, what: str, name: str, cap: int) -> None:
         """Count an id not tracked; log the first time, then at each power of ten."""
@@ -416,7 +458,10 @@ class Ingest:
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
         if self._event_clock:
-            newest = max(map(_TS, readings), default=engine.now)
+            # the data's own time, but no further than the batch's receive time (the replay
+            # clock's, which one outlier cannot move): a reading stamped ahead within the
+            # tolerance would otherwise silence every channel and make earlier readings late
+            newest = min(max(map(_TS, readings), default=engine.now), received_ms)
             engine.advance(max(newest, engine.now), changes)
         else:
             engine.advance(received_ms, changes)

@@ -53,6 +53,10 @@ from milkguard.contract.v1 import ID_PATTERN, Unit
 from milkguard.errors import PlanError
 
 PlanId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+#: Text a deviation carries into its signed record, bounded as the records contract bounds it
+#: (``milkguard.contract.records.Text``): a longer one would make every deviation of its rule
+#: unpublishable, so it is refused here, at load.
+RecordText = Annotated[str, StringConstraints(max_length=1_000)]
 
 AssetKind = Literal[
     "bulk_tank",
@@ -114,12 +118,12 @@ class _ChannelRule(_Strict):
     """What every rule on one channel names."""
 
     id: PlanId
-    ccp: str | None = Field(default=None, description="HACCP critical control point id.")
+    ccp: RecordText | None = Field(default=None, description="HACCP critical control point id.")
     asset: PlanId
     channel: PlanId
     severity: Severity
     action: Action
-    source: str = Field(
+    source: RecordText = Field(
         min_length=3, description="Where the limit comes from: a regulation or the HACCP plan."
     )
     suspend_during_cleaning: bool = Field(
@@ -229,12 +233,12 @@ class StorageAge(_Strict):
 
     kind: Literal["storage_age"]
     id: PlanId
-    ccp: str | None = None
+    ccp: RecordText | None = None
     asset: PlanId
     max_age_s: float = Field(gt=0)
     severity: Severity = "major"
     action: Action = "reject_load"
-    source: str = Field(min_length=3)
+    source: RecordText = Field(min_length=3)
     suspend_during_cleaning: bool = False
 
     def describe(self, unit: str) -> str:
@@ -308,7 +312,7 @@ class Htst(_Strict):
 
     kind: Literal["htst"]
     id: PlanId
-    ccp: str | None = None
+    ccp: RecordText | None = None
     asset: PlanId
     indicating: PlanId = Field(description="Channel of the official indicating thermometer.")
     flow_diversion: PlanId = Field(description="Channel of the FDD state: 1 forward, 0 divert.")
@@ -321,7 +325,7 @@ class Htst(_Strict):
     viscosity_mpa_s: float = Field(default=0.7, gt=0, description="Product viscosity when hot.")
     severity: Severity = "critical"
     action: Action = "divert"
-    source: str = Field(min_length=3)
+    source: RecordText = Field(min_length=3)
     suspend_during_cleaning: bool = True
 
     @property
@@ -351,7 +355,7 @@ class Uht(_Strict):
 
     kind: Literal["uht"]
     id: PlanId
-    ccp: str | None = None
+    ccp: RecordText | None = None
     asset: PlanId
     outlet: PlanId = Field(description="Channel of the holding-tube outlet temperature.")
     flow: PlanId = Field(description="Channel of the flow rate, L/h.")
@@ -361,7 +365,7 @@ class Uht(_Strict):
     viscosity_mpa_s: float = Field(default=0.3, gt=0)
     severity: Severity = "critical"
     action: Action = "divert"
-    source: str = Field(min_length=3)
+    source: RecordText = Field(min_length=3)
     suspend_during_cleaning: bool = True
 
     @property

@@ -60,6 +60,17 @@ class _DiscardedSeries(MemoryTimeSeriesSink):
         self.pending.clear()
 
 
+class _FirstLetters(MemoryDeadLetterSink):
+    """Replay without --deadletter: the first few letters, for the summary; not every one, or
+    memory would grow with the file."""
+
+    KEPT = 5
+
+    def reject(self, letter: DeadLetter) -> None:
+        if len(self.letters) < self.KEPT:
+            self.letters.append(letter)
+
+
 @dataclass(frozen=True, slots=True)
 class ReplaySummary:
     """What a replay did."""
@@ -94,7 +105,7 @@ def replay(
 ) -> ReplaySummary:
     """Judge every payload of ``source``; write deviation changes to ``out``."""
     writer = JsonLinesDeviationWriter(out)
-    rejected_memory = MemoryDeadLetterSink()
+    rejected_memory = _FirstLetters()
     letters = JsonlDeadLetterSink(deadletter) if deadletter is not None else rejected_memory
     series = LineProtocolFileSink(timeseries) if timeseries is not None else _DiscardedSeries()
     ingest = Ingest(
@@ -124,7 +135,7 @@ def replay(
         rejected=counters.rejected_payloads + counters.rejected_readings,
         duplicates=counters.duplicates,
         late=ingest.engine.counters.late,
-        first_rejections=rejected_memory.letters[:5],
+        first_rejections=rejected_memory.letters,
         readings_duplicate=counters.readings_duplicate,
         readings_in_rejected_payloads=counters.readings_in_rejected_payloads,
         readings_quarantined=counters.readings_quarantined,

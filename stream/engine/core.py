@@ -851,6 +851,12 @@ class Engine:
             self._held = _EMPTY_COLUMNS
         else:
             ready = readings.ts <= self._watermarks()[rows]
+            ahead = readings.ts > self._now
+            if ahead.any():
+                # nothing is judged before the stream's clock reaches it on its device's clock:
+                # an idle channel would otherwise release one reading stamped ahead (within the
+                # future tolerance) at once, and every real reading before it would be late
+                ready[ahead] &= readings.ts[ahead] <= self._device_now(readings.devices[ahead])
             if ready.all():
                 self._held = _EMPTY_COLUMNS
             else:
@@ -858,6 +864,18 @@ class Engine:
                 readings = readings.take(ready)
         if len(readings.rows):
             self._judge(readings, out)
+
+    def _device_now(self, codes: I64) -> I64:
+        """The stream's clock on each device's clock: ahead by the least its recent batches
+        showed (not the offset estimate, the most: one batch with a sent_at an hour fast must
+        not let a reading an hour ahead through)."""
+        unique, inverse = np.unique(codes, return_inverse=True)
+        devices, clocks = self._devices, self._clocks
+        ahead = []
+        for code in unique.tolist():
+            clock = clocks.get(devices[code]) if code < len(devices) else None
+            ahead.append(max(min(clock.differences), 0) if clock and clock.differences else 0)
+        return self._now + np.array(ahead, dtype=np.int64)[inverse]
 
     def _watermarks(self) -> I64:
         """Each channel's watermark: its newest timestamp less its allowed lateness, or no limit
@@ -1071,9 +1089,17 @@ class Engine:
         heard = np.where(self._last_received >= 0, self._last_received, self._started)
         # past the silence limit, and past the allowed lateness in which samples may still come
         waited = self._now - heard > self._silence_ms + self._lateness_ms
-        due = ~self._silent & waited & (self._newest <= self._last_ts)
+        due = ~self._silent & waited
         if not due.any():
             return
+        # a channel still holding samples is not silent; unless they are stamped ahead of the
+        # clock (an outlier within the future tolerance), which must not mask a real silence
+        holding = np.flatnonzero(due & (self._newest > self._last_ts))
+        if len(holding):
+            ahead = self._newest[holding] > self._device_now(self._last_device[holding])
+            due[holding] = ahead
+            if not due.any():
+                return
         # the deviation starts in the device's time: its last sample plus the limit
         begins = np.where(self._last_ts >= 0, self._last_ts, self._started) + self._silence_ms
         for row in np.flatnonzero(due).tolist():
@@ -1191,6 +1217,18 @@ class Engine:
                 f"snapshot of plan version {state.plan_version}, but the plan is now "
                 f"{loaded.state_version}; a changed plan starts from fresh state"
             )
+        try:
+            return cls._restored(loaded, state)
+        except SnapshotMismatch:
+            raise
+        except Exception as exc:  # it decoded, but does not fit: corrupt, or not ours
+            raise SnapshotMismatch(
+                f"snapshot does not fit plan {loaded.state_version} "
+                f"({type(exc).__name__}: {exc}); starting from fresh state"
+            ) from exc
+
+    @classmethod
+    def _restored(cls, loaded: LoadedPlan, state: _Snapshot) -> Engine:
         engine = cls(loaded)
         engine._now, engine._started = state.now, state.started
         for name, raw in state.arrays.items():

@@ -7,6 +7,8 @@ schema (ISO 8601 UTC strings) that files, MQTT and later alerting read.
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -76,6 +78,15 @@ def iso_ms(epoch_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
+def _finite(figure: float) -> float:
+    """A figure as a signed record can carry it (RFC 8785 has no infinity or NaN): the largest
+    finite float of its sign, or 0 for NaN. The engine's figures are finite; this keeps a
+    deviation publishable should one ever not be, rather than drop or raise on it."""
+    if math.isfinite(figure):
+        return figure
+    return 0.0 if math.isnan(figure) else math.copysign(sys.float_info.max, figure)
+
+
 def deviation_to_json(change: DeviationChange) -> dict[str, object]:
     """The stable JSON form of a deviation change (one line of deviations.jsonl)."""
     d = change.deviation
@@ -99,9 +110,9 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "start": iso_ms(d.start_ms),
         "detected": iso_ms(d.detected_ms),
         "end": iso_ms(d.end_ms) if d.end_ms is not None else None,
-        "peak": d.peak,
-        "time_beyond_s": round(d.time_beyond_s, 3),
-        "degree_minutes": round(d.degree_minutes, 4),
+        "peak": d.peak if d.peak is None or math.isfinite(d.peak) else None,
+        "time_beyond_s": round(_finite(d.time_beyond_s), 3),
+        "degree_minutes": round(_finite(d.degree_minutes), 4),
         "detected_late": d.detected_late,
         "clock_offset_ms": d.clock_offset_ms,
         "clock_synced": d.clock_synced,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from milkguard.cli import main
+from milkguard.settings import demo_plan_path
 from tests.helpers import wait_until
 from tests.servers import free_port
 
@@ -122,6 +123,27 @@ def test_a_bad_plan_stops_run_with_a_clear_message_and_no_traceback(tmp_path: Pa
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("hours", ["nan", "inf", "-1", "0", "1e300"])
+def test_a_replay_tolerance_that_is_no_duration_is_refused_without_a_traceback(
+    tmp_path: Path, hours: str
+) -> None:
+    recording = tmp_path / "empty.jsonl"
+    recording.write_bytes(b"")
+    result = milkguard(
+        "replay",
+        "--plan",
+        str(demo_plan_path()),
+        "--future-tolerance-h",
+        hours,
+        str(recording),
+        env=env_for(tmp_path),
+    )
+
+    assert result.returncode == 2
+    assert "--future-tolerance-h" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_plan_check_lists_the_rules_of_a_good_plan() -> None:
     result = milkguard(
         "plan", "check", "stream/plans/demo-cn.yaml", env={**os.environ, "COLUMNS": "200"}

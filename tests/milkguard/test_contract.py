@@ -198,6 +198,28 @@ def test_readings_are_counted_in_any_payload_that_holds_a_readings_list() -> Non
     assert count_readings(b'{"readings":{"a":1}}') == 0
     assert count_readings(b'[{"readings":[1]}]') == 0
     assert count_readings(b'{"\xff":1,"readings":[1]}') == 0  # not UTF-8: not JSON text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"readings":[1,2],"clock":{"offset_ms":NaN}}',
+        b'{"readings":[1,2],"x":-Infinity}',
+        b'{"readings":[1,2],"site":"\\ud800"}',  # a lone surrogate escape
+        b'{"readings":[1],"readings":[1,2]}',  # the last of duplicate keys, as for the batch
+        b'{"readings":[1,2],"seq":' + b"9" * 10_000 + b"}",  # beyond what Python reads
+    ],
+    ids=["nan", "infinity", "lone-surrogate", "duplicate-key", "10000-digits"],
+)
+def test_readings_are_counted_as_the_standard_library_reads_them_where_parsers_disagree(
+    payload: bytes,
+) -> None:
+    # a suite counting what it fed with json.loads must find every reading counted once
+    try:
+        expected = len(json.loads(payload)["readings"])
+    except ValueError:
+        expected = 0
+    assert count_readings(payload) == expected
     assert count_readings(b"\xff") == 0
 
 

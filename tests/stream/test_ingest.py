@@ -255,6 +255,7 @@ def test_unplanned_and_late_readings_are_logged_without_a_flood(
 ) -> None:
     caplog.set_level("WARNING", logger="stream.ingest")
     harness.send((100, 4.0))
+    harness.ingest.tick(T0 + 200_000)  # judged: stamped ahead of its receive time, it waits
     for _ in range(12):
         harness.send((50, 4.0))  # each older than the last judged sample
     unplanned = [Reading("comp-9", "temp", 4.0, "degC", T0)]

@@ -206,12 +206,12 @@ def test_a_non_finite_number_in_the_json_is_refused_at_the_boundary(rig: Rig) ->
 # ------------------------------------------------------------------ timestamps
 
 
-def test_one_reading_stamped_2099_is_quarantined_and_a_breach_still_opens_its_deviation(
-    rig: Rig,
-) -> None:
+def _breach_after_an_outlier(rig: Rig, outlier_ts: int) -> None:
+    """Healthy readings, one stamped ``outlier_ts``, quiet time (the channel goes idle), then a
+    60 s breach of comp-2's 6 degC limit that must open its deviation on time."""
     for second in range(0, 30, 5):
         rig.batch([temp(second)], sent_at=T0 + second * 1000)
-    rig.batch([Reading("comp-2", "temp", 4.0, "degC", YEAR_2099)], sent_at=T0 + 30_000)
+    rig.batch([Reading("comp-2", "temp", 4.0, "degC", outlier_ts)], sent_at=T0 + 30_000)
     rig.ingest.tick(T0 + 100_000)  # quiet for longer than the allowed lateness
     for second in range(150, 215, 5):  # 60 s above the 6 degC limit
         rig.batch([temp(second, 9.0)], sent_at=T0 + second * 1000)
@@ -224,13 +224,77 @@ def test_one_reading_stamped_2099_is_quarantined_and_a_breach_still_opens_its_de
     ]
     assert [d.rule_id for d in opened] == ["cn-transport-max-comp-2"]
     assert opened[0].start_ms == T0 + 150_000
+    assert rig.ingest.engine.counters.late == 0
+    rig.assert_every_reading_counted()
+
+
+def test_one_reading_stamped_2099_is_quarantined_and_a_breach_still_opens_its_deviation(
+    rig: Rig,
+) -> None:
+    _breach_after_an_outlier(rig, YEAR_2099)
+
     (letter,) = rig.deadletter.letters
     assert "quarantined" in letter.reason
     assert "ahead of its batch's receive time" in letter.reason
     assert rig.ingest.counters.readings_quarantined == 1
     assert rig.ingest.counters.rejected_readings == 1
+
+
+@pytest.mark.parametrize("ahead_s", [180, 1800, 7000])
+def test_one_reading_stamped_ahead_within_the_tolerance_does_not_blind_its_channel(
+    rig: Rig, ahead_s: int
+) -> None:
+    # not quarantined; the idle channel used to release it at once, and every real reading
+    # before its stamp was then "late"
+    _breach_after_an_outlier(rig, T0 + 30_000 + ahead_s * 1000)
+
+    assert rig.ingest.counters.readings_quarantined == 0
+
+
+def test_one_batch_with_its_sent_at_and_a_reading_an_hour_ahead_does_not_blind_either(
+    rig: Rig,
+) -> None:
+    # its sent_at makes the gateway's clock look an hour fast, for that batch only
+    for second in range(0, 30, 5):
+        rig.batch([temp(second)], sent_at=T0 + second * 1000)
+    outlier = Reading("comp-2", "temp", 4.0, "degC", T0 + 3_630_000)
+    rig.batch([outlier], sent_at=T0 + 3_630_000, received=T0 + 30_000)
+    rig.ingest.tick(T0 + 100_000)
+    for second in range(150, 215, 5):
+        rig.batch([temp(second, 9.0)], sent_at=T0 + second * 1000)
+    rig.ingest.tick(T0 + 400_000)
+
+    opened = [c.deviation.kind for c in rig.deviations.changes if c.kind == "opened"]
+    assert "critical_limit" in opened
     assert rig.ingest.engine.counters.late == 0
-    rig.assert_every_reading_counted()
+
+
+def test_a_reading_held_because_it_is_stamped_ahead_does_not_mask_a_silence(rig: Rig) -> None:
+    for second in range(0, 30, 5):
+        rig.batch([temp(second)], sent_at=T0 + second * 1000)
+    outlier = Reading("comp-2", "temp", 4.0, "degC", T0 + 30_000 + 1_800_000)
+    rig.batch([outlier], sent_at=T0 + 30_000)
+    for second in range(40, 600, 10):  # the sensor is silent from here on
+        rig.ingest.tick(T0 + second * 1000)
+
+    lost = [
+        c.deviation
+        for c in rig.deviations.changes
+        if c.kind == "opened" and c.deviation.kind == "monitoring_lost"
+    ]
+    assert any(d.asset == "comp-2" and d.start_ms > T0 + 25_000 for d in lost)
+
+
+def test_a_fast_gateways_readings_are_released_when_its_channel_goes_quiet(rig: Rig) -> None:
+    fast = 10 * 60_000
+    for second in range(0, 65, 5):  # above the limit for a minute, on a clock 10 min fast
+        rig.batch(
+            [temp(second, 9.0)], sent_at=T0 + fast + second * 1000, received=T0 + second * 1000
+        )
+    rig.ingest.tick(T0 + 200_000)
+
+    opened = [c.deviation.kind for c in rig.deviations.changes if c.kind == "opened"]
+    assert "critical_limit" in opened
 
 
 def test_a_gateway_ten_minutes_fast_is_still_judged(rig: Rig) -> None:
@@ -269,6 +333,16 @@ def test_the_replay_clock_moves_forward_and_no_single_outlier_moves_it() -> None
     day = 86_400_000
     assert clock.receive(T0 + day) == T0 + 6_000  # a jump, not yet confirmed
     assert clock.receive(T0 + day + 5_000) == T0 + day + 5_000  # confirmed by the next
+
+
+def test_one_sent_at_an_hour_ahead_within_the_tolerance_does_not_move_the_replay_clock() -> None:
+    clock = ReplayClock(tolerance_ms=DEFAULT_FUTURE_TOLERANCE_MS)
+
+    assert clock.receive(T0) == T0
+    assert clock.receive(T0 + 3_600_000) == T0  # within the tolerance, but one batch alone
+    assert clock.receive(T0 + 2_000) == T0 + 2_000
+    assert clock.receive(T0 + 3_000 + 3_600_000) == T0 + 2_000
+    assert clock.receive(T0 + 4_000 + 3_600_000) == T0 + 4_000 + 3_600_000  # a gap, confirmed
 
 
 def test_a_replay_whose_first_batch_has_an_absurd_sent_at_starts_at_its_readings() -> None:
@@ -332,8 +406,41 @@ def test_a_gateway_that_reseeds_seq_from_its_clock_after_a_restart_keeps_working
     rig.batch([temp(1)], seq=501, sent_at=T0 + 3_000)  # the old numbers are not replayable
 
     assert rig.ingest.counters.batches == 4
-    assert "cannot tell it from a duplicate" in rig.deadletter.letters[0].reason
+    assert rig.ingest.counters.duplicates == 1
     rig.assert_every_reading_counted()
+
+
+@pytest.mark.parametrize(
+    "absurd", [502 + 2**39, T0 + DEFAULT_FUTURE_TOLERANCE_MS // 4], ids=["bit-flip", "ahead"]
+)
+def test_batches_whose_seq_jumps_within_the_limit_do_not_lock_the_gateway_out(
+    rig: Rig, absurd: int
+) -> None:
+    # within the limit (it could be a seed from a clock), so it is taken; the gateway's counter
+    # then goes on where it was, and must still be heard
+    for seq in range(500, 503):
+        rig.batch([temp(seq - 500)], seq=seq)
+    rig.batch([temp(3)], seq=absurd)
+    rig.batch([temp(3)], seq=absurd + 1_000_000)  # and another, further still
+    for seq in range(503, 510):
+        rig.batch([temp(seq - 499)], seq=seq)
+    rig.batch([temp(2)], seq=502)  # an earlier batch replayed: still a duplicate
+
+    assert rig.ingest.counters.batches == 3 + 2 + 7
+    assert rig.ingest.counters.duplicates == 1
+    assert not rig.deadletter.letters
+    rig.assert_every_reading_counted()
+
+
+def test_a_stream_of_absurd_seqs_does_not_push_the_gateways_own_counter_out(rig: Rig) -> None:
+    for seq in range(500, 510):
+        rig.batch([temp(seq - 500)], seq=seq)
+    for number in range(1, 8):  # glitches between the counter's batches, each a jump
+        rig.batch([temp(9 + number)], seq=T0 + number * 1_000_000)
+        rig.batch([temp(9 + number)], seq=509 + number)
+
+    assert rig.ingest.counters.batches == 10 + 7 + 7
+    assert not rig.deadletter.letters
 
 
 # ------------------------------------------------------------------ memory
@@ -364,6 +471,37 @@ def test_unknown_gateways_beyond_the_cap_are_counted_and_logged_not_tracked(
     assert rig.ingest.counters.batches == 52  # judged all the same, without dedupe
     assert [r for r in caplog.records if r.message == "ingest.capped"]
     rig.assert_every_reading_counted()
+
+
+def test_restored_windows_stay_within_the_caps_so_restarts_cannot_grow_them(
+    demo_plan: LoadedPlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "MAX_OTHER_GATEWAYS", 5)
+    saved: dict[str, tuple[int, list[tuple[int, int]]]] = {}
+    for _restart in range(3):
+        rig = Rig(demo_plan, known_gateways=[("elsewhere", "gw-known")])
+        rig.ingest.restore_windows(saved)
+        for number in range(20):
+            rig.batch([], site="elsewhere", gateway=f"gw-{_restart}-{number}")
+        rig.batch([], site="elsewhere", gateway="gw-known")
+        saved = rig.ingest.windows()
+        assert len(saved) <= 5 + 1
+
+
+def test_a_hostile_or_corrupt_saved_window_is_bounded_or_skipped(demo_plan: LoadedPlan) -> None:
+    rig = Rig(demo_plan)
+    rig.ingest.restore_windows(
+        {
+            f"{SITE}/{GATEWAY}": (10, [(0, 10**15)]),  # a range far beyond its own highest
+            "no-slash": (5, [(1, 5)]),
+        }
+    )
+
+    (name,) = rig.ingest.windows()
+    high, ranges = rig.ingest.windows()[name]
+    assert (high, ranges) == (10, [(0, 10)])
+    rig.batch([temp(0)], seq=11)
+    assert rig.ingest.counters.batches == 1
 
 
 # ------------------------------------------------------------------ property

@@ -85,6 +85,22 @@ def test_a_limit_without_min_or_max_is_refused() -> None:
     assert "set min, max or both" in problem
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('source: "PMO: 7 degC within 2 h after milking"', "source: " + "x" * 1_001),
+        ("action: alert", "action: alert\n    ccp: " + "x" * 1_001),
+    ],
+    ids=["source", "ccp"],
+)
+def test_text_longer_than_a_signed_record_holds_is_refused_at_load(old: str, new: str) -> None:
+    # else every deviation of the rule would fall outside the records contract: logged as
+    # unpublishable, and never signed nor sent to the alert service
+    (problem,) = problems(GOOD.replace(old, new))
+
+    assert "1000" in problem
+
+
 def test_a_typo_in_a_key_is_refused_not_ignored() -> None:
     (problem,) = problems(GOOD.replace("sustained_s: 0", "sustain_s: 0"))
 

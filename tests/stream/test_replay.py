@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,60 @@ def test_replay_of_any_lines_never_raises_and_counts_every_reading(lines: list[b
         == (fed)
     )
     assert summary.lines == summary.batches + summary.duplicates + summary.rejected_payloads
+
+
+def test_a_replay_without_a_dead_letter_file_keeps_only_the_first_rejections() -> None:
+    # they are shown in the summary; keeping every one made memory grow with the file
+    line = b'{"not":"a batch","pad":"' + b"x" * 30_000 + b'"}\n'
+    source = io.BytesIO(line * 2_000)  # 60 MB of rejections, each kept whole in its letter
+    plan = load_plan(demo_plan_path())
+    tracemalloc.start()
+    try:
+        summary = replay(plan, source, io.StringIO(), name="many.jsonl")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 20_000_000
+    assert summary.rejected_payloads == 2_000
+    assert len(summary.first_rejections) == 5
+    assert [r.topic for r in summary.first_rejections] == [f"many.jsonl:{n}" for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("sent_ahead", [False, True], ids=["reading", "reading-and-sent-at"])
+def test_one_batch_stamped_ahead_within_the_tolerance_does_not_move_the_replays_clock(
+    sent_ahead: bool,
+) -> None:
+    # the replay's clock is the data's own, but not one batch's: moved an hour on, every
+    # channel fell silent at once and every reading before the stamp was late
+    lines = []
+    for seq, second in enumerate(range(120)):
+        temp = 9.0 if second >= 60 else 4.0  # comp-2 above 6 degC from 60 s
+        readings = [Reading("comp-2", "temp", temp, "degC", T0 + second * 1000)]
+        sent_at = T0 + second * 1000
+        if second == 30:
+            readings.append(Reading("comp-2", "temp", 4.0, "degC", T0 + 3_600_000))
+            sent_at = T0 + 3_600_000 if sent_ahead else sent_at
+        batch = Batch(
+            v=1,
+            site="truck-07",
+            gateway="truck-07-gw",
+            seq=seq,
+            sent_at=sent_at,
+            readings=readings,
+        )
+        lines.append(encode_batch(batch))
+    out = io.StringIO()
+    summary = replay(
+        load_plan(demo_plan_path()), io.BytesIO(b"\n".join(lines)), out, name="ahead.jsonl"
+    )
+
+    changes = [json.loads(line) for line in out.getvalue().splitlines()]
+    opened = [c for c in changes if c["change"] == "opened" and c["asset"] == "comp-2"]
+    assert [c["start"] for c in opened if c["kind"] == "critical_limit"] == [
+        "2026-11-22T10:01:00.000Z"
+    ]
+    # the outlier itself is judged at the end: a gap after the last real reading, not before
+    lost = [c["start"] for c in opened if c["kind"] == "monitoring_lost"]
+    assert all(start > "2026-11-22T10:01:59.000Z" for start in lost)
+    assert summary.late == 0

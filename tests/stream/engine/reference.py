@@ -117,8 +117,11 @@ class ReferenceEngine:
             self.started = self.now
         for channel in self._by_row():
             idle = self.now - channel.last_received >= channel.lateness_ms
+            # nothing is released before the clock reaches it (no device here reports a clock)
             ready = [
-                h for h in channel.held if idle or h[0] <= channel.newest - channel.lateness_ms
+                h
+                for h in channel.held
+                if (idle or h[0] <= channel.newest - channel.lateness_ms) and h[0] <= self.now
             ]
             self._judge(channel, ready)
         for channel in self._by_row():
@@ -126,7 +129,7 @@ class ReferenceEngine:
             if (
                 channel.silence_open is None
                 and self.now - heard > channel.silence_ms + channel.lateness_ms
-                and channel.newest <= channel.last_ts
+                and (channel.newest <= channel.last_ts or channel.newest > self.now)
             ):
                 base = channel.last_ts if channel.last_ts >= 0 else self.started
                 self._open_silence(channel, base + channel.silence_ms, channel.last_device)

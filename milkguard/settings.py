@@ -363,6 +363,12 @@ class Settings(EnvOverFileSettings):
         "plus this. Keep it above any clock skew the time-sync rule should report.",
     )
     signing: SigningSettings = Field(default_factory=SigningSettings)
+    deadletter_budget_mb: float = Field(
+        default=1024,
+        gt=0,
+        description="MB of dead letters written in full per day to data_dir/deadletter.jsonl; "
+        "beyond, each letter keeps its reason and a prefix and hash of its payload.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -173,7 +173,13 @@ class EmbeddedService:
                 ]
             ),
             FanOutDeadLetterSink(
-                [JsonlDeadLetterSink(data_dir / "deadletter.jsonl"), MqttDeadLetterSink(outbox)]
+                [
+                    JsonlDeadLetterSink(
+                        data_dir / "deadletter.jsonl",
+                        round(settings.deadletter_budget_mb * 1024 * 1024),
+                    ),
+                    MqttDeadLetterSink(outbox),
+                ]
             ),
             on_change=self._on_change,
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),

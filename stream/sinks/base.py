@@ -21,6 +21,8 @@ from stream.engine.deviation import DeviationChange
 KEPT_PAYLOAD_BYTES = 64 * 1024
 #: How much of a payload beyond :data:`KEPT_PAYLOAD_BYTES` is kept, to recognise it by.
 KEPT_PREFIX_BYTES = 1024
+#: How much of a payload a letter keeps once its file's daily budget is spent (:func:`compacted`).
+COMPACT_PREFIX_BYTES = 256
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -77,18 +79,41 @@ class DeadLetter(msgspec.Struct, frozen=True):
         )
 
 
+def _raw(letter: DeadLetter) -> bytes:
+    if letter.encoding == "base64":
+        return base64.b64decode(letter.payload)
+    return letter.payload.encode("utf-8", errors="surrogatepass")
+
+
+def compacted(letter: DeadLetter) -> DeadLetter:
+    """``letter`` with only the first :data:`COMPACT_PREFIX_BYTES` of its payload, its length
+    and the SHA-256 of all of it: what a sink writes once its daily budget is spent, so a flood
+    of large payloads still leaves one line per letter (the reason, the topic, the gateway, the
+    hash to match it by) and cannot fill the disk."""
+    raw = _raw(letter)
+    if letter.truncated:  # its hash and length are of the whole payload already
+        text, encoding = printable(raw[:COMPACT_PREFIX_BYTES])
+        return msgspec.structs.replace(letter, payload=text, encoding=encoding)
+    if len(raw) <= COMPACT_PREFIX_BYTES:
+        return letter
+    text, encoding = printable(raw[:COMPACT_PREFIX_BYTES])
+    return msgspec.structs.replace(
+        letter,
+        payload=text,
+        encoding=encoding,
+        truncated=True,
+        payload_bytes=len(raw),
+        payload_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
 def bounded(letter: DeadLetter) -> DeadLetter:
     """``letter`` itself, or its bounded form when it was built around a payload too long to
     keep whole (a sink's last guard: every letter it writes has the bound)."""
     if letter.truncated or len(letter.payload) <= KEPT_PAYLOAD_BYTES * 4 // 3 + 4:
         return letter
-    raw = (
-        base64.b64decode(letter.payload)
-        if letter.encoding == "base64"
-        else letter.payload.encode("utf-8", errors="surrogatepass")
-    )
     return DeadLetter.of_payload(
-        raw,
+        _raw(letter),
         received_at=letter.received_at,
         topic=letter.topic,
         reason=letter.reason,

@@ -7,6 +7,7 @@ most the last second.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,9 @@ from typing import IO
 import msgspec
 
 from stream.engine.deviation import DeviationChange, deviation_to_json
-from stream.sinks.base import DeadLetter, bounded
+from stream.sinks.base import DeadLetter, bounded, compacted
+
+log = logging.getLogger(__name__)
 
 
 def _utc_day() -> str:
@@ -121,17 +124,53 @@ class JsonlDeviationSink:
         self._out.close()
 
 
-class JsonlDeadLetterSink:
-    """Dead letters as JSON lines, each with its reason and the original payload."""
+#: Bytes of dead letters a file takes per day (of the letters' receive time) in full; beyond,
+#: each letter is written compacted (:func:`stream.sinks.base.compacted`).
+DEFAULT_DAILY_BUDGET_BYTES = 1024 * 1024 * 1024
 
-    def __init__(self, path: Path) -> None:
+
+class JsonlDeadLetterSink:
+    """Dead letters as JSON lines, each with its reason and the original payload.
+
+    Every letter is bounded (64 KiB of payload at most), and the file takes at most
+    ``daily_budget_bytes`` of full letters per day: beyond, letters are compacted to a prefix
+    and a hash, still one line each with their reason, so a flood cannot fill the disk and
+    nothing goes unrecorded. ``compacted`` counts them.
+    """
+
+    def __init__(self, path: Path, daily_budget_bytes: int = DEFAULT_DAILY_BUDGET_BYTES) -> None:
         self.path = path
         self._out = _DurableAppender(path)
         self._encoder = msgspec.json.Encoder()
+        self._budget = daily_budget_bytes
+        self._day = ""
+        self._spent = 0
+        #: letters written compacted because their day's budget was spent
+        self.compacted = 0
 
     def reject(self, letter: DeadLetter) -> None:
-        """Buffer one letter, bounded: a flood of huge payloads cannot fill the disk."""
-        self._out.append(self._encoder.encode(bounded(letter)).decode())
+        """Buffer one letter, bounded, and compacted once the day's budget is spent."""
+        line = self._encoder.encode(bounded(letter))
+        day = letter.received_at[:10]
+        if day != self._day:
+            self._day, self._spent = day, 0
+        if self._spent + len(line) > self._budget:
+            if self._spent <= self._budget:  # the first letter over it, each day
+                log.warning(
+                    "deadletter.budget_spent",
+                    extra={
+                        "file": str(self.path),
+                        "day": day,
+                        "budget_bytes": self._budget,
+                        "hint": "letters of this day keep a prefix and a hash of the payload",
+                    },
+                )
+            line = self._encoder.encode(compacted(letter))
+            self.compacted += 1
+            self._spent = max(self._spent, self._budget + 1)
+        else:
+            self._spent += len(line)
+        self._out.append(line.decode())
 
     def flush(self) -> None:
         """Append and fsync."""

@@ -11,11 +11,15 @@ Lines are buffered and written in chunks of pre-joined line protocol with synchr
 - ``add`` never blocks. The buffer is bounded: once ``saturated``, the runtime stops taking
   messages from MQTT (backpressure to the broker) but keeps flushing its local files and
   watching for a stop. The local line-protocol file has everything meanwhile.
+- One flush writes at a time: a chunk is popped only once written, so a second writer (the
+  worker's next checkpoint, while the thread of one given up on still writes) would pop lines
+  the first wrote, then the first would pop lines nobody wrote.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -65,6 +69,7 @@ class InfluxDBSink:
         self._batch = batch_lines
         self._max_buffer = max_buffer_lines
         self._clock = clock
+        self._writing = threading.Lock()  # one flush at a time (see the module's description)
         self._backoff_s = 0.0
         self._next_try = 0.0
         self.added = 0
@@ -130,6 +135,10 @@ class InfluxDBSink:
     def flush_through(self, mark: int) -> None:
         """Write until the first ``mark`` lines ever added are settled (lines added meanwhile,
         from another thread, may wait); raise :class:`InfluxWriteError` if they are not."""
+        with self._writing:
+            self._flush_through(mark)
+
+    def _flush_through(self, mark: int) -> None:
         if self.settled < mark and self._clock() < self._next_try:
             raise InfluxWriteError(
                 f"InfluxDB at {self.url} is backing off for {self._backoff_s:g} s; "
@@ -140,6 +149,10 @@ class InfluxDBSink:
 
     def flush(self) -> None:
         """Write everything buffered; raise :class:`InfluxWriteError` if lines remain."""
+        with self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._buffer and self._clock() < self._next_try:
             raise InfluxWriteError(
                 f"InfluxDB at {self.url} is backing off for {self._backoff_s:g} s; "

@@ -141,6 +141,15 @@ class Rig:
         records = [envelope["record"] for envelope in map(json.loads, values)]  # signed
         return [(d["id"], d["change"]) for d in records]
 
+    def missing_readings(self, batches: list[tuple[bytes, bytes, int]]) -> list[str]:
+        """Each reading sent but not landed, as site, partition and minute."""
+        missing = sorted(set(sent(batches)) - set(self.readings_landed()))
+        return [
+            f"{site} (partition {partition_of(site.encode(), PARTITIONS)}) "
+            f"minute {(ts - T0) // 60_000}"
+            for site, ts in missing
+        ]
+
     def readings_landed(self) -> list[tuple[str, int]]:
         """(site, timestamp) of every reading point VictoriaMetrics holds, repeats included."""
         self.vm.flush_index()
@@ -245,7 +254,13 @@ def test_when_a_worker_is_killed_the_other_takes_over_and_no_deviation_is_lost(r
             90,
             "worker a taking over every partition",
         )
-        wait_until(lambda: len(set(rig.readings_landed())) >= len(batches), 90, "the readings")
+        try:
+            wait_until(lambda: len(set(rig.readings_landed())) >= len(batches), 90, "the readings")
+        except AssertionError as exc:  # which readings, and what a did: a loss is told from a stall
+            raise AssertionError(
+                f"{exc}: missing {rig.missing_readings(batches)}; worker a counted "
+                f"{scrape(port_a)}\n{rig.log_of('worker-a')}"
+            ) from exc
         wait_until(lambda: set(rig.deviation_changes()) >= expected, 60, "every deviation")
         restored = metric(port_a, "milkguard_worker_restored_total")
     finally:

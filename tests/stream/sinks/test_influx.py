@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,46 @@ def test_a_status_that_can_pass_keeps_the_lines_for_a_retry(status: int, tmp_pat
 
     assert (sink.rejected, sink.buffered) == (0, 3)
     assert not (tmp_path / "rejected.lp").exists()
+
+
+class HeldWriteApi:
+    """Records every line written; the first write waits until the test lets it go on, as a
+    write to a slow server does."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.first_started = threading.Event()
+        self.first_may_end = threading.Event()
+
+    def write(self, *, record: str, **kwargs: object) -> None:
+        if not self.first_started.is_set():
+            self.first_started.set()
+            self.first_may_end.wait()
+        self.written += record.split("\n")
+
+
+def test_a_flush_begun_while_an_earlier_one_still_writes_loses_no_line(tmp_path: Path) -> None:
+    """The worker flushes in a thread, and a checkpoint given up on (a rebalance's timeout)
+    leaves its thread writing while the next checkpoint starts another: two writers of one
+    buffer must not drop lines neither wrote."""
+    sink = InfluxDBSink(
+        "http://127.0.0.1:9", "t", "o", "b", rejected_path=tmp_path / "rejected.lp", batch_lines=4
+    )
+    api = HeldWriteApi()
+    sink._write_api = api
+    every = lines(20)
+    sink.add(every[:10])
+    slow = threading.Thread(target=sink.flush_through, args=(sink.added,))
+    slow.start()
+    assert api.first_started.wait(30)
+    second = threading.Thread(target=sink.flush_through, args=(sink.added,))
+    second.start()
+    second.join(1.0)  # without a guard it is done by now; with one it waits for the first
+    sink.add(every[10:])  # taken meanwhile
+    api.first_may_end.set()
+    slow.join()
+    second.join()
+    sink.flush()
+
+    assert sorted(set(api.written)) == sorted(every)  # not one line dropped unwritten
+    assert (sink.written, sink.buffered) == (len(every), 0)

@@ -145,6 +145,14 @@ def implausible(unit: str, value: float) -> tuple[float, float] | None:
     return None if low <= value <= high else (low, high)
 
 
+#: A free-text field of an event (a milking's id, a cleaning program): bounded, so one field
+#: cannot make a line of line protocol longer than a time-series database takes (InfluxDB
+#: refuses string fields over 64 KiB, and with them the whole chunk it came in).
+Note = Annotated[
+    str, msgspec.Meta(max_length=256, description="Free text, 256 characters at most.")
+]
+
+
 class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """One sampled value of one channel of one asset.
 
@@ -169,13 +177,13 @@ class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field=
 class MilkingStart(_Event, tag="milking_start", frozen=True):
     """Warm milk starts flowing into a farm bulk tank."""
 
-    milking_id: str | None = None
+    milking_id: Note | None = None
 
 
 class MilkingEnd(_Event, tag="milking_end", frozen=True):
     """A milking into a farm bulk tank ended; ``volume_l`` is what it added."""
 
-    milking_id: str | None = None
+    milking_id: Note | None = None
     volume_l: Volume | None = None
 
 
@@ -224,7 +232,7 @@ class RunEnd(_Event, tag="run_end", frozen=True):
 class CipStart(_Event, tag="cip_start", frozen=True):
     """Cleaning in place started: product limits are suspended, silence checks are not."""
 
-    program: str | None = None
+    program: Note | None = None
 
 
 class CipEnd(_Event, tag="cip_end", frozen=True):

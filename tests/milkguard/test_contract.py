@@ -284,3 +284,12 @@ def test_an_id_with_a_trailing_newline_is_refused(field: str) -> None:
 def test_a_deviation_id_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"at `\$.id`"):
         msgspec.convert({**change("opened"), "id": "0123456789abcdef0123\n"}, DeviationRecord)
+
+
+def test_an_events_free_text_is_bounded() -> None:
+    # one 100 KB cleaning program would make an event line InfluxDB refuses, with its chunk
+    event = {"kind": "cip_start", "asset": "htst-1", "ts": T0, "program": "p" * 257}
+    batch = {"v": 1, "site": "plant-01", "gateway": "gw-1", "seq": 1, "sent_at": T0}
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.events\[0\]\.program"):
+        decode_batch(json.dumps({**batch, "events": [event]}))
+    assert decode_batch(json.dumps({**batch, "events": [{**event, "program": "p" * 256}]}))

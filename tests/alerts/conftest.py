@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, stop, wait_for_port
+from tests.servers import Postgres, free_port, start_postgres, stop, wait_for_port
 
 
 @dataclass
@@ -26,6 +26,16 @@ class Smtp:
 
     def received(self) -> list[tuple[str, str]]:
         return sorted((m["To"], m["Subject"]) for m in mailbox.Maildir(self.maildir))
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL 15 on 127.0.0.1, stopped by PID afterwards."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ overdue alert escalates once, and the audit trail both write to stays one intact
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,13 @@ from alerts.signing import Signer, Verifier
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import change, dev
 from tests.helpers import wait_until
-from tests.servers import Postgres, start_postgres
+from tests.servers import Postgres
 
 pytestmark = pytest.mark.integration
 
 MIN = 60_000
 T = 1_795_341_600_000
 HTST = "plant-01/htst-1/pmo-htst.temperature"
-
-
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
-    server = start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def node(url: str, signer: Signer, smtp: Smtp) -> tuple[AlertBook, Outbox, AuditTrail]:

@@ -32,7 +32,6 @@ from tests.servers import (
     free_port,
     make_tls_files,
     start_mosquitto,
-    start_postgres,
     stop,
 )
 
@@ -242,15 +241,6 @@ def failing_hook() -> Iterator[FailingHook]:
     with http_server(Handler) as port:
         hook.port = port
         yield hook
-
-
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
-    server = start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.e2e

@@ -1481,15 +1481,21 @@ def _run_live(
     result.seconds = time.perf_counter() - started
     shared.progress("live", payloads, payloads)
     result.messages_fed = payloads
-    result.crashes = book.count("live")
-    result.counters, result.broken = check_counters(
-        ingest.counters, result.messages_fed, result.readings_fed
-    )
-    result.broken += non_finite_lines(shared.work_dir / "live")
-    result.rss_end_mb = rss.sample()
-    result.rss_peak_mb = rss.peak
+    _settle(result, book.count("live"), ingest.counters, shared.work_dir / "live", rss)
     fed = _ReplayInput(replayed.path, lines, readings, replayed.origins, replayed.kinds)
     return result, fed
+
+
+def _settle(result: PathResult, crashes: int, counters: object, series: Path, rss: _Rss) -> None:
+    """A path's closing figures: its crashes, its counters against what it was fed (and the
+    line protocol it wrote for inf/nan), and its memory."""
+    result.crashes = crashes
+    result.counters, result.broken = check_counters(
+        counters, result.messages_fed, result.readings_fed
+    )
+    result.broken += non_finite_lines(series)
+    result.rss_end_mb = rss.sample()
+    result.rss_peak_mb = rss.peak
 
 
 def _run_replay(shared: _Run, fed: _ReplayInput) -> tuple[PathResult, CommandResult]:
@@ -1604,13 +1610,7 @@ def _replay_in_process(shared: _Run, fed: _ReplayInput) -> PathResult:
     book.guard("replay", "finish", item, twin.finish)
     book.guard("replay", "close", item, twin.close)
     result.seconds = time.perf_counter() - started
-    result.crashes = book.count("replay")
-    result.counters, result.broken = check_counters(
-        twin.counters, result.messages_fed, result.readings_fed
-    )
-    result.broken += non_finite_lines(shared.work_dir / "replay-series")
-    result.rss_end_mb = rss.sample()
-    result.rss_peak_mb = rss.peak
+    _settle(result, book.count("replay"), twin.counters, shared.work_dir / "replay-series", rss)
     return result
 
 

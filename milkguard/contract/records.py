@@ -49,7 +49,6 @@ DeviationId = Annotated[
     str,
     msgspec.Meta(
         pattern=whole_text(DEVIATION_ID_PATTERN),
-        extra_json_schema={"pattern": DEVIATION_ID_PATTERN},
         description="20 lowercase hex digits.",
     ),
 ]
@@ -58,7 +57,7 @@ DeviationId = Annotated[
 IsoTime = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$",
+        pattern=whole_text(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"),
         description="Event time, ISO 8601 UTC with milliseconds: 2026-11-22T10:00:00.120Z.",
     ),
 ]

@@ -61,7 +61,6 @@ Id = Annotated[
     str,
     msgspec.Meta(
         pattern=whole_text(ID_PATTERN),
-        extra_json_schema={"pattern": ID_PATTERN},
         description="Letters, digits, '_', '.', '-'; starts with a letter or digit; 1-64 chars.",
     ),
 ]

@@ -291,10 +291,17 @@ class Ingest:
         self.counters.messages += 1
         self._handle(origin, None, payload, None)
 
-    def handle_bridged(self, payload: bytes, received_ms: int, origin: str) -> None:
-        """Process one payload the bridge took from MQTT (it checked the topic against it)."""
+    def handle_bridged(
+        self, payload: bytes, received_ms: int, origin: str, *, advance: bool = True
+    ) -> None:
+        """Process one payload the bridge took from MQTT (it checked the topic against it).
+
+        ``advance=False`` only holds its readings: a runtime judging a batch of messages hands
+        each over so, then moves the engine once with :meth:`tick` (one release for the batch
+        instead of one per message).
+        """
         self.counters.messages += 1
-        self._handle(origin, None, payload, received_ms)
+        self._handle(origin, None, payload, received_ms, advance=advance)
 
     def windows(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
         """The duplicate windows of every gateway, for a snapshot."""
@@ -315,6 +322,8 @@ class Ingest:
         route: tuple[str, str] | None,
         payload: bytes,
         received_ms: int | None,
+        *,
+        advance: bool = True,
     ) -> None:
         site, gateway = route if route is not None else (None, None)
         shown_at = received_ms if received_ms is not None else max(self.replay_clock.now, 0)
@@ -380,7 +389,15 @@ class Ingest:
             device = gateway
         else:
             device = CAPPED_GATEWAY
-        self._accept(site, gateway, batch, device=device, topic=topic, received_ms=received_ms)
+        self._accept(
+            site,
+            gateway,
+            batch,
+            device=device,
+            topic=topic,
+            received_ms=received_ms,
+            advance=advance,
+        )
 
     def _window_of(self, route: tuple[str, str]) -> SequenceWindow | None:
         """The gateway's duplicate window; None when the cap leaves it untracked."""
@@ -421,7 +438,15 @@ class Ingest:
             )
 
     def _accept(
-        self, site: str, gateway: str, batch: Batch, *, device: str, topic: str, received_ms: int
+        self,
+        site: str,
+        gateway: str,
+        batch: Batch,
+        *,
+        device: str,
+        topic: str,
+        received_ms: int,
+        advance: bool = True,
     ) -> None:
         counters = self.counters
         counters.batches += 1
@@ -457,13 +482,14 @@ class Ingest:
             left_out.update(id(r) for r in unsafe)
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
-        if self._event_clock:
+        # advance=False: the caller moves the engine once for its whole batch (tick)
+        if advance and self._event_clock:
             # the data's own time, but no further than the batch's receive time (the replay
             # clock's, which one outlier cannot move): a reading stamped ahead within the
             # tolerance would otherwise silence every channel and make earlier readings late
             newest = min(max(map(_TS, readings), default=engine.now), received_ms)
             engine.advance(max(newest, engine.now), changes)
-        else:
+        elif advance:
             engine.advance(received_ms, changes)
         if engine.notices:
             self._log_notices(gateway)
@@ -556,6 +582,8 @@ class Ingest:
         """Move the engine's clock with no data: releases held readings and fires timers."""
         changes: list[DeviationChange] = []
         self.engine.advance(now_ms, changes)
+        if self.engine.notices:
+            self._log_notices(None)
         if changes or self.engine.derived:
             lines: list[str] = []
             self._emit(changes, lines)
@@ -582,7 +610,7 @@ class Ingest:
             if self._on_change is not None:
                 self._on_change(change)
 
-    def _log_notices(self, gateway: str) -> None:
+    def _log_notices(self, gateway: str | None) -> None:
         for notice in self.engine.take_notices():
             context = {
                 "site": notice.site,

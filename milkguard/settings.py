@@ -32,10 +32,13 @@ class MqttSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    broker: Literal["embedded", "external"] = Field(
-        default="embedded",
-        description="embedded: an in-process broker on host:port; external: connect to one "
-        "(e.g. Mosquitto).",
+    broker: Literal["auto", "mosquitto", "embedded", "external"] = Field(
+        default="auto",
+        description="What `milkguard run` listens with on host:port. mosquitto: Mosquitto as "
+        "a child process, configured from mqtt.security, persistent in data_dir; embedded: "
+        "amqtt in-process (demo-grade: a killed service loses what it had acknowledged); "
+        "auto: mosquitto where installed, else embedded; external: start none, connect to "
+        "host:port.",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -65,9 +68,9 @@ class MqttSettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         if self.tls_cert is not None and self.tls_ca is None:
             raise ValueError("tls_cert needs tls_ca: a client certificate is sent over TLS only")
-        if self.broker == "embedded" and self.security.local_port == self.port:
+        if self.broker != "external" and self.security.local_port == self.port:
             raise ValueError(
-                f"security.local_port {self.port} is mqtt.port too: the embedded broker needs "
+                f"security.local_port {self.port} is mqtt.port too: the service's broker needs "
                 "two ports (or no local_port)"
             )
         return self

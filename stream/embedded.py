@@ -1,6 +1,7 @@
 """``milkguard run``: the whole stream on one machine, a thin shell around the pure engine.
 
-Threads: the MQTT broker (embedded amqtt, unless an external one is configured), paho's network
+Threads: the MQTT broker (Mosquitto as a child process, or amqtt in-process: see
+:func:`milkguard.brokers.own_broker`; none when an external one is configured), paho's network
 thread feeding a bounded queue, the demo fleet (unless disabled), and this module's engine loop,
 which owns the engine and every sink (so none of them needs a lock).
 
@@ -88,12 +89,10 @@ class EmbeddedService:
     def run(self, stop: threading.Event, duration_s: float | None = None) -> RunSummary:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
         settings = self.settings
-        address = broker_address(settings)
-        if settings.mqtt.broker == "embedded":
-            from milkguard.brokers import check_own_credentials, own_clients_address  # noqa: PLC0415
+        from milkguard.brokers import own_broker, own_clients_address  # noqa: PLC0415
 
-            check_own_credentials(settings)
-            address = own_clients_address(settings)
+        broker = own_broker(settings)  # None: mqtt.broker external
+        address = broker_address(settings) if broker is None else own_clients_address(settings)
         data_dir = settings.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,11 +102,8 @@ class EmbeddedService:
                 "Set data_dir (MILKGUARD_DATA_DIR or --data-dir) to a writable place."
             ) from exc
         with ExitStack() as stack:
-            if settings.mqtt.broker == "embedded":
-                from milkguard.brokers import EmbeddedBroker  # noqa: PLC0415 - only when embedded
-
-                mqtt = settings.mqtt
-                stack.enter_context(EmbeddedBroker(mqtt.host, mqtt.port, mqtt.security))
+            if broker is not None:
+                stack.enter_context(broker)  # stopped last, after the final drain
             outbox = MqttOutbox(address, f"{settings.mqtt.client_id}-out")
             stack.callback(outbox.close)
             ingest = self._build_ingest(outbox)

@@ -159,7 +159,7 @@ def test_the_queue_sizes_hold_a_day_without_the_stream_and_show_the_arithmetic()
     for line in (
         "max_queued_messages 460800",
         f"max_queued_bytes {460_800 * 8_192}",
-        "max_inflight_messages 1000",
+        "max_inflight_messages 20000",
         "persistence true",
         "listener 8883 0.0.0.0",
         "listener 1884 127.0.0.1",

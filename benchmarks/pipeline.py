@@ -397,13 +397,13 @@ def milkguard_pipeline(directory: Path, plan: Path, arrivals: Arrivals) -> Itera
         "MILKGUARD_METRICS__PORT": str(metrics_port),
         "MILKGUARD_LOG_LEVEL": "WARNING",
     }
-    with _milkguard("run", env, directory):
+    with _milkguard("run", env, directory) as process:
         address = BrokerAddress(port=port)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while _scraped(metrics_port, "milkguard_readings_received_total", "") == "":
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or process.poll() is not None:
                 log = (directory / "run.log").read_text(errors="replace")[-2000:]
-                raise ConfigError(f"milkguard run did not start within 30 s: {log}")
+                raise ConfigError(f"milkguard run did not start (within 60 s): {log}")
             time.sleep(0.1)
         deviations = _subscribe_deviations(address, arrivals)
         _warm_up(address, lambda: _scraped(metrics_port, "milkguard_readings_received_total"))
@@ -607,7 +607,8 @@ def _process(command: list[str], port: int) -> Iterator[None]:
 @contextmanager
 def _milkguard(
     command: str, env: dict[str, str], directory: Path, name: str = ""
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``milkguard COMMAND`` as its own process, its output in ``directory``; stopped by PID."""
     log = directory / f"{name or command}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -617,7 +618,7 @@ def _milkguard(
         time.sleep(0.2)
         if process.poll() is not None:
             raise ConfigError(f"milkguard {command} exited: {log.read_text()[-2000:]}")
-        yield
+        yield process
     finally:
         stop(process)
 

@@ -86,7 +86,9 @@ class MosquittoChild:
         self.security = security
         self.host = host
         self.port = port
-        self.directory = directory
+        # absolute: the configuration names its files by path, and a stale child is
+        # recognised by the path in its command line, whatever directory we start from
+        self.directory = directory.absolute()
         self.sizing = sizing
         self.probe = probe
         self.process: subprocess.Popen[bytes] | None = None

@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,18 +59,39 @@ def mosquitto_binary() -> str:
     return require_binary("mosquitto", "mosquitto")
 
 
+@dataclass
+class Running:
+    """A ``milkguard run`` process, its port, and its log as written so far."""
+
+    process: subprocess.Popen[str]
+    port: int
+    log: list[str]
+    reader: threading.Thread | None = None
+
+    def stderr(self) -> str:
+        """All it wrote to standard error, once it has exited."""
+        assert self.reader is not None
+        self.reader.join(timeout=10)
+        return "".join(self.log)
+
+
 @pytest.fixture
-def service(tmp_path: Path, mosquitto_binary: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def service(tmp_path: Path, mosquitto_binary: str) -> Iterator[Running]:
     port = free_port()
     process = start_run(tmp_path / "var", port)
+    running = Running(process, port, [])
+    reader = threading.Thread(target=lambda: running.log.extend(process.stderr or []))
+    running.reader = reader
+    reader.start()
     try:
-        wait_until(lambda: child_pid(tmp_path / "var") is not None, what="the broker's pidfile")
-        wait_until(lambda: accepts(port), what=f"the broker on port {port}")
-        yield process, port
+        # subscribed from here on: nothing a gateway publishes now is missed
+        wait_until(lambda: "stream.started" in "".join(running.log), what="the stream to start")
+        yield running
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=10)
+        process.wait(timeout=10)
+        reader.join(timeout=10)
         process.communicate(timeout=10)
 
 
@@ -104,9 +127,9 @@ def running(pid: int) -> bool:
 
 
 def test_run_starts_mosquitto_judges_a_gateways_readings_and_stops_it(
-    service: tuple[subprocess.Popen[str], int], tmp_path: Path
+    service: Running, tmp_path: Path
 ) -> None:
-    process, port = service
+    process, port = service.process, service.port
     data_dir = tmp_path / "var"
     broker = child_pid(data_dir)
     assert broker is not None
@@ -131,7 +154,9 @@ def test_run_starts_mosquitto_judges_a_gateways_readings_and_stops_it(
     wait_until(lambda: changes() == ["opened", "closed"], what="the deviation opened and closed")
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
-    _, err = process.communicate(timeout=10)
+    assert process.stdout is not None
+    assert "MilkGuard run summary" in process.stdout.read()
+    err = service.stderr()
     assert "broker.chosen" in err
     assert "mosquitto (child process)" in err
     assert "Traceback" not in err
@@ -141,9 +166,9 @@ def test_run_starts_mosquitto_judges_a_gateways_readings_and_stops_it(
 
 
 def test_a_killed_run_leaves_no_mosquitto_behind_and_the_next_start_gets_the_port(
-    service: tuple[subprocess.Popen[str], int], tmp_path: Path
+    service: Running, tmp_path: Path
 ) -> None:
-    process, port = service
+    process, port = service.process, service.port
     broker = child_pid(tmp_path / "var")
     assert broker is not None
 

@@ -95,6 +95,8 @@ class MosquittoChild:
         self._lock: IO[bytes] | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._reader: threading.Thread | None = None
+        self._ready = False  # answered a CONNECT: an exit from now on is a failure
+        self._stopping = False
 
     @property
     def config_path(self) -> Path:
@@ -129,6 +131,7 @@ class MosquittoChild:
             self._write_files()
             self._spawn()
             self._wait_ready()
+            self._ready = True
         except BaseException:
             self.stop()
             raise
@@ -148,6 +151,7 @@ class MosquittoChild:
     def stop(self) -> None:
         """SIGTERM (Mosquitto saves its store and exits), SIGKILL if it does not; forget the
         PID; release the lock."""
+        self._stopping = True
         process = self.process
         if process is not None and process.poll() is None:
             process.terminate()
@@ -252,7 +256,8 @@ class MosquittoChild:
 
     def _forward(self, stream: IO[bytes]) -> None:
         """Mosquitto's own log lines into ours (warnings and errors as warnings), the last
-        ones kept to explain a failed start."""
+        ones kept to explain a failed start; an error if it ends while the service runs (its
+        clients then retry until someone restarts the service)."""
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             self._lines.append(line)
@@ -260,6 +265,17 @@ class MosquittoChild:
             level = logging.WARNING if "error" in lowered or "warning" in lowered else logging.DEBUG
             log.log(level, "broker.mosquitto.log", extra={"line": line})
         stream.close()
+        process = self.process
+        if self._ready and not self._stopping and process is not None:
+            log.error(
+                "broker.mosquitto.exited",
+                extra={
+                    "pid": process.pid,
+                    "status": process.wait(),
+                    "last_lines": list(self._lines)[-5:],
+                    "fix": "restart milkguard run; the gateways keep their batches meanwhile",
+                },
+            )
 
     def _wait_ready(self) -> None:
         assert self.process is not None

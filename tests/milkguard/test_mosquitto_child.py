@@ -95,6 +95,19 @@ def service(tmp_path: Path, mosquitto_binary: str) -> Iterator[Running]:
         process.communicate(timeout=10)
 
 
+def anonymous_child(binary: str, directory: Path, port: int) -> MosquittoChild:
+    """A child Mosquitto on loopback, anonymous, its files in ``directory``."""
+    return MosquittoChild(
+        Path(binary),
+        BrokerSecurity(),
+        "127.0.0.1",
+        port,
+        directory=directory,
+        sizing=QueueSizing(1),
+        probe=mqtt.BrokerAddress("127.0.0.1", port),
+    )
+
+
 def child_pid(data_dir: Path) -> int | None:
     try:
         return int((data_dir / "mosquitto" / "mosquitto.pid").read_text())
@@ -216,15 +229,7 @@ def test_a_pidfile_naming_another_program_stops_nothing(
     directory.mkdir()
     (directory / "mosquitto.pid").write_text(f"{bystander.pid}\n")
     port = free_port()
-    child = MosquittoChild(
-        Path(mosquitto_binary),
-        BrokerSecurity(),
-        "127.0.0.1",
-        port,
-        directory=directory,
-        sizing=QueueSizing(1),
-        probe=mqtt.BrokerAddress("127.0.0.1", port),
-    )
+    child = anonymous_child(mosquitto_binary, directory, port)
     try:
         with child:
             assert child.process is not None
@@ -238,15 +243,7 @@ def test_a_second_run_on_the_same_data_directory_is_refused(
     tmp_path: Path, mosquitto_binary: str
 ) -> None:
     def child(port: int) -> MosquittoChild:
-        return MosquittoChild(
-            Path(mosquitto_binary),
-            BrokerSecurity(),
-            "127.0.0.1",
-            port,
-            directory=tmp_path / "mosquitto",
-            sizing=QueueSizing(1),
-            probe=mqtt.BrokerAddress("127.0.0.1", port),
-        )
+        return anonymous_child(mosquitto_binary, tmp_path / "mosquitto", port)
 
     with child(free_port()) as first:
         with pytest.raises(ConfigError, match="another milkguard run is using"):
@@ -271,3 +268,21 @@ def test_a_taken_port_is_refused_with_the_port_and_mosquittos_own_words(
     assert "Error: Address already in use" in message
     assert f"set mqtt.port (MILKGUARD_MQTT__PORT; now {port}) to a free one" in message
     assert "Traceback" not in err
+
+
+def test_a_broker_that_dies_under_the_service_is_logged_as_an_error(
+    tmp_path: Path, mosquitto_binary: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    child = anonymous_child(mosquitto_binary, tmp_path / "mosquitto", port)
+    with child:
+        assert child.process is not None
+        child.process.kill()
+
+        wait_until(
+            lambda: any(r.message == "broker.mosquitto.exited" for r in caplog.records),
+            what="the error",
+        )
+    (record,) = [r for r in caplog.records if r.message == "broker.mosquitto.exited"]
+    assert record.levelname == "ERROR"
+    assert record.status == -signal.SIGKILL  # type: ignore[attr-defined]

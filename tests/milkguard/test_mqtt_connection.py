@@ -156,3 +156,43 @@ def test_after_a_broker_restart_clients_reconnect_at_instants_of_their_own(
     finally:
         for connection in connections:
             connection.close(5)
+
+
+@pytest.mark.integration
+def test_a_message_not_acknowledged_by_hand_comes_again_in_the_persistent_session(
+    mosquitto: Mosquitto,
+) -> None:
+    address = BrokerAddress("127.0.0.1", mosquitto.port)
+    received: list[tuple[bytes, int]] = []
+
+    def subscriber() -> Connection:
+        return connect(
+            address,
+            "stream-manual",
+            clean_session=False,
+            manual_ack=True,
+            on_message=lambda _c, _u, message: received.append((message.payload, message.mid)),
+            on_connect_extra=lambda client: client.subscribe("milkguard/v1/test", qos=1),
+        )
+
+    first = subscriber()
+    publisher = connect(address, "gateway-manual")
+    publisher.publish("milkguard/v1/test", b"batch-1")
+    assert publisher.close()
+    wait_until(lambda: len(received) == 1, 10, "the batch")
+    first.close()  # never acknowledged: the broker keeps it for the session
+
+    second = subscriber()
+    wait_until(lambda: len(received) == 2, 10, "the batch again")
+    assert received[1][0] == b"batch-1"
+    second.ack(received[1][1])
+    second.close()
+
+    third = subscriber()  # a redelivery of batch-1 would come first, as the session resumes
+    publisher = connect(address, "gateway-manual")
+    publisher.publish("milkguard/v1/test", b"batch-2")
+    assert publisher.close()
+    wait_until(lambda: len(received) == 3, 10, "the next batch")
+    third.ack(received[2][1])
+    third.close()
+    assert [payload for payload, _ in received] == [b"batch-1", b"batch-1", b"batch-2"]

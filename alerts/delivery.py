@@ -7,9 +7,11 @@ hours never hold back a critical alert.
 
 Delivery goes through an outbox in SQLite. A notice is queued once per recipient and channel
 (keyed by alert, event, reopening and escalation level), so a notice produced twice, or again
-after a restart, is sent once. Sending is retried with exponential backoff; a message refused
-for good (a webhook's 4xx other than 408/429) or still failing after ``max_attempts`` is
-dead-lettered with the reason, and counted.
+after a restart, is sent once. Sending is retried with exponential backoff (the n-th retry
+waits between ``backoff_s * 2**(n-1)`` and twice that, jittered so that messages that failed
+together, e.g. while the mail server was down, are not all retried at one instant); a message
+refused for good (a webhook's 4xx other than 408/429) or still failing after ``max_attempts``
+is dead-lettered with the reason, and counted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from alerts.lifecycle import Audience, Notice
 from alerts.store import Database
+from milkguard.backoff import Backoff
 from milkguard.contract.v1 import alert_topic
 from milkguard.logs import mask_url
 from milkguard.mqtt import Connection
@@ -205,7 +208,9 @@ class Outbox:
         #: with a connection, every notice also goes to milkguard/v1/alerts/{site}/{asset}
         self.mqtt = mqtt
         self.max_attempts = max_attempts
-        self.backoff_ms = round(backoff_s * 1000)
+        # "equal" jitter: the delay follows from the attempt count kept in the database, and
+        # is never shorter than the plain doubling schedule
+        self._retry = Backoff(backoff_s, backoff_s * 2**max_attempts, jitter="equal")
         self.sent = self.retried = self.dead = 0
         self._db = Database(path, _SCHEMA, "the alert outbox")
 
@@ -288,7 +293,7 @@ class Outbox:
                     self._dead(key, f"failed {failed} times, last: {exc}")
                     continue
                 self.retried += 1
-                wait = self.backoff_ms * 2 ** (failed - 1)
+                wait = round(self._retry.delay(failed) * 1000)
                 self._db.execute(
                     "UPDATE deliveries SET attempts = ?, next_ms = ?, error = ? WHERE key = ?",
                     (failed, now_ms + wait, str(exc), key),

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import msgspec
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -39,8 +38,9 @@ from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import SinkError
 from stream.ingest import Ingest
+from stream.live_view import LiveView
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
-from stream.plan import CriticalLimit, Htst, LoadedPlan, load_plan
+from stream.plan import LoadedPlan, load_plan
 from stream.signed import load_stream_signer
 from stream.sinks.base import (
     FanOutDeadLetterSink,
@@ -48,7 +48,7 @@ from stream.sinks.base import (
     FanOutTimeSeriesSink,
     TimeSeriesSink,
 )
-from stream.sinks.console import ConsoleDeviationSink, describe_limit
+from stream.sinks.console import ConsoleDeviationSink
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
 from stream.sinks.influx import InfluxDBSink
 
@@ -221,7 +221,7 @@ class EmbeddedService:
         stop: threading.Event,
         deadline: float | None,
     ) -> None:
-        live = self._live_view(ingest)
+        live = LiveView.for_terminal(self.console, self.plan)
         next_flush = time.monotonic() + FLUSH_EVERY_S
         next_status = time.monotonic() + STATUS_EVERY_S
         held_back = False
@@ -251,16 +251,11 @@ class EmbeddedService:
                 if now >= next_flush:
                     self._flush(ingest)
                     next_flush = now + FLUSH_EVERY_S
-                    if live is not None:
-                        live.update(self._latest_table(ingest), refresh=True)
+                    if live is not None:  # drawn on the view's thread, not this one
+                        live.offer(ingest.latest, ingest.engine.open_deviations())
                 if now >= next_status:
                     self._log_status(ingest, source)
                     next_status = now + STATUS_EVERY_S
-
-    def _live_view(self, ingest: Ingest) -> Live | None:
-        if not self.console.is_terminal:
-            return None
-        return Live(self._latest_table(ingest), console=self.console, auto_refresh=False)
 
     def _drain(self, source: MqttBatchSource, ingest: Ingest) -> None:
         """Judge what the broker still delivers until it is quiet, then disconnect and judge
@@ -303,31 +298,6 @@ class EmbeddedService:
             },
         )
 
-    def _latest_table(self, ingest: Ingest) -> Table:
-        breached = {
-            (d.site, d.asset, channel)
-            for d in ingest.engine.open_deviations()
-            for channel in d.channels
-        }
-        table = Table(title="Live readings", title_justify="left", expand=False)
-        for column in ("site", "asset", "channel", "value", "limit", "state"):
-            table.add_column(column)
-        limits = _limits_by_channel(self.plan)
-        for key in sorted(ingest.latest):
-            reading = ingest.latest[key]
-            state = "[bold red]DEVIATION[/]" if key in breached else "[green]ok[/]"
-            if key not in limits:
-                state = "[dim]recorded[/]"
-            table.add_row(  # ids and units come from gateways: text, never markup
-                Text(key[0]),
-                Text(key[1]),
-                Text(key[2]),
-                Text(f"{reading.value:g} {reading.unit}"),
-                Text(limits.get(key, "")),
-                state,
-            )
-        return table
-
     def _summary(self, ingest: Ingest, simulated: int | None) -> RunSummary:
         counters = {
             **{f"ingest.{k}": v for k, v in _fields(ingest.counters).items()},
@@ -354,22 +324,6 @@ class EmbeddedService:
             )
         self.console.print(Text(f"stores: {self.settings.data_dir}/", style="dim"))
         return RunSummary(counters, len(still_open), str(self.settings.data_dir))
-
-
-def _limits_by_channel(loaded: LoadedPlan) -> dict[tuple[str, str, str], str]:
-    plan = loaded.plan
-    limits: dict[tuple[str, str, str], str] = {}
-    for rule in plan.rules:
-        asset = plan.assets[rule.asset]
-        if isinstance(rule, CriticalLimit):
-            unit = asset.channels[rule.channel].unit
-            key = (asset.site, asset.id or rule.asset, rule.channel)
-            limits[key] = describe_limit(rule.min, rule.max, unit)
-        elif isinstance(rule, Htst):
-            unit = asset.channels[rule.indicating].unit
-            key = (asset.site, asset.id or rule.asset, rule.indicating)
-            limits[key] = f">= {rule.legal.temp_c:g} {unit} in forward flow"
-    return limits
 
 
 def _fields(counters: object) -> dict[str, int]:

@@ -117,7 +117,7 @@ def test_two_nodes_escalating_at_the_same_moment_escalate_each_alert_once(
 def test_audit_verify_reads_postgresql_read_only(
     postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from milkguard.cli import main  # noqa: PLC0415
+    from milkguard_cli import main  # noqa: PLC0415
 
     signer = Signer.load_or_create(tmp_path / "key.pem")
     public = tmp_path / "public.pem"

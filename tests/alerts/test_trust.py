@@ -23,10 +23,10 @@ from alerts.deadletters import DeadLetter, DeadLetterStore
 from alerts.lifecycle import Alert, AlertBook, State
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
-from milkguard.cli import main
 from milkguard.contract.v1 import Reading, deviation_topic
 from milkguard.settings import MqttSettings, Settings
 from milkguard.signing import Signer
+from milkguard_cli import main
 from stream.embedded import EmbeddedService
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import DEV1, change, dev, sealed, stream_signer

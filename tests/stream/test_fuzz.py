@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from milkguard import mqtt as mqtt_connect
-from milkguard.cli import main
 from milkguard.contract.v1 import parse_batch_topic
 from milkguard.settings import demo_plan_path
+from milkguard_cli import main
 from stream import fuzz
 from stream.plan import LoadedPlan, load_plan
 from tests.helpers import scrape, wait_until

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from milkguard.cli import main
+from milkguard_cli import main
 from stream import pipeline_bench
 from tests.servers import require_binary, tansu_binary
 

@@ -26,7 +26,7 @@ from milkguard.broker_security import (
 )
 from milkguard.errors import BrokerError, ConfigError, ExtraMissing
 from milkguard.mqtt import BrokerAddress
-from milkguard.settings import Settings, broker_address
+from milkguard.settings import CommonSettings, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def own_clients_address(settings: Settings) -> BrokerAddress:
+def own_clients_address(settings: CommonSettings) -> BrokerAddress:
     """Where the service's own clients reach the embedded broker it runs.
 
     The loopback listener (``mqtt.security.local_port``) when there is one; else mqtt.host, or
@@ -59,7 +59,7 @@ def own_clients_address(settings: Settings) -> BrokerAddress:
     return address
 
 
-def check_own_credentials(settings: Settings) -> None:
+def check_own_credentials(settings: CommonSettings, *, demo_fleet: bool) -> None:
     """The service's own clients must be able to reach its embedded broker (TLS trusted, or
     the loopback listener) and, with users configured, log in as the stream; the demo fleet
     (which has no gateway credentials) cannot run then. A :class:`ConfigError` saying what
@@ -73,7 +73,7 @@ def check_own_credentials(settings: Settings) -> None:
         )
     if not security.users:
         return
-    if settings.simulators:
+    if demo_fleet:
         raise ConfigError(
             "the demo fleet cannot run with mqtt.security.users set (it has no gateway "
             "credentials): run with --no-simulators, or remove mqtt.security.users for a "

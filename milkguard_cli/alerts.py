@@ -135,7 +135,8 @@ def run_alerts(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from alerts.service import AlertService  # noqa: PLC0415
-    from milkguard.settings import broker_address, load_settings  # noqa: PLC0415
+    from milkguard.settings import broker_address  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config)
     logs.configure(settings.log_level, settings.log_format)

@@ -73,13 +73,13 @@ def run_broker(args: argparse.Namespace) -> int:
         iterations = args.iterations or security.HASH_ITERATIONS
         print(security.hash_password(password, iterations=iterations))
         return 0
-    from milkguard.settings import load_settings  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config)
     model = settings.mqtt.security
     gateways = args.gateways
     if gateways is None:
-        gateways = len(security.known_gateways(settings))
+        gateways = len(security.known_gateways(model))
     out = args.out
     try:
         files = security.mosquitto_files(

@@ -36,7 +36,7 @@ def add_commands(commands: Any) -> None:
 
 def run_stream(args: argparse.Namespace) -> int:
     """``milkguard run``."""
-    from milkguard.settings import load_settings  # noqa: PLC0415 - keep other commands quick
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415 - keep other commands quick
     from stream.embedded import EmbeddedService  # noqa: PLC0415
 
     overrides: dict[str, object] = {}

@@ -93,7 +93,8 @@ def run_bridge(args: argparse.Namespace) -> int:
     """``milkguard bridge``."""
     from contextlib import ExitStack  # noqa: PLC0415
 
-    from milkguard.settings import broker_address, load_settings  # noqa: PLC0415
+    from milkguard.settings import broker_address  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
     from stream.bridge import Bridge, KafkaTarget  # noqa: PLC0415
     from stream.metrics import BridgeCollector, MetricsServer  # noqa: PLC0415
 
@@ -124,7 +125,7 @@ def run_bridge(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     """``milkguard worker``."""
-    from milkguard.settings import load_settings  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
     from stream.worker import build_worker  # noqa: PLC0415
     from stream.worker import run_worker as run_faust_worker  # noqa: PLC0415
 
@@ -190,8 +191,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def public_key(args: argparse.Namespace) -> int:
     """``milkguard stream public-key``."""
-    from milkguard.settings import load_settings  # noqa: PLC0415
     from milkguard.signing import Signer  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
     from stream.signed import stream_key_path  # noqa: PLC0415
 
     key = args.key or stream_key_path(load_settings(args.config))

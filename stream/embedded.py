@@ -33,13 +33,14 @@ from rich.text import Text
 
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError
-from milkguard.settings import Settings, broker_address
+from milkguard.settings import broker_address
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import SinkError
 from stream.ingest import Ingest
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
 from stream.plan import CriticalLimit, Htst, LoadedPlan, load_plan
+from stream.settings import StreamSettings
 from stream.signed import load_stream_signer
 from stream.sinks.base import (
     FanOutDeadLetterSink,
@@ -73,7 +74,7 @@ class EmbeddedService:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: StreamSettings,
         console: Console | None = None,
         on_change: Callable[[DeviationChange], None] | None = None,
     ) -> None:
@@ -92,7 +93,7 @@ class EmbeddedService:
         if settings.mqtt.broker == "embedded":
             from milkguard.brokers import check_own_credentials, own_clients_address  # noqa: PLC0415
 
-            check_own_credentials(settings)
+            check_own_credentials(settings, demo_fleet=settings.simulators)
             address = own_clients_address(settings)
         data_dir = settings.data_dir
         try:
@@ -183,7 +184,7 @@ class EmbeddedService:
             ),
             on_change=self._on_change,
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
-            known_gateways=known_gateways(settings),
+            known_gateways=known_gateways(settings.mqtt.security),
         )
 
     @property

@@ -276,11 +276,11 @@ class Pipeline:
 @contextmanager
 def embedded_pipeline(directory: Path, plan: Path, arrivals: Arrivals) -> Iterator[Pipeline]:
     """``milkguard run``'s service, in this process, with its embedded broker."""
-    from milkguard.settings import Settings  # noqa: PLC0415
     from stream.embedded import EmbeddedService  # noqa: PLC0415
+    from stream.settings import StreamSettings  # noqa: PLC0415
 
     port = free_port()
-    settings = Settings(
+    settings = StreamSettings(
         plan=plan,
         data_dir=directory / "data",
         simulators=False,

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from milkguard.errors import ExtraMissing
-from milkguard.settings import InfluxSettings
 from stream.errors import InfluxWriteError
+from stream.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from alerts.audit import AuditTrail
-from alerts.delivery import Outbox, Recipient, SmtpSettings
+from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience
+from alerts.settings import Recipient, SmtpSettings
 from alerts.signing import Signer, Verifier
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import change, dev

@@ -100,7 +100,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def _bench_edge(args: argparse.Namespace) -> int:
     from rich.progress import Progress  # noqa: PLC0415
 
-    from edge import bench  # noqa: PLC0415
+    from benchmarks import edge as bench  # noqa: PLC0415
 
     console = Console()
     with Progress(console=console, transient=True) as progress:
@@ -159,7 +159,7 @@ def _bench_engine(assets: int, seconds: int) -> int:
 def _bench_fuzz(args: argparse.Namespace) -> int:
     from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn  # noqa: PLC0415
 
-    from stream import fuzz  # noqa: PLC0415
+    from benchmarks import fuzz  # noqa: PLC0415
 
     console = Console()
     columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeRemainingColumn())

@@ -49,7 +49,12 @@ def run_stream(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **overrides)
     logs.configure(settings.log_level, settings.log_format)
     logging.getLogger("milkguard").info("settings", extra={"settings": settings.redacted()})
-    service = EmbeddedService(settings)
+    demo_fleet = None
+    if settings.simulators:
+        from simulators.demo import DemoFleet  # noqa: PLC0415 - the demo only
+
+        demo_fleet = DemoFleet
+    service = EmbeddedService(settings, demo_fleet=demo_fleet)
     stop = stop_on_signals()
     service.run(stop, args.duration)
     return 0

@@ -1,7 +1,7 @@
 """``milkguard run``: the whole stream on one machine, a thin shell around the pure engine.
 
 Threads: the MQTT broker (embedded amqtt, unless an external one is configured), paho's network
-thread feeding a bounded queue, the demo fleet (unless disabled), and this module's engine loop,
+thread feeding a bounded queue, the demo fleet (if handed one), and this module's engine loop,
 which owns the engine and every sink (so none of them needs a lock).
 
 Stopping (Ctrl-C or SIGTERM) loses nothing: the simulators stop and wait for their last batches to
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 from rich.console import Console
@@ -33,6 +34,7 @@ from rich.text import Text
 
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError
+from milkguard.mqtt import BrokerAddress
 from milkguard.settings import broker_address
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
@@ -60,6 +62,20 @@ QUIET_BEFORE_STOP_S = 0.5
 MAX_DRAIN_WAIT_S = 5.0
 
 
+class Fleet(Protocol):
+    """Simulated gateways run beside the stream, against its broker (the demo fleet)."""
+
+    #: printed once the fleet runs: what a newcomer will see happen
+    banner: str
+    readings_published: int
+
+    def start(self) -> None:
+        """Connect and start publishing."""
+
+    def stop(self) -> None:
+        """Stop, once the broker has acknowledged what was published."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """What a run did, printed at exit and returned for tests."""
@@ -70,15 +86,21 @@ class RunSummary:
 
 
 class EmbeddedService:
-    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped."""
+    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped.
+
+    ``demo_fleet`` builds the fleet from the address of the broker the stream runs; the command
+    hands it in (the stream does not import the simulators).
+    """
 
     def __init__(
         self,
         settings: StreamSettings,
         console: Console | None = None,
         on_change: Callable[[DeviationChange], None] | None = None,
+        demo_fleet: Callable[[BrokerAddress], Fleet] | None = None,
     ) -> None:
         self.settings = settings
+        self._demo_fleet = demo_fleet
         self._on_change = on_change
         self.console = console or Console()
         self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
@@ -93,7 +115,7 @@ class EmbeddedService:
         if settings.mqtt.broker == "embedded":
             from milkguard.brokers import check_own_credentials, own_clients_address  # noqa: PLC0415
 
-            check_own_credentials(settings, demo_fleet=settings.simulators)
+            check_own_credentials(settings, demo_fleet=self._demo_fleet is not None)
             address = own_clients_address(settings)
         data_dir = settings.data_dir
         try:
@@ -114,7 +136,8 @@ class EmbeddedService:
             ingest = self._build_ingest(outbox)
             stack.callback(ingest.close)
             if settings.metrics.port is not None:
-                from stream.metrics import MetricsServer, StreamCollector, counts_of  # noqa: PLC0415
+                from stream.counts import counts_of  # noqa: PLC0415
+                from stream.metrics import MetricsServer, StreamCollector  # noqa: PLC0415
 
                 collector = StreamCollector(
                     lambda: counts_of(self.ingest) if self.ingest else None, lambda: self.influx
@@ -138,15 +161,10 @@ class EmbeddedService:
                 },
             )
             fleet = None
-            if settings.simulators:
-                from simulators.demo import DemoFleet  # noqa: PLC0415 - demo only
-
-                fleet = DemoFleet(address)
+            if self._demo_fleet is not None:
+                fleet = self._demo_fleet(address)
                 fleet.start()
-                self.console.print(
-                    "[dim]demo fleet running: farm-01 tank-1, truck-07 (rear hatch will be left "
-                    "open), plant-01 htst-1. Ctrl-C stops.[/dim]"
-                )
+                self.console.print(Text(f"{fleet.banner} Ctrl-C stops.", style="dim"))
             deadline = time.monotonic() + duration_s if duration_s is not None else None
             self._loop(source, ingest, stop, deadline)
             if fleet is not None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edge.bench import broker
+from benchmarks.edge import broker
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Batch, Reading, batch_topic, deviation_topic, encode_batch
 from milkguard.errors import ConfigError

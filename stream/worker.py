@@ -45,11 +45,11 @@ import msgspec
 
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError, ExtraMissing
+from stream.counts import StreamCounts, counts_of
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import InfluxWriteError
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest
-from stream.metrics import StreamCounts, counts_of
 from stream.plan import LoadedPlan, load_plan
 from stream.settings import StreamSettings
 from stream.signed import load_stream_signer, sealed_change

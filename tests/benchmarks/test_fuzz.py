@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import fuzz
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import parse_batch_topic
 from milkguard_cli import main
-from stream import fuzz
 from stream.plan import LoadedPlan, load_plan
 from stream.settings import demo_plan_path
 from tests.helpers import scrape, wait_until

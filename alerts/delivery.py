@@ -27,14 +27,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import SecretStr
 
-from alerts.lifecycle import Audience, Notice
+from alerts.lifecycle import Notice
+from alerts.settings import Recipient, SmtpSettings
 from alerts.store import Database
 from milkguard.backoff import Backoff
 from milkguard.contract.v1 import alert_topic
@@ -42,79 +43,6 @@ from milkguard.logs import mask_url
 from milkguard.mqtt import Connection
 
 log = logging.getLogger(__name__)
-
-
-class WebhookUrl(SecretStr):
-    """A webhook's URL: a secret, since its user, path or query is often its credential (Slack,
-    Teams and most chat hooks put the key in the path). Shown as ``https://host/***``."""
-
-    #: tells :func:`milkguard.logs.register_secrets` that this URL's path is a credential too
-    path_is_secret = True
-
-    def _display(self) -> str:
-        return mask_url(self.get_secret_value(), hide_path=True)
-
-
-class Recipient(BaseModel):
-    """A person or system to tell, and how."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    audience: Audience
-    sites: list[str] = Field(default_factory=lambda: ["*"], description='"*": every site')
-    severities: list[str] = Field(default_factory=lambda: ["critical", "major", "minor"])
-    email: str | None = None
-    webhook: WebhookUrl | None = Field(
-        default=None, description="http(s) URL; a secret: logged as https://host/***"
-    )
-    quiet_hours: str | None = Field(
-        default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$", description="UTC, e.g. 22:00-06:00"
-    )
-
-    @field_validator("webhook")
-    @classmethod
-    def _http_url(cls, url: WebhookUrl | None) -> WebhookUrl | None:
-        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError(f"a webhook is an http:// or https:// URL, not {url}")
-        return url
-
-    def wants(self, notice: Notice) -> bool:
-        """Whether this recipient is told of ``notice``."""
-        alert = notice.alert
-        return (
-            notice.audience == self.audience
-            and ("*" in self.sites or alert.site in self.sites)
-            and alert.severity in self.severities
-        )
-
-    def quiet_until(self, now: datetime) -> datetime | None:
-        """The end of the quiet hours ``now`` falls in, or None."""
-        if self.quiet_hours is None:
-            return None
-        start_text, end_text = self.quiet_hours.split("-")
-        start, end = time.fromisoformat(start_text), time.fromisoformat(end_text)
-        today = now.date()
-        for day in (today - timedelta(days=1), today):
-            begins = datetime.combine(day, start, UTC)
-            ends = datetime.combine(day if end > start else day + timedelta(days=1), end, UTC)
-            if begins <= now < ends:
-                return ends
-        return None
-
-
-class SmtpSettings(BaseModel):
-    """The mail server alerts are sent through."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = 25
-    sender: str = "milkguard@localhost"
-    username: str | None = None
-    password: SecretStr | None = None
-    starttls: bool = False
-    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)

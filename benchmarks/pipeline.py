@@ -49,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edge.bench import broker
+from benchmarks.edge import broker
 from milkguard import mqtt as mqtt_connect
 from milkguard.broker_security import BrokerSecurity, QueueSizing
 from milkguard.brokers import UNNAMED_GATEWAYS

@@ -30,14 +30,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from milkguard.contract.v1 import ID_PATTERN, TOPIC_ROOT
-
-if TYPE_CHECKING:
-    from milkguard.settings import Settings
 
 Role = Literal["gateway", "stream", "alerts", "reader"]
 
@@ -239,11 +236,11 @@ def exposure_problems(security: BrokerSecurity, host: str) -> list[str]:
     return problems
 
 
-def known_gateways(settings: Settings) -> set[tuple[str, str]]:
-    """(site, gateway) of every gateway the broker's security model names."""
+def known_gateways(security: BrokerSecurity) -> set[tuple[str, str]]:
+    """(site, gateway) of every gateway the broker's security model (``mqtt.security``) names."""
     return {
         (user.site, user.gateway)
-        for user in settings.mqtt.security.users
+        for user in security.users
         if user.site is not None and user.gateway is not None
     }
 

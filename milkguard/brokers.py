@@ -36,7 +36,7 @@ from milkguard.broker_security import (
 from milkguard.errors import BrokerError, ConfigError, ExtraMissing
 from milkguard.mosquitto import MosquittoChild, find_mosquitto
 from milkguard.mqtt import BrokerAddress
-from milkguard.settings import Settings, broker_address
+from milkguard.settings import CommonSettings, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def own_clients_address(settings: Settings) -> BrokerAddress:
+def own_clients_address(settings: CommonSettings) -> BrokerAddress:
     """Where the service's own clients reach the embedded broker it runs.
 
     The loopback listener (``mqtt.security.local_port``) when there is one; else mqtt.host, or
@@ -69,7 +69,7 @@ def own_clients_address(settings: Settings) -> BrokerAddress:
     return address
 
 
-def check_own_credentials(settings: Settings) -> None:
+def check_own_credentials(settings: CommonSettings, *, demo_fleet: bool) -> None:
     """The service's own clients must be able to reach its embedded broker (TLS trusted, or
     the loopback listener) and, with users configured, log in as the stream; the demo fleet
     (which has no gateway credentials) cannot run then. A :class:`ConfigError` saying what
@@ -83,7 +83,7 @@ def check_own_credentials(settings: Settings) -> None:
         )
     if not security.users:
         return
-    if settings.simulators:
+    if demo_fleet:
         raise ConfigError(
             "the demo fleet cannot run with mqtt.security.users set (it has no gateway "
             "credentials): run with --no-simulators, or remove mqtt.security.users for a "
@@ -110,7 +110,9 @@ def check_own_credentials(settings: Settings) -> None:
 UNNAMED_GATEWAYS = 100
 
 
-def own_broker(settings: Settings) -> EmbeddedBroker | MosquittoChild | None:
+def own_broker(
+    settings: CommonSettings, data_dir: Path, *, demo_fleet: bool
+) -> EmbeddedBroker | MosquittoChild | None:
     """The broker ``milkguard run`` starts, as ``mqtt.broker`` asks (None: ``external``), not
     started yet; one log line says which and why.
 
@@ -128,7 +130,7 @@ def own_broker(settings: Settings) -> EmbeddedBroker | MosquittoChild | None:
             },
         )
         return None
-    check_own_credentials(settings)
+    check_own_credentials(settings, demo_fleet=demo_fleet)
     binary = find_mosquitto() if mqtt.broker in ("auto", "mosquitto") else None
     if mqtt.broker == "mosquitto" and binary is None:
         raise ConfigError(
@@ -166,8 +168,8 @@ def own_broker(settings: Settings) -> EmbeddedBroker | MosquittoChild | None:
         mqtt.security,
         mqtt.host,
         mqtt.port,
-        directory=settings.data_dir / "mosquitto",
-        sizing=QueueSizing(len(known_gateways(settings)) or UNNAMED_GATEWAYS),
+        directory=data_dir / "mosquitto",
+        sizing=QueueSizing(len(known_gateways(mqtt.security)) or UNNAMED_GATEWAYS),
         probe=own_clients_address(settings),
     )
 

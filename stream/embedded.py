@@ -2,7 +2,7 @@
 
 Threads: the MQTT broker (Mosquitto as a child process, or amqtt in-process: see
 :func:`milkguard.brokers.own_broker`; none when an external one is configured), paho's network
-thread feeding a bounded queue, the demo fleet (unless disabled), and this module's engine loop,
+thread feeding a bounded queue, the demo fleet (if handed one), and this module's engine loop,
 which owns the engine and every sink (so none of them needs a lock).
 
 Stopping (Ctrl-C or SIGTERM) loses nothing: the simulators stop and wait for their last batches to
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 from rich.console import Console
@@ -33,7 +34,8 @@ from rich.text import Text
 
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError
-from milkguard.settings import Settings, broker_address
+from milkguard.mqtt import BrokerAddress
+from milkguard.settings import broker_address
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import SinkError
@@ -41,6 +43,7 @@ from stream.ingest import Ingest
 from stream.live_view import LiveView
 from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
 from stream.plan import LoadedPlan, load_plan
+from stream.settings import StreamSettings
 from stream.signed import load_stream_signer
 from stream.sinks.base import (
     FanOutDeadLetterSink,
@@ -60,6 +63,20 @@ QUIET_BEFORE_STOP_S = 0.5
 MAX_DRAIN_WAIT_S = 5.0
 
 
+class Fleet(Protocol):
+    """Simulated gateways run beside the stream, against its broker (the demo fleet)."""
+
+    #: printed once the fleet runs: what a newcomer will see happen
+    banner: str
+    readings_published: int
+
+    def start(self) -> None:
+        """Connect and start publishing."""
+
+    def stop(self) -> None:
+        """Stop, once the broker has acknowledged what was published."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """What a run did, printed at exit and returned for tests."""
@@ -70,15 +87,21 @@ class RunSummary:
 
 
 class EmbeddedService:
-    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped."""
+    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped.
+
+    ``demo_fleet`` builds the fleet from the address of the broker the stream runs; the command
+    hands it in (the stream does not import the simulators).
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: StreamSettings,
         console: Console | None = None,
         on_change: Callable[[DeviationChange], None] | None = None,
+        demo_fleet: Callable[[BrokerAddress], Fleet] | None = None,
     ) -> None:
         self.settings = settings
+        self._demo_fleet = demo_fleet
         self._on_change = on_change
         self.console = console or Console()
         self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
@@ -91,7 +114,9 @@ class EmbeddedService:
         settings = self.settings
         from milkguard.brokers import own_broker, own_clients_address  # noqa: PLC0415
 
-        broker = own_broker(settings)  # None: mqtt.broker external
+        broker = own_broker(  # None: mqtt.broker external
+            settings, settings.data_dir, demo_fleet=self._demo_fleet is not None
+        )
         address = broker_address(settings) if broker is None else own_clients_address(settings)
         data_dir = settings.data_dir
         try:
@@ -109,7 +134,8 @@ class EmbeddedService:
             ingest = self._build_ingest(outbox)
             stack.callback(ingest.close)
             if settings.metrics.port is not None:
-                from stream.metrics import MetricsServer, StreamCollector, counts_of  # noqa: PLC0415
+                from stream.counts import counts_of  # noqa: PLC0415
+                from stream.metrics import MetricsServer, StreamCollector  # noqa: PLC0415
 
                 collector = StreamCollector(
                     lambda: counts_of(self.ingest) if self.ingest else None, lambda: self.influx
@@ -133,15 +159,10 @@ class EmbeddedService:
                 },
             )
             fleet = None
-            if settings.simulators:
-                from simulators.demo import DemoFleet  # noqa: PLC0415 - demo only
-
-                fleet = DemoFleet(address)
+            if self._demo_fleet is not None:
+                fleet = self._demo_fleet(address)
                 fleet.start()
-                self.console.print(
-                    "[dim]demo fleet running: farm-01 tank-1, truck-07 (rear hatch will be left "
-                    "open), plant-01 htst-1. Ctrl-C stops.[/dim]"
-                )
+                self.console.print(Text(f"{fleet.banner} Ctrl-C stops.", style="dim"))
             deadline = time.monotonic() + duration_s if duration_s is not None else None
             self._loop(source, ingest, stop, deadline)
             if fleet is not None:
@@ -179,7 +200,7 @@ class EmbeddedService:
             ),
             on_change=self._on_change,
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
-            known_gateways=known_gateways(settings),
+            known_gateways=known_gateways(settings.mqtt.security),
         )
 
     @property

@@ -28,8 +28,8 @@ from typing import Any
 
 from milkguard.backoff import Backoff
 from milkguard.errors import ExtraMissing
-from milkguard.settings import InfluxSettings
 from stream.errors import InfluxWriteError
+from stream.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 

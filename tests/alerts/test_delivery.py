@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from alerts.delivery import Outbox, Recipient, SmtpSettings
+from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience
+from alerts.settings import Recipient, SmtpSettings
 from milkguard import mqtt as mqtt_connect
 from tests.alerts.conftest import Smtp, http_server
 from tests.alerts.records import DEV1, change

@@ -20,7 +20,7 @@ from milkguard import mqtt
 from milkguard.broker_security import verify_password
 from milkguard.contract.v1 import Reading
 from milkguard.errors import BrokerError
-from milkguard.settings import load_settings
+from milkguard_cli.settings import load_settings
 from stream.embedded import EmbeddedService, RunSummary
 from tests.conftest import T0
 from tests.helpers import wait_until

@@ -9,11 +9,15 @@ import pytest
 from milkguard import brokers
 from milkguard.errors import ConfigError
 from milkguard.mosquitto import MosquittoChild
-from milkguard.settings import Settings
+from stream.settings import StreamSettings as Settings
 
 
 def settings(tmp_path: Path, broker: str) -> Settings:
     return Settings(data_dir=tmp_path / "var", mqtt={"broker": broker, "port": 18830})
+
+
+def own(chosen: Settings) -> brokers.EmbeddedBroker | MosquittoChild | None:
+    return brokers.own_broker(chosen, chosen.data_dir, demo_fleet=False)
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ def test_auto_starts_mosquitto_where_it_is_installed_with_its_files_in_the_data_
 ) -> None:
     caplog.set_level("INFO", "milkguard.brokers")
 
-    chosen = brokers.own_broker(settings(tmp_path, "auto"))
+    chosen = own(settings(tmp_path, "auto"))
 
     assert isinstance(chosen, MosquittoChild)
     assert chosen.directory == (tmp_path / "var" / "mosquitto").absolute()
@@ -46,7 +50,7 @@ def test_auto_starts_mosquitto_where_it_is_installed_with_its_files_in_the_data_
 def test_auto_falls_back_to_amqtt_with_a_warning_that_it_is_demo_grade(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    chosen = brokers.own_broker(settings(tmp_path, "auto"))
+    chosen = own(settings(tmp_path, "auto"))
 
     assert isinstance(chosen, brokers.EmbeddedBroker)
     (record,) = [r for r in caplog.records if r.message == "broker.chosen"]
@@ -61,13 +65,13 @@ def test_asking_for_mosquitto_where_it_is_not_installed_says_how_to_install_it(
     tmp_path: Path,
 ) -> None:
     with pytest.raises(ConfigError, match=r"apt-get install mosquitto.*mqtt.broker: embedded"):
-        brokers.own_broker(settings(tmp_path, "mosquitto"))
+        own(settings(tmp_path, "mosquitto"))
 
 
 @pytest.mark.usefixtures("mosquitto_installed")
 def test_embedded_and_external_are_taken_at_their_word(tmp_path: Path) -> None:
-    assert isinstance(brokers.own_broker(settings(tmp_path, "embedded")), brokers.EmbeddedBroker)
-    assert brokers.own_broker(settings(tmp_path, "external")) is None
+    assert isinstance(own(settings(tmp_path, "embedded")), brokers.EmbeddedBroker)
+    assert own(settings(tmp_path, "external")) is None
 
 
 @pytest.mark.usefixtures("mosquitto_installed")
@@ -77,7 +81,7 @@ def test_mosquitto_open_to_the_network_without_users_is_refused_with_what_to_con
     exposed = Settings(data_dir=tmp_path, mqtt={"broker": "mosquitto", "host": "0.0.0.0"})  # noqa: S104 - refused before binding
 
     with pytest.raises(ConfigError) as refused:
-        brokers.own_broker(exposed)
+        own(exposed)
 
     message = str(refused.value)
     assert "refusing to start Mosquitto on mqtt.host 0.0.0.0" in message

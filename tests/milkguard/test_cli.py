@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from milkguard.cli import main
-from milkguard.settings import demo_plan_path
+from milkguard_cli import main
+from stream.settings import demo_plan_path
 from tests.helpers import wait_until
 from tests.servers import free_port
 

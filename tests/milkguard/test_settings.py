@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from milkguard.errors import ConfigError
-from milkguard.settings import load_settings
+from milkguard_cli.settings import load_settings
 
 
 def test_defaults_run_a_broker_of_their_own_with_the_demo_plan() -> None:

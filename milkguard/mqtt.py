@@ -227,13 +227,16 @@ def connect(
     timeout_s: float = 10.0,
     max_inflight: int = 100,
     max_queued: int = 100_000,
+    manual_ack: bool = False,
 ) -> Connection:
     """A connected client whose network loop runs in a thread of ours.
 
     ``on_connect_extra(client)`` runs after every (re)connect, e.g. to subscribe again.
+    ``manual_ack``: received QoS 1 messages are acknowledged only by ``client.ack(mid, 1)``,
+    once what they carried is durable (from any thread: the network thread writes).
     Raises :class:`BrokerError` with the broker's reason when the first connect fails.
     """
-    client = new_client(address, client_id, clean_session=clean_session)
+    client = new_client(address, client_id, clean_session=clean_session, manual_ack=manual_ack)
     client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(min_delay=1, max_delay=30)

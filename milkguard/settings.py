@@ -58,6 +58,15 @@ class MqttSettings(BaseModel):
         ge=10,
         description="Messages waiting for the engine; when full, MQTT reads wait (backpressure).",
     )
+    max_unacknowledged: int = Field(
+        default=500,
+        ge=1,
+        le=65_535,
+        description="Messages taken and not yet acknowledged to the broker before the stream "
+        "checkpoints: keep it below the broker's in-flight window (Mosquitto "
+        "max_inflight_messages, default 20; MilkGuard's generated config 1000), or the "
+        "broker stops sending until the next periodic checkpoint.",
+    )
 
     @model_validator(mode="after")
     def _client_certificate_complete(self) -> MqttSettings:
@@ -347,6 +356,14 @@ class Settings(EnvOverFileSettings):
 
     plan: Path = Field(default_factory=demo_plan_path, description="HACCP plan file (YAML).")
     data_dir: Path = Field(default=Path("var"), description="Local stores: line protocol, JSONL.")
+    checkpoint_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often `milkguard run` makes its work durable (files fsynced, InfluxDB "
+        "and MQTT confirmed, state saved to data_dir/stream.checkpoint) and only then "
+        "acknowledges the MQTT messages. Longer: less overhead, more redelivered after a crash.",
+    )
     simulators: bool = Field(default=True, description="Run the demo farm, truck and HTST line.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)

@@ -21,7 +21,7 @@ runtime knows, so invented gateways cannot grow memory without end.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Literal
@@ -267,6 +267,21 @@ class Ingest:
         )
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
+        self._advance_later = False  # within handle_many: the engine advances once, at its end
+
+    def handle_many(self, messages: Iterable[tuple[str, bytes, int]]) -> None:
+        """Process (topic, payload, received_ms) messages as one batch: each is accepted as by
+        :meth:`handle`, then the engine advances once, to the newest receive time."""
+        newest = -1
+        self._advance_later = True
+        try:
+            for topic, payload, received_ms in messages:
+                self.handle(topic, payload, received_ms)
+                newest = max(newest, received_ms)
+        finally:
+            self._advance_later = False
+        if newest >= 0:
+            self.tick(newest)
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
@@ -457,7 +472,9 @@ class Ingest:
             left_out.update(id(r) for r in unsafe)
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
-        if self._event_clock:
+        if self._advance_later:
+            pass  # handle_many advances once for the whole batch
+        elif self._event_clock:
             # the data's own time, but no further than the batch's receive time (the replay
             # clock's, which one outlier cannot move): a reading stamped ahead within the
             # tolerance would otherwise silence every channel and make earlier readings late

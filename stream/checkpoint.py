@@ -104,6 +104,18 @@ class CheckpointFile:
         fsync_directory(self.path.parent)
 
 
+def positions_of(files: Iterable[PositionedFiles]) -> dict[Path, int]:
+    """The durable sizes of every file of ``files``, for a checkpoint."""
+    return {path: size for positioned in files for path, size in positioned.positions().items()}
+
+
+def restore_files(files: Iterable[PositionedFiles], sizes: Mapping[Path, int]) -> None:
+    """Cut every file of ``files`` back to ``sizes`` (logging what was cut)."""
+    for positioned in files:
+        for path, cut in positioned.restore(sizes).items():
+            log.info("checkpoint.file_cut", extra={"file": str(path), "bytes": cut})
+
+
 def file_names(positions: Mapping[Path, int], home: Path) -> dict[str, int]:
     """Positions keyed for a checkpoint: names relative to ``home`` (the data directory, so it
     may move), absolute paths for files elsewhere."""

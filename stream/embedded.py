@@ -26,7 +26,9 @@ is in the line-protocol files once, no acknowledged message is lost, and the dev
 judged again from the same state, so a change written before the crash comes again with the
 same id (consumers of the MQTT deviations drop repeats by id and change). The engine is not
 moved by the wall clock before MQTT has been connected for a moment, so readings the broker
-held during the outage arrive before any channel can look silent. What an in-process (amqtt)
+held during the outage arrive before any channel can look silent; and until the source is first
+idle, batches sent before the connection do not count as evidence of a gateway's clock (their
+delay is the outage's, not a clock fault). What an in-process (amqtt)
 broker had accepted dies with the process: durability across kills needs an external or child
 Mosquitto.
 
@@ -64,6 +66,8 @@ from stream.checkpoint import (
     PositionedFiles,
     file_names,
     file_paths,
+    positions_of,
+    restore_files,
 )
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
@@ -170,6 +174,8 @@ class EmbeddedService:
             source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
             checkpointer = self._checkpointer(store, ingest, source)
             checkpointer.checkpoint()  # the files' sizes now: what a crash before the next cuts to
+            # what the broker held while the stream was down says nothing of gateways' clocks
+            ingest.clocks_sent_from_ms = time.time_ns() // 1_000_000
             source.start()
             self.ingest = ingest
             self.source = source
@@ -213,10 +219,7 @@ class EmbeddedService:
         )
         self._files = (series_file, deviations_file, letters_file)
         if saved is not None:
-            sizes = file_paths(saved.files, data_dir)
-            for positioned in self._files:
-                for path, cut in positioned.restore(sizes).items():
-                    log.info("checkpoint.file_cut", extra={"file": str(path), "bytes": cut})
+            restore_files(self._files, file_paths(saved.files, data_dir))
         series: list[TimeSeriesSink] = [series_file]
         influx = settings.influx
         if influx.enabled:
@@ -280,13 +283,12 @@ class EmbeddedService:
         data_dir = self.settings.data_dir
 
         def state() -> Checkpoint:
-            positions = {k: v for f in self._files for k, v in f.positions().items()}
             return Checkpoint(
                 format=CHECKPOINT_FORMAT,
                 plan_version=self.plan.version,
                 engine=ingest.engine.snapshot(),
                 windows=ingest.windows(),
-                files=file_names(positions, data_dir),
+                files=file_names(positions_of(self._files), data_dir),
             )
 
         return Checkpointer(
@@ -333,7 +335,9 @@ class EmbeddedService:
                 elif checkpointer.unacknowledged:
                     checkpointer.checkpoint()  # MQTT is quiet: acknowledge what is judged now
                 elif now >= ticks_from and source.subscribed.is_set():
-                    # no data: move the engine's clock so silence and deadlines still fire
+                    # no data: the broker's backlog is in, and the engine's clock moves so
+                    # silence and deadlines still fire
+                    ingest.clocks_sent_from_ms = -1
                     ingest.tick(time.time_ns() // 1_000_000)
                     checkpointer.changed()
                 if checkpointer.due():

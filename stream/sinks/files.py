@@ -134,7 +134,11 @@ class LineProtocolFileSink:
     def restore(self, sizes: Mapping[Path, int]) -> dict[Path, int]:
         """Cut the day files back to a checkpoint's sizes and remove day files begun after it
         (the day rolled over after the checkpoint); return the bytes cut per file."""
-        mine = {p: n for p, n in sizes.items() if p.parent == self.directory}
+        mine = {
+            p: n
+            for p, n in sizes.items()
+            if p.parent == self.directory and _DAY_FILE.fullmatch(p.name)
+        }
         cut = cut_back(mine)
         if mine:
             newest = max(p.name for p in mine)

@@ -75,8 +75,9 @@ JUDGED = ("change", "id", "status", "rule_id", "asset", "start", "end", "peak", 
 
 
 def temperature(tank: int, second: int) -> float:
-    """Cold, with a warm spell of 30 s every 10 minutes (a different phase per tank)."""
-    return 8.5 if (second + tank * 97) % 600 < 30 else 3.8 + (second % 7) / 10
+    """Cold, with a warm spell of 4 minutes every 10 (a different phase per tank): at any
+    moment some deviation is likely open, to be carried through a kill."""
+    return 8.5 if (second + tank * 97) % 600 < 240 else 3.8 + (second % 7) / 10
 
 
 def batches(base_ms: int) -> Iterator[list[Reading]]:
@@ -220,8 +221,9 @@ def test_kill_9_of_the_runtime_loses_no_reading_and_repeats_none(tmp_path: Path,
                 rules="".join(RULE.format(n=n) for n in range(1, TANKS + 1)),
             )
         )
-        # event time an hour behind the wall clock, the same for both runs: same deviation ids
-        base_ms = (time.time_ns() // 1_000_000 // 1000 - 3600) * 1000
+        # the same event times in both runs (so the same deviation ids), all in the past
+        span_s = BATCHES * SAMPLES_PER_BATCH
+        base_ms = (time.time_ns() // 1_000_000 // 1000 - span_s - 600) * 1000
         calm = Runtime(mosquitto, plan, tmp_path / "calm", mode, "calm-stream")
         expected = run_through(calm, mosquitto, base_ms, kills=0)
         killed = Runtime(mosquitto, plan, tmp_path / "killed", mode, "killed-stream")

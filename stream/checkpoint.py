@@ -142,6 +142,9 @@ class Checkpointer(Generic[Token]):
     below that window or throughput collapses to one window per ``every_s``).
     """
 
+    #: the least time between a failed attempt and the next
+    RETRY_S = 0.2
+
     def __init__(
         self,
         store: CheckpointFile,
@@ -162,10 +165,12 @@ class Checkpointer(Generic[Token]):
         self._clock = clock
         self._unacked: list[Token] = []
         self._next = clock() + every_s
+        self._retry_at = 0.0  # after a failed attempt: not before this
         self._dirty = False
         #: checkpoints saved, and attempts whose outputs were not all durable
         self.saved = 0
         self.failed = 0
+        self._failing = 0  # failed attempts in a row
 
     @property
     def unacknowledged(self) -> int:
@@ -188,18 +193,28 @@ class Checkpointer(Generic[Token]):
         return len(self._unacked) >= self.max_unacked or self._clock() >= self._next
 
     def checkpoint(self) -> bool:
-        """Make durable, save, acknowledge. False (logged, tokens kept) when an output is not
-        durable yet: nothing is acknowledged then, and the next call tries again."""
-        self._next = self._clock() + self.every_s
+        """Make durable, save, acknowledge. False (tokens kept) when an output is not durable
+        yet: nothing is acknowledged then. After a failure, calls within ``RETRY_S`` return False
+        at once, so a caller in a tight loop does not hammer a store that is down."""
+        now = self._clock()
+        if now < self._retry_at:
+            return False
+        self._next = now + self.every_s
         try:
             self._make_durable()
         except SinkError as exc:
+            self._retry_at = now + min(self.RETRY_S, self.every_s)
             self.failed += 1
-            log.warning(
-                "checkpoint.waiting",
-                extra={"error": str(exc), "unacknowledged": len(self._unacked)},
-            )
+            if self._failing == 0:  # once per outage, and once when it ends
+                log.warning(
+                    "checkpoint.waiting",
+                    extra={"error": str(exc), "unacknowledged": len(self._unacked)},
+                )
+            self._failing += 1
             return False
+        if self._failing:
+            log.info("checkpoint.resumed", extra={"failed_attempts": self._failing})
+            self._failing = 0
         self.store.save(self._state())
         tokens, self._unacked = self._unacked, []
         self._dirty = False

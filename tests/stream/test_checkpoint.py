@@ -61,9 +61,14 @@ def test_a_checkpoint_makes_outputs_durable_then_saves_state_then_acknowledges_i
 def test_nothing_is_acknowledged_or_saved_while_an_output_is_not_durable(tmp_path: Path) -> None:
     steps = _Steps()
     steps.refuse = True
+    now = [0.0]
     store = CheckpointFile(tmp_path / "stream.checkpoint")
     checkpointer = Checkpointer(
-        store, make_durable=steps.durable, state=steps.state, acknowledge=steps.acknowledge
+        store,
+        make_durable=steps.durable,
+        state=steps.state,
+        acknowledge=steps.acknowledge,
+        clock=lambda: now[0],
     )
     checkpointer.taken([1])
     assert not checkpointer.checkpoint()
@@ -71,6 +76,9 @@ def test_nothing_is_acknowledged_or_saved_while_an_output_is_not_durable(tmp_pat
     assert store.load() is None
     assert checkpointer.unacknowledged == 1
     steps.refuse = False
+    assert not checkpointer.checkpoint()  # too soon after a failure: not even tried
+    assert steps.order == ["durable"]
+    now[0] += Checkpointer.RETRY_S
     assert checkpointer.checkpoint()
     assert steps.acked == [1]
 

@@ -347,7 +347,7 @@ class EmbeddedService:
                     live.update(self._latest_table(ingest), refresh=True)
                     next_view = now + FLUSH_EVERY_S
                 if now >= next_status:
-                    self._log_status(ingest, source)
+                    self._log_status(ingest, source, checkpointer)
                     next_status = now + STATUS_EVERY_S
 
     @staticmethod
@@ -403,7 +403,9 @@ class EmbeddedService:
                 return
             time.sleep(0.2)
 
-    def _log_status(self, ingest: Ingest, source: MqttBatchSource) -> None:
+    def _log_status(
+        self, ingest: Ingest, source: MqttBatchSource, checkpointer: Checkpointer[Message]
+    ) -> None:
         counters = ingest.counters
         engine = ingest.engine.counters
         log.info(
@@ -416,6 +418,9 @@ class EmbeddedService:
                 "late": engine.late,
                 "open_deviations": len(ingest.engine.open_deviations()),
                 "queued": source.queue.qsize(),
+                "unacknowledged": checkpointer.unacknowledged,
+                "checkpoints": checkpointer.saved,
+                "checkpoints_failed": checkpointer.failed,
             },
         )
 

@@ -182,6 +182,22 @@ class _CountedChanges(JsonlDeviationSink):
         self.written += 1
 
 
+def check_resumable(file: str, output: Path | None, checkpoint: Path) -> tuple[Path, Path]:
+    """The input and output of a replay with ``--checkpoint``: a file (standard input cannot be
+    read again from an offset) and an ``--output`` file (standard output cannot be cut back)."""
+    if file == "-":
+        raise ConfigError(
+            f"--checkpoint {checkpoint} needs the recording as a file, not standard input: "
+            "a resumed replay seeks to the byte where it stopped"
+        )
+    if output is None:
+        raise ConfigError(
+            f"--checkpoint {checkpoint} needs --output FILE: a resumed replay cuts its output "
+            "back to the checkpoint, which standard output cannot be"
+        )
+    return Path(file), output
+
+
 def replay_resumable(
     loaded: LoadedPlan,
     source: Path,

@@ -16,7 +16,7 @@ from milkguard.contract.v1 import Batch, Reading, encode_batch
 from milkguard.errors import ConfigError
 from milkguard.settings import demo_plan_path
 from stream.plan import load_plan
-from stream.replay import replay_resumable
+from stream.replay import check_resumable, replay_resumable
 from tests.conftest import T0
 from tests.helpers import wait_until
 
@@ -57,7 +57,7 @@ import sys
 from pathlib import Path
 from milkguard.settings import demo_plan_path
 from stream.plan import load_plan
-from stream.replay import replay_resumable
+from stream.replay import check_resumable, replay_resumable
 out = Path(sys.argv[2])
 replay_resumable(
     load_plan(demo_plan_path()), Path(sys.argv[1]), out / "deviations.jsonl",
@@ -126,3 +126,14 @@ def test_a_checkpoint_of_another_plan_is_refused(tmp_path: Path) -> None:
     other.write_text(demo_plan_path().read_text().replace("max: 6.0", "max: 7.0", 1))
     with pytest.raises(ConfigError, match="plan version"):
         replay_resumable(load_plan(other), source, tmp_path / "d.jsonl", tmp_path / "r.checkpoint")
+
+
+def test_a_resumable_replay_needs_files_for_its_input_and_output(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not standard input"):
+        check_resumable("-", tmp_path / "out.jsonl", tmp_path / "r.checkpoint")
+    with pytest.raises(ConfigError, match="needs --output"):
+        check_resumable("rec.jsonl", None, tmp_path / "r.checkpoint")
+    assert check_resumable("rec.jsonl", tmp_path / "o", tmp_path / "c") == (
+        Path("rec.jsonl"),
+        tmp_path / "o",
+    )

@@ -25,8 +25,10 @@ files back to its sizes, and the broker sends again everything not acknowledged:
 is in the line-protocol files once, no acknowledged message is lost, and the deviations are
 judged again from the same state, so a change written before the crash comes again with the
 same id (consumers of the MQTT deviations drop repeats by id and change). The engine is not
-moved by the wall clock before MQTT has been connected for a moment, so readings the broker
-held during the outage arrive before any channel can look silent; and until the source is first
+moved by the wall clock before MQTT has been connected for a moment, and a restored channel
+counts as heard at the restart (``Engine.excuse_outage``), so readings the broker held during
+the outage arrive before any channel can look silent; a channel that stays silent opens its
+"monitoring lost" with the same start as without the restart. Until the source is first
 idle, batches sent before the connection do not count as evidence of a gateway's clock (their
 delay is the outage's, not a clock fault). What an in-process (amqtt)
 broker had accepted dies with the process: durability across kills needs an external or child
@@ -267,6 +269,8 @@ class EmbeddedService:
         except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("engine.fresh_state", extra={"snapshot": str(where), "reason": str(exc)})
             return Engine(self.plan)
+        # the stream was down: what it did not hear meanwhile is in the broker, not silence
+        engine.excuse_outage(time.time_ns() // 1_000_000)
         log.info(
             "engine.restored",
             extra={

@@ -76,3 +76,54 @@ def test_batches_held_by_the_broker_during_a_restart_are_no_evidence_of_a_clock_
     restarted.clocks_sent_from_ms = T0 + 60_000 + 30_000  # connected after the outage
     restarted.handle_many(backlog)
     assert not [c for c in deviations.changes if c.deviation.kind == "time_sync"]
+
+
+def _gateway_batches(gateway: str, asset: str, seconds: range) -> list[tuple[str, bytes, int]]:
+    """One reading a second of ``asset`` from ``gateway``, each received 50 ms after sending."""
+    messages = []
+    for second in seconds:
+        stamp = T0 + second * 1000
+        batch = Batch(
+            v=1,
+            site="truck-07",
+            gateway=gateway,
+            seq=second + 1,
+            sent_at=stamp,
+            readings=[Reading(asset, "temp", 4.0, "degC", stamp)],
+        )
+        messages.append((batch_topic("truck-07", gateway), encode_batch(batch), stamp + 50))
+    return messages
+
+
+def _silent_compartments(excuse: bool, demo_plan: LoadedPlan) -> list[str]:
+    """Two gateways, the stream down for 30 s; after the restart the broker's backlog of the
+    front compartment's gateway comes in before the rear one's."""
+    before, _, _ = _ingest(demo_plan)
+    for front, rear in zip(
+        _gateway_batches("front-gw", "comp-1", range(10)),
+        _gateway_batches("rear-gw", "comp-2", range(10)),
+        strict=True,
+    ):
+        before.handle_many([front, rear])
+    engine = Engine.restore(demo_plan, before.engine.snapshot())
+    restart_ms = T0 + 40_000
+    if excuse:
+        engine.excuse_outage(restart_ms)
+    deviations = MemoryDeviationSink()
+    after = Ingest(engine, MemoryTimeSeriesSink(), deviations, MemoryDeadLetterSink())
+    after.restore_windows(before.windows())
+    for gateway, asset in (("front-gw", "comp-1"), ("rear-gw", "comp-2")):
+        backlog = _gateway_batches(gateway, asset, range(10, 40))
+        after.handle_many([(t, p, restart_ms + 100) for t, p, _ in backlog])
+    return [
+        c.deviation.asset
+        for c in deviations.changes
+        if c.deviation.kind == "monitoring_lost" and c.deviation.asset.startswith("comp")
+    ]
+
+
+def test_after_a_restart_a_gateway_whose_backlog_comes_later_is_not_found_silent(
+    demo_plan: LoadedPlan,
+) -> None:
+    assert "comp-2" in _silent_compartments(excuse=False, demo_plan=demo_plan)
+    assert _silent_compartments(excuse=True, demo_plan=demo_plan) == []

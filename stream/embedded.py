@@ -134,6 +134,7 @@ class EmbeddedService:
         self.source: MqttBatchSource | None = None  # once running
         self.influx: InfluxDBSink | None = None
         self._files: tuple[PositionedFiles, ...] = ()  # the local files a checkpoint records
+        self._letters_file: JsonlDeadLetterSink | None = None  # its daily budget carries on
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> RunSummary:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
@@ -220,8 +221,10 @@ class EmbeddedService:
             data_dir / "deadletter.jsonl", round(settings.deadletter_budget_mb * 1024 * 1024)
         )
         self._files = (series_file, deviations_file, letters_file)
+        self._letters_file = letters_file
         if saved is not None:
             restore_files(self._files, file_paths(saved.files, data_dir))
+            letters_file.restore_budget(saved.extra)
         series: list[TimeSeriesSink] = [series_file]
         influx = settings.influx
         if influx.enabled:
@@ -293,6 +296,7 @@ class EmbeddedService:
                 engine=ingest.engine.snapshot(),
                 windows=ingest.windows(),
                 files=file_names(positions_of(self._files), data_dir),
+                extra=self._letters_file.budget_used() if self._letters_file else {},
             )
 
         return Checkpointer(

@@ -244,6 +244,8 @@ def replay_resumable(
         sizes = file_paths(saved.files, home)
     restore_files(files, sizes)
     offset, lines = _carry_on(ingest, changes, saved)
+    if saved is not None and isinstance(letters, JsonlDeadLetterSink):
+        letters.restore_budget(saved.extra)
 
     def state() -> Checkpoint:
         now, candidate = ingest.replay_clock.state()
@@ -251,6 +253,8 @@ def replay_resumable(
         extra.update(lines=lines, changes=changes.written, clock_now=now)
         if candidate is not None:
             extra["clock_candidate"] = candidate
+        if isinstance(letters, JsonlDeadLetterSink):
+            extra.update(letters.budget_used())
         return Checkpoint(
             format=CHECKPOINT_FORMAT,
             plan_version=loaded.version,

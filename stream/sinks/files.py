@@ -226,6 +226,9 @@ class JsonlDeviationSink(_JsonLinesFile):
 DEFAULT_DAILY_BUDGET_BYTES = 1024 * 1024 * 1024
 
 
+_SPENT = "deadletter.spent."
+
+
 class JsonlDeadLetterSink(_JsonLinesFile):
     """Dead letters as JSON lines, each with its reason and the original payload.
 
@@ -243,6 +246,17 @@ class JsonlDeadLetterSink(_JsonLinesFile):
         self._spent = 0
         #: letters written compacted because their day's budget was spent
         self.compacted = 0
+
+    def budget_used(self) -> dict[str, int]:
+        """Bytes of full letters taken on the current day, keyed ``deadletter.spent.DAY``, for
+        a checkpoint: a restart does not hand out the day's budget again."""
+        return {f"{_SPENT}{self._day}": self._spent} if self._day else {}
+
+    def restore_budget(self, saved: Mapping[str, int]) -> None:
+        """Carry on with what :meth:`budget_used` saved."""
+        for key, spent in saved.items():
+            if key.startswith(_SPENT):
+                self._day, self._spent = key.removeprefix(_SPENT), spent
 
     def reject(self, letter: DeadLetter) -> None:
         """Buffer one letter, bounded, and compacted once the day's budget is spent."""

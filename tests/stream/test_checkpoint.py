@@ -14,7 +14,8 @@ from stream.checkpoint import (
     file_paths,
 )
 from stream.errors import SinkError
-from stream.sinks.files import JsonlDeviationSink, LineProtocolFileSink
+from stream.sinks.base import DeadLetter
+from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
 
 
 def _checkpoint(files: dict[str, int] | None = None) -> Checkpoint:
@@ -152,3 +153,19 @@ def test_a_file_shorter_than_its_checkpoint_is_left_alone(tmp_path: Path) -> Non
     (tmp_path / "deviations.jsonl").write_text("x\n")
     assert sink.restore({tmp_path / "deviations.jsonl": 100}) == {}
     assert (tmp_path / "deviations.jsonl").read_text() == "x\n"
+
+
+def test_the_dead_letters_daily_budget_is_not_handed_out_again_by_a_restart(
+    tmp_path: Path,
+) -> None:
+    letter = DeadLetter.of_payload(
+        b"x" * 100, received_at="2026-12-01T10:00:00.000Z", topic="t", reason="bad"
+    )  # about 300 bytes a line: two fit in the day's budget, not three
+    sink = JsonlDeadLetterSink(tmp_path / "deadletter.jsonl", daily_budget_bytes=700)
+    sink.reject(letter)
+    sink.reject(letter)
+    assert sink.compacted == 0
+    restarted = JsonlDeadLetterSink(tmp_path / "deadletter.jsonl", daily_budget_bytes=700)
+    restarted.restore_budget(sink.budget_used())
+    restarted.reject(letter)
+    assert restarted.compacted == 1

@@ -106,6 +106,8 @@ CONNECTED_BEFORE_TICKS_S = 1.0
 #: quiet this long is checkpointed at once, so a broker with a small in-flight window (Mosquitto
 #: defaults to 20) is not left waiting for the periodic checkpoint.
 LINGER_S = 0.01
+#: The engine's clock moves with the wall clock at most this often while no data comes.
+TICK_EVERY_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +321,7 @@ class EmbeddedService:
         live = self._live_view(ingest)
         next_view = time.monotonic() + FLUSH_EVERY_S
         next_status = time.monotonic() + STATUS_EVERY_S
-        ticks_from = time.monotonic() + CONNECTED_BEFORE_TICKS_S
+        next_tick = time.monotonic() + CONNECTED_BEFORE_TICKS_S
         held_back = False
         with live if live is not None else ExitStack():
             while not stop.is_set():
@@ -340,14 +342,16 @@ class EmbeddedService:
                 if taken:
                     ingest.handle_many(m[:3] for m in taken)
                     checkpointer.taken(taken)
-                elif checkpointer.unacknowledged:
-                    checkpointer.checkpoint()  # MQTT is quiet: acknowledge what is judged now
-                elif now >= ticks_from and source.subscribed.is_set():
-                    # no data: the broker's backlog is in, and the engine's clock moves so
-                    # silence and deadlines still fire
-                    ingest.clocks_sent_from_ms = -1
-                    ingest.tick(time.time_ns() // 1_000_000)
-                    checkpointer.changed()
+                else:
+                    if checkpointer.unacknowledged:
+                        checkpointer.checkpoint()  # MQTT is quiet: acknowledge what is judged
+                    if now >= next_tick and source.subscribed.is_set():
+                        # no data: the broker's backlog is in, and the engine's clock moves so
+                        # silence and deadlines fire (also while a checkpoint waits for InfluxDB)
+                        ingest.clocks_sent_from_ms = -1
+                        ingest.tick(time.time_ns() // 1_000_000)
+                        checkpointer.changed()
+                        next_tick = now + TICK_EVERY_S
                 if checkpointer.due():
                     checkpointer.checkpoint()
                 now = time.monotonic()

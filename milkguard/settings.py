@@ -60,6 +60,15 @@ class MqttSettings(BaseModel):
         ge=10,
         description="Messages waiting for the engine; when full, MQTT reads wait (backpressure).",
     )
+    max_unacknowledged: int = Field(
+        default=500,
+        ge=1,
+        le=65_535,
+        description="Messages taken and not yet acknowledged to the broker before the stream "
+        "checkpoints: keep it below the broker's in-flight window (Mosquitto "
+        "max_inflight_messages, default 20; the configuration MilkGuard generates 20,000), or the "
+        "broker stops sending until the next periodic checkpoint.",
+    )
 
     @model_validator(mode="after")
     def _client_certificate_complete(self) -> MqttSettings:

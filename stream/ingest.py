@@ -21,7 +21,7 @@ runtime knows, so invented gateways cannot grow memory without end.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Literal
@@ -197,6 +197,14 @@ class ReplayClock:
         self.now = -1
         self._candidate: int | None = None
 
+    def state(self) -> tuple[int, int | None]:
+        """(now, a jump waiting for confirmation), for a checkpoint."""
+        return self.now, self._candidate
+
+    def restore(self, now: int, candidate: int | None) -> None:
+        """Carry on from :meth:`state`."""
+        self.now, self._candidate = now, candidate
+
     def receive(self, sent_at: int, newest: int | None = None) -> int:
         """The receive time of a batch sent at ``sent_at`` whose newest reading is ``newest``
         (needed for the first batch only); moves the clock (see the class)."""
@@ -267,6 +275,25 @@ class Ingest:
         )
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
+        self._advance_later = False  # within handle_many: the engine advances once, at its end
+        #: batches sent before this (the runtime's connect time after a restart) waited in the
+        #: broker while the stream was down: their delay says nothing of the gateway's clock,
+        #: and taking it as an offset would raise a false time-sync fault after every restart
+        self.clocks_sent_from_ms = -1
+
+    def handle_many(self, messages: Iterable[tuple[str, bytes, int]]) -> None:
+        """Process (topic, payload, received_ms) messages as one batch: each is accepted as by
+        :meth:`handle`, then the engine advances once, to the newest receive time."""
+        newest = -1
+        self._advance_later = True
+        try:
+            for topic, payload, received_ms in messages:
+                self.handle(topic, payload, received_ms)
+                newest = max(newest, received_ms)
+        finally:
+            self._advance_later = False
+        if newest >= 0:
+            self.tick(newest)
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
@@ -434,7 +461,7 @@ class Ingest:
         changes: list[DeviationChange] = []
         engine = self.engine
         reported = batch.clock.synced if batch.clock is not None else None
-        if device != CAPPED_GATEWAY:
+        if device != CAPPED_GATEWAY and batch.sent_at >= self.clocks_sent_from_ms:
             # a sent_at beyond the horizon still shows as a skew (the time-sync rule reports
             # it), but as no more than the horizon: an absurd one cannot skew joined channels
             engine.clock(site, device, min(batch.sent_at, horizon), received_ms, reported)
@@ -457,7 +484,9 @@ class Ingest:
             left_out.update(id(r) for r in unsafe)
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
-        if self._event_clock:
+        if self._advance_later:
+            pass  # handle_many advances once for the whole batch
+        elif self._event_clock:
             # the data's own time, but no further than the batch's receive time (the replay
             # clock's, which one outlier cannot move): a reading stamped ahead within the
             # tolerance would otherwise silence every channel and make earlier readings late

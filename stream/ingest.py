@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from functools import partial
 from operator import attrgetter
 from typing import Literal
 
@@ -197,6 +198,14 @@ class ReplayClock:
         self.now = -1
         self._candidate: int | None = None
 
+    def state(self) -> tuple[int, int | None]:
+        """(now, a jump waiting for confirmation), for a checkpoint."""
+        return self.now, self._candidate
+
+    def restore(self, now: int, candidate: int | None) -> None:
+        """Carry on from :meth:`state`."""
+        self.now, self._candidate = now, candidate
+
     def receive(self, sent_at: int, newest: int | None = None) -> int:
         """The receive time of a batch sent at ``sent_at`` whose newest reading is ``newest``
         (needed for the first batch only); moves the clock (see the class)."""
@@ -267,6 +276,36 @@ class Ingest:
         )
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
+        self._advance_later = False  # within handle_many: the engine advances once, at its end
+        #: batches sent before this (the runtime's connect time after a restart) waited in the
+        #: broker while the stream was down: their delay says nothing of the gateway's clock,
+        #: and taking it as an offset would raise a false time-sync fault after every restart
+        self.clocks_sent_from_ms = -1
+
+    def handle_many(self, messages: Iterable[tuple[str, bytes, int]]) -> None:
+        """Process (topic, payload, received_ms) messages as one batch: each is accepted as by
+        :meth:`handle`, then the engine advances once, to the newest receive time."""
+        self._as_one_batch((partial(self.handle, t, p, r), r) for t, p, r in messages)
+
+    def handle_bridged_many(self, messages: Iterable[tuple[bytes, int, str]]) -> None:
+        """Process (payload, received_ms, origin) payloads the bridge took from MQTT as one
+        batch: each is accepted as by :meth:`handle_bridged`, then the engine advances once, to
+        the newest receive time."""
+        self._as_one_batch((partial(self.handle_bridged, p, r, o), r) for p, r, o in messages)
+
+    def _as_one_batch(self, calls: Iterable[tuple[Callable[[], None], int]]) -> None:
+        """Make each (call, receive time) with the engine's advance held back, then advance
+        once, to the newest receive time."""
+        newest = -1
+        self._advance_later = True
+        try:
+            for call, received_ms in calls:
+                call()
+                newest = max(newest, received_ms)
+        finally:
+            self._advance_later = False
+        if newest >= 0:
+            self.tick(newest)
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
@@ -296,24 +335,6 @@ class Ingest:
         self.counters.messages += 1
         self._handle(origin, None, payload, received_ms)
 
-    def handle_bridged_many(self, messages: Iterable[tuple[bytes, int, str]]) -> None:
-        """Process payloads the bridge took from MQTT as one batch: (payload, received_ms,
-        origin) each, in arrival order.
-
-        Each is checked, decoded, deduplicated, stored and submitted as :meth:`handle_bridged`
-        does it alone; then the engine advances once, to the newest receive time: the release
-        and the timers run once for all of them.
-        """
-        newest = -1
-        for payload, received_ms, origin in messages:
-            self.counters.messages += 1
-            self._handle(origin, None, payload, received_ms, advance=False)
-            newest = max(newest, received_ms)
-        if newest >= 0:
-            self.tick(newest)
-            if self.engine.notices:
-                self._log_notices(None)
-
     def windows(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
         """The duplicate windows of every gateway, for a snapshot."""
         return {f"{site}/{gw}": window.state() for (site, gw), window in self._windows.items()}
@@ -333,8 +354,6 @@ class Ingest:
         route: tuple[str, str] | None,
         payload: bytes,
         received_ms: int | None,
-        *,
-        advance: bool = True,
     ) -> None:
         site, gateway = route if route is not None else (None, None)
         shown_at = received_ms if received_ms is not None else max(self.replay_clock.now, 0)
@@ -400,15 +419,7 @@ class Ingest:
             device = gateway
         else:
             device = CAPPED_GATEWAY
-        self._accept(
-            site,
-            gateway,
-            batch,
-            device=device,
-            topic=topic,
-            received_ms=received_ms,
-            advance=advance,
-        )
+        self._accept(site, gateway, batch, device=device, topic=topic, received_ms=received_ms)
 
     def _window_of(self, route: tuple[str, str]) -> SequenceWindow | None:
         """The gateway's duplicate window; None when the cap leaves it untracked."""
@@ -449,15 +460,7 @@ class Ingest:
             )
 
     def _accept(
-        self,
-        site: str,
-        gateway: str,
-        batch: Batch,
-        *,
-        device: str,
-        topic: str,
-        received_ms: int,
-        advance: bool = True,
+        self, site: str, gateway: str, batch: Batch, *, device: str, topic: str, received_ms: int
     ) -> None:
         counters = self.counters
         counters.batches += 1
@@ -470,7 +473,7 @@ class Ingest:
         changes: list[DeviationChange] = []
         engine = self.engine
         reported = batch.clock.synced if batch.clock is not None else None
-        if device != CAPPED_GATEWAY:
+        if device != CAPPED_GATEWAY and batch.sent_at >= self.clocks_sent_from_ms:
             # a sent_at beyond the horizon still shows as a skew (the time-sync rule reports
             # it), but as no more than the horizon: an absurd one cannot skew joined channels
             engine.clock(site, device, min(batch.sent_at, horizon), received_ms, reported)
@@ -493,14 +496,15 @@ class Ingest:
             left_out.update(id(r) for r in unsafe)
         if left_out:
             readings = [r for r in readings if id(r) not in left_out]
-        # advance=False: the caller moves the engine once for a batch of messages
-        if advance and self._event_clock:
+        if self._advance_later:
+            pass  # handle_many advances once for the whole batch
+        elif self._event_clock:
             # the data's own time, but no further than the batch's receive time (the replay
             # clock's, which one outlier cannot move): a reading stamped ahead within the
             # tolerance would otherwise silence every channel and make earlier readings late
             newest = min(max(map(_TS, readings), default=engine.now), received_ms)
             engine.advance(max(newest, engine.now), changes)
-        elif advance:
+        else:
             engine.advance(received_ms, changes)
         if engine.notices:
             self._log_notices(gateway)
@@ -619,7 +623,7 @@ class Ingest:
             if self._on_change is not None:
                 self._on_change(change)
 
-    def _log_notices(self, gateway: str | None) -> None:
+    def _log_notices(self, gateway: str) -> None:
         for notice in self.engine.take_notices():
             context = {
                 "site": notice.site,

@@ -399,8 +399,13 @@ class Worker:
         work.quiet_since = time.monotonic()  # not quiet: its messages are on their way
         if work.number in self._rewinding:
             return  # fetched before the pause
-        self.app.consumer.pause_partitions({message.tp})
-        self._rewinding[work.number] = (message.tp, time.monotonic())
+        from faust.types import TP  # noqa: PLC0415 - the optional extra, loaded by __init__
+
+        # Faust's own type: its set of active partitions asserts it (aiokafka's would crash
+        # the fetcher once resumed)
+        tp = TP(message.topic, message.partition)
+        self.app.consumer.pause_partitions({tp})
+        self._rewinding[work.number] = (tp, time.monotonic())
         self.counters.rewinds += 1
         log.warning(
             "worker.rewinding",

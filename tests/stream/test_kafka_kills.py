@@ -33,9 +33,10 @@ from stream.engine.deviation import deviation_record
 from stream.ingest import Ingest
 from stream.plan import load_plan
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
+from stream.worker import PartitionWork, sites_of_partition
 from tests.conftest import T0
 from tests.helpers import scrape, wait_until
-from tests.kafka import consume_all, create_topics, produce
+from tests.kafka import commit_offsets, consume_all, consume_records, create_topics, produce
 from tests.servers import (
     Mosquitto,
     Tansu,
@@ -45,7 +46,7 @@ from tests.servers import (
     stop,
     wait_for_port,
 )
-from tests.stream.test_worker import PARTITIONS, Rig, metric, plan_yaml, sent
+from tests.stream.test_worker import FARMS, PARTITIONS, Rig, metric, plan_yaml, sent
 from tests.stream.test_worker import records as worker_records
 
 pytestmark = pytest.mark.integration
@@ -333,3 +334,139 @@ def _kill_at_random(
         f"{counters.get('milkguard_worker_checkpoints_total', 0):g} checkpoints/"
         f"{counters.get('milkguard_worker_unacknowledged_messages', 0):g} unacked"
     )
+
+
+# ---------------------------------------------------------------------------- the chain
+
+CHAIN_ROUNDS = 200  # at least; one batch per farm each
+
+
+def uninterrupted(plan_path: Path, records: list[tuple[int, int, int, bytes | None]]) -> set:
+    """(id, change) of what one worker, never stopped, finds in the batches topic as it is:
+    each partition judged in offset order by an engine of the plan's sites there."""
+    plan = load_plan(plan_path)
+    found = set()
+    for partition in range(PARTITIONS):
+        sites = sites_of_partition(plan, partition, PARTITIONS)
+        work = PartitionWork.start(partition, plan.for_sites(sites), MemoryTimeSeriesSink(), None)
+        for p, offset, stamp, value in records:
+            if p == partition:
+                work.take(value, offset, stamp, "milkguard.batches")
+        found |= {(c.deviation.id, c.kind) for c in work.outputs.changes}
+    return found
+
+
+def test_the_chain_with_its_bridge_and_its_worker_killed_loses_no_reading_nor_deviation(
+    tmp_path: Path, mosquitto: Mosquitto, kill_rig: Rig
+) -> None:
+    rig = kill_rig
+    # live readings are judged once the partition's clock (the bridge's receive times) is past
+    # them by the allowed lateness: seconds here, so the warm spells are judged in the test
+    rig.plan.write_text(plan_yaml().replace("allowed_lateness_s: 60", "allowed_lateness_s: 5"))
+    rng = random.Random(chosen := seed())
+    address = mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port)
+    publishers = [
+        GatewayPublisher(
+            mqtt_connect.connect(address, f"{farm}-gw-1", clean_session=False),
+            farm,
+            "gw-1",
+            first_seq=1,
+        )
+        for farm in FARMS
+    ]
+    published: list[tuple[str, int]] = []
+    killing = threading.Event()
+    killing.set()
+
+    def publish() -> None:  # live readings: farm k is warm from round 20 + 10k for 10 rounds
+        n = 0
+        while n < CHAIN_ROUNDS or killing.is_set():
+            for k, publisher in enumerate(publishers):
+                stamp = time.time_ns() // 1_000_000
+                value = 8.0 if 20 + 10 * k <= n < 30 + 10 * k else 4.0
+                publisher.publish([Reading("tank-1", "milk_temp", value, "degC", stamp)])
+                published.append((publisher.site, stamp))
+            n += 1
+            time.sleep(0.05)
+
+    bridges = Bridges(mosquitto, rig.tansu, tmp_path)
+    bridges.start()
+    worker, port = rig.start_worker("worker-0", SESSION_TIMEOUT_S)
+    publishing = threading.Thread(target=publish, daemon=True)
+    publishing.start()
+    seen: list[str] = []
+    try:
+        for k in range(4):  # the bridge, the worker, the bridge, the worker
+            if k % 2 == 0:
+                wait_until(lambda: bridges.counter("received") > 0, 30, "the bridge at work")
+                time.sleep(rng.uniform(0.05, 1.5))
+                bridges.kill()
+                bridges.start()
+                seen.append("bridge")
+            else:
+                seen.append(f"worker {_kill_at_random(rig, worker, port, rng)}")
+                worker, port = rig.start_worker(f"worker-{k}", SESSION_TIMEOUT_S)
+        killing.clear()
+        publishing.join(timeout=60)
+        for publisher in publishers:
+            assert publisher.drain(30), "the broker did not acknowledge every batch"
+        try:
+            wait_until(
+                lambda: (
+                    rig.alive(worker, "the last worker")
+                    and set(rig.readings_landed()) >= set(published)
+                ),
+                60,
+                "the readings",
+            )
+        except AssertionError as exc:
+            missing = sorted(set(published) - set(rig.readings_landed()))
+            raise AssertionError(f"{exc} (seed {chosen}, kills {seen}): {missing[:20]}") from exc
+        records = asyncio.run(consume_records(rig.tansu.bootstrap, "milkguard.batches", 1))
+        expected = uninterrupted(rig.plan, records)
+        wait_until(
+            lambda: {(r["id"], r["change"]) for r in published_records(rig)} >= expected,
+            30,
+            f"every deviation change (seed {chosen}, kills {seen})",
+        )
+    finally:
+        stop(worker)
+        if bridges.process is not None:
+            stop(bridges.process)
+        for publisher in publishers:
+            publisher.connection.close(5)
+
+    assert sorted(rig.readings_landed()) == sorted(published), (chosen, seen)  # each once
+    changes = {(r["id"], r["change"]) for r in published_records(rig)}
+    assert changes == expected, (chosen, seen)  # no orphan, no false silence, none lost
+    assert len(expected) == 2 * len(FARMS)  # each farm's warm spell: opened, closed
+    print(f"seed {chosen}: kills {seen}")
+
+
+def test_a_worker_takes_again_what_the_committed_offsets_passed_over_unjudged(
+    kill_rig: Rig,
+) -> None:
+    # what Faust leaves behind when it drops a message around a rebalance and commits the
+    # next: committed offsets past messages no snapshot includes (here, no snapshot at all)
+    rig = kill_rig
+    batches = worker_records(10)
+    asyncio.run(produce(rig.tansu.bootstrap, "milkguard.batches", batches))
+    committed = dict.fromkeys(range(PARTITIONS), 5)
+    asyncio.run(
+        commit_offsets(rig.tansu.bootstrap, "milkguard-worker", "milkguard.batches", committed)
+    )
+    worker, port = rig.start_worker("worker-0", SESSION_TIMEOUT_S)
+    try:
+        wait_until(
+            lambda: (
+                rig.alive(worker, "worker-0") and len(set(rig.readings_landed())) >= len(batches)
+            ),
+            60,
+            "the readings",
+        )
+        rewinds = metric(port, "milkguard_worker_rewinds_total")
+    finally:
+        stop(worker)
+
+    assert sorted(rig.readings_landed()) == sorted(sent(batches))
+    assert rewinds == PARTITIONS  # each partition sought back to its beginning

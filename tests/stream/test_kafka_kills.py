@@ -3,9 +3,10 @@ real servers (Mosquitto, tansu for Kafka, VictoriaMetrics for the InfluxDB write
 was acknowledged is never lost, and after dropping repeats the outcome is the one an
 uninterrupted run gives.
 
-Kill points are random (seeded; the seed is in the failure message) so that, run after run,
-kills land everywhere: between two batches, between Kafka's confirmation and the MQTT
-acknowledgement, in the middle of a worker's checkpoint, while a restarted worker restores.
+Kill points are random (seeded; the seed is in the failure message; MILKGUARD_KILL_SEED
+repeats one) so that, run after run, kills land at other points: with batches in flight at
+the bridge, before a worker's first checkpoint, between checkpoints, in a restarted worker's
+backlog. The failure message says what the worker held when each kill came.
 """
 
 from __future__ import annotations

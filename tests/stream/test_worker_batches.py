@@ -64,3 +64,17 @@ def test_a_batch_skips_what_the_restored_state_already_includes(tmp_path: Path) 
     assert taken == [False] * 10 + [True] * 10
     assert restored.offset == 109
     assert restored.counts().messages == 10
+
+
+def test_a_batch_is_taken_up_to_the_first_message_that_does_not_follow(tmp_path: Path) -> None:
+    first, _ = _work(tmp_path)
+    first.take_many(_messages()[:11])  # offsets 0-10
+    path = tmp_path / "plan.yaml"
+    restored = PartitionWork.start(0, load_plan(path), MemoryTimeSeriesSink(), first.state())
+
+    # 9 and 10 are in the snapshot, 11 and 12 follow; 13 never reached the worker
+    assert restored.following([9, 10, 11, 12, 14, 15]) == 4
+    assert restored.following([14]) == 0
+    assert restored.take_many(_messages()[9:13]) == [False, False, True, True]
+    assert restored.follows(13)
+    assert not restored.follows(14)

@@ -790,9 +790,7 @@ class Engine:
         tank = self._ages.get(source)
         if tank is not None:
             oldest = tank.oldest
-            emptied = tank.emptied(event.ts)
-            if emptied is not None:
-                changes.append(emptied)
+            changes.extend(tank.emptied(event.ts))
         compartment = (site, event.compartment)
         age = self._ages.get(compartment)
         if age is not None:
@@ -806,9 +804,7 @@ class Engine:
         compartment = (site, event.compartment)
         age = self._ages.get(compartment)
         if age is not None:
-            emptied = age.emptied(event.ts)
-            if emptied is not None:
-                self._event_changes.append(emptied)
+            self._event_changes.extend(age.emptied(event.ts))
         for _, transport in self._transport_by_asset.get(compartment, ()):
             self._event_changes.extend(transport.delivery(event.ts))
 

@@ -273,9 +273,12 @@ class Ingest:
             for name in (asset.id or key, *asset.channels)
         }
         self._latest: dict[tuple[str, str, str], Reading] = {}
-        # accepted readings not yet taken into ``latest``: (their channel rows, readings)
-        self._unfolded: list[tuple[npt.NDArray[np.int64], list[Reading]]] = []
+        # accepted readings not yet taken into ``latest``: (their channel rows, readings, newest
+        # timestamp), None where a later batch of the same gateway superseded them; and where
+        # each gateway's last batch waits in that list
+        self._unfolded: list[tuple[npt.NDArray[np.int64], list[Reading], int] | None] = []
         self._unfolded_readings = 0
+        self._unfolded_at: dict[tuple[str, str], int] = {}
         self._reading_lines = ReadingLines()
         self.future_tolerance_ms = future_tolerance_ms
         self.replay_clock = ReplayClock(future_tolerance_ms)
@@ -571,14 +574,28 @@ class Ingest:
 
         A batch whose every reading the engine held (the usual one) waits, as channel rows, until
         ``latest`` is read or enough have waited: a live view reads it once a second, readings
-        come by the hundred thousand. Any other batch is taken in reading by reading, after
-        those waiting (arrival order decides between equal timestamps).
+        come by the hundred thousand. A gateway's next batch of the same channels, all newer,
+        takes its last one's place, so what waits is about a batch per gateway. Any other batch
+        is taken in reading by reading, after those waiting (arrival order decides between
+        equal timestamps).
         """
-        rows = item.routed.rows
-        if rows is not None:
-            self._unfolded.append((rows, item.readings))
+        rows, stamps = item.routed.rows, item.routed.ts
+        if rows is not None and stamps is not None:
+            first, last = int(stamps.min()), int(stamps.max())
+            waiting = self._unfolded
+            route = (item.site, item.gateway)
+            before = self._unfolded_at.get(route, -1)
+            if before >= 0:
+                superseded = waiting[before]
+                if superseded is not None and superseded[0] is rows and first >= superseded[2]:
+                    # the same channels, each with a reading as new or newer: it supersedes the
+                    # gateway's last batch, which need not wait any longer
+                    waiting[before] = None
+                    self._unfolded_readings -= len(rows)
+            self._unfolded_at[route] = len(waiting)
+            waiting.append((rows, item.readings, last))
             self._unfolded_readings += len(rows)
-            if self._unfolded_readings >= _MAX_UNFOLDED:
+            if self._unfolded_readings >= _MAX_UNFOLDED or len(waiting) >= _MAX_UNFOLDED:
                 self._fold_latest()
             return
         self._fold_latest()
@@ -601,13 +618,15 @@ class Ingest:
         """Take the waiting batches into ``latest``: each channel's newest reading (by
         timestamp; of equal ones, the last to arrive). Per reading this is numpy only; the
         Python loop runs once per channel."""
-        if not self._unfolded:
+        unfolded = [entry for entry in self._unfolded if entry is not None]
+        self._unfolded, self._unfolded_readings = [], 0
+        self._unfolded_at.clear()
+        if not unfolded:
             return
-        unfolded, self._unfolded, self._unfolded_readings = self._unfolded, [], 0
         readings: list[Reading] = []
-        for _, batch in unfolded:
+        for _, batch, _ in unfolded:
             readings.extend(batch)
-        rows = np.concatenate([batch_rows for batch_rows, _ in unfolded])
+        rows = np.concatenate([batch_rows for batch_rows, _, _ in unfolded])
         stamps = np.fromiter(map(_TS, readings), dtype=np.int64, count=len(readings))
         order = np.argsort(stamps, kind="stable")
         # the last of each row in time order: the first of each in the reversed order

@@ -127,6 +127,7 @@ class Routed:
     #: gateway's layout it matched (its channel keys; the same object while the layout holds)
     rows: I64 | None = None
     layout: list[tuple[str, str, str]] | None = None
+    ts: I64 | None = None  # and their timestamps
 
 
 _NOTHING_LEFT_OUT = Routed([], [])
@@ -669,7 +670,7 @@ class Engine:
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
         if left_out is _NOTHING_LEFT_OUT:
-            return Routed([], [], [], rows, layout.keys if layout is not None else None)
+            return Routed([], [], [], rows, layout.keys if layout is not None else None, ts)
         return left_out
 
     def _rows_of(

@@ -149,17 +149,14 @@ def _next_value(
 # ---------------------------------------------------------------- MilkGuard
 
 
-def drained(messages: Sequence[Message], bound: int) -> Iterator[Sequence[Message]]:
-    """The messages as a runtime's drained queue hands them over: up to ``bound`` readings
-    (at least one message) at a time."""
-    start = 0
-    while start < len(messages):
-        end, held = start, 0
-        while end < len(messages) and (end == start or held < bound):
-            held += messages[end][1].count(b'"ts"')
-            end += 1
-        yield messages[start:end]
-        start = end
+def drained(
+    messages: Sequence[Message], per_message: int, bound: int
+) -> Iterator[Sequence[Message]]:
+    """The messages as a runtime's drained queue hands them over: as many as hold at most
+    ``bound`` readings (at least one) at a time."""
+    step = max(1, bound // per_message)
+    for start in range(0, len(messages), step):
+        yield messages[start : start + step]
 
 
 def milkguard_run(loaded: LoadedPlan, chunks: list[Sequence[Message]]) -> Callable[[], int]:
@@ -273,7 +270,7 @@ def run(
         for size in sizes:
             messages = data[size]
             readings = len(messages) * size
-            chunks = list(drained(messages, drain_readings))
+            chunks = list(drained(messages, size, drain_readings))
             for name, make in (
                 ("plain", lambda m=messages: plain_run(loaded, m)),
                 ("milkguard", lambda c=chunks: milkguard_run(loaded, c)),
@@ -304,7 +301,8 @@ def table(
         title=f"engine + ingest vs a plain loop: {gateways:,} gateways x {channels} channels, "
         f"drained up to {drain_readings:,} readings",
         caption=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, load average {load}; best of each, CPU time, one core",
+        f"Python {platform.python_version()}, load average {load}; "
+        "best of each, CPU time, one core",
     )
     for column in (
         "readings/message",

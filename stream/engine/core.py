@@ -977,7 +977,7 @@ class Engine:
     def _due_rows(self, fresh: _Columns) -> I64:
         """The channels (sorted) whose held readings a release must look at: see
         :meth:`_release`."""
-        parts = [self._ahead_rows, self._joined_rows]
+        parts = [part for part in (self._ahead_rows, self._joined_rows) if len(part)]
         if len(fresh.rows):
             rows = fresh.rows
             ends = np.empty(len(rows), dtype=np.bool_)
@@ -990,7 +990,9 @@ class Engine:
             idle = waiting_until <= self._now
             parts.append(np.flatnonzero(idle))
             self._next_idle = int(np.where(idle, _NEVER, waiting_until).min())
-        return np.unique(np.concatenate(parts))
+        if len(parts) == 1:
+            return parts[0]  # sorted and unique already
+        return np.unique(np.concatenate(parts)) if parts else _NO_ROWS
 
     def _take_fresh(self) -> _Columns:
         """What came since the last release, sorted by channel and time: late readings counted

@@ -543,8 +543,16 @@ class Ingest:
         lines: list[str] = []
         for item in accepted:
             site, gateway = item.site, item.gateway
+            routed = item.routed
             lines.extend(
-                self._reading_lines.lines(site, gateway, item.readings, item.routed.layout)
+                self._reading_lines.lines(
+                    site,
+                    gateway,
+                    item.readings,
+                    routed.layout,
+                    values=routed.values,
+                    stamps=routed.ts,
+                )
             )
             lines.extend(event_line(site, gateway, e) for e in item.events)
             for mismatch in item.mismatches:
@@ -581,7 +589,7 @@ class Ingest:
         """
         rows, stamps = item.routed.rows, item.routed.ts
         if rows is not None and stamps is not None:
-            first, last = int(stamps.min()), int(stamps.max())
+            first, last = min(stamps), max(stamps)
             waiting = self._unfolded
             route = (item.site, item.gateway)
             before = self._unfolded_at.get(route, -1)

@@ -91,12 +91,16 @@ class ReadingLines:
         gateway: str,
         readings: list[Reading],
         layout: list[tuple[str, str, str]] | None = None,
+        *,
+        values: list[float] | None = None,
+        stamps: list[int] | None = None,
     ) -> list[str]:
         """One line per reading, in order; the same lines :func:`reading_line` makes.
 
         ``layout``: the readings' (asset, channel, unit) keys when the caller has them already,
         as a list that stays the same object while the gateway's layout holds (the engine's
-        routing gives one): then the readings' keys need not be compared again.
+        routing gives one): then the readings' keys need not be compared again. ``values`` and
+        ``stamps``: the readings' values and timestamps, when the caller has them as lists.
         """
         if not readings:
             return []
@@ -111,11 +115,13 @@ class ReadingLines:
                 prefixes = [reading_prefix(site, gateway, *key) for key in keys]
             if cached is not None or len(self._layouts) < _MAX_LAYOUTS:
                 self._layouts[(site, gateway)] = (keys, prefixes)
-        values = list(map(_VALUE, readings))
+        if values is None:
+            values = list(map(_VALUE, readings))
         texts = list(map(self._values.get, values))
         if None in texts:
             self._learn(values, texts)
-        stamps = list(map(_TS, readings))
+        if stamps is None:
+            stamps = list(map(_TS, readings))
         # a batch's readings share few instants: each one's text is made once
         stamp_text = {stamp: f" {stamp}000000" for stamp in set(stamps)}
         filled = cast(list[str], texts)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -127,7 +127,8 @@ class Routed:
     #: gateway's layout it matched (its channel keys; the same object while the layout holds)
     rows: I64 | None = None
     layout: list[tuple[str, str, str]] | None = None
-    ts: I64 | None = None  # and their timestamps
+    ts: list[int] | None = None  # and their timestamps and values
+    values: list[float] | None = None
 
 
 _NOTHING_LEFT_OUT = Routed([], [])
@@ -333,7 +334,7 @@ class Engine:
         self._device_codes: dict[str, int] = {"unknown": 0}
         self._layouts: dict[tuple[str, str], _Layout] = {}
         # readings of each submit since the last release: (rows, ts, values, received, device)
-        self._incoming: list[tuple[I64, I64, F64, int, int]] = []
+        self._incoming: list[tuple[I64, list[int], list[float], int, int]] = []
         self._held = _EMPTY_COLUMNS
         self._now = -1
         self._started = -1
@@ -633,26 +634,23 @@ class Engine:
             rows_list, readings, left_out = self._route_misses(site, rows.tolist(), readings)
             count = len(readings)
             rows = np.array(rows_list, dtype=np.int64)
-        ts = np.fromiter(map(_TS, readings), dtype=np.int64, count=count)
-        values = np.fromiter(map(_VALUE, readings), dtype=np.float64, count=count)
+        # lists, not arrays, per batch: a drained queue's are made arrays at once at the release
+        ts: list[int] = list(map(_TS, readings))
+        values: list[float] = list(map(_VALUE, readings))
         if horizon_ms is not None and not (
-            # the usual batch, in one step: within the bounds all of its channels share
+            # the usual batch, in one step: within the bounds all of its channels share, and
+            # finite (a sum of values this bounded is infinite or NaN only if one of them is)
             layout is not None
-            and layout.lowest <= values.min()
-            and values.max() <= layout.highest
-            and ts.max() <= horizon_ms
+            and layout.lowest <= min(values)
+            and max(values) <= layout.highest
+            and max(ts) <= horizon_ms
+            and math.isfinite(sum(values))
         ):
-            # written so that NaN is refused too: every comparison with it is False
-            plausible = (values >= self._plausible_lo[rows]) & (values <= self._plausible_hi[rows])
-            refused = ~plausible | (ts > horizon_ms)
-            if refused.any():
+            rows, ts, values, refused = self._refused(rows, ts, values, horizon_ms)
+            if refused:
                 left_out = Routed(
-                    left_out.mismatches,
-                    left_out.unplanned,
-                    [readings[i] for i in np.flatnonzero(refused).tolist()],
+                    left_out.mismatches, left_out.unplanned, [readings[i] for i in refused]
                 )
-                kept = ~refused
-                rows, ts, values = rows[kept], ts[kept], values[kept]
                 count = len(rows)
         if not count:
             return left_out
@@ -670,8 +668,27 @@ class Engine:
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
         if left_out is _NOTHING_LEFT_OUT:
-            return Routed([], [], [], rows, layout.keys if layout is not None else None, ts)
+            return Routed([], [], [], rows, layout.keys if layout is not None else None, ts, values)
         return left_out
+
+    def _refused(
+        self, rows: I64, ts: list[int], values: list[float], horizon_ms: int
+    ) -> tuple[I64, list[int], list[float], list[int]]:
+        """The readings kept, and the indices of those refused: implausible for their unit, or
+        stamped after ``horizon_ms``."""
+        stamps, figures = np.array(ts, dtype=np.int64), np.array(values, dtype=np.float64)
+        # written so that NaN is refused too: every comparison with it is False
+        plausible = (figures >= self._plausible_lo[rows]) & (figures <= self._plausible_hi[rows])
+        refused = ~plausible | (stamps > horizon_ms)
+        if not refused.any():
+            return rows, ts, values, []
+        kept = ~refused
+        return (
+            rows[kept],
+            stamps[kept].tolist(),
+            figures[kept].tolist(),
+            np.flatnonzero(refused).tolist(),
+        )
 
     def _rows_of(
         self, site: str, device: str, readings: list[Reading]
@@ -1000,21 +1017,15 @@ class Engine:
         incoming, self._incoming = self._incoming, []
         if not incoming:
             return _EMPTY_COLUMNS
-        if len(incoming) == 1:
-            rows, ts, values, received, code = incoming[0]
-            count = len(rows)
-            fresh = _Columns(
-                rows, ts, values, np.full(count, received), np.full(count, code, np.int64)
-            )
-        else:
-            sizes = [len(part[0]) for part in incoming]
-            fresh = _Columns(
-                np.concatenate([part[0] for part in incoming]),
-                np.concatenate([part[1] for part in incoming]),
-                np.concatenate([part[2] for part in incoming]),
-                np.repeat(np.array([part[3] for part in incoming], dtype=np.int64), sizes),
-                np.repeat(np.array([part[4] for part in incoming], dtype=np.int64), sizes),
-            )
+        sizes = [len(part[0]) for part in incoming]
+        count = sum(sizes)
+        fresh = _Columns(
+            np.concatenate([part[0] for part in incoming]),
+            np.fromiter(chain.from_iterable(part[1] for part in incoming), np.int64, count),
+            np.fromiter(chain.from_iterable(part[2] for part in incoming), np.float64, count),
+            np.repeat(np.array([part[3] for part in incoming], dtype=np.int64), sizes),
+            np.repeat(np.array([part[4] for part in incoming], dtype=np.int64), sizes),
+        )
         late = fresh.ts <= self._last_ts[fresh.rows]
         if late.any():
             self._report_late(fresh.rows[late], fresh.ts[late])

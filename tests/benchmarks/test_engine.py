@@ -34,8 +34,10 @@ def test_both_sides_see_the_fleet_breach_its_limits() -> None:
     loaded = fleet_plan(20, 10)
     messages = fleet_messages(20, 10, 100, 120)
 
-    ours = milkguard_run(loaded, list(drained(messages, 100, 1_000)))()
-    theirs = plain_run(loaded, messages)()
+    warm, timed = messages[:20], messages[20:]
+
+    ours = milkguard_run(loaded, warm, list(drained(timed, 100, 1_000)))()
+    theirs = plain_run(loaded, warm, timed)()
 
     assert ours > 0
     assert theirs > 0

@@ -21,6 +21,8 @@ Schema (low-cardinality tags, values in fields):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from itertools import repeat
 from operator import attrgetter
 from typing import cast
 
@@ -122,11 +124,15 @@ class ReadingLines:
             self._learn(values, texts)
         if stamps is None:
             stamps = list(map(_TS, readings))
-        # a batch's readings share few instants: each one's text is made once
-        stamp_text = {stamp: f" {stamp}000000" for stamp in set(stamps)}
+        # a batch's readings share few instants (often one): each one's text is made once
+        first = stamps[0]
+        if stamps.count(first) == len(stamps):
+            stamp_texts: Iterable[str] = repeat(f" {first}000000", len(stamps))
+        else:
+            stamp_text = {stamp: f" {stamp}000000" for stamp in set(stamps)}
+            stamp_texts = map(stamp_text.__getitem__, stamps)
         filled = cast(list[str], texts)
-        parts = zip(prefixes, filled, map(stamp_text.__getitem__, stamps), strict=True)
-        return list(map("".join, parts))
+        return list(map("".join, zip(prefixes, filled, stamp_texts, strict=True)))
 
     def _learn(self, values: list[float], texts: list[str | None]) -> None:
         """Fill in the texts of values not seen before, remembering them."""

@@ -954,7 +954,9 @@ class Engine:
         if not len(candidates.rows):
             return
         rows, ts = candidates.rows, candidates.ts
-        ready = ts <= self._watermarks(due)[np.searchsorted(due, rows)]
+        marks = np.empty(len(self._names), dtype=np.int64)
+        marks[due] = self._watermarks(due)
+        ready = ts <= marks[rows]
         ahead = ts > self._now
         if ahead.any():
             # nothing is judged before the stream's clock reaches it on its device's clock:
@@ -1009,7 +1011,12 @@ class Engine:
             self._next_idle = int(np.where(idle, _NEVER, waiting_until).min())
         if len(parts) == 1:
             return parts[0]  # sorted and unique already
-        return np.unique(np.concatenate(parts)) if parts else _NO_ROWS
+        if not parts:
+            return _NO_ROWS
+        due = np.zeros(len(self._names), dtype=np.bool_)  # cheaper than sorting the union
+        for part in parts:
+            due[part] = True
+        return np.flatnonzero(due)
 
     def _take_fresh(self) -> _Columns:
         """What came since the last release, sorted by channel and time: late readings counted

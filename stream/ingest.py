@@ -273,10 +273,10 @@ class Ingest:
             for name in (asset.id or key, *asset.channels)
         }
         self._latest: dict[tuple[str, str, str], Reading] = {}
-        # accepted readings not yet taken into ``latest``: (their channel rows, readings, newest
-        # timestamp), None where a later batch of the same gateway superseded them; and where
+        # accepted readings not yet taken into ``latest``: (their channel rows, values, times,
+        # newest time), None where a later batch of the same gateway superseded them; and where
         # each gateway's last batch waits in that list
-        self._unfolded: list[tuple[npt.NDArray[np.int64], list[Reading], int] | None] = []
+        self._unfolded: list[tuple[npt.NDArray[np.int64], list[float], list[int], int] | None] = []
         self._unfolded_readings = 0
         self._unfolded_at: dict[tuple[str, str], int] = {}
         self._reading_lines = ReadingLines()
@@ -587,21 +587,23 @@ class Ingest:
         is taken in reading by reading, after those waiting (arrival order decides between
         equal timestamps).
         """
-        rows, stamps = item.routed.rows, item.routed.ts
-        if rows is not None and stamps is not None:
+        routed = item.routed
+        rows, stamps, values = routed.rows, routed.ts, routed.values
+        if rows is not None and stamps is not None and values is not None:
             first, last = min(stamps), max(stamps)
             waiting = self._unfolded
             route = (item.site, item.gateway)
             before = self._unfolded_at.get(route, -1)
             if before >= 0:
                 superseded = waiting[before]
-                if superseded is not None and superseded[0] is rows and first >= superseded[2]:
+                if superseded is not None and superseded[0] is rows and first >= superseded[3]:
                     # the same channels, each with a reading as new or newer: it supersedes the
                     # gateway's last batch, which need not wait any longer
                     waiting[before] = None
                     self._unfolded_readings -= len(rows)
             self._unfolded_at[route] = len(waiting)
-            waiting.append((rows, item.readings, last))
+            # the values and times, not the readings: the batch is freed now, while it is hot
+            waiting.append((rows, values, stamps, last))
             self._unfolded_readings += len(rows)
             if self._unfolded_readings >= _MAX_UNFOLDED or len(waiting) >= _MAX_UNFOLDED:
                 self._fold_latest()
@@ -631,23 +633,25 @@ class Ingest:
         self._unfolded_at.clear()
         if not unfolded:
             return
-        readings: list[Reading] = []
-        for _, batch, _ in unfolded:
-            readings.extend(batch)
-        rows = np.concatenate([batch_rows for batch_rows, _, _ in unfolded])
-        stamps = np.fromiter(map(_TS, readings), dtype=np.int64, count=len(readings))
-        order = np.argsort(stamps, kind="stable")
+        values: list[float] = []
+        stamps: list[int] = []
+        for _, batch_values, batch_stamps, _ in unfolded:
+            values.extend(batch_values)
+            stamps.extend(batch_stamps)
+        rows = np.concatenate([entry[0] for entry in unfolded])
+        order = np.argsort(np.array(stamps, dtype=np.int64), kind="stable")
         # the last of each row in time order: the first of each in the reversed order
         backwards = order[::-1]
         channels, first = np.unique(rows[backwards], return_index=True)
-        names = self.engine.channel_names
+        names, keys = self.engine.channel_names, self.engine.channel_keys
         latest = self._latest
         for row, index in zip(channels.tolist(), backwards[first].tolist(), strict=True):
-            reading = readings[index]
-            key = names[row]
-            previous = latest.get(key)
-            if previous is None or reading.ts >= previous.ts:
-                latest[key] = reading
+            stamp = stamps[index]
+            name = names[row]
+            previous = latest.get(name)
+            if previous is None or stamp >= previous.ts:
+                asset, channel, unit = keys[row]
+                latest[name] = Reading(asset, channel, values[index], unit, stamp)
 
     def _refuse(
         self, topic: str, received_ms: int, horizon: int, batch: Batch, reading: Reading

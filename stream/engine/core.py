@@ -600,6 +600,11 @@ class Engine:
         return self._names
 
     @property
+    def channel_keys(self) -> list[tuple[str, str, str]]:
+        """(asset, channel, unit) of each channel row, as readings carry them (read only)."""
+        return self._keys
+
+    @property
     def now(self) -> int:
         """The engine's clock: the latest ``now`` it was advanced to (-1 before the first)."""
         return self._now

@@ -36,7 +36,7 @@ def test_both_sides_see_the_fleet_breach_its_limits() -> None:
 
     warm, timed = messages[:20], messages[20:]
 
-    ours = milkguard_run(loaded, warm, list(drained(timed, 100, 1_000)))()
+    ours = milkguard_run(loaded, warm, list(drained(timed, 10)))()
     theirs = plain_run(loaded, warm, timed)()
 
     assert ours > 0
@@ -46,7 +46,7 @@ def test_both_sides_see_the_fleet_breach_its_limits() -> None:
 def test_a_drained_queue_holds_whole_messages_up_to_its_bound() -> None:
     messages = fleet_messages(4, 5, 10, 20)
 
-    chunks = list(drained(messages, 10, 25))
+    chunks = list(drained(messages, 2))
 
     assert [m for chunk in chunks for m in chunk] == messages
     assert {len(chunk) for chunk in chunks} == {2}

@@ -306,7 +306,8 @@ class Ingest:
         drained queue cheap: the release, the screen and the timers run once for all of it.
         Verdicts are the same as message by message, except that a reading which message by
         message would have come after its channel released a later one is judged in order
-        here instead of counted late (see ``handle_many`` in the README).
+        here instead of counted late, and that a deviation records the device clock's offset
+        as estimated when it is judged (README: "A drained queue and message by message").
         """
         accepted: list[_Accepted] = []
         for topic, payload, received_ms in messages:

@@ -203,14 +203,17 @@ class _Columns(NamedTuple):
     def merged(self, other: _Columns) -> _Columns:
         """Both sorted by channel and time, ``other`` of channels this one has none of: one set
         of columns sorted the same way, by insertion rather than sorting again."""
-        at = np.searchsorted(self.rows, other.rows)
-        return _Columns(
-            np.insert(self.rows, at, other.rows),
-            np.insert(self.ts, at, other.ts),
-            np.insert(self.values, at, other.values),
-            np.insert(self.received, at, other.received),
-            np.insert(self.devices, at, other.devices),
-        )
+        # where each of ``other`` goes, once for all five columns (np.insert would redo it)
+        placed = np.searchsorted(self.rows, other.rows) + np.arange(len(other.rows))
+        mine = np.ones(len(self.rows) + len(other.rows), dtype=np.bool_)
+        mine[placed] = False
+        columns: list[Any] = []
+        for own, added in zip(self, other, strict=True):
+            column = np.empty(len(mine), dtype=own.dtype)
+            column[mine] = own
+            column[placed] = added
+            columns.append(column)
+        return _Columns(*columns)
 
     @staticmethod
     def join(parts: list[_Columns]) -> _Columns:

@@ -957,7 +957,9 @@ class Engine:
         due = self._due_rows(fresh)
         if not len(due):
             return
-        rest, candidates = self._take_held(due, fresh)
+        held = self._held
+        taken = self._held_of(due)
+        candidates = _sorted(_Columns.join([held.take(taken), fresh])) if len(taken) else fresh
         self._holding[due] = False
         if not len(candidates.rows):
             return
@@ -971,35 +973,46 @@ class Engine:
             # an idle channel would otherwise release one reading stamped ahead (within the
             # future tolerance) at once, and every real reading before it would be late
             ready[ahead] &= ts[ahead] <= self._device_now(candidates.devices[ahead])
-        if ready.all():
-            self._held = rest
-            self._ahead_rows = _NO_ROWS
-        else:
+        kept = _EMPTY_COLUMNS
+        if not ready.all():
             kept = candidates.take(~ready)
-            self._ahead_rows = np.unique(kept.rows[kept.ts > self._now])
-            self._held = rest.merged(kept) if len(rest.rows) else kept
+            candidates = candidates.take(ready)
             self._holding[kept.rows] = True
             soonest = self._last_received[kept.rows] + self._lateness_ms[kept.rows]
             self._next_idle = min(self._next_idle, int(soonest.min()))
-            candidates = candidates.take(ready)
+        self._ahead_rows = np.unique(kept.rows[kept.ts > self._now]) if len(kept.rows) else _NO_ROWS
+        self._keep_held(taken, kept)
         if len(candidates.rows):
             self._judge(candidates, out)
 
-    def _take_held(self, due: I64, fresh: _Columns) -> tuple[_Columns, _Columns]:
-        """(the held readings of channels not due, those of the due ones with ``fresh``), both
-        sorted by channel and time."""
+    def _held_of(self, due: I64) -> I64:
+        """Where the held readings of the ``due`` channels are (held is sorted by channel:
+        a binary search each)."""
+        rows = self._held.rows
+        if not len(rows):
+            return _NO_ROWS
+        return _ranges(
+            np.searchsorted(rows, due, side="left"), np.searchsorted(rows, due, side="right")
+        )
+
+    def _keep_held(self, taken: I64, kept: _Columns) -> None:
+        """Held readings once those at ``taken`` were released, with ``kept`` held back.
+
+        Mostly a channel holds as many readings after a release as before (one came, one went):
+        then the kept ones take the released ones' places, with no pass over everything held.
+        """
         held = self._held
-        if not len(held.rows):
-            return held, fresh
-        # each due channel's held readings, by binary search: held is sorted by channel
-        first = np.searchsorted(held.rows, due, side="left")
-        last = np.searchsorted(held.rows, due, side="right")
-        taken = _ranges(first, last)
-        if len(taken) == len(held.rows):
-            return _EMPTY_COLUMNS, _sorted(_Columns.join([held, fresh]))
-        if not len(taken):
-            return held, fresh
-        return held.without(taken), _sorted(_Columns.join([held.take(taken), fresh]))
+        if len(kept.rows) == len(taken) and bool((held.rows[taken] == kept.rows).all()):
+            for own, stays in zip(held, kept, strict=True):
+                own[taken] = stays
+            return
+        rest = held.without(taken) if len(taken) else held
+        if not len(rest.rows):
+            self._held = kept
+        elif len(kept.rows):
+            self._held = rest.merged(kept)
+        else:
+            self._held = rest
 
     def _due_rows(self, fresh: _Columns) -> I64:
         """The channels (sorted) whose held readings a release must look at: see
@@ -1426,7 +1439,16 @@ class Engine:
             engine._silence[row].restore(with_deviation(silence_state))
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
-        engine._held = _sorted(state.held.arrays())
+        held = state.held.arrays()  # read only (views of the snapshot's bytes): releases write
+        engine._held = _sorted(
+            _Columns(
+                held.rows.copy(),
+                held.ts.copy(),
+                held.values.copy(),
+                held.received.copy(),
+                held.devices.copy(),
+            )
+        )
         engine._holding[engine._held.rows] = True
         engine._ahead_rows = np.unique(engine._held.rows)  # looked at once, at the next release
         engine._event_changes = list(state.event_changes)

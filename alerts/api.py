@@ -34,7 +34,7 @@ from alerts.corrective import CorrectiveActionInput
 from alerts.gate import FailedLogins, Gate
 from alerts.lifecycle import Alert, AlertBook
 from alerts.reports import report_paths
-from milkguard.settings import ApiUser
+from alerts.settings import ApiUser
 
 PAGE = Path(__file__).with_name("page.html")
 

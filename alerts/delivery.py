@@ -7,9 +7,11 @@ hours never hold back a critical alert.
 
 Delivery goes through an outbox in SQLite. A notice is queued once per recipient and channel
 (keyed by alert, event, reopening and escalation level), so a notice produced twice, or again
-after a restart, is sent once. Sending is retried with exponential backoff; a message refused
-for good (a webhook's 4xx other than 408/429) or still failing after ``max_attempts`` is
-dead-lettered with the reason, and counted.
+after a restart, is sent once. Sending is retried with exponential backoff (the n-th retry
+waits between ``backoff_s * 2**(n-1)`` and twice that, jittered so that messages that failed
+together, e.g. while the mail server was down, are not all retried at one instant); a message
+refused for good (a webhook's 4xx other than 408/429) or still failing after ``max_attempts``
+is dead-lettered with the reason, and counted.
 """
 
 from __future__ import annotations
@@ -25,93 +27,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import SecretStr
 
-from alerts.lifecycle import Audience, Notice
+from alerts.lifecycle import Notice
+from alerts.settings import Recipient, SmtpSettings
 from alerts.store import Database
+from milkguard.backoff import Backoff
 from milkguard.contract.v1 import alert_topic
 from milkguard.logs import mask_url
 from milkguard.mqtt import Connection
 
 log = logging.getLogger(__name__)
-
-
-class WebhookUrl(SecretStr):
-    """A webhook's URL: a secret, since its user, path or query is often its credential (Slack,
-    Teams and most chat hooks put the key in the path). Shown as ``https://host/***``."""
-
-    #: tells :func:`milkguard.logs.register_secrets` that this URL's path is a credential too
-    path_is_secret = True
-
-    def _display(self) -> str:
-        return mask_url(self.get_secret_value(), hide_path=True)
-
-
-class Recipient(BaseModel):
-    """A person or system to tell, and how."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    audience: Audience
-    sites: list[str] = Field(default_factory=lambda: ["*"], description='"*": every site')
-    severities: list[str] = Field(default_factory=lambda: ["critical", "major", "minor"])
-    email: str | None = None
-    webhook: WebhookUrl | None = Field(
-        default=None, description="http(s) URL; a secret: logged as https://host/***"
-    )
-    quiet_hours: str | None = Field(
-        default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$", description="UTC, e.g. 22:00-06:00"
-    )
-
-    @field_validator("webhook")
-    @classmethod
-    def _http_url(cls, url: WebhookUrl | None) -> WebhookUrl | None:
-        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError(f"a webhook is an http:// or https:// URL, not {url}")
-        return url
-
-    def wants(self, notice: Notice) -> bool:
-        """Whether this recipient is told of ``notice``."""
-        alert = notice.alert
-        return (
-            notice.audience == self.audience
-            and ("*" in self.sites or alert.site in self.sites)
-            and alert.severity in self.severities
-        )
-
-    def quiet_until(self, now: datetime) -> datetime | None:
-        """The end of the quiet hours ``now`` falls in, or None."""
-        if self.quiet_hours is None:
-            return None
-        start_text, end_text = self.quiet_hours.split("-")
-        start, end = time.fromisoformat(start_text), time.fromisoformat(end_text)
-        today = now.date()
-        for day in (today - timedelta(days=1), today):
-            begins = datetime.combine(day, start, UTC)
-            ends = datetime.combine(day if end > start else day + timedelta(days=1), end, UTC)
-            if begins <= now < ends:
-                return ends
-        return None
-
-
-class SmtpSettings(BaseModel):
-    """The mail server alerts are sent through."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = 25
-    sender: str = "milkguard@localhost"
-    username: str | None = None
-    password: SecretStr | None = None
-    starttls: bool = False
-    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -205,7 +136,9 @@ class Outbox:
         #: with a connection, every notice also goes to milkguard/v1/alerts/{site}/{asset}
         self.mqtt = mqtt
         self.max_attempts = max_attempts
-        self.backoff_ms = round(backoff_s * 1000)
+        # "equal" jitter: the delay follows from the attempt count kept in the database, and
+        # is never shorter than the plain doubling schedule
+        self._retry = Backoff(backoff_s, backoff_s * 2**max_attempts, jitter="equal")
         self.sent = self.retried = self.dead = 0
         self._db = Database(path, _SCHEMA, "the alert outbox")
 
@@ -288,7 +221,7 @@ class Outbox:
                     self._dead(key, f"failed {failed} times, last: {exc}")
                     continue
                 self.retried += 1
-                wait = self.backoff_ms * 2 ** (failed - 1)
+                wait = round(self._retry.delay(failed) * 1000)
                 self._db.execute(
                     "UPDATE deliveries SET attempts = ?, next_ms = ?, error = ? WHERE key = ?",
                     (failed, now_ms + wait, str(exc), key),

@@ -9,7 +9,7 @@ line and headers alone, before a byte of the body is received:
 - a body sent without a length (chunked) is counted as it streams in and cut at the limit (413).
 
 Only the operators' page (``GET /``, which asks for the token itself) is served without one.
-The caller's :class:`~milkguard.settings.ApiUser` is handed to the app in ``scope["user"]``.
+The caller's :class:`~alerts.settings.ApiUser` is handed to the app in ``scope["user"]``.
 
 :class:`FailedLogins` is the lockout: per client address, a few wrong tokens are free, then
 each one locks the address out for twice as long as the last (2 s, 4 s, ... up to a cap). A
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from milkguard.settings import ApiUser
+from alerts.settings import ApiUser
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,13 @@ from alerts.deadletters import MAX_KEPT_BYTES, DeadLetterStore, clip
 from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
 from alerts.reports import issue
+from alerts.settings import AlertSettings
 from alerts.signing import Signer
 from milkguard import mqtt as mqtt_connect
 from milkguard.broker_security import is_loopback
 from milkguard.contract.v1 import TOPIC_ROOT, deviation_topic
 from milkguard.errors import ConfigError
 from milkguard.mqtt import BrokerAddress
-from milkguard.settings import AlertSettings
 from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, unseal
 
 log = logging.getLogger(__name__)

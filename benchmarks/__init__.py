@@ -1,2 +1,2 @@
-"""Benchmarks: commands that print figures, never timed tests. Nothing in the product imports
-this package; it may import any of them (but not the CLI, which calls it)."""
+"""Benchmarks: commands that print figures, never timed tests. They may import any package of
+MilkGuard except the command-line interface, which calls them."""

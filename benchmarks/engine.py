@@ -40,13 +40,13 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.pipeline import GATEWAYS_PER_SITE
+from benchmarks.pipeline import fleet_plan as pipeline_plan
 from milkguard.contract.v1 import Batch, Reading, batch_topic, encode_batch
 from milkguard.errors import ConfigError
 from simulators.load import T_START
 from stream.engine.core import Engine
 from stream.ingest import Ingest
-from stream.pipeline_bench import GATEWAYS_PER_SITE
-from stream.pipeline_bench import fleet_plan as pipeline_plan
 from stream.plan import CriticalLimit, LoadedPlan, parse_plan
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
 

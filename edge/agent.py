@@ -36,6 +36,7 @@ from edge.config import EdgeConfig, Source
 from edge.drivers.base import Driver, DriverError
 from edge.link import GatewayLink
 from edge.outbox import Outbox, Sealed
+from milkguard.backoff import Backoff
 from milkguard.contract.v1 import (
     EPOCH_2000_MS,
     EPOCH_2100_MS,
@@ -119,6 +120,8 @@ class Poller:
         self._driver: Driver | None = None
         self._limited = [c for c in source.channels if c.limits is not None]
         self._clock_bad = False
+        # a failing source is retried no sooner than its interval, up to a minute apart
+        self._retry = Backoff(source.every_s, max(source.every_s, _MAX_BACKOFF_S))
         self._thread = threading.Thread(target=self._run, name=f"edge-{source.name}", daemon=True)
 
     def start(self) -> None:
@@ -134,13 +137,13 @@ class Poller:
         due = time.monotonic()
         while not self._stopping.wait(max(0.0, due - time.monotonic())):
             if self._sample():
+                self._retry.reset()
                 due += every
                 late = time.monotonic() - due
                 if late > every:  # a read took longer than the interval: skip the missed slots
                     due += math.floor(late / every) * every
             else:
-                backoff = min(every * 2 ** (self.health.failures - 1), _MAX_BACKOFF_S)
-                due = time.monotonic() + max(backoff, every)
+                due = time.monotonic() + self._retry.next()
         if self._driver is not None:
             self._driver.close()
 

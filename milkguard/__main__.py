@@ -1,7 +1,7 @@
-"""``python -m milkguard`` runs the ``milkguard`` command."""
+"""``python -m milkguard`` runs the ``milkguard`` command (a launcher: nothing imports it)."""
 
 import sys
 
-from milkguard.cli import main
+from milkguard_cli import main
 
 sys.exit(main())

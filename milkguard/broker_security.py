@@ -30,14 +30,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from milkguard.contract.v1 import ID_PATTERN, TOPIC_ROOT
-
-if TYPE_CHECKING:
-    from milkguard.settings import Settings
 
 Role = Literal["gateway", "stream", "alerts", "reader"]
 
@@ -239,11 +236,11 @@ def exposure_problems(security: BrokerSecurity, host: str) -> list[str]:
     return problems
 
 
-def known_gateways(settings: Settings) -> set[tuple[str, str]]:
-    """(site, gateway) of every gateway the broker's security model names."""
+def known_gateways(security: BrokerSecurity) -> set[tuple[str, str]]:
+    """(site, gateway) of every gateway the broker's security model (``mqtt.security``) names."""
     return {
         (user.site, user.gateway)
-        for user in settings.mqtt.security.users
+        for user in security.users
         if user.site is not None and user.gateway is not None
     }
 
@@ -337,11 +334,29 @@ class QueueSizing:
         ]
 
 
-#: Outgoing QoS 1 messages per client not yet acknowledged. Mosquitto's 20 caps a subscriber
-#: that acknowledges only once it has stored a batch at 20 batches per storage round trip
-#: (20 / 10 ms = 2,000 batches/s at best, far less while a backlog drains with a slow sink).
-MAX_INFLIGHT = 1_000
+#: Outgoing QoS 1 messages per client not yet acknowledged. The stream acknowledges a batch
+#: only at its checkpoint, once its outputs are durable (about once a second): in flight must
+#: hold a second of batches at full rate, or Mosquitto stops delivering until the checkpoint.
+#: Raw Mosquitto carries ~1 M readings/s here, 20,000 batches of 50 readings; packet ids allow
+#: 65,535. (Mosquitto's default of 20 would cap the stream at 20 batches per checkpoint.)
+MAX_INFLIGHT = 20_000
 MAX_PACKET_BYTES = 16 * 2**20
+
+
+def mosquitto_exposure_problems(security: BrokerSecurity, host: str) -> list[str]:
+    """What must be configured before Mosquitto may listen on ``host``; empty when it is safe.
+
+    :func:`exposure_problems`, and on the network a loopback listener for the services.
+    """
+    problems = exposure_problems(security, host)
+    if security.users and not is_loopback(host) and security.local_port is None:
+        problems.append(
+            "set mqtt.security.local_port (a loopback listener for the stream, the bridge and "
+            "the alert service): Mosquitto 2.0 binds no client id to a user, so on one listener "
+            "a gateway logging in with the stream's client id would wipe its queued batches; "
+            "on the network listener every client id is then its user name"
+        )
+    return problems
 
 
 def mosquitto_files(
@@ -353,21 +368,17 @@ def mosquitto_files(
     persistence_dir: Path,
     sizing: QueueSizing,
     log_dest: str = "stdout",
+    run_as: str | None = None,
 ) -> dict[str, str]:
     """``mosquitto.conf``, ``passwd`` and ``acl`` for Mosquitto 2.0, as file name -> text.
 
     ``conf_dir`` is where the files will be on the broker's host (the configuration names the
-    password and ACL files by absolute path). Raises ``ValueError`` naming what to configure
-    when the listener would be reachable from the network without users and TLS.
+    password and ACL files by absolute path). ``run_as``: the user Mosquitto runs as when
+    started by root (its ``user`` option; without it, Mosquitto's own default, ``mosquitto``).
+    Raises ``ValueError`` naming what to configure when the listener would be reachable from
+    the network without users and TLS.
     """
-    problems = exposure_problems(security, host)
-    if security.users and not is_loopback(host) and security.local_port is None:
-        problems.append(
-            "set mqtt.security.local_port (a loopback listener for the stream, the bridge and "
-            "the alert service): Mosquitto 2.0 binds no client id to a user, so on one listener "
-            "a gateway logging in with the stream's client id would wipe its queued batches; "
-            "on the network listener every client id is then its user name"
-        )
+    problems = mosquitto_exposure_problems(security, host)
     if problems:
         raise ValueError(f"mqtt.host {host} is reachable from the network: " + "; ".join(problems))
     lines = [
@@ -385,6 +396,7 @@ def mosquitto_files(
         "#   which acknowledge a batch only once it is stored.",
         "",
         "per_listener_settings true",
+        *([f"user {run_as}"] if run_as is not None else []),
         "persistence true",
         f"persistence_location {persistence_dir}/",
         "# queued batches reach the disk at most this long after they arrive",

@@ -1,11 +1,17 @@
-"""MQTT brokers MilkGuard starts itself: the embedded in-process broker for the default run.
+"""MQTT brokers MilkGuard starts itself: which one ``milkguard run`` uses, and the in-process one.
+
+``mqtt.broker`` decides (:func:`own_broker`): ``mosquitto`` starts Mosquitto as a child process
+(:mod:`milkguard.mosquitto`); ``embedded`` runs amqtt in this process; ``auto``, the default,
+is Mosquitto where the binary is installed and amqtt elsewhere; ``external`` starts nothing.
+amqtt is demo-grade: it holds what it acknowledged to gateways in this process's memory, so a
+killed service loses it, and its thread competes with the engine for the interpreter.
 
 amqtt runs in its own thread with its own asyncio loop, bound where the settings say (never the
 library's default 0.0.0.0 by accident). Who may connect and what they may do comes from
 ``mqtt.security`` (:mod:`milkguard.broker_security`): without users it is anonymous, which
 :func:`milkguard.broker_security.exposure_problems` allows on loopback only. It is 3-4x slower
-than Mosquitto, which is plenty for one site; a large install points ``mqtt.broker: external``
-at Mosquitto configured from the same model.
+than Mosquitto, which is plenty for one site; a large install uses Mosquitto (the default where
+it is installed) configured from the same model.
 """
 
 from __future__ import annotations
@@ -20,13 +26,17 @@ from typing import Any
 
 from milkguard.broker_security import (
     BrokerSecurity,
+    QueueSizing,
     amqtt_config,
     exposure_problems,
+    known_gateways,
+    mosquitto_exposure_problems,
     verify_password,
 )
 from milkguard.errors import BrokerError, ConfigError, ExtraMissing
+from milkguard.mosquitto import MosquittoChild, find_mosquitto
 from milkguard.mqtt import BrokerAddress
-from milkguard.settings import Settings, broker_address
+from milkguard.settings import CommonSettings, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def own_clients_address(settings: Settings) -> BrokerAddress:
+def own_clients_address(settings: CommonSettings) -> BrokerAddress:
     """Where the service's own clients reach the embedded broker it runs.
 
     The loopback listener (``mqtt.security.local_port``) when there is one; else mqtt.host, or
@@ -59,7 +69,7 @@ def own_clients_address(settings: Settings) -> BrokerAddress:
     return address
 
 
-def check_own_credentials(settings: Settings) -> None:
+def check_own_credentials(settings: CommonSettings, *, demo_fleet: bool) -> None:
     """The service's own clients must be able to reach its embedded broker (TLS trusted, or
     the loopback listener) and, with users configured, log in as the stream; the demo fleet
     (which has no gateway credentials) cannot run then. A :class:`ConfigError` saying what
@@ -73,7 +83,7 @@ def check_own_credentials(settings: Settings) -> None:
         )
     if not security.users:
         return
-    if settings.simulators:
+    if demo_fleet:
         raise ConfigError(
             "the demo fleet cannot run with mqtt.security.users set (it has no gateway "
             "credentials): run with --no-simulators, or remove mqtt.security.users for a "
@@ -92,6 +102,85 @@ def check_own_credentials(settings: Settings) -> None:
             f"mqtt.password does not match the password_hash of user {user.name!r} in "
             "mqtt.security.users: set MILKGUARD_MQTT__PASSWORD to the password that hash was "
             "made from (`milkguard broker hash-password`)"
+        )
+
+
+#: Gateways assumed for the child's queue sizing when ``mqtt.security`` names none (an
+#: anonymous broker on loopback: the demo fleet, a load test).
+UNNAMED_GATEWAYS = 100
+
+
+def own_broker(
+    settings: CommonSettings, data_dir: Path, *, demo_fleet: bool
+) -> EmbeddedBroker | MosquittoChild | None:
+    """The broker ``milkguard run`` starts, as ``mqtt.broker`` asks (None: ``external``), not
+    started yet; one log line says which and why.
+
+    Checks first that the service's own clients can log in to it
+    (:func:`check_own_credentials`) and that it would not be open to the network.
+    """
+    mqtt = settings.mqtt
+    if mqtt.broker == "external":
+        log.info(
+            "broker.chosen",
+            extra={
+                "broker": "external",
+                "why": "mqtt.broker is external",
+                "address": f"{mqtt.host}:{mqtt.port}",
+            },
+        )
+        return None
+    check_own_credentials(settings, demo_fleet=demo_fleet)
+    binary = find_mosquitto() if mqtt.broker in ("auto", "mosquitto") else None
+    if mqtt.broker == "mosquitto" and binary is None:
+        raise ConfigError(
+            "mqtt.broker is mosquitto, but no mosquitto binary is on PATH or in /usr/sbin: "
+            "install it (apt-get install mosquitto; `make run` does it), or set mqtt.broker: "
+            "embedded for the in-process demo broker"
+        )
+    if binary is None:
+        why = (
+            "mqtt.broker is embedded"
+            if mqtt.broker == "embedded"
+            else "mqtt.broker is auto and no mosquitto binary is installed"
+        )
+        log.warning(
+            "broker.chosen",
+            extra={
+                "broker": "amqtt (embedded, demo-grade)",
+                "why": why,
+                "risk": "what it acknowledged to gateways is lost if this process is killed",
+                "fix": "apt-get install mosquitto, then mqtt.broker: auto or mosquitto",
+            },
+        )
+        return EmbeddedBroker(mqtt.host, mqtt.port, mqtt.security)
+    refuse_exposed("Mosquitto", mqtt.host, mosquitto_exposure_problems(mqtt.security, mqtt.host))
+    log.info(
+        "broker.chosen",
+        extra={
+            "broker": "mosquitto (child process)",
+            "why": f"mqtt.broker is {mqtt.broker} and {binary} is installed",
+            "address": f"{mqtt.host}:{mqtt.port}",
+        },
+    )
+    return MosquittoChild(
+        binary,
+        mqtt.security,
+        mqtt.host,
+        mqtt.port,
+        directory=data_dir / "mosquitto",
+        sizing=QueueSizing(len(known_gateways(mqtt.security)) or UNNAMED_GATEWAYS),
+        probe=own_clients_address(settings),
+    )
+
+
+def refuse_exposed(what: str, host: str, problems: list[str]) -> None:
+    """A :class:`ConfigError` listing ``problems`` when a broker on ``host`` would be open."""
+    if problems:
+        raise ConfigError(
+            f"refusing to start {what} on mqtt.host {host}: it is reachable from the network, "
+            "and anyone could publish as any gateway. Either set mqtt.host: 127.0.0.1, or:\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
         )
 
 
@@ -124,14 +213,9 @@ class EmbeddedBroker:
             import amqtt.broker  # noqa: F401, PLC0415 - optional part, imported when used
         except ImportError as exc:
             raise ExtraMissing("The embedded MQTT broker", "stream", "amqtt") from exc
-        problems = exposure_problems(self.security, self.host)
-        if problems:
-            raise ConfigError(
-                f"refusing to start the embedded MQTT broker on mqtt.host {self.host}: it is "
-                "reachable from the network, and anyone could publish as any gateway. Either "
-                "set mqtt.host: 127.0.0.1, or:\n"
-                + "\n".join(f"  - {problem}" for problem in problems)
-            )
+        refuse_exposed(
+            "the embedded MQTT broker", self.host, exposure_problems(self.security, self.host)
+        )
         for tls_file in self._tls_files():
             if not tls_file.is_file():
                 raise ConfigError(

@@ -1,5 +1,19 @@
-"""MQTT connections made the same way everywhere: auth, TLS, clear errors, reconnects, and
-acknowledgements tracked by message id.
+"""The one way every MilkGuard service talks MQTT: the gateway's link, the stream's source and
+outbox, the Kafka bridge, the alert service and the simulators all connect through
+:class:`Connection` (:func:`connect` for those that must fail fast at start).
+
+What every connection gets: MQTT 3.1.1; TLS with the broker's certificate verified against
+``tls_ca`` (chain and host name) and an optional client certificate; a username and password,
+never sent in clear to a broker on another host; a clean or persistent session; paho's manual
+acknowledgement when asked; a last will refreshed before each connect; reconnects with a jittered
+:class:`~milkguard.backoff.Backoff`; and failures explained the same way everywhere, as typed
+errors (:class:`BrokerUnreachable`, :class:`UntrustedBroker`, :class:`TlsFailed`,
+:class:`BrokerRefused`) that name the setting to fix.
+
+Reconnects are ours, not paho's: paho 2.2's ``loop_forever`` waits ``min_delay`` and doubles it
+(``Client._reconnect_wait``) with no jitter, so a fleet that lost its broker at one instant would
+knock again at the same instants. The network thread here runs paho's ``loop()`` and, when the
+link drops, waits a delay drawn by the connection's own backoff before ``reconnect()``.
 
 paho is an optional dependency (extras ``edge``, ``stream``, ``simulators``); it is imported when
 a connection is made, so the base package and the wire contract stay importable without it.
@@ -17,22 +31,35 @@ Two paho behaviours shape this module:
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from milkguard.backoff import Backoff
 from milkguard.broker_security import is_loopback
 from milkguard.errors import BrokerError, ExtraMissing
-
-if TYPE_CHECKING:
-    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[Any, Any, Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingNames:
+    """Where a service's user sets each part of its broker address, so that every failure
+    names the setting to fix (the gateway's file spells TLS ``mqtt.tls.ca``, the stream's
+    settings ``mqtt.tls_ca``)."""
+
+    host: str = "mqtt.host"
+    port: str = "mqtt.port"
+    credentials: str = "mqtt.username/mqtt.password"
+    ca: str = "mqtt.tls_ca"
+    tls: str = "mqtt.tls_ca, mqtt.tls_cert and mqtt.tls_key"
+    client_cert: str = "mqtt.tls_cert/mqtt.tls_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +74,47 @@ class BrokerAddress:
     tls_cert: Path | None = None  # a client certificate, with its key, when the broker asks
     tls_key: Path | None = None
     keepalive_s: int = 30
+    names: SettingNames = SettingNames()
 
     def __repr__(self) -> str:
         tls = self.tls_ca is not None
         return f"BrokerAddress({self.host}:{self.port}, user={self.username!r}, tls={tls})"
 
+    @property
+    def where(self) -> str:
+        """host:port, as errors show it."""
+        return f"{self.host}:{self.port}"
+
 
 class PublishRefused(BrokerError):  # noqa: N818 - reads as what happened
     """paho refused to queue a message (its outgoing queue is full)."""
+
+
+class ConnectError(BrokerError):
+    """A connection attempt failed; the message says why and which setting to check.
+
+    ``ConnectError`` (a :class:`BrokerError`)
+     ├── :class:`BrokerUnreachable`: nothing listening, unknown host, no answer, closed early
+     ├── :class:`TlsFailed`: the TLS handshake failed
+     │    └── :class:`UntrustedBroker`: the broker's certificate is not signed by ``tls_ca``
+     └── :class:`BrokerRefused`: the broker answered CONNECT with a refusal (credentials, ACL)
+    """
+
+
+class BrokerUnreachable(ConnectError):  # noqa: N818 - reads as what happened
+    """No MQTT session could be opened at that address."""
+
+
+class TlsFailed(ConnectError):  # noqa: N818 - reads as what happened
+    """The TLS handshake with the broker failed."""
+
+
+class UntrustedBroker(TlsFailed):
+    """The broker's certificate does not verify against the configured CA."""
+
+
+class BrokerRefused(ConnectError):  # noqa: N818 - reads as what happened
+    """The broker refused the client: a wrong password, an unknown user, an ACL."""
 
 
 class AckTracker:
@@ -96,37 +156,137 @@ class AckTracker:
             return self._changed.wait_for(lambda: len(self._pending) < limit, timeout_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The message the broker publishes for us if we vanish without a DISCONNECT.
+
+    ``payload`` is called before every connect: a will carries the state of now, not of the
+    start (the gateway's status, say).
+    """
+
+    topic: str
+    payload: Callable[[], bytes]
+    retain: bool = True
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the broker answered to one connection attempt (set on the network thread)."""
+
+    accepted: bool = False
+    refusal: BrokerRefused | None = None
+
+
 class Connection:
-    """A paho client and the network thread that we own, so shutdown can drain through it."""
+    """A paho client and the network thread that we own, which connects, keeps the session up
+    and reconnects with a jittered backoff, so shutdown can drain through it.
 
-    def __init__(self, client: mqtt.Client, thread: threading.Thread, client_id: str) -> None:
+    ``on_connect_extra(client)`` runs after every accepted (re)connect (e.g. to subscribe
+    again); ``on_acknowledged(mid)`` on the network thread for every PUBACK. ``connected`` is
+    set once the loop pass that handled the CONNACK is over: paho has queued its resends of the
+    messages in flight by then, so nothing published afterwards overtakes them.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        clean_session: bool = True,
+        manual_ack: bool = False,
+        on_message: MessageHandler | None = None,
+        on_connect_extra: Callable[[Any], None] | None = None,
+        on_acknowledged: Callable[[int], None] | None = None,
+        will: Will | None = None,
+        max_inflight: int = 100,
+        max_queued: int = 100_000,
+        reconnect: Backoff | None = None,
+    ) -> None:
+        client = new_client(address, client_id, clean_session=clean_session, manual_ack=manual_ack)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(max_queued)
         self.client = client
+        self.address = address
         self.client_id = client_id
-        self.thread = thread
         self.acks = AckTracker()
+        #: set while a session is up (see the class's description)
+        self.connected = threading.Event()
+        self.connects = 0
+        self.failed_attempts = 0
+        #: why the latest attempt failed; None once a connect was accepted
+        self.last_error: ConnectError | None = None
+        self._paho = paho_module()
+        self._reconnect = reconnect if reconnect is not None else Backoff(1.0, 30.0)
+        self._will = will
+        self._on_connect_extra = on_connect_extra
+        self._on_acknowledged = on_acknowledged
+        self._stopping = threading.Event()
+        self._settled = threading.Event()  # the first attempt was accepted or failed
+        self._attempt = _Attempt()
+        self._retry_first = True
+        self.thread = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        if on_message is not None:
+            client.on_message = on_message
+        only_the_network_thread_writes(client)
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish with QoS 1; queued by paho while the link is down, sent after reconnect."""
-        paho = paho_module()
+    def __repr__(self) -> str:
+        return f"Connection({self.client_id!r}, {self.address!r}, {self._reconnect!r})"
+
+    def start(self, *, retry_first: bool = True) -> None:
+        """Connect in the background and keep the session up. With ``retry_first`` false, a
+        first attempt that fails ends the thread (see :meth:`wait_connected`)."""
+        self._retry_first = retry_first
+        self.thread.start()
+
+    def wait_connected(self, timeout_s: float) -> None:
+        """Wait for the first attempt; raise its :class:`ConnectError` (and stop) if it failed."""
+        if not self._settled.wait(timeout_s):
+            self.disconnect()
+            self.join(timeout_s)
+            raise BrokerUnreachable(
+                f"cannot reach the MQTT broker at {self.address.where}: it did not answer "
+                f"within {timeout_s:g} s; is {self.address.names.host} right, and is the link up?"
+            )
+        if not self.connected.is_set() and self.last_error is not None:
+            self.disconnect()
+            self.join(timeout_s)
+            raise self.last_error
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Publish with QoS 1; its message id. Queued by paho while the link is down and sent
+        after the reconnect; :class:`PublishRefused` only when paho's queue is full."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        # NO_CONN and CONN_LOST leave the message queued for the reconnect: not a refusal
+        if info.rc == self._paho.MQTT_ERR_QUEUE_SIZE:
             raise PublishRefused(
                 f"MQTT client {self.client_id!r} could not queue a message for {topic!r}: "
-                f"{paho.error_string(info.rc)}"
+                f"{self._paho.error_string(info.rc)}"
             )
         self.acks.added(info.mid)
+        return int(info.mid)
+
+    def ack(self, mid: int) -> None:
+        """Acknowledge a received QoS 1 message (with ``manual_ack``): the broker forgets it.
+        MQTT wants acknowledgements in the order the messages came."""
+        self.client.ack(mid, 1)
 
     def wait_acknowledged(self, timeout_s: float) -> bool:
         """Wait until the broker acknowledged everything published so far."""
         return self.acks.wait_below(1, timeout_s)
 
     def disconnect(self) -> None:
-        """Send DISCONNECT; the network thread ends once it is out (see :meth:`join`)."""
+        """Send DISCONNECT (no last will) and stop reconnecting; the network thread ends once it
+        is out (see :meth:`join`)."""
+        self._stopping.set()
         self.client.disconnect()
 
     def join(self, timeout_s: float = 10.0) -> None:
         """Wait for the network thread to end."""
-        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Wait for acknowledgements, disconnect, end the thread. False if some were not acked."""
@@ -134,6 +294,118 @@ class Connection:
         self.disconnect()
         self.join(timeout_s)
         return acked
+
+    # ------------------------------------------------------------------ the network thread
+
+    def _run(self) -> None:
+        first = True
+        while not self._stopping.is_set():
+            failed = not self._session(first)
+            if first and failed and not self._retry_first:
+                self._settled.set()  # wait_connected raises last_error
+                return
+            first = False
+            if self._stopping.wait(self._reconnect.next()):
+                return
+
+    def _session(self, first: bool) -> bool:
+        """One attempt and, once accepted, the session until it ends; False if not accepted."""
+        client, address = self.client, self.address
+        attempt = self._attempt = _Attempt()
+        if self._will is not None:
+            client.will_set(self._will.topic, self._will.payload(), qos=1, retain=self._will.retain)
+        try:
+            if first:  # connect() keeps the address for every reconnect()
+                client.connect(address.host, address.port, keepalive=address.keepalive_s)
+            else:
+                client.reconnect()
+        except (OSError, ValueError) as exc:
+            self._failed(connect_error(exc, address))
+            return False
+        rc = self._paho.MQTT_ERR_SUCCESS
+        while rc == self._paho.MQTT_ERR_SUCCESS:
+            rc = client.loop(timeout=1.0)
+            if (
+                attempt.accepted
+                and not self.connected.is_set()
+                and rc == self._paho.MQTT_ERR_SUCCESS
+            ):
+                self.connected.set()
+                self._settled.set()
+        self.connected.clear()
+        if attempt.accepted:
+            self._reconnect.reset()  # a session that worked: the next drop backs off afresh
+            return True
+        if attempt.refusal is not None:
+            self._failed(attempt.refusal)
+        elif not self._stopping.is_set():
+            names = address.names
+            hint = (
+                f"does this port expect TLS? Then set {names.ca}"
+                if address.tls_ca is None
+                else f"check {names.client_cert} if it requires client certificates"
+            )
+            self._failed(
+                BrokerUnreachable(
+                    f"cannot reach the MQTT broker at {address.where}: it closed the "
+                    f"connection before accepting it; {hint}"
+                )
+            )
+        return False
+
+    def _failed(self, error: ConnectError) -> None:
+        self.failed_attempts += 1
+        # the same reason again and again (a broker down for an hour) is logged once
+        repeated = self.last_error is not None and str(error) == str(self.last_error)
+        log.log(
+            logging.DEBUG if repeated else logging.ERROR,
+            "mqtt.connect_failed",
+            extra={"client_id": self.client_id, "reason": str(error)},
+        )
+        self.last_error = error
+
+    def _on_connect(
+        self, client: Any, userdata: object, flags: Any, reason: Any, props: object
+    ) -> None:
+        if reason.is_failure:
+            self._attempt.refusal = BrokerRefused(
+                f"the MQTT broker at {self.address.where} refused client {self.client_id!r}: "
+                f"{reason}; check {self.address.names.credentials} and the broker's ACL"
+            )
+            return
+        self._attempt.accepted = True
+        self.connects += 1
+        if self.last_error is not None:
+            log.info(
+                "mqtt.reconnected",
+                extra={"client_id": self.client_id, "after_failures": self.failed_attempts},
+            )
+        self.last_error = None
+        if self._on_connect_extra is not None:
+            self._on_connect_extra(client)
+        log.info(
+            "mqtt.connected",
+            extra={
+                "client_id": self.client_id,
+                "broker": repr(self.address),
+                "session_present": bool(getattr(flags, "session_present", False)),
+            },
+        )
+
+    def _on_disconnect(
+        self, client: Any, userdata: object, flags: object, reason: Any, props: object
+    ) -> None:
+        if reason.is_failure and self.connected.is_set() and not self._stopping.is_set():
+            log.warning(
+                "mqtt.link_lost", extra={"client_id": self.client_id, "reason": str(reason)}
+            )
+
+    def _on_publish(
+        self, client: Any, userdata: object, mid: int, reason: Any, props: object
+    ) -> None:
+        self.acks.acknowledged(mid)
+        if self._on_acknowledged is not None:
+            self._on_acknowledged(mid)
 
 
 def only_the_network_thread_writes(client: Any) -> None:
@@ -222,69 +494,68 @@ def connect(
     client_id: str,
     *,
     clean_session: bool = True,
+    manual_ack: bool = False,
     on_message: MessageHandler | None = None,
     on_connect_extra: Callable[[Any], None] | None = None,
+    will: Will | None = None,
     timeout_s: float = 10.0,
     max_inflight: int = 100,
     max_queued: int = 100_000,
+    reconnect: Backoff | None = None,
 ) -> Connection:
-    """A connected client whose network loop runs in a thread of ours.
+    """A connected :class:`Connection`, for services that must not start without their broker.
 
-    ``on_connect_extra(client)`` runs after every (re)connect, e.g. to subscribe again.
-    Raises :class:`BrokerError` with the broker's reason when the first connect fails.
+    The first attempt fails fast with a :class:`ConnectError` saying why; once connected, a
+    lost link is reconnected in the background with a jittered backoff (1-30 s by default).
     """
-    client = new_client(address, client_id, clean_session=clean_session)
-    client.max_inflight_messages_set(max_inflight)
-    client.max_queued_messages_set(max_queued)
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    connected = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def on_connect(
-        client: Any, userdata: object, flags: object, reason: Any, props: object
-    ) -> None:
-        outcome["reason"] = reason
-        if not reason.is_failure:
-            if on_connect_extra is not None:
-                on_connect_extra(client)
-            log.info("mqtt.connected", extra={"client_id": client_id, "broker": repr(address)})
-        connected.set()
-
-    def on_disconnect(
-        client: Any, userdata: object, flags: object, reason: Any, props: object
-    ) -> None:
-        if reason.is_failure:
-            log.warning("mqtt.disconnected", extra={"client_id": client_id, "reason": str(reason)})
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    if on_message is not None:
-        client.on_message = on_message
-    try:
-        client.connect(address.host, address.port, keepalive=address.keepalive_s)
-    except (OSError, ssl.SSLError) as exc:
-        raise BrokerError(
-            f"cannot reach the MQTT broker at {address.host}:{address.port}: {exc}. "
-            "Is it running, and are mqtt.host/mqtt.port right?"
-        ) from exc
-    thread = threading.Thread(target=client.loop_forever, name=f"mqtt-{client_id}", daemon=True)
-    connection = Connection(client, thread, client_id)
-    client.on_publish = lambda _c, _u, mid, _r, _p: connection.acks.acknowledged(mid)
-    only_the_network_thread_writes(client)
-    # loop_forever does not create the socket pair that wakes its select on a publish (only
-    # loop() and loop_start() do, paho 2.2); one loop() here, before the thread exists, does
-    client.loop(timeout=0)
-    thread.start()
-    if not connected.wait(timeout_s):
-        connection.disconnect()
-        raise BrokerError(
-            f"the MQTT broker at {address.host}:{address.port} did not answer within {timeout_s} s"
-        )
-    reason = outcome["reason"]
-    if reason.is_failure:
-        connection.disconnect()
-        raise BrokerError(
-            f"the MQTT broker at {address.host}:{address.port} refused client {client_id!r}: "
-            f"{reason}. Check mqtt.username/mqtt.password and the broker's ACL."
-        )
+    connection = Connection(
+        address,
+        client_id,
+        clean_session=clean_session,
+        manual_ack=manual_ack,
+        on_message=on_message,
+        on_connect_extra=on_connect_extra,
+        will=will,
+        max_inflight=max_inflight,
+        max_queued=max_queued,
+        reconnect=reconnect,
+    )
+    connection.start(retry_first=False)
+    connection.wait_connected(timeout_s)
     return connection
+
+
+def connect_error(exc: BaseException, address: BrokerAddress) -> ConnectError:
+    """What a failed connection attempt means for the person fixing it, as a typed error."""
+    where, names = address.where, address.names
+    cannot = f"cannot reach the MQTT broker at {where}"
+    error: ConnectError
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        error = UntrustedBroker(
+            f"{cannot}: TLS: it presented a certificate that {names.ca} does not trust "
+            f"({exc.verify_message}, {exc.reason}); check the CA file and the broker's host name"
+        )
+    elif isinstance(exc, ssl.SSLError) or (
+        address.tls_ca is not None and isinstance(exc, ConnectionResetError)
+    ):  # a plaintext listener resets the connection at our TLS ClientHello
+        why = getattr(exc, "reason", None) or exc
+        error = TlsFailed(
+            f"{cannot}: TLS handshake failed ({why}); check {names.tls} and that this port "
+            "speaks TLS"
+        )
+    elif isinstance(exc, ConnectionRefusedError):
+        error = BrokerUnreachable(
+            f"{cannot}: nothing accepts connections there; is the broker running, are "
+            f"{names.host} and {names.port} right?"
+        )
+    elif isinstance(exc, socket.gaierror):
+        error = BrokerUnreachable(
+            f"{cannot}: cannot resolve host {address.host!r} ({exc.strerror}); check "
+            f"{names.host} and DNS"
+        )
+    elif isinstance(exc, TimeoutError | socket.timeout):
+        error = BrokerUnreachable(f"{cannot}: no answer (timed out); the link may be down")
+    else:
+        error = BrokerUnreachable(f"{cannot}: {exc}")
+    error.__cause__ = exc
+    return error

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edge.drivers.physics import FarmBulkTank, HtstLine, TruckCompartment
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import (
@@ -29,7 +30,6 @@ from milkguard.contract.v1 import (
     Reading,
     RunStart,
 )
-from simulators.physics import FarmBulkTank, HtstLine, TruckCompartment
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ class _Gateway:
 
 class DemoFleet:
     """Runs the demo devices in a background thread, publishing one batch per gateway per second."""
+
+    #: what ``milkguard run`` prints once the fleet runs
+    banner = (
+        "demo fleet running: farm-01 tank-1, truck-07 (rear hatch will be left open), "
+        "plant-01 htst-1."
+    )
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from edge.drivers.physics import FarmBulkTank, HtstLine, TruckCompartment
 from milkguard.contract.v1 import (
     Batch,
     CipEnd,
@@ -29,7 +30,6 @@ from milkguard.contract.v1 import (
     batch_topic,
     encode_batch,
 )
-from simulators.physics import FarmBulkTank, HtstLine, TruckCompartment
 from simulators.scenario import (
     CanLineDevice,
     Device,

@@ -29,7 +29,7 @@ import msgspec
 
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, parse_batch_topic, read_batch
 from milkguard.errors import BrokerError, ExtraMissing
-from milkguard.mqtt import BrokerAddress, new_client, only_the_network_thread_writes, topic_of
+from milkguard.mqtt import BrokerAddress, Connection, connect, topic_of
 from stream.engine.deviation import iso_ms
 from stream.sinks.base import DeadLetter
 
@@ -105,12 +105,10 @@ class Bridge:
                 "Check kafka.bootstrap_servers and the security settings."
             ) from exc
         try:
-            client = self._connect()
-        except OSError as exc:
+            connection = self._connect()
+        except BrokerError:  # says why: wrong password, untrusted CA, nothing listening ...
             await producer.stop()
-            raise BrokerError(
-                f"cannot reach the MQTT broker at {self.mqtt.host}:{self.mqtt.port}: {exc}"
-            ) from exc
+            raise
         pending: deque[tuple[int, asyncio.Future[Any]]] = deque()
         try:
             while not stop.is_set() or not self._incoming.empty() or pending:
@@ -118,13 +116,14 @@ class Bridge:
                 while pending and pending[0][1].done():
                     mid, done = pending.popleft()
                     done.result()  # a Kafka failure ends the bridge: the broker redelivers
-                    client.ack(mid, 1)
+                    connection.ack(mid)
                     self.counters.acknowledged += 1
                 if stop.is_set() and self._incoming.empty() and pending:
                     await asyncio.wait([f for _, f in pending])
                 await asyncio.sleep(0 if pending else 0.005)
         finally:
-            client.disconnect()
+            connection.disconnect()
+            connection.join()
             await producer.stop()
 
     async def _take(self, producer: Any, pending: deque[tuple[int, asyncio.Future[Any]]]) -> None:
@@ -151,29 +150,23 @@ class Bridge:
                 log.warning("bridge.rejected", extra={"topic": topic, "reason": reason})
             pending.append((mid, future))
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Connection:
         # TLS (verified) and credentials as every MilkGuard client: the password never
         # crosses the network in clear when mqtt.tls_ca is set
-        client = new_client(self.mqtt, self.client_id, clean_session=False, manual_ack=True)
-        only_the_network_thread_writes(client)
-
-        def on_connect(c: Any, u: object, flags: object, reason: Any, props: object) -> None:
-            if not reason.is_failure:
-                c.subscribe(BATCH_SUBSCRIPTION, qos=1)
-            else:
-                log.error(
-                    "bridge.refused",
-                    extra={"broker": repr(self.mqtt), "reason": str(reason)},
-                )
+        def subscribe(client: Any) -> None:
+            client.on_subscribe = lambda *_: self.ready.set()
+            client.subscribe(BATCH_SUBSCRIPTION, qos=1)
 
         def on_message(c: Any, u: object, message: Any) -> None:
             self.counters.received += 1
             # blocks the network thread while the queue is full: backpressure to the broker
             self._incoming.put((topic_of(message), bytes(message.payload), message.mid))
 
-        client.on_connect = on_connect
-        client.on_message = on_message
-        client.on_subscribe = lambda *_: self.ready.set()
-        client.connect(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s)
-        client.loop_start()
-        return client
+        return connect(
+            self.mqtt,
+            self.client_id,
+            clean_session=False,
+            manual_ack=True,
+            on_message=on_message,
+            on_connect_extra=subscribe,
+        )

@@ -1,45 +1,91 @@
 """``milkguard run``: the whole stream on one machine, a thin shell around the pure engine.
 
-Threads: the MQTT broker (embedded amqtt, unless an external one is configured), paho's network
-thread feeding a bounded queue, the demo fleet (unless disabled), and this module's engine loop,
+Threads: the MQTT broker (Mosquitto as a child process, or amqtt in-process: see
+:func:`milkguard.brokers.own_broker`; none when an external one is configured), paho's network
+thread feeding a bounded queue, the demo fleet (if handed one), and this module's engine loop,
 which owns the engine and every sink (so none of them needs a lock).
 
-Stopping (Ctrl-C or SIGTERM) loses nothing: the simulators stop and wait for their last batches to
-be acknowledged; the source keeps reading until the broker has been quiet for a moment; it then
-unsubscribes and what is queued is judged; every sink is flushed and closed; the broker stops last.
-Deviations still open are reported as open, never closed on the stream's behalf. The engine's
-state (readings held for lateness, breaches in progress, open deviations) is saved to
-``DATA_DIR/engine.snapshot`` and taken back at the next start under the same plan version, so a
-restart in the middle of a breach opens its deviation at the same event time as without it.
+Durability contract (:mod:`stream.checkpoint`). The engine thread takes what has arrived (up to
+``mqtt.max_unacknowledged`` messages) and judges it as one batch: the engine advances once, to
+the newest receive time. Every ``checkpoint_s``, when ``mqtt.max_unacknowledged`` messages wait
+for their acknowledgement, when MQTT goes quiet, and at stop, it checkpoints, in this order:
+
+1. outputs durable: the line-protocol file, ``deviations.jsonl`` and ``deadletter.jsonl``
+   written and fsynced; InfluxDB (when configured) has confirmed its lines; the broker has
+   acknowledged the deviations and dead letters published on MQTT;
+2. ``DATA_DIR/stream.checkpoint`` replaced atomically: the engine's state (readings held for
+   lateness, breaches in progress, open deviations), the duplicate windows, and each file's
+   durable size;
+3. only then the MQTT messages are acknowledged (paho's manual acknowledgement, in order).
+
+If a step fails (InfluxDB down), nothing is acknowledged and the next checkpoint tries again;
+the broker stops sending once its in-flight window is full: backpressure, nothing dropped.
+
+After a crash or ``kill -9`` anywhere, the next start restores the checkpoint, cuts the local
+files back to its sizes, and the broker sends again everything not acknowledged: each reading
+is in the line-protocol files once, no acknowledged message is lost, and the deviations are
+judged again from the same state, so a change written before the crash comes again with the
+same id (consumers of the MQTT deviations drop repeats by id and change). The engine is not
+moved by the wall clock before MQTT has been connected for a moment, and a restored channel
+counts as heard at the restart (``Engine.excuse_outage``), so readings the broker held during
+the outage arrive before any channel can look silent; a channel that stays silent opens its
+"monitoring lost" with the same start as without the restart. Until the source is first
+idle, batches sent before the connection do not count as evidence of a gateway's clock (their
+delay is the outage's, not a clock fault). What an in-process (amqtt)
+broker had accepted dies with the process: durability across kills needs an external or child
+Mosquitto.
+
+Stopping (Ctrl-C or SIGTERM): the simulators stop and wait for their last batches to be
+acknowledged; the source keeps reading until the broker has been quiet for a moment, a
+checkpoint acknowledges everything judged, the source disconnects (keeping its persistent
+session), and the last checkpoint is saved; the broker stops last. Deviations still open are
+reported as open, never closed on the stream's behalf.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError
-from milkguard.settings import Settings, broker_address
+from milkguard.mqtt import BrokerAddress
+from milkguard.settings import broker_address
+from stream.checkpoint import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    Checkpointer,
+    CheckpointFile,
+    PositionedFiles,
+    file_names,
+    file_paths,
+    positions_of,
+    restore_files,
+)
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
-from stream.errors import SinkError
 from stream.ingest import Ingest
-from stream.mqtt_io import MqttBatchSource, MqttDeadLetterSink, MqttDeviationSink, MqttOutbox
-from stream.plan import CriticalLimit, Htst, LoadedPlan, load_plan
+from stream.live_view import LiveView
+from stream.mqtt_io import (
+    Message,
+    MqttBatchSource,
+    MqttDeadLetterSink,
+    MqttDeviationSink,
+    MqttOutbox,
+)
+from stream.plan import LoadedPlan, load_plan
+from stream.settings import StreamSettings
 from stream.signed import load_stream_signer
 from stream.sinks.base import (
     FanOutDeadLetterSink,
@@ -47,7 +93,7 @@ from stream.sinks.base import (
     FanOutTimeSeriesSink,
     TimeSeriesSink,
 )
-from stream.sinks.console import ConsoleDeviationSink, describe_limit
+from stream.sinks.console import ConsoleDeviationSink
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
 from stream.sinks.influx import InfluxDBSink
 
@@ -57,6 +103,29 @@ FLUSH_EVERY_S = 1.0
 STATUS_EVERY_S = 10.0
 QUIET_BEFORE_STOP_S = 0.5
 MAX_DRAIN_WAIT_S = 5.0
+#: After connecting, how long the wall clock does not move the engine: the broker first sends
+#: what it held while the stream was down, and a channel must not look silent before it is in.
+CONNECTED_BEFORE_TICKS_S = 1.0
+#: How long to wait for more messages once some are taken and not yet acknowledged; a source
+#: quiet this long is checkpointed at once, so a broker with a small in-flight window (Mosquitto
+#: defaults to 20) is not left waiting for the periodic checkpoint.
+LINGER_S = 0.01
+#: The engine's clock moves with the wall clock at most this often while no data comes.
+TICK_EVERY_S = 0.2
+
+
+class Fleet(Protocol):
+    """Simulated gateways run beside the stream, against its broker (the demo fleet)."""
+
+    #: printed once the fleet runs: what a newcomer will see happen
+    banner: str
+    readings_published: int
+
+    def start(self) -> None:
+        """Connect and start publishing."""
+
+    def stop(self) -> None:
+        """Stop, once the broker has acknowledged what was published."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,31 +138,39 @@ class RunSummary:
 
 
 class EmbeddedService:
-    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped."""
+    """Runs broker, source, engine, sinks and (optionally) the demo fleet until stopped.
+
+    ``demo_fleet`` builds the fleet from the address of the broker the stream runs; the command
+    hands it in (the stream does not import the simulators).
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: StreamSettings,
         console: Console | None = None,
         on_change: Callable[[DeviationChange], None] | None = None,
+        demo_fleet: Callable[[BrokerAddress], Fleet] | None = None,
     ) -> None:
         self.settings = settings
+        self._demo_fleet = demo_fleet
         self._on_change = on_change
         self.console = console or Console()
         self.plan: LoadedPlan = load_plan(settings.plan)  # fail before starting anything
         self.ingest: Ingest | None = None
         self.source: MqttBatchSource | None = None  # once running
         self.influx: InfluxDBSink | None = None
+        self._files: tuple[PositionedFiles, ...] = ()  # the local files a checkpoint records
+        self._letters_file: JsonlDeadLetterSink | None = None  # its daily budget carries on
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> RunSummary:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
         settings = self.settings
-        address = broker_address(settings)
-        if settings.mqtt.broker == "embedded":
-            from milkguard.brokers import check_own_credentials, own_clients_address  # noqa: PLC0415
+        from milkguard.brokers import own_broker, own_clients_address  # noqa: PLC0415
 
-            check_own_credentials(settings)
-            address = own_clients_address(settings)
+        broker = own_broker(  # None: mqtt.broker external
+            settings, settings.data_dir, demo_fleet=self._demo_fleet is not None
+        )
+        address = broker_address(settings) if broker is None else own_clients_address(settings)
         data_dir = settings.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,17 +180,17 @@ class EmbeddedService:
                 "Set data_dir (MILKGUARD_DATA_DIR or --data-dir) to a writable place."
             ) from exc
         with ExitStack() as stack:
-            if settings.mqtt.broker == "embedded":
-                from milkguard.brokers import EmbeddedBroker  # noqa: PLC0415 - only when embedded
-
-                mqtt = settings.mqtt
-                stack.enter_context(EmbeddedBroker(mqtt.host, mqtt.port, mqtt.security))
+            if broker is not None:
+                stack.enter_context(broker)  # stopped last, after the final drain
             outbox = MqttOutbox(address, f"{settings.mqtt.client_id}-out")
             stack.callback(outbox.close)
-            ingest = self._build_ingest(outbox)
+            store = CheckpointFile(self.checkpoint_path)
+            saved = store.load()
+            ingest = self._build_ingest(outbox, saved)
             stack.callback(ingest.close)
             if settings.metrics.port is not None:
-                from stream.metrics import MetricsServer, StreamCollector, counts_of  # noqa: PLC0415
+                from stream.counts import counts_of  # noqa: PLC0415
+                from stream.metrics import MetricsServer, StreamCollector  # noqa: PLC0415
 
                 collector = StreamCollector(
                     lambda: counts_of(self.ingest) if self.ingest else None, lambda: self.influx
@@ -122,6 +199,10 @@ class EmbeddedService:
                     MetricsServer(collector, settings.metrics.host, settings.metrics.port)
                 )
             source = MqttBatchSource(address, settings.mqtt.client_id, settings.mqtt.queue_size)
+            checkpointer = self._checkpointer(store, ingest, source)
+            checkpointer.checkpoint()  # the files' sizes now: what a crash before the next cuts to
+            # what the broker held while the stream was down says nothing of gateways' clocks
+            ingest.clocks_sent_from_ms = time.time_ns() // 1_000_000
             source.start()
             self.ingest = ingest
             self.source = source
@@ -137,97 +218,127 @@ class EmbeddedService:
                 },
             )
             fleet = None
-            if settings.simulators:
-                from simulators.demo import DemoFleet  # noqa: PLC0415 - demo only
-
-                fleet = DemoFleet(address)
+            if self._demo_fleet is not None:
+                fleet = self._demo_fleet(address)
                 fleet.start()
-                self.console.print(
-                    "[dim]demo fleet running: farm-01 tank-1, truck-07 (rear hatch will be left "
-                    "open), plant-01 htst-1. Ctrl-C stops.[/dim]"
-                )
+                self.console.print(Text(f"{fleet.banner} Ctrl-C stops.", style="dim"))
             deadline = time.monotonic() + duration_s if duration_s is not None else None
-            self._loop(source, ingest, stop, deadline)
+            self._loop(source, ingest, checkpointer, stop, deadline)
             if fleet is not None:
                 fleet.stop()
-            self._drain(source, ingest)
+            self._drain(source, ingest, checkpointer)
         return self._summary(ingest, fleet.readings_published if fleet is not None else None)
 
-    def _build_ingest(self, outbox: MqttOutbox) -> Ingest:
+    def _build_ingest(self, outbox: MqttOutbox, saved: Checkpoint | None) -> Ingest:
+        """The ingest and its sinks, carried on from ``saved``: engine, duplicate windows, and the
+        local files cut back to the checkpointed sizes."""
         settings = self.settings
         data_dir = settings.data_dir
-        series: list[TimeSeriesSink] = [LineProtocolFileSink(data_dir)]
+        series_file = LineProtocolFileSink(data_dir)
+        deviations_file = JsonlDeviationSink(data_dir / "deviations.jsonl")
+        letters_file = JsonlDeadLetterSink(
+            data_dir / "deadletter.jsonl", round(settings.deadletter_budget_mb * 1024 * 1024)
+        )
+        self._files = (series_file, deviations_file, letters_file)
+        self._letters_file = letters_file
+        if saved is not None:
+            restore_files(self._files, file_paths(saved.files, data_dir))
+            letters_file.restore_budget(saved.extra)
+        series: list[TimeSeriesSink] = [series_file]
         influx = settings.influx
         if influx.enabled:
             sink = InfluxDBSink.from_settings(influx, data_dir)
             series.append(sink)
             self.influx = sink
-        return Ingest(
-            self._engine(),
+        ingest = Ingest(
+            self._engine(saved),
             FanOutTimeSeriesSink(series),
             FanOutDeviationSink(
                 [
-                    JsonlDeviationSink(data_dir / "deviations.jsonl"),
+                    deviations_file,
                     ConsoleDeviationSink(self.console),
                     MqttDeviationSink(outbox, load_stream_signer(settings)),
                 ]
             ),
-            FanOutDeadLetterSink(
-                [
-                    JsonlDeadLetterSink(
-                        data_dir / "deadletter.jsonl",
-                        round(settings.deadletter_budget_mb * 1024 * 1024),
-                    ),
-                    MqttDeadLetterSink(outbox),
-                ]
-            ),
+            FanOutDeadLetterSink([letters_file, MqttDeadLetterSink(outbox)]),
             on_change=self._on_change,
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
-            known_gateways=known_gateways(settings),
+            known_gateways=known_gateways(settings.mqtt.security),
         )
+        if saved is not None:
+            ingest.restore_windows(saved.windows)
+        return ingest
 
     @property
-    def snapshot_path(self) -> Path:
-        """Where the engine's state is kept between runs."""
+    def checkpoint_path(self) -> Path:
+        """Where the stream's checkpoint is kept between runs."""
+        return self.settings.data_dir / "stream.checkpoint"
+
+    @property
+    def legacy_snapshot_path(self) -> Path:
+        """Where releases before checkpoints kept the engine's state at a clean stop."""
         return self.settings.data_dir / "engine.snapshot"
 
-    def _engine(self) -> Engine:
-        path = self.snapshot_path
-        if not path.exists():
+    def _engine(self, saved: Checkpoint | None) -> Engine:
+        if saved is not None:
+            data, where = saved.engine, self.checkpoint_path
+        elif self.legacy_snapshot_path.exists():
+            data, where = self.legacy_snapshot_path.read_bytes(), self.legacy_snapshot_path
+        else:
             return Engine(self.plan)
         try:
-            engine = Engine.restore(self.plan, path.read_bytes())
+            engine = Engine.restore(self.plan, data)
         except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("engine.fresh_state", extra={"snapshot": str(path), "reason": str(exc)})
+            log.warning("engine.fresh_state", extra={"snapshot": str(where), "reason": str(exc)})
             return Engine(self.plan)
+        # the stream was down: what it did not hear meanwhile is in the broker, not silence
+        engine.excuse_outage(time.time_ns() // 1_000_000)
         log.info(
             "engine.restored",
             extra={
-                "snapshot": str(path),
+                "snapshot": str(where),
                 "held": engine.held,
                 "open": len(engine.open_deviations()),
             },
         )
         return engine
 
-    def _save_engine(self, engine: Engine) -> None:
-        path = self.snapshot_path
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(engine.snapshot())
-        with partial.open("rb") as written:
-            os.fsync(written.fileno())
-        partial.replace(path)  # atomic: a crash leaves the old snapshot or the new one
+    def _checkpointer(
+        self, store: CheckpointFile, ingest: Ingest, source: MqttBatchSource
+    ) -> Checkpointer[Message]:
+        data_dir = self.settings.data_dir
+
+        def state() -> Checkpoint:
+            return Checkpoint(
+                format=CHECKPOINT_FORMAT,
+                plan_version=self.plan.version,
+                engine=ingest.engine.snapshot(),
+                windows=ingest.windows(),
+                files=file_names(positions_of(self._files), data_dir),
+                extra=self._letters_file.budget_used() if self._letters_file else {},
+            )
+
+        return Checkpointer(
+            store,
+            make_durable=ingest.flush,
+            state=state,
+            acknowledge=source.acknowledge,
+            every_s=self.settings.checkpoint_s,
+            max_unacked=self.settings.mqtt.max_unacknowledged,
+        )
 
     def _loop(
         self,
         source: MqttBatchSource,
         ingest: Ingest,
+        checkpointer: Checkpointer[Message],
         stop: threading.Event,
         deadline: float | None,
     ) -> None:
-        live = self._live_view(ingest)
-        next_flush = time.monotonic() + FLUSH_EVERY_S
+        live = LiveView.for_terminal(self.console, self.plan)
+        next_view = time.monotonic() + FLUSH_EVERY_S
         next_status = time.monotonic() + STATUS_EVERY_S
+        next_tick = time.monotonic() + CONNECTED_BEFORE_TICKS_S
         held_back = False
         with live if live is not None else ExitStack():
             while not stop.is_set():
@@ -236,62 +347,89 @@ class EmbeddedService:
                     break
                 if ingest.saturated:
                     # InfluxDB is behind: take nothing more from MQTT (the broker holds it),
-                    # but keep flushing and keep watching for a stop
+                    # but keep checkpointing (which writes to InfluxDB) and watching for a stop
                     if not held_back:
                         log.warning("stream.backpressure", extra={"queued": source.queue.qsize()})
                         held_back = True
                     stop.wait(0.2)
-                    next_flush = 0.0
+                    checkpointer.checkpoint()
+                    continue
+                held_back = False
+                taken = self._take(source, checkpointer)
+                if taken:
+                    ingest.handle_many(m[:3] for m in taken)
+                    checkpointer.taken(taken)
                 else:
-                    held_back = False
-                    try:
-                        message = source.queue.get(timeout=0.2)
-                    except queue.Empty:
-                        # no data: move the engine's clock so silence and deadlines still fire
+                    if checkpointer.unacknowledged:
+                        checkpointer.checkpoint()  # MQTT is quiet: acknowledge what is judged
+                    if now >= next_tick and source.subscribed.is_set():
+                        # no data: the broker's backlog is in, and the engine's clock moves so
+                        # silence and deadlines fire (also while a checkpoint waits for InfluxDB)
+                        ingest.clocks_sent_from_ms = -1
                         ingest.tick(time.time_ns() // 1_000_000)
-                    else:
-                        ingest.handle(*message)
+                        checkpointer.changed()
+                        next_tick = now + TICK_EVERY_S
+                if checkpointer.due():
+                    checkpointer.checkpoint()
                 now = time.monotonic()
-                if now >= next_flush:
-                    self._flush(ingest)
-                    next_flush = now + FLUSH_EVERY_S
-                    if live is not None:
-                        live.update(self._latest_table(ingest), refresh=True)
+                if live is not None and now >= next_view:  # drawn on the view's thread
+                    live.offer(ingest.latest, ingest.engine.open_deviations())
+                    next_view = now + FLUSH_EVERY_S
                 if now >= next_status:
-                    self._log_status(ingest, source)
+                    self._log_status(ingest, source, checkpointer)
                     next_status = now + STATUS_EVERY_S
 
-    def _live_view(self, ingest: Ingest) -> Live | None:
-        if not self.console.is_terminal:
-            return None
-        return Live(self._latest_table(ingest), console=self.console, auto_refresh=False)
+    @staticmethod
+    def _take(source: MqttBatchSource, checkpointer: Checkpointer[Message]) -> list[Message]:
+        """What has arrived, up to the checkpoint bound; a short wait once some wait for their
+        acknowledgement, a longer one when idle."""
+        room = max(1, checkpointer.max_unacked - checkpointer.unacknowledged)
+        return source.take(room, LINGER_S if checkpointer.unacknowledged else 0.2)
 
-    def _drain(self, source: MqttBatchSource, ingest: Ingest) -> None:
-        """Judge what the broker still delivers until it is quiet, then disconnect and judge
-        everything received; what the broker holds after that waits in the persistent session."""
+    def _drain(
+        self, source: MqttBatchSource, ingest: Ingest, checkpointer: Checkpointer[Message]
+    ) -> None:
+        """Judge what the broker still delivers until it is quiet, checkpoint (acknowledging it
+        all), then disconnect and judge what came meanwhile; what the broker holds after that
+        waits in the persistent session."""
         give_up = time.monotonic() + MAX_DRAIN_WAIT_S
         quiet_since = time.monotonic()
         while time.monotonic() < give_up:
-            try:
-                message = source.queue.get(timeout=0.05)
-            except queue.Empty:
+            taken = self._take(source, checkpointer)
+            if not taken:
                 if time.monotonic() - quiet_since >= QUIET_BEFORE_STOP_S:
                     break
                 continue
-            ingest.handle(*message)
+            ingest.handle_many(m[:3] for m in taken)
+            checkpointer.taken(taken)
+            if checkpointer.due():
+                checkpointer.checkpoint()
             quiet_since = time.monotonic()
-        source.stop(lambda message: ingest.handle(*message))
-        self._flush(ingest)
-        self._save_engine(ingest.engine)
+        self._last_checkpoint(checkpointer, give_up)
+        late: list[Message] = []
+        source.stop(late.append)
+        if late:  # judged and kept; their acknowledgements went with the connection
+            ingest.handle_many(m[:3] for m in late)
+            checkpointer.taken(late)
+        self._last_checkpoint(checkpointer, give_up)
 
-    def _flush(self, ingest: Ingest) -> None:
-        try:
-            ingest.flush()
-        except SinkError as exc:
-            # the data stays buffered and is retried at the next flush; the local files have it
-            log.warning("sink.flush_incomplete", extra={"error": str(exc)})
+    @staticmethod
+    def _last_checkpoint(checkpointer: Checkpointer[Message], give_up: float) -> None:
+        """Checkpoint, retrying while an output is not confirmed, until ``give_up``; what is not
+        checkpointed then is judged again at the next start."""
+        checkpointer.changed()
+        while not checkpointer.checkpoint():
+            if time.monotonic() >= give_up:
+                log.error(
+                    "checkpoint.not_saved_at_stop",
+                    extra={"unacknowledged": checkpointer.unacknowledged},
+                )
+                return
+            time.sleep(0.2)
 
-    def _log_status(self, ingest: Ingest, source: MqttBatchSource) -> None:
+    def _log_status(
+        self, ingest: Ingest, source: MqttBatchSource, checkpointer: Checkpointer[Message]
+    ) -> None:
         counters = ingest.counters
         engine = ingest.engine.counters
         log.info(
@@ -304,33 +442,11 @@ class EmbeddedService:
                 "late": engine.late,
                 "open_deviations": len(ingest.engine.open_deviations()),
                 "queued": source.queue.qsize(),
+                "unacknowledged": checkpointer.unacknowledged,
+                "checkpoints": checkpointer.saved,
+                "checkpoints_failed": checkpointer.failed,
             },
         )
-
-    def _latest_table(self, ingest: Ingest) -> Table:
-        breached = {
-            (d.site, d.asset, channel)
-            for d in ingest.engine.open_deviations()
-            for channel in d.channels
-        }
-        table = Table(title="Live readings", title_justify="left", expand=False)
-        for column in ("site", "asset", "channel", "value", "limit", "state"):
-            table.add_column(column)
-        limits = _limits_by_channel(self.plan)
-        for key in sorted(ingest.latest):
-            reading = ingest.latest[key]
-            state = "[bold red]DEVIATION[/]" if key in breached else "[green]ok[/]"
-            if key not in limits:
-                state = "[dim]recorded[/]"
-            table.add_row(  # ids and units come from gateways: text, never markup
-                Text(key[0]),
-                Text(key[1]),
-                Text(key[2]),
-                Text(f"{reading.value:g} {reading.unit}"),
-                Text(limits.get(key, "")),
-                state,
-            )
-        return table
 
     def _summary(self, ingest: Ingest, simulated: int | None) -> RunSummary:
         counters = {
@@ -358,22 +474,6 @@ class EmbeddedService:
             )
         self.console.print(Text(f"stores: {self.settings.data_dir}/", style="dim"))
         return RunSummary(counters, len(still_open), str(self.settings.data_dir))
-
-
-def _limits_by_channel(loaded: LoadedPlan) -> dict[tuple[str, str, str], str]:
-    plan = loaded.plan
-    limits: dict[tuple[str, str, str], str] = {}
-    for rule in plan.rules:
-        asset = plan.assets[rule.asset]
-        if isinstance(rule, CriticalLimit):
-            unit = asset.channels[rule.channel].unit
-            key = (asset.site, asset.id or rule.asset, rule.channel)
-            limits[key] = describe_limit(rule.min, rule.max, unit)
-        elif isinstance(rule, Htst):
-            unit = asset.channels[rule.indicating].unit
-            key = (asset.site, asset.id or rule.asset, rule.indicating)
-            limits[key] = f">= {rule.legal.temp_c:g} {unit} in forward flow"
-    return limits
 
 
 def _fields(counters: object) -> dict[str, int]:

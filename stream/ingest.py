@@ -216,6 +216,14 @@ class ReplayClock:
         self.now = -1
         self._candidate: int | None = None
 
+    def state(self) -> tuple[int, int | None]:
+        """(now, a jump waiting for confirmation), for a checkpoint."""
+        return self.now, self._candidate
+
+    def restore(self, now: int, candidate: int | None) -> None:
+        """Carry on from :meth:`state`."""
+        self.now, self._candidate = now, candidate
+
     def receive(self, sent_at: int, newest: int | None = None) -> int:
         """The receive time of a batch sent at ``sent_at`` whose newest reading is ``newest``
         (needed for the first batch only); moves the clock (see the class)."""
@@ -292,6 +300,10 @@ class Ingest:
         )
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
+        #: batches sent before this (the runtime's connect time after a restart) waited in the
+        #: broker while the stream was down: their delay says nothing of the gateway's clock,
+        #: and taking it as an offset would raise a false time-sync fault after every restart
+        self.clocks_sent_from_ms = -1
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
@@ -486,7 +498,7 @@ class Ingest:
             events = self._events_in_time(topic, received_ms, horizon, batch)
         engine = self.engine
         reported = batch.clock.synced if batch.clock is not None else None
-        if device != CAPPED_GATEWAY:
+        if device != CAPPED_GATEWAY and batch.sent_at >= self.clocks_sent_from_ms:
             # a sent_at beyond the horizon still shows as a skew (the time-sync rule reports
             # it), but as no more than the horizon: an absurd one cannot skew joined channels
             engine.clock(site, device, min(batch.sent_at, horizon), received_ms, reported)

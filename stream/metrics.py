@@ -28,79 +28,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from milkguard.errors import ConfigError
-from stream.engine.core import EngineCounters
-from stream.ingest import Ingest, IngestCounters
+from stream.counts import StreamCounts
 from stream.sinks.influx import InfluxDBSink
 
-if TYPE_CHECKING:
-    from stream.worker import Worker
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class StreamCounts:
-    """The counters of ingest and the engine that Prometheus gets, summed where there are many."""
-
-    messages: int = 0
-    batches: int = 0
-    readings: int = 0
-    rejected_payloads: int = 0
-    rejected_readings: int = 0
-    duplicates: int = 0
-    late: int = 0
-    judged: int = 0
-    opened: int = 0
-    closed: int = 0
-    readings_duplicate: int = 0
-    readings_in_rejected_payloads: int = 0
-    readings_quarantined: int = 0
-    events_quarantined: int = 0
-    capped: int = 0
-
-    def add(self, ingest: IngestCounters, engine: EngineCounters) -> None:
-        """Add one ingest's and its engine's counters."""
-        for name in ("messages", "batches", "readings", "rejected_payloads"):
-            setattr(self, name, getattr(self, name) + getattr(ingest, name))
-        self.rejected_readings += ingest.rejected_readings
-        self.duplicates += ingest.duplicates
-        for name in ("late", "judged", "opened", "closed"):
-            setattr(self, name, getattr(self, name) + getattr(engine, name))
-        for name in _PER_READING:
-            setattr(self, name, getattr(self, name) + getattr(ingest, name))
-
-    def plus(self, other: StreamCounts) -> StreamCounts:
-        """These counts and ``other``'s together."""
-        return StreamCounts(*(getattr(self, n) + getattr(other, n) for n in self.__slots__))
-
-    def less(self, other: StreamCounts) -> StreamCounts:
-        """These counts minus ``other``'s (what happened since ``other`` was taken)."""
-        return StreamCounts(*(getattr(self, n) - getattr(other, n) for n in self.__slots__))
-
-
-_PER_READING = (
-    "readings_duplicate",
-    "readings_in_rejected_payloads",
-    "readings_quarantined",
-    "events_quarantined",
-    "capped",
-)
-
-
-def counts_of(ingest: Ingest) -> StreamCounts:
-    """One ingest's counters with its engine's."""
-    counts = StreamCounts()
-    counts.add(ingest.counters, ingest.engine.counters)
-    return counts
 
 
 class StreamCollector(Collector):
@@ -221,10 +160,30 @@ class MetricsServer(AbstractContextManager["MetricsServer"]):
         self._thread.join(timeout=5)
 
 
+class WorkerView(Protocol):
+    """What the metrics read of a running Faust worker (:class:`stream.worker.Worker`)."""
+
+    influx: InfluxDBSink | None
+
+    @property
+    def counters(self) -> Any:
+        """The worker's own counters: checkpoints, skipped, restored, deviations and letters
+        sent."""
+
+    def counts(self) -> StreamCounts:
+        """Ingest and engine counters of every partition the worker judged."""
+
+    def assigned(self) -> set[int]:
+        """The partitions of the batches topic assigned to the worker now."""
+
+    def unacknowledged(self) -> int:
+        """Messages taken but not yet made durable by a checkpoint."""
+
+
 class WorkerCollector(StreamCollector):
     """A Faust worker's counters: its partitions' summed, its InfluxDB sink's, and its own."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         super().__init__(worker.counts, lambda: worker.influx, self._worker_metrics)
         self._worker = worker
 

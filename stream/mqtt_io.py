@@ -5,6 +5,11 @@ keeps sessions (Mosquitto) holds batches for the stream while it restarts. paho 
 ``on_message`` from its network thread; messages go into a bounded queue that the engine thread
 drains. A full queue blocks paho's thread, which stops reading the socket: backpressure reaches
 the broker instead of memory growing.
+
+Acknowledgements are manual: paho sends no PUBACK when ``on_message`` returns; the runtime calls
+:meth:`MqttBatchSource.acknowledge` once a checkpoint holds what the messages carried
+(:mod:`stream.checkpoint`), in the order they came, as MQTT requires. Until then the broker
+keeps them, and sends them again to the next session if the stream dies.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ log = logging.getLogger(__name__)
 
 
 class Message(NamedTuple):
-    """One MQTT message as the engine thread receives it."""
+    """One MQTT message as the engine thread receives it, with what acknowledges it."""
 
     topic: str
     payload: bytes
     received_ms: int
+    mid: int = 0  # paho's message id; 0 for QoS 0 (nothing to acknowledge)
+    session: int = 0  # which connection it came on: a message id means nothing on another
 
 
 class MqttBatchSource:
@@ -52,11 +59,16 @@ class MqttBatchSource:
         self.connection: mqtt_connect.Connection | None = None
         #: set once the broker confirmed the subscription: batches published now reach us
         self.subscribed = threading.Event()
+        self._session = 0
+        #: acknowledgements not sent because the connection they were for has ended (the
+        #: broker sends those messages again; the duplicate windows drop them)
+        self.stale_acks = 0
 
     def start(self) -> None:
         """Connect and subscribe (again after every reconnect)."""
 
         def subscribe(client: mqtt.Client) -> None:
+            self._session += 1
             client.on_subscribe = lambda *_: self.subscribed.set()
             client.subscribe(BATCH_SUBSCRIPTION, qos=1)
 
@@ -66,12 +78,44 @@ class MqttBatchSource:
             clean_session=False,
             on_message=self._on_message,
             on_connect_extra=subscribe,
+            manual_ack=True,
         )
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         # blocks while the queue is full: paho stops reading the socket, the broker holds on
         topic = mqtt_connect.topic_of(msg)
-        self.queue.put(Message(topic, bytes(msg.payload), time.time_ns() // 1_000_000))
+        mid = msg.mid if msg.qos > 0 else 0
+        received_ms = time.time_ns() // 1_000_000
+        self.queue.put(Message(topic, bytes(msg.payload), received_ms, mid, self._session))
+
+    def take(self, limit: int, wait_s: float) -> list[Message]:
+        """Up to ``limit`` queued messages, waiting up to ``wait_s`` for the first one."""
+        try:
+            taken = [self.queue.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
+        get = self.queue.get_nowait
+        try:
+            while len(taken) < limit:
+                taken.append(get())
+        except queue.Empty:
+            pass
+        return taken
+
+    def acknowledge(self, messages: list[Message]) -> None:
+        """Send the PUBACKs of ``messages`` (in their order) that their connection still
+        waits for. paho queues them and its network thread writes them."""
+        connection = self.connection
+        if connection is None:
+            return
+        client, session = connection.client, self._session
+        for message in messages:
+            if not message.mid:
+                continue
+            if message.session != session:
+                self.stale_acks += 1
+                continue
+            client.ack(message.mid, 1)
 
     def stop(self, handle: Callable[[Message], None]) -> None:
         """Disconnect, handing every message already received to ``handle``.

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from milkguard.settings import Settings
 from milkguard.signing import Signer, seal
 from stream.engine.deviation import DeviationChange, deviation_record
+from stream.settings import StreamSettings
 
 
-def stream_key_path(settings: Settings) -> Path:
+def stream_key_path(settings: StreamSettings) -> Path:
     """Where the stream's private signing key is (``signing.key`` or the data directory)."""
     return settings.signing.key or settings.data_dir / "signing-key.pem"
 
 
-def load_stream_signer(settings: Settings) -> Signer:
+def load_stream_signer(settings: StreamSettings) -> Signer:
     """The stream's signer; the key is created on first use."""
     return Signer.load_or_create(stream_key_path(settings), setting="signing.key", extra="stream")
 

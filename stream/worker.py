@@ -45,13 +45,13 @@ import msgspec
 
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError, ExtraMissing
-from milkguard.settings import Settings
+from stream.counts import StreamCounts, counts_of
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import InfluxWriteError
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest
-from stream.metrics import StreamCounts, counts_of
 from stream.plan import LoadedPlan, load_plan
+from stream.settings import StreamSettings
 from stream.signed import load_stream_signer, sealed_change
 from stream.sinks.base import DeadLetter, TimeSeriesSink
 
@@ -215,7 +215,7 @@ class Worker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: StreamSettings,
         plan: LoadedPlan,
         partitions: int,
         timeseries: TimeSeriesSink,
@@ -326,7 +326,7 @@ class Worker:
                 self.timeseries,
                 saved,
                 future_tolerance_ms=tolerance_ms,
-                known_gateways=known_gateways(self.settings),
+                known_gateways=known_gateways(self.settings.mqtt.security),
             )
             self.work[partition] = work
             if saved is not None:
@@ -444,7 +444,7 @@ def _stamp_ms(timestamp: object) -> int:
     return round(timestamp * 1000)
 
 
-def _credentials(settings: Settings) -> Any:
+def _credentials(settings: StreamSettings) -> Any:
     """Faust broker credentials from the Kafka security settings (None for PLAINTEXT)."""
     import faust  # noqa: PLC0415
 
@@ -464,7 +464,7 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-async def topic_partitions(settings: Settings) -> int:
+async def topic_partitions(settings: StreamSettings) -> int:
     """How many partitions the batches topic has; a clear error if it does not exist."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
     from aiokafka.errors import KafkaError  # noqa: PLC0415
@@ -492,7 +492,7 @@ async def topic_partitions(settings: Settings) -> int:
     return len(found)
 
 
-def build_worker(settings: Settings) -> Worker:
+def build_worker(settings: StreamSettings) -> Worker:
     """A worker for ``settings``: the plan loaded, the partition count asked of Kafka, InfluxDB
     (or, without ``influx.*``, line protocol files in ``data_dir``) as the time-series store."""
     plan = load_plan(settings.plan)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from milkguard.settings import demo_plan_path
 from stream.plan import LoadedPlan, load_plan
+from stream.settings import demo_plan_path
 from tests.servers import (
     Mosquitto,
     VictoriaMetrics,

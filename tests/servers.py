@@ -65,17 +65,22 @@ def start_mosquitto(
     users: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
     require_certificate: bool = False,
+    max_inflight_messages: int | None = None,
 ) -> Mosquitto:
     """Start Mosquitto on 127.0.0.1 and a free port.
 
     ``persistent`` keeps sessions and queued messages across a stop and start, as a production
     broker does. ``users`` turns anonymous access off; ``tls`` serves TLS with these files
     (and ``require_certificate`` asks clients for a certificate signed by the same CA).
+    ``max_inflight_messages``: QoS 1 messages the broker sends a client before it waits for
+    their acknowledgements (Mosquitto's default is 20).
     """
     require_binary("mosquitto", "mosquitto")
     port = free_port()
     config = directory / "mosquitto.conf"
     lines = ["per_listener_settings true", "log_dest stdout"]
+    if max_inflight_messages is not None:
+        lines.append(f"max_inflight_messages {max_inflight_messages}")
     if os.geteuid() == 0 and (persistent or users or tls):
         # as root Mosquitto drops to user 'mosquitto', who cannot read or write the test's
         # private folder (its store, password file and keys)

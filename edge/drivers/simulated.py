@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from edge.drivers.base import ChannelMap, SourceConfig
-from simulators.physics import FarmBulkTank, HtstLine, TruckCompartment
+from edge.drivers.physics import FarmBulkTank, HtstLine, TruckCompartment
 
 Model = Literal["farm_tank", "truck_compartment", "htst_line"]
 Device = FarmBulkTank | TruckCompartment | HtstLine

@@ -1307,6 +1307,15 @@ class Engine:
 
     # ---------------------------------------------------------------- state
 
+    def excuse_outage(self, now_ms: int) -> None:
+        """The stream was down until ``now_ms`` and restarts from a snapshot: a channel heard
+        before is taken as heard at ``now_ms``, so what its gateway sent meanwhile (which the
+        broker holds and sends first) comes in before the channel can look silent. A channel
+        that stays silent still opens its "monitoring lost", with the same start (its last
+        sample plus the limit), detected later by at most the outage."""
+        heard = self._last_received >= 0
+        self._last_received[heard] = np.maximum(self._last_received[heard], now_ms)
+
     def take_notices(self) -> list[Notice]:
         """The notices gathered since the last call."""
         notices, self.notices = self.notices, []

@@ -1,15 +1,17 @@
 """Local file stores: line protocol for time series, JSON lines for deviations and dead letters.
 
-Writes are buffered and made durable (write, flush, fsync) at each ``flush``; the embedded
-runtime flushes every second and at exit, so a clean stop loses nothing and a power cut loses at
-most the last second.
+Writes are buffered and made durable (write, flush, fsync) at each ``flush``. Each sink tells
+its files' durable sizes (``positions``) for a runtime's checkpoint, and cuts its files back to a
+checkpoint's sizes at start (``restore``): what was written after the checkpoint is judged and
+written again, so every line is in the files once (:mod:`stream.checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -26,6 +28,52 @@ def _utc_day() -> str:
     return datetime.now(tz=UTC).strftime("%Y-%m-%d")
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make a rename, a new or a removed file in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_size(path: Path) -> int:
+    """The file's size in bytes, 0 when it does not exist."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def cut_back(sizes: Mapping[Path, int]) -> dict[Path, int]:
+    """Cut each file back to its checkpointed size; return the bytes cut per file.
+
+    What was written after the checkpoint comes again from the source and is written again, so
+    it goes. A file shorter than its checkpointed size lost data some other way (deleted,
+    rotated, restored from a backup): that is logged, and the file is left as it is.
+    """
+    cut: dict[Path, int] = {}
+    for path, size in sizes.items():
+        actual = durable_size(path)
+        if actual > size:
+            with path.open("r+b") as file:
+                file.truncate(size)
+                os.fsync(file.fileno())
+            cut[path] = actual - size
+        elif actual < size:
+            log.error(
+                "checkpoint.file_shorter",
+                extra={
+                    "file": str(path),
+                    "checkpointed_bytes": size,
+                    "bytes": actual,
+                    "hint": "the file was cut or replaced outside MilkGuard; what it lost is "
+                    "not written again",
+                },
+            )
+    return cut
+
+
 class _DurableAppender:
     """Appends text lines to a file and fsyncs them on flush."""
 
@@ -33,6 +81,12 @@ class _DurableAppender:
         self.path = path
         self._pending: list[str] = []
         self._file: IO[str] | None = None
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file made durable (what a checkpoint records)."""
+        return self._size if self._file is not None else durable_size(self.path)
 
     def append(self, line: str) -> None:
         self._pending.append(line)
@@ -49,6 +103,7 @@ class _DurableAppender:
         self._file.write("\n".join(self._pending) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
+        self._size = os.fstat(self._file.fileno()).st_size
         self._pending.clear()
 
     def close(self) -> None:
@@ -56,6 +111,9 @@ class _DurableAppender:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+_DAY_FILE = re.compile(r"timeseries-\d{4}-\d{2}-\d{2}\.lp")
 
 
 class LineProtocolFileSink:
@@ -67,6 +125,29 @@ class LineProtocolFileSink:
         self._current_day = ""
         self._appender: _DurableAppender | None = None
         self._pending: list[str] = []
+        self._written: dict[Path, int] = {}  # day files flushed by this process: durable sizes
+
+    def positions(self) -> dict[Path, int]:
+        """The durable size of today's file and of every day file this sink wrote to."""
+        return {**self._written, self.path: self._written.get(self.path, durable_size(self.path))}
+
+    def restore(self, sizes: Mapping[Path, int]) -> dict[Path, int]:
+        """Cut the day files back to a checkpoint's sizes and remove day files begun after it
+        (the day rolled over after the checkpoint); return the bytes cut per file."""
+        mine = {
+            p: n
+            for p, n in sizes.items()
+            if p.parent == self.directory and _DAY_FILE.fullmatch(p.name)
+        }
+        cut = cut_back(mine)
+        if mine:
+            newest = max(p.name for p in mine)
+            for later in self.directory.glob("timeseries-*.lp"):
+                if _DAY_FILE.fullmatch(later.name) and later.name > newest:
+                    cut[later] = durable_size(later)
+                    later.unlink()
+            fsync_directory(self.directory)
+        return cut
 
     @property
     def saturated(self) -> bool:
@@ -94,6 +175,7 @@ class LineProtocolFileSink:
             self._current_day = day
         self._appender.extend(self._pending)
         self._appender.flush()
+        self._written[self._appender.path] = self._appender.size
         self._pending.clear()
 
     def close(self) -> None:
@@ -103,17 +185,20 @@ class LineProtocolFileSink:
             self._appender.close()
 
 
-class JsonlDeviationSink:
-    """Deviation changes as JSON lines (the schema of ``deviation_to_json``)."""
+class _JsonLinesFile:
+    """A sink writing JSON lines to one file, with its position for checkpoints."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._out = _DurableAppender(path)
-        self._encoder = msgspec.json.Encoder()
 
-    def emit(self, change: DeviationChange) -> None:
-        """Buffer one change."""
-        self._out.append(self._encoder.encode(deviation_to_json(change)).decode())
+    def positions(self) -> dict[Path, int]:
+        """The file's durable size."""
+        return {self.path: self._out.size}
+
+    def restore(self, sizes: Mapping[Path, int]) -> dict[Path, int]:
+        """Cut the file back to a checkpoint's size; return the bytes cut."""
+        return cut_back({p: n for p, n in sizes.items() if p == self.path})
 
     def flush(self) -> None:
         """Append and fsync."""
@@ -124,12 +209,27 @@ class JsonlDeviationSink:
         self._out.close()
 
 
+class JsonlDeviationSink(_JsonLinesFile):
+    """Deviation changes as JSON lines (the schema of ``deviation_to_json``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._encoder = msgspec.json.Encoder()
+
+    def emit(self, change: DeviationChange) -> None:
+        """Buffer one change."""
+        self._out.append(self._encoder.encode(deviation_to_json(change)).decode())
+
+
 #: Bytes of dead letters a file takes per day (of the letters' receive time) in full; beyond,
 #: each letter is written compacted (:func:`stream.sinks.base.compacted`).
 DEFAULT_DAILY_BUDGET_BYTES = 1024 * 1024 * 1024
 
 
-class JsonlDeadLetterSink:
+_SPENT = "deadletter.spent."
+
+
+class JsonlDeadLetterSink(_JsonLinesFile):
     """Dead letters as JSON lines, each with its reason and the original payload.
 
     Every letter is bounded (64 KiB of payload at most), and the file takes at most
@@ -139,14 +239,24 @@ class JsonlDeadLetterSink:
     """
 
     def __init__(self, path: Path, daily_budget_bytes: int = DEFAULT_DAILY_BUDGET_BYTES) -> None:
-        self.path = path
-        self._out = _DurableAppender(path)
+        super().__init__(path)
         self._encoder = msgspec.json.Encoder()
         self._budget = daily_budget_bytes
         self._day = ""
         self._spent = 0
         #: letters written compacted because their day's budget was spent
         self.compacted = 0
+
+    def budget_used(self) -> dict[str, int]:
+        """Bytes of full letters taken on the current day, keyed ``deadletter.spent.DAY``, for
+        a checkpoint: a restart does not hand out the day's budget again."""
+        return {f"{_SPENT}{self._day}": self._spent} if self._day else {}
+
+    def restore_budget(self, saved: Mapping[str, int]) -> None:
+        """Carry on with what :meth:`budget_used` saved."""
+        for key, spent in saved.items():
+            if key.startswith(_SPENT):
+                self._day, self._spent = key.removeprefix(_SPENT), spent
 
     def reject(self, letter: DeadLetter) -> None:
         """Buffer one letter, bounded, and compacted once the day's budget is spent."""
@@ -171,11 +281,3 @@ class JsonlDeadLetterSink:
         else:
             self._spent += len(line)
         self._out.append(line.decode())
-
-    def flush(self) -> None:
-        """Append and fsync."""
-        self._out.flush()
-
-    def close(self) -> None:
-        """Flush and close."""
-        self._out.close()

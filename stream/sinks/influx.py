@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from milkguard.backoff import Backoff
 from milkguard.errors import ExtraMissing
-from milkguard.settings import InfluxSettings
 from stream.errors import InfluxWriteError
+from stream.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class InfluxDBSink:
         self._max_buffer = max_buffer_lines
         self._clock = clock
         self._writing = threading.Lock()  # one flush at a time (see the module's description)
+        # jittered: the runtimes writing to one InfluxDB do not all come back at one instant
+        self._retry = Backoff(0.5, 30.0)
         self._backoff_s = 0.0
         self._next_try = 0.0
         self.added = 0
@@ -180,12 +183,13 @@ class InfluxDBSink:
         for _ in chunk:
             self._buffer.popleft()
         self.written += len(chunk)
+        self._retry.reset()
         self._backoff_s = 0.0
         self._next_try = 0.0
 
     def _back_off(self, exc: Exception) -> None:
         self.failures += 1
-        self._backoff_s = min(30.0, max(0.5, self._backoff_s * 2))
+        self._backoff_s = self._retry.next()
         self._next_try = self._clock() + self._backoff_s
         log.warning(
             "influx.write_failed",

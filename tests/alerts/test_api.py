@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from alerts.api import create_app
 from alerts.audit import AuditTrail
 from alerts.lifecycle import AlertBook
+from alerts.settings import ApiUser
 from alerts.signing import Signer
-from milkguard.settings import ApiUser
 from tests.alerts.records import DEV1, change
 
 T = 1_795_341_600_000

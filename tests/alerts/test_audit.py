@@ -12,7 +12,7 @@ import pytest
 
 from alerts.audit import AuditTrail, entry_hash
 from alerts.signing import Signer, Verifier, canonical
-from milkguard.cli import main
+from milkguard_cli import main
 
 
 @pytest.fixture

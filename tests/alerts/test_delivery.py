@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from alerts.delivery import Outbox, Recipient, SmtpSettings
+from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience
+from alerts.settings import Recipient, SmtpSettings
 from milkguard import mqtt as mqtt_connect
 from tests.alerts.conftest import Smtp, http_server
 from tests.alerts.records import DEV1, change
@@ -154,9 +155,9 @@ def test_a_failing_webhook_is_retried_and_one_refused_is_dead_lettered(
     receiver.answers = [503, 503]
 
     box.deliver_due(T + 10 * MIN)  # 503
-    box.deliver_due(T + 10 * MIN + 500)  # not due yet: backoff 1 s
-    box.deliver_due(T + 10 * MIN + 1000)  # 503 again
-    box.deliver_due(T + 10 * MIN + 3000)  # delivered
+    box.deliver_due(T + 10 * MIN + 500)  # not due yet: the first retry waits 1-2 s
+    box.deliver_due(T + 10 * MIN + 2000)  # 503 again
+    box.deliver_due(T + 10 * MIN + 6000)  # delivered: the second retry waits 2-4 s
     assert [b["event"] for b in receiver.bodies] == ["escalated"]
     assert box.retried == 2
 
@@ -185,7 +186,7 @@ def test_an_unreachable_mail_server_is_retried_then_dead_lettered(
     book = AlertBook(tmp_path / "alerts.db")
     box.queue(book.on_deviation(change("opened"), T), T)
 
-    for after_ms in (0, 1000, 3000):
+    for after_ms in (0, 2000, 6000):  # retries wait 1-2 s, then 2-4 s
         box.deliver_due(T + after_ms)
 
     ((channel, target, reason),) = box.dead_letters()

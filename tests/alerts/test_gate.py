@@ -16,8 +16,8 @@ from alerts.api import create_app
 from alerts.audit import AuditTrail
 from alerts.gate import FailedLogins, Gate
 from alerts.lifecycle import AlertBook
+from alerts.settings import ApiUser
 from alerts.signing import Signer
-from milkguard.settings import ApiUser
 from tests.helpers import wait_until
 from tests.servers import free_port
 

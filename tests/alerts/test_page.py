@@ -12,8 +12,8 @@ import pytest
 from alerts.api import create_app
 from alerts.audit import AuditTrail
 from alerts.lifecycle import AlertBook
+from alerts.settings import ApiUser
 from alerts.signing import Signer
-from milkguard.settings import ApiUser
 from tests.alerts.records import change
 from tests.helpers import wait_until
 from tests.servers import free_port, require_binary

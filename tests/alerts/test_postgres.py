@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from alerts.audit import AuditTrail
-from alerts.delivery import Outbox, Recipient, SmtpSettings
+from alerts.delivery import Outbox
 from alerts.lifecycle import AlertBook, Audience
+from alerts.settings import Recipient, SmtpSettings
 from alerts.signing import Signer, Verifier
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import change, dev
@@ -117,7 +118,7 @@ def test_two_nodes_escalating_at_the_same_moment_escalate_each_alert_once(
 def test_audit_verify_reads_postgresql_read_only(
     postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from milkguard.cli import main  # noqa: PLC0415
+    from milkguard_cli import main  # noqa: PLC0415
 
     signer = Signer.load_or_create(tmp_path / "key.pem")
     public = tmp_path / "public.pem"

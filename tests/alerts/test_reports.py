@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from alerts.audit import AuditTrail
 from alerts.reports import compliance, issue, verify_file
 from alerts.signing import Signer, Verifier
-from milkguard.cli import main
 from milkguard.errors import ConfigError
+from milkguard_cli import main
 
 DEVIATION = {
     "change": "opened",

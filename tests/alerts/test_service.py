@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from milkguard import mqtt as mqtt_connect
-from milkguard.cli import main
 from milkguard.contract.v1 import deviation_topic
+from milkguard_cli import main
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import DEV1, change, sealed, stream_signer
 from tests.helpers import TopicRecorder, wait_until

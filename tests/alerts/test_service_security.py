@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from milkguard import mqtt as mqtt_connect
-from milkguard.cli import main
 from milkguard.contract.v1 import deviation_topic
+from milkguard_cli import main
 from tests.alerts.conftest import Smtp, http_server
 from tests.alerts.records import change, sealed, stream_signer
 from tests.helpers import wait_until

@@ -23,11 +23,12 @@ from alerts.deadletters import DeadLetter, DeadLetterStore
 from alerts.lifecycle import Alert, AlertBook, State
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
-from milkguard.cli import main
 from milkguard.contract.v1 import Reading, deviation_topic
-from milkguard.settings import MqttSettings, Settings
+from milkguard.settings import MqttSettings
 from milkguard.signing import Signer
+from milkguard_cli import main
 from stream.embedded import EmbeddedService
+from stream.settings import StreamSettings
 from tests.alerts.conftest import Smtp
 from tests.alerts.records import DEV1, change, dev, sealed, stream_signer
 from tests.alerts.test_service import start_service
@@ -203,7 +204,7 @@ def test_the_streams_signed_deviations_raise_alerts_end_to_end(
     tmp_path: Path, mosquitto: Mosquitto, smtp: Smtp
 ) -> None:
     """stream -> MQTT -> alerts: a warm truck compartment, judged and signed by the stream."""
-    settings = Settings(
+    settings = StreamSettings(
         data_dir=tmp_path / "var",
         simulators=False,
         mqtt=MqttSettings(broker="external", host=mosquitto.host, port=mosquitto.port),

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from milkguard.cli import main
+from milkguard_cli import main
 
 
 def config_file(tmp_path: Path, command: list[str]) -> Path:

@@ -233,7 +233,7 @@ def test_the_alert_service_logs_in_as_the_alerts_role_and_subscribes_to_deviatio
     broker: SecuredBroker, tmp_path: Path
 ) -> None:
     from alerts.service import AlertService  # noqa: PLC0415 - the alerts extra
-    from milkguard.settings import AlertSettings  # noqa: PLC0415
+    from alerts.settings import AlertSettings  # noqa: PLC0415
     from tests.alerts.records import stream_signer  # noqa: PLC0415 - the alerts extra
 
     login = broker.over_tls("alerts")

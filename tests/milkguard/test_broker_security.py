@@ -24,7 +24,7 @@ from milkguard.broker_security import (
     mosquitto_files,
     verify_password,
 )
-from milkguard.settings import Settings
+from milkguard.settings import CommonSettings
 
 ROUNDS = 1_000
 
@@ -102,7 +102,7 @@ def test_a_gateway_user_must_name_its_site_and_gateway() -> None:
 
 def test_the_password_hash_never_shows_in_a_dump_of_the_settings() -> None:
     hashed = hash_password("pw", iterations=ROUNDS)
-    settings = Settings(
+    settings = CommonSettings(
         mqtt={"security": {"users": [{"name": "s", "role": "stream", "password_hash": hashed}]}}
     )
     assert "$7$" not in str(settings.redacted())
@@ -124,8 +124,8 @@ def test_anonymous_is_for_loopback_only() -> None:
 
 def test_known_gateways_are_the_gateway_users() -> None:
     users = [user("gw-1", "gateway", "farm-01", "tank-1"), user("stream", "stream")]
-    settings = Settings(mqtt={"security": {"users": users}})  # type: ignore[dict-item]
-    assert known_gateways(settings) == {("farm-01", "tank-1")}
+    settings = CommonSettings(mqtt={"security": {"users": users}})  # type: ignore[dict-item]
+    assert known_gateways(settings.mqtt.security) == {("farm-01", "tank-1")}
 
 
 def test_the_mosquitto_acl_names_each_gateway_topic_explicitly() -> None:
@@ -159,7 +159,7 @@ def test_the_queue_sizes_hold_a_day_without_the_stream_and_show_the_arithmetic()
     for line in (
         "max_queued_messages 460800",
         f"max_queued_bytes {460_800 * 8_192}",
-        "max_inflight_messages 1000",
+        "max_inflight_messages 20000",
         "persistence true",
         "listener 8883 0.0.0.0",
         "listener 1884 127.0.0.1",

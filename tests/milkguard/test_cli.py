@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from milkguard.cli import main
-from milkguard.settings import demo_plan_path
+from milkguard_cli import main
+from stream.settings import demo_plan_path
 from tests.helpers import wait_until
 from tests.servers import free_port
 
@@ -101,7 +101,7 @@ def test_run_shows_a_deviation_within_a_minute_and_stops_cleanly_on_ctrl_c(
     assert published > 0
     assert _counter(summary, "engine.judged") + _counter(summary, "engine.held") == published
     assert sum(line.startswith("reading,") for line in stored) == published
-    assert (data / "engine.snapshot").stat().st_size > 0
+    assert (data / "stream.checkpoint").stat().st_size > 0
 
 
 def _counter(summary: str, name: str) -> int:

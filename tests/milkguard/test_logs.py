@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from milkguard import logs
-from milkguard.settings import Settings
+from milkguard_cli.settings import Settings
 
 DATABASE = "postgresql://milkguard:db-pass-7781@db.dairy.local:5432/alerts?sslpassword=q-9911"
 WEBHOOK = "https://hooks:hook-pass-5521@chat.example.com/services/T01/B02/key-XYZ-4412?x=tok-3301"

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from milkguard.errors import ConfigError
-from milkguard.settings import load_settings
+from milkguard_cli.settings import load_settings
 
 
-def test_defaults_run_the_embedded_broker_with_the_demo_plan() -> None:
+def test_defaults_run_a_broker_of_their_own_with_the_demo_plan() -> None:
     settings = load_settings()
 
-    assert settings.mqtt.broker == "embedded"
+    assert settings.mqtt.broker == "auto"  # Mosquitto where installed, else amqtt
     assert (settings.mqtt.host, settings.mqtt.port) == ("127.0.0.1", 1883)
     assert settings.plan.name == "demo-cn.yaml"
     assert settings.simulators is True

@@ -15,7 +15,6 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from milkguard.cli import main
 from milkguard.contract.records import DeviationEnvelope, DeviationRecord
 from milkguard.errors import ConfigError
 from milkguard.signing import (
@@ -27,6 +26,7 @@ from milkguard.signing import (
     seal,
     unseal,
 )
+from milkguard_cli import main
 from tests.alerts.records import change
 
 VECTORS = Path(__file__).parents[2] / "milkguard" / "contract" / "vectors"

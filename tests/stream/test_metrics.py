@@ -16,8 +16,9 @@ from rich.console import Console
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Reading
-from milkguard.settings import InfluxSettings, MetricsSettings, MqttSettings, Settings
+from milkguard.settings import MqttSettings
 from stream.embedded import EmbeddedService
+from stream.settings import InfluxSettings, MetricsSettings, StreamSettings
 from tests.conftest import T0
 from tests.helpers import scrape, wait_until
 from tests.servers import Mosquitto, VictoriaMetrics, free_port
@@ -29,7 +30,7 @@ def test_the_counters_of_a_running_stream_can_be_scraped(
     tmp_path: Path, mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics
 ) -> None:
     port = free_port()
-    settings = Settings(
+    settings = StreamSettings(
         data_dir=tmp_path / "var",
         simulators=False,
         mqtt=MqttSettings(broker="external", host=mosquitto.host, port=mosquitto.port),

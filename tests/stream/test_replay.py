@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from milkguard.contract.v1 import Batch, Reading, count_readings, encode_batch
-from milkguard.settings import demo_plan_path
 from stream.plan import load_plan
 from stream.replay import replay
+from stream.settings import demo_plan_path
 from tests.conftest import T0
 
 

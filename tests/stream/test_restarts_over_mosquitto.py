@@ -14,11 +14,12 @@ from rich.console import Console
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Reading
-from milkguard.settings import MqttSettings, Settings
+from milkguard.settings import MqttSettings
 from stream.embedded import EmbeddedService, RunSummary
 from stream.engine import DeviationChange
 from stream.errors import NotAcknowledged
 from stream.mqtt_io import MqttOutbox
+from stream.settings import StreamSettings
 from tests.conftest import T0
 from tests.helpers import wait_until
 from tests.servers import Mosquitto
@@ -30,7 +31,7 @@ class Stream:
     """The stream service run in a thread, restartable with the same MQTT client id."""
 
     def __init__(self, mosquitto: Mosquitto, data_dir: Path, queue_size: int = 10_000) -> None:
-        self.settings = Settings(
+        self.settings = StreamSettings(
             data_dir=data_dir,
             simulators=False,
             mqtt=MqttSettings(
@@ -167,7 +168,7 @@ def test_a_restart_in_the_middle_of_a_sustained_breach_opens_it_at_the_same_even
         gw.publish([Reading("comp-1", "temp", temp, "degC", T0 + second * 1000)])
     wait_until(lambda: stream.service.ingest.counters.readings == 8)  # type: ignore[union-attr]
     stream.stop()
-    assert (tmp_path / "var" / "engine.snapshot").exists()
+    assert (tmp_path / "var" / "stream.checkpoint").exists()
 
     stream.start()
     for second, temp in enumerate(temps[8:], start=8):

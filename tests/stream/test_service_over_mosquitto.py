@@ -19,9 +19,10 @@ from rich.console import Console
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import Batch, Reading, encode_batch
-from milkguard.settings import InfluxSettings, MqttSettings, Settings
+from milkguard.settings import MqttSettings
 from milkguard.signing import Signer, Verifier, unseal
 from stream.embedded import EmbeddedService, RunSummary
+from stream.settings import InfluxSettings, StreamSettings
 from tests.conftest import T0
 from tests.helpers import TopicRecorder, wait_until
 from tests.servers import Mosquitto, VictoriaMetrics
@@ -57,7 +58,7 @@ class RunningService:
 
 @pytest.fixture
 def service(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[RunningService]:
-    settings = Settings(
+    settings = StreamSettings(
         data_dir=tmp_path / "var",
         simulators=False,
         mqtt=MqttSettings(broker="external", host=mosquitto.host, port=mosquitto.port),
@@ -182,7 +183,7 @@ def test_a_duplicate_batch_is_ignored_and_counted(
 def test_with_influxdb_configured_every_reading_lands_there_once(
     mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, tmp_path: Path
 ) -> None:
-    settings = Settings(
+    settings = StreamSettings(
         data_dir=tmp_path / "var",
         simulators=False,
         mqtt=MqttSettings(broker="external", host=mosquitto.host, port=mosquitto.port),

@@ -49,6 +49,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -1404,7 +1405,7 @@ def run(
 
 def default_plan() -> Path:
     """The example plant plan: every rule kind of the engine, so every kind's arithmetic is hit."""
-    return Path(__file__).parent / "plans" / "example-us-plant.yaml"
+    return Path(str(resources.files("stream") / "plans" / "example-us-plant.yaml"))
 
 
 def _live_ingest(shared: _Run) -> Ingest:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import fuzz
 from milkguard import mqtt as mqtt_connect
-from milkguard.cli import main
 from milkguard.contract.v1 import parse_batch_topic
-from milkguard.settings import demo_plan_path
-from stream import fuzz
+from milkguard_cli import main
 from stream.plan import LoadedPlan, load_plan
+from stream.settings import demo_plan_path
 from tests.helpers import scrape, wait_until
 from tests.servers import Mosquitto, free_port
 

@@ -1,4 +1,7 @@
-"""Device physics for the simulators: first-order heat balances and simple controllers.
+"""Device physics: first-order heat balances and simple controllers.
+
+The simulated driver samples it in real time on a gateway; the simulators (above the edge agent)
+step it on a simulated clock for their scenarios and the demo fleet.
 
 Enough to give believable curves and the failures plants see: a tank whose compressor fails
 warms from its heat gain; a compartment with its hatch open chases the ambient; an HTST heater

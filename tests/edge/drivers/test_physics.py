@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from edge.drivers.physics import FarmBulkTank, TruckCompartment
 from simulators.demo import DemoTimeline
-from simulators.physics import FarmBulkTank, TruckCompartment
 
 
 def run_compartment(seconds: int, hatch: tuple[float, float]) -> list[float]:

@@ -10,7 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from milkguard import logs
 from milkguard.errors import ConfigError
+from milkguard_cli.common import stop_on_signals
 
 DEFAULT_KEY = Path("var/alerts/signing-key.pem")  # where milkguard alerts run keeps them
 DEFAULT_DB = Path("var/alerts/audit.db")
@@ -19,6 +21,7 @@ DEFAULT_DB = Path("var/alerts/audit.db")
 def add_commands(commands: Any) -> None:
     """The ``alerts`` and ``audit`` command groups."""
     alerts = commands.add_parser("alerts", help="signed regulator reports")
+    alerts.set_defaults(handler=run_alerts)
     what = alerts.add_subparsers(dest="alerts_command", required=True, metavar="WHAT")
     public = what.add_parser(
         "public-key",
@@ -55,6 +58,7 @@ def add_commands(commands: Any) -> None:
     verify.add_argument("--public-key", type=Path, action="append", required=True)
 
     audit = commands.add_parser("audit", help="the tamper-evident audit trail")
+    audit.set_defaults(handler=run_audit)
     audit_what = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
     check = audit_what.add_parser(
         "verify",
@@ -131,9 +135,8 @@ def run_alerts(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from alerts.service import AlertService  # noqa: PLC0415
-    from milkguard import logs  # noqa: PLC0415
-    from milkguard.cli import stop_on_signals  # noqa: PLC0415
-    from milkguard.settings import broker_address, load_settings  # noqa: PLC0415
+    from milkguard.settings import broker_address  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config)
     logs.configure(settings.log_level, settings.log_format)

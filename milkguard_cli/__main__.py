@@ -1,0 +1,7 @@
+"""``python -m milkguard_cli`` runs the ``milkguard`` command."""
+
+import sys
+
+from milkguard_cli import main
+
+sys.exit(main())

@@ -233,3 +233,40 @@ def test_one_batch_stamped_ahead_within_the_tolerance_does_not_move_the_replays_
     lost = [c["start"] for c in opened if c["kind"] == "monitoring_lost"]
     assert all(start > "2026-11-22T10:01:59.000Z" for start in lost)
     assert summary.late == 0
+
+
+def test_the_replay_command_with_a_checkpoint_writes_what_a_plain_replay_writes(
+    tmp_path: Path,
+) -> None:
+    path = recording(tmp_path)
+    plain, _ = run_replay(path)
+    output, checkpoint = tmp_path / "changes.jsonl", tmp_path / "replay.checkpoint"
+    command = [
+        *(sys.executable, "-m", "milkguard", "replay", str(path)),
+        *("--plan", str(demo_plan_path()), "--output", str(output)),
+        *("--checkpoint", str(checkpoint)),
+    ]
+
+    first = subprocess.run(command, capture_output=True, check=False, timeout=60)
+    again = subprocess.run(command, capture_output=True, check=False, timeout=60)
+
+    assert first.returncode == 0, first.stderr.decode()
+    assert again.returncode == 0, again.stderr.decode()
+    assert checkpoint.exists()
+    assert output.read_text() == plain  # a finished replay run again adds nothing
+
+
+def test_a_replay_checkpoint_of_standard_input_is_refused_with_why(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "milkguard", "replay", "-", "--plan", str(demo_plan_path())),
+            *("--output", str(tmp_path / "out.jsonl"), "--checkpoint", str(tmp_path / "c")),
+        ],
+        input=b"",
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert b"needs the recording as a file" in done.stderr

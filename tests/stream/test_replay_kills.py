@@ -14,9 +14,9 @@ import pytest
 
 from milkguard.contract.v1 import Batch, Reading, encode_batch
 from milkguard.errors import ConfigError
-from milkguard.settings import demo_plan_path
 from stream.plan import load_plan
 from stream.replay import check_resumable, replay_resumable
+from stream.settings import demo_plan_path
 from tests.conftest import T0
 from tests.helpers import wait_until
 
@@ -55,7 +55,7 @@ def recording(path: Path) -> Path:
 RUN = """
 import sys
 from pathlib import Path
-from milkguard.settings import demo_plan_path
+from stream.settings import demo_plan_path
 from stream.plan import load_plan
 from stream.replay import check_resumable, replay_resumable
 out = Path(sys.argv[2])

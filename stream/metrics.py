@@ -202,6 +202,7 @@ class WorkerCollector(StreamCollector):
         for name, what in (
             ("checkpoints", "checkpoints: outputs confirmed, state saved, offsets released"),
             ("skipped", "messages a restored state already included"),
+            ("rewinds", "partitions sought back to a message that had not reached the agent"),
             ("restored", "partitions carried on from a saved state"),
             ("deviations_sent", "deviation changes produced to the deviations topic"),
             ("letters_sent", "dead letters produced to the dead-letter topic"),

@@ -22,6 +22,18 @@ partition's clock is its messages' Kafka timestamps, the bridge's receive times)
 may be produced twice, with the same deviation id: consumers drop repeats by (id, change).
 Nothing is lost. A rebalance that revokes a partition from a live worker checkpoints it first.
 
+Position. The snapshot's offset, not the committed one, says where a partition goes on: its
+next message must be the one right after (a partition with no snapshot starts at the
+beginning of the topic). Faust does not deliver every message after the committed offset to
+the agent around a rebalance or a start (measured here with kill -9 tests: a message dropped
+before the agent, or acknowledged unseen, and the commit of the next checkpoint passing over
+it). A partition whose next message is not the expected one is paused, sought back to the
+expected offset once the messages already fetched have passed (at the next tick), and
+resumed; what came out of order is taken again after. An expected offset that Kafka's
+retention has already deleted is logged as an error and passed over: those readings are gone.
+The batches topic must hold every offset (the bridge produces without transactions; no
+compaction).
+
 Backpressure. InfluxDB lines wait in a bounded buffer; once it is full the agent stops taking
 messages until InfluxDB confirms some, so Faust stops fetching: Kafka, not memory, holds the
 backlog.
@@ -58,6 +70,8 @@ from stream.sinks.base import DeadLetter, TimeSeriesSink
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+#: how long a paused partition waits for the messages fetched before its pause to go by
+REWIND_SETTLE_S = 0.5
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -111,7 +125,8 @@ class PartitionWork:
     number: int
     ingest: Ingest
     outputs: _Outputs
-    offset: int = -1  # the last message taken
+    offset: int = -1  # the last message taken (or that the restored snapshot includes)
+    anchored: bool = True  # the offset is known: the next message must follow it
     clock_ms: int = -1
     quiet_since: float = field(default_factory=time.monotonic)
     unacked: list[Any] = field(default_factory=list)  # Faust events
@@ -136,10 +151,15 @@ class PartitionWork:
         if saved is not None:
             try:
                 state = msgspec.msgpack.decode(saved, type=_State)
-                engine = Engine.restore(plan, state.engine)
-            except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("worker.state_discarded", extra={"partition": number, "why": str(exc)})
-                state = None
+        if state is not None:
+            try:
+                engine = Engine.restore(plan, state.engine)
+            except SnapshotMismatch as exc:
+                # another plan: a fresh engine, but from the saved position (what the snapshot
+                # includes is stored already; judging it again would only repeat it)
+                log.warning("worker.engine_discarded", extra={"partition": number, "why": str(exc)})
         ingest = Ingest(
             engine or Engine(plan),
             timeseries,
@@ -148,11 +168,17 @@ class PartitionWork:
             future_tolerance_ms=future_tolerance_ms,
             known_gateways=known_gateways,
         )
-        work = cls(number, ingest, outputs, baseline=counts_of(ingest))
+        # an unreadable snapshot leaves the position to the committed offset, as before it
+        work = cls(number, ingest, outputs, baseline=counts_of(ingest), anchored=saved is None)
         if state is not None:
             ingest.restore_windows(state.windows)
-            work.offset, work.clock_ms = state.offset, state.clock_ms
+            work.offset, work.clock_ms, work.anchored = state.offset, state.clock_ms, True
         return work
+
+    def follows(self, offset: int) -> bool:
+        """Whether the message at ``offset`` may be taken now: the next one, or one the saved
+        state includes. False when messages before it have not reached this work."""
+        return not self.anchored or offset <= self.offset + 1
 
     def take(self, payload: bytes | None, offset: int, timestamp_ms: int, origin: str) -> bool:
         """Judge one message; False if the saved state already includes it.
@@ -170,7 +196,7 @@ class PartitionWork:
         elif self.clock_ms < 0:
             self.clock_ms = wall_ms  # no usable time yet: now is the best guess
         self.ingest.handle_bridged(payload or b"", self.clock_ms, origin)
-        self.offset = offset
+        self.offset, self.anchored = offset, True
         self.quiet_since = time.monotonic()
         self.dirty = True
         return True
@@ -203,6 +229,7 @@ class WorkerCounters:
     """What the worker did beyond what ingest and the engines count."""
 
     skipped: int = 0  # messages the restored state already included
+    rewinds: int = 0  # partitions sought back because a message had not reached the agent
     checkpoints: int = 0
     restored: int = 0  # partitions carried on from a saved state
     deviations_sent: int = 0
@@ -272,6 +299,7 @@ class Worker:
         self._lock = asyncio.Lock()  # the partitions' work: taking, ticking, snapshotting
         self._checkpointing = asyncio.Lock()  # states reach the changelog in the order taken
         self._checkpointing_messages = 0  # taken by the checkpoint under way, not yet acked
+        self._rewinding: dict[int, tuple[Any, float]] = {}  # partition: (its TP, paused at)
         self.app.agent(self.batches, name="judge")(self._judge)
         self.app.timer(worker.tick_s)(self._tick)
         self.app.timer(worker.checkpoint_s)(self._checkpoint_all)
@@ -302,6 +330,9 @@ class Worker:
             message = event.message
             work = self._work_of(message.partition)
             async with self._lock:
+                if not work.follows(message.offset):
+                    self._rewind(work, message)  # not acknowledged: it comes again, in order
+                    continue
                 stamp = _stamp_ms(message.timestamp)
                 taken = work.take(message.value, message.offset, stamp, message.topic)
                 if not taken:
@@ -362,13 +393,65 @@ class Worker:
         outputs.changes.clear()
         outputs.letters.clear()
 
+    def _rewind(self, work: PartitionWork, message: Any) -> None:
+        """A message came before the ones between the last taken and it: pause the partition;
+        :meth:`_seek_rewound` seeks it back once what was fetched already has gone by."""
+        work.quiet_since = time.monotonic()  # not quiet: its messages are on their way
+        if work.number in self._rewinding:
+            return  # fetched before the pause
+        from faust.types import TP  # noqa: PLC0415 - the optional extra, loaded by __init__
+
+        # Faust's own type: its set of active partitions asserts it (aiokafka's would crash
+        # the fetcher once resumed)
+        tp = TP(message.topic, message.partition)
+        self.app.consumer.pause_partitions({tp})
+        self._rewinding[work.number] = (tp, time.monotonic())
+        self.counters.rewinds += 1
+        log.warning(
+            "worker.rewinding",
+            extra={"partition": work.number, "expected": work.offset + 1, "got": message.offset},
+        )
+
+    async def _seek_rewound(self, now: float) -> None:
+        """Seek each paused partition back to its next message and resume it. Seeking while
+        Faust still hands over messages fetched before would be undone by them (it drops
+        offsets below the last it handed over), hence the pause first and the wait."""
+        consumer = self.app.consumer
+        for number, (tp, paused_at) in list(self._rewinding.items()):
+            work = self.work.get(number)
+            if work is None or now - paused_at < REWIND_SETTLE_S:
+                continue
+            expected = work.offset + 1
+            try:
+                earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
+            except Exception as exc:  # aiokafka's errors: Kafka unreachable; the next tick retries
+                log.warning("worker.rewind_failed", extra={"partition": number, "error": repr(exc)})
+                continue
+            if expected < earliest:
+                log.error(
+                    "worker.deleted_before_judged",
+                    extra={
+                        "partition": number,
+                        "offsets": f"{expected}-{earliest - 1}",
+                        "why": "Kafka's retention deleted them while no worker took them; "
+                        "keep the batches topic longer than the longest outage",
+                    },
+                )
+                work.offset, expected = earliest - 1, earliest
+            await consumer.seek(tp, expected)
+            consumer.resume_partitions({tp})
+            del self._rewinding[number]
+
     # ------------------------------------------------------------------ time
 
     async def _tick(self) -> None:
         now = time.monotonic()
         quiet_for = self.settings.worker.tick_s
         async with self._lock:
+            await self._seek_rewound(now)
             for work in list(self.work.values()):
+                if work.number in self._rewinding:
+                    continue  # its messages are on their way: not quiet
                 if now - work.quiet_since >= quiet_for:
                     work.tick(now)
                     await self._send_outputs(work)
@@ -431,6 +514,7 @@ class Worker:
         except Exception as exc:  # any failure: the next owner repeats the work instead
             log.warning("worker.revoke_checkpoint_failed", extra={"error": repr(exc)})
         for number in mine:
+            self._rewinding.pop(number, None)  # the next owner seeks anew
             work = self.work.pop(number, None)
             if work is not None:
                 self.retired = self.retired.plus(work.counts())

@@ -11,8 +11,10 @@ from stream.plan import LoadedPlan, load_plan
 from stream.settings import demo_plan_path
 from tests.servers import (
     Mosquitto,
+    Tansu,
     VictoriaMetrics,
     start_mosquitto,
+    start_tansu,
     start_victoria_metrics,
     stop,
 )
@@ -29,6 +31,16 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         stop(broker.process)
+
+
+@pytest.fixture
+def tansu() -> Iterator[Tansu]:
+    """A real Kafka-protocol broker (tansu, in memory) for one test."""
+    server = start_tansu()
+    try:
+        yield server
+    finally:
+        stop(server.process)
 
 
 @pytest.fixture

@@ -60,19 +60,47 @@ async def consume(
 
 async def consume_all(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list[bytes]:
     """Every value in ``topic`` so far: read until nothing new came for ``quiet_s``."""
+    records = await consume_records(bootstrap, topic, quiet_s)
+    return [value for *_, value in records if value is not None]
+
+
+async def consume_records(
+    bootstrap: str, topic: str, quiet_s: float = 2.0
+) -> list[tuple[int, int, int, bytes | None]]:
+    """(partition, offset, timestamp ms, value) of every record in ``topic`` so far, in offset
+    order per partition: read until nothing new came for ``quiet_s``."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
 
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
-    values: list[bytes] = []
+    records: list[tuple[int, int, int, bytes | None]] = []
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=round(quiet_s * 1000))
             if not batch:
-                return values
-            for messages in batch.values():
-                values += [m.value for m in messages if m.value is not None]
+                return records
+            for part, messages in batch.items():
+                records += [(part.partition, m.offset, m.timestamp, m.value) for m in messages]
+    finally:
+        await consumer.stop()
+
+
+async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit ``offsets`` (partition: next offset to read) for consumer group ``group``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+    from aiokafka.structs import OffsetAndMetadata  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in offsets]
+        consumer.assign(partitions)
+        await consumer.commit(
+            {tp: OffsetAndMetadata(offsets[tp.partition], "") for tp in partitions}
+        )
     finally:
         await consumer.stop()

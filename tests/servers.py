@@ -211,10 +211,19 @@ class VictoriaMetrics:
             pass
 
 
-def start_victoria_metrics(directory: Path, port: int | None = None) -> VictoriaMetrics:
-    """Start VictoriaMetrics on 127.0.0.1 (a free port unless given) with a long retention."""
+def start_victoria_metrics(
+    directory: Path, port: int | None = None, *, overwrite: bool = False
+) -> VictoriaMetrics:
+    """Start VictoriaMetrics on 127.0.0.1 (a free port unless given) with a long retention.
+
+    ``overwrite``: a point written again (same series, same timestamp) is kept once, as
+    InfluxDB overwrites it; by default VictoriaMetrics keeps every copy, so a test sees repeats.
+    """
     binary = require_binary("victoria-metrics", "victoria-metrics")
     port = port or free_port()
+    # deduplication within 1 ms collapses samples of one series at one (ms) timestamp, on
+    # export too: InfluxDB's overwrite of a point written twice
+    overwriting = ["-dedup.minScrapeInterval=1ms"] if overwrite else []
     process = subprocess.Popen(
         [
             binary,
@@ -222,6 +231,7 @@ def start_victoria_metrics(directory: Path, port: int | None = None) -> Victoria
             f"-storageDataPath={directory / 'vm-data'}",
             "-retentionPeriod=100y",
             "-search.latencyOffset=1s",
+            *overwriting,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

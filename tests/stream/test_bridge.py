@@ -24,20 +24,11 @@ from stream.bridge import Bridge, KafkaTarget, problem_of
 from tests.conftest import T0
 from tests.helpers import scrape, wait_until
 from tests.kafka import consume, create_topics
-from tests.servers import Mosquitto, Tansu, free_port, start_tansu, stop, wait_for_port
+from tests.servers import Mosquitto, Tansu, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
 TOPICS = {"milkguard.batches": 4, "milkguard.deadletter": 1}
-
-
-@pytest.fixture
-def tansu() -> Iterator[Tansu]:
-    server = start_tansu()
-    try:
-        yield server
-    finally:
-        stop(server.process)
 
 
 @pytest.fixture

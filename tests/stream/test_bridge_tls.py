@@ -21,11 +21,8 @@ from tests.conftest import T0
 from tests.kafka import consume, create_topics
 from tests.milkguard.secured_brokers import PEOPLE, security_model, start_generated_mosquitto
 from tests.servers import Tansu, TlsFiles, free_port, make_tls_files, stop
-from tests.stream import test_bridge
 
 pytestmark = pytest.mark.integration
-
-tansu = test_bridge.tansu  # the same fixture: a tansu per test
 
 
 @pytest.fixture

@@ -62,14 +62,14 @@ def plan_yaml() -> str:
     )
 
 
-def records() -> list[tuple[bytes, bytes, int]]:
+def records(minutes: int = MINUTES) -> list[tuple[bytes, bytes, int]]:
     """Batches as the bridge produces them: keyed by site, stamped with their receive time.
 
     Farm n's tank is warm (8 degC) from minute 5 + 2n to minute 8 + 2n: one deviation each,
     opened and closed. A batch per farm per minute, farms interleaved as they would arrive.
     """
     out = []
-    for minute in range(MINUTES):
+    for minute in range(minutes):
         for n, farm in enumerate(FARMS):
             ts = T0 + minute * 60_000
             warm = 5 + 2 * n <= minute < 8 + 2 * n
@@ -102,7 +102,9 @@ class Rig:
     plan: Path
     directory: Path
 
-    def start_worker(self, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start_worker(
+        self, name: str, session_timeout_s: float = 6
+    ) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         env = {
             **os.environ,
@@ -114,7 +116,7 @@ class Rig:
             "MILKGUARD_INFLUX__ORG": "dairy",
             "MILKGUARD_INFLUX__BUCKET": "milkguard",
             "MILKGUARD_METRICS__PORT": str(port),
-            "MILKGUARD_WORKER__SESSION_TIMEOUT_S": "6",
+            "MILKGUARD_WORKER__SESSION_TIMEOUT_S": str(session_timeout_s),
             "MILKGUARD_WORKER__HEARTBEAT_INTERVAL_S": "1",
             "MILKGUARD_LOG_FORMAT": "json",
         }

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -55,3 +58,22 @@ def test_a_drained_queue_holds_whole_messages_up_to_its_bound() -> None:
 def test_a_message_size_that_is_no_whole_number_of_samples_is_refused() -> None:
     with pytest.raises(ConfigError, match="multiple of 50"):
         fleet_messages(2, 50, 75, 10)
+
+
+@pytest.mark.e2e
+def test_the_command_runs_the_benchmark_with_its_options() -> None:
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "milkguard", "bench", "engine", "--gateways", "4"),
+            *("--channels", "5", "--seconds", "20", "--sizes", "5,50", "--repeat", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},  # the table's labels whole, not wrapped
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "plain loop readings/s" in result.stdout

@@ -46,6 +46,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.engine import LIMIT_DEGC, next_value
 from benchmarks.pipeline import bundled_tansu_command
 from milkguard.contract.v1 import Batch, Reading, encode_batch
 from milkguard.errors import ConfigError
@@ -53,7 +54,6 @@ from milkguard.processes import free_port, stop, wait_for_port
 from stream.worker import partition_of
 
 T_START = 1_795_341_600_000
-LIMIT_DEGC = 6.0
 POLL_S = 0.1  # a scrape costs the contender a little CPU: not too often
 WORKER = "milkguard worker"
 PLAIN = "plain Faust agent"
@@ -151,7 +151,7 @@ def fleet_records(
                 Reading(
                     f"asset-{gateway}",
                     f"ch-{channel}",
-                    _next_value(rng, values[gateway], breaching, gateway, channel),
+                    next_value(rng, values[gateway], breaching, gateway, channel),
                     "degC",
                     T_START + second * 1000,
                 )
@@ -170,26 +170,6 @@ def fleet_records(
             records.append((site.encode(), encode_batch(batch), sent_at + 50))
         window += samples
     return records
-
-
-def _next_value(
-    rng: random.Random,
-    values: list[float],
-    breaching: dict[tuple[int, int], int],
-    gateway: int,
-    channel: int,
-) -> float:
-    """A milk temperature wandering around 4.7 degC; now and then a breach of 30 s."""
-    key = (gateway, channel)
-    left = breaching.get(key, 0)
-    if left:
-        breaching[key] = left - 1
-        return round(LIMIT_DEGC + 0.5 + rng.random(), 3)
-    if rng.random() < 1 / 3000:  # about one channel in a hundred per 30 s
-        breaching[key] = 30
-    value = values[channel] + (4.7 - values[channel]) * 0.1 + rng.gauss(0, 0.02)
-    values[channel] = value
-    return round(value, 3)
 
 
 def partition_shares(records: Sequence[Record], partitions: int) -> list[float]:

@@ -1,12 +1,13 @@
 """The yardstick of ``bench pipeline --kafka``: the Faust agent a competent team writes first.
 
-It does what ``milkguard worker`` does at its simplest, with the tools such a team reaches for:
-pydantic v2 parses each batch (``model_validate_json``, one model per reading), a dict of
-thresholds and a dict of state per channel, a threshold check that opens and closes an alert
-(produced to Kafka, keyed by site), and a line of line protocol per reading (an f-string) to the
-same file sink the worker writes without InfluxDB, flushed (fsynced) every second. Faust acks
-each message after the agent has handled it and commits on its own schedule. No duplicate
-windows, no watermarks, no silence, no state in a changelog: less work than MilkGuard does.
+It does what ``milkguard worker`` does at its simplest, with the tools such a team reaches for,
+as ``bench engine``'s plain loop does (its pydantic models): pydantic v2 parses each batch
+(``model_validate_json``, one model per reading), a dict of thresholds and a dict of state per
+channel, a threshold check that opens and closes an alert (produced to Kafka, keyed by site),
+and a line of line protocol per reading (an f-string) to the same file sink the worker writes
+without InfluxDB, flushed (fsynced) every second. Faust acks each message after the agent has
+handled it and commits on its own schedule. No duplicate windows, no watermarks, no silence,
+no state in a changelog: less work than MilkGuard does.
 
 Run as its own process, as a worker is: ``python -m benchmarks.plain_faust CONFIG.json`` (see
 :class:`PlainConfig`). It serves ``plain_readings_total`` and ``plain_partitions`` on
@@ -26,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
+from benchmarks.engine import PlainBatch
 from stream.sinks.files import LineProtocolFileSink
 
 
@@ -41,26 +43,6 @@ class PlainConfig(BaseModel):
     data_dir: Path
     #: "site/asset/channel" -> the maximum it may read
     limits: dict[str, float]
-
-
-class PlainReading(BaseModel):
-    """One reading, as the plain agent models it."""
-
-    asset: str
-    channel: str
-    value: float
-    unit: str
-    ts: int
-
-
-class PlainBatch(BaseModel):
-    """One gateway's message, as the plain agent models it (unknown fields ignored)."""
-
-    site: str
-    gateway: str
-    seq: int
-    sent_at: int
-    readings: list[PlainReading]
 
 
 class _Counters(Collector):

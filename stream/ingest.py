@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from functools import partial
 from operator import attrgetter
 from typing import Literal
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from milkguard.contract.v1 import (
     PLAUSIBLE,
@@ -39,9 +40,9 @@ from milkguard.contract.v1 import (
     parse_batch_topic,
     read_batch,
 )
-from stream.engine.core import Engine, is_power_of_ten
+from stream.engine.core import Engine, Routed, UnitMismatch, is_power_of_ten
 from stream.engine.deviation import DeviationChange, iso_ms
-from stream.lineprotocol import derived_line, deviation_line, event_line, reading_line
+from stream.lineprotocol import ReadingLines, derived_line, deviation_line, event_line
 from stream.sinks.base import (
     DeadLetter,
     DeadLetterSink,
@@ -78,6 +79,23 @@ MAX_UNPLANNED_LATEST = 10_000
 CAPPED_GATEWAY = "_capped"
 
 _TS = attrgetter("ts")
+#: readings that wait for :attr:`Ingest.latest` before it takes them in unasked
+_MAX_UNFOLDED = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A batch submitted to the engine, waiting for its advance to be stored."""
+
+    site: str
+    gateway: str
+    topic: str
+    received_ms: int
+    batch: Batch
+    readings: list[Reading]  # those to store: the batch's less those dead-lettered
+    events: list[Event]
+    mismatches: list[UnitMismatch]  # dead-lettered once judged (they were not)
+    routed: Routed  # with the readings' channel rows when every one was held
 
 
 @dataclass(slots=True)
@@ -262,8 +280,14 @@ class Ingest:
             for key, asset in engine.plan.plan.assets.items()
             for name in (asset.id or key, *asset.channels)
         }
-        #: the newest reading of each (site, asset, channel), for live views
-        self.latest: dict[tuple[str, str, str], Reading] = {}
+        self._latest: dict[tuple[str, str, str], Reading] = {}
+        # accepted readings not yet taken into ``latest``: (their channel rows, values, times,
+        # newest time), None where a later batch of the same gateway superseded them; and where
+        # each gateway's last batch waits in that list
+        self._unfolded: list[tuple[npt.NDArray[np.int64], list[float], list[int], int] | None] = []
+        self._unfolded_readings = 0
+        self._unfolded_at: dict[tuple[str, str], int] = {}
+        self._reading_lines = ReadingLines()
         self.future_tolerance_ms = future_tolerance_ms
         self.replay_clock = ReplayClock(future_tolerance_ms)
         self._known_gateways = frozenset(known_gateways)
@@ -276,51 +300,45 @@ class Ingest:
         )
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
-        self._advance_later = False  # within handle_many: the engine advances once, at its end
         #: batches sent before this (the runtime's connect time after a restart) waited in the
         #: broker while the stream was down: their delay says nothing of the gateway's clock,
         #: and taking it as an offset would raise a false time-sync fault after every restart
         self.clocks_sent_from_ms = -1
 
-    def handle_many(self, messages: Iterable[tuple[str, bytes, int]]) -> None:
-        """Process (topic, payload, received_ms) messages as one batch: each is accepted as by
-        :meth:`handle`, then the engine advances once, to the newest receive time."""
-        self._as_one_batch((partial(self.handle, t, p, r), r) for t, p, r in messages)
-
-    def handle_bridged_many(self, messages: Iterable[tuple[bytes, int, str]]) -> None:
-        """Process (payload, received_ms, origin) payloads the bridge took from MQTT as one
-        batch: each is accepted as by :meth:`handle_bridged`, then the engine advances once, to
-        the newest receive time."""
-        self._as_one_batch((partial(self.handle_bridged, p, r, o), r) for p, r, o in messages)
-
-    def _as_one_batch(self, calls: Iterable[tuple[Callable[[], None], int]]) -> None:
-        """Make each (call, receive time) with the engine's advance held back, then advance
-        once, to the newest receive time."""
-        newest = -1
-        self._advance_later = True
-        try:
-            for call, received_ms in calls:
-                call()
-                newest = max(newest, received_ms)
-        finally:
-            self._advance_later = False
-        if newest >= 0:
-            self.tick(newest)
-
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
-        self.counters.messages += 1
-        route = parse_batch_topic(topic)
-        if route is None:
-            self._reject_payload(
-                topic,
-                payload,
-                received_ms,
-                "topic is not a batch topic of wire contract v1; "
-                "publish to milkguard/v1/gw/{site}/{gateway}/batch",
-            )
-            return
-        self._handle(topic, route, payload, received_ms)
+        self.handle_many(((topic, payload, received_ms),))
+
+    def handle_many(self, messages: Iterable[tuple[str, bytes, int]]) -> None:
+        """Process messages as one batch: (topic, payload, received_ms) each, in arrival order.
+
+        Each message is checked, decoded, deduplicated, stored and submitted as :meth:`handle`
+        does it alone (same dead letters, same counters); then the engine advances once, to the
+        newest receive time, and judges what the watermarks release. That is what makes a
+        drained queue cheap: the release, the screen and the timers run once for all of it.
+        Verdicts are the same as message by message, except that a reading which message by
+        message would have come after its channel released a later one is judged in order
+        here instead of counted late, and that a deviation records the device clock's offset
+        as estimated when it is judged (README: "A drained queue and message by message").
+        """
+        accepted: list[_Accepted] = []
+        for topic, payload, received_ms in messages:
+            self.counters.messages += 1
+            route = parse_batch_topic(topic)
+            if route is None:
+                self._reject_payload(
+                    topic,
+                    payload,
+                    received_ms,
+                    "topic is not a batch topic of wire contract v1; "
+                    "publish to milkguard/v1/gw/{site}/{gateway}/batch",
+                )
+                continue
+            item = self._take(topic, route, payload, received_ms)
+            if item is not None:
+                accepted.append(item)
+        if accepted:
+            self._judge(accepted)
 
     def handle_recorded(self, payload: bytes, origin: str) -> None:
         """Process one payload recorded without its topic (a line of a replayed file).
@@ -328,12 +346,25 @@ class Ingest:
         Its receive time is the :class:`ReplayClock`'s, which outliers cannot move.
         """
         self.counters.messages += 1
-        self._handle(origin, None, payload, None)
+        item = self._take(origin, None, payload, None)
+        if item is not None:
+            self._judge([item])
 
     def handle_bridged(self, payload: bytes, received_ms: int, origin: str) -> None:
         """Process one payload the bridge took from MQTT (it checked the topic against it)."""
-        self.counters.messages += 1
-        self._handle(origin, None, payload, received_ms)
+        self.handle_bridged_many(((payload, received_ms, origin),))
+
+    def handle_bridged_many(self, messages: Iterable[tuple[bytes, int, str]]) -> None:
+        """Process payloads the bridge took from MQTT as one batch: (payload, received_ms,
+        origin) each, in arrival order, as :meth:`handle_many` does (one advance)."""
+        accepted: list[_Accepted] = []
+        for payload, received_ms, origin in messages:
+            self.counters.messages += 1
+            item = self._take(origin, None, payload, received_ms)
+            if item is not None:
+                accepted.append(item)
+        if accepted:
+            self._judge(accepted)
 
     def windows(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
         """The duplicate windows of every gateway, for a snapshot."""
@@ -348,20 +379,22 @@ class Ingest:
             if slash and route not in self._windows and self._may_track(route):
                 self._windows[route] = SequenceWindow.restored(self._window_size, high, ranges)
 
-    def _handle(
+    def _take(
         self,
         topic: str,
         route: tuple[str, str] | None,
         payload: bytes,
         received_ms: int | None,
-    ) -> None:
+    ) -> _Accepted | None:
+        """Check, decode, deduplicate and submit one payload; what is refused is dead-lettered
+        (None). The accepted batch waits for the engine's next advance in :meth:`_judge`."""
         site, gateway = route if route is not None else (None, None)
         shown_at = received_ms if received_ms is not None else max(self.replay_clock.now, 0)
         batch = read_batch(payload)
         if isinstance(batch, str):
             reason = batch if batch.startswith("not valid") else _explain(batch)
             self._reject_payload(topic, payload, shown_at, reason, site=site, gateway=gateway)
-            return
+            return None
         if received_ms is None:
             first = self.replay_clock.now < 0
             newest = max(map(_TS, batch.readings), default=None) if first else None
@@ -377,7 +410,7 @@ class Ingest:
                 f"says site {site!r}, gateway {gateway!r}; they must match",
                 payload,
             )
-            return
+            return None
         assert site is not None
         assert gateway is not None
         seq_limit = received_ms + self.future_tolerance_ms
@@ -394,7 +427,7 @@ class Ingest:
                 "across restarts, or seed it from the clock in milliseconds.",
                 payload,
             )
-            return
+            return None
         window = self._window_of(route)
         if window is not None:
             admitted = window.admit(batch.seq)
@@ -404,7 +437,7 @@ class Ingest:
                 log.debug(
                     "batch.duplicate", extra={"site": site, "gateway": gateway, "seq": batch.seq}
                 )
-                return
+                return None
             if admitted is None:
                 self._reject_batch(
                     topic,
@@ -415,11 +448,13 @@ class Ingest:
                     "reset its counter? Gateways must keep seq growing across restarts.",
                     payload,
                 )
-                return
+                return None
             device = gateway
         else:
             device = CAPPED_GATEWAY
-        self._accept(site, gateway, batch, device=device, topic=topic, received_ms=received_ms)
+        return self._accept(
+            site, gateway, batch, device=device, topic=topic, received_ms=received_ms
+        )
 
     def _window_of(self, route: tuple[str, str]) -> SequenceWindow | None:
         """The gateway's duplicate window; None when the cap leaves it untracked."""
@@ -461,7 +496,7 @@ class Ingest:
 
     def _accept(
         self, site: str, gateway: str, batch: Batch, *, device: str, topic: str, received_ms: int
-    ) -> None:
+    ) -> _Accepted:
         counters = self.counters
         counters.batches += 1
         counters.readings += len(batch.readings)
@@ -470,7 +505,6 @@ class Ingest:
         events = batch.events
         if events and max(map(_TS, events)) > horizon:
             events = self._events_in_time(topic, received_ms, horizon, batch)
-        changes: list[DeviationChange] = []
         engine = self.engine
         reported = batch.clock.synced if batch.clock is not None else None
         if device != CAPPED_GATEWAY and batch.sent_at >= self.clocks_sent_from_ms:
@@ -481,6 +515,19 @@ class Ingest:
             engine.submit_events(site, events)
         readings = batch.readings
         routed = engine.submit(site, device, readings, received_ms, horizon)
+        if engine.notices:
+            self._log_notices(gateway)  # a channel the plan does not know, named with its gateway
+        if routed.mismatches or routed.refused or routed.unplanned:
+            readings = self._left_in(topic, received_ms, horizon, batch, routed)
+        return _Accepted(
+            site, gateway, topic, received_ms, batch, readings, events, routed.mismatches, routed
+        )
+
+    def _left_in(
+        self, topic: str, received_ms: int, horizon: int, batch: Batch, routed: Routed
+    ) -> list[Reading]:
+        """The batch's readings less those refused (dead-lettered here) and those in another
+        unit than the plan's (dead-lettered once judged)."""
         left_out = {id(m.reading) for m in routed.mismatches}
         refused = routed.refused
         if routed.unplanned:
@@ -494,42 +541,100 @@ class Ingest:
             unchecked = [r for r in routed.unplanned if id(r) not in left_out]
             unsafe = self._unsafe_ids(topic, received_ms, batch, unchecked)
             left_out.update(id(r) for r in unsafe)
-        if left_out:
-            readings = [r for r in readings if id(r) not in left_out]
-        if self._advance_later:
-            pass  # handle_many advances once for the whole batch
-        elif self._event_clock:
+        readings = batch.readings
+        return [r for r in readings if id(r) not in left_out] if left_out else readings
+
+    def _judge(self, accepted: list[_Accepted]) -> None:
+        """Advance the engine once for accepted batches, then store them and what was judged."""
+        engine = self.engine
+        changes: list[DeviationChange] = []
+        if self._event_clock:
             # the data's own time, but no further than the batch's receive time (the replay
             # clock's, which one outlier cannot move): a reading stamped ahead within the
             # tolerance would otherwise silence every channel and make earlier readings late
-            newest = min(max(map(_TS, readings), default=engine.now), received_ms)
+            newest = max(
+                min(max(map(_TS, item.readings), default=engine.now), item.received_ms)
+                for item in accepted
+            )
             engine.advance(max(newest, engine.now), changes)
         else:
-            engine.advance(received_ms, changes)
+            engine.advance(max(item.received_ms for item in accepted), changes)
         if engine.notices:
-            self._log_notices(gateway)
-        lines = [reading_line(site, gateway, r) for r in readings]
-        lines.extend(event_line(site, gateway, e) for e in events)
-        for mismatch in routed.mismatches:
-            reading = mismatch.reading
-            self._reject_reading(
-                topic,
-                received_ms,
-                batch,
-                reading,
-                f"reading of {reading.asset}/{reading.channel} has unit {reading.unit!r} but "
-                f"the plan declares {mismatch.expected!r}; convert at the gateway or fix the plan",
+            gateways = {item.gateway for item in accepted}
+            self._log_notices(gateways.pop() if len(gateways) == 1 else None)
+        lines: list[str] = []
+        for item in accepted:
+            site, gateway = item.site, item.gateway
+            routed = item.routed
+            lines.extend(
+                self._reading_lines.lines(
+                    site,
+                    gateway,
+                    item.readings,
+                    routed.layout,
+                    values=routed.values,
+                    stamps=routed.ts,
+                )
             )
+            lines.extend(event_line(site, gateway, e) for e in item.events)
+            for mismatch in item.mismatches:
+                reading = mismatch.reading
+                self._reject_reading(
+                    item.topic,
+                    item.received_ms,
+                    item.batch,
+                    reading,
+                    f"reading of {reading.asset}/{reading.channel} has unit {reading.unit!r} "
+                    f"but the plan declares {mismatch.expected!r}; convert at the gateway or "
+                    "fix the plan",
+                )
         self._emit(changes, lines)
-        self._remember_latest(site, readings, always=(site, gateway) in self._known_gateways)
+        for item in accepted:
+            self._remember_latest(item)
         self._timeseries.add(lines)
 
-    def _remember_latest(self, site: str, readings: list[Reading], *, always: bool) -> None:
-        """Keep each channel's newest reading: the plan's channels and (``always``) those of a
-        known gateway whatever the cap, the others up to it."""
-        latest = self.latest
-        for reading in readings:
-            key = (site, reading.asset, reading.channel)
+    @property
+    def latest(self) -> dict[tuple[str, str, str], Reading]:
+        """The newest reading of each (site, asset, channel), for live views."""
+        self._fold_latest()
+        return self._latest
+
+    def _remember_latest(self, item: _Accepted) -> None:
+        """Note a batch's readings for :attr:`latest`.
+
+        A batch whose every reading the engine held (the usual one) waits, as channel rows, until
+        ``latest`` is read or enough have waited: a live view reads it once a second, readings
+        come by the hundred thousand. A gateway's next batch of the same channels, all newer,
+        takes its last one's place, so what waits is about a batch per gateway. Any other batch
+        is taken in reading by reading, after those waiting (arrival order decides between
+        equal timestamps).
+        """
+        routed = item.routed
+        rows, stamps, values = routed.rows, routed.ts, routed.values
+        if rows is not None and stamps is not None and values is not None:
+            first, last = min(stamps), max(stamps)
+            waiting = self._unfolded
+            route = (item.site, item.gateway)
+            before = self._unfolded_at.get(route, -1)
+            if before >= 0:
+                superseded = waiting[before]
+                if superseded is not None and superseded[0] is rows and first >= superseded[3]:
+                    # the same channels, each with a reading as new or newer: it supersedes the
+                    # gateway's last batch, which need not wait any longer
+                    waiting[before] = None
+                    self._unfolded_readings -= len(rows)
+            self._unfolded_at[route] = len(waiting)
+            # the values and times, not the readings: the batch is freed now, while it is hot
+            waiting.append((rows, values, stamps, last))
+            self._unfolded_readings += len(rows)
+            if self._unfolded_readings >= _MAX_UNFOLDED or len(waiting) >= _MAX_UNFOLDED:
+                self._fold_latest()
+            return
+        self._fold_latest()
+        latest = self._latest
+        always = (item.site, item.gateway) in self._known_gateways
+        for reading in item.readings:
+            key = (item.site, reading.asset, reading.channel)
             previous = latest.get(key)
             if previous is None:
                 if not always and key not in self._planned:
@@ -540,6 +645,35 @@ class Ingest:
                 latest[key] = reading
             elif reading.ts >= previous.ts:
                 latest[key] = reading
+
+    def _fold_latest(self) -> None:
+        """Take the waiting batches into ``latest``: each channel's newest reading (by
+        timestamp; of equal ones, the last to arrive). Per reading this is numpy only; the
+        Python loop runs once per channel."""
+        unfolded = [entry for entry in self._unfolded if entry is not None]
+        self._unfolded, self._unfolded_readings = [], 0
+        self._unfolded_at.clear()
+        if not unfolded:
+            return
+        values: list[float] = []
+        stamps: list[int] = []
+        for _, batch_values, batch_stamps, _ in unfolded:
+            values.extend(batch_values)
+            stamps.extend(batch_stamps)
+        rows = np.concatenate([entry[0] for entry in unfolded])
+        order = np.argsort(np.array(stamps, dtype=np.int64), kind="stable")
+        # the last of each row in time order: the first of each in the reversed order
+        backwards = order[::-1]
+        channels, first = np.unique(rows[backwards], return_index=True)
+        names, keys = self.engine.channel_names, self.engine.channel_keys
+        latest = self._latest
+        for row, index in zip(channels.tolist(), backwards[first].tolist(), strict=True):
+            stamp = stamps[index]
+            name = names[row]
+            previous = latest.get(name)
+            if previous is None or stamp >= previous.ts:
+                asset, channel, unit = keys[row]
+                latest[name] = Reading(asset, channel, values[index], unit, stamp)
 
     def _refuse(
         self, topic: str, received_ms: int, horizon: int, batch: Batch, reading: Reading
@@ -623,7 +757,7 @@ class Ingest:
             if self._on_change is not None:
                 self._on_change(change)
 
-    def _log_notices(self, gateway: str) -> None:
+    def _log_notices(self, gateway: str | None) -> None:
         for notice in self.engine.take_notices():
             context = {
                 "site": notice.site,

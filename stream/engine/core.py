@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -123,10 +123,19 @@ class Routed:
     mismatches: list[UnitMismatch]
     unplanned: list[Reading]
     refused: list[Reading] = field(default_factory=list)
+    #: when every reading was held: the channel row of each, in order (read only), and the
+    #: gateway's layout it matched (its channel keys; the same object while the layout holds)
+    rows: I64 | None = None
+    layout: list[tuple[str, str, str]] | None = None
+    ts: list[int] | None = None  # and their timestamps and values
+    values: list[float] | None = None
 
 
 _NOTHING_LEFT_OUT = Routed([], [])
 _KEY = attrgetter("asset", "channel", "unit")
+_ASSET = attrgetter("asset")
+_CHANNEL = attrgetter("channel")
+_UNIT = attrgetter("unit")
 _TS = attrgetter("ts")
 _VALUE = attrgetter("value")
 
@@ -156,6 +165,16 @@ class Notice:
     count: int = 1
 
 
+class _Layout(NamedTuple):
+    """The channels a gateway sent in its last batch, in order."""
+
+    signature: tuple[str, str, str]  # assets, channels and units, each joined with NUL
+    keys: list[tuple[str, str, str]]  # (asset, channel, unit) of each reading
+    rows: I64
+    lowest: float  # plausible bounds every one of its channels shares
+    highest: float
+
+
 class _Columns(NamedTuple):
     """Readings as five aligned numpy columns."""
 
@@ -174,6 +193,27 @@ class _Columns(NamedTuple):
             self.received[mask],
             self.devices[mask],
         )
+
+    def without(self, indices: I64) -> _Columns:
+        """The readings less those at ``indices``."""
+        keep = np.ones(len(self.rows), dtype=np.bool_)
+        keep[indices] = False
+        return self.take(keep)
+
+    def merged(self, other: _Columns) -> _Columns:
+        """Both sorted by channel and time, ``other`` of channels this one has none of: one set
+        of columns sorted the same way, by insertion rather than sorting again."""
+        # where each of ``other`` goes, once for all five columns (np.insert would redo it)
+        placed = np.searchsorted(self.rows, other.rows) + np.arange(len(other.rows))
+        mine = np.ones(len(self.rows) + len(other.rows), dtype=np.bool_)
+        mine[placed] = False
+        columns: list[Any] = []
+        for own, added in zip(self, other, strict=True):
+            column = np.empty(len(mine), dtype=own.dtype)
+            column[mine] = own
+            column[placed] = added
+            columns.append(column)
+        return _Columns(*columns)
 
     @staticmethod
     def join(parts: list[_Columns]) -> _Columns:
@@ -295,9 +335,9 @@ class Engine:
         self._silence: list[SilenceMachine] = []
         self._devices: list[str] = ["unknown"]
         self._device_codes: dict[str, int] = {"unknown": 0}
-        self._layouts: dict[tuple[str, str], tuple[list[tuple[str, str, str]], I64, bool]] = {}
+        self._layouts: dict[tuple[str, str], _Layout] = {}
         # readings of each submit since the last release: (rows, ts, values, received, device)
-        self._incoming: list[tuple[I64, I64, F64, int, int]] = []
+        self._incoming: list[tuple[I64, list[int], list[float], int, int]] = []
         self._held = _EMPTY_COLUMNS
         self._now = -1
         self._started = -1
@@ -535,6 +575,12 @@ class Engine:
         # rows a multi-channel rule reads: never screened, judged merged in time order
         self._joined = np.zeros(n, dtype=np.bool_)
         self._joined[list(self._joined_roles)] = True
+        self._joined_rows = np.flatnonzero(self._joined)
+        # channels holding readings, and the stream time before which none of them goes idle
+        self._holding = np.zeros(n, dtype=np.bool_)
+        self._next_idle = -1
+        self._ahead_rows = _NO_ROWS  # channels holding a reading stamped ahead of the clock
+        self._next_silence = -1  # the stream time before which no channel goes silent
         self._join_rank = np.ones(n, dtype=np.int64)
         for row, roles in self._joined_roles.items():
             if any(role == "flow_diversion" for _, role in roles):
@@ -550,6 +596,16 @@ class Engine:
         )
 
     # ---------------------------------------------------------------- input
+
+    @property
+    def channel_names(self) -> list[tuple[str, str, str]]:
+        """(site, asset, channel) of each channel row (read only)."""
+        return self._names
+
+    @property
+    def channel_keys(self) -> list[tuple[str, str, str]]:
+        """(asset, channel, unit) of each channel row, as readings carry them (read only)."""
+        return self._keys
 
     @property
     def now(self) -> int:
@@ -580,45 +636,34 @@ class Engine:
         if not readings:
             return _NOTHING_LEFT_OUT
         count = len(readings)
-        # keys built in C (attrgetter, map); this is the hottest line of the engine
-        keys = list(map(_KEY, readings))
-        # a gateway mostly sends the same channels in the same order: comparing with its last
-        # layout is cheaper than looking every key up again
-        layout = self._layouts.get((site, device))
-        if layout is not None and layout[0] == keys:
-            rows, complete = layout[1], layout[2]
-        else:
-            index = self._index.get(site, _NO_CHANNELS)
-            rows = np.fromiter(map(index.get, keys, repeat(-1)), np.int64, count)
-            complete = bool(rows.min() >= 0)
-            if complete and len(self._layouts) < _MAX_LAYOUTS:
-                # keep the plan's own key tuples, not this batch's strings: shared, not copied
-                canonical = self._keys
-                self._layouts[(site, device)] = ([canonical[r] for r in rows.tolist()], rows, True)
+        rows, layout, known = self._rows_of(site, device, readings)
         left_out = _NOTHING_LEFT_OUT
-        if not complete:
+        if layout is None and not bool(rows.min() >= 0):
             rows_list, readings, left_out = self._route_misses(site, rows.tolist(), readings)
             count = len(readings)
             rows = np.array(rows_list, dtype=np.int64)
-        ts = np.fromiter(map(_TS, readings), dtype=np.int64, count=count)
-        values = np.fromiter(map(_VALUE, readings), dtype=np.float64, count=count)
-        if horizon_ms is not None:
-            # written so that NaN is refused too: every comparison with it is False
-            plausible = (values >= self._plausible_lo[rows]) & (values <= self._plausible_hi[rows])
-            refused = ~plausible | (ts > horizon_ms)
-            if refused.any():
+        # lists, not arrays, per batch: a drained queue's are made arrays at once at the release
+        ts: list[int] = list(map(_TS, readings))
+        values: list[float] = list(map(_VALUE, readings))
+        if horizon_ms is not None and not (
+            # the usual batch, in one step: within the bounds all of its channels share, and
+            # finite (a sum of values this bounded is infinite or NaN only if one of them is)
+            layout is not None
+            and layout.lowest <= min(values)
+            and max(values) <= layout.highest
+            and max(ts) <= horizon_ms
+            and math.isfinite(sum(values))
+        ):
+            rows, ts, values, refused = self._refused(rows, ts, values, horizon_ms)
+            if refused:
                 left_out = Routed(
-                    left_out.mismatches,
-                    left_out.unplanned,
-                    [readings[i] for i in np.flatnonzero(refused).tolist()],
+                    left_out.mismatches, left_out.unplanned, [readings[i] for i in refused]
                 )
-                kept = ~refused
-                rows, ts, values = rows[kept], ts[kept], values[kept]
                 count = len(rows)
         if not count:
             return left_out
         self.counters.submitted += count
-        if layout is None or not complete:
+        if not known:
             self._note_ccp(device, rows)
         code = self._device_codes.get(device)
         if code is None:
@@ -630,7 +675,66 @@ class Engine:
         # whether a reading is late, and when its channel was last heard from, are settled at
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
+        if left_out is _NOTHING_LEFT_OUT:
+            return Routed([], [], [], rows, layout.keys if layout is not None else None, ts, values)
         return left_out
+
+    def _refused(
+        self, rows: I64, ts: list[int], values: list[float], horizon_ms: int
+    ) -> tuple[I64, list[int], list[float], list[int]]:
+        """The readings kept, and the indices of those refused: implausible for their unit, or
+        stamped after ``horizon_ms``."""
+        stamps, figures = np.array(ts, dtype=np.int64), np.array(values, dtype=np.float64)
+        # written so that NaN is refused too: every comparison with it is False
+        plausible = (figures >= self._plausible_lo[rows]) & (figures <= self._plausible_hi[rows])
+        refused = ~plausible | (stamps > horizon_ms)
+        if not refused.any():
+            return rows, ts, values, []
+        kept = ~refused
+        return (
+            rows[kept],
+            stamps[kept].tolist(),
+            figures[kept].tolist(),
+            np.flatnonzero(refused).tolist(),
+        )
+
+    def _rows_of(
+        self, site: str, device: str, readings: list[Reading]
+    ) -> tuple[I64, _Layout | None, bool]:
+        """The channel row of each reading (-1: none), the gateway's layout they match (None
+        if not every reading has a row, or beyond the cap), and whether it was known already.
+
+        A gateway mostly sends the same channels in the same order: its batch is compared
+        with its last layout as three strings (assets, channels, units, each joined in C),
+        which is cheaper than a key per reading. The plan's ids hold no NUL, so with the same
+        number of readings, equal joined strings mean equal ids one by one.
+        """
+        signature = (
+            "\0".join(map(_ASSET, readings)),
+            "\0".join(map(_CHANNEL, readings)),
+            "\0".join(map(_UNIT, readings)),
+        )
+        layout = self._layouts.get((site, device))
+        if (
+            layout is not None
+            and layout.signature == signature
+            and len(layout.rows) == len(readings)
+        ):
+            return layout.rows, layout, True
+        index = self._index.get(site, _NO_CHANNELS)
+        keys = map(_KEY, readings)
+        rows = np.fromiter(map(index.get, keys, repeat(-1)), np.int64, len(readings))
+        if bool(rows.min() >= 0) and len(self._layouts) < _MAX_LAYOUTS:
+            layout = self._layouts[(site, device)] = _Layout(
+                signature,
+                # the plan's own key tuples, not this batch's strings: shared, not copied
+                [self._keys[r] for r in rows.tolist()],
+                rows,
+                float(self._plausible_lo[rows].max()),
+                float(self._plausible_hi[rows].min()),
+            )
+            return rows, layout, False
+        return rows, None, False
 
     def clock(
         self, site: str, device: str, sent_at: int, received_ms: int, synced: bool | None = None
@@ -712,9 +816,7 @@ class Engine:
         tank = self._ages.get(source)
         if tank is not None:
             oldest = tank.oldest
-            emptied = tank.emptied(event.ts)
-            if emptied is not None:
-                changes.append(emptied)
+            changes.extend(tank.emptied(event.ts))
         compartment = (site, event.compartment)
         age = self._ages.get(compartment)
         if age is not None:
@@ -728,9 +830,7 @@ class Engine:
         compartment = (site, event.compartment)
         age = self._ages.get(compartment)
         if age is not None:
-            emptied = age.emptied(event.ts)
-            if emptied is not None:
-                self._event_changes.append(emptied)
+            self._event_changes.extend(age.emptied(event.ts))
         for _, transport in self._transport_by_asset.get(compartment, ()):
             self._event_changes.extend(transport.delivery(event.ts))
 
@@ -826,10 +926,9 @@ class Engine:
         for age in self._ages.values():
             self._record(age.fire_due(self._now), out)
         if self._transports:
-            holding = set(self._held.rows.tolist())
             for row, transport in self._transports:
                 self._record(transport.fire_due(self._now), out)
-                for change in transport.trip_over(row in holding):
+                for change in transport.trip_over(bool(self._holding[row])):
                     self._record(change, out)
 
     def flush(self, out: list[DeviationChange]) -> None:
@@ -837,33 +936,143 @@ class Engine:
         self._release(out, everything=True)
 
     def _release(self, out: list[DeviationChange], *, everything: bool) -> None:
-        readings = self._take_incoming()
-        if readings is None or len(readings.rows) == 0:
-            return
-        readings = _sorted(readings)
-        rows = readings.rows
-        group_end = np.empty(len(rows), dtype=np.bool_)
-        group_end[-1] = True
-        group_end[:-1] = rows[1:] != rows[:-1]
-        ended = rows[group_end]
-        self._newest[ended] = np.maximum(self._newest[ended], readings.ts[group_end])
+        """Judge the held readings the watermarks pass, and keep the rest held.
+
+        Held readings stay sorted by channel and time between releases. A release looks only at
+        the channels that may let readings go: those that received some (their watermark moved),
+        those gone idle since (:attr:`_next_idle` says when one may), those holding a reading
+        stamped ahead of the clock, and the channels rules read together. The others' readings
+        stay where they are, unsorted again and their watermarks not recomputed.
+        """
+        fresh = self._take_fresh()
+        held = self._held
         if everything:
+            readings = _sorted(_Columns.join([held, fresh])) if len(held.rows) else fresh
             self._held = _EMPTY_COLUMNS
+            self._holding[:] = False
+            self._ahead_rows = _NO_ROWS
+            if len(readings.rows):
+                self._judge(readings, out)
+            return
+        due = self._due_rows(fresh)
+        if not len(due):
+            return
+        held = self._held
+        taken = self._held_of(due)
+        candidates = _sorted(_Columns.join([held.take(taken), fresh])) if len(taken) else fresh
+        self._holding[due] = False
+        if not len(candidates.rows):
+            return
+        rows, ts = candidates.rows, candidates.ts
+        marks = np.empty(len(self._names), dtype=np.int64)
+        marks[due] = self._watermarks(due)
+        ready = ts <= marks[rows]
+        ahead = ts > self._now
+        if ahead.any():
+            # nothing is judged before the stream's clock reaches it on its device's clock:
+            # an idle channel would otherwise release one reading stamped ahead (within the
+            # future tolerance) at once, and every real reading before it would be late
+            ready[ahead] &= ts[ahead] <= self._device_now(candidates.devices[ahead])
+        kept = _EMPTY_COLUMNS
+        if not ready.all():
+            kept = candidates.take(~ready)
+            candidates = candidates.take(ready)
+            self._holding[kept.rows] = True
+            soonest = self._last_received[kept.rows] + self._lateness_ms[kept.rows]
+            self._next_idle = min(self._next_idle, int(soonest.min()))
+        self._ahead_rows = np.unique(kept.rows[kept.ts > self._now]) if len(kept.rows) else _NO_ROWS
+        self._keep_held(taken, kept)
+        if len(candidates.rows):
+            self._judge(candidates, out)
+
+    def _held_of(self, due: I64) -> I64:
+        """Where the held readings of the ``due`` channels are (held is sorted by channel:
+        a binary search each)."""
+        rows = self._held.rows
+        if not len(rows):
+            return _NO_ROWS
+        return _ranges(
+            np.searchsorted(rows, due, side="left"), np.searchsorted(rows, due, side="right")
+        )
+
+    def _keep_held(self, taken: I64, kept: _Columns) -> None:
+        """Held readings once those at ``taken`` were released, with ``kept`` held back.
+
+        Mostly a channel holds as many readings after a release as before (one came, one went):
+        then the kept ones take the released ones' places, with no pass over everything held.
+        """
+        held = self._held
+        if len(kept.rows) == len(taken) and bool((held.rows[taken] == kept.rows).all()):
+            for own, stays in zip(held, kept, strict=True):
+                own[taken] = stays
+            return
+        rest = held.without(taken) if len(taken) else held
+        if not len(rest.rows):
+            self._held = kept
+        elif len(kept.rows):
+            self._held = rest.merged(kept)
         else:
-            ready = readings.ts <= self._watermarks()[rows]
-            ahead = readings.ts > self._now
-            if ahead.any():
-                # nothing is judged before the stream's clock reaches it on its device's clock:
-                # an idle channel would otherwise release one reading stamped ahead (within the
-                # future tolerance) at once, and every real reading before it would be late
-                ready[ahead] &= readings.ts[ahead] <= self._device_now(readings.devices[ahead])
-            if ready.all():
-                self._held = _EMPTY_COLUMNS
-            else:
-                self._held = readings.take(~ready)
-                readings = readings.take(ready)
-        if len(readings.rows):
-            self._judge(readings, out)
+            self._held = rest
+
+    def _due_rows(self, fresh: _Columns) -> I64:
+        """The channels (sorted) whose held readings a release must look at: see
+        :meth:`_release`."""
+        parts = [part for part in (self._ahead_rows, self._joined_rows) if len(part)]
+        if len(fresh.rows):
+            rows = fresh.rows
+            ends = np.empty(len(rows), dtype=np.bool_)
+            ends[-1] = True
+            ends[:-1] = rows[1:] != rows[:-1]
+            parts.append(rows[ends])
+        if self._now >= self._next_idle:
+            # the channels gone idle since, and when the next may (their arrivals only move on)
+            waiting_until = np.where(self._holding, self._last_received + self._lateness_ms, _NEVER)
+            idle = waiting_until <= self._now
+            parts.append(np.flatnonzero(idle))
+            self._next_idle = int(np.where(idle, _NEVER, waiting_until).min())
+        if len(parts) == 1:
+            return parts[0]  # sorted and unique already
+        if not parts:
+            return _NO_ROWS
+        due = np.zeros(len(self._names), dtype=np.bool_)  # cheaper than sorting the union
+        for part in parts:
+            due[part] = True
+        return np.flatnonzero(due)
+
+    def _take_fresh(self) -> _Columns:
+        """What came since the last release, sorted by channel and time: late readings counted
+        and dropped, each channel's arrival and newest timestamp noted."""
+        incoming, self._incoming = self._incoming, []
+        if not incoming:
+            return _EMPTY_COLUMNS
+        sizes = [len(part[0]) for part in incoming]
+        count = sum(sizes)
+        fresh = _Columns(
+            np.concatenate([part[0] for part in incoming]),
+            np.fromiter(chain.from_iterable(part[1] for part in incoming), np.int64, count),
+            np.fromiter(chain.from_iterable(part[2] for part in incoming), np.float64, count),
+            np.repeat(np.array([part[3] for part in incoming], dtype=np.int64), sizes),
+            np.repeat(np.array([part[4] for part in incoming], dtype=np.int64), sizes),
+        )
+        late = fresh.ts <= self._last_ts[fresh.rows]
+        if late.any():
+            self._report_late(fresh.rows[late], fresh.ts[late])
+            fresh = fresh.take(~late)
+        if not len(fresh.rows):
+            return _EMPTY_COLUMNS
+        # submits are in arrival order, so the last write per channel is the latest
+        self._last_received[fresh.rows] = fresh.received
+        # a receive time earlier than one before (a clock that went back) brings silence nearer
+        silent_after = fresh.received + self._silence_ms[fresh.rows] + self._lateness_ms[fresh.rows]
+        self._next_silence = min(self._next_silence, int(silent_after.min()) + 1)
+        fresh = _sorted(fresh)
+        rows = fresh.rows
+        ends = np.empty(len(rows), dtype=np.bool_)
+        ends[-1] = True
+        ends[:-1] = rows[1:] != rows[:-1]
+        ended = rows[ends]
+        self._newest[ended] = np.maximum(self._newest[ended], fresh.ts[ends])
+        return fresh
 
     def _device_now(self, codes: I64) -> I64:
         """The stream's clock on each device's clock: ahead by the least its recent batches
@@ -877,42 +1086,23 @@ class Engine:
             ahead.append(max(min(clock.differences), 0) if clock and clock.differences else 0)
         return self._now + np.array(ahead, dtype=np.int64)[inverse]
 
-    def _watermarks(self) -> I64:
-        """Each channel's watermark: its newest timestamp less its allowed lateness, or no limit
-        when it has been idle that long. The channels one rule reads together share the lowest
-        of theirs (on corrected time), so none is judged ahead of another's earlier samples."""
-        idle = self._now - self._last_received >= self._lateness_ms
-        marks = np.where(idle, _NEVER, self._newest - self._lateness_ms)
+    def _watermarks(self, rows: I64) -> I64:
+        """The watermarks of ``rows`` (sorted, holding every channel of a rule that reads
+        several): each channel's newest timestamp less its allowed lateness, or no limit when it
+        has been idle that long. The channels one rule reads together share the lowest of theirs
+        (on corrected time), so none is judged ahead of another's earlier samples."""
+        idle = self._now - self._last_received[rows] >= self._lateness_ms[rows]
+        marks = np.where(idle, _NEVER, self._newest[rows] - self._lateness_ms[rows])
         for group in self._joined_groups:
+            at = np.searchsorted(rows, group)
             offsets = np.array(
                 [self.offset_ms(self._devices[int(d)]) for d in self._last_device[group]],
                 dtype=np.int64,
             )
-            corrected = np.where(marks[group] == _NEVER, _NEVER, marks[group] - offsets)
+            corrected = np.where(marks[at] == _NEVER, _NEVER, marks[at] - offsets)
             lowest = corrected.min()
-            marks[group] = lowest if lowest == _NEVER else lowest + offsets
+            marks[at] = lowest if lowest == _NEVER else lowest + offsets
         return marks
-
-    def _take_incoming(self) -> _Columns | None:
-        """What was held before, and what came since, as one set of columns."""
-        incoming, self._incoming = self._incoming, []
-        if incoming:
-            sizes = [len(part[0]) for part in incoming]
-            fresh = _Columns(
-                np.concatenate([part[0] for part in incoming]),
-                np.concatenate([part[1] for part in incoming]),
-                np.concatenate([part[2] for part in incoming]),
-                np.repeat(np.array([part[3] for part in incoming], dtype=np.int64), sizes),
-                np.repeat(np.array([part[4] for part in incoming], dtype=np.int64), sizes),
-            )
-            late = fresh.ts <= self._last_ts[fresh.rows]
-            if late.any():
-                self._report_late(fresh.rows[late], fresh.ts[late])
-                fresh = fresh.take(~late)
-            # submits are in arrival order, so the last write per channel is the latest
-            self._last_received[fresh.rows] = fresh.received
-            return _Columns.join([self._held, fresh]) if len(self._held.rows) else fresh
-        return self._held if len(self._held.rows) else None
 
     def _judge(self, readings: _Columns, out: list[DeviationChange]) -> None:
         """Judge readings sorted by channel, then time."""
@@ -929,6 +1119,8 @@ class Engine:
                 n = len(rows)
         self.counters.judged += n
         quiet, starts, ends, run_start = self._screen_quiet(readings)
+        if self._silent[rows[starts]].any():
+            self._next_silence = -1  # heard from again: its silence can come again
         values, devices = readings.values, readings.devices
         if not self._screen:
             quiet[:] = False
@@ -1061,9 +1253,8 @@ class Engine:
         The device's clock is estimated from its last sample and how long ago the stream heard
         from it; a channel still holding readings waits for them to be judged first.
         """
-        holding = set(self._held.rows.tolist())
         for row, machine in self._cooling:
-            if not (machine.pending or machine.missed) or row in holding:
+            if not (machine.pending or machine.missed) or self._holding[row]:
                 continue
             heard = int(self._last_received[row])
             last = int(self._last_ts[row])
@@ -1086,10 +1277,16 @@ class Engine:
 
     def _fire_silence(self, out: list[DeviationChange]) -> None:
         # silent in the stream's time: nothing received for longer than the limit
+        if self._now < self._next_silence:
+            return  # no channel can have gone silent yet: no need to look at each
         heard = np.where(self._last_received >= 0, self._last_received, self._started)
         # past the silence limit, and past the allowed lateness in which samples may still come
-        waited = self._now - heard > self._silence_ms + self._lateness_ms
+        silent_after = heard + self._silence_ms + self._lateness_ms
+        waited = self._now > silent_after
         due = ~self._silent & waited
+        # the next time one may: arrivals only move it later, and a channel heard from again
+        # after its silence sets it back (see _judge_channel)
+        self._next_silence = int(np.where(self._silent | due, _NEVER, silent_after + 1).min())
         if not due.any():
             return
         # a channel still holding samples is not silent; unless they are stamped ahead of the
@@ -1155,11 +1352,13 @@ class Engine:
         return len(self._held.rows) + sum(len(part[0]) for part in self._incoming)
 
     def _merged_held(self) -> _Held:
-        if self._incoming:
+        fresh = self._take_fresh()
+        if len(fresh.rows):
             # fold what came since the last release in, without judging anything
-            readings = self._take_incoming()
-            assert readings is not None
-            self._held = readings
+            self._held = _sorted(_Columns.join([self._held, fresh]))
+            self._holding[fresh.rows] = True
+            self._next_idle = -1
+            self._ahead_rows = np.unique(self._held.rows)
         return _Held.of(self._held)
 
     def snapshot(self) -> bytes:
@@ -1249,7 +1448,18 @@ class Engine:
             engine._silence[row].restore(with_deviation(silence_state))
         engine._devices = list(state.devices)
         engine._device_codes = {name: code for code, name in enumerate(engine._devices)}
-        engine._held = state.held.arrays()
+        held = state.held.arrays()  # read only (views of the snapshot's bytes): releases write
+        engine._held = _sorted(
+            _Columns(
+                held.rows.copy(),
+                held.ts.copy(),
+                held.values.copy(),
+                held.received.copy(),
+                held.devices.copy(),
+            )
+        )
+        engine._holding[engine._held.rows] = True
+        engine._ahead_rows = np.unique(engine._held.rows)  # looked at once, at the next release
         engine._event_changes = list(state.event_changes)
         for machine, saved_joined in zip(engine._joined_machines, state.joined, strict=True):
             machine.restore(saved_joined)
@@ -1293,6 +1503,21 @@ def _sorted(readings: _Columns) -> _Columns:
 
 
 _KEY_SPAN = 2**41
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+def _ranges(first: I64, last: I64) -> I64:
+    """The indices from each ``first`` up to its ``last`` (excluded), one range after the
+    other."""
+    lengths = last - first
+    total = int(lengths.sum())
+    if not total:
+        return _NO_ROWS
+    before = np.cumsum(lengths) - lengths  # where each range starts in the result
+    indices: I64 = np.arange(total, dtype=np.int64) + np.repeat(first - before, lengths)
+    return indices
 
 
 _EMPTY_COLUMNS = _Columns(

@@ -60,11 +60,26 @@ class AgeMachine:
         del self._fills[:-64]
         self.oldest = min(s for _, s in self._fills)
 
-    def emptied(self, ts: int) -> DeviationChange | None:
-        """A pickup (tank) or delivery (compartment) took all the milk that came in before it."""
+    def emptied(self, ts: int) -> list[DeviationChange]:
+        """A pickup (tank) or delivery (compartment) took all the milk that came in before it.
+
+        Milk that was older than allowed when it left is a deviation from its deadline to its
+        leaving, whether or not the timer saw the deadline pass first (the stream's clock may
+        not have reached it between the two events)."""
+        changes: list[DeviationChange] = []
+        taken = [since for came, since in self._fills if came <= ts]
+        if taken and self.deadline.open_deviation is None:
+            due = min(taken) + self.max_age_ms
+            if due <= ts:
+                changes.append(
+                    self.deadline.open_at(due, self.rule.max_age_s / 3600, self._limit())
+                )
         self._fills = [(came, since) for came, since in self._fills if came > ts]
         self.oldest = min((s for _, s in self._fills), default=None)
-        return self.deadline.end_at(ts)
+        closed = self.deadline.end_at(ts)
+        if closed is not None:
+            changes.append(closed)
+        return changes
 
     def fire_due(self, now: int) -> DeviationChange | None:
         """The timer: the oldest milk is older than allowed and still here."""
@@ -73,14 +88,16 @@ class AgeMachine:
         due = self.oldest + self.max_age_ms
         if now < due:
             return None
-        limit = AppliedLimit(
+        return self.deadline.open_at(due, self.rule.max_age_s / 3600, self._limit())
+
+    def _limit(self) -> AppliedLimit:
+        return AppliedLimit(
             min=None,
             max=self.rule.max_age_s / 3600,
             sustained_s=0.0,
             unit="h",
             source=self.rule.source,
         )
-        return self.deadline.open_at(due, self.rule.max_age_s / 3600, limit)
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""

@@ -8,6 +8,7 @@ from milkguard.contract.v1 import CipStart, Reading
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
 from stream.engine.htst import Derived
 from stream.lineprotocol import (
+    ReadingLines,
     derived_line,
     deviation_line,
     escape_tag,
@@ -84,3 +85,34 @@ def test_no_line_carries_a_non_finite_number() -> None:
     assert "inf" not in line
     assert "nan" not in line
     assert "time_beyond_s=1.0,open=true" in line
+
+
+def test_reading_lines_are_the_lines_of_each_reading_batch_after_batch() -> None:
+    lines = ReadingLines()
+    first = [
+        Reading("tank-1", "milk_temp", 3.9, "degC", T0),
+        Reading("tank-1", "volume", 0.0, "L", T0),
+        Reading("tank-1", "milk_temp", -0.0, "degC", T0 + 1000),
+    ]
+    changed = [Reading("tank-1", "volume", 4.0, "%", T0 + 2000), *first]
+
+    for batch in (first, first, changed, first, list(reversed(first))):
+        assert lines.lines("farm-01", "gw-1", batch) == [
+            reading_line("farm-01", "gw-1", r) for r in batch
+        ]
+
+
+def test_reading_lines_take_a_layout_the_caller_routed_as_the_readings_keys() -> None:
+    lines = ReadingLines()
+    batch = [Reading("tank-1", "milk_temp", 3.9, "degC", T0)]
+    layout = [("tank-1", "milk_temp", "degC")]
+
+    lines.lines("farm-01", "gw-1", batch, layout)
+    again = lines.lines(
+        "farm-01", "gw-1", [Reading("tank-1", "milk_temp", 4.1, "degC", T0)], layout
+    )
+
+    assert again == [
+        "reading,site=farm-01,asset=tank-1,channel=milk_temp,unit=degC,gateway=gw-1 "
+        f"value=4.1 {T0}000000"
+    ]

@@ -92,27 +92,6 @@ def test_replay_reads_standard_input_and_writes_standard_output(tmp_path: Path) 
     assert b"1 rejected, 1 duplicate batches" in result.stderr
 
 
-@pytest.mark.e2e
-def test_the_engine_benchmark_prints_its_figures() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "milkguard", "bench", "engine", "--assets", "40", "--seconds", "20"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    for label in (
-        "decode-only:",
-        "engine:",
-        "engine without vector screen:",
-        "ratio:",
-        "memory per tracked channel:",
-    ):
-        assert label in result.stdout
-
-
 def test_hostile_lines_are_dead_lettered_and_replay_exits_0(tmp_path: Path) -> None:
     good = encode_batch(
         Batch(

@@ -239,7 +239,7 @@ def _bench_fuzz(args: argparse.Namespace) -> int:
 def _bench_pipeline(args: argparse.Namespace) -> int:
     from benchmarks import pipeline  # noqa: PLC0415
 
-    return pipeline.main(
+    status = pipeline.main(
         kafka=args.kafka,
         gateways=args.gateways,
         channels=args.channels,
@@ -254,3 +254,20 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
         mqtt=args.mqtt,
         bootstrap=args.bootstrap,
     )
+    if status != 0 or not args.kafka:
+        return status
+    from benchmarks import kafka as kafka_bench  # noqa: PLC0415
+
+    # the workers beside a plain Faust agent on the same records: per worker, then two
+    kafka_bench.main(
+        kafka_bench.Options(
+            sizes=tuple(args.batch_readings),
+            readings=args.readings,
+            workers=tuple(sorted({1, 2, args.workers})),
+            gateways=args.gateways,
+            channels=args.channels or 50,
+            partitions=args.partitions,
+            bootstrap=args.bootstrap,
+        )
+    )
+    return 0

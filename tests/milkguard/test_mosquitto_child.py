@@ -286,3 +286,14 @@ def test_a_broker_that_dies_under_the_service_is_logged_as_an_error(
     (record,) = [r for r in caplog.records if r.message == "broker.mosquitto.exited"]
     assert record.levelname == "ERROR"
     assert record.status == -signal.SIGKILL  # type: ignore[attr-defined]
+
+
+def test_a_data_directory_with_spaces_in_its_path_serves_and_persists(
+    tmp_path: Path, mosquitto_binary: str
+) -> None:
+    directory = tmp_path / "dairy data" / "mosquitto  two"
+    port = free_port()
+    with anonymous_child(mosquitto_binary, directory, port) as child:
+        assert child.process is not None
+        assert accepts(port)
+    assert (directory / "mosquitto.db").exists()  # its store, saved at the stop

@@ -97,6 +97,7 @@ class MosquittoChild:
         self._reader: threading.Thread | None = None
         self._ready = False  # answered a CONNECT: an exit from now on is a failure
         self._stopping = False
+        self._lost: str | None = None  # why it exited under the service (see lost())
 
     @property
     def config_path(self) -> Path:
@@ -107,6 +108,11 @@ class MosquittoChild:
     def pidfile(self) -> Path:
         """Holds the child's PID while it runs."""
         return self.directory / "mosquitto.pid"
+
+    def lost(self) -> str | None:
+        """Why the child exited while the service ran; None while it runs (or was stopped).
+        The service must not run on without its broker: no gateway reaches it then."""
+        return self._lost
 
     def __enter__(self) -> MosquittoChild:
         self.start()
@@ -256,8 +262,8 @@ class MosquittoChild:
 
     def _forward(self, stream: IO[bytes]) -> None:
         """Mosquitto's own log lines into ours (warnings and errors as warnings), the last
-        ones kept to explain a failed start; an error if it ends while the service runs (its
-        clients then retry until someone restarts the service)."""
+        ones kept to explain a failed start; an error if it ends while the service runs, and
+        :meth:`lost` says why (the service then stops)."""
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             self._lines.append(line)
@@ -267,14 +273,19 @@ class MosquittoChild:
         stream.close()
         process = self.process
         if self._ready and not self._stopping and process is not None:
+            status, last = process.wait(), list(self._lines)[-5:]
             log.error(
                 "broker.mosquitto.exited",
                 extra={
                     "pid": process.pid,
-                    "status": process.wait(),
-                    "last_lines": list(self._lines)[-5:],
+                    "status": status,
+                    "last_lines": last,
                     "fix": "restart milkguard run; the gateways keep their batches meanwhile",
                 },
+            )
+            self._lost = (
+                f"Mosquitto exited under the stream (pid {process.pid}, status {status}); its "
+                f"last lines: {' | '.join(last) or '(none)'}"
             )
 
     def _wait_ready(self) -> None:

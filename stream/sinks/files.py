@@ -84,6 +84,7 @@ class _DurableAppender:
         self._pending: list[str] = []
         self._file: IO[str] | None = None
         self._size = 0
+        self._new = False  # created by this appender, its directory not yet fsynced
 
     @property
     def size(self) -> int:
@@ -104,11 +105,17 @@ class _DurableAppender:
         try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._new = self._new or not self.path.exists()  # also after a failed try
                 self._file = self.path.open("a", encoding="utf-8")
                 self._size = os.fstat(self._file.fileno()).st_size
             self._file.write("\n".join(self._pending) + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
+            if self._new:
+                # a new file's name lasts a power cut only once its directory is fsynced; a
+                # checkpoint counting its bytes must not name a file that may vanish
+                fsync_directory(self.path.parent)
+                self._new = False
             self._size = os.fstat(self._file.fileno()).st_size
         except OSError as exc:
             self._abandon()

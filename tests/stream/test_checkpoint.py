@@ -20,6 +20,7 @@ from stream.checkpoint import (
     restore_files,
 )
 from stream.errors import SinkError
+from stream.sinks import files as files_module
 from stream.sinks.base import DeadLetter
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
 
@@ -292,3 +293,21 @@ def test_a_disk_full_while_saving_the_checkpoint_acknowledges_nothing(
     checkpointer._retry_at = 0.0
     assert checkpointer.checkpoint()
     assert steps.acked == [7]
+
+
+def test_a_store_file_created_is_made_to_last_in_its_directory_before_a_checkpoint_counts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # after a power cut a new file's name survives only once its directory was fsynced; a
+    # checkpoint naming the file's size without that would point at a file that is gone
+    synced: list[Path] = []
+    real = files_module.fsync_directory
+    monkeypatch.setattr(files_module, "fsync_directory", lambda d: (synced.append(d), real(d))[1])
+    outputs = tmp_path / "elsewhere"  # a replay's output, away from its checkpoint
+    sink = JsonlDeviationSink(outputs / "changes.jsonl")
+    sink._out.append("{}")
+    sink.flush()
+    assert synced == [outputs]
+    sink._out.append("{}")
+    sink.flush()  # the name is durable already
+    assert synced == [outputs]

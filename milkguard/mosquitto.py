@@ -227,9 +227,7 @@ class MosquittoChild:
             path = self.directory / name
             partial = path.with_name(name + ".partial")
             # the password file holds hashes only, but no reason to let others guess at them
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
+            _write_fresh(partial, text, 0o600)
             partial.replace(path)
 
     def _spawn(self) -> None:
@@ -252,7 +250,7 @@ class MosquittoChild:
             preexec_fn=die_with_parent,  # noqa: PLW1509 - prepared before the fork, see above
         )
         partial = self.pidfile.with_suffix(".partial")
-        partial.write_text(f"{self.process.pid}\n", encoding="ascii")
+        _write_fresh(partial, f"{self.process.pid}\n", 0o644)
         partial.replace(self.pidfile)
         assert self.process.stdout is not None
         self._reader = threading.Thread(
@@ -324,6 +322,15 @@ class MosquittoChild:
             f"Mosquitto ({self.binary}) did not start on {self.host}:{self.port}: {reason}. "
             f"Its log:\n{told}{hint}\nIts configuration: {self.config_path}"
         )
+
+
+def _write_fresh(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to a new file at ``path``, never to one found there: a link left in its
+    place must not make the service (root, maybe) write where the link points."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _prctl() -> Callable[..., int] | None:

@@ -313,3 +313,19 @@ def test_a_run_whose_mosquitto_dies_under_it_stops_and_says_why(service: Running
     assert "Mosquitto" in message
     assert f"exited under the stream (pid {pid}" in message
     assert "Traceback" not in message
+
+
+def test_a_planted_link_in_the_brokers_folder_does_not_redirect_its_files(
+    tmp_path: Path, mosquitto_binary: str
+) -> None:
+    # the service may run as root: a link left where it writes its configuration must not make
+    # it overwrite the file the link points at
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    directory = tmp_path / "mosquitto"
+    directory.mkdir()
+    (directory / "mosquitto.conf.partial").symlink_to(victim)
+    with anonymous_child(mosquitto_binary, directory, free_port()) as child:
+        assert child.process is not None
+    assert victim.read_text() == "root:x:0:0\n"
+    assert "listener" in (directory / "mosquitto.conf").read_text()

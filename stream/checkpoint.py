@@ -100,7 +100,11 @@ class CheckpointFile:
         :class:`NotWritten` when the disk refuses (the old checkpoint stays in place)."""
         partial = self.path.with_name(self.path.name + ".partial")
         try:
-            with partial.open("wb") as out:
+            # a fresh file, never one found there: a link left in its place must not make the
+            # stream write where it points
+            partial.unlink(missing_ok=True)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as out:
                 out.write(msgspec.msgpack.encode(checkpoint))
                 out.flush()
                 os.fsync(out.fileno())

@@ -57,10 +57,23 @@ def cut_back(sizes: Mapping[Path, int]) -> dict[Path, int]:
     cut: dict[Path, int] = {}
     for path, size in sizes.items():
         actual = durable_size(path)
-        if actual > size:
-            with path.open("r+b") as file:
-                file.truncate(size)
-                os.fsync(file.fileno())
+        if path.is_symlink():
+            # the checkpoint names the files it cuts: a link in a store's place must not make
+            # the stream (root, maybe) cut the file it points at
+            log.error(
+                "checkpoint.file_is_a_link",
+                extra={
+                    "file": str(path),
+                    "hint": "a store must be a plain file in the data directory; left uncut",
+                },
+            )
+        elif actual > size:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             cut[path] = actual - size
         elif actual < size:
             log.error(
@@ -106,7 +119,11 @@ class _DurableAppender:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._new = self._new or not self.path.exists()  # also after a failed try
-                self._file = self.path.open("a", encoding="utf-8")
+                # never through a link: a store is a plain file of the data directory
+                fd = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644
+                )
+                self._file = os.fdopen(fd, "a", encoding="utf-8")
                 self._size = os.fstat(self._file.fileno()).st_size
             self._file.write("\n".join(self._pending) + "\n")
             self._file.flush()
@@ -126,12 +143,16 @@ class _DurableAppender:
         """Drop the open file and cut it back to its durable size (best effort: if that fails
         too, the restart cuts it back to the checkpoint)."""
         file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()  # may write the rest of its buffer: cut below all the same
+        if file is None:  # it did not even open: nothing of ours reached it
+            return
         with contextlib.suppress(OSError):
-            if durable_size(self.path) > self._size:
-                os.truncate(self.path, self._size)
+            fd = os.dup(file.fileno())  # the file opened, not whatever the path names now
+            try:
+                with contextlib.suppress(OSError):
+                    file.close()  # may write the rest of its buffer: cut below all the same
+                os.ftruncate(fd, self._size)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         self.flush()

@@ -19,7 +19,7 @@ from stream.checkpoint import (
     file_paths,
     restore_files,
 )
-from stream.errors import SinkError
+from stream.errors import NotWritten, SinkError
 from stream.sinks import files as files_module
 from stream.sinks.base import DeadLetter
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
@@ -311,3 +311,29 @@ def test_a_store_file_created_is_made_to_last_in_its_directory_before_a_checkpoi
     sink._out.append("{}")
     sink.flush()  # the name is durable already
     assert synced == [outputs]
+
+
+def test_links_planted_in_the_data_directory_redirect_no_cut_and_no_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # a store or the checkpoint's partial file replaced by a link to a file elsewhere: the
+    # stream (root, maybe) must neither cut nor overwrite what the link points at
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    (data_dir / "deviations.jsonl").symlink_to(victim)
+    (data_dir / "timeseries-2026-12-01.lp").symlink_to(victim)
+    (data_dir / "stream.checkpoint.partial").symlink_to(victim)
+    files = (
+        LineProtocolFileSink(data_dir, day=lambda: "2026-12-01"),
+        JsonlDeviationSink(data_dir / "deviations.jsonl"),
+    )
+    sizes = {"deviations.jsonl": 0, "timeseries-2026-12-01.lp": 0}
+    restore_files(files, file_paths(sizes, data_dir))
+    CheckpointFile(data_dir / "stream.checkpoint").save(_checkpoint())
+    files[0].add(["m v=1 1"])
+    with pytest.raises(NotWritten, match=r"timeseries-2026-12-01\.lp"):
+        files[0].flush()  # nor is anything appended through the link
+    assert victim.read_text() == "root:x:0:0\n"
+    assert CheckpointFile(data_dir / "stream.checkpoint").load() == _checkpoint()

@@ -97,6 +97,7 @@ class MosquittoChild:
         self._reader: threading.Thread | None = None
         self._ready = False  # answered a CONNECT: an exit from now on is a failure
         self._stopping = False
+        self._lost: str | None = None  # why it exited under the service (see lost())
 
     @property
     def config_path(self) -> Path:
@@ -107,6 +108,11 @@ class MosquittoChild:
     def pidfile(self) -> Path:
         """Holds the child's PID while it runs."""
         return self.directory / "mosquitto.pid"
+
+    def lost(self) -> str | None:
+        """Why the child exited while the service ran; None while it runs (or was stopped).
+        The service must not run on without its broker: no gateway reaches it then."""
+        return self._lost
 
     def __enter__(self) -> MosquittoChild:
         self.start()
@@ -221,9 +227,7 @@ class MosquittoChild:
             path = self.directory / name
             partial = path.with_name(name + ".partial")
             # the password file holds hashes only, but no reason to let others guess at them
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
+            _write_fresh(partial, text, 0o600)
             partial.replace(path)
 
     def _spawn(self) -> None:
@@ -246,7 +250,7 @@ class MosquittoChild:
             preexec_fn=die_with_parent,  # noqa: PLW1509 - prepared before the fork, see above
         )
         partial = self.pidfile.with_suffix(".partial")
-        partial.write_text(f"{self.process.pid}\n", encoding="ascii")
+        _write_fresh(partial, f"{self.process.pid}\n", 0o644)
         partial.replace(self.pidfile)
         assert self.process.stdout is not None
         self._reader = threading.Thread(
@@ -256,8 +260,8 @@ class MosquittoChild:
 
     def _forward(self, stream: IO[bytes]) -> None:
         """Mosquitto's own log lines into ours (warnings and errors as warnings), the last
-        ones kept to explain a failed start; an error if it ends while the service runs (its
-        clients then retry until someone restarts the service)."""
+        ones kept to explain a failed start; an error if it ends while the service runs, and
+        :meth:`lost` says why (the service then stops)."""
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             self._lines.append(line)
@@ -267,14 +271,19 @@ class MosquittoChild:
         stream.close()
         process = self.process
         if self._ready and not self._stopping and process is not None:
+            status, last = process.wait(), list(self._lines)[-5:]
             log.error(
                 "broker.mosquitto.exited",
                 extra={
                     "pid": process.pid,
-                    "status": process.wait(),
-                    "last_lines": list(self._lines)[-5:],
+                    "status": status,
+                    "last_lines": last,
                     "fix": "restart milkguard run; the gateways keep their batches meanwhile",
                 },
+            )
+            self._lost = (
+                f"Mosquitto exited under the stream (pid {process.pid}, status {status}); its "
+                f"last lines: {' | '.join(last) or '(none)'}"
             )
 
     def _wait_ready(self) -> None:
@@ -313,6 +322,15 @@ class MosquittoChild:
             f"Mosquitto ({self.binary}) did not start on {self.host}:{self.port}: {reason}. "
             f"Its log:\n{told}{hint}\nIts configuration: {self.config_path}"
         )
+
+
+def _write_fresh(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to a new file at ``path``, never to one found there: a link left in its
+    place must not make the service (root, maybe) write where the link points."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _prctl() -> Callable[..., int] | None:

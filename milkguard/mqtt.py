@@ -212,6 +212,10 @@ class Connection:
         #: set while a session is up (see the class's description)
         self.connected = threading.Event()
         self.connects = 0
+        # which connection is current: a received message's id means nothing on another (see
+        # :meth:`ack`); moved on, under the lock, before each attempt opens a socket
+        self._current = 0
+        self._session_lock = threading.Lock()
         self.failed_attempts = 0
         #: why the latest attempt failed; None once a connect was accepted
         self.last_error: ConnectError | None = None
@@ -268,10 +272,29 @@ class Connection:
         self.acks.added(info.mid)
         return int(info.mid)
 
-    def ack(self, mid: int) -> None:
-        """Acknowledge a received QoS 1 message (with ``manual_ack``): the broker forgets it.
-        MQTT wants acknowledgements in the order the messages came."""
-        self.client.ack(mid, 1)
+    @property
+    def session(self) -> int:
+        """The number of the current connection (1 for the first attempt, +1 for each
+        reconnect). Read it in ``on_message`` and hand it to :meth:`ack` with the message id."""
+        return self._current
+
+    def ack(self, mid: int, session: int) -> bool:
+        """Acknowledge a QoS 1 message received on connection ``session`` (with ``manual_ack``):
+        the broker forgets it. MQTT wants acknowledgements in the order the messages came.
+
+        False, and nothing sent, when that connection has ended: message ids are per
+        connection, and a broker that restarted without its sessions (or one that took over)
+        numbers messages from 1 again, so the id may now name another message, one not yet
+        durable anywhere. The broker sends the unacknowledged message again to the next
+        connection; consumers drop the repeat (by sequence number).
+        """
+        with self._session_lock:
+            if session != self._current:
+                return False
+            # under the lock: a reconnect cannot begin between the check and the queueing, and
+            # paho's reconnect() drops a PUBACK queued before it
+            self.client.ack(mid, 1)
+            return True
 
     def wait_acknowledged(self, timeout_s: float) -> bool:
         """Wait until the broker acknowledged everything published so far."""
@@ -314,6 +337,8 @@ class Connection:
         attempt = self._attempt = _Attempt()
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload(), qos=1, retain=self._will.retain)
+        with self._session_lock:  # acknowledgements for the connection that ended stop here
+            self._current += 1
         try:
             if first:  # connect() keeps the address for every reconnect()
                 client.connect(address.host, address.port, keepalive=address.keepalive_s)

@@ -29,11 +29,14 @@ import msgspec
 
 from milkguard.contract.v1 import BATCH_SUBSCRIPTION, parse_batch_topic, read_batch
 from milkguard.errors import BrokerError, ExtraMissing
-from milkguard.mqtt import BrokerAddress, Connection, connect, topic_of
+from milkguard.mqtt import BrokerAddress, Connection, topic_of
 from stream.engine.deviation import iso_ms
 from stream.sinks.base import DeadLetter
 
 log = logging.getLogger(__name__)
+
+#: How long the first MQTT connection may take before the bridge gives up with the reason.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class BridgeCounters:
     produced: int = 0
     rejected: int = 0
     acknowledged: int = 0
+    #: PUBACKs not sent because the connection their message came on had ended (the broker
+    #: sends the message again; the stream drops the repeat by sequence number)
+    stale_acks: int = 0
 
 
 def problem_of(topic: str, payload: bytes) -> tuple[str | None, str]:
@@ -78,7 +84,8 @@ class Bridge:
         self.kafka = kafka
         self.client_id = client_id
         self.counters = BridgeCounters()
-        self._incoming: queue.Queue[tuple[str, bytes, int]] = queue.Queue(maxsize=queue_size)
+        # (topic, payload, message id, the connection's session number)
+        self._incoming: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=queue_size)
         self.ready = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -109,27 +116,31 @@ class Bridge:
         except BrokerError:  # says why: wrong password, untrusted CA, nothing listening ...
             await producer.stop()
             raise
-        pending: deque[tuple[int, asyncio.Future[Any]]] = deque()
+        pending: deque[tuple[int, int, asyncio.Future[Any]]] = deque()
         try:
             while not stop.is_set() or not self._incoming.empty() or pending:
                 await self._take(producer, pending)
-                while pending and pending[0][1].done():
-                    mid, done = pending.popleft()
+                while pending and pending[0][2].done():
+                    mid, session, done = pending.popleft()
                     done.result()  # a Kafka failure ends the bridge: the broker redelivers
-                    connection.ack(mid)
-                    self.counters.acknowledged += 1
+                    if connection.ack(mid, session):
+                        self.counters.acknowledged += 1
+                    else:  # the id may name another message on the new connection
+                        self.counters.stale_acks += 1
                 if stop.is_set() and self._incoming.empty() and pending:
-                    await asyncio.wait([f for _, f in pending])
+                    await asyncio.wait([f for _, _, f in pending])
                 await asyncio.sleep(0 if pending else 0.005)
         finally:
             connection.disconnect()
             connection.join()
             await producer.stop()
 
-    async def _take(self, producer: Any, pending: deque[tuple[int, asyncio.Future[Any]]]) -> None:
+    async def _take(
+        self, producer: Any, pending: deque[tuple[int, int, asyncio.Future[Any]]]
+    ) -> None:
         for _ in range(1000):
             try:
-                topic, payload, mid = self._incoming.get_nowait()
+                topic, payload, mid, session = self._incoming.get_nowait()
             except queue.Empty:
                 return
             reason, key = problem_of(topic, payload)
@@ -148,7 +159,7 @@ class Bridge:
                 future = await producer.send(self.kafka.deadletter_topic, letter, key=key.encode())
                 self.counters.rejected += 1
                 log.warning("bridge.rejected", extra={"topic": topic, "reason": reason})
-            pending.append((mid, future))
+            pending.append((mid, session, future))
 
     def _connect(self) -> Connection:
         # TLS (verified) and credentials as every MilkGuard client: the password never
@@ -159,10 +170,13 @@ class Bridge:
 
         def on_message(c: Any, u: object, message: Any) -> None:
             self.counters.received += 1
-            # blocks the network thread while the queue is full: backpressure to the broker
-            self._incoming.put((topic_of(message), bytes(message.payload), message.mid))
+            # blocks the network thread while the queue is full: backpressure to the broker;
+            # the session number goes with the id: the PUBACK is only for that connection
+            item = (topic_of(message), bytes(message.payload), message.mid, connection.session)
+            self._incoming.put(item)
 
-        return connect(
+        # made before it connects: a persistent session's messages arrive right after CONNACK
+        connection = Connection(
             self.mqtt,
             self.client_id,
             clean_session=False,
@@ -170,3 +184,6 @@ class Bridge:
             on_message=on_message,
             on_connect_extra=subscribe,
         )
+        connection.start(retry_first=False)
+        connection.wait_connected(CONNECT_TIMEOUT_S)
+        return connection

@@ -28,11 +28,11 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Annotated, Generic, Protocol, TypeVar
 
 import msgspec
 
-from stream.errors import SinkError
+from stream.errors import NotWritten, SinkError
 from stream.sinks.files import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ class Checkpoint(msgspec.Struct, frozen=True):
     plan_version: str
     engine: bytes  # Engine.snapshot()
     windows: dict[str, tuple[int, list[tuple[int, int]]]]  # Ingest.windows()
-    files: dict[str, int]  # file name in the data directory -> its durable size in bytes
+    # file name in the data directory -> its durable size in bytes (a negative size, from a
+    # damaged or forged checkpoint, makes it unreadable rather than a failed truncate)
+    files: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
     position: int = -1  # the source's own position when it has one (a replayed file's offset)
     extra: dict[str, int] = {}  # a runtime's small counters worth carrying on (budgets)
 
@@ -94,14 +96,22 @@ class CheckpointFile:
         return checkpoint
 
     def save(self, checkpoint: Checkpoint) -> None:
-        """Write, fsync, rename over the old one, fsync the directory (so the rename lasts)."""
+        """Write, fsync, rename over the old one, fsync the directory (so the rename lasts).
+        :class:`NotWritten` when the disk refuses (the old checkpoint stays in place)."""
         partial = self.path.with_name(self.path.name + ".partial")
-        with partial.open("wb") as out:
-            out.write(msgspec.msgpack.encode(checkpoint))
-            out.flush()
-            os.fsync(out.fileno())
-        partial.replace(self.path)
-        fsync_directory(self.path.parent)
+        try:
+            # a fresh file, never one found there: a link left in its place must not make the
+            # stream write where it points
+            partial.unlink(missing_ok=True)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(msgspec.msgpack.encode(checkpoint))
+                out.flush()
+                os.fsync(out.fileno())
+            partial.replace(self.path)
+            fsync_directory(self.path.parent)
+        except OSError as exc:
+            raise NotWritten(self.path, exc) from exc
 
 
 def positions_of(files: Iterable[PositionedFiles]) -> dict[Path, int]:
@@ -202,6 +212,7 @@ class Checkpointer(Generic[Token]):
         self._next = now + self.every_s
         try:
             self._make_durable()
+            self.store.save(self._state())
         except SinkError as exc:
             self._retry_at = now + min(self.RETRY_S, self.every_s)
             self.failed += 1
@@ -215,7 +226,6 @@ class Checkpointer(Generic[Token]):
         if self._failing:
             log.info("checkpoint.resumed", extra={"failed_attempts": self._failing})
             self._failing = 0
-        self.store.save(self._state())
         tokens, self._unacked = self._unacked, []
         self._dirty = False
         self.saved += 1

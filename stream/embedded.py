@@ -39,7 +39,9 @@ Stopping (Ctrl-C or SIGTERM): the simulators stop and wait for their last batche
 acknowledged; the source keeps reading until the broker has been quiet for a moment, a
 checkpoint acknowledges everything judged, the source disconnects (keeping its persistent
 session), and the last checkpoint is saved; the broker stops last. Deviations still open are
-reported as open, never closed on the stream's behalf.
+reported as open, never closed on the stream's behalf. If the child Mosquitto dies under the
+stream, the stream stops the same way and exits with an error (:class:`BrokerError`) saying so,
+rather than run on with no gateway able to reach it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from rich.table import Table
 from rich.text import Text
 
 from milkguard.broker_security import known_gateways
-from milkguard.errors import ConfigError
+from milkguard.errors import BrokerError, ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import broker_address
 from stream.checkpoint import (
@@ -166,6 +168,7 @@ class EmbeddedService:
         """Run until ``stop`` is set or ``duration_s`` has passed."""
         settings = self.settings
         from milkguard.brokers import own_broker, own_clients_address  # noqa: PLC0415
+        from milkguard.mosquitto import MosquittoChild  # noqa: PLC0415
 
         broker = own_broker(  # None: mqtt.broker external
             settings, settings.data_dir, demo_fleet=self._demo_fleet is not None
@@ -223,11 +226,20 @@ class EmbeddedService:
                 fleet.start()
                 self.console.print(Text(f"{fleet.banner} Ctrl-C stops.", style="dim"))
             deadline = time.monotonic() + duration_s if duration_s is not None else None
-            self._loop(source, ingest, checkpointer, stop, deadline)
+            lost = broker.lost if isinstance(broker, MosquittoChild) else _never_lost
+            self._loop(source, ingest, checkpointer, stop, deadline, lost=lost)
             if fleet is not None:
                 fleet.stop()
             self._drain(source, ingest, checkpointer)
-        return self._summary(ingest, fleet.readings_published if fleet is not None else None)
+        summary = self._summary(ingest, fleet.readings_published if fleet is not None else None)
+        if (reason := lost()) is not None:
+            raise BrokerError(
+                f"{reason.rstrip('.')}. No gateway reaches the stream without it, so the stream "
+                "stopped rather than run on unmonitored: start milkguard run again (a supervisor "
+                "such as systemd with Restart=on-failure does it); what was not acknowledged is "
+                f"judged again from the checkpoint in {data_dir}"
+            )
+        return summary
 
     def _build_ingest(self, outbox: MqttOutbox, saved: Checkpoint | None) -> Ingest:
         """The ingest and its sinks, carried on from ``saved``: engine, duplicate windows, and the
@@ -334,6 +346,8 @@ class EmbeddedService:
         checkpointer: Checkpointer[Message],
         stop: threading.Event,
         deadline: float | None,
+        *,
+        lost: Callable[[], str | None] = lambda: None,
     ) -> None:
         live = LiveView.for_terminal(self.console, self.plan)
         next_view = time.monotonic() + FLUSH_EVERY_S
@@ -344,6 +358,8 @@ class EmbeddedService:
             while not stop.is_set():
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
+                    break
+                if lost() is not None:  # the child broker died: see run()
                     break
                 if ingest.saturated:
                     # InfluxDB is behind: take nothing more from MQTT (the broker holds it),
@@ -474,6 +490,12 @@ class EmbeddedService:
             )
         self.console.print(Text(f"stores: {self.settings.data_dir}/", style="dim"))
         return RunSummary(counters, len(still_open), str(self.settings.data_dir))
+
+
+def _never_lost() -> str | None:
+    """An external broker's fate is not the stream's to watch (its clients reconnect), nor an
+    in-process one's (it dies with the stream)."""
+    return None
 
 
 def _fields(counters: object) -> dict[str, int]:

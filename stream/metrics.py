@@ -129,6 +129,7 @@ class BridgeCollector(Collector):
             ("produced", "batches Kafka was asked to store"),
             ("rejected", "payloads sent to the dead-letter topic"),
             ("acknowledged", "messages acknowledged to MQTT once Kafka had them"),
+            ("stale_acks", "acknowledgements not sent: their MQTT connection had ended"),
         ):
             value = getattr(counters, name)
             yield CounterMetricFamily(f"milkguard_bridge_{name}", what, value=value)

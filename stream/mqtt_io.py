@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How long the first connection may take before the stream gives up with the reason.
+CONNECT_TIMEOUT_S = 10.0
+
 
 class Message(NamedTuple):
     """One MQTT message as the engine thread receives it, with what acknowledges it."""
@@ -59,7 +62,6 @@ class MqttBatchSource:
         self.connection: mqtt_connect.Connection | None = None
         #: set once the broker confirmed the subscription: batches published now reach us
         self.subscribed = threading.Event()
-        self._session = 0
         #: acknowledgements not sent because the connection they were for has ended (the
         #: broker sends those messages again; the duplicate windows drop them)
         self.stale_acks = 0
@@ -68,11 +70,12 @@ class MqttBatchSource:
         """Connect and subscribe (again after every reconnect)."""
 
         def subscribe(client: mqtt.Client) -> None:
-            self._session += 1
             client.on_subscribe = lambda *_: self.subscribed.set()
             client.subscribe(BATCH_SUBSCRIPTION, qos=1)
 
-        self.connection = mqtt_connect.connect(
+        # made before it connects: a persistent session's messages arrive right after the
+        # CONNACK, and each is tagged with the connection's session number for its PUBACK
+        self.connection = mqtt_connect.Connection(
             self._address,
             self._client_id,
             clean_session=False,
@@ -80,13 +83,16 @@ class MqttBatchSource:
             on_connect_extra=subscribe,
             manual_ack=True,
         )
+        self.connection.start(retry_first=False)
+        self.connection.wait_connected(CONNECT_TIMEOUT_S)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         # blocks while the queue is full: paho stops reading the socket, the broker holds on
         topic = mqtt_connect.topic_of(msg)
         mid = msg.mid if msg.qos > 0 else 0
         received_ms = time.time_ns() // 1_000_000
-        self.queue.put(Message(topic, bytes(msg.payload), received_ms, mid, self._session))
+        session = self.connection.session if self.connection is not None else 0  # never None
+        self.queue.put(Message(topic, bytes(msg.payload), received_ms, mid, session))
 
     def take(self, limit: int, wait_s: float) -> list[Message]:
         """Up to ``limit`` queued messages, waiting up to ``wait_s`` for the first one."""
@@ -108,14 +114,9 @@ class MqttBatchSource:
         connection = self.connection
         if connection is None:
             return
-        client, session = connection.client, self._session
         for message in messages:
-            if not message.mid:
-                continue
-            if message.session != session:
+            if message.mid and not connection.ack(message.mid, message.session):
                 self.stale_acks += 1
-                continue
-            client.ack(message.mid, 1)
 
     def stop(self, handle: Callable[[Message], None]) -> None:
         """Disconnect, handing every message already received to ``handle``.

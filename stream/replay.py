@@ -211,13 +211,15 @@ def replay_resumable(
 ) -> ReplaySummary:
     """Replay ``source`` into ``output`` (deviation changes, JSON lines), carrying on from
     ``checkpoint`` when it exists (see the module). Raises :class:`ConfigError` when the
-    checkpoint was made under another plan version."""
+    checkpoint was made under another plan version, or ``source`` is shorter than where the
+    checkpoint carries on (it was cut or replaced)."""
     # absolute, so the checkpoint names the same files whatever the working directory
     output, checkpoint = output.resolve(), checkpoint.resolve()
     deadletter = deadletter.resolve() if deadletter is not None else None
     timeseries = timeseries.resolve() if timeseries is not None else None
     store = CheckpointFile(checkpoint)
     saved = store.load()
+    _check_carries_on(source, saved, checkpoint)  # before any output is cut back
     changes = _CountedChanges(output)
     rejected_memory = _FirstLetters()
     files: list[PositionedFiles] = [changes]
@@ -283,6 +285,19 @@ def replay_resumable(
     checkpointer.checkpoint()
     ingest.close()
     return _summary(ingest, lines, changes.written, rejected_memory.letters)
+
+
+def _check_carries_on(source: Path, saved: Checkpoint | None, checkpoint: Path) -> None:
+    """Refuse a recording shorter than where ``saved`` carries on: cut or replaced since, it
+    would replay nothing, or the middle of another recording, and say it finished."""
+    size = source.stat().st_size
+    if saved is not None and size < saved.position:
+        raise ConfigError(
+            f"{source} has {size:,} bytes, but checkpoint {checkpoint} carries on at byte "
+            f"{saved.position:,}: the recording was cut or replaced since. Replay the recording "
+            "the checkpoint was made from, or delete the checkpoint and the outputs to replay "
+            "from the start"
+        )
 
 
 def _resumed_engine(loaded: LoadedPlan, saved: Checkpoint | None, checkpoint: Path) -> Engine:

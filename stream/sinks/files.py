@@ -8,6 +8,7 @@ written again, so every line is in the files once (:mod:`stream.checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from typing import IO
 import msgspec
 
 from stream.engine.deviation import DeviationChange, deviation_to_json
+from stream.errors import NotWritten
 from stream.sinks.base import DeadLetter, bounded, compacted
 
 log = logging.getLogger(__name__)
@@ -55,10 +57,23 @@ def cut_back(sizes: Mapping[Path, int]) -> dict[Path, int]:
     cut: dict[Path, int] = {}
     for path, size in sizes.items():
         actual = durable_size(path)
-        if actual > size:
-            with path.open("r+b") as file:
-                file.truncate(size)
-                os.fsync(file.fileno())
+        if path.is_symlink():
+            # the checkpoint names the files it cuts: a link in a store's place must not make
+            # the stream (root, maybe) cut the file it points at
+            log.error(
+                "checkpoint.file_is_a_link",
+                extra={
+                    "file": str(path),
+                    "hint": "a store must be a plain file in the data directory; left uncut",
+                },
+            )
+        elif actual > size:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             cut[path] = actual - size
         elif actual < size:
             log.error(
@@ -82,6 +97,7 @@ class _DurableAppender:
         self._pending: list[str] = []
         self._file: IO[str] | None = None
         self._size = 0
+        self._new = False  # created by this appender, its directory not yet fsynced
 
     @property
     def size(self) -> int:
@@ -95,16 +111,48 @@ class _DurableAppender:
         self._pending.extend(lines)
 
     def flush(self) -> None:
+        """Write and fsync what is pending; :class:`NotWritten` (all of it kept) if the disk
+        refuses: what did reach the file is cut off, so the next flush writes each line once."""
         if not self._pending:
             return
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
-        self._file.write("\n".join(self._pending) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._size = os.fstat(self._file.fileno()).st_size
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._new = self._new or not self.path.exists()  # also after a failed try
+                # never through a link: a store is a plain file of the data directory
+                fd = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644
+                )
+                self._file = os.fdopen(fd, "a", encoding="utf-8")
+                self._size = os.fstat(self._file.fileno()).st_size
+            self._file.write("\n".join(self._pending) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            if self._new:
+                # a new file's name lasts a power cut only once its directory is fsynced; a
+                # checkpoint counting its bytes must not name a file that may vanish
+                fsync_directory(self.path.parent)
+                self._new = False
+            self._size = os.fstat(self._file.fileno()).st_size
+        except OSError as exc:
+            self._abandon()
+            raise NotWritten(self.path, exc) from exc
         self._pending.clear()
+
+    def _abandon(self) -> None:
+        """Drop the open file and cut it back to its durable size (best effort: if that fails
+        too, the restart cuts it back to the checkpoint)."""
+        file, self._file = self._file, None
+        if file is None:  # it did not even open: nothing of ours reached it
+            return
+        with contextlib.suppress(OSError):
+            fd = os.dup(file.fileno())  # the file opened, not whatever the path names now
+            try:
+                with contextlib.suppress(OSError):
+                    file.close()  # may write the rest of its buffer: cut below all the same
+                os.ftruncate(fd, self._size)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         self.flush()
@@ -126,10 +174,29 @@ class LineProtocolFileSink:
         self._appender: _DurableAppender | None = None
         self._pending: list[str] = []
         self._written: dict[Path, int] = {}  # day files flushed by this process: durable sizes
+        # day files there before this process wrote any: a checkpoint names them all, so the
+        # restart's "begun after the checkpoint" never takes an older file for a new one (a
+        # clock that was behind at a checkpoint: a machine without a real-time clock at boot)
+        self._found: dict[Path, int] | None = None
 
     def positions(self) -> dict[Path, int]:
         """The durable size of today's file and of every day file this sink wrote to."""
-        return {**self._written, self.path: self._written.get(self.path, durable_size(self.path))}
+        if self._found is None:
+            self._found = self._day_files()
+        return {
+            **self._found,
+            **self._written,
+            self.path: self._written.get(self.path, durable_size(self.path)),
+        }
+
+    def _day_files(self) -> dict[Path, int]:
+        if not self.directory.is_dir():
+            return {}
+        return {
+            p: durable_size(p)
+            for p in self.directory.glob("timeseries-*.lp")
+            if _DAY_FILE.fullmatch(p.name)
+        }
 
     def restore(self, sizes: Mapping[Path, int]) -> dict[Path, int]:
         """Cut the day files back to a checkpoint's sizes and remove day files begun after it
@@ -147,6 +214,7 @@ class LineProtocolFileSink:
                     cut[later] = durable_size(later)
                     later.unlink()
             fsync_directory(self.directory)
+        self._found = self._day_files()  # as cut back
         return cut
 
     @property
@@ -164,19 +232,21 @@ class LineProtocolFileSink:
         self._pending.extend(lines)
 
     def flush(self) -> None:
-        """Append buffered lines to today's file and fsync it."""
-        if not self._pending:
-            return
-        day = self._day()
-        if self._appender is None or day != self._current_day:
-            if self._appender is not None:
-                self._appender.close()
-            self._appender = _DurableAppender(self.directory / f"timeseries-{day}.lp")
-            self._current_day = day
-        self._appender.extend(self._pending)
-        self._appender.flush()
-        self._written[self._appender.path] = self._appender.size
-        self._pending.clear()
+        """Append buffered lines to today's file and fsync it (:class:`NotWritten` if the disk
+        refuses: every line is kept for the next flush, none written twice)."""
+        if self._pending:
+            day = self._day()
+            if self._appender is None or day != self._current_day:
+                if self._appender is not None:
+                    self._appender.close()  # what yesterday's file still owes goes there
+                self._appender = _DurableAppender(self.directory / f"timeseries-{day}.lp")
+                self._current_day = day
+            # handed over at once: an appender that fails keeps them for its next flush
+            self._appender.extend(self._pending)
+            self._pending.clear()
+        if self._appender is not None:
+            self._appender.flush()
+            self._written[self._appender.path] = self._appender.size
 
     def close(self) -> None:
         """Flush and close the file."""

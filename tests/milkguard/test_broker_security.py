@@ -201,3 +201,38 @@ def test_no_mosquitto_files_where_gateways_and_the_stream_share_one_network_list
             persistence_dir=Path("/var/lib/mosquitto"),
             sizing=QueueSizing(gateways=1),
         )
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("conf_dir", "the data directory"),
+        ("persistence_dir", "the data directory"),
+        ("cert", r"mqtt\.security\.tls\.cert"),
+        ("client_ca", r"mqtt\.security\.tls\.client_ca"),
+    ],
+)
+def test_a_path_with_a_line_break_cannot_add_a_directive_to_the_mosquitto_files(
+    where: str, field: str
+) -> None:
+    # each setting is one line of mosquitto.conf: a line break in a path would add a directive
+    # of the path's choosing (an anonymous listener on the network, say)
+    hostile = Path("/srv/x\nlistener 1884 0.0.0.0\nallow_anonymous true")
+    paths = {"conf_dir": Path("/etc/mosquitto"), "persistence_dir": Path("/var/lib/mosquitto")}
+    tls = {"cert": Path("/etc/c.pem"), "key": Path("/etc/k.pem"), "client_ca": Path("/etc/ca")}
+    if where in paths:
+        paths[where] = hostile
+    else:
+        tls[where] = hostile
+    security = BrokerSecurity(users=[user("stream", "stream")], tls=ListenerTls(**tls))
+    with pytest.raises(ValueError, match=f"{field}.*line break"):
+        mosquitto_files(security, "127.0.0.1", 8883, sizing=QueueSizing(gateways=1), **paths)
+
+
+def test_a_password_hash_with_a_trailing_line_break_is_refused() -> None:
+    with pytest.raises(ValidationError, match="password_hash"):
+        MqttUser(
+            name="stream",
+            role="stream",
+            password_hash=hash_password("pw", iterations=ROUNDS) + "\n",  # type: ignore[arg-type]
+        )

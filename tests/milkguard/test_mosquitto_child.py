@@ -67,6 +67,7 @@ class Running:
     port: int
     log: list[str]
     reader: threading.Thread | None = None
+    data_dir: Path | None = None
 
     def stderr(self) -> str:
         """All it wrote to standard error, once it has exited."""
@@ -79,7 +80,7 @@ class Running:
 def service(tmp_path: Path, mosquitto_binary: str) -> Iterator[Running]:
     port = free_port()
     process = start_run(tmp_path / "var", port)
-    running = Running(process, port, [])
+    running = Running(process, port, [], data_dir=tmp_path / "var")
     reader = threading.Thread(target=lambda: running.log.extend(process.stderr or []))
     running.reader = reader
     reader.start()
@@ -286,3 +287,45 @@ def test_a_broker_that_dies_under_the_service_is_logged_as_an_error(
     (record,) = [r for r in caplog.records if r.message == "broker.mosquitto.exited"]
     assert record.levelname == "ERROR"
     assert record.status == -signal.SIGKILL  # type: ignore[attr-defined]
+
+
+def test_a_data_directory_with_spaces_in_its_path_serves_and_persists(
+    tmp_path: Path, mosquitto_binary: str
+) -> None:
+    directory = tmp_path / "dairy data" / "mosquitto  two"
+    port = free_port()
+    with anonymous_child(mosquitto_binary, directory, port) as child:
+        assert child.process is not None
+        assert accepts(port)
+    assert (directory / "mosquitto.db").exists()  # its store, saved at the stop
+
+
+def test_a_run_whose_mosquitto_dies_under_it_stops_and_says_why(service: Running) -> None:
+    # without its broker no gateway reaches the stream: running on would look healthy to a
+    # supervisor while nothing is monitored; stopping lets it start the whole thing again
+    assert service.data_dir is not None
+    pid = child_pid(service.data_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    assert service.process.wait(timeout=60) != 0
+    message = " ".join(service.stderr().split())
+    assert "Mosquitto" in message
+    assert f"exited under the stream (pid {pid}" in message
+    assert "Traceback" not in message
+
+
+def test_a_planted_link_in_the_brokers_folder_does_not_redirect_its_files(
+    tmp_path: Path, mosquitto_binary: str
+) -> None:
+    # the service may run as root: a link left where it writes its configuration must not make
+    # it overwrite the file the link points at
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    directory = tmp_path / "mosquitto"
+    directory.mkdir()
+    (directory / "mosquitto.conf.partial").symlink_to(victim)
+    with anonymous_child(mosquitto_binary, directory, free_port()) as child:
+        assert child.process is not None
+    assert victim.read_text() == "root:x:0:0\n"
+    assert "listener" in (directory / "mosquitto.conf").read_text()

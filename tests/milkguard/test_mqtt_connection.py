@@ -8,6 +8,7 @@ import random
 import socket
 import ssl
 import time
+from typing import Any
 
 import pytest
 
@@ -185,7 +186,7 @@ def test_a_message_not_acknowledged_by_hand_comes_again_in_the_persistent_sessio
     second = subscriber()
     wait_until(lambda: len(received) == 2, 10, "the batch again")
     assert received[1][0] == b"batch-1"
-    second.ack(received[1][1])
+    second.ack(received[1][1], second.session)
     second.close()
 
     third = subscriber()  # a redelivery of batch-1 would come first, as the session resumes
@@ -193,6 +194,61 @@ def test_a_message_not_acknowledged_by_hand_comes_again_in_the_persistent_sessio
     publisher.publish("milkguard/v1/test", b"batch-2")
     assert publisher.close()
     wait_until(lambda: len(received) == 3, 10, "the next batch")
-    third.ack(received[2][1])
+    third.ack(received[2][1], third.session)
     third.close()
     assert [payload for payload, _ in received] == [b"batch-1", b"batch-1", b"batch-2"]
+
+
+@pytest.mark.integration
+def test_an_acknowledgement_for_a_connection_that_ended_does_not_acknowledge_its_successor(
+    mosquitto: Mosquitto,
+) -> None:
+    # A broker restarted without its sessions numbers messages from 1 again: the id of a
+    # message received before the restart now names another message, which an acknowledgement
+    # meant for the first would make the broker forget before it is durable anywhere.
+    address = BrokerAddress("127.0.0.1", mosquitto.port)
+    received: list[tuple[bytes, int, int]] = []
+
+    def subscriber() -> Connection:
+        connection: Connection
+
+        def on_message(_c: object, _u: object, message: Any) -> None:
+            received.append((message.payload, message.mid, connection.session))
+
+        connection = Connection(
+            address,
+            "stream-restarted",
+            clean_session=False,
+            manual_ack=True,
+            on_message=on_message,
+            on_connect_extra=lambda client: client.subscribe("milkguard/v1/test", qos=1),
+            reconnect=Backoff(0.1, 0.5),
+        )
+        connection.start(retry_first=False)
+        connection.wait_connected(10)
+        return connection
+
+    def publish(payload: bytes) -> None:
+        publisher = connect(address, "gateway-restarted")
+        publisher.publish("milkguard/v1/test", payload)
+        assert publisher.close()
+
+    first = subscriber()
+    publish(b"before")
+    wait_until(lambda: len(received) == 1, 10, "the batch before the restart")
+    mosquitto.stop()
+    mosquitto.start()
+    wait_until(lambda: first.connected.is_set() and first.connects == 2, 30, "reconnected")
+    publish(b"after")
+    wait_until(lambda: len(received) == 2, 10, "the batch after the restart")
+    (_, old_mid, old_session), (_, new_mid, new_session) = received
+    assert new_session != old_session
+    assert old_mid == new_mid  # the id names another message now
+    assert not first.ack(old_mid, old_session)  # meant for the ended connection: not sent
+    first.close()
+
+    second = subscriber()  # the session resumes: what was not acknowledged comes again
+    wait_until(lambda: len(received) == 3, 10, "the unacknowledged batch again")
+    assert received[2][0] == b"after"
+    assert second.ack(received[2][1], received[2][2])
+    second.close()

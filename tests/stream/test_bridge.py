@@ -19,6 +19,7 @@ import pytest
 
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
+from milkguard.backoff import Backoff
 from milkguard.contract.v1 import Reading, decode_batch
 from stream.bridge import Bridge, KafkaTarget, problem_of
 from tests.conftest import T0
@@ -107,6 +108,40 @@ def test_the_bridge_acknowledges_a_batch_to_mqtt_only_once_kafka_has_it(
         records = asyncio.run(consume(tansu.bootstrap, "milkguard.batches", 2))
     finally:
         connection.close()
+    assert [decode_batch(value).seq for _, _, value in records] == [1, 2]
+
+
+def test_after_the_broker_restarts_the_bridge_never_acknowledges_an_id_of_the_old_connection(
+    mosquitto: Mosquitto, tansu: Tansu, bridge: Bridge
+) -> None:
+    # Mosquitto restarted without its sessions numbers messages from 1 again: the id of a batch
+    # Kafka confirms after the restart names another batch on the new connection, one Kafka
+    # may not have yet; a PUBACK for it would make the broker forget that one
+    address = mqtt_connect.BrokerAddress(mosquitto.host, mosquitto.port)
+    connection = mqtt_connect.connect(address, "gw-0", reconnect=Backoff(0.1, 0.5))
+    publisher = GatewayPublisher(connection, "farm-01", "gw-0", first_seq=1)
+    try:
+        tansu.process.send_signal(signal.SIGSTOP)  # Kafka holds the first batch unconfirmed
+        try:
+            publisher.publish([Reading("tank-0", "milk_temp", 4.0, "degC", T0)])
+            wait_until(lambda: bridge.counters.received == 1, 30, "the first at the bridge")
+            bridge.ready.clear()
+            mosquitto.stop()
+            mosquitto.start()
+            wait_until(bridge.ready.is_set, 30, "the bridge subscribed again")
+            wait_until(connection.connected.is_set, 30, "the gateway back")
+            publisher.publish([Reading("tank-0", "milk_temp", 4.1, "degC", T0 + 1000)])
+            wait_until(lambda: bridge.counters.received == 2, 30, "the second at the bridge")
+        finally:
+            tansu.process.send_signal(signal.SIGCONT)
+        wait_until(
+            lambda: bridge.counters.acknowledged + bridge.counters.stale_acks == 2, 30, "both"
+        )
+        records = asyncio.run(consume(tansu.bootstrap, "milkguard.batches", 2))
+    finally:
+        connection.close()
+    assert bridge.counters.acknowledged == 1  # the second batch, on the connection it came on
+    assert bridge.counters.stale_acks == 1  # the first: its connection ended
     assert [decode_batch(value).seq for _, _, value in records] == [1, 2]
 
 

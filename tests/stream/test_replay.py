@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 import tracemalloc
@@ -14,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from milkguard.contract.v1 import Batch, Reading, count_readings, encode_batch
+from milkguard.errors import ConfigError
+from stream.errors import SinkError
 from stream.plan import load_plan
-from stream.replay import replay
+from stream.replay import replay, replay_resumable
 from stream.settings import demo_plan_path
 from tests.conftest import T0
 
@@ -249,3 +253,32 @@ def test_a_replay_checkpoint_of_standard_input_is_refused_with_why(tmp_path: Pat
 
     assert done.returncode == 2
     assert b"needs the recording as a file" in done.stderr
+
+
+def test_a_recording_shorter_than_its_checkpoints_offset_is_refused_with_why(
+    tmp_path: Path,
+) -> None:
+    # rotated or replaced since the checkpoint: carrying on would replay nothing, or the middle
+    # of another recording, and say it finished
+    path = recording(tmp_path)
+    output, checkpoint = tmp_path / "changes.jsonl", tmp_path / "replay.checkpoint"
+    loaded = load_plan(demo_plan_path())
+    replay_resumable(loaded, path, output, checkpoint, every_lines=10)
+    path.write_bytes(path.read_bytes()[:1000])
+
+    with pytest.raises(ConfigError, match=r"truck\.jsonl.*1,000 bytes.*checkpoint"):
+        replay_resumable(loaded, path, output, checkpoint, every_lines=10)
+
+
+def test_a_replay_whose_outputs_cannot_be_written_fails_instead_of_finishing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = recording(tmp_path)
+    output, checkpoint = tmp_path / "changes.jsonl", tmp_path / "replay.checkpoint"
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(SinkError, match=r"changes\.jsonl"):
+        replay_resumable(load_plan(demo_plan_path()), path, output, checkpoint, every_lines=10)

@@ -22,7 +22,7 @@ from stream.mqtt_io import MqttOutbox
 from stream.settings import StreamSettings
 from tests.conftest import T0
 from tests.helpers import wait_until
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, start_mosquitto, stop
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +187,36 @@ def test_a_restart_in_the_middle_of_a_sustained_breach_opens_it_at_the_same_even
     assert limit[0].deviation.start_ms == T0 + 2_000  # as if the stream had never stopped
     assert limit[0].deviation.detected_ms == T0 + 17_000
     assert limit[1].deviation.end_ms == T0 + 20_000
+
+
+def test_the_stream_carries_on_after_its_broker_restarts_and_stores_each_reading_once(
+    tmp_path: Path,
+) -> None:
+    # a restart of the broker mid-stream: the stream's connection comes back by itself, what it
+    # had not acknowledged comes again (dropped by sequence number), nothing is lost
+    mosquitto = start_mosquitto(tmp_path, persistent=True)
+    try:
+        stream = Stream(mosquitto, tmp_path / "var")
+        service = stream.start()
+        gw = gateway(mosquitto)
+        publish(gw, 50)
+        assert gw.drain()
+        mosquitto.stop()
+        mosquitto.start()
+        publish(gw, 50, start=50)
+        assert gw.drain(30)
+        wait_until(
+            lambda: service.ingest.counters.readings >= 100,  # type: ignore[union-attr]
+            timeout_s=60,
+            what="every batch, before and after the restart",
+        )
+        summary = stream.stop()
+        gw.connection.close()
+    finally:
+        stop(mosquitto.process)
+
+    lines = "".join(p.read_text() for p in sorted((tmp_path / "var").glob("timeseries-*.lp")))
+    stamps = [line.rsplit(" ", 1)[1] for line in lines.splitlines() if "comp-1" in line]
+    assert len(stamps) == 100
+    assert len(set(stamps)) == 100
+    assert summary.counters["engine.late"] == 0

@@ -959,7 +959,10 @@ class Engine:
             return
         held = self._held
         taken = self._held_of(due)
-        candidates = _sorted(_Columns.join([held.take(taken), fresh])) if len(taken) else fresh
+        # every held reading's channel due (a drained queue from every gateway, the usual
+        # case): all of them are candidates, with no copy of the five columns
+        part = held if len(taken) == len(held.rows) else held.take(taken)
+        candidates = _sorted(_Columns.join([part, fresh])) if len(taken) else fresh
         self._holding[due] = False
         if not len(candidates.rows):
             return
@@ -991,6 +994,8 @@ class Engine:
         rows = self._held.rows
         if not len(rows):
             return _NO_ROWS
+        if len(due) == len(self._names):
+            return np.arange(len(rows), dtype=np.int64)  # every channel: no search needed
         return _ranges(
             np.searchsorted(rows, due, side="left"), np.searchsorted(rows, due, side="right")
         )
@@ -1002,6 +1007,9 @@ class Engine:
         then the kept ones take the released ones' places, with no pass over everything held.
         """
         held = self._held
+        if len(taken) == len(held.rows):
+            self._held = kept  # all were taken: what stays is what was kept, sorted already
+            return
         if len(kept.rows) == len(taken) and bool((held.rows[taken] == kept.rows).all()):
             for own, stays in zip(held, kept, strict=True):
                 own[taken] = stays

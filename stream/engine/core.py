@@ -133,11 +133,6 @@ class Routed:
 
 _NOTHING_LEFT_OUT = Routed([], [])
 _KEY = attrgetter("asset", "channel", "unit")
-_ASSET = attrgetter("asset")
-_CHANNEL = attrgetter("channel")
-_UNIT = attrgetter("unit")
-_TS = attrgetter("ts")
-_VALUE = attrgetter("value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,9 +637,11 @@ class Engine:
             rows_list, readings, left_out = self._route_misses(site, rows.tolist(), readings)
             count = len(readings)
             rows = np.array(rows_list, dtype=np.int64)
-        # lists, not arrays, per batch: a drained queue's are made arrays at once at the release
-        ts: list[int] = list(map(_TS, readings))
-        values: list[float] = list(map(_VALUE, readings))
+        # lists, not arrays, per batch: a drained queue's are made arrays at once at the release.
+        # Comprehensions, not map(attrgetter): the interpreter reads a struct's field through
+        # its slot directly, about twice as fast per reading (measured on Python 3.11)
+        ts: list[int] = [r.ts for r in readings]
+        values: list[float] = [r.value for r in readings]
         if horizon_ms is not None and not (
             # the usual batch, in one step: within the bounds all of its channels share, and
             # finite (a sum of values this bounded is infinite or NaN only if one of them is)
@@ -710,9 +707,9 @@ class Engine:
         number of readings, equal joined strings mean equal ids one by one.
         """
         signature = (
-            "\0".join(map(_ASSET, readings)),
-            "\0".join(map(_CHANNEL, readings)),
-            "\0".join(map(_UNIT, readings)),
+            "\0".join([r.asset for r in readings]),
+            "\0".join([r.channel for r in readings]),
+            "\0".join([r.unit for r in readings]),
         )
         layout = self._layouts.get((site, device))
         if (

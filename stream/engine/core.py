@@ -34,7 +34,7 @@ amortizes the vector work; a replay calls it on a fixed count, so it is determin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -113,16 +113,18 @@ class EngineCounters:
     closed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     """What ``submit`` could not hold: readings in another unit than the plan's, readings of
     channels the plan does not know (whose ids the caller must still check before storing), and
     readings of planned channels it refused: implausible for their unit, or stamped beyond the
-    horizon it was given (the caller says why, and dead-letters them)."""
+    horizon it was given (the caller says why, and dead-letters them).
+
+    A named tuple, not a frozen dataclass: one is made per message, and a frozen dataclass sets
+    each field through ``object.__setattr__`` (measured: 0.9 us against 0.2 us)."""
 
     mismatches: list[UnitMismatch]
     unplanned: list[Reading]
-    refused: list[Reading] = field(default_factory=list)
+    refused: list[Reading]
     #: when every reading was held: the channel row of each, in order (read only), and the
     #: gateway's layout it matched (its channel keys; the same object while the layout holds)
     rows: I64 | None = None
@@ -131,7 +133,7 @@ class Routed:
     values: list[float] | None = None
 
 
-_NOTHING_LEFT_OUT = Routed([], [])
+_NOTHING_LEFT_OUT = Routed([], [], [])
 _KEY = attrgetter("asset", "channel", "unit")
 
 
@@ -895,7 +897,7 @@ class Engine:
             if name not in self._unplanned_seen and len(self._unplanned_seen) < _MAX_NOTICED:
                 self._unplanned_seen.add(name)
                 self.notices.append(Notice("unplanned", *name, reading.ts))
-        return kept_rows, kept, Routed(mismatches, unplanned)
+        return kept_rows, kept, Routed(mismatches, unplanned, [])
 
     def _report_late(self, rows: I64, ts: I64) -> None:
         self.counters.late += len(rows)

@@ -183,6 +183,10 @@ class _Columns(NamedTuple):
 
     def take(self, mask: B | I64) -> _Columns:
         """The readings selected by a mask or an index array."""
+        if mask.dtype == np.bool_:
+            # a mask is found once, not per column: masks that interleave (a channel's oldest
+            # reading released, the next ones held) index four times slower than positions
+            mask = np.flatnonzero(mask)
         return _Columns(
             self.rows[mask],
             self.ts[mask],

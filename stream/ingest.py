@@ -612,7 +612,7 @@ class Ingest:
         routed = item.routed
         rows, stamps, values = routed.rows, routed.ts, routed.values
         if rows is not None and stamps is not None and values is not None:
-            first, last = min(stamps), max(stamps)
+            first, last = min(stamps), routed.newest
             waiting = self._unfolded
             route = (item.site, item.gateway)
             before = self._unfolded_at.get(route, -1)

@@ -131,6 +131,7 @@ class Routed(NamedTuple):
     layout: list[tuple[str, str, str]] | None = None
     ts: list[int] | None = None  # and their timestamps and values
     values: list[float] | None = None
+    newest: int = -1  # and the newest of those timestamps
 
 
 _NOTHING_LEFT_OUT = Routed([], [], [])
@@ -648,13 +649,14 @@ class Engine:
         # its slot directly, about twice as fast per reading (measured on Python 3.11)
         ts: list[int] = [r.ts for r in readings]
         values: list[float] = [r.value for r in readings]
+        newest = max(ts, default=-1)
         if horizon_ms is not None and not (
             # the usual batch, in one step: within the bounds all of its channels share, and
             # finite (a sum of values this bounded is infinite or NaN only if one of them is)
             layout is not None
             and layout.lowest <= min(values)
             and max(values) <= layout.highest
-            and max(ts) <= horizon_ms
+            and newest <= horizon_ms
             and math.isfinite(sum(values))
         ):
             rows, ts, values, refused = self._refused(rows, ts, values, horizon_ms)
@@ -679,7 +681,8 @@ class Engine:
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
         if left_out is _NOTHING_LEFT_OUT:
-            return Routed([], [], [], rows, layout.keys if layout is not None else None, ts, values)
+            keys = layout.keys if layout is not None else None
+            return Routed([], [], [], rows, keys, ts, values, newest)
         return left_out
 
     def _refused(

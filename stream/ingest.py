@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -83,9 +83,9 @@ _TS = attrgetter("ts")
 _MAX_UNFOLDED = 65_536
 
 
-@dataclass(frozen=True, slots=True)
-class _Accepted:
-    """A batch submitted to the engine, waiting for its advance to be stored."""
+class _Accepted(NamedTuple):
+    """A batch submitted to the engine, waiting for its advance to be stored (a named tuple:
+    one is made per message, more cheaply than a frozen dataclass)."""
 
     site: str
     gateway: str
@@ -612,7 +612,7 @@ class Ingest:
         routed = item.routed
         rows, stamps, values = routed.rows, routed.ts, routed.values
         if rows is not None and stamps is not None and values is not None:
-            first, last = min(stamps), max(stamps)
+            first, last = min(stamps), routed.newest
             waiting = self._unfolded
             route = (item.site, item.gateway)
             before = self._unfolded_at.get(route, -1)

@@ -34,7 +34,7 @@ amortizes the vector work; a replay calls it on a fixed count, so it is determin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -113,31 +113,29 @@ class EngineCounters:
     closed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     """What ``submit`` could not hold: readings in another unit than the plan's, readings of
     channels the plan does not know (whose ids the caller must still check before storing), and
     readings of planned channels it refused: implausible for their unit, or stamped beyond the
-    horizon it was given (the caller says why, and dead-letters them)."""
+    horizon it was given (the caller says why, and dead-letters them).
+
+    A named tuple, not a frozen dataclass: one is made per message, and a frozen dataclass sets
+    each field through ``object.__setattr__`` (measured: 0.9 us against 0.2 us)."""
 
     mismatches: list[UnitMismatch]
     unplanned: list[Reading]
-    refused: list[Reading] = field(default_factory=list)
+    refused: list[Reading]
     #: when every reading was held: the channel row of each, in order (read only), and the
     #: gateway's layout it matched (its channel keys; the same object while the layout holds)
     rows: I64 | None = None
     layout: list[tuple[str, str, str]] | None = None
     ts: list[int] | None = None  # and their timestamps and values
     values: list[float] | None = None
+    newest: int = -1  # and the newest of those timestamps
 
 
-_NOTHING_LEFT_OUT = Routed([], [])
+_NOTHING_LEFT_OUT = Routed([], [], [])
 _KEY = attrgetter("asset", "channel", "unit")
-_ASSET = attrgetter("asset")
-_CHANNEL = attrgetter("channel")
-_UNIT = attrgetter("unit")
-_TS = attrgetter("ts")
-_VALUE = attrgetter("value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +184,10 @@ class _Columns(NamedTuple):
 
     def take(self, mask: B | I64) -> _Columns:
         """The readings selected by a mask or an index array."""
+        if mask.dtype == np.bool_:
+            # a mask is found once, not per column: masks that interleave (a channel's oldest
+            # reading released, the next ones held) index four times slower than positions
+            mask = np.flatnonzero(mask)
         return _Columns(
             self.rows[mask],
             self.ts[mask],
@@ -642,16 +644,19 @@ class Engine:
             rows_list, readings, left_out = self._route_misses(site, rows.tolist(), readings)
             count = len(readings)
             rows = np.array(rows_list, dtype=np.int64)
-        # lists, not arrays, per batch: a drained queue's are made arrays at once at the release
-        ts: list[int] = list(map(_TS, readings))
-        values: list[float] = list(map(_VALUE, readings))
+        # lists, not arrays, per batch: a drained queue's are made arrays at once at the release.
+        # Comprehensions, not map(attrgetter): the interpreter reads a struct's field through
+        # its slot directly, about twice as fast per reading (measured on Python 3.11)
+        ts: list[int] = [r.ts for r in readings]
+        values: list[float] = [r.value for r in readings]
+        newest = max(ts, default=-1)
         if horizon_ms is not None and not (
             # the usual batch, in one step: within the bounds all of its channels share, and
             # finite (a sum of values this bounded is infinite or NaN only if one of them is)
             layout is not None
             and layout.lowest <= min(values)
             and max(values) <= layout.highest
-            and max(ts) <= horizon_ms
+            and newest <= horizon_ms
             and math.isfinite(sum(values))
         ):
             rows, ts, values, refused = self._refused(rows, ts, values, horizon_ms)
@@ -676,7 +681,8 @@ class Engine:
         # the next release in one vector step: nothing is judged in between, so it is the same
         self._incoming.append((rows, ts, values, received_ms, code))
         if left_out is _NOTHING_LEFT_OUT:
-            return Routed([], [], [], rows, layout.keys if layout is not None else None, ts, values)
+            keys = layout.keys if layout is not None else None
+            return Routed([], [], [], rows, keys, ts, values, newest)
         return left_out
 
     def _refused(
@@ -710,9 +716,9 @@ class Engine:
         number of readings, equal joined strings mean equal ids one by one.
         """
         signature = (
-            "\0".join(map(_ASSET, readings)),
-            "\0".join(map(_CHANNEL, readings)),
-            "\0".join(map(_UNIT, readings)),
+            "\0".join([r.asset for r in readings]),
+            "\0".join([r.channel for r in readings]),
+            "\0".join([r.unit for r in readings]),
         )
         layout = self._layouts.get((site, device))
         if (
@@ -898,7 +904,7 @@ class Engine:
             if name not in self._unplanned_seen and len(self._unplanned_seen) < _MAX_NOTICED:
                 self._unplanned_seen.add(name)
                 self.notices.append(Notice("unplanned", *name, reading.ts))
-        return kept_rows, kept, Routed(mismatches, unplanned)
+        return kept_rows, kept, Routed(mismatches, unplanned, [])
 
     def _report_late(self, rows: I64, ts: I64) -> None:
         self.counters.late += len(rows)
@@ -959,7 +965,10 @@ class Engine:
             return
         held = self._held
         taken = self._held_of(due)
-        candidates = _sorted(_Columns.join([held.take(taken), fresh])) if len(taken) else fresh
+        # every held reading's channel due (a drained queue from every gateway, the usual
+        # case): all of them are candidates, with no copy of the five columns
+        part = held if len(taken) == len(held.rows) else held.take(taken)
+        candidates = _sorted(_Columns.join([part, fresh])) if len(taken) else fresh
         self._holding[due] = False
         if not len(candidates.rows):
             return
@@ -991,6 +1000,8 @@ class Engine:
         rows = self._held.rows
         if not len(rows):
             return _NO_ROWS
+        if len(due) == len(self._names):
+            return np.arange(len(rows), dtype=np.int64)  # every channel: no search needed
         return _ranges(
             np.searchsorted(rows, due, side="left"), np.searchsorted(rows, due, side="right")
         )
@@ -1002,6 +1013,9 @@ class Engine:
         then the kept ones take the released ones' places, with no pass over everything held.
         """
         held = self._held
+        if len(taken) == len(held.rows):
+            self._held = kept  # all were taken: what stays is what was kept, sorted already
+            return
         if len(kept.rows) == len(taken) and bool((held.rows[taken] == kept.rows).all()):
             for own, stays in zip(held, kept, strict=True):
                 own[taken] = stays

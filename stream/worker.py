@@ -66,6 +66,7 @@ from stream.plan import LoadedPlan, load_plan
 from stream.settings import StreamSettings
 from stream.signed import load_stream_signer, sealed_change
 from stream.sinks.base import DeadLetter, TimeSeriesSink
+from stream.sinks.files import LineProtocolFileSink
 
 log = logging.getLogger(__name__)
 
@@ -538,10 +539,19 @@ class Worker:
                 work.unacked, work.dirty = [], False
             self._checkpointing_messages = sum(len(taken) for taken in events.values())
             mark = self.influx.added if self.influx is not None else 0
-        await self.app.producer.flush()  # 1. deviations and dead letters are in Kafka
+            # the lines so far, taken out here: those of messages judged while the disk works
+            # wait for the next checkpoint
+            files = self.timeseries if isinstance(self.timeseries, LineProtocolFileSink) else None
+            lines = files.detach() if files is not None else []
         if self.influx is not None:
+            await self.app.producer.flush()  # 1. deviations and dead letters are in Kafka
             await self._influx_through(mark)  # 2. lines are in InfluxDB
+        elif files is not None:
+            # 1 and 2 at once: Kafka's acknowledgements and the disk's fsync, the write on a
+            # thread so the loop goes on judging (and fetching) meanwhile
+            await asyncio.gather(self.app.producer.flush(), asyncio.to_thread(files.write, lines))
         else:
+            await self.app.producer.flush()
             self.timeseries.flush()
         sent = [  # 3. the states, in each partition's changelog
             self.table.send_changelog(number, number, state) for number, state in states.items()
@@ -647,8 +657,6 @@ def build_worker(settings: StreamSettings) -> Worker:
 
         sink = InfluxDBSink.from_settings(influx, settings.data_dir)
         return Worker(settings, plan, partitions, sink, sink)
-    from stream.sinks.files import LineProtocolFileSink  # noqa: PLC0415
-
     log.warning(
         "worker.no_influx",
         extra={"writing_to": str(settings.data_dir), "fix": "set influx.url, token, org, bucket"},

@@ -49,6 +49,7 @@ import asyncio
 import logging
 import math
 import time
+import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +71,11 @@ from stream.sinks.files import LineProtocolFileSink
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+#: 2: the engine's snapshot zlib-compressed (1: as it is; still read)
+STATE_FORMAT = 2
+#: Every checkpoint sends each changed partition's snapshot to Kafka: compressed (11x on the
+#: bench's 1,250 channels a partition, 0.6 ms) it costs the socket and the broker far less
+STATE_COMPRESSION = 1
 #: how long a paused partition waits for the messages fetched before its pause to go by
 REWIND_SETTLE_S = 0.5
 #: (value, offset, timestamp in ms, topic) of one message of the batches topic
@@ -102,7 +107,7 @@ class _State(msgspec.Struct):
 
     format: int
     offset: int  # the last message the snapshot includes
-    engine: bytes
+    engine: bytes  # compressed from format 2
     windows: dict[str, tuple[int, list[tuple[int, int]]]]
     clock_ms: int  # the partition's clock: the newest message timestamp taken
 
@@ -159,8 +164,8 @@ class PartitionWork:
         state: _State | None = None
         if saved is not None:
             try:
-                state = msgspec.msgpack.decode(saved, type=_State)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                state = _read_state(saved)
+            except (msgspec.DecodeError, msgspec.ValidationError, zlib.error) as exc:
                 log.warning("worker.state_discarded", extra={"partition": number, "why": str(exc)})
         if state is not None:
             try:
@@ -250,11 +255,24 @@ class PartitionWork:
         snapshot = _State(
             format=STATE_FORMAT,
             offset=self.offset,
-            engine=self.ingest.engine.snapshot(),
+            engine=zlib.compress(self.ingest.engine.snapshot(), STATE_COMPRESSION),
             windows=self.ingest.windows(),
             clock_ms=self.clock_ms,
         )
         return msgspec.msgpack.encode(snapshot)
+
+
+def _read_state(saved: bytes) -> _State:
+    """A changelog entry, its engine snapshot uncompressed."""
+    state = msgspec.msgpack.decode(saved, type=_State)
+    if state.format == STATE_FORMAT:
+        state.engine = zlib.decompress(state.engine)
+    elif state.format != 1:
+        raise msgspec.ValidationError(
+            f"state format {state.format} is not one this worker reads (1 or {STATE_FORMAT}): "
+            "written by a newer MilkGuard"
+        )
+    return state
 
 
 @dataclass(slots=True)

@@ -326,6 +326,7 @@ class Worker:
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=worker.session_timeout_s,
             broker_heartbeat_interval=worker.heartbeat_interval_s,
+            consumer_max_fetch_size=worker.fetch_partition_bytes,
             broker_commit_every=10_000,
             # offsets are only acknowledged by a checkpoint: commit soon after each one
             broker_commit_interval=worker.checkpoint_s / 4,

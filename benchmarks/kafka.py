@@ -196,10 +196,9 @@ class Measured:
     produce_s: float  # how long producing the records took (overlaps ``seconds``)
     busiest: float  # the share of the readings the busiest process judged (partitions split)
     cpu_s: float | None = None  # CPU time its processes used meanwhile (None: not on Linux)
-    #: CPU time the broker (tansu, when started here) and this process (the producer) used
-    #: meanwhile: what the machine's cores gave to others than the contender
+    #: CPU time the broker (tansu, when started here) used meanwhile, serving the fetches (the
+    #: records are all produced before the window opens)
     broker_cpu_s: float | None = None
-    producer_cpu_s: float | None = None
 
     @property
     def per_cpu_s(self) -> float | None:
@@ -266,7 +265,7 @@ def print_figures(bench: KafkaBench, console: Console) -> None:
     columns = (
         *("readings/msg", "contender", "procs", "readings", "s", "readings/s", "busy s"),
         *("busy readings/s", "per proc. vs plain", "readings/CPU-s", "vs plain"),
-        *("cores: contender", "broker", "producer"),
+        *("cores: contender", "broker"),
     )
     for column in columns:
         table.add_column(column, justify="left" if column == "contender" else "right")
@@ -288,7 +287,6 @@ def print_figures(bench: KafkaBench, console: Console) -> None:
             f"{cpu:.2f}x" if cpu is not None else "",
             _cores(run.cpu_s, run.seconds),
             _cores(run.broker_cpu_s, run.seconds),
-            _cores(run.producer_cpu_s, run.seconds),
         )
     console.print(table)
     sizes = sorted({run.per_message for run in bench.runs})
@@ -441,7 +439,7 @@ class _Rig:
             started = time.perf_counter()
             produced = asyncio.run(_produce_timed(self.bootstrap, topic, records[warm:]))
             total = len(records) * per_message
-            others = [os.getpid(), *([self.broker_pid] if self.broker_pid else [])]
+            others = [self.broker_pid] if self.broker_pid else []
             window = _watch(ports, (pids, others), metric, (warmed, total), started)
         return Measured(
             contender,
@@ -453,8 +451,7 @@ class _Rig:
             produced,
             window.busiest,
             window.cpu_s,
-            window.others_cpu_s[1] if self.broker_pid else None,
-            window.others_cpu_s[0],
+            window.others_cpu_s[0] if self.broker_pid else None,
         )
 
     @contextmanager
@@ -551,7 +548,7 @@ def _watch(
     """Poll the processes' counts from ``warmed`` until they reach ``total`` (``counts``): the
     clock starts at the first count beyond ``warmed``; polls with no progress are left out of
     the busy time. ``processes``: the contender's PIDs, and others whose CPU time is told
-    apart (the broker, the producer)."""
+    apart (the broker)."""
     warmed, total = counts
     pids, others = processes
     deadline = started + 600

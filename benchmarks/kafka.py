@@ -196,6 +196,9 @@ class Measured:
     produce_s: float  # how long producing the records took (overlaps ``seconds``)
     busiest: float  # the share of the readings the busiest process judged (partitions split)
     cpu_s: float | None = None  # CPU time its processes used meanwhile (None: not on Linux)
+    #: CPU time the broker (tansu, when started here) used meanwhile, serving the fetches (the
+    #: records are all produced before the window opens)
+    broker_cpu_s: float | None = None
 
     @property
     def per_cpu_s(self) -> float | None:
@@ -262,6 +265,7 @@ def print_figures(bench: KafkaBench, console: Console) -> None:
     columns = (
         *("readings/msg", "contender", "procs", "readings", "s", "readings/s", "busy s"),
         *("busy readings/s", "per proc. vs plain", "readings/CPU-s", "vs plain"),
+        *("cores: contender", "broker"),
     )
     for column in columns:
         table.add_column(column, justify="left" if column == "contender" else "right")
@@ -281,6 +285,8 @@ def print_figures(bench: KafkaBench, console: Console) -> None:
             f"{busy:.2f}x" if busy is not None else "",
             f"{run.per_cpu_s:,.0f}" if run.per_cpu_s else "",
             f"{cpu:.2f}x" if cpu is not None else "",
+            _cores(run.cpu_s, run.seconds),
+            _cores(run.broker_cpu_s, run.seconds),
         )
     console.print(table)
     sizes = sorted({run.per_message for run in bench.runs})
@@ -318,6 +324,11 @@ def print_figures(bench: KafkaBench, console: Console) -> None:
         f"producer and the contenders; Python {platform.python_version()}; load average "
         f"{_load(bench.load_before)} before, {_load(bench.load_after)} after"
     )
+
+
+def _cores(cpu_s: float | None, seconds: float) -> str:
+    """CPU time over wall time: how many cores it kept busy on average."""
+    return f"{cpu_s / seconds:.2f}" if cpu_s is not None and seconds > 0 else ""
 
 
 def _load(load: tuple[float, float, float]) -> str:
@@ -363,13 +374,17 @@ def run(
     contenders += [(WORKER, count) for count in o.workers]
     with tempfile.TemporaryDirectory(prefix="milkguard-kbench-") as scratch, ExitStack() as stack:
         directory = Path(scratch)
-        bootstrap = o.bootstrap or stack.enter_context(_tansu())
+        broker_pid: int | None = None
+        if o.bootstrap is None:
+            bootstrap, broker_pid = stack.enter_context(_tansu())
+        else:
+            bootstrap = o.bootstrap
         plan = directory / "plan.yaml"
         plan.write_text(fleet_plan(sites, o.channels))
         outputs = [DEVIATIONS_TOPIC, DEADLETTER_TOPIC, ALERTS_TOPIC]
         asyncio.run(_create_topics(bootstrap, outputs, o.partitions))
         limits = fleet_limits(sites, o.channels)
-        rig = _Rig(directory, bootstrap, plan, o.partitions, limits)
+        rig = _Rig(directory, bootstrap, plan, o.partitions, limits, broker_pid)
         for size in o.sizes:
             for contender, processes in contenders:
                 progress(f"{contender} x{processes}, {size} readings/message")
@@ -397,6 +412,7 @@ class _Rig:
     plan: Path
     partitions: int
     limits: dict[str, float]
+    broker_pid: int | None = None  # tansu's, when started here: its CPU time is reported
     runs: int = 0
 
     def measure(
@@ -423,7 +439,8 @@ class _Rig:
             started = time.perf_counter()
             produced = asyncio.run(_produce_timed(self.bootstrap, topic, records[warm:]))
             total = len(records) * per_message
-            window = _watch(ports, pids, metric, (warmed, total), started)
+            others = [self.broker_pid] if self.broker_pid else []
+            window = _watch(ports, (pids, others), metric, (warmed, total), started)
         return Measured(
             contender,
             processes,
@@ -434,6 +451,7 @@ class _Rig:
             produced,
             window.busiest,
             window.cpu_s,
+            window.others_cpu_s[0] if self.broker_pid else None,
         )
 
     @contextmanager
@@ -517,17 +535,25 @@ class _Window:
     busy_s: float
     busiest: float  # the busiest process's share of every reading counted
     cpu_s: float | None
+    others_cpu_s: list[float | None]  # of each of the other processes watched
 
 
 def _watch(
-    ports: list[int], pids: list[int], metric: str, counts: tuple[int, int], started: float
+    ports: list[int],
+    processes: tuple[list[int], list[int]],
+    metric: str,
+    counts: tuple[int, int],
+    started: float,
 ) -> _Window:
     """Poll the processes' counts from ``warmed`` until they reach ``total`` (``counts``): the
     clock starts at the first count beyond ``warmed``; polls with no progress are left out of
-    the busy time."""
+    the busy time. ``processes``: the contender's PIDs, and others whose CPU time is told
+    apart (the broker)."""
     warmed, total = counts
+    pids, others = processes
     deadline = started + 600
     first: tuple[float, int, float | None] | None = None
+    others_at_first: list[float | None] = [None] * len(others)
     busy = 0.0
     before, then = warmed, started
     while True:
@@ -535,6 +561,7 @@ def _watch(
         count, now = sum(each), time.perf_counter()
         if first is None and count > warmed:
             first = (now, count, _cpu_s(pids))
+            others_at_first = [_cpu_s([pid]) for pid in others]
         elif first is not None and count > before:
             busy += now - then
         before, then = count, now
@@ -544,12 +571,18 @@ def _watch(
             raise ConfigError(f"counted {count:,} of {total:,} readings in 10 min")
         time.sleep(POLL_S)
     cpu_at_end = _cpu_s(pids)
+    others_at_end = [_cpu_s([pid]) for pid in others]
     assert first is not None
     at, counted, cpu_at_first = first
     if counted >= total:  # all of it between two polls: time it from the first produce
         at, counted, busy = started, warmed, now - started
-    cpu = None if cpu_at_end is None or cpu_at_first is None else cpu_at_end - cpu_at_first
-    return _Window(total - counted, now - at, busy, max(each) / total, cpu)
+    cpu = _spent(cpu_at_first, cpu_at_end)
+    spent = [_spent(a, b) for a, b in zip(others_at_first, others_at_end, strict=True)]
+    return _Window(total - counted, now - at, busy, max(each) / total, cpu, spent)
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def _cpu_s(pids: list[int]) -> float | None:
@@ -589,15 +622,16 @@ def _scrape(port: int, name: str) -> int:
 
 
 @contextmanager
-def _tansu() -> Iterator[str]:
-    """tansu (a Kafka-protocol broker, in memory) on 127.0.0.1; its bootstrap address."""
+def _tansu() -> Iterator[tuple[str, int]]:
+    """tansu (a Kafka-protocol broker, in memory) on 127.0.0.1; its bootstrap address and
+    PID."""
     port = free_port()
     process = subprocess.Popen(
         bundled_tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for_port(port, process)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", process.pid
     finally:
         stop(process)
 

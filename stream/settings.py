@@ -92,6 +92,14 @@ class WorkerSettings(BaseModel):
         description="Kafka consumer session: how soon a dead worker's partitions move on.",
     )
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    fetch_partition_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=256 * 1024 * 1024,
+        description="Most bytes one fetch brings of a partition (Faust's 1 MiB is 24 batches of "
+        "500 readings: the worker ran dry between fetches). Memory: up to this much per "
+        "partition held.",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> WorkerSettings:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +179,7 @@ class LineProtocolFileSink:
         # restart's "begun after the checkpoint" never takes an older file for a new one (a
         # clock that was behind at a checkpoint: a machine without a real-time clock at boot)
         self._found: dict[Path, int] | None = None
+        self._writing = threading.Lock()  # one write at a time (see :meth:`write`)
 
     def positions(self) -> dict[Path, int]:
         """The durable size of today's file and of every day file this sink wrote to."""
@@ -234,25 +236,40 @@ class LineProtocolFileSink:
     def flush(self) -> None:
         """Append buffered lines to today's file and fsync it (:class:`NotWritten` if the disk
         refuses: every line is kept for the next flush, none written twice)."""
-        if self._pending:
-            day = self._day()
-            if self._appender is None or day != self._current_day:
-                if self._appender is not None:
-                    self._appender.close()  # what yesterday's file still owes goes there
-                self._appender = _DurableAppender(self.directory / f"timeseries-{day}.lp")
-                self._current_day = day
-            # handed over at once: an appender that fails keeps them for its next flush
-            self._appender.extend(self._pending)
-            self._pending.clear()
-        if self._appender is not None:
+        self.write(self.detach())
+
+    def detach(self) -> list[str]:
+        """Take the buffered lines out, for :meth:`write`. Called on the thread that adds: a
+        line added after it waits for the next flush, never half in a write."""
+        lines, self._pending = self._pending, []
+        return lines
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Append ``lines`` to today's file and fsync it. Safe on another thread while lines
+        are added (a runtime keeps judging while the disk works); writes run one at a time.
+        :class:`NotWritten` if the disk refuses: the appender keeps the lines for the next
+        write (with or without new ones), none written twice."""
+        with self._writing:
+            if lines:
+                day = self._day()
+                if self._appender is None or day != self._current_day:
+                    if self._appender is not None:
+                        self._appender.close()  # what yesterday's file still owes goes there
+                    self._appender = _DurableAppender(self.directory / f"timeseries-{day}.lp")
+                    self._current_day = day
+                # handed over at once: an appender that fails keeps them for its next flush
+                self._appender.extend(lines)
+            if self._appender is None:
+                return
             self._appender.flush()
             self._written[self._appender.path] = self._appender.size
 
     def close(self) -> None:
         """Flush and close the file."""
         self.flush()
-        if self._appender is not None:
-            self._appender.close()
+        with self._writing:
+            if self._appender is not None:
+                self._appender.close()
 
 
 class _JsonLinesFile:

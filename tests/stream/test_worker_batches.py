@@ -4,12 +4,15 @@ messages a restored state already includes are skipped in a batch as they are al
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
+
+import msgspec
 
 from stream.engine.deviation import DeviationChange
 from stream.plan import load_plan
 from stream.sinks.memory import MemoryTimeSeriesSink
-from stream.worker import KafkaMessage, PartitionWork
+from stream.worker import STATE_FORMAT, KafkaMessage, PartitionWork, _State
 from tests.stream.test_worker import plan_yaml, records
 
 
@@ -78,3 +81,34 @@ def test_a_batch_is_taken_up_to_the_first_message_that_does_not_follow(tmp_path:
     assert restored.take_many(_messages()[9:13]) == [False, False, True, True]
     assert restored.follows(13)
     assert not restored.follows(14)
+
+
+def test_a_state_saved_before_its_engine_was_compressed_is_restored(tmp_path: Path) -> None:
+    first, _ = _work(tmp_path)
+    first.take_many(_messages()[:100])
+    saved = msgspec.msgpack.decode(first.state(), type=_State)
+    assert saved.format == STATE_FORMAT
+    older = msgspec.structs.replace(saved, format=1, engine=zlib.decompress(saved.engine))
+    path = tmp_path / "plan.yaml"
+
+    restored = PartitionWork.start(
+        0, load_plan(path), MemoryTimeSeriesSink(), msgspec.msgpack.encode(older)
+    )
+
+    assert restored.offset == 99
+    assert restored.ingest.engine.snapshot() == first.ingest.engine.snapshot()
+
+
+def test_a_state_of_a_newer_format_is_discarded_not_misread(tmp_path: Path) -> None:
+    first, _ = _work(tmp_path)
+    first.take_many(_messages()[:100])
+    saved = msgspec.msgpack.decode(first.state(), type=_State)
+    newer = msgspec.structs.replace(saved, format=STATE_FORMAT + 1)
+    path = tmp_path / "plan.yaml"
+
+    restored = PartitionWork.start(
+        0, load_plan(path), MemoryTimeSeriesSink(), msgspec.msgpack.encode(newer)
+    )
+
+    assert restored.offset == -1  # left to the committed offset, as with no state
+    assert not restored.anchored

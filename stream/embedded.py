@@ -379,7 +379,7 @@ class EmbeddedService:
                     # InfluxDB is behind: take nothing more from MQTT (the broker holds it),
                     # but keep checkpointing (which writes to InfluxDB) and watching for a stop
                     if not held_back:
-                        log.warning("stream.backpressure", extra={"queued": source.queue.qsize()})
+                        log.warning("stream.backpressure", extra={"queued": len(source.queue)})
                         held_back = True
                     stop.wait(0.2)
                     checkpointer.checkpoint()
@@ -472,7 +472,7 @@ class EmbeddedService:
                 "duplicates": counters.duplicates,
                 "late": engine.late,
                 "open_deviations": len(ingest.engine.open_deviations()),
-                "queued": source.queue.qsize(),
+                "queued": len(source.queue),
                 "unacknowledged": checkpointer.unacknowledged,
                 "checkpoints": checkpointer.saved,
                 "checkpoints_failed": checkpointer.failed,

@@ -26,6 +26,7 @@ import pytest
 
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
+from milkguard.backoff import Backoff
 from milkguard.contract.v1 import Reading
 from tests.helpers import wait_until
 from tests.servers import free_port, start_mosquitto, stop
@@ -163,7 +164,14 @@ def publish_all(broker: Broker, base_ms: int, done: threading.Event) -> None:
     """Publish as an edge agent does: QoS 1, a persistent session, a window of unacknowledged
     batches that paho resends after a reconnect, sequence numbers that only grow."""
     address = mqtt_connect.BrokerAddress(broker.host, broker.port)
-    connection = mqtt_connect.connect(address, "kill-test-gateway", clean_session=False)
+    # With the runtime's own Mosquitto a kill takes the broker down too, and the gateway is
+    # offline until it reconnects: one retrying for longer than a channel's silence limit plus
+    # its allowed lateness (5 s here) would be silent for real, and its backlog would close a
+    # "monitoring lost" that an uninterrupted run never opens. Gateways that must ride through
+    # stream restarts retry quickly (edge: mqtt.reconnect_min_s/reconnect_max_s).
+    connection = mqtt_connect.connect(
+        address, "kill-test-gateway", clean_session=False, reconnect=Backoff(0.2, 1.0)
+    )
     gateways = {
         GatewayPublisher(connection, SITE, name, first_seq=1, max_in_flight=50): tanks
         for name, tanks in GATEWAYS.items()

@@ -35,6 +35,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -85,6 +86,42 @@ def fleet_plan(gateways: int, channels: int) -> LoadedPlan:
     return parse_plan(pipeline_plan(gateways, channels).encode(), "bench-engine-plan.yaml")
 
 
+def fleet_batch(
+    rng: random.Random,
+    values: list[float],
+    breaching: dict[tuple[int, int], int],
+    *,
+    site: str,
+    gateway: int,
+    channels: int,
+    window: int,
+    samples: int,
+) -> tuple[bytes, int]:
+    """One message of gateway ``gw-{gateway}``: every channel for ``samples`` seconds from
+    second ``window``, encoded, and when it was sent."""
+    readings = [
+        Reading(
+            f"asset-{gateway}",
+            f"ch-{channel}",
+            next_value(rng, values, breaching, gateway, channel),
+            "degC",
+            T_START + second * 1000,
+        )
+        for second in range(window, window + samples)
+        for channel in range(channels)
+    ]
+    sent_at = T_START + (window + samples) * 1000
+    batch = Batch(
+        v=1,
+        site=site,
+        gateway=f"gw-{gateway}",
+        seq=window // samples + 1,
+        sent_at=sent_at,
+        readings=readings,
+    )
+    return encode_batch(batch), sent_at
+
+
 def fleet_messages(
     gateways: int, channels: int, per_message: int, seconds: int, seed: int = 7
 ) -> list[Message]:
@@ -107,29 +144,18 @@ def fleet_messages(
     messages: list[Message] = []
     for window in range(0, seconds - samples + 1, samples):
         for gateway in range(gateways):
-            readings: list[Reading] = []
-            for second in range(window, window + samples):
-                for channel in range(channels):
-                    readings.append(
-                        Reading(
-                            f"asset-{gateway}",
-                            f"ch-{channel}",
-                            next_value(rng, values[gateway], breaching, gateway, channel),
-                            "degC",
-                            T_START + second * 1000,
-                        )
-                    )
             site = f"load-{gateway // GATEWAYS_PER_SITE}"
-            sent_at = T_START + (window + samples) * 1000
-            batch = Batch(
-                v=1,
+            payload, sent_at = fleet_batch(
+                rng,
+                values[gateway],
+                breaching,
                 site=site,
-                gateway=f"gw-{gateway}",
-                seq=window // samples + 1,
-                sent_at=sent_at,
-                readings=readings,
+                gateway=gateway,
+                channels=channels,
+                window=window,
+                samples=samples,
             )
-            messages.append((batch_topic(site, f"gw-{gateway}"), encode_batch(batch), sent_at))
+            messages.append((batch_topic(site, f"gw-{gateway}"), payload, sent_at))
     return messages
 
 
@@ -203,6 +229,43 @@ class PlainBatch(BaseModel):
     readings: list[PlainReading]
 
 
+class PlainJudge:
+    """The per-reading code a team writes first, shared by this benchmark's plain loop and the
+    plain Faust agent (:mod:`benchmarks.plain_faust`): pydantic per message, a dict of state per
+    channel, a threshold that opens and closes a deviation, an f-string line per reading."""
+
+    def __init__(self, limits: dict[tuple[str, str, str], float]) -> None:
+        self.limits = limits
+        self.state: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def judge(self, payload: bytes) -> tuple[int, list[str], list[dict[str, Any]]]:
+        """The message's reading count, its lines, and the deviation changes it made."""
+        batch = PlainBatch.model_validate_json(payload)
+        site, gateway = batch.site, batch.gateway
+        lines: list[str] = []
+        changes: list[dict[str, Any]] = []
+        for r in batch.readings:
+            key = (site, r.asset, r.channel)
+            channel = self.state.get(key)
+            if channel is None:
+                channel = self.state[key] = {"open": None, "last": 0}
+            limit = self.limits.get(key)
+            if limit is not None:
+                if r.value > limit and channel["open"] is None:
+                    opened = {"key": list(key), "start": r.ts, "peak": r.value}
+                    channel["open"] = opened
+                    changes.append(opened)
+                elif r.value <= limit and channel["open"] is not None:
+                    changes.append({**channel["open"], "end": r.ts})
+                    channel["open"] = None
+            channel["last"] = r.ts
+            lines.append(
+                f"reading,site={site},asset={r.asset},channel={r.channel},unit={r.unit},"
+                f"gateway={gateway} value={r.value} {r.ts}000000"
+            )
+        return len(batch.readings), lines, changes
+
+
 def plain_run(
     loaded: LoadedPlan, warm: Sequence[Message], messages: Sequence[Message]
 ) -> Callable[[], int]:
@@ -214,35 +277,15 @@ def plain_run(
         if isinstance(rule, CriticalLimit) and rule.max is not None:
             asset = plan.assets[rule.asset]
             limits[(asset.site, asset.id or rule.asset, rule.channel)] = rule.max
-    state: dict[tuple[str, str, str], dict[str, object]] = {}
+    judge = PlainJudge(limits).judge
     lines: list[str] = []
-    deviations: list[dict[str, object]] = []
+    deviations: list[dict[str, Any]] = []
 
     def run(messages: Sequence[Message] = messages) -> int:
         for _topic, payload, _received in messages:
-            batch = PlainBatch.model_validate_json(payload)
-            site, gateway = batch.site, batch.gateway
-            for r in batch.readings:
-                key = (site, r.asset, r.channel)
-                channel = state.get(key)
-                if channel is None:
-                    channel = state[key] = {"open": None, "last": 0}
-                limit = limits.get(key)
-                if limit is not None:
-                    if r.value > limit and channel["open"] is None:
-                        deviation = {"key": key, "start": r.ts, "peak": r.value, "end": None}
-                        channel["open"] = deviation
-                        deviations.append(deviation)
-                    elif r.value <= limit and channel["open"] is not None:
-                        closed = dict(channel["open"])  # type: ignore[call-overload]
-                        closed["end"] = r.ts
-                        deviations.append(closed)
-                        channel["open"] = None
-                channel["last"] = r.ts
-                lines.append(
-                    f"reading,site={site},asset={r.asset},channel={r.channel},unit={r.unit},"
-                    f"gateway={gateway} value={r.value} {r.ts}000000"
-                )
+            _, written, changes = judge(payload)
+            lines.extend(written)
+            deviations.extend(changes)
         return len(deviations)
 
     run(warm)

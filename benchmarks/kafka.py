@@ -46,9 +46,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.engine import LIMIT_DEGC, next_value
+from benchmarks.engine import LIMIT_DEGC, fleet_batch
 from benchmarks.pipeline import bundled_tansu_command
-from milkguard.contract.v1 import Batch, Reading, encode_batch
 from milkguard.errors import ConfigError
 from milkguard.processes import free_port, stop, wait_for_port
 from stream.worker import partition_of
@@ -147,27 +146,17 @@ def fleet_records(
     window = 0
     while len(records) * per_message < readings:
         for gateway, site in enumerate(sites):
-            batch_readings = [
-                Reading(
-                    f"asset-{gateway}",
-                    f"ch-{channel}",
-                    next_value(rng, values[gateway], breaching, gateway, channel),
-                    "degC",
-                    T_START + second * 1000,
-                )
-                for second in range(window, window + samples)
-                for channel in range(channels)
-            ]
-            sent_at = T_START + (window + samples) * 1000
-            batch = Batch(
-                v=1,
+            payload, sent_at = fleet_batch(
+                rng,
+                values[gateway],
+                breaching,
                 site=site,
-                gateway=f"gw-{gateway}",
-                seq=window // samples + 1,
-                sent_at=sent_at,
-                readings=batch_readings,
+                gateway=gateway,
+                channels=channels,
+                window=window,
+                samples=samples,
             )
-            records.append((site.encode(), encode_batch(batch), sent_at + 50))
+            records.append((site.encode(), payload, sent_at + 50))
         window += samples
     return records
 

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
-from benchmarks.engine import PlainBatch
+from benchmarks.engine import PlainJudge
 from stream.sinks.files import LineProtocolFileSink
 
 
@@ -82,34 +82,15 @@ def build_app(config: PlainConfig) -> tuple[Any, _Counters, LineProtocolFileSink
         tuple(name.split("/")): limit  # type: ignore[misc]
         for name, limit in config.limits.items()
     }
-    state: dict[tuple[str, str, str], dict[str, Any]] = {}
+    judge_payload = PlainJudge(limits).judge
 
     async def judge(stream: Any) -> None:
         async for payload in stream:
-            batch = PlainBatch.model_validate_json(payload)
-            site, gateway = batch.site, batch.gateway
-            lines = []
-            for r in batch.readings:
-                key = (site, r.asset, r.channel)
-                channel = state.get(key)
-                if channel is None:
-                    channel = state[key] = {"open": None, "last": 0}
-                limit = limits.get(key)
-                if limit is not None:
-                    if r.value > limit and channel["open"] is None:
-                        channel["open"] = {"key": list(key), "start": r.ts, "peak": r.value}
-                        await alerts.send(key=site.encode(), value=json.dumps(channel["open"]))
-                    elif r.value <= limit and channel["open"] is not None:
-                        closed = {**channel["open"], "end": r.ts}
-                        channel["open"] = None
-                        await alerts.send(key=site.encode(), value=json.dumps(closed))
-                channel["last"] = r.ts
-                lines.append(
-                    f"reading,site={site},asset={r.asset},channel={r.channel},unit={r.unit},"
-                    f"gateway={gateway} value={r.value} {r.ts}000000"
-                )
+            readings, lines, changes = judge_payload(payload)
+            for change in changes:
+                await alerts.send(key=change["key"][0].encode(), value=json.dumps(change))
             sink.add(lines)
-            counters.readings += len(batch.readings)
+            counters.readings += readings
 
     async def flush() -> None:
         sink.flush()

@@ -10,9 +10,10 @@ Durability contract (:mod:`stream.checkpoint`). The engine thread takes what has
 the newest receive time. Every ``checkpoint_s``, when ``mqtt.max_unacknowledged`` messages wait
 for their acknowledgement, when MQTT goes quiet, and at stop, it checkpoints, in this order:
 
-1. outputs durable: the line-protocol file, ``deviations.jsonl`` and ``deadletter.jsonl``
-   written and fsynced; InfluxDB (when configured) has confirmed its lines; the broker has
-   acknowledged the deviations and dead letters published on MQTT;
+1. outputs durable: the archive (when on: :mod:`stream.archive`, every message taken and every
+   clock tick, so a replay judges as this run did), the line-protocol file, ``deviations.jsonl``
+   and ``deadletter.jsonl`` written and fsynced; InfluxDB (when configured) has confirmed its
+   lines; the broker has acknowledged the deviations and dead letters published on MQTT;
 2. ``DATA_DIR/stream.checkpoint`` replaced atomically: the engine's state (readings held for
    lateness, breaches in progress, open deviations), the duplicate windows, and each file's
    durable size;

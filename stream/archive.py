@@ -95,16 +95,21 @@ class Start(msgspec.Struct, frozen=True, tag="start", tag_field="record"):
     known_gateways: list[tuple[str, str]]
 
 
-class Message(msgspec.Struct, frozen=True, tag="message", tag_field="record"):
-    """One MQTT message as the service took it."""
+class Message(msgspec.Struct, frozen=True, tag="message", tag_field="record", omit_defaults=True):
+    """One MQTT message as the service took it: a payload that decoded as a batch is kept as
+    the JSON object it is (``batch``, its bytes unchanged: no escaping to pay on the live
+    path), any other as text (``payload``), or base64 when it is not UTF-8."""
 
     received_ms: Stamp
     topic: str
-    payload: str
+    batch: msgspec.Raw = msgspec.Raw()
+    payload: str = ""
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
     def raw(self) -> bytes:
         """The payload's bytes, as the broker delivered them."""
+        if self.batch:
+            return bytes(self.batch)
         if self.encoding == "base64":
             return base64.b64decode(self.payload, validate=True)
         return self.payload.encode("utf-8")
@@ -191,7 +196,9 @@ class ArchiveWriter:
         self._day = day
         self._state: Callable[[], ArchiveState] | None = None
         self._encoder = msgspec.json.Encoder()
-        self._pending: list[bytes] = []
+        #: the records since the last flush, each with its newline: one growing buffer that
+        #: the encoder writes into, so a flush of megabytes is one write and no join
+        self._pending = bytearray()
         self._path: Path | None = None  # the file written to
         self._path_day = ""
         self._fd: int | None = None
@@ -207,19 +214,32 @@ class ArchiveWriter:
 
     # ------------------------------------------------------------------ records
 
-    def messages(self, messages: Iterable[tuple[str, bytes, int]]) -> None:
-        """One drain: each message (topic, payload, receive time), then the judge mark."""
-        self._begin()
-        encode = self._encoder.encode
+    def messages(self, messages: Iterable[tuple[str, bytes, int]], batches: list[bool]) -> None:
+        """One drain: each message (topic, payload, receive time), then the judge mark.
+
+        ``batches`` says, per message, whether its payload decoded as a batch: such a payload
+        is valid JSON, so it is written as it is, unescaped, when it is one object on one line
+        (anything else a gateway sends could break the line or forge fields of the record)."""
+        encode_into = self._encoder.encode_into
         pending = self._pending
-        for topic, payload, received_ms in messages:
-            try:
-                record = Message(received_ms, topic, payload.decode("utf-8"))
-            except UnicodeDecodeError:
-                text = base64.b64encode(payload).decode("ascii")
-                record = Message(received_ms, topic, text, "base64")
-            pending.append(encode(record))
-        pending.append(b'{"record":"judge"}')
+        for (topic, payload, received_ms), decoded in zip(messages, batches, strict=True):
+            if (
+                decoded
+                and payload[:1] == b"{"
+                and payload[-1:] == b"}"
+                and b"\n" not in payload
+                and b"\r" not in payload
+            ):
+                record = Message(received_ms, topic, batch=msgspec.Raw(payload))
+            else:
+                try:
+                    record = Message(received_ms, topic, payload=payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    text = base64.b64encode(payload).decode("ascii")
+                    record = Message(received_ms, topic, payload=text, encoding="base64")
+            encode_into(record, pending, -1)
+            pending += b"\n"
+        pending += b'{"record":"judge"}\n'
         self.records += 1
 
     def tick(self, now_ms: int) -> None:
@@ -235,12 +255,14 @@ class ArchiveWriter:
         self._add(record)
 
     def _add(self, record: Record) -> None:
-        self._begin()
-        self._pending.append(self._encoder.encode(record))
+        self.begin()
+        self._encoder.encode_into(record, self._pending, -1)
+        self._pending += b"\n"
         self.records += 1
 
-    def _begin(self) -> None:
-        """A file to write to, its header first: the state before the record that follows."""
+    def begin(self) -> None:
+        """A file to write to, its header first: the state before the records that follow (call
+        it before the engine takes what they record)."""
         if self._path is None:
             self._open_next()
 
@@ -267,7 +289,7 @@ class ArchiveWriter:
             future_tolerance_ms=state.future_tolerance_ms,
             known_gateways=state.known_gateways,
         )
-        self._pending.insert(0, self._encoder.encode(header))
+        self._pending[:0] = self._encoder.encode(header) + b"\n"
 
     # ------------------------------------------------------------------ durability
 
@@ -321,7 +343,7 @@ class ArchiveWriter:
 
     def _write(self) -> None:
         assert self._path is not None
-        data = b"\n".join(self._pending) + b"\n"
+        data = self._pending
         try:
             if self._fd is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -329,9 +351,12 @@ class ArchiveWriter:
                     self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644
                 )
                 self._size = os.fstat(self._fd).st_size
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            written = 0
+            # views released even when a write fails: the buffer must stay growable
+            with memoryview(data) as whole:
+                while written < len(data):
+                    with whole[written:] as rest:
+                        written += os.write(self._fd, rest)
             os.fsync(self._fd)
             if self._new:  # a checkpoint must not name a file whose name may vanish
                 fsync_directory(self.directory)
@@ -340,7 +365,7 @@ class ArchiveWriter:
             self._abandon()
             raise NotWritten(self._path, exc) from exc
         self._size += len(data)
-        self._pending.clear()
+        self._pending = bytearray()
 
     def _abandon(self) -> None:
         """Cut what reached the file of a failed write off again (best effort: the restart
@@ -502,7 +527,7 @@ def _record(line: bytes, origin: str, number: int) -> Record | Bad:
             )
         if number != 1:
             return Bad(line, origin, f"{where}: a header in the middle of a file")
-    if isinstance(record, Message) and record.encoding == "base64":
+    if isinstance(record, Message) and not record.batch and record.encoding == "base64":
         try:
             base64.b64decode(record.payload, validate=True)
         except ValueError:

@@ -306,6 +306,7 @@ class Ingest:
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
         self._clocks_from = -1
+        self._decoded = False  # whether the payload :meth:`_take` saw last decoded as a batch
         if archive is not None:
             archive.attach(self.archive_state)
 
@@ -352,12 +353,15 @@ class Ingest:
         here instead of counted late, and that a deviation records the device clock's offset
         as estimated when it is judged (README: "A drained queue and message by message").
         """
-        if self.archive is not None:
+        archive = self.archive
+        if archive is not None:
             messages = list(messages)
-            self.archive.messages(messages)
+            archive.begin()  # a new file's header holds the state before these messages
+            decoded: list[bool] = []
         accepted: list[_Accepted] = []
         for topic, payload, received_ms in messages:
             self.counters.messages += 1
+            self._decoded = False
             route = parse_batch_topic(topic)
             if route is None:
                 self._reject_payload(
@@ -371,6 +375,10 @@ class Ingest:
             item = self._take(topic, route, payload, received_ms)
             if item is not None:
                 accepted.append(item)
+            if archive is not None:
+                decoded.append(self._decoded)
+        if archive is not None:
+            archive.messages(messages, decoded)
         if accepted:
             self._judge(accepted)
 
@@ -435,6 +443,7 @@ class Ingest:
             reason = batch if batch.startswith("not valid") else _explain(batch)
             self._reject_payload(topic, payload, shown_at, reason, site=site, gateway=gateway)
             return None
+        self._decoded = True  # valid JSON: the archive may keep it as it is
         if received_ms is None:
             first = self.replay_clock.now < 0
             newest = max(map(_TS, batch.readings), default=None) if first else None

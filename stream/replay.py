@@ -412,6 +412,8 @@ class _ArchiveReplay:
         self._last_ms = -1  # the time of the last record that had one
         self.lines = 0
         self._origin = ""  # the file and line of the record being replayed
+        #: the header just read, while no record followed it (see :meth:`_header`)
+        self._opening: tuple[Header, str] | None = None
         self.notes: list[str] = []
 
     def replay(self, records: Iterable[tuple[str, Record | Bad]], name: str) -> None:
@@ -423,6 +425,7 @@ class _ArchiveReplay:
                 self._reject(record)
             elif isinstance(record, Header):
                 self._header(record, name)
+                continue
             elif isinstance(record, Message):
                 self._message(record)
             elif isinstance(record, Judge):
@@ -433,6 +436,7 @@ class _ArchiveReplay:
                 self._start(record)
             else:
                 self._ingest().clocks_sent_from_ms = record.ms
+            self._opening = None
         if self._drain:
             self.notes.append(f"{name} ends inside a drain: its last messages were judged alone")
             self._judge()
@@ -471,20 +475,27 @@ class _ArchiveReplay:
         return self.ingest
 
     def _header(self, header: Header, name: str) -> None:
-        continues = self.ingest is not None and header.file == self._file + 1
-        self._file = header.file
+        before, self._file = self._file, header.file
         if header.plan_version != self.loaded.version:
             self.notes.append(
                 f"{name} was written under plan {header.plan} version {header.plan_version}, "
                 f"replayed under {self.loaded.version}: the verdicts may differ from live"
             )
-        if continues:
+        if self.ingest is not None and header.file == before + 1:
+            # the state so far is the live one: carry on, as the service did at the rotation;
+            # but a service that began this file as it started (its first record a ``start``)
+            # restored the state its checkpoint held, which the header holds
+            self._opening = (header, name)
             return
         if self.ingest is not None:
             self.notes.append(
-                f"{name} is file {header.file} of its archive, but file {self._file} came "
-                "before it: a file is missing; the replay carries on from this file's state"
+                f"{name} is file {header.file} of its archive, but file {before} came before "
+                "it: a file is missing; the replay carries on from this file's state"
             )
+        self._from_header(header, name)
+
+    def _from_header(self, header: Header, name: str) -> None:
+        """Start from the state a file's header holds."""
         try:
             engine = Engine.restore(self.loaded, header.engine)
         except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -536,6 +547,8 @@ class _ArchiveReplay:
     def _start(self, start: Start) -> None:
         self._last_ms = start.at  # after an outage of any length
         self._judge()
+        if self._opening is not None:
+            self._from_header(*self._opening)
         before = self._ingest()
         restored = start.engine == "restored"
         engine = Engine(self.loaded)

@@ -29,7 +29,7 @@ from stream.archive import (
 from stream.engine.core import Engine
 from stream.ingest import Ingest
 from stream.plan import LoadedPlan, load_plan
-from stream.replay import JsonLinesDeviationWriter, replay, replay_archive
+from stream.replay import JsonLinesDeviationWriter, ReplaySummary, replay, replay_archive
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryTimeSeriesSink
 from tests.conftest import T0
 from tests.stream.test_run_kills import ASSET, RULE
@@ -87,14 +87,18 @@ class LiveService:
     ingest: Ingest | None = None
     archive: ArchiveWriter | None = None
     saved: tuple[bytes, dict, dict[Path, int]] | None = None  # type: ignore[type-arg]
+    stopped_at: list[int] = field(default_factory=list)  # deviation lines at each stop
 
-    def start(self, now_ms: int) -> None:
-        archive = ArchiveWriter(
-            self.archive_dir, rotate_bytes=self.rotate_bytes, keep_days=30, compress=True
-        )
+    def start(self, now_ms: int, *, archived: bool = True) -> None:
+        archive = None
+        if archived:
+            archive = ArchiveWriter(
+                self.archive_dir, rotate_bytes=self.rotate_bytes, keep_days=30, compress=True
+            )
         if self.saved is not None:
             engine_state, _, sizes = self.saved
-            archive.restore(sizes)
+            if archive is not None:
+                archive.restore(sizes)
             engine = Engine.restore(self.plan, engine_state)
         else:
             engine = Engine(self.plan)
@@ -109,33 +113,34 @@ class LiveService:
         )
         if self.saved is not None:
             self.ingest.restore_windows(self.saved[1])
-        archive.start(
-            Start(
-                at=now_ms,
-                engine="fresh" if self.saved is None else "restored",
-                windows="fresh" if self.saved is None else "restored",
-                plan_version=self.plan.version,
-                future_tolerance_ms=self.ingest.future_tolerance_ms,
-                known_gateways=[],
+        if archive is not None:
+            archive.start(
+                Start(
+                    at=now_ms,
+                    engine="fresh" if self.saved is None else "restored",
+                    windows="fresh" if self.saved is None else "restored",
+                    plan_version=self.plan.version,
+                    future_tolerance_ms=self.ingest.future_tolerance_ms,
+                    known_gateways=[],
+                )
             )
-        )
         self.ingest.clocks_sent_from_ms = now_ms
         self.checkpoint()
 
     def checkpoint(self) -> None:
         assert self.ingest is not None
-        assert self.archive is not None
         self.ingest.flush()
         self.saved = (
             self.ingest.engine.snapshot(),
             self.ingest.windows(),
-            self.archive.positions(),
+            self.archive.positions() if self.archive is not None else {},
         )
 
     def stop(self) -> None:
         assert self.ingest is not None
         self.checkpoint()
         self.ingest.close()
+        self.stopped_at.append(len(self.out.getvalue().splitlines()))
 
     def kill(self) -> None:
         """Everything after the last checkpoint is lost, and so are the deviation changes the
@@ -145,12 +150,15 @@ class LiveService:
         self.archive.close()
 
 
-def live_day(service: LiveService, *, kill_at_s: int | None = None) -> list[str]:
+def live_day(
+    service: LiveService, *, kill_at_s: int | None = None, unarchived: range = range(0)
+) -> list[str]:
     """Two minutes of the farm's gateways through the live loop; the deviation changes.
 
     The fast gateway's batches are received 30 s before the time they carry; the other's link
     drops from second 50 to second 62: it sends nothing, then its 12 s of backlog at once.
-    Between drains the clock ticks every 200 ms, as the service's does with no data."""
+    Between drains the clock ticks every 200 ms, as the service's does with no data. Killed
+    at second ``kill_at_s``; stopped and run without the archive through ``unarchived``."""
     service.start(T0)
     checkpointed = ""
     seq = {SKEWED: 0, BACKLOG: 0}
@@ -177,6 +185,9 @@ def live_day(service: LiveService, *, kill_at_s: int | None = None) -> list[str]
             if second % 3 == 0:
                 service.checkpoint()
                 checkpointed = service.out.getvalue()
+            if second in (unarchived.start, unarchived.stop) and unarchived:
+                service.stop()
+                service.start(now + 50, archived=second == unarchived.stop)
             if kill_at_s is not None and second == kill_at_s:
                 service.kill()
                 service.out = io.StringIO(checkpointed)
@@ -189,7 +200,7 @@ def live_day(service: LiveService, *, kill_at_s: int | None = None) -> list[str]
     return service.out.getvalue().splitlines()
 
 
-def replayed(plan: LoadedPlan, files: list[Path]) -> tuple[list[str], object]:
+def replayed(plan: LoadedPlan, files: list[Path]) -> tuple[list[str], ReplaySummary]:
     out = io.StringIO()
     summary = replay_archive(plan, files, out)
     return out.getvalue().splitlines(), summary
@@ -252,6 +263,22 @@ def test_a_killed_service_s_archive_replays_to_what_it_checkpointed(
         if line.startswith('{"record":"start"')
     ]
     assert [s["engine"] for s in starts] == ["fresh", "restored"]
+
+
+def test_a_run_without_the_archive_between_two_with_it_is_skipped_not_misjudged(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """The archive switched off for a run and on again: the next file begins with the state
+    that run left (its header), so the replay gives the live changes of the archived runs."""
+    service = LiveService(plan, tmp_path / "archive")
+    live = live_day(service, unarchived=range(40, 70))
+    before, after = service.stopped_at[0], service.stopped_at[1]
+
+    again, summary = replayed(plan, archive_files(tmp_path / "archive"))
+
+    assert before < after, "the unarchived run should have judged something"
+    assert again == live[:before] + live[after:]
+    assert not summary.notes
 
 
 def test_rotated_files_are_compressed_and_each_replays_from_its_own_header(
@@ -351,7 +378,7 @@ def test_hostile_archive_lines_go_to_the_dead_letter_naming_file_and_line(
 
     written = [json.loads(line) for line in letters.read_text().splitlines()]
     reasons = [letter["reason"] for letter in written]
-    assert summary.batches == 1  # type: ignore[attr-defined]
+    assert summary.batches == 1
     assert len(written) == 11, reasons
     named = [r for r in reasons if f"archive {path.name}:" in r]
     assert len(named) == 10, reasons
@@ -425,3 +452,29 @@ def test_every_payload_comes_back_from_the_archive_byte_for_byte(
     assert [m.raw() for m in archived] == delivered
     assert [m.topic for m in archived] == [topic(SKEWED)] * len(delivered)
     assert bytes(archived[0].batch) == batch  # unescaped
+
+
+def test_milkguard_replay_tells_an_archive_file_from_payload_lines_by_its_first_line(
+    plan: LoadedPlan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``milkguard replay`` of one gzipped archive file needs no ``--format``; the same
+    payloads as bare lines still replay on the replay clock; an archive read as payload lines
+    (``--format payloads``) is refused line by line, never judged as something else."""
+    from milkguard_cli import main  # noqa: PLC0415
+
+    live = live_day(LiveService(plan, tmp_path / "archive", rotate_bytes=16 * 1024))
+    files = archive_files(tmp_path / "archive")
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(PLAN)
+    first = tmp_path / "first.jsonl"
+    bare = tmp_path / "bare.jsonl"
+    bare.write_bytes(payload(SKEWED, 1, T0, "tank-1", [T0]) + b"\n")
+
+    assert main(["replay", str(files[0]), "--plan", str(plan_file), "--output", str(first)]) == 0
+    assert files[0].suffix == ".gz"
+    assert first.read_text().splitlines() == replayed(plan, files[:1])[0]
+    assert live[: len(first.read_text().splitlines())] == first.read_text().splitlines()
+    assert main(["replay", str(bare), "--plan", str(plan_file)]) == 0
+    assert "1 batches" in capsys.readouterr().err
+    assert main(["replay", str(files[-1]), "--plan", str(plan_file), "--format", "payloads"]) == 0
+    assert "0 batches" in capsys.readouterr().err

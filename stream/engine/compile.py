@@ -15,7 +15,7 @@ import numpy as np
 from milkguard.contract.v1 import PLAUSIBLE
 from stream.engine.columns import I64
 from stream.engine.kinds import Compiled, PlanContext, RuleKind, RuleMachine
-from stream.engine.machines import ANYWHERE, QuietBand, SilenceMachine
+from stream.engine.machines import ANYWHERE, SilenceMachine
 from stream.engine.registry import RULE_KINDS
 from stream.engine.table import AssetState, ChannelTable
 from stream.plan import LoadedPlan
@@ -196,6 +196,3 @@ def _compile_rules(loaded: LoadedPlan, context: PlanContext) -> list[BoundRule]:
             unique[key] = len(compiled)
         compiled.append(bound)
     return sorted(compiled, key=lambda bound: bound.kind.stage)
-
-
-__all__ = ["BoundRule", "CompiledPlan", "QuietBand", "compile_plan"]

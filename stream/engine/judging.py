@@ -16,7 +16,7 @@ from operator import attrgetter
 import numpy as np
 
 from milkguard.contract.v1 import CipEnd, CipStart, Delivery, Event, Pickup
-from stream.engine.columns import I64, NEVER, Columns
+from stream.engine.columns import I64, NEVER, B, Columns
 from stream.engine.compile import BoundRule, CompiledPlan
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
@@ -285,7 +285,7 @@ class Judge:
 
     # ---------------------------------------------------------------- timers
 
-    def fire_timers(self, holding: np.ndarray, out: list[DeviationChange]) -> None:
+    def fire_timers(self, holding: B, out: list[DeviationChange]) -> None:
         """Every timed rule's timers. A rule on a channel runs on the device's clock, estimated
         from its last sample and how long ago the stream heard from it, less the allowed
         lateness (a sample in time may still arrive within it)."""

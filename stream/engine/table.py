@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from stream.engine.columns import F64, I64, NEVER, NO_ROWS, B
+from stream.engine.columns import F64, I64, NO_ROWS, B
 
 #: the arrays that change as readings are judged: what a snapshot keeps, in this order
 STATE_ARRAYS = (
@@ -114,6 +114,3 @@ class ChannelTable:
 
     def __len__(self) -> int:
         return len(self.names)
-
-
-__all__ = ["NEVER", "STATE_ARRAYS", "AssetState", "ChannelTable"]

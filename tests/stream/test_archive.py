@@ -478,3 +478,31 @@ def test_milkguard_replay_tells_an_archive_file_from_payload_lines_by_its_first_
     assert "1 batches" in capsys.readouterr().err
     assert main(["replay", str(files[-1]), "--plan", str(plan_file), "--format", "payloads"]) == 0
     assert "0 batches" in capsys.readouterr().err
+
+
+def test_the_archive_is_off_by_default_on_with_the_demo_fleet_and_set_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``archive.enabled`` unset: the demo (`make run`, simulators) archives, the real service
+    does not until told; MILKGUARD_ARCHIVE__* set it; a size of 0 is refused by name."""
+    from milkguard.errors import ConfigError  # noqa: PLC0415
+    from milkguard_cli.settings import load_settings  # noqa: PLC0415
+    from stream.embedded import EmbeddedService  # noqa: PLC0415
+
+    settings = load_settings(None, data_dir=tmp_path / "var")
+    assert settings.archive.enabled is None
+    assert EmbeddedService(settings)._archive() is None
+    demo = EmbeddedService(settings, demo_fleet=lambda address: None)  # type: ignore[arg-type,return-value]
+    writer = demo._archive()
+    assert writer is not None
+    assert writer.directory == tmp_path / "var" / "archive"
+
+    monkeypatch.setenv("MILKGUARD_ARCHIVE__ENABLED", "true")
+    monkeypatch.setenv("MILKGUARD_ARCHIVE__KEEP_DAYS", "7")
+    settings = load_settings(None)
+    assert settings.archive.enabled is True
+    assert settings.archive.keep_days == 7
+
+    monkeypatch.setenv("MILKGUARD_ARCHIVE__ROTATE_MB", "0")
+    with pytest.raises(ConfigError, match="rotate_mb"):
+        load_settings(None)

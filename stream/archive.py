@@ -307,10 +307,12 @@ class ArchiveWriter:
             for p, n in sizes.items()
             if p.parent == self.directory and file_number(p) is not None and p.suffix != ".gz"
         }
+        if not mine or not self.directory.is_dir():
+            # nothing archived at the checkpoint, or the directory is gone (moved, deleted by
+            # hand): the next record begins a new file, numbered after any that are left
+            return {}
         for partial in self.directory.glob("archive-*.partial"):
             partial.unlink()
-        if not mine:
-            return {}
         path = max(mine, key=lambda p: file_number(p) or 0)
         size = mine[path]
         number = file_number(path) or 0

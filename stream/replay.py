@@ -498,8 +498,11 @@ class _ArchiveReplay:
         """Start from the state a file's header holds."""
         try:
             engine = Engine.restore(self.loaded, header.engine)
-        except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.notes.append(f"{name}: its engine state is not for this plan ({exc}): fresh")
+        except Exception as exc:  # a damaged or forged header must not stop the replay
+            self.notes.append(
+                f"{name}: its header's engine state cannot be restored under this plan "
+                f"({type(exc).__name__}: {exc}): the replay starts from a fresh engine"
+            )
             engine = Engine(self.loaded)
         ingest = self._new_ingest(engine, header.future_tolerance_ms, header.known_gateways)
         ingest.restore_windows(header.windows)

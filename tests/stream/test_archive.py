@@ -506,3 +506,20 @@ def test_the_archive_is_off_by_default_on_with_the_demo_fleet_and_set_from_the_e
     monkeypatch.setenv("MILKGUARD_ARCHIVE__ROTATE_MB", "0")
     with pytest.raises(ConfigError, match="rotate_mb"):
         load_settings(None)
+
+
+def test_a_header_with_a_damaged_engine_state_starts_the_replay_fresh_with_a_note(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """A header whose engine state is garbage (or forged) does not stop the replay: it starts
+    from a fresh engine, says so, and judges the file's batches."""
+    path = hostile_archive(tmp_path, plan)
+    lines = path.read_bytes().splitlines()
+    header = json.loads(lines[0])
+    header["engine"] = base64.b64encode(b"\x93not an engine").decode()
+    path.write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]) + b"\n")
+
+    summary = replay_archive(plan, [path], io.StringIO())
+
+    assert any("cannot be restored" in note for note in summary.notes), summary.notes
+    assert summary.batches == 1

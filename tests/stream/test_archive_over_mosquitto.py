@@ -10,12 +10,14 @@ it was made from, so an auditor can check a verdict after the fact.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,10 @@ from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.backoff import Backoff
 from milkguard.contract.v1 import Reading
-from stream.archive import Message, archive_files, read_records
+from stream.archive import Message, archive_files, file_number, read_records
+from stream.checkpoint import CheckpointFile, file_paths
+from stream.plan import load_plan
+from stream.replay import replay_archive
 from tests.servers import start_mosquitto, stop
 from tests.stream.test_run_kills import ASSET, PLAN, RULE, Broker, Runtime
 
@@ -122,9 +127,35 @@ def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Broker, Path]
     stop(mosquitto.process)
 
 
-def run_day(runtime: Runtime, broker: Broker, kill_at_s: float | None = None) -> Counter:  # type: ignore[type-arg]
-    """Publish the day while the runtime judges it (killed with SIGKILL at ``kill_at_s`` and
-    started again, a half-written line left in its archive); stop it cleanly at the end."""
+def checkpointed(runtime: Runtime, into: Path) -> tuple[list[Path], list[str]]:
+    """What the runtime's checkpoint vouches for: its archive up to the checkpointed size
+    (copied into ``into``) and the deviation lines written by then."""
+    saved = CheckpointFile(runtime.data_dir / "stream.checkpoint").load()
+    assert saved is not None
+    sizes = file_paths(saved.files, runtime.data_dir)
+    archive = runtime.data_dir / "archive"
+    current = next(p for p in sizes if p.parent == archive)
+    into.mkdir()
+    copies = []
+    for path in archive_files(archive):
+        if (file_number(path) or 0) <= (file_number(current) or 0):
+            size = sizes.get(path, path.stat().st_size)
+            copies.append(into / path.name)
+            copies[-1].write_bytes(path.read_bytes()[:size])
+    deviations = runtime.data_dir / "deviations.jsonl"
+    written = deviations.read_bytes()[: sizes[deviations]] if deviations.exists() else b""
+    return copies, written.decode().splitlines()
+
+
+def run_day(
+    runtime: Runtime,
+    broker: Broker,
+    kill_at_s: float | None = None,
+    at_kill: Callable[[], None] = lambda: None,
+) -> Counter[tuple[str, int]]:
+    """Publish the day while the runtime judges it (killed with SIGKILL at ``kill_at_s``,
+    ``at_kill`` called, a half-written line left in its archive, and started again); stop it
+    cleanly at the end."""
     runtime.start()
     published: Counter[tuple[str, int]] = Counter()
     done = threading.Event()
@@ -133,6 +164,7 @@ def run_day(runtime: Runtime, broker: Broker, kill_at_s: float | None = None) ->
     if kill_at_s is not None:
         time.sleep(kill_at_s)
         runtime.kill()
+        at_kill()
         newest = archive_files(runtime.data_dir / "archive")[-1]
         with newest.open("ab") as archive:  # written, never checkpointed
             archive.write(b'{"record":"message","received_ms":17')
@@ -166,14 +198,29 @@ def test_a_recorded_day_with_a_fast_gateway_and_a_late_backlog_replays_to_identi
 def test_a_killed_run_s_archive_holds_each_acknowledged_batch_once_and_replays_as_it_ran(
     farm: tuple[Broker, Path], tmp_path: Path
 ) -> None:
-    """``kill -9`` between writing the archive and the checkpoint: the restart cuts the archive
-    back to the checkpoint, the broker sends again what was not acknowledged, and the archive
-    then holds every batch the gateways published exactly once; replayed, with the restart
-    where the service restarted, it gives the deviation changes the service kept."""
+    """``kill -9`` between writing the archive and the checkpoint: the archive up to the size
+    the checkpoint recorded replays to the deviation changes written when those messages were
+    acknowledged; the restart cuts the archive back to the checkpoint, the broker sends again
+    what was not acknowledged, and the archive then holds every batch the gateways published
+    exactly once; replayed, with the restart where the service restarted, it gives the
+    deviation changes the service kept."""
     broker, plan = farm
     runtime = Runtime(broker, plan, tmp_path / "var", "external", "archive-stream")
 
-    published = run_day(runtime, broker, kill_at_s=6.0)
+    plan_loaded = load_plan(plan)
+    at_kill: list[tuple[list[str], list[str]]] = []
+
+    def replay_what_was_acknowledged() -> None:
+        files, acknowledged = checkpointed(runtime, tmp_path / "at-kill")
+        out = io.StringIO()
+        replay_archive(plan_loaded, files, out)
+        at_kill.append((out.getvalue().splitlines(), acknowledged))
+
+    published = run_day(runtime, broker, kill_at_s=8.0, at_kill=replay_what_was_acknowledged)
+
+    replayed_at_kill, acknowledged_at_kill = at_kill[0]
+    assert acknowledged_at_kill, "the first seconds should have opened deviations"
+    assert replayed_at_kill == acknowledged_at_kill
 
     assert archived_batches(runtime) == published
     live = live_lines(runtime)

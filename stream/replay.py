@@ -550,6 +550,12 @@ class _ArchiveReplay:
     def _start(self, start: Start) -> None:
         self._last_ms = start.at  # after an outage of any length
         self._judge()
+        if start.plan_version != self.loaded.version:
+            self.notes.append(
+                f"{self._origin}: the service started under plan version "
+                f"{start.plan_version}, replayed under {self.loaded.version}: the verdicts "
+                "may differ from live"
+            )
         if self._opening is not None:
             self._from_header(*self._opening)
         before = self._ingest()

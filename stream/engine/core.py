@@ -14,7 +14,9 @@ nothing for its allowed lateness (in the stream's time, ``now``) is idle and rel
 it holds. Released readings are sorted by channel and time, so readings that came out of order
 within the allowed lateness are judged at their timestamps, in order. A reading older than what
 its channel has already judged arrived too late: it is counted and reported, never judged out
-of order (and still stored by the runtime).
+of order (and still stored by the runtime); within its asset's ``late_judge_s`` it is judged
+apart, at its own time, against the retained history, and flagged found late
+(:mod:`stream.engine.late`).
 
 Released readings are screened with vector checks: within the quiet band of every limit on the
 channel, a plausible rate of change, no flat line near its limit, no gap near the silence limit,
@@ -59,6 +61,7 @@ from stream.engine.clocks import DeviceClock, TimeSyncMachine
 from stream.engine.cooling import CoolingMachine
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.htst import Derived, HtstMachine, UhtMachine
+from stream.engine.late import LateJudge, LateState
 from stream.engine.logistics import AgeMachine, TransportMachine
 from stream.engine.machines import (
     CriticalLimitMachine,
@@ -108,6 +111,9 @@ class EngineCounters:
     judged: int = 0
     unplanned: int = 0
     late: int = 0
+    late_judged: int = 0  # late readings judged at their own time (stream.engine.late)
+    late_beyond_bound: int = 0  # late readings older than late_judge_s: stored, not judged
+    late_unrejudged: int = 0  # late readings of channels with rules not re-judged (cooling, trips)
     duplicates: int = 0
     opened: int = 0
     closed: int = 0
@@ -299,6 +305,7 @@ class _Snapshot(msgspec.Struct):
     transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
     clock_reports: dict[str, bool] = {}  # older snapshots lack it
+    late: LateState | None = None  # older snapshots lack it
 
 
 class Engine:
@@ -344,6 +351,7 @@ class Engine:
         self._now = -1
         self._started = -1
         self._compile()
+        self._late = LateJudge(self)  # late readings: retained history, judged at their time
 
     # ---------------------------------------------------------------- compiling the plan
 
@@ -926,6 +934,8 @@ class Engine:
             self._record(change, out)
         self._event_changes = []
         self._release(out, everything=False)
+        if self._late.pending:
+            self._late.judge(out)
         self._fire_silence(out)
         if self._cooling:
             self._fire_deadlines(out)
@@ -940,6 +950,8 @@ class Engine:
     def flush(self, out: list[DeviationChange]) -> None:
         """Judge everything held, as at the end of a replayed file (every channel idle)."""
         self._release(out, everything=True)
+        if self._late.pending:
+            self._late.judge(out)
 
     def _release(self, out: list[DeviationChange], *, everything: bool) -> None:
         """Judge the held readings the watermarks pass, and keep the rest held.
@@ -1071,6 +1083,7 @@ class Engine:
         late = fresh.ts <= self._last_ts[fresh.rows]
         if late.any():
             self._report_late(fresh.rows[late], fresh.ts[late])
+            self._late.hold(fresh.take(late))
             fresh = fresh.take(~late)
         if not len(fresh.rows):
             return _EMPTY_COLUMNS
@@ -1132,6 +1145,7 @@ class Engine:
                 rows, ts = readings.rows, readings.ts
                 n = len(rows)
         self.counters.judged += n
+        self._late.retain(readings)
         quiet, starts, ends, run_start = self._screen_quiet(readings)
         if self._silent[rows[starts]].any():
             self._next_silence = -1  # heard from again: its silence can come again
@@ -1284,6 +1298,7 @@ class Engine:
         if change is None:
             return
         out.append(change)
+        self._late.noted(change)
         if change.kind == "opened":
             self.counters.opened += 1
         else:
@@ -1425,6 +1440,7 @@ class Engine:
             time_sync={
                 d: (m.spec.site, m.state()) for d, m in self._time_sync.items() if m.open_deviation
             },
+            late=self._late.state(self._last_ts),
         )
         return msgspec.msgpack.encode(state)
 
@@ -1492,6 +1508,8 @@ class Engine:
         for name, saved in state.assets.items():
             site, asset = name.split("/", 1)
             engine._assets[(site, asset)].cleaning = saved.cleaning
+        if state.late is not None:
+            engine._late.restore(state.late)
         engine.counters = EngineCounters(**state.counters)
         engine._unplanned_seen = {tuple(name) for name in state.unplanned_seen}  # type: ignore[misc]
         return engine

@@ -126,6 +126,14 @@ class HtstMachine:
         """The three checks."""
         return (self.temperature, self.holding, self.recorder)
 
+    def fresh(self) -> HtstMachine:
+        """A machine of the same rule with no verdicts yet, knowing the product changes (to
+        re-judge a window of history with late readings in it, see :mod:`stream.engine.late`);
+        what it computes goes to a list of its own, not the engine's."""
+        machine = HtstMachine(self.rule, self._base, self._unit, [])
+        machine.rich_since = list(self.rich_since)
+        return machine
+
     def product_change(self, ts: int, rich: bool) -> None:
         """A product change event: the legal minimum follows the product from ``ts`` on."""
         self.rich_since.append((ts, rich))
@@ -228,6 +236,10 @@ class UhtMachine:
     def machines(self) -> tuple[CriticalLimitMachine, ...]:
         """The one check."""
         return (self.lethality,)
+
+    def fresh(self) -> UhtMachine:
+        """A machine of the same rule with no verdicts yet (see :meth:`HtstMachine.fresh`)."""
+        return UhtMachine(self.rule, self._base, [])
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of the outlet temperature or the flow."""

@@ -57,6 +57,7 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import numpy as np
 import numpy.typing as npt
+from msgspec.structs import replace
 
 from stream.engine.deviation import DeviationChange
 from stream.engine.htst import HtstMachine, UhtMachine
@@ -440,7 +441,11 @@ class LateJudge:
     ) -> None:
         """Publish what the copy found that no deviation of the rule already covers; hand the
         copy's state to the live machine when it ran to the end and the live one has nothing
-        open (a breach going on now that the late readings made a deviation)."""
+        open (a breach going on now that the late readings made a deviation).
+
+        A deviation found that began before one already said (the backlog shows the breach
+        began earlier than the live data did) is published up to where the said one begins:
+        the product of those seconds must be held too, and the said one stays as it is."""
         spec = live.spec
         key = _rule_key(spec.rule_id, spec.site, spec.asset)
         found: list[list[DeviationChange]] = []
@@ -451,33 +456,60 @@ class LateJudge:
                 found[-1].append(change)
         published_open: str | None = None
         for pair in found:
-            deviation = pair[-1].deviation
-            start = deviation.start_ms
-            end = deviation.end_ms if deviation.end_ms is not None else _OPEN
-            if end < first_late or self._covered(key, live, start, end):
-                continue  # found without the late readings, or already said
-            for change in pair:
-                said = change.deviation
-                said.detected_late = True
-                self._engine._record(DeviationChange(change.kind, said), out)
-            if len(pair) == 1:
-                published_open = deviation.id
+            if self._publish(key, live, pair, first_late, out) and len(pair) == 1:
+                published_open = pair[0].deviation.id
         if not to_the_end or live.open_deviation is not None:
             return
         still_open = copy.open_deviation
         if still_open is not None and still_open.id != published_open:
             return  # the copy's deviation was not published: the live one must not close it
         if copy.engaged or still_open is not None:
+            if still_open is not None:
+                still_open.detected_late = True
             live.restore(with_deviation(copy.state()))
 
-    def _covered(self, key: str, live: Machine, start: int, end: int) -> bool:
-        """A deviation of this rule already raised touches ``start`` to ``end``."""
+    def _publish(
+        self,
+        key: str,
+        live: Machine,
+        pair: list[DeviationChange],
+        first_late: int,
+        out: list[DeviationChange],
+    ) -> bool:
+        """Publish one deviation the copy found (opened, and closed if it was), or the part of
+        it before one already said; True if it was published whole."""
+        opened, final = pair[0].deviation, pair[-1].deviation
+        start = opened.start_ms
+        end = final.end_ms if final.end_ms is not None else _OPEN
+        if end < first_late:
+            return False  # found without the late readings
+        said_from = self._said_from(key, live, start, end)
+        if said_from is not None:
+            if said_from <= start:
+                return False  # said already
+            # said from ``said_from`` on: the part before it is new
+            final = replace(
+                final, status="closed", end_ms=said_from, time_beyond_s=(said_from - start) / 1000
+            )
+            pair = [pair[0], DeviationChange("closed", final)]
+        for change in pair:
+            said = change.deviation
+            said.detected_late = True
+            self._engine._record(DeviationChange(change.kind, said), out)
+        return said_from is None
+
+    def _said_from(self, key: str, live: Machine, start: int, end: int) -> int | None:
+        """The earliest start of a deviation of this rule already said that touches ``start``
+        to ``end`` (None: none does)."""
+        starts = [
+            begun
+            for _, begun, ended in self._intervals.get(key, ())
+            if begun <= end and start <= ended
+        ]
         current = live.open_deviation
         if current is not None and current.start_ms <= end:
-            return True
-        return any(
-            begun <= end and start <= ended for _, begun, ended in self._intervals.get(key, ())
-        )
+            starts.append(current.start_ms)
+        return min(starts, default=None)
 
     # ------------------------------------------------------------ state
 

@@ -152,6 +152,25 @@ def test_a_late_reading_inside_a_deviation_already_raised_adds_nothing(line: Sce
     assert said[1].deviation.peak == 71.0  # the late, lower value changes no published record
 
 
+def test_a_backlog_showing_a_breach_began_before_the_live_one_adds_the_seconds_before(
+    line: Scenario,
+) -> None:
+    """The live data resumed while the temperature was still low (a deviation from 13 s); the
+    backlog shows it was low from 10 s. The published deviation stays as it is; the seconds
+    10 to 13 are a deviation of their own, found late, so their product is held too."""
+    live_htst(line, range(10))
+    line.send("plant-01", htst(13, 71.8))
+    live_htst(line, range(14, 33))
+    said = list(line.of("htst_temperature"))
+    backlog(line, "plant-01", [r for s in (10, 11, 12) for r in htst(s, 71.5)], 33)
+    line.finish()
+
+    assert line.of("htst_temperature")[:2] == said
+    _, closed = line.of("htst_temperature")[2:]
+    assert (closed.deviation.start_ms, closed.deviation.end_ms) == (at(10), at(13))
+    assert closed.deviation.detected_late
+
+
 def test_the_same_backlog_sent_twice_raises_once(line: Scenario) -> None:
     """At-least-once delivery: the backlog delivered again (or a late duplicate of a reading
     judged) changes nothing."""

@@ -126,11 +126,11 @@ class HtstMachine:
         """The three checks."""
         return (self.temperature, self.holding, self.recorder)
 
-    def fresh(self) -> HtstMachine:
-        """A machine of the same rule with no verdicts yet, knowing the product changes (to
-        re-judge a window of history with late readings in it, see :mod:`stream.engine.late`);
-        what it computes goes to a list of its own, not the engine's."""
-        machine = HtstMachine(self.rule, self._base, self._unit, [])
+    def fresh(self, derived: list[Derived]) -> HtstMachine:
+        """A machine of the same rule with no verdicts yet, knowing the product changes, whose
+        holding times go to ``derived`` (to re-judge a window of history with late readings in
+        it, see :mod:`stream.engine.late`)."""
+        machine = HtstMachine(self.rule, self._base, self._unit, derived)
         machine.rich_since = list(self.rich_since)
         return machine
 
@@ -237,9 +237,9 @@ class UhtMachine:
         """The one check."""
         return (self.lethality,)
 
-    def fresh(self) -> UhtMachine:
+    def fresh(self, derived: list[Derived]) -> UhtMachine:
         """A machine of the same rule with no verdicts yet (see :meth:`HtstMachine.fresh`)."""
-        return UhtMachine(self.rule, self._base, [])
+        return UhtMachine(self.rule, self._base, derived)
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of the outlet temperature or the flow."""

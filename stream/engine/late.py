@@ -60,7 +60,7 @@ import numpy.typing as npt
 from msgspec.structs import replace
 
 from stream.engine.deviation import DeviationChange
-from stream.engine.htst import HtstMachine, UhtMachine
+from stream.engine.htst import Derived, HtstMachine, UhtMachine
 from stream.engine.machines import Machine, Sample, with_deviation
 from stream.plan import LoadedPlan
 
@@ -152,6 +152,7 @@ class JudgingEngine(Protocol):
     _cooling_of_row: dict[int, list[Any]]
     _transports_of_row: dict[int, list[Any]]
     _devices: list[str]
+    derived: list[Derived]
 
     @property
     def counters(self) -> _Counters: ...
@@ -381,7 +382,8 @@ class LateJudge:
         first late reading on each channel."""
         engine = self._engine
         live = engine._joined_machines[g]
-        fresh: HtstMachine | UhtMachine = live.fresh()
+        computed: list[Derived] = []
+        fresh: HtstMachine | UhtMachine = live.fresh(computed)
         offsets = np.array(
             [engine.offset_ms(engine._devices[int(c)]) for c in merged.devices], dtype=np.int64
         )
@@ -424,6 +426,10 @@ class LateJudge:
                 for change in fresh.observe(role, sample):
                     found[change.deviation.rule_id].append(change)
             prev[row] = (ts, value, run_start)
+        # holding times and F0s at the late readings are new, for the store (the others are kept)
+        sources = [row for row, played in roles.items() if {"flow", "outlet"} & set(played)]
+        late_ts = set(merged.ts[is_late & np.isin(merged.rows, sources)].tolist())
+        engine.derived.extend(d for d in computed if d.ts in late_ts)
         first = int(merged.ts[first_late])
         for machine, copy in zip(live.machines, fresh.machines, strict=True):
             changes = found[machine.spec.rule_id]

@@ -13,6 +13,7 @@ import pytest
 from milkguard.contract.v1 import CipEnd, CipStart, Reading
 from stream.engine import DeviationChange, Engine
 from tests.stream.engine.scenario import Scenario, at
+from tests.stream.engine.test_uht import PLAN as UHT_PLAN
 
 HTST_PLAN = """
 plan: htst
@@ -280,6 +281,44 @@ def test_a_plan_can_turn_late_judging_off() -> None:
         HTST_PLAN.replace("allowed_lateness_s: 0", "allowed_lateness_s: 0\nlate_judge_s: 0")
     )
     the_pmo_backlog(line)
+    line.finish()
+
+    assert line.of("htst_temperature") == []
+    assert line.engine.counters.late_beyond_bound == 6
+
+
+def uht(seconds: float, outlet: float) -> list[Reading]:
+    return [
+        Reading("uht-1", "flow", 6000.0, "L/h", at(seconds)),
+        Reading("uht-1", "outlet_temp", outlet, "degC", at(seconds)),
+    ]
+
+
+def test_a_backlogged_uht_parcel_below_the_lethality_is_found_late() -> None:
+    """EU 853/2004: UHT product must be commercially sterile; a parcel whose F0 fell below the
+    plan's 3 min, sent in a backlog after later live data, is a deviation found late, and its
+    F0 is kept for the record like an on-time one's."""
+    line = Scenario(UHT_PLAN)
+    for second in [*range(10), *range(12, 30)]:
+        line.send("plant-01", uht(second, 140.0))
+    backlog(line, "plant-01", [r for s in (10, 11) for r in uht(s, 135.0)], 30)
+    line.finish()
+
+    _, closed = opened_and_closed(line, "uht_lethality")
+    assert (closed.deviation.start_ms, closed.deviation.end_ms) == (at(10), at(12))
+    assert closed.deviation.detected_late
+    late_f0 = [d for d in line.engine.derived if d.ts in (at(10), at(11))]
+    assert [d.quantity for d in late_f0] == ["f0_min", "f0_min"]
+
+
+def test_a_late_reading_older_than_the_retained_history_is_counted_not_judged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retained history is bounded in memory: a late reading that would need history no
+    longer kept is counted beyond the bound rather than judged on half its context."""
+    monkeypatch.setattr("stream.engine.late._RETAINED_READINGS", 40)
+    line = Scenario(HTST_PLAN)
+    the_pmo_backlog(line)  # 60 readings judged live: the oldest releases let go
     line.finish()
 
     assert line.of("htst_temperature") == []

@@ -67,8 +67,9 @@ from stream.plan import LoadedPlan
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
-#: judged readings kept in all (5 columns of 8 bytes: 40 MB at most)
-_RETAINED_READINGS = 1_000_000
+#: judged readings kept in all (5 columns of 8 bytes: 10 MB at most, in memory and in a
+#: checkpoint; an hour of 70 channels at 1 Hz)
+_RETAINED_READINGS = 250_000
 #: releases kept apart before the oldest half are merged (bounds the late path's searches)
 _RETAINED_RELEASES = 2048
 #: deviation intervals remembered per rule (older ones lie beyond any bound in practice)
@@ -168,7 +169,7 @@ class JudgingEngine(Protocol):
 class LateState(msgspec.Struct, array_like=True):
     """What a snapshot keeps of the late path."""
 
-    retained: list[bytes]  # the five columns of the history within the bound
+    retained: list[bytes]  # the five columns of the history within the bound (unsorted)
     pending: list[bytes]  # late readings not judged yet
     coverage: bytes  # per channel row: the newest timestamp whose history was let go
     intervals: dict[str, list[tuple[str, int, int]]]  # rule -> (id, start, end) of deviations
@@ -188,6 +189,7 @@ class LateJudge:
             self.bound_ms[state.rows] = round(seconds * 1000)
         self._judging = bool(self.bound_ms.any())
         self._releases: list[Readings] = []
+        self._in_order: list[bool] = []  # whether each release is sorted by channel and time
         self._retained = 0
         self._coverage = np.full(rows, -1, dtype=np.int64)
         self._pending: list[Readings] = []
@@ -200,25 +202,51 @@ class LateJudge:
         if not self._judging:
             return
         self._releases.append(Readings._make(judged))
+        self._in_order.append(True)
         self._retained += len(judged[0])
         if self._retained > _RETAINED_READINGS:
             self._let_go()
         elif len(self._releases) > _RETAINED_RELEASES:
             half = _RETAINED_RELEASES // 2
-            self._releases[:half] = [Readings.join(self._releases[:half]).sorted()]
+            # joined, not sorted: the late path sorts one when it first looks into it
+            self._releases[:half] = [Readings.join(self._releases[:half])]
+            self._in_order[:half] = [False]
 
     def _let_go(self) -> None:
-        """Forget the oldest releases until a quarter of the room is free again."""
-        while self._retained > _RETAINED_READINGS * 3 // 4 and self._releases:
-            oldest = self._releases.pop(0)
-            self._retained -= len(oldest.rows)
-            if len(oldest.rows):
-                rows = oldest.rows
-                ends = np.empty(len(rows), dtype=np.bool_)
-                ends[-1] = True
-                ends[:-1] = rows[1:] != rows[:-1]
-                ended = rows[ends]
-                self._coverage[ended] = np.maximum(self._coverage[ended], oldest.ts[ends])
+        """Forget the oldest readings until a quarter of the room is free again: whole releases
+        first, then the oldest readings of the next (a merged one may be large)."""
+        target = _RETAINED_READINGS * 3 // 4
+        while self._retained > target and self._releases:
+            oldest = self._releases[0]
+            excess = self._retained - target
+            in_order = self._in_order[0]
+            if len(oldest.rows) <= excess:
+                self._releases.pop(0)
+                self._in_order.pop(0)
+                self._forget(oldest, in_order=in_order)
+                continue
+            cutoff = np.partition(oldest.ts, excess)[excess]
+            gone = oldest.ts < cutoff
+            self._releases[0] = oldest.take(~gone)
+            self._forget(oldest.take(gone), in_order=in_order)
+            break
+
+    def _forget(self, gone: Readings, *, in_order: bool) -> None:
+        """Readings let go: each channel's history is complete only after the newest of its
+        readings let go."""
+        self._retained -= len(gone.rows)
+        if not len(gone.rows):
+            return
+        if not in_order:
+            np.maximum.at(self._coverage, gone.rows, gone.ts)
+            return
+        rows = gone.rows
+        ends = np.empty(len(rows), dtype=np.bool_)
+        ends[-1] = True
+        ends[:-1] = rows[1:] != rows[:-1]
+        ended = rows[ends]
+        # sorted by channel, then time: the last of each channel is its newest
+        self._coverage[ended] = np.maximum(self._coverage[ended], gone.ts[ends])
 
     def noted(self, change: DeviationChange) -> None:
         """A deviation opened or closed (by any path): its interval, for the overlap check."""
@@ -283,10 +311,15 @@ class LateJudge:
             if is_late[at].any():
                 self._rejudge_joined(g, merged.take(at), is_late[at], out)
         self._releases.append(late)
+        self._in_order.append(True)
         self._retained += len(late.rows)
 
     def _history(self, rows: I64) -> Readings:
         """The retained readings of ``rows``, sorted by channel, then time."""
+        for at, in_order in enumerate(self._in_order):
+            if not in_order:
+                self._releases[at] = self._releases[at].sorted()
+                self._in_order[at] = True
         parts = [part for release in self._releases if len((part := release.of_rows(rows)).rows)]
         return Readings.join(parts).sorted() if parts else _NONE
 
@@ -523,12 +556,11 @@ class LateJudge:
         """The snapshot's part: history within the bound of each channel's judged time."""
         retained = _NONE
         if self._releases:
-            retained = Readings.join(self._releases).sorted()
-            keep = retained.ts >= judged_ts[retained.rows] - self.bound_ms[retained.rows]
-            if not keep.all():
-                retained = retained.take(keep)
-            self._releases = [retained] if len(retained.rows) else []
-            self._retained = len(retained.rows)
+            # not sorted here (a checkpoint a second must stay cheap): the restore sorts once
+            retained = Readings.join(self._releases)
+            retained = retained.take(
+                retained.ts >= judged_ts[retained.rows] - self.bound_ms[retained.rows]
+            )
         pending = Readings.join(self._pending) if self._pending else _NONE
         return LateState(
             retained=[column.tobytes() for column in retained],
@@ -542,9 +574,10 @@ class LateJudge:
 
     def restore(self, state: LateState) -> None:
         """Take back a snapshot's part."""
-        retained = _columns(state.retained)
+        retained = _columns(state.retained).sorted()
         if len(retained.rows):
             self._releases = [retained]
+            self._in_order = [True]
             self._retained = len(retained.rows)
         pending = _columns(state.pending)
         if len(pending.rows):

@@ -313,6 +313,8 @@ class LateJudge:
         self._releases.append(late)
         self._in_order.append(True)
         self._retained += len(late.rows)
+        if self._retained > _RETAINED_READINGS:
+            self._let_go()
 
     def _history(self, rows: I64) -> Readings:
         """The retained readings of ``rows``, sorted by channel, then time."""

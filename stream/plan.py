@@ -426,6 +426,16 @@ class Plan(_Strict):
         gt=0,
         description="A gateway of CCP channels whose clock is off by more is a time-sync fault.",
     )
+    startup_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="How long the gateways have to be heard from after the service starts (or "
+        "restarts from saved state) before a channel not heard since counts as silent: its "
+        "silence clock starts at the grace's end. A 'monitoring lost' record still starts at "
+        "the channel's last sample; one of a channel never heard from at all starts at the "
+        "grace's end.",
+    )
     assets: dict[PlanId, Asset] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
 

@@ -24,7 +24,9 @@ readings are quiet, which is what makes the engine fast.
 
 ``advance`` also fires timers: a channel that has received nothing for longer than its silence
 limit (in the stream's time) opens a "monitoring lost" deviation, with no sample needed, starting
-at its last sample plus the limit.
+at its last sample and detected at the last sample plus the limit. A channel not heard from since
+the service started (or restarted from a snapshot) is given the plan's start-up grace first: its
+silence clock starts at the grace's end (see :meth:`Engine.excuse_outage`).
 
 ``now`` and each batch's receive time are data: the wall clock when live, the newest event time
 seen when replaying a file. Calling ``advance`` every few thousand readings (or every ~100 ms)
@@ -299,6 +301,7 @@ class _Snapshot(msgspec.Struct):
     transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
     clock_reports: dict[str, bool] = {}  # older snapshots lack it
+    heard_after: int = -1  # and this
 
 
 class Engine:
@@ -342,7 +345,10 @@ class Engine:
         self._incoming: list[tuple[I64, list[int], list[float], int, int]] = []
         self._held = _EMPTY_COLUMNS
         self._now = -1
-        self._started = -1
+        self._started = -1  # when this run of the service started (stream time)
+        # a channel last heard at or before this was not heard in this run (see excuse_outage)
+        self._heard_after = -1
+        self._grace_ms = round(loaded.plan.startup_grace_s * 1000)
         self._compile()
 
     # ---------------------------------------------------------------- compiling the plan
@@ -399,7 +405,7 @@ class Engine:
                     unit=channel.unit,
                     source=f"plan {plan.plan}: a sample expected every {channel.interval_s:g} s",
                 )
-                self._silence.append(SilenceMachine(spec, silence[-1]))
+                self._silence.append(SilenceMachine(spec, silence[-1], self._grace_ms))
         self._compile_rules(row_of, lo, hi, rate, flat)
         n = len(self._names)
         self._lo = np.array(lo, dtype=np.float64)
@@ -1180,7 +1186,7 @@ class Engine:
         position = np.where(fresh | first, np.arange(n), 0)
         np.maximum.accumulate(position, out=position)
         run_start = anchor[position]
-        base = np.where(seen, prev_ts, self._started)
+        base = np.where(seen, prev_ts, self._unheard_from)
         gap = ts - base
         with np.errstate(over="ignore", invalid="ignore"):  # an infinite step is implausible
             step = np.abs(values - prev_value)
@@ -1232,10 +1238,10 @@ class Engine:
             if cleans:
                 sample.cleaning_since = asset.cleaning_since(ts)
                 sample.prev_cleaning = prev_ts >= 0 and asset.cleaning_since(prev_ts) >= 0
-            base = prev_ts if prev_ts >= 0 else self._started
+            base = prev_ts if prev_ts >= 0 else self._unheard_from
             if silence.open_deviation is None and ts - base > silence_ms:
-                # the gap is seen only now (no timer ran in it): open it where it began
-                self._record(silence.open_at(base + silence_ms, device), out)
+                # the gap is seen only now (no timer ran in it): open it where the timer would
+                self._record(silence.open_at(base, device, never_heard=prev_ts < 0), out)
             if silence.open_deviation is not None:
                 self._record(silence.observe(sample), out)
             for machine in machines:
@@ -1293,7 +1299,9 @@ class Engine:
         # silent in the stream's time: nothing received for longer than the limit
         if self._now < self._next_silence:
             return  # no channel can have gone silent yet: no need to look at each
-        heard = np.where(self._last_received >= 0, self._last_received, self._started)
+        heard = np.where(
+            self._last_received > self._heard_after, self._last_received, self._unheard_from
+        )
         # past the silence limit, and past the allowed lateness in which samples may still come
         silent_after = heard + self._silence_ms + self._lateness_ms
         waited = self._now > silent_after
@@ -1311,24 +1319,40 @@ class Engine:
             due[holding] = ahead
             if not due.any():
                 return
-        # the deviation starts in the device's time: its last sample plus the limit
-        begins = np.where(self._last_ts >= 0, self._last_ts, self._started) + self._silence_ms
+        # the deviation starts in the device's time, at its last sample (see SilenceMachine)
         for row in np.flatnonzero(due).tolist():
             device = self._devices[int(self._last_device[row])]
-            self._record(self._silence[row].open_at(int(begins[row]), device), out)
+            last = int(self._last_ts[row])
+            opened = self._silence[row].open_at(
+                last if last >= 0 else self._unheard_from, device, never_heard=last < 0
+            )
+            self._record(opened, out)
             self._silent[row] = True
             self._busy[row] = True
 
     # ---------------------------------------------------------------- state
 
     def excuse_outage(self, now_ms: int) -> None:
-        """The stream was down until ``now_ms`` and restarts from a snapshot: a channel heard
-        before is taken as heard at ``now_ms``, so what its gateway sent meanwhile (which the
-        broker holds and sends first) comes in before the channel can look silent. A channel
-        that stays silent still opens its "monitoring lost", with the same start (its last
-        sample plus the limit), detected later by at most the outage."""
+        """The stream was down until ``now_ms`` and restarts from a snapshot: a new run of the
+        service starts there, and every channel not heard from since is given the plan's
+        start-up grace, as at a fresh start, so what its gateway sent meanwhile (which the
+        broker holds and sends first) comes in before the channel can look silent.
+
+        A silence open before the restart stays open, the same deviation. A channel that stays
+        silent beyond the grace opens its "monitoring lost" from its last sample, exactly the
+        record (and id) it would have had without the restart; only the stream learns of it
+        later. A channel heard before is also taken as heard at ``now_ms`` for its watermark
+        and deadlines, so its held readings wait for the backlog."""
         heard = self._last_received >= 0
         self._last_received[heard] = np.maximum(self._last_received[heard], now_ms)
+        self._started = self._heard_after = now_ms
+        self._next_silence = -1
+
+    @property
+    def _unheard_from(self) -> int:
+        """When the silence clock of a channel not heard from in this run starts: the end of
+        the start-up grace."""
+        return self._started + self._grace_ms
 
     def take_notices(self) -> list[Notice]:
         """The notices gathered since the last call."""
@@ -1403,6 +1427,7 @@ class Engine:
             plan_version=self.plan.state_version,
             now=self._now,
             started=self._started,
+            heard_after=self._heard_after,
             arrays={name: array.tobytes() for name, array in arrays.items()},
             machines=machines,
             silence=silence,
@@ -1453,6 +1478,7 @@ class Engine:
     def _restored(cls, loaded: LoadedPlan, state: _Snapshot) -> Engine:
         engine = cls(loaded)
         engine._now, engine._started = state.now, state.started
+        engine._heard_after = state.heard_after
         for name, raw in state.arrays.items():
             current = getattr(engine, f"_{name}")
             current[:] = np.frombuffer(raw, dtype=current.dtype)

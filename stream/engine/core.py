@@ -864,14 +864,8 @@ class Engine:
                     cooling.milking_end(event.ts)
                 self._busy[row] = self._busy[row] or cooling.engaged
         elif isinstance(event, ProductChange):
-            rich = (
-                event.fat_pct >= _RICH_FAT_PCT
-                or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
-                or event.sweetened
-                or event.condensed
-            )
             for machine in self._htst_by_asset.get((site, event.asset), ()):
-                machine.product_change(event.ts, rich)
+                machine.product_change(event)
 
     def _note_ccp(self, device: str, rows: I64) -> None:
         """A device that reports CCP channels has its clock held to the plan's tolerance."""
@@ -1545,9 +1539,6 @@ _NO_CHANNELS: dict[tuple[str, str, str], int] = {}
 _OPEN = 2**62  # the end of a cleaning window still going on
 _KEPT_WINDOWS = 64  # cleaning windows remembered per asset (older ones are long judged)
 _EVENT_TS = attrgetter("ts")
-# product classes that raise the legal pasteurization minimum (PMO: +3 degC)
-_RICH_FAT_PCT = 10.0
-_RICH_SOLIDS_PCT = 18.0
 _MAX_LAYOUTS = 20_000  # one per gateway; bounded so invented gateway ids cannot grow memory
 
 # unplanned channels are noticed once each, up to this many (a gateway inventing ids is bounded)

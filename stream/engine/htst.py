@@ -4,10 +4,17 @@ The engine hands this machine every sample of the pasteurizer's channels in even
 merged across channels, so "the flow-diversion state when this temperature was read" is exact.
 Three deviations can come of it, each a critical-limit machine fed with an excess computed here:
 
-- ``htst_temperature``: forward flow below the legal minimum of the product in force. At the
-  first sample: no averaging, no grace. A switch to divert ends it (the device did its job).
-- ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time in
-  forward flow (a flow surge); the product in that window is held.
+- ``htst_temperature``: forward flow below the legal temperature of the product in force. At
+  the first sample: no averaging, no grace. A switch to divert ends it (the device did its job).
+- ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time of
+  the product in force, in forward flow (a flow surge); the product in that window is held.
+
+The legal pair (temperature, holding time) is the rule's pair for the product class in force:
+milk, rich (fat >= 10 %, total solids >= 18 %, sweetened or condensed) or eggnog, from the
+plan's process class in the profile's table (the PMO's vat, HTST, HHST and UP rows) or its own
+pairs. HHST times are fractions of a second (0.01 s at 100 degC): holding times are compared in
+whole microseconds, so a tube sized exactly to the legal time is not failed by the last bit of
+a float division.
 - ``htst_recorder``: the recording thermometer above the indicating one, which is the official.
 """
 
@@ -17,9 +24,10 @@ import math
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+from milkguard.contract.v1 import ProductChange
 from stream.engine.deviation import AppliedLimit, DeviationChange
 from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample, with_deviation
-from stream.plan import Htst, Uht
+from stream.plan import Htst, LegalMinimum, ProductClass, Uht
 
 
 class Derived(NamedTuple):
@@ -31,6 +39,36 @@ class Derived(NamedTuple):
     quantity: str  # holding_time_s, f0_min
     ts: int
     value: float
+
+
+#: A product at or above these is "rich": the legal temperature of the vat and HTST rows is raised
+_RICH_FAT_PCT = 10.0
+_RICH_SOLIDS_PCT = 18.0
+#: holding times are judged in whole microseconds (far finer than any flow meter resolves)
+_US_PER_S = 1_000_000
+
+
+def product_class(event: ProductChange, eggnog_products: list[str]) -> ProductClass:
+    """The pasteurization table's product class of a product change: eggnog when the rule lists
+    the product as such, rich for fat >= 10 %, total solids >= 18 %, sweetened or condensed."""
+    if event.product in eggnog_products:
+        return "eggnog"
+    rich = (
+        event.fat_pct >= _RICH_FAT_PCT
+        or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
+        or event.sweetened
+        or event.condensed
+    )
+    return "rich" if rich else "milk"
+
+
+def hold_shortfall_s(hold_s: float, legal_s: float) -> float:
+    """How far a holding time falls short of the legal one (0.0 when it does not), compared in
+    whole microseconds: 0.1 s computed as 0.09999999999999999 is 0.1 s."""
+    if not hold_s < legal_s:
+        return 0.0  # also infinite (no flow) and NaN holding times: nothing flows forward
+    short_us = round(legal_s * _US_PER_S) - round(hold_s * _US_PER_S)
+    return short_us / _US_PER_S if short_us > 0 else 0.0
 
 
 # k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
@@ -92,7 +130,7 @@ class HtstMachine:
                 rule_id=f"{rule.id}.temperature",
                 kind="htst_temperature",
                 channel=rule.indicating,
-                minimum=rule.legal.temp_c,
+                minimum=rule.pair("milk").temp_c,
             )
         )
         self.holding = CriticalLimitMachine(
@@ -101,7 +139,7 @@ class HtstMachine:
                 rule_id=f"{rule.id}.holding_time",
                 kind="htst_holding_time",
                 channel=rule.flow or rule.indicating,
-                minimum=rule.legal.hold_s,
+                minimum=rule.pair("milk").hold_s,
                 unit="s",
                 action="hold_lot",
             )
@@ -119,27 +157,34 @@ class HtstMachine:
         )
         self.forward = True  # until the device says otherwise: never assume a divert
         self.indicating: float | None = None
-        self.rich_since: list[tuple[int, bool]] = []  # (ts, rich product) from product changes
+        # (ts, product class) from product changes; the pairs by class, worked out once
+        self.product_since: list[tuple[int, ProductClass]] = []
+        self._pairs = {product: rule.pair(product) for product in ("milk", "rich", "eggnog")}
 
     @property
     def machines(self) -> tuple[CriticalLimitMachine, ...]:
         """The three checks."""
         return (self.temperature, self.holding, self.recorder)
 
-    def product_change(self, ts: int, rich: bool) -> None:
-        """A product change event: the legal minimum follows the product from ``ts`` on."""
-        self.rich_since.append((ts, rich))
-        self.rich_since.sort()
-        del self.rich_since[:-64]
+    def product_change(self, event: ProductChange) -> None:
+        """A product change event: the legal pair follows the product from its time on."""
+        product = product_class(event, self.rule.eggnog_products)
+        self.product_since.append((event.ts, product))
+        self.product_since.sort()
+        del self.product_since[:-64]
+
+    def legal_pair(self, ts: int) -> LegalMinimum:
+        """The legal temperature and holding time for the product in force at ``ts``."""
+        product: ProductClass = "milk"
+        for since, in_force in self.product_since:
+            if since > ts:
+                break
+            product = in_force
+        return self._pairs[product]
 
     def legal_temp(self, ts: int) -> float:
         """The legal minimum temperature for the product in force at ``ts``."""
-        rich = False
-        for since, is_rich in self.rich_since:
-            if since > ts:
-                break
-            rich = is_rich
-        return self.rule.legal.temp_c + (self.rule.rich_product_raise_c if rich else 0.0)
+        return self.legal_pair(ts).temp_c
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of one of the pasteurizer's channels."""
@@ -164,10 +209,11 @@ class HtstMachine:
         change: DeviationChange | None = None
         if role == "indicating":
             self.indicating = sample.value
-            legal = self.legal_temp(sample.ts)
+            pair = self.legal_pair(sample.ts)
+            legal = pair.temp_c
             excess = legal - sample.value if self.forward and sample.value < legal else 0.0
             limit = AppliedLimit(
-                min=legal, max=None, sustained_s=0.0, unit=self._unit, source=self.rule.source
+                min=legal, max=None, sustained_s=0.0, unit=self._unit, source=pair.source or ""
             )
             change = self.temperature.observe_excess(sample, excess, limit)
         elif role == "flow":
@@ -177,9 +223,14 @@ class HtstMachine:
                 self._derived.append(
                     Derived(base.site, base.asset, self.rule.id, "holding_time_s", sample.ts, hold)
                 )
-            legal_hold = self.rule.legal.hold_s
-            excess = legal_hold - hold if self.forward and hold < legal_hold else 0.0
-            change = self.holding.observe_excess(replace(sample, value=round(hold, 3)), excess)
+            pair = self.legal_pair(sample.ts)
+            excess = hold_shortfall_s(hold, pair.hold_s) if self.forward else 0.0
+            limit = AppliedLimit(
+                min=pair.hold_s, max=None, sustained_s=0.0, unit="s", source=pair.source or ""
+            )
+            # microseconds: an HHST tube holds 0.01 s, which three decimals would blur
+            shown = replace(sample, value=round(hold, 6))
+            change = self.holding.observe_excess(shown, excess, limit)
         elif role == "recorder" and self.indicating is not None:
             above = sample.value - self.indicating
             change = self.recorder.observe_excess(
@@ -193,7 +244,7 @@ class HtstMachine:
             "machines": [m.state() for m in self.machines],
             "forward": self.forward,
             "indicating": self.indicating,
-            "rich_since": self.rich_since,
+            "product_since": self.product_since,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -202,7 +253,12 @@ class HtstMachine:
             machine.restore(with_deviation(saved))
         self.forward = state["forward"]
         self.indicating = state["indicating"]
-        self.rich_since = [(int(ts), bool(rich)) for ts, rich in state["rich_since"]]
+        self.product_since = [
+            (int(ts), _PRODUCT_CLASS[product]) for ts, product in state["product_since"]
+        ]
+
+
+_PRODUCT_CLASS: dict[str, ProductClass] = {"milk": "milk", "rich": "rich", "eggnog": "eggnog"}
 
 
 class UhtMachine:

@@ -70,12 +70,14 @@ from stream.engine.machines import (
     StuckSensorMachine,
     with_deviation,
 )
+from stream.engine.receipt import ReceiptMachine, receipt_machine
 from stream.plan import (
     Cooling,
     CriticalLimit,
     Htst,
     LoadedPlan,
     RateOfChange,
+    ReceiptCheck,
     StorageAge,
     StuckSensor,
     Transport,
@@ -332,6 +334,7 @@ class Engine:
         self._clocks: dict[str, DeviceClock] = {}
         self._time_sync: dict[str, TimeSyncMachine] = {}
         self._htst_by_asset: dict[tuple[str, str], list[HtstMachine]] = {}
+        self._receipts_of_row: dict[int, list[ReceiptMachine]] = {}
         self._joined_roles: dict[int, list[tuple[JoinedMachine, str]]] = {}
         self._machines: list[list[Machine]] = []
         self._silence: list[SilenceMachine] = []
@@ -451,6 +454,12 @@ class Engine:
                 "unit": asset.channels[rule.channel].unit,
                 "source": rule.source,
             }
+            if isinstance(rule, ReceiptCheck):
+                tolerance = asset.channels[rule.channel].tolerance
+                receipt = receipt_machine(rule, self._spec(**common), tolerance)
+                self._receipts_of_row.setdefault(row, []).append(receipt)
+                hi[row] = min(hi[row], receipt.quiet_band[1])
+                continue
             machine: Machine
             if isinstance(rule, CriticalLimit):
                 spec = self._spec(
@@ -1200,7 +1209,9 @@ class Engine:
             row = int(readings.rows[index])
             self._judge_channel(row, readings.take(np.array([index])), out)
 
-    def _judge_channel(self, row: int, readings: _Columns, out: list[DeviationChange]) -> None:
+    def _judge_channel(  # noqa: PLR0912 - a loop per machine family, until one rule-kind protocol
+        self, row: int, readings: _Columns, out: list[DeviationChange]
+    ) -> None:
         """The scalar path: one channel's samples, in order, through its rule machines."""
         stamps: list[int] = readings.ts.tolist()
         values: list[float] = readings.values.tolist()
@@ -1242,6 +1253,9 @@ class Engine:
                     self._record(change, out)
             for transport in self._transports_of_row.get(row, ()):
                 for change in transport.observe(sample):
+                    self._record(change, out)
+            for receipt in self._receipts_of_row.get(row, ()):
+                for change in receipt.observe(sample):
                     self._record(change, out)
             prev_ts, prev_value = ts, value
         self._last_ts[row] = prev_ts

@@ -253,9 +253,14 @@ class HtstMachine:
             machine.restore(with_deviation(saved))
         self.forward = state["forward"]
         self.indicating = state["indicating"]
-        self.product_since = [
-            (int(ts), _PRODUCT_CLASS[product]) for ts, product in state["product_since"]
-        ]
+        if "product_since" in state:
+            self.product_since = [
+                (int(ts), _PRODUCT_CLASS[product]) for ts, product in state["product_since"]
+            ]
+        else:  # a snapshot from before the product classes: (ts, rich)
+            self.product_since = [
+                (int(ts), "rich" if rich else "milk") for ts, rich in state["rich_since"]
+            ]
 
 
 _PRODUCT_CLASS: dict[str, ProductClass] = {"milk": "milk", "rich": "rich", "eggnog": "eggnog"}

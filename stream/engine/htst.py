@@ -123,7 +123,6 @@ class HtstMachine:
         self.rule = rule
         self._base = base
         self._derived = derived  # the engine's, drained by the runtime into the store
-        self._unit = temperature_unit
         self.temperature = CriticalLimitMachine(
             replace(
                 base,
@@ -160,6 +159,15 @@ class HtstMachine:
         # (ts, product class) from product changes; the pairs by class, worked out once
         self.product_since: list[tuple[int, ProductClass]] = []
         self._pairs = {product: rule.pair(product) for product in ("milk", "rich", "eggnog")}
+        # the limits a deviation records, made once rather than per sample
+        self._temperature_limits = {
+            product: AppliedLimit(pair.temp_c, None, 0.0, temperature_unit, pair.source or "")
+            for product, pair in self._pairs.items()
+        }
+        self._holding_limits = {
+            product: AppliedLimit(pair.hold_s, None, 0.0, "s", pair.source or "")
+            for product, pair in self._pairs.items()
+        }
 
     @property
     def machines(self) -> tuple[CriticalLimitMachine, ...]:
@@ -173,14 +181,18 @@ class HtstMachine:
         self.product_since.sort()
         del self.product_since[:-64]
 
-    def legal_pair(self, ts: int) -> LegalMinimum:
-        """The legal temperature and holding time for the product in force at ``ts``."""
+    def product_in_force(self, ts: int) -> ProductClass:
+        """The product class in force at ``ts`` (milk until a product change says otherwise)."""
         product: ProductClass = "milk"
         for since, in_force in self.product_since:
             if since > ts:
                 break
             product = in_force
-        return self._pairs[product]
+        return product
+
+    def legal_pair(self, ts: int) -> LegalMinimum:
+        """The legal temperature and holding time for the product in force at ``ts``."""
+        return self._pairs[self.product_in_force(ts)]
 
     def legal_temp(self, ts: int) -> float:
         """The legal minimum temperature for the product in force at ``ts``."""
@@ -209,12 +221,10 @@ class HtstMachine:
         change: DeviationChange | None = None
         if role == "indicating":
             self.indicating = sample.value
-            pair = self.legal_pair(sample.ts)
-            legal = pair.temp_c
+            limit = self._temperature_limits[self.product_in_force(sample.ts)]
+            legal = limit.min
+            assert legal is not None  # a minimum, made above
             excess = legal - sample.value if self.forward and sample.value < legal else 0.0
-            limit = AppliedLimit(
-                min=legal, max=None, sustained_s=0.0, unit=self._unit, source=pair.source or ""
-            )
             change = self.temperature.observe_excess(sample, excess, limit)
         elif role == "flow":
             hold = fastest_particle_hold_s(self.rule, sample.value)
@@ -223,11 +233,9 @@ class HtstMachine:
                 self._derived.append(
                     Derived(base.site, base.asset, self.rule.id, "holding_time_s", sample.ts, hold)
                 )
-            pair = self.legal_pair(sample.ts)
-            excess = hold_shortfall_s(hold, pair.hold_s) if self.forward else 0.0
-            limit = AppliedLimit(
-                min=pair.hold_s, max=None, sustained_s=0.0, unit="s", source=pair.source or ""
-            )
+            limit = self._holding_limits[self.product_in_force(sample.ts)]
+            assert limit.min is not None  # a minimum, made above
+            excess = hold_shortfall_s(hold, limit.min) if self.forward else 0.0
             # microseconds: an HHST tube holds 0.01 s, which three decimals would blur
             shown = replace(sample, value=round(hold, 6))
             change = self.holding.observe_excess(shown, excess, limit)

@@ -782,11 +782,15 @@ def _pasteurization_pairs(
             continue
         row = table.get(rule.process)
         if row is None:
-            where = f"profile {profile.profile!r}" if profile is not None else "no profile"
+            if profile is None:
+                has = "the plan extends no profile"
+            else:
+                rows = ", ".join(sorted(table)) or "none"
+                has = f"profile {profile.profile!r} has rows: {rows}"
             problems.append(
                 f"rule {rule.id!r}: process {rule.process!r} needs a pasteurization table, and "
-                f"{where} has {'none' if not table else 'only ' + ', '.join(sorted(table))}; "
-                "extend a profile that has it (us-pmo) or give legal: {temp_c, hold_s, source}"
+                f"{has}; extend a profile that has it (us-pmo) or give "
+                "legal: {temp_c, hold_s, source}"
             )
             resolved.append(rule)
             continue

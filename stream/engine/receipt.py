@@ -1,7 +1,9 @@
 """Raw milk at receipt at the plant: a rule kind in one module.
 
 The plan model is :class:`stream.plan.ReceiptCheck` (``kind: receipt_check``); this module
-compiles it into a :class:`ReceiptMachine`, which judges the samples the engine hands it.
+holds its machine, :class:`ReceiptMachine` (the rule-kind contract,
+:class:`stream.engine.kinds.RuleMachine`), and its compiler, :func:`compile_receipt`, registered
+in :mod:`stream.engine.registry` with one line.
 
 What is judged, and why
 -----------------------
@@ -31,12 +33,14 @@ and the machine holds nothing between readings.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from stream.engine.deviation import AppliedLimit, DeviationChange
-from stream.engine.machines import Machine, RuleSpec, Sample
+from milkguard.contract.v1 import Event
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
+from stream.engine.kinds import Compiled, PlanContext
+from stream.engine.machines import Handover, Machine, QuietBand, RuleSpec, Sample
 from stream.plan import ReceiptCheck
 
 #: the action of the advisory: what the receiving operator must do before the load is judged
@@ -97,12 +101,16 @@ class ReceiptMachine:
         return False
 
     @property
-    def quiet_band(self) -> tuple[float, float]:
-        """Readings in this band can change nothing: the screen may pass them by."""
-        return (-math.inf, self.rule.max)
+    def open_deviations(self) -> list[Deviation]:
+        """None: every record is closed when it is made."""
+        return []
 
-    def observe(self, sample: Sample) -> list[DeviationChange]:
-        """Judge one load's temperature at receipt."""
+    def quiet_band(self) -> QuietBand:
+        """At or below the limit a load changes nothing: the screen may pass it by."""
+        return QuietBand(hi=self.rule.max)
+
+    def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
+        """Judge one load's temperature at receipt (``role``: the rule's one channel, "")."""
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
             return []  # the bay's probe reads cleaning solution, not a load
         value = sample.value
@@ -111,6 +119,16 @@ class ReceiptMachine:
         if value <= self._within:
             return self.verification.record(sample, self._verify)
         return self.rejection.record(sample, self._beyond)
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """No events: the contract's deliveries carry no temperature (see the module's text)."""
+        return ()
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """No timers: each reading decides."""
+        return ()
 
     def state(self) -> dict[str, Any]:
         """Nothing to keep: every record is closed when it is made."""
@@ -124,3 +142,12 @@ def receipt_machine(rule: ReceiptCheck, base: RuleSpec, tolerance: float | None)
     """The machine of a ``receipt_check`` rule on a channel whose instrument has ``tolerance``
     (None: not declared, so every reading above the limit is a deviation)."""
     return ReceiptMachine(rule, base, tolerance or 0.0)
+
+
+def compile_receipt(rule: ReceiptCheck, context: PlanContext) -> Compiled:
+    """A receipt check on one channel, with the tolerance the plan declares for its thermometer."""
+    unit = context.unit(rule.asset, rule.channel)
+    tolerance = context.loaded.plan.assets[rule.asset].channels[rule.channel].tolerance
+    base = context.rule_spec(rule, channel=rule.channel, unit=unit)
+    machine = receipt_machine(rule, base, tolerance)
+    return Compiled(rule.id, machine, reads={"": context.row_of[(rule.asset, rule.channel)]})

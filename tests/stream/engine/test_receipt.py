@@ -16,7 +16,7 @@ import pytest
 from milkguard.contract.records import DeviationKind
 from milkguard.contract.v1 import CipStart, Reading
 from stream.engine.deviation import deviation_record
-from stream.engine.machines import RuleSpec, Sample
+from stream.engine.machines import QuietBand, RuleSpec, Sample
 from stream.engine.receipt import ReceiptMachine, receipt_machine
 from stream.plan import ReceiptCheck
 from tests.stream.engine.scenario import Scenario, at
@@ -65,8 +65,8 @@ def bay() -> ReceiptMachine:
 
 def test_a_load_at_6_5_degrees_is_received(bay: ReceiptMachine) -> None:
     """6.5 degC <= 7 degC: the load is within the PMO limit; nothing to record."""
-    assert bay.observe(load(0, 6.5)) == []
-    assert bay.observe(load(1, 7.0)) == []  # at the limit is within it
+    assert bay.on_sample("", load(0, 6.5)) == []
+    assert bay.on_sample("", load(1, 7.0)) == []  # at the limit is within it
 
 
 def test_a_load_at_7_4_degrees_within_the_tolerance_asks_for_a_calibrated_thermometer(
@@ -74,7 +74,7 @@ def test_a_load_at_7_4_degrees_within_the_tolerance_asks_for_a_calibrated_thermo
 ) -> None:
     """7.4 degC with a +-0.5 degC thermometer: above 7 degC, but within what the instrument
     cannot resolve. A minor advisory: verify with a calibrated thermometer, not a rejection."""
-    opened, closed = bay.observe(load(0, 7.4))
+    opened, closed = bay.on_sample("", load(0, 7.4))
 
     advisory = opened.deviation
     assert (opened.kind, closed.kind) == ("opened", "closed")
@@ -93,7 +93,7 @@ def test_a_load_at_7_4_degrees_within_the_tolerance_asks_for_a_calibrated_thermo
 def test_a_load_at_8_degrees_beyond_the_tolerance_is_rejected(bay: ReceiptMachine) -> None:
     """8 degC > 7 degC + 0.5 degC: the load is out of the PMO limit whatever the instrument's
     error; a deviation with the plan's severity and action (reject the load)."""
-    opened, closed = bay.observe(load(0, 8.0))
+    opened, closed = bay.on_sample("", load(0, 8.0))
 
     deviation = opened.deviation
     assert (deviation.kind, deviation.severity, deviation.action) == (
@@ -109,28 +109,28 @@ def test_a_load_at_8_degrees_beyond_the_tolerance_is_rejected(bay: ReceiptMachin
 
 def test_the_edge_of_the_tolerance_is_still_the_instruments_doubt(bay: ReceiptMachine) -> None:
     """7.5 degC is exactly 7 + 0.5: within the tolerance; 7.51 degC is beyond it."""
-    assert bay.observe(load(0, 7.5))[0].deviation.kind == "receipt_verification"
-    assert bay.observe(load(1, 7.51))[0].deviation.kind == "receipt_temperature"
+    assert bay.on_sample("", load(0, 7.5))[0].deviation.kind == "receipt_verification"
+    assert bay.on_sample("", load(1, 7.51))[0].deviation.kind == "receipt_temperature"
 
 
 def test_a_tolerance_of_a_tenth_is_not_blurred_by_float_addition() -> None:
     """7.0 + 0.1 is 7.1 as the plan's reader means it: a 7.1 degC load is within tolerance."""
     bay = receipt_machine(RULE, BASE, 0.1)
 
-    assert bay.observe(load(0, 7.1))[0].deviation.kind == "receipt_verification"
+    assert bay.on_sample("", load(0, 7.1))[0].deviation.kind == "receipt_verification"
 
 
 def test_without_a_declared_tolerance_every_load_above_7_degrees_is_rejected() -> None:
     """A thermometer whose accuracy the plan does not state gives no benefit of the doubt."""
     bay = receipt_machine(RULE, BASE, None)
 
-    assert bay.observe(load(0, 7.1))[0].deviation.kind == "receipt_temperature"
+    assert bay.on_sample("", load(0, 7.1))[0].deviation.kind == "receipt_temperature"
 
 
 def test_each_warm_load_is_its_own_record(bay: ReceiptMachine) -> None:
     """Two warm loads in a row are two rejections, each with its own id; nothing stays open."""
-    first = bay.observe(load(0, 9.0))
-    second = bay.observe(load(600, 9.5))
+    first = bay.on_sample("", load(0, 9.0))
+    second = bay.on_sample("", load(600, 9.5))
 
     assert first[0].deviation.id != second[0].deviation.id
     assert not bay.engaged
@@ -139,18 +139,18 @@ def test_each_warm_load_is_its_own_record(bay: ReceiptMachine) -> None:
 
 def test_readings_while_the_bay_is_cleaned_are_not_loads(bay: ReceiptMachine) -> None:
     """During cleaning in place the probe reads hot cleaning solution, not raw milk."""
-    assert bay.observe(load(0, 70.0, cleaning=True)) == []
+    assert bay.on_sample("", load(0, 70.0, cleaning=True)) == []
 
 
 def test_the_quiet_band_ends_at_the_limit(bay: ReceiptMachine) -> None:
     """The engine's screen may pass by readings at or below 7 degC: they change nothing."""
-    assert bay.quiet_band == (-math.inf, 7.0)
+    assert bay.quiet_band() == QuietBand(lo=-math.inf, hi=7.0)
 
 
 def test_receipt_records_are_publishable_under_the_records_contract(bay: ReceiptMachine) -> None:
     """Both kinds are deviation kinds of the signed records contract."""
     for temp_c in (7.4, 8.0):
-        for change in bay.observe(load(temp_c, temp_c)):
+        for change in bay.on_sample("", load(temp_c, temp_c)):
             record = deviation_record(change)
             assert record.kind in DeviationKind.__args__  # type: ignore[attr-defined]
 

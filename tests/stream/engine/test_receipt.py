@@ -15,6 +15,7 @@ import pytest
 
 from milkguard.contract.records import DeviationKind
 from milkguard.contract.v1 import CipStart, Reading
+from stream.engine import DeviationChange, Engine
 from stream.engine.deviation import deviation_record
 from stream.engine.machines import QuietBand, RuleSpec, Sample
 from stream.engine.receipt import ReceiptMachine, receipt_machine
@@ -199,3 +200,20 @@ def test_a_cleaned_bay_judges_no_load_through_the_engine() -> None:
     bay.finish()
 
     assert bay.changes == []
+
+
+def test_a_restarted_stream_judges_the_next_load_as_before() -> None:
+    """The receipt check keeps nothing between loads: a snapshot restores, and the next warm
+    load after the restart is rejected as it would have been."""
+    bay = Scenario(PLAN)
+    bay.send("plant-01", [Reading("bay-1", "load_temp", 6.5, "degC", at(0))])
+    again = Engine.restore(bay.engine.plan, bay.engine.snapshot())
+    out: list[DeviationChange] = []
+
+    again.submit("plant-01", "gw", [Reading("bay-1", "load_temp", 8.0, "degC", at(900))], at(900))
+    again.flush(out)
+
+    assert [(c.kind, c.deviation.kind) for c in out] == [
+        ("opened", "receipt_temperature"),
+        ("closed", "receipt_temperature"),
+    ]

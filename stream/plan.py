@@ -794,6 +794,12 @@ def _pasteurization_pairs(
             )
             resolved.append(rule)
             continue
+        if "rich_product_raise_c" in rule.model_fields_set:
+            problems.append(
+                f"rule {rule.id!r}: rich_product_raise_c does nothing beside process "
+                f"{rule.process!r}, whose table has a rich products' pair; drop it, or give "
+                "rich: {temp_c, hold_s} if the plant is stricter"
+            )
         given: dict[ProductClass, str] = {"milk": "legal", "rich": "rich", "eggnog": "eggnog"}
         pairs: dict[str, LegalMinimum] = {}
         for product, field in given.items():

@@ -341,6 +341,14 @@ def test_a_plants_own_pair_may_be_stricter_never_looser() -> None:
         parse_plan(plan("    process: htst\n    legal: {temp_c: 71.0, hold_s: 15}").encode(), "p")
 
 
+def test_a_raise_beside_a_process_class_is_refused_as_doing_nothing() -> None:
+    """The table has the rich products' pair: a raise beside it would be silently ignored."""
+    raw = plan("    process: htst\n    rich_product_raise_c: 5.0")
+
+    with pytest.raises(PlanError, match=r"rich_product_raise_c does nothing beside process"):
+        parse_plan(raw.encode(), "p.yaml")
+
+
 def test_a_process_class_needs_a_profile_with_the_table() -> None:
     """Without `extends`, a process class names nothing: the plan is refused, saying how."""
     raw = plan("    process: hhst-94").replace("extends: us-pmo", "jurisdiction: US")

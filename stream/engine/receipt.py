@@ -138,16 +138,11 @@ class ReceiptMachine:
         """Nothing to take back (see :meth:`state`)."""
 
 
-def receipt_machine(rule: ReceiptCheck, base: RuleSpec, tolerance: float | None) -> ReceiptMachine:
-    """The machine of a ``receipt_check`` rule on a channel whose instrument has ``tolerance``
-    (None: not declared, so every reading above the limit is a deviation)."""
-    return ReceiptMachine(rule, base, tolerance or 0.0)
-
-
 def compile_receipt(rule: ReceiptCheck, context: PlanContext) -> Compiled:
     """A receipt check on one channel, with the tolerance the plan declares for its thermometer."""
     unit = context.unit(rule.asset, rule.channel)
     tolerance = context.loaded.plan.assets[rule.asset].channels[rule.channel].tolerance
     base = context.rule_spec(rule, channel=rule.channel, unit=unit)
-    machine = receipt_machine(rule, base, tolerance)
+    # a thermometer whose accuracy the plan does not state gets no benefit of the doubt
+    machine = ReceiptMachine(rule, base, tolerance or 0.0)
     return Compiled(rule.id, machine, reads={"": context.row_of[(rule.asset, rule.channel)]})

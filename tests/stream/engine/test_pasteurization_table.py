@@ -16,8 +16,9 @@ import pytest
 
 from milkguard.contract.v1 import ProductChange, Reading
 from milkguard.errors import PlanError
+from stream.engine.compile import compile_plan
 from stream.engine.htst import HtstMachine, hold_shortfall_s
-from stream.engine.machines import RuleSpec
+from stream.engine.kinds import PlanContext
 from stream.plan import Htst, LoadedPlan, parse_plan
 from tests.stream.engine.scenario import Scenario, at
 
@@ -388,23 +389,9 @@ def test_holding_time_shortfall_in_whole_microseconds(
 
 def test_a_snapshot_from_before_the_product_classes_restores_its_rich_products() -> None:
     """A state saved as (ts, rich) restores as the rich class: cream stays at 75 degC."""
-    rule = the_rule(parse_plan(plan("    process: htst").encode(), "p.yaml"))
-    base = RuleSpec(
-        rule_id="past",
-        kind="htst",
-        ccp=None,
-        severity="critical",
-        action="divert",
-        site="plant-01",
-        asset="past-1",
-        channel="hold_temp",
-        unit="degC",
-        source=rule.source,
-        plan="pmo-table",
-        plan_version="0123456789abcdef",
-        jurisdiction="US",
-    )
-    machine = HtstMachine(rule, base, "degC", [])
+    loaded = parse_plan(plan("    process: htst").encode(), "p.yaml")
+    compiled = compile_plan(loaded, PlanContext(loaded, {}, []))
+    (machine,) = [b.machine for b in compiled.rules if isinstance(b.machine, HtstMachine)]
     saved = machine.state()
     del saved["product_since"]
     saved["rich_since"] = [(at(0), True)]

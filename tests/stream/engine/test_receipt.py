@@ -16,38 +16,35 @@ import pytest
 from milkguard.contract.records import DeviationKind
 from milkguard.contract.v1 import CipStart, Reading
 from stream.engine import DeviationChange, Engine
+from stream.engine.compile import compile_plan
 from stream.engine.deviation import deviation_record
-from stream.engine.machines import QuietBand, RuleSpec, Sample
-from stream.engine.receipt import ReceiptMachine, receipt_machine
-from stream.plan import ReceiptCheck
+from stream.engine.kinds import PlanContext
+from stream.engine.machines import QuietBand, Sample
+from stream.engine.receipt import ReceiptMachine
+from stream.plan import parse_plan
 from tests.stream.engine.scenario import Scenario, at
 
-RULE = ReceiptCheck(
-    kind="receipt_check",
-    id="receipt-max",
-    asset="bay-1",
-    channel="load_temp",
-    max=7.0,
-    severity="major",
-    action="reject_load",
-    source="PMO Section 7, Item 17p: raw milk <= 7 degC (45 degF) until processed",
-)
-BASE = RuleSpec(
-    rule_id="us-pmo.bay-1.receipt-max",
-    kind="receipt_check",
-    ccp="CCP-RECEIPT",
-    severity="major",
-    action="reject_load",
-    site="plant-01",
-    asset="bay-1",
-    channel="load_temp",
-    unit="degC",
-    source=RULE.source,
-    plan="receipt",
-    plan_version="0123456789abcdef",
-    jurisdiction="US",
-    suspend_during_cleaning=True,
-)
+PLAN = """
+plan: receipt
+extends: us-pmo
+allowed_lateness_s: 0
+assets:
+  bay-1:
+    site: plant-01
+    kind: receiving_bay
+    channels:
+      # one reading per load, taken at receipt; silence only when no truck comes for a day
+      load_temp: {unit: degC, interval_s: 1800, silence_after_s: 86400, tolerance: 0.5}
+"""
+
+
+def bay_with(tolerance: str) -> ReceiptMachine:
+    """The us-pmo receipt check compiled for the bay, its thermometer's tolerance as given."""
+    raw = PLAN.replace("tolerance: 0.5", tolerance)
+    loaded = parse_plan(raw.encode(), "receipt.yaml")
+    compiled = compile_plan(loaded, PlanContext(loaded, {}, []))
+    (machine,) = [b.machine for b in compiled.rules if isinstance(b.machine, ReceiptMachine)]
+    return machine
 
 
 def load(seconds: float, temp_c: float, *, cleaning: bool = False) -> Sample:
@@ -61,7 +58,7 @@ def load(seconds: float, temp_c: float, *, cleaning: bool = False) -> Sample:
 @pytest.fixture
 def bay() -> ReceiptMachine:
     """A receiving bay whose thermometer is accurate to +-0.5 degC."""
-    return receipt_machine(RULE, BASE, 0.5)
+    return bay_with("tolerance: 0.5")
 
 
 def test_a_load_at_6_5_degrees_is_received(bay: ReceiptMachine) -> None:
@@ -116,14 +113,14 @@ def test_the_edge_of_the_tolerance_is_still_the_instruments_doubt(bay: ReceiptMa
 
 def test_a_tolerance_of_a_tenth_is_not_blurred_by_float_addition() -> None:
     """7.0 + 0.1 is 7.1 as the plan's reader means it: a 7.1 degC load is within tolerance."""
-    bay = receipt_machine(RULE, BASE, 0.1)
+    bay = bay_with("tolerance: 0.1")
 
     assert bay.on_sample("", load(0, 7.1))[0].deviation.kind == "receipt_verification"
 
 
 def test_without_a_declared_tolerance_every_load_above_7_degrees_is_rejected() -> None:
     """A thermometer whose accuracy the plan does not state gives no benefit of the doubt."""
-    bay = receipt_machine(RULE, BASE, None)
+    bay = bay_with("ccp: false")
 
     assert bay.on_sample("", load(0, 7.1))[0].deviation.kind == "receipt_temperature"
 
@@ -154,20 +151,6 @@ def test_receipt_records_are_publishable_under_the_records_contract(bay: Receipt
         for change in bay.on_sample("", load(temp_c, temp_c)):
             record = deviation_record(change)
             assert record.kind in DeviationKind.__args__  # type: ignore[attr-defined]
-
-
-PLAN = """
-plan: receipt
-extends: us-pmo
-allowed_lateness_s: 0
-assets:
-  bay-1:
-    site: plant-01
-    kind: receiving_bay
-    channels:
-      # one reading per load, taken at receipt; silence only when no truck comes for a day
-      load_temp: {unit: degC, interval_s: 1800, silence_after_s: 86400, tolerance: 0.5}
-"""
 
 
 def test_the_us_profile_checks_each_load_at_the_receiving_bay() -> None:

@@ -8,6 +8,7 @@ Three deviations can come of it, each a critical-limit machine fed with an exces
   the first sample: no averaging, no grace. A switch to divert ends it (the device did its job).
 - ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time of
   the product in force, in forward flow (a flow surge); the product in that window is held.
+- ``htst_recorder``: the recording thermometer above the indicating one, which is the official.
 
 The legal pair (temperature, holding time) is the rule's pair for the product class in force:
 milk, rich (fat >= 10 %, total solids >= 18 %, sweetened or condensed) or eggnog, from the
@@ -15,7 +16,6 @@ plan's process class in the profile's table (the PMO's vat, HTST, HHST and UP ro
 pairs. HHST times are fractions of a second (0.01 s at 100 degC): holding times are compared in
 whole microseconds, so a tube sized exactly to the legal time is not failed by the last bit of
 a float division.
-- ``htst_recorder``: the recording thermometer above the indicating one, which is the official.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ class HtstMachine(_JoinedRule):
         self.rule = rule
         self._base = base
         self._derived = derived  # the engine's, drained by the runtime into the store
+        self._unit = temperature_unit
         self.temperature = CriticalLimitMachine(
             replace(
                 base,
@@ -191,7 +192,7 @@ class HtstMachine(_JoinedRule):
         self._pairs = {product: rule.pair(product) for product in ("milk", "rich", "eggnog")}
         # the limits a deviation records, made once rather than per sample
         self._temperature_limits = {
-            product: AppliedLimit(pair.temp_c, None, 0.0, temperature_unit, pair.source or "")
+            product: AppliedLimit(pair.temp_c, None, 0.0, self._unit, pair.source or "")
             for product, pair in self._pairs.items()
         }
         self._holding_limits = {
@@ -223,10 +224,6 @@ class HtstMachine(_JoinedRule):
     def legal_pair(self, ts: int) -> LegalMinimum:
         """The legal temperature and holding time for the product in force at ``ts``."""
         return self._pairs[self.product_in_force(ts)]
-
-    def legal_temp(self, ts: int) -> float:
-        """The legal minimum temperature for the product in force at ``ts``."""
-        return self.legal_pair(ts).temp_c
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of one of the pasteurizer's channels."""

@@ -13,6 +13,8 @@ import pytest
 from milkguard.contract.v1 import CipEnd, CipStart, Reading
 from stream.engine import DeviationChange, Engine
 from tests.stream.engine.scenario import Scenario, at
+from tests.stream.engine.test_htst import PLAN as HTST_FULL_PLAN
+from tests.stream.engine.test_htst import sample as full_sample
 from tests.stream.engine.test_uht import PLAN as UHT_PLAN
 
 HTST_PLAN = """
@@ -323,3 +325,32 @@ def test_a_late_reading_older_than_the_retained_history_is_counted_not_judged(
 
     assert line.of("htst_temperature") == []
     assert line.engine.counters.late_beyond_bound == 6
+
+
+def test_a_backlogged_flow_surge_and_a_recorder_above_the_indicating_are_found_late() -> None:
+    """PMO Appendix H: the fastest particle must be held 15 s (a flow surge that shortens it is
+    a deviation, the lot held), and the recording thermometer must not read above the
+    indicating one. Both, in a backlog sent after later live data, are raised found late, with
+    the flow-diversion state and the indicating temperature of their own instants."""
+    line = Scenario(HTST_FULL_PLAN)
+
+    def second(at_s: int, flow: float, recorder: float) -> list[Reading]:
+        return [
+            full_sample(at_s, "fdd_forward", 1),
+            full_sample(at_s, "hold_temp", 73.0),
+            full_sample(at_s, "recorder_temp", recorder),
+            full_sample(at_s, "flow", flow),
+        ]
+
+    for at_s in [*range(5), *range(7, 20)]:
+        line.send("plant-01", second(at_s, 10_000, 72.8))
+    backlog(line, "plant-01", [*second(5, 11_000, 73.5), *second(6, 11_000, 73.5)], 20)
+    line.finish()
+
+    _, surge = opened_and_closed(line, "htst_holding_time")
+    assert (surge.deviation.start_ms, surge.deviation.end_ms) == (at(5), at(7))
+    assert surge.deviation.detected_late
+    assert surge.deviation.action == "hold_lot"
+    _, recorder = opened_and_closed(line, "htst_recorder")
+    assert (recorder.deviation.start_ms, recorder.deviation.end_ms) == (at(5), at(7))
+    assert recorder.deviation.detected_late

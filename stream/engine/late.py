@@ -232,7 +232,12 @@ class LateJudge:
                 known[2] = end
                 continue
             intervals.append([deviation.id, deviation.start_ms, end])
-            del intervals[:-_INTERVALS_PER_RULE]
+            if len(intervals) > _INTERVALS_PER_RULE:
+                # the oldest fold into one span said (no id): which deviations it held is
+                # forgotten, that something was said there is not, so a late reading inside it
+                # never raises a second one for the same seconds (a sensor flapping at its limit)
+                old = intervals[: len(intervals) - _INTERVALS_PER_RULE + 1]
+                intervals[: len(old)] = [["", min(i[1] for i in old), max(i[2] for i in old)]]
 
     def hold(self, late: Columns) -> None:
         """Readings found behind their channels' judged time: judged at the next release."""
@@ -291,12 +296,32 @@ class LateJudge:
 
     def _history(self, rows: I64) -> Columns:
         """The retained readings of ``rows``, sorted by channel, then time."""
+        self._compact()
         for at, in_order in enumerate(self._in_order):
             if not in_order:
                 self._releases[at] = _sorted(self._releases[at])
                 self._in_order[at] = True
         parts = [part for release in self._releases if len((part := _of_rows(release, rows)).rows)]
         return _sorted(Columns.join(parts)) if parts else EMPTY_COLUMNS
+
+    def _compact(self) -> None:
+        """Join the newest releases into one, sorted, until each release is more than twice
+        the size of all after it: a late batch then searches a few releases (a logarithm of
+        the history), not one per message since the last late batch, and each reading is
+        joined a logarithm of times in all. Done here, on the late path: the on-time path
+        keeps its list append."""
+        releases = self._releases
+        first = len(releases) - 1
+        if first < 1:
+            return
+        total = len(releases[first].rows)
+        while first > 0 and len(releases[first - 1].rows) <= 2 * total:
+            first -= 1
+            total += len(releases[first].rows)
+        if first == len(releases) - 1:
+            return
+        self._releases[first:] = [_sorted(Columns.join(releases[first:]))]
+        self._in_order[first:] = [True]
 
     def _rejudge(
         self,

@@ -1,0 +1,75 @@
+"""Late readings from a hostile or broken gateway (issue 14, point 1: no verdict is ever unsaid,
+duplicated or reopened; what falls beyond the bound is counted).
+
+A gateway that replays old readings one per message, or a sensor flapping across its limit for
+an hour, must neither duplicate a deviation already raised nor make each late message cost the
+whole retained history.
+"""
+
+from __future__ import annotations
+
+from milkguard.contract.v1 import Reading
+from tests.stream.engine.scenario import Scenario, at
+
+LIMIT_PLAN = """
+plan: room
+jurisdiction: EU
+allowed_lateness_s: 0
+assets:
+  cold-room:
+    site: dairy-01
+    kind: room
+    late_judge_s: 3600
+    channels:
+      temp: {unit: degC, interval_s: 1}
+rules:
+  - id: room-6
+    kind: critical_limit
+    asset: cold-room
+    channel: temp
+    max: 6.0
+    severity: major
+    action: alert
+    source: "EU 853/2004 Annex III IX: dairy products at the temperature the operator set, 6 degC"
+"""
+
+
+def room(seconds: float, temp: float) -> Reading:
+    return Reading("cold-room", "temp", temp, "degC", at(seconds))
+
+
+def test_a_late_reading_inside_an_old_deviation_of_a_flapping_sensor_duplicates_nothing() -> None:
+    """EU 853/2004 (Annex III IX), the plan's 6 degC limit: a sensor flapping across the limit
+    every second raises one deviation per excursion. A late reading inside the first of them,
+    an hour's worth of deviations later but within ``late_judge_s``, is inside a deviation
+    already raised: it adds nothing (no second deviation for the same seconds)."""
+    line = Scenario(LIMIT_PLAN)
+    for second in range(400):
+        line.send("dairy-01", [room(second, 7.0 if second % 2 == 0 else 5.0)])
+    raised = [c for c in line.changes if c.kind == "opened"]
+    assert len(raised) == 200
+    first = raised[0].deviation
+    assert (first.start_ms, first.end_ms) == (at(0), None)
+
+    line.send("dairy-01", [room(0.5, 7.2)], received=at(400))
+    line.finish()
+
+    opened = [c.deviation for c in line.changes if c.kind == "opened"]
+    assert len(opened) == 200, "a deviation for seconds 0 to 1 raised a second time"
+    assert [d for d in opened if d.detected_late] == []
+    assert line.engine.counters.late == 1
+
+
+def test_late_readings_one_per_message_keep_the_history_searched_small() -> None:
+    """A gateway sending its backlog one reading per message: each late message is judged
+    against the retained history, which stays in a few pieces (a late batch searches a
+    handful of them, not one per earlier message)."""
+    line = Scenario(LIMIT_PLAN)
+    for second in range(0, 3000, 2):
+        line.send("dairy-01", [room(second, 4.0)])
+    for k in range(600):
+        line.send("dairy-01", [room(3000 + 2 * k, 4.0)])
+        line.send("dairy-01", [room(2 * k + 1, 4.0)], received=at(3000 + 2 * k))
+    assert line.engine.counters.late_judged == 600
+    assert len(line.engine._late._releases) <= 40
+    assert line.changes == []

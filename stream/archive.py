@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, BinaryIO, Literal, cast
+from typing import IO, Annotated, BinaryIO, Literal, cast
 
 import msgspec
 
@@ -65,6 +65,11 @@ LATEST_MS = 32_503_680_000_000
 
 Stamp = Annotated[int, msgspec.Meta(ge=EARLIEST_MS, le=LATEST_MS)]
 Windows = dict[str, tuple[int, list[tuple[int, int]]]]
+
+#: The longest line an archive file may hold. The longest record is a header, with the engine's
+#: snapshot in base64 (tens of MB at most); a longer line is damaged or forged.
+MAX_LINE_BYTES = 256 << 20
+_SHOWN_BYTES = 1024  # of a line too long, what the dead-letter keeps
 
 _FILE = re.compile(r"archive-(\d{4}-\d{2}-\d{2})-(\d{6})\.jsonl(\.gz)?")
 
@@ -493,16 +498,36 @@ def read_records(path: Path) -> Iterator[tuple[str, Record | Bad]]:
     """Each line of an archive file (plain or gzipped): its origin ``file:line`` and its record,
     or :class:`Bad` with the reason. Never raises for what a line holds."""
     with open_archive_file(path) as lines:
-        yield from records_of(lines, path.name)
+        yield from records_of(bounded_lines(lines), path.name)
+
+
+def bounded_lines(source: IO[bytes]) -> Iterator[bytes]:
+    """Each line of ``source``; one longer than :data:`MAX_LINE_BYTES` as its first bytes
+    only, the rest read and dropped in pieces, so a forged file (a gzip of one endless line
+    expands a thousandfold) costs no more memory than a line may hold."""
+    while line := source.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := source.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield line
+            continue
+        yield line
 
 
 def records_of(lines: Iterable[bytes], name: str) -> Iterator[tuple[str, Record | Bad]]:
     """Each non-blank line of ``lines`` (of the archive file ``name``): its origin
     ``name:line`` and its record, or :class:`Bad` with the reason naming the origin."""
     for number, raw in enumerate(lines, start=1):
+        origin = f"{name}:{number}"
+        if len(raw) > MAX_LINE_BYTES:
+            reason = (
+                f"archive {origin}: a line longer than {MAX_LINE_BYTES} bytes (its first "
+                f"{_SHOWN_BYTES} kept here); no record is that long: a damaged or forged file"
+            )
+            yield origin, Bad(raw[:_SHOWN_BYTES], origin, reason)
+            continue
         line = raw.strip()
         if line:
-            origin = f"{name}:{number}"
             yield origin, _record(line, origin, number)
 
 

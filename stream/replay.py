@@ -42,6 +42,7 @@ from stream.archive import (
     Start,
     Tick,
     archive_files,
+    bounded_lines,
     looks_like_archive,
     open_archive_file,
     read_records,
@@ -356,7 +357,9 @@ def _carry_on(
 
 
 def _lines(source: IO[bytes]) -> Iterator[bytes]:
-    for raw in source:
+    # a line longer than any archive record comes as its first bytes (dead-lettered as a
+    # payload that is no batch), not held whole: a forged recording must not exhaust memory
+    for raw in bounded_lines(source):
         line = raw.strip()
         if line:
             yield line

@@ -18,6 +18,7 @@ import pytest
 from milkguard.contract.v1 import Batch, Reading, encode_batch
 from stream.archive import (
     ArchiveWriter,
+    Bad,
     Message,
     Start,
     archive_files,
@@ -523,3 +524,26 @@ def test_a_header_with_a_damaged_engine_state_starts_the_replay_fresh_with_a_not
 
     assert any("cannot be restored" in note for note in summary.notes), summary.notes
     assert summary.batches == 1
+
+
+def test_a_line_longer_than_any_record_is_dead_lettered_without_being_held(
+    plan: LoadedPlan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged archive file: a gzip of one endless line (a thousandfold expansion) between
+    two good records. The replay reads it in pieces and dead-letters it by its first bytes,
+    naming file and line; the records after it replay."""
+    monkeypatch.setattr("stream.archive.MAX_LINE_BYTES", 1 << 16)
+    path = hostile_archive(tmp_path, plan)
+    lines = path.read_bytes().splitlines()
+    forged = tmp_path / "archive-2026-01-01-000009.jsonl.gz"
+    endless = b'{"record":"message","topic":"' + b"A" * (1 << 22)
+    forged.write_bytes(gzip.compress(b"\n".join([lines[0], endless, lines[1], lines[2]]) + b"\n"))
+
+    records = list(read_records(forged))
+
+    bad = records[1][1]
+    assert records[1][0] == f"{forged.name}:2"
+    assert isinstance(bad, Bad)
+    assert len(bad.line) <= 1024
+    assert "longer than 65536 bytes" in bad.reason
+    assert [type(r) for _, r in records[2:]] == [type(r) for _, r in read_records(path)][1:3]

@@ -181,8 +181,11 @@ class ArchiveWriter:
     ``rotate_bytes``: a file that reached this size is closed at the next flush and a new one
     begun, as is the file of an earlier UTC day. Closed files are gzipped on a thread of their
     own (the engine's loop does not wait for it), and files last written more than
-    ``keep_days`` ago are deleted. The state each new file's header carries comes from
-    ``state`` (bound by the ingest that records: :meth:`attach`).
+    ``keep_days`` ago are deleted, as are the oldest closed files while all of them hold more
+    than ``max_bytes`` (a gateway flooding the broker must not fill the disk the checkpoint and
+    the deviation stores need: each deletion is logged as an error). The state each new
+    file's header carries comes from ``state`` (bound by the ingest that records:
+    :meth:`attach`).
     """
 
     def __init__(
@@ -191,12 +194,14 @@ class ArchiveWriter:
         *,
         rotate_bytes: int,
         keep_days: float,
+        max_bytes: int | None = None,
         compress: bool = True,
         day: Callable[[], str] = _utc_day,
     ) -> None:
         self.directory = directory
         self.rotate_bytes = rotate_bytes
         self.keep_days = keep_days
+        self.max_bytes = max_bytes
         self.compress = compress
         self._day = day
         self._state: Callable[[], ArchiveState] | None = None
@@ -399,6 +404,8 @@ class ArchiveWriter:
             self._compress_later(closed)
 
     def _compress_later(self, closed: Path) -> None:
+        if not closed.exists():
+            return  # deleted for size already
         if self._compressing is not None:
             self._compressing.join()  # one at a time; a day's file takes seconds at most
         self._compressing = threading.Thread(
@@ -407,15 +414,43 @@ class ArchiveWriter:
         self._compressing.start()
 
     def _expire(self) -> None:
-        """Delete closed files last written more than ``keep_days`` ago."""
+        """Delete closed files last written more than ``keep_days`` ago, then the oldest closed
+        ones while the archive holds more than ``max_bytes``."""
         horizon = time.time() - self.keep_days * 86_400
+        kept: list[tuple[Path, int]] = []
         for path in archive_files(self.directory):
             if path == self._path:
                 continue
             with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < horizon:
+                status = path.stat()
+                if status.st_mtime < horizon:
                     path.unlink()
                     log.info("archive.expired", extra={"file": str(path)})
+                else:
+                    kept.append((path, status.st_size))
+        if self.max_bytes is None:
+            return
+        total = sum(size for _, size in kept) + self._size
+        if total <= self.max_bytes:
+            return
+        if self._compressing is not None:
+            self._compressing.join()  # its file must not come back as .gz once deleted
+            self._compressing = None
+        for path, size in kept:
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            total -= size
+            log.error(
+                "archive.expired_for_size",
+                extra={
+                    "file": str(path),
+                    "bytes": size,
+                    "hint": "the archive reached archive.max_mb before keep_days: raise "
+                    "archive.max_mb, or find what floods the broker",
+                },
+            )
 
     def close(self) -> None:
         """Flush, close the file, and wait for a compression under way."""

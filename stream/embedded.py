@@ -324,6 +324,7 @@ class EmbeddedService:
             archive.directory(self.settings.data_dir),
             rotate_bytes=round(archive.rotate_mb * 1024 * 1024),
             keep_days=archive.keep_days,
+            max_bytes=round(archive.max_mb * 1024 * 1024),
             compress=archive.compress,
         )
 

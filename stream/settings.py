@@ -197,6 +197,14 @@ class ArchiveSettings(BaseModel):
         le=36_500,
         description="Closed files last written longer ago than this are deleted.",
     )
+    max_mb: float = Field(
+        default=20_480,
+        gt=0,
+        le=16_777_216,
+        description="The most the archive's files may hold together: beyond, the oldest closed "
+        "files are deleted at a rotation, before keep_days (each logged as an error), so a "
+        "flood of messages cannot fill the disk the checkpoint and the stores need.",
+    )
     compress: bool = Field(default=True, description="Gzip each file once it is closed.")
 
     def directory(self, data_dir: Path) -> Path:

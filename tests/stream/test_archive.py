@@ -547,3 +547,30 @@ def test_a_line_longer_than_any_record_is_dead_lettered_without_being_held(
     assert len(bad.line) <= 1024
     assert "longer than 65536 bytes" in bad.reason
     assert [type(r) for _, r in records[2:]] == [type(r) for _, r in read_records(path)][1:3]
+
+
+def test_a_flood_cannot_grow_the_archive_beyond_its_size_cap(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """A gateway flooding the broker within keep_days: at each rotation the oldest closed
+    files go once the archive holds more than ``max_bytes``; the file written to stays."""
+    directory = tmp_path / "archive"
+    writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30, max_bytes=6000, compress=False)
+    ingest = Ingest(
+        Engine(plan),
+        MemoryTimeSeriesSink(),
+        JsonLinesDeviationWriter(io.StringIO()),
+        MemoryDeadLetterSink(),
+        archive=writer,
+    )
+    flood = [(topic(SKEWED), b"x" * 900, T0 + i) for i in range(40)]
+    for i in range(40):
+        ingest.handle_many(iter(flood[i : i + 1]))
+        ingest.tick(T0 + i)
+        writer.flush()
+    writer.close()
+
+    files = archive_files(directory)
+    assert sum(p.stat().st_size for p in files) <= 6000 + 2 * 1000
+    assert file_number(files[-1]) == max(file_number(p) or 0 for p in files)
+    assert len(files) < 40

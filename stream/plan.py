@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -803,6 +804,8 @@ def _pasteurization_pairs(
     problems: list[str] = []
     table = profile.pasteurization if profile is not None else {}
     for rule in rules:
+        if isinstance(rule, Htst) and rule.process is None and table:
+            problems.extend(_own_pairs_within_the_table(rule, table))
         if not isinstance(rule, Htst) or rule.process is None:
             resolved.append(rule)
             continue
@@ -845,6 +848,28 @@ def _pasteurization_pairs(
                 pairs[field] = lawful
         resolved.append(rule.model_copy(update=pairs))
     return resolved, problems
+
+
+def _own_pairs_within_the_table(rule: Htst, table: Mapping[str, PasteurizationRow]) -> list[str]:
+    """An ``htst`` rule without ``process`` under a profile with a pasteurization table: each
+    pair it gives (``legal``, and ``rich``, ``eggnog`` if given) must be at least as strict as
+    one of the table's pairs for that product, so leaving ``process`` out cannot loosen the
+    law (72 degC is the PMO's lowest continuous-flow temperature at 15 s, 63 degC at 30 min)."""
+    problems: list[str] = []
+    given: dict[ProductClass, str] = {"milk": "legal", "rich": "rich", "eggnog": "eggnog"}
+    for product, field in given.items():
+        own: LegalMinimum | None = getattr(rule, field)
+        if own is None or (field != "legal" and field not in rule.model_fields_set):
+            continue
+        if any(row.lawful(product, own) is not None for row in table.values()):
+            continue
+        problems.append(
+            f"rule {rule.id!r}: {field} {own.temp_c:g} degC {own.hold_s:g} s is looser than "
+            f"every {product} pair of the profile's pasteurization table "
+            f"({', '.join(sorted(table))}); name the process (process: htst) or give a pair "
+            "at least as strict as one of its rows"
+        )
+    return problems
 
 
 def _looser_than_profile(plant: list[Rule], legal: list[Rule]) -> list[str]:

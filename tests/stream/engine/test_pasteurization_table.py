@@ -342,6 +342,23 @@ def test_a_plants_own_pair_may_be_stricter_never_looser() -> None:
         parse_plan(plan("    process: htst\n    legal: {temp_c: 71.0, hold_s: 15}").encode(), "p")
 
 
+@pytest.mark.parametrize(
+    "pair",
+    [
+        "    legal: {temp_c: 60.0, hold_s: 15}",
+        "    legal: {temp_c: 71.9, hold_s: 15}",
+        "    legal: {temp_c: 72.0, hold_s: 15}\n    rich: {temp_c: 60.0, hold_s: 15}",
+    ],
+)
+def test_leaving_the_process_class_out_cannot_loosen_the_table(pair: str) -> None:
+    """PMO Section 1: no continuous-flow pasteurization below 72 degC at 15 s (75 degC for
+    rich products). A plan under the us-pmo profile that gives its own pair without naming a
+    process class is held to the table all the same: a pair looser than every row is
+    refused, saying how to fix it."""
+    with pytest.raises(PlanError, match=r"looser than every (milk|rich) pair of the profile"):
+        parse_plan(plan(pair).encode(), "p.yaml")
+
+
 def test_a_raise_beside_a_process_class_is_refused_as_doing_nothing() -> None:
     """The table has the rich products' pair: a raise beside it would be silently ignored."""
     raw = plan("    process: htst\n    rich_product_raise_c: 5.0")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -850,7 +849,9 @@ def _pasteurization_pairs(
     return resolved, problems
 
 
-def _own_pairs_within_the_table(rule: Htst, table: Mapping[str, PasteurizationRow]) -> list[str]:
+def _own_pairs_within_the_table(
+    rule: Htst, table: dict[ProcessClass, PasteurizationRow]
+) -> list[str]:
     """An ``htst`` rule without ``process`` under a profile with a pasteurization table: each
     pair it gives (``legal``, and ``rich``, ``eggnog`` if given) must be at least as strict as
     one of the table's pairs for that product, so leaving ``process`` out cannot loosen the

@@ -370,11 +370,14 @@ class LateJudge:
         lates: list[bool] = is_late.tolist()
         found: dict[str, list[DeviationChange]] = {c.spec.rule_id: [] for c in checks}
         to_the_end = True
+        pairs = list(zip(checks, _checks(copy), strict=True))
         for i in range(start, len(rows)):
-            if i > last_late + len(roles) and not copy.engaged:
+            row, ts, value = rows[i], stamps[i], values[i]
+            if i > last_late + len(roles) and (
+                not copy.engaged or all(_nothing_to_add(live, fresh, ts) for live, fresh in pairs)
+            ):
                 to_the_end = False
                 break
-            row, ts, value = rows[i], stamps[i], values[i]
             last = prev.get(row, (-1, 0.0, -1))
             run_start = last[2] if last[0] >= 0 and value == last[1] else ts
             sample = self._sample(row, ts, value, last, codes[i], late=lates[i])
@@ -537,6 +540,18 @@ class LateJudge:
         self._intervals = {
             key: [[i, s, e] for i, s, e in spans] for key, spans in state.intervals.items()
         }
+
+
+def _nothing_to_add(live: _Check, fresh: _Check, ts: int) -> bool:
+    """Past the late readings, nothing more the copy of a check finds can be published: it is
+    not engaged, or the live check has a deviation open since ``ts`` or before (whatever the
+    copy finds from here touches it, and the live one keeps its state). A copy in a long
+    excursion then stops here instead of running over all the history after the late reading,
+    once per late message."""
+    if not fresh.engaged:
+        return True
+    said = live.open_deviation
+    return said is not None and said.start_ms <= ts
 
 
 def _merge(history: Columns, late: Columns) -> tuple[Columns, B]:

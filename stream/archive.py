@@ -170,6 +170,11 @@ def archive_files(directory: Path) -> list[Path]:
     found: dict[int, Path] = {}
     for path in directory.iterdir():
         number = file_number(path)
+        if path.is_symlink():
+            # never one the service wrote: a link planted there would have a replay copy the
+            # file it points at into the dead-letter, and the retention delete nothing
+            log.warning("archive.link_skipped", extra={"file": str(path)})
+            continue
         if number is not None and (number not in found or path.suffix != ".gz"):
             found[number] = path
     return [found[n] for n in sorted(found)]
@@ -471,7 +476,7 @@ def _pack(path: Path) -> None:
     packed = path.with_name(path.name + ".gz")
     partial = path.with_name(path.name + ".gz.partial")
     try:
-        with path.open("rb") as source, partial.open("wb") as raw:
+        with path.open("rb") as source, _created(partial) as raw:
             with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, compresslevel=6) as out:
                 shutil.copyfileobj(source, out, 1 << 20)
             raw.flush()
@@ -486,10 +491,20 @@ def _pack(path: Path) -> None:
             partial.unlink()
 
 
+def _created(path: Path) -> BinaryIO:
+    """A new file at ``path`` for writing; whatever was there (a leftover of a crash, or a
+    link planted to make the service overwrite the file it points at) is removed first, and
+    the file is created exclusively (O_EXCL follows no link)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "wb")
+
+
 def _unpack(packed: Path, path: Path, size: int) -> None:
     """The first ``size`` bytes of a compressed archive file back as the plain file."""
     partial = path.with_name(path.name + ".partial")
-    with gzip.open(packed, "rb") as source, partial.open("wb") as out:
+    with gzip.open(packed, "rb") as source, _created(partial) as out:
         left = size
         while left > 0:
             chunk = source.read(min(left, 1 << 20))

@@ -574,3 +574,32 @@ def test_a_flood_cannot_grow_the_archive_beyond_its_size_cap(
     assert sum(p.stat().st_size for p in files) <= 6000 + 2 * 1000
     assert file_number(files[-1]) == max(file_number(p) or 0 for p in files)
     assert len(files) < 40
+
+
+def test_links_planted_in_the_archive_directory_are_neither_written_through_nor_replayed(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """The archive directory is the service's own: a link planted there (by whoever can write
+    to it) must not make the service, root maybe, overwrite the file it points at when it
+    compresses, nor make a replay copy that file's lines into its dead-letter."""
+    directory = tmp_path / "archive"
+    directory.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("secret\n")
+    for number in range(1, 10):
+        (directory / f"archive-2026-01-01-{number:06}.jsonl.gz.partial").symlink_to(victim)
+    (directory / "archive-2026-01-01-000007.jsonl").symlink_to(victim)
+    writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30, day=lambda: "2026-01-01")
+    Ingest(
+        Engine(plan),
+        MemoryTimeSeriesSink(),
+        JsonLinesDeviationWriter(io.StringIO()),
+        MemoryDeadLetterSink(),
+        archive=writer,
+    ).tick(T0)
+    writer.close()
+
+    assert victim.read_text() == "secret\n"
+    packed = [p for p in directory.glob("*.jsonl.gz") if not p.is_symlink()]
+    assert [gzip.decompress(p.read_bytes())[:19] for p in packed] == [b'{"record":"archive"']
+    assert all(not p.is_symlink() for p in archive_files(directory))

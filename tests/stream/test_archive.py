@@ -55,6 +55,17 @@ def plan(tmp_path: Path) -> LoadedPlan:
     return load_plan(path)
 
 
+def archiving(engine: Engine, writer: ArchiveWriter) -> Ingest:
+    """An ingest that archives to ``writer``, its outputs in memory."""
+    return Ingest(
+        engine,
+        MemoryTimeSeriesSink(),
+        JsonLinesDeviationWriter(io.StringIO()),
+        MemoryDeadLetterSink(),
+        archive=writer,
+    )
+
+
 def topic(gateway: str) -> str:
     return f"milkguard/v1/gw/{SITE}/{gateway}/batch"
 
@@ -310,13 +321,7 @@ def test_a_restart_after_a_rotation_the_checkpoint_missed_unpacks_the_file_it_na
     directory = tmp_path / "archive"
     writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30)
     engine = Engine(plan)
-    ingest = Ingest(
-        engine,
-        MemoryTimeSeriesSink(),
-        JsonLinesDeviationWriter(io.StringIO()),
-        MemoryDeadLetterSink(),
-        archive=writer,
-    )
+    ingest = archiving(engine, writer)
     ingest.tick(T0)
     writer.flush()  # rotates at once: file 2 begun, file 1 compressed
     writer.close()
@@ -412,13 +417,7 @@ def test_files_older_than_the_retention_are_deleted_at_rotation(
     long_ago = time.time() - 40 * 86_400
     os.utime(old, (long_ago, long_ago))
     writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30)
-    Ingest(
-        Engine(plan),
-        MemoryTimeSeriesSink(),
-        JsonLinesDeviationWriter(io.StringIO()),
-        MemoryDeadLetterSink(),
-        archive=writer,
-    ).tick(T0)
+    archiving(Engine(plan), writer).tick(T0)
 
     writer.close()
 
@@ -556,13 +555,7 @@ def test_a_flood_cannot_grow_the_archive_beyond_its_size_cap(
     files go once the archive holds more than ``max_bytes``; the file written to stays."""
     directory = tmp_path / "archive"
     writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30, max_bytes=6000, compress=False)
-    ingest = Ingest(
-        Engine(plan),
-        MemoryTimeSeriesSink(),
-        JsonLinesDeviationWriter(io.StringIO()),
-        MemoryDeadLetterSink(),
-        archive=writer,
-    )
+    ingest = archiving(Engine(plan), writer)
     flood = [(topic(SKEWED), b"x" * 900, T0 + i) for i in range(40)]
     for i in range(40):
         ingest.handle_many(iter(flood[i : i + 1]))
@@ -590,13 +583,7 @@ def test_links_planted_in_the_archive_directory_are_neither_written_through_nor_
         (directory / f"archive-2026-01-01-{number:06}.jsonl.gz.partial").symlink_to(victim)
     (directory / "archive-2026-01-01-000007.jsonl").symlink_to(victim)
     writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30, day=lambda: "2026-01-01")
-    Ingest(
-        Engine(plan),
-        MemoryTimeSeriesSink(),
-        JsonLinesDeviationWriter(io.StringIO()),
-        MemoryDeadLetterSink(),
-        archive=writer,
-    ).tick(T0)
+    archiving(Engine(plan), writer).tick(T0)
     writer.close()
 
     assert victim.read_text() == "secret\n"

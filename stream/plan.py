@@ -584,7 +584,8 @@ class Plan(_Strict):
         le=86_400,
         description="How long the gateways have to be heard from after the service starts (or "
         "restarts from saved state) before a channel not heard since counts as silent: its "
-        "silence clock starts at the grace's end. A 'monitoring lost' record still starts at "
+        "silence clock starts at the grace's end (a channel silent across restarts: the end "
+        "of the first grace it had). A 'monitoring lost' record still starts at "
         "the channel's last sample; one of a channel never heard from at all starts at the "
         "grace's end.",
     )

@@ -281,9 +281,16 @@ class Engine:
         silent beyond the grace opens its "monitoring lost" from its last sample, exactly the
         record (and id) it would have had without the restart; only the stream learns of it
         later. A channel heard before is also taken as heard at ``now_ms`` for its watermark
-        and deadlines, so its held readings wait for the backlog."""
+        and deadlines, so its held readings wait for the backlog. A channel heard before but
+        silent all through the run that ended keeps the grace it had then (restarts faster
+        than the grace must not hide its silence for ever); one never heard from gets this
+        restart's grace."""
         table = self._table
         heard = table.last_received >= 0
+        # a channel heard in the run that ended gets this restart's grace; one silent all
+        # through it keeps the grace it had (a crash loop must not renew it for ever)
+        in_last_run = table.last_received > table.heard_after
+        table.grace_ends[in_last_run] = now_ms + table.grace_ms
         table.last_received[heard] = np.maximum(table.last_received[heard], now_ms)
         table.started = table.heard_after = now_ms
         table.next_silence = -1

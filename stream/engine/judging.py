@@ -204,9 +204,7 @@ class Judge:
         if self._table.now < self._table.next_silence:
             return  # no channel can have gone silent yet: no need to look at each
         table = self._table
-        heard = np.where(
-            table.last_received > table.heard_after, table.last_received, table.unheard_from
-        )
+        heard = table.silence_clocks()
         # past the silence limit, and past the allowed lateness in which samples may still come
         silent_after = heard + self._table.silence_ms + self._table.lateness_ms
         waited = self._table.now > silent_after

@@ -60,6 +60,7 @@ class _Snapshot(msgspec.Struct):
     heard_after: int = -1  # older snapshots lack it: a fresh run's
     rules: dict[str, dict[str, Any]] = {}  # kinds registered since the first format, by rule id
     late: LateState | None = None  # older snapshots lack it
+    grace_ends: bytes = b""  # older snapshots lack it: no channel silent across a restart
 
 
 class EngineParts(NamedTuple):
@@ -144,6 +145,7 @@ def encode(parts: EngineParts) -> bytes:
         },
         rules=rules,
         late=parts.late.state(),
+        grace_ends=table.grace_ends.tobytes(),
     )
     return msgspec.msgpack.encode(state)
 
@@ -166,6 +168,9 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
     table, judge, devices = parts.table, parts.judge, parts.devices
     table.now, table.started = state.now, state.started
     table.heard_after = state.heard_after
+    table.grace_ends[:] = (
+        np.frombuffer(state.grace_ends, dtype=np.int64) if state.grace_ends else -1
+    )
     for name, raw in state.arrays.items():
         current = getattr(table, name)
         current[:] = np.frombuffer(raw, dtype=current.dtype)

@@ -104,6 +104,10 @@ class ChannelTable:
     busy: B = field(init=False)
     silent: B = field(init=False)
     joined_rows: I64 = field(init=False)
+    #: per channel heard before a restart and silent since: the end of the first grace it was
+    #: given while silent (-1: none); a restart gives it no later one (see
+    #: ``Engine.excuse_outage``), so restarts faster than the grace cannot hide its silence
+    grace_ends: I64 = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -117,6 +121,7 @@ class ChannelTable:
         self.busy = np.zeros(n, dtype=np.bool_)
         self.silent = np.zeros(n, dtype=np.bool_)
         self.joined_rows = np.flatnonzero(self.joined) if len(self.joined) else NO_ROWS
+        self.grace_ends = np.full(n, -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -126,3 +131,12 @@ class ChannelTable:
         """When the silence clock of a channel not heard from in this run starts: the end of the
         start-up grace."""
         return self.started + self.grace_ms
+
+    def silence_clocks(self) -> I64:
+        """When each channel's silence clock starts: its last arrival if heard in this run;
+        else the end of the start-up grace, or of the first grace it had while silent across
+        restarts, whichever is earlier."""
+        unheard = np.where(
+            self.grace_ends >= 0, np.minimum(self.grace_ends, self.unheard_from), self.unheard_from
+        )
+        return np.where(self.last_received > self.heard_after, self.last_received, unheard)

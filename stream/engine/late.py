@@ -48,8 +48,14 @@ are (a list append, no copy, no per-reading object), up to ``_RETAINED_READINGS`
 (oldest release first out; the newest judged timestamp each channel lost is remembered, so a late
 reading that would need history no longer retained counts as beyond the bound rather than judged
 on half its context). Looking up a channel's history is a binary search per kept release, on the
-late path only. The snapshot keeps the history within the bound, the late readings not yet
-judged and the deviation intervals, so a restart judges a backlog exactly as without it.
+late path only, over releases joined there so that each is more than twice the next (a few
+searches, not one per message). A late batch is judged over the history around it: from its
+oldest reading less the rules' longest duration (and each channel's last reading before) to a
+minute past its newest, widened by the devices' clock offsets; a copy still engaged at the
+window's end is run again over all of it. So a backlog sent one reading per message costs about
+a window per message, not the whole history. The snapshot keeps the history within the bound,
+the late readings not yet judged and the deviation intervals, so a restart judges a backlog
+exactly as without it.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ _RETAINED_RELEASES = 2048
 #: deviation intervals remembered per rule (older ones lie beyond any bound in practice)
 _INTERVALS_PER_RULE = 64
 _OPEN = 2**62  # the end of a deviation still open
+#: how far past the last late reading (and the rule's own duration) the history is taken at
+#: first; a copy still engaged there is run again over all of it
+_WINDOW_AFTER_MS = 60_000
 
 
 class _Check(Protocol):
@@ -267,26 +276,54 @@ class LateJudge:
         wanted = set(late_rows)
         for bound_rule in rules:
             wanted.update(bound_rule.compiled.reads.values())
-        history = self._history(np.array(sorted(wanted), dtype=np.int64))
+        wanted_rows = np.array(sorted(wanted), dtype=np.int64)
+        # the history around the late readings only (see _window); all of it if a copy runs
+        # past the window's end
+        lo, hi, spread = self._window_bounds(late, rules)
+        history, cut = self._history(wanted_rows, lo, hi)
         merged, is_late = _merge(history, late)
         if not is_late.any():
             return  # every one a repeat of a reading judged
         late = merged.take(is_late)
         counters.late_judged += len(late.rows)
+        # readings at or before this corrected time are all in the window
+        complete_until = hi - 2 * spread - 1 if cut else None
+        whole: tuple[Columns, B] | None = None
         unrejudged = np.zeros(len(table.names), dtype=np.bool_)
         for bound_rule in rules:
             machine = bound_rule.machine
             reads = bound_rule.compiled.reads
-            computed: list[Derived] = []
             fresh = getattr(machine, "fresh", None)
-            copy = fresh(computed) if fresh is not None else None
-            if copy is None:
+            if fresh is None:
                 unrejudged[list(reads.values())] = True
                 continue
             at = np.isin(merged.rows, list(reads.values()))
-            if is_late[at].any():
-                self._rejudge(machine, copy, reads, merged.take(at), is_late=is_late[at], out=out)
-                self._keep_derived(computed, reads, merged.take(at & is_late))
+            if not is_late[at].any():
+                continue
+            computed: list[Derived] = []
+            done = self._rejudge(
+                machine,
+                fresh(computed),
+                reads,
+                merged.take(at),
+                is_late=is_late[at],
+                complete_until=complete_until,
+                out=out,
+            )
+            if not done:  # the copy ran past the window: again, over all the history
+                if whole is None:
+                    whole = _merge(self._history(wanted_rows)[0], late)
+                at = np.isin(whole[0].rows, list(reads.values()))
+                computed = []
+                self._rejudge(
+                    machine,
+                    fresh(computed),
+                    reads,
+                    whole[0].take(at),
+                    is_late=whole[1][at],
+                    out=out,
+                )
+            self._keep_derived(computed, reads, late.take(np.isin(late.rows, list(reads.values()))))
         counters.late_unrejudged += int(unrejudged[late.rows].sum())
         self._releases.append(late)
         self._in_order.append(True)
@@ -294,34 +331,70 @@ class LateJudge:
         if self._retained > _RETAINED_READINGS:
             self._let_go()
 
-    def _history(self, rows: I64) -> Columns:
-        """The retained readings of ``rows``, sorted by channel, then time."""
+    def _window_bounds(self, late: Columns, rules: list[Any]) -> tuple[int, int, int]:
+        """The span of history a late batch is judged over at first: from before its oldest
+        reading by the rules' longest duration to past its newest by that and
+        :data:`_WINDOW_AFTER_MS`, widened by the devices' clock offsets (the copy orders on
+        corrected time); and the largest offset."""
+        lookback = max(
+            (max(c.spec.sustained_ms, c.spec.flat_ms) for b in rules for c in _checks(b.machine)),
+            default=0,
+        )
+        offsets = self._devices.offsets()
+        spread = int(np.abs(offsets).max()) if len(offsets) else 0
+        lo = int(late.ts.min()) - lookback - 2 * spread - 1
+        hi = int(late.ts.max()) + lookback + _WINDOW_AFTER_MS + 4 * spread
+        return lo, hi, spread
+
+    def _history(
+        self, rows: I64, lo: int | None = None, hi: int | None = None
+    ) -> tuple[Columns, bool]:
+        """The retained readings of ``rows``, sorted by channel, then time; with ``lo`` and
+        ``hi``, only those stamped from ``lo`` to ``hi`` and, of each channel, the last before
+        and the first after (see :func:`_window`). And whether any reading after ``hi`` was
+        left out."""
         self._compact()
         for at, in_order in enumerate(self._in_order):
             if not in_order:
                 self._releases[at] = _sorted(self._releases[at])
                 self._in_order[at] = True
         parts = [part for release in self._releases if len((part := _of_rows(release, rows)).rows)]
-        return _sorted(Columns.join(parts)) if parts else EMPTY_COLUMNS
+        cut = False
+        if lo is not None and hi is not None:
+            # from the oldest of the channels' last readings before ``lo``: a copy starts at
+            # the earliest of them (a valve that reports only its changes), and judges all
+            # from there, as over the whole history
+            lo = min([lo, *(_oldest_last_before(part, lo) for part in parts)])
+            windows = [_window(part, lo, hi) for part in parts]
+            cut = any(left_out for _, left_out in windows)
+            parts = [part for part, _ in windows]
+        return (_sorted(Columns.join(parts)) if parts else EMPTY_COLUMNS), cut
 
     def _compact(self) -> None:
-        """Join the newest releases into one, sorted, until each release is more than twice
-        the size of all after it: a late batch then searches a few releases (a logarithm of
-        the history), not one per message since the last late batch, and each reading is
-        joined a logarithm of times in all. Done here, on the late path: the on-time path
-        keeps its list append."""
-        releases = self._releases
-        first = len(releases) - 1
-        if first < 1:
+        """Join releases, oldest first, until each is more than twice the size of the next: a
+        late batch then searches a few releases (a logarithm of the history), not one per
+        release since the last late batch, and each reading is joined a logarithm of times in
+        all. Which releases join is settled on their sizes first, so each group is joined and
+        sorted once. Done here, on the late path: the on-time path keeps its list append."""
+        groups: list[tuple[int, list[int]]] = []
+        for at, release in enumerate(self._releases):
+            groups.append((len(release.rows), [at]))
+            while len(groups) > 1 and groups[-2][0] <= 2 * groups[-1][0]:
+                size, members = groups.pop()
+                below, first = groups.pop()
+                groups.append((below + size, first + members))
+        if len(groups) == len(self._releases):
             return
-        total = len(releases[first].rows)
-        while first > 0 and len(releases[first - 1].rows) <= 2 * total:
-            first -= 1
-            total += len(releases[first].rows)
-        if first == len(releases) - 1:
-            return
-        self._releases[first:] = [_sorted(Columns.join(releases[first:]))]
-        self._in_order[first:] = [True]
+        releases, in_order = self._releases, self._in_order
+        self._releases = [
+            releases[members[0]]
+            if len(members) == 1
+            else _sorted(Columns.join([releases[at] for at in members]))
+            for _, members in groups
+        ]
+        self._in_order = [
+            in_order[members[0]] if len(members) == 1 else True for _, members in groups
+        ]
 
     def _rejudge(
         self,
@@ -332,12 +405,15 @@ class LateJudge:
         *,
         is_late: B,
         out: list[DeviationChange],
-    ) -> None:
+        complete_until: int | None = None,
+    ) -> bool:
         """A fresh copy of a rule over its channels' history with the late readings in it, in
         time order across them (corrected time, the valve first at equal times), from each
         channel's last sample before the first late reading less the rule's own duration, on
         until it is past the last late one (and one more sample of each channel) and not
-        engaged; then :meth:`_settle` each of its checks."""
+        engaged; then :meth:`_settle` each of its checks. With ``complete_until`` (the history
+        is a window, complete up to that corrected time): False, with nothing settled, when the
+        copy would have to go on past it."""
         table, devices = self._table, self._devices
         offsets = devices.offsets()
         corrected = merged.ts - offsets[merged.devices]
@@ -378,6 +454,8 @@ class LateJudge:
             ):
                 to_the_end = False
                 break
+            if complete_until is not None and corrected[i] > complete_until:
+                return False  # beyond the window: readings may be missing from here on
             last = prev.get(row, (-1, 0.0, -1))
             run_start = last[2] if last[0] >= 0 and value == last[1] else ts
             sample = self._sample(row, ts, value, last, codes[i], late=lates[i])
@@ -394,6 +472,7 @@ class LateJudge:
             )
         for row in roles:
             table.busy[row] = table.busy[row] or any(c.engaged for c in checks)
+        return True
 
     def _sample(
         self,
@@ -540,6 +619,39 @@ class LateJudge:
         self._intervals = {
             key: [[i, s, e] for i, s, e in spans] for key, spans in state.intervals.items()
         }
+
+
+def _oldest_last_before(part: Columns, lo: int) -> int:
+    """Of readings sorted by channel, then time: the oldest of each channel's last reading
+    before ``lo`` (``lo`` if none)."""
+    rows, ts = part.rows, part.ts
+    before = ts < lo
+    if not before.any():
+        return lo
+    ends = np.ones(len(rows), dtype=np.bool_)
+    ends[:-1] = (rows[1:] != rows[:-1]) | ~before[1:]
+    return int(ts[before & ends].min())
+
+
+def _window(part: Columns, lo: int, hi: int) -> tuple[Columns, bool]:
+    """Of readings sorted by channel, then time: those stamped from ``lo`` to ``hi``, and of
+    each channel the last before ``lo`` (it primes the rule) and the first after ``hi`` (a
+    copy that is done stops there, see :meth:`LateJudge._rejudge`); and whether any after
+    that first one was left out."""
+    rows, ts = part.rows, part.ts
+    same_next = np.zeros(len(rows), dtype=np.bool_)
+    same_next[:-1] = rows[1:] == rows[:-1]
+    same_prev = np.zeros(len(rows), dtype=np.bool_)
+    same_prev[1:] = same_next[:-1]
+    before, after = ts < lo, ts > hi
+    next_before = np.zeros(len(rows), dtype=np.bool_)
+    next_before[:-1] = before[1:]
+    prev_after = np.zeros(len(rows), dtype=np.bool_)
+    prev_after[1:] = after[:-1]
+    last_before = before & ~(same_next & next_before)
+    first_after = after & ~(same_prev & prev_after)
+    keep = (~before & ~after) | last_before | first_after
+    return part.take(keep), bool((after & ~first_after).any())
 
 
 def _nothing_to_add(live: _Check, fresh: _Check, ts: int) -> bool:

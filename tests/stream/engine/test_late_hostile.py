@@ -8,8 +8,15 @@ whole retained history.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hypothesis import HealthCheck, given, settings
+
 from milkguard.contract.v1 import Reading
+from stream.engine import late
 from tests.stream.engine.scenario import Scenario, at
+from tests.stream.engine.test_late_properties import Script, records, run, scripts
 
 LIMIT_PLAN = """
 plan: room
@@ -73,3 +80,33 @@ def test_late_readings_one_per_message_keep_the_history_searched_small() -> None
     assert line.engine.counters.late_judged == 600
     assert len(line.engine._late._releases) <= 40
     assert line.changes == []
+
+
+@contextmanager
+def judged_over(window_after_ms: int | None) -> Iterator[None]:
+    """The late path's first window past the late readings (None: the whole history)."""
+    saved_after, saved_bounds = late._WINDOW_AFTER_MS, late.LateJudge._window_bounds
+    if window_after_ms is None:
+        late.LateJudge._window_bounds = lambda self, batch, rules: (-(2**62), 2**62, 0)  # type: ignore[method-assign]
+    else:
+        late._WINDOW_AFTER_MS = window_after_ms
+    try:
+        yield
+    finally:
+        late._WINDOW_AFTER_MS, late.LateJudge._window_bounds = saved_after, saved_bounds  # type: ignore[method-assign]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(scripts())
+def test_a_backlog_judged_over_a_window_of_history_is_judged_as_over_all_of_it(
+    script: Script,
+) -> None:
+    """Judging a late batch over the history around it (and again over all of it when a rule
+    is still engaged at the window's end) gives the very records judging it over the whole
+    retained history gives: the window only saves work."""
+    with judged_over(None):
+        whole = records(run(script))
+    with judged_over(0):  # the narrowest window: every edge and every second run exercised
+        narrow = records(run(script))
+    assert narrow == whole
+    assert records(run(script)) == whole

@@ -555,13 +555,21 @@ def bounded_lines(source: IO[bytes]) -> Iterator[bytes]:
     """Each line of ``source``; one longer than :data:`MAX_LINE_BYTES` as its first bytes
     only, the rest read and dropped in pieces, so a forged file (a gzip of one endless line
     expands a thousandfold) costs no more memory than a line may hold."""
-    while line := source.readline(MAX_LINE_BYTES + 1):
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while (rest := source.readline(1 << 20)) and not rest.endswith(b"\n"):
-                pass
-            yield line
-            continue
+    for line, _ in sized_lines(source):
         yield line
+
+
+def sized_lines(source: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """:func:`bounded_lines`, each with the bytes of ``source`` it took (a resumed replay
+    counts its offset in them)."""
+    while line := source.readline(MAX_LINE_BYTES + 1):
+        size = len(line)
+        if size > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while rest := source.readline(1 << 20):
+                size += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+        yield line, size
 
 
 def records_of(lines: Iterable[bytes], name: str) -> Iterator[tuple[str, Record | Bad]]:

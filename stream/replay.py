@@ -47,6 +47,7 @@ from stream.archive import (
     open_archive_file,
     read_records,
     resume,
+    sized_lines,
 )
 from stream.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -300,8 +301,8 @@ def replay_resumable(
     )
     with source.open("rb") as data:
         data.seek(offset)
-        for raw in data:
-            offset += len(raw)
+        for raw, size in sized_lines(data):  # a line longer than any payload: its first bytes
+            offset += size
             line = raw.strip()
             if not line:
                 continue

@@ -282,3 +282,31 @@ def test_a_replay_whose_outputs_cannot_be_written_fails_instead_of_finishing(
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(SinkError, match=r"changes\.jsonl"):
         replay_resumable(load_plan(demo_plan_path()), path, output, checkpoint, every_lines=10)
+
+
+def test_a_line_longer_than_any_payload_is_skipped_in_pieces_by_a_resumable_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged recording: one endless line in the middle. The replay with a checkpoint reads
+    it in pieces (never whole), counts its bytes in the offset it carries on from, and writes
+    what a plain replay of the recording writes."""
+    monkeypatch.setattr("stream.archive.MAX_LINE_BYTES", 1 << 12)
+    path = recording(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(len(lines) // 2, b"{" + b" " * (40 << 20) + b"}\n")
+    path.write_bytes(b"".join(lines))
+    del lines
+    plain, _ = run_replay(path)
+    output, checkpoint = tmp_path / "changes.jsonl", tmp_path / "replay.checkpoint"
+    plan = load_plan(demo_plan_path())
+
+    tracemalloc.start()
+    try:
+        replay_resumable(plan, path, output, checkpoint, every_lines=7)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    replay_resumable(plan, path, output, checkpoint, every_lines=7)
+
+    assert peak < 20_000_000  # the 40 MB line was never held whole
+    assert output.read_text() == plain

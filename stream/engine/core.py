@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from milkguard.contract.v1 import Event, Reading
+from milkguard.contract.v1 import Event, ProductChange, Reading
 from stream.engine.columns import Columns
 from stream.engine.compile import compile_plan
 from stream.engine.deviation import Deviation, DeviationChange
@@ -231,9 +231,15 @@ class Engine:
 
         Events apply in event-time order. One older than what its asset's channels have already
         judged still counts from now on, but cannot change verdicts already given: it is counted
-        as a late event.
+        as a late event. A late product change also has the asset's rules re-judged from its
+        time over the retained history (:meth:`stream.engine.late.LateJudge.product_changed`):
+        what the new product's pair finds there is raised found late.
         """
-        return self._judge.take_events(site, events)
+        unknown = self._judge.take_events(site, events)
+        for event in events:
+            if isinstance(event, ProductChange):
+                self._late.product_changed(site, event.asset, event.ts)
+        return unknown
 
     # ---------------------------------------------------------------- judging
 

@@ -38,6 +38,13 @@ written once, a new rule kind is re-judged by giving its machine ``fresh`` (a ma
 rule with no verdicts), and the live machine's state is never touched while it has something
 published.
 
+A product change that comes after readings its asset judged (a gateway sending its events after
+its readings) is treated the same way: the asset's rules that have ``fresh`` are re-judged over
+the retained history from the change's time on (within the bound), by a copy that knows it, so
+the new product's legal pair applies where it was in force; what that finds is published found
+late as above. (The re-judge runs at the next release: an ingest submits a message's events and
+readings and advances before any checkpoint, so a snapshot does not keep it.)
+
 Not re-judged (counted in ``late_unrejudged``, one per late reading of a channel read by such a
 rule): kinds whose machine has no ``fresh`` - cooling deadlines (a deadline that already fired
 stays as fired), storage age, transport exposure - and gaps ("monitoring lost" stays as raised:
@@ -161,6 +168,7 @@ class LateJudge:
         self._table = table
         self._devices = devices
         self._judge = judge
+        self._assets = assets
         self._counters = counters
         self._derived = derived
         plan = loaded.plan
@@ -174,6 +182,8 @@ class LateJudge:
         self._retained = 0
         self._coverage = np.full(len(table.names), -1, dtype=np.int64)
         self._pending: list[Columns] = []
+        #: (site, asset) and time of product changes that came after readings they concern
+        self._changed: list[tuple[tuple[str, str], int]] = []
         self._intervals: dict[str, list[list[Any]]] = {}
 
     # ------------------------------------------------------------ on the on-time path
@@ -252,15 +262,34 @@ class LateJudge:
         """Readings found behind their channels' judged time: judged at the next release."""
         self._pending.append(late)
 
+    def product_changed(self, site: str, asset: str, ts: int) -> None:
+        """A product change at ``ts``: if its asset's channels judged past it already (a
+        gateway that sends its events after its readings), the asset's rules are re-judged from
+        ``ts`` at the next release, so the new product's pair is applied where it was in force
+        (within the bound, like a late reading)."""
+        state = self._assets.get((site, asset))
+        if state is None or not len(state.rows):
+            return
+        judged = int(self._table.last_ts[state.rows].max())
+        if ts <= judged and ts >= judged - int(self.bound_ms[state.rows].max()):
+            self._changed.append(((site, asset), ts))
+
     @property
     def pending(self) -> bool:
-        """Late readings wait to be judged."""
-        return bool(self._pending)
+        """Late readings (or late product changes) wait to be judged."""
+        return bool(self._pending or self._changed)
 
     # ------------------------------------------------------------ the late path
 
     def judge(self, out: list[DeviationChange]) -> None:
-        """Judge the late readings held since the last call (see the module)."""
+        """Judge the late readings and product changes held since the last call (see the
+        module)."""
+        if self._changed:
+            self._product_changes(out)
+        if self._pending:
+            self._late_readings(out)
+
+    def _late_readings(self, out: list[DeviationChange]) -> None:
         table, counters = self._table, self._counters
         late = _sorted(Columns.join(self._pending))
         self._pending = []
@@ -330,6 +359,26 @@ class LateJudge:
         self._retained += len(late.rows)
         if self._retained > _RETAINED_READINGS:
             self._let_go()
+
+    def _product_changes(self, out: list[DeviationChange]) -> None:
+        """Re-judge the rules of assets whose product changed in what they had judged: the
+        retained history from the change on, by a fresh copy that knows the change; what it
+        finds that no deviation already covers is published found late."""
+        changed, self._changed = self._changed, []
+        for place, ts in changed:
+            for bound_rule in self._judge.rules:
+                fresh = getattr(bound_rule.machine, "fresh", None)
+                if fresh is None or place not in bound_rule.compiled.assets:
+                    continue
+                reads = bound_rule.compiled.reads
+                rows = np.array(sorted(set(reads.values())), dtype=np.int64)
+                history, _ = self._history(rows)
+                since = history.ts >= ts
+                if since.any():
+                    # the holding times it computes are stored already: not kept again
+                    self._rejudge(
+                        bound_rule.machine, fresh([]), reads, history, is_late=since, out=out
+                    )
 
     def _window_bounds(self, late: Columns, rules: list[Any]) -> tuple[int, int, int]:
         """The span of history a late batch is judged over at first: from before its oldest

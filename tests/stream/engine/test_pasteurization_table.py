@@ -416,3 +416,30 @@ def test_a_snapshot_from_before_the_product_classes_restores_its_rich_products()
     machine.restore(saved)
 
     assert machine.legal_pair(at(1)).temp_c == 75.0
+
+
+def test_a_product_change_sent_after_the_readings_it_concerns_is_judged_from_its_time() -> None:
+    """PMO eggnog proviso, HTST: 80 degC for 25 s. The line switched to eggnog at 2 s, at
+    76 degC (milk's 72 passes it); the gateway sent the product change after the readings of
+    2 s to 9 s. Those seconds forwarded under-pasteurized eggnog: they are a deviation from
+    2 s, found late, up to where the one raised live (from 10 s) begins; that one stays."""
+    line = Scenario(plan("    process: htst\n    eggnog_products: [eggnog]"))
+    line.send("plant-01", [Reading("past-1", "fdd_forward", 1, "state", at(0))])
+    for second in range(10):
+        line.send("plant-01", [Reading("past-1", "hold_temp", 76.0, "degC", at(second))])
+    eggnog = ProductChange(asset="past-1", ts=at(2), product="eggnog", fat_pct=8.0, sweetened=True)
+    line.engine.submit_events("plant-01", [eggnog])
+    for second in range(10, 13):
+        line.send("plant-01", [Reading("past-1", "hold_temp", 76.0, "degC", at(second))])
+    line.finish()
+
+    changes = [
+        (c.kind, c.deviation.start_ms, c.deviation.end_ms, c.deviation.detected_late)
+        for c in line.of("htst_temperature")
+    ]
+    assert changes == [
+        ("opened", at(10), None, False),
+        ("opened", at(2), None, True),
+        ("closed", at(2), at(10), True),
+    ]
+    assert {c.deviation.limit.min for c in line.of("htst_temperature")} == {80.0}

@@ -308,7 +308,7 @@ class LateJudge:
         wanted_rows = np.array(sorted(wanted), dtype=np.int64)
         # the history around the late readings only (see _window); all of it if a copy runs
         # past the window's end
-        lo, hi, spread = self._window_bounds(late, rules)
+        lo, hi, spread = self._window_bounds(int(late.ts.min()), int(late.ts.max()), rules)
         history, cut = self._history(wanted_rows, lo, hi)
         merged, is_late = _merge(history, late)
         if not is_late.any():
@@ -364,15 +364,19 @@ class LateJudge:
         """Re-judge the rules of assets whose product changed in what they had judged: the
         retained history from the change on, by a fresh copy that knows the change; what it
         finds that no deviation already covers is published found late."""
-        changed, self._changed = self._changed, []
-        for place, ts in changed:
+        earliest: dict[tuple[str, str], int] = {}
+        for place, ts in self._changed:  # a burst of changes: one re-judge from the first
+            earliest[place] = min(ts, earliest.get(place, ts))
+        self._changed = []
+        for place, ts in earliest.items():
             for bound_rule in self._judge.rules:
                 fresh = getattr(bound_rule.machine, "fresh", None)
                 if fresh is None or place not in bound_rule.compiled.assets:
                     continue
                 reads = bound_rule.compiled.reads
                 rows = np.array(sorted(set(reads.values())), dtype=np.int64)
-                history, _ = self._history(rows)
+                lo, _, _ = self._window_bounds(ts, ts, [bound_rule])
+                history, _ = self._history(rows, lo, _OPEN)  # from the change to the end
                 since = history.ts >= ts
                 if since.any():
                     # the holding times it computes are stored already: not kept again
@@ -380,7 +384,7 @@ class LateJudge:
                         bound_rule.machine, fresh([]), reads, history, is_late=since, out=out
                     )
 
-    def _window_bounds(self, late: Columns, rules: list[Any]) -> tuple[int, int, int]:
+    def _window_bounds(self, oldest: int, newest: int, rules: list[Any]) -> tuple[int, int, int]:
         """The span of history a late batch is judged over at first: from before its oldest
         reading by the rules' longest duration to past its newest by that and
         :data:`_WINDOW_AFTER_MS`, widened by the devices' clock offsets (the copy orders on
@@ -391,8 +395,8 @@ class LateJudge:
         )
         offsets = self._devices.offsets()
         spread = int(np.abs(offsets).max()) if len(offsets) else 0
-        lo = int(late.ts.min()) - lookback - 2 * spread - 1
-        hi = int(late.ts.max()) + lookback + _WINDOW_AFTER_MS + 4 * spread
+        lo = oldest - lookback - 2 * spread - 1
+        hi = newest + lookback + _WINDOW_AFTER_MS + 4 * spread
         return lo, hi, spread
 
     def _history(

@@ -87,7 +87,7 @@ def judged_over(window_after_ms: int | None) -> Iterator[None]:
     """The late path's first window past the late readings (None: the whole history)."""
     saved_after, saved_bounds = late._WINDOW_AFTER_MS, late.LateJudge._window_bounds
     if window_after_ms is None:
-        late.LateJudge._window_bounds = lambda self, batch, rules: (-(2**62), 2**62, 0)  # type: ignore[method-assign]
+        late.LateJudge._window_bounds = lambda self, oldest, newest, rules: (-(2**62), 2**62, 0)  # type: ignore[method-assign]
     else:
         late._WINDOW_AFTER_MS = window_after_ms
     try:

@@ -10,15 +10,30 @@ the arrival times suggest: that is a time-sync fault too, until it reports synch
 
 A clock set right again is recognized once its old differences leave the window (32 batches): a
 step down cannot be told from batches that travelled slowly (a broker's backlog after the stream
-restarts), and reacting to those would raise a false fault after every restart.
+restarts), and reacting to those would raise a false fault after every restart. A time-sync
+deviation names its causes: the offset beyond the tolerance, the gateway's own report, or both.
+
+Rules that join channels of several devices judge on the stream's clock (:func:`on_stream_clock`)
+and stamp their deviations on it, keeping each device's own times beside
+(:func:`on_stream_clock_change`): the engine orders their samples on corrected time already, and
+a dip stamped by a thermometer's gateway 4 s fast must not end before it began when the valve's
+gateway, in sync, reports the divert.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from stream.engine.deviation import AppliedLimit, DeviationChange
+from msgspec.structs import replace as replace_struct
+
+from stream.engine.deviation import (
+    AppliedLimit,
+    Deviation,
+    DeviationChange,
+    DeviceTime,
+    TimeSyncCause,
+)
 from stream.engine.machines import Machine, RuleSpec, Sample
 
 WINDOW = 32  # batches the estimate is taken over
@@ -55,15 +70,19 @@ class TimeSyncMachine(Machine):
         self.tolerance_ms = tolerance_ms
 
     def judge(self, clock: DeviceClock, received_ms: int, device: str) -> DeviationChange | None:
-        """After each batch of the device."""
+        """After each batch of the device; times are receive times, on the stream's clock."""
         if len(clock.differences) < MIN_BATCHES:
             return None
         offset = clock.offset_ms
         now = Sample(received_ms, offset / 1000, -1, 0.0, received_ms, device, late=False)
         now.offset_ms = offset
-        off = abs(offset) > self.tolerance_ms or clock.synced is False
+        causes: list[TimeSyncCause] = []
+        if abs(offset) > self.tolerance_ms:
+            causes.append("offset_beyond_tolerance")
+        if clock.synced is False:
+            causes.append("gateway_unsynchronised")
         if self._open is None:
-            if off:
+            if causes:
                 limit = AppliedLimit(
                     min=-self.tolerance_ms / 1000,
                     max=self.tolerance_ms / 1000,
@@ -72,11 +91,81 @@ class TimeSyncMachine(Machine):
                     source=self.spec.source,
                 )
                 change = self._opened(received_ms, now, offset / 1000, limit)
-                change.deviation.clock_synced = clock.synced
+                for opened in (change.deviation, self._open):
+                    assert opened is not None  # just opened
+                    opened.clock_synced = clock.synced
+                    opened.time_base = "stream"
+                    opened.causes = list(causes)
                 return change
             return None
-        if off:
+        if causes:
             if self._open.peak is None or abs(offset / 1000) > abs(self._open.peak):
                 self._open.peak = offset / 1000
+            # every cause seen while open, in one order; a new list, as the opened change
+            # already published shares the old one
+            seen = set(self._open.causes) | set(causes)
+            self._open.causes = [c for c in _CAUSES if c in seen]
             return None
         return self._closed(received_ms, late=False)
+
+
+_CAUSES: tuple[TimeSyncCause, ...] = ("offset_beyond_tolerance", "gateway_unsynchronised")
+
+
+def on_stream_clock(sample: Sample) -> Sample:
+    """The sample with its times on the stream's clock: each less its device's offset (the
+    estimate the engine ordered the join by). The start of a cleaning window, from an event
+    that carries no offset of its own, is taken as on the sample's device's clock."""
+    offset = sample.offset_ms
+    if offset == 0:
+        return sample
+    return replace(
+        sample,
+        ts=sample.ts - offset,
+        prev_ts=sample.prev_ts - offset if sample.prev_ts >= 0 else -1,
+        run_start=sample.run_start - offset,
+        cleaning_since=sample.cleaning_since - offset if sample.cleaning_since >= 0 else -1,
+    )
+
+
+def on_stream_clock_change(
+    machine: Machine, change: DeviationChange | None, sample: Sample
+) -> DeviationChange | None:
+    """A change ``machine`` made judging :func:`on_stream_clock` of ``sample``, marked as on the
+    stream's clock, with the instants ``sample``'s device set read on that device's own clock
+    (the stream's time plus its offset): start and detected when it opened, end when it
+    closed. The open deviation the machine keeps is marked alike."""
+    if change is None:
+        return None
+    device, offset = sample.device, sample.offset_ms
+    deviation = change.deviation
+    if change.kind == "opened":
+        times = DeviceTime(
+            device,
+            offset,
+            raw_start_ms=deviation.start_ms + offset,
+            raw_detected_ms=deviation.detected_ms + offset,
+        )
+        kept = machine.open_deviation
+        assert kept is not None  # it has just opened
+        for opened in (deviation, kept):
+            opened.time_base = "stream"
+            opened.clocks = [times]
+        return change
+    assert deviation.end_ms is not None  # a closed deviation has its end
+    deviation.time_base = "stream"
+    deviation.clocks = _with_end(deviation, device, offset, deviation.end_ms + offset)
+    return change
+
+
+def _with_end(deviation: Deviation, device: str, offset: int, raw_end: int) -> list[DeviceTime]:
+    """The deviation's device times with the end read on ``device``'s clock: on its entry when
+    the same device at the same offset set an earlier instant, else on an entry of its own.
+    A new list: the opened change already published holds the old one."""
+    clocks = list(deviation.clocks)
+    for index, times in enumerate(clocks):
+        if (times.device, times.offset_ms) == (device, offset):
+            clocks[index] = replace_struct(times, raw_end_ms=raw_end)
+            return clocks
+    clocks.append(DeviceTime(device, offset, raw_end_ms=raw_end))
+    return clocks

@@ -9,6 +9,12 @@ Three deviations can come of it, each a critical-limit machine fed with an exces
 - ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time in
   forward flow (a flow surge); the product in that window is held.
 - ``htst_recorder``: the recording thermometer above the indicating one, which is the official.
+
+The channels may come from gateways whose clocks disagree, and a deviation one device's sample
+began may be ended by another's (the valve's divert): the checks judge on the stream's clock
+(device time less the device's offset, as the engine orders the join) and their deviations are
+stamped on it, each device's own times kept beside (:mod:`stream.engine.clocks`). Product
+changes and the derived series stay on the device time of the sample they concern.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+from stream.engine.clocks import on_stream_clock, on_stream_clock_change
 from stream.engine.deviation import AppliedLimit, DeviationChange
 from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample, with_deviation
 from stream.plan import Htst, Uht
@@ -142,15 +149,21 @@ class HtstMachine:
         return self.rule.legal.temp_c + (self.rule.rich_product_raise_c if rich else 0.0)
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
-        """Judge one sample of one of the pasteurizer's channels."""
+        """Judge one sample of one of the pasteurizer's channels (device time; judged on the
+        stream's clock)."""
         # the valve and the official thermometer are followed even while cleaning suspends the
         # verdicts, so the first judgement after cleaning starts from their true state
         if role == "flow_diversion" and sample.cleaning_since >= 0:
             self.forward = sample.value >= 0.5
         elif role == "indicating" and sample.cleaning_since >= 0:
             self.indicating = sample.value
+        now = on_stream_clock(sample)
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
-            return [c for m in self.machines if (c := m.suspend(sample)) is not None]
+            return [
+                c
+                for m in self.machines
+                if (c := on_stream_clock_change(m, m.suspend(now), sample)) is not None
+            ]
         if role == "flow_diversion":
             self.forward = sample.value >= 0.5
             if self.forward:
@@ -159,8 +172,10 @@ class HtstMachine:
             return [
                 c
                 for m in (self.temperature, self.holding)
-                if m.engaged and (c := m.observe_excess(sample, 0.0)) is not None
+                if m.engaged
+                and (c := on_stream_clock_change(m, m.observe_excess(now, 0.0), sample)) is not None
             ]
+        machine: CriticalLimitMachine | None = None
         change: DeviationChange | None = None
         if role == "indicating":
             self.indicating = sample.value
@@ -169,7 +184,8 @@ class HtstMachine:
             limit = AppliedLimit(
                 min=legal, max=None, sustained_s=0.0, unit=self._unit, source=self.rule.source
             )
-            change = self.temperature.observe_excess(sample, excess, limit)
+            machine = self.temperature
+            change = machine.observe_excess(now, excess, limit)
         elif role == "flow":
             hold = fastest_particle_hold_s(self.rule, sample.value)
             if math.isfinite(hold):
@@ -179,13 +195,14 @@ class HtstMachine:
                 )
             legal_hold = self.rule.legal.hold_s
             excess = legal_hold - hold if self.forward and hold < legal_hold else 0.0
-            change = self.holding.observe_excess(replace(sample, value=round(hold, 3)), excess)
+            machine = self.holding
+            change = machine.observe_excess(replace(now, value=round(hold, 3)), excess)
         elif role == "recorder" and self.indicating is not None:
             above = sample.value - self.indicating
-            change = self.recorder.observe_excess(
-                replace(sample, value=round(above, 3)), max(above, 0.0)
-            )
-        return [change] if change is not None else []
+            machine = self.recorder
+            change = machine.observe_excess(replace(now, value=round(above, 3)), max(above, 0.0))
+        stamped = on_stream_clock_change(machine, change, sample) if machine is not None else None
+        return [stamped] if stamped is not None else []
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
@@ -230,9 +247,11 @@ class UhtMachine:
         return (self.lethality,)
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
-        """Judge one sample of the outlet temperature or the flow."""
+        """Judge one sample of the outlet temperature or the flow (device time; judged on the
+        stream's clock, as the pasteurizer's checks are)."""
+        now = on_stream_clock(sample)
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
-            change = self.lethality.suspend(sample)
+            change = on_stream_clock_change(self.lethality, self.lethality.suspend(now), sample)
             return [change] if change is not None else []
         if role == "flow":
             self.flow = sample.value
@@ -247,7 +266,8 @@ class UhtMachine:
             )
         excess = self.rule.min_f0 - f0 if f0 < self.rule.min_f0 else 0.0
         value = round(f0, 4) if math.isfinite(f0) else sample.value
-        change = self.lethality.observe_excess(replace(sample, value=value), excess)
+        change = self.lethality.observe_excess(replace(now, value=value), excess)
+        change = on_stream_clock_change(self.lethality, change, sample)
         return [change] if change is not None else []
 
     def state(self) -> dict[str, Any]:

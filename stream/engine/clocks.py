@@ -134,7 +134,10 @@ def on_stream_clock_change(
     """A change ``machine`` made judging :func:`on_stream_clock` of ``sample``, marked as on the
     stream's clock, with the instants ``sample``'s device set read on that device's own clock
     (the stream's time plus its offset): start and detected when it opened, end when it
-    closed. The open deviation the machine keeps is marked alike."""
+    closed. The open deviation the machine keeps is marked alike.
+
+    The joined checks have no sustained duration: the sample that opens a deviation is the one
+    its excursion began with, so start and detected are read on the same device's clock."""
     if change is None:
         return None
     device, offset = sample.device, sample.offset_ms

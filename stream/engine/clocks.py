@@ -8,6 +8,12 @@ The gateway may also say how its own clock is doing (``clock.synced`` in a batch
 service). A CCP gateway that reports its clock unsynchronised has an unknown offset, whatever
 the arrival times suggest: that is a time-sync fault too, until it reports synchronised again.
 
+Each reading is judged with the estimate in force when its batch came
+(:meth:`DeviceClock.offset_when`), not the one in force when the stream gets round to judging
+it: so the offset, and every time corrected by it, depends only on the batches and their
+receive times, and a drained queue, message by message, and a replay of an archive with the
+same receive times all judge alike.
+
 A clock set right again is recognized once its old differences leave the window (32 batches): a
 step down cannot be told from batches that travelled slowly (a broker's backlog after the stream
 restarts), and reacting to those would raise a false fault after every restart. A time-sync
@@ -22,7 +28,9 @@ gateway, in sync, reports the divert.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from msgspec.structs import replace as replace_struct
@@ -38,6 +46,9 @@ from stream.engine.machines import Machine, RuleSpec, Sample
 
 WINDOW = 32  # batches the estimate is taken over
 MIN_BATCHES = 3  # before a verdict
+#: changes of the estimate remembered: a reading still held after this many changes of its
+#: device's estimate is judged with the oldest remembered
+ESTIMATES_KEPT = 16
 
 
 @dataclass(slots=True)
@@ -47,6 +58,10 @@ class DeviceClock:
     differences: deque[int] = field(default_factory=lambda: deque(maxlen=WINDOW))
     serves_ccp: bool = False
     synced: bool | None = None  # the gateway's own latest report (None: it does not report)
+    #: each change of the estimate: (receive time it holds from, the estimate), oldest first,
+    #: receive times never decreasing
+    estimates: list[tuple[int, int]] = field(default_factory=list)
+    heard_ms: int = -1  # the latest receive time of any batch
 
     @property
     def offset_ms(self) -> int:
@@ -57,6 +72,40 @@ class DeviceClock:
         """One batch's clocks, and the gateway's report on its own."""
         self.differences.append(sent_at - received_ms)
         self.synced = synced
+        estimate = max(self.differences)
+        estimates = self.estimates
+        if not estimates or estimate != estimates[-1][1]:
+            # from this batch's receive time; a batch received in the same millisecond as one
+            # before it (a backlog sent at once), or earlier (a clock that went back), changes
+            # it from the next millisecond: a reading cannot be told apart from the others of
+            # its millisecond, and whether the stream had taken in the later batches when it
+            # judged it must not matter
+            since = received_ms if received_ms > self.heard_ms else self.heard_ms + 1
+            if estimates and since <= estimates[-1][0]:
+                estimates[-1] = (estimates[-1][0], estimate)
+            else:
+                estimates.append((since, estimate))
+                del estimates[:-ESTIMATES_KEPT]
+        self.heard_ms = max(self.heard_ms, received_ms)
+
+    def restore_estimates(self, estimates: Iterable[tuple[int, int]]) -> None:
+        """Take back the estimates a snapshot kept (the latest receive time heard taken as the
+        last estimate's, which is all a snapshot keeps of it)."""
+        self.estimates = [(int(since), int(estimate)) for since, estimate in estimates]
+        self.heard_ms = self.estimates[-1][0] if self.estimates else -1
+
+    def offset_when(self, received_ms: int) -> int:
+        """The offset a reading received at ``received_ms`` is judged with: the estimate in
+        force when the first batch of that millisecond came. It depends only on the batches
+        and their receive times, not on when the stream judges the reading."""
+        estimates = self.estimates
+        if not estimates:
+            return self.offset_ms
+        at = bisect_right(estimates, (received_ms, _LAST)) - 1
+        return estimates[max(at, 0)][1]
+
+
+_LAST = 2**63  # sorts after any estimate
 
 
 class TimeSyncMachine(Machine):

@@ -299,6 +299,7 @@ class _Snapshot(msgspec.Struct):
     transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
     clock_reports: dict[str, bool] = {}  # older snapshots lack it
+    clock_estimates: dict[str, list[tuple[int, int]]] = {}  # older snapshots lack it
 
 
 class Engine:
@@ -785,6 +786,12 @@ class Engine:
         clock = self._clocks.get(device)
         return clock.offset_ms if clock is not None else 0
 
+    def _offset_when(self, device: str, received_ms: int) -> int:
+        """The offset a reading of ``device`` received at ``received_ms`` is judged with, the
+        same however the stream batches its judging (:meth:`DeviceClock.offset_when`)."""
+        clock = self._clocks.get(device)
+        return clock.offset_when(received_ms) if clock is not None else 0
+
     def submit_events(self, site: str, events: list[Event]) -> int:
         """Take a gateway's events into the state of their assets; returns how many name an
         asset the plan does not know (counted there, not here).
@@ -1224,7 +1231,7 @@ class Engine:
             if prev_ts < 0 or value != prev_value:
                 run_start = ts
             device = self._devices[code]
-            offset = self.offset_ms(device)
+            offset = self._offset_when(device, got)
             # how long after it was taken the stream got it, both on the stream's clock
             late = got - (ts - offset) > silence_ms
             sample = Sample(ts, value, prev_ts, prev_value, run_start, device, late)
@@ -1420,6 +1427,7 @@ class Engine:
             cooling=[machine.state() for _, machine in self._cooling],
             clocks={d: (list(c.differences), c.serves_ccp) for d, c in self._clocks.items()},
             clock_reports={d: c.synced for d, c in self._clocks.items() if c.synced is not None},
+            clock_estimates={d: c.estimates for d, c in self._clocks.items() if c.estimates},
             ages=[age.state() for age in self._ages.values()],
             transports=[transport.state() for _, transport in self._transports],
             time_sync={
@@ -1487,6 +1495,7 @@ class Engine:
             clock = engine._clocks[device] = DeviceClock(serves_ccp=serves_ccp)
             clock.differences.extend(differences)
             clock.synced = state.clock_reports.get(device)
+            clock.restore_estimates(state.clock_estimates.get(device, ()))
         for device, (site, saved_sync) in state.time_sync.items():
             engine._time_sync_of(site, device).restore(with_deviation(saved_sync))
         for name, saved in state.assets.items():

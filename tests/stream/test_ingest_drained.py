@@ -7,8 +7,9 @@ dead-letter the same things, count the same, and reach the same verdicts. The on
 the engine's semantics allow: a reading that message by message would have arrived after its
 channel released a later one (late: stored, not judged) may be judged in order when both came in
 one drained queue. So a batch run has at most as many late readings, and every reading is stored
-and either judged or counted late in both. A deviation records the device clock's offset as
-estimated when it was judged; a drained queue is judged after all its batches moved the estimate.
+and either judged or counted late in both. The device clock's offset a reading is judged with
+(recorded in its deviation, and correcting a joined rule's times) is the estimate in force when
+its batch came, however many later batches the queue held when it was judged.
 """
 
 from __future__ import annotations
@@ -56,30 +57,13 @@ class Run:
         return self.ingest.engine.counters
 
     def changes(self) -> Counter[bytes]:
-        """The deviation changes, less what depends on the device clock's offset as estimated
-        when they were judged (it moves with every batch of the device): the offset each
-        records, and whether it was detected late (received later than its silence limit after
-        it was taken, on the stream's clock)."""
-        return _encoded(
-            msgspec.structs.replace(
-                change,
-                deviation=msgspec.structs.replace(
-                    change.deviation, clock_offset_ms=0, detected_late=False
-                ),
-            )
-            for change in self.deviations.changes
-        )
+        return _encoded(self.deviations.changes)
 
     def letters(self) -> Counter[bytes]:
         return _encoded(self.deadletter.letters)
 
     def lines(self) -> Counter[str]:
-        """The lines stored, deviations' without whether they were detected late (see
-        :meth:`changes`)."""
-        return Counter(
-            line.replace(",late=true,", ",late=false,") if line.startswith("deviation,") else line
-            for line in self.series.lines
-        )
+        return Counter(self.series.lines)
 
 
 def _encoded(items: Iterable[object]) -> Counter[bytes]:

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from milkguard.contract.v1 import Reading
 from milkguard.signing import Signer, Verifier, seal, unseal
 from stream.engine import DeviationChange, Engine
+from stream.engine.clocks import DeviceClock
 from stream.engine.deviation import DeviceTime, deviation_record
 from stream.plan import parse_plan
 from tests.stream.engine.scenario import at
@@ -437,3 +438,36 @@ def test_a_rule_of_one_channel_stays_on_its_device_clock() -> None:
     assert opened.time_base == "device"
     assert (closed.start_ms, closed.end_ms, closed.time_base) == (at(5), at(7), "device")
     assert (closed.clocks, closed.clock_offset_ms) == ([], 3000)
+
+
+def test_a_reading_is_judged_with_the_offset_in_force_when_its_batch_came() -> None:
+    # a faster batch after it moves the estimate, but not for readings already received: the
+    # same offset whether the stream judged them before that batch or after
+    clock = DeviceClock()
+    clock.heard(at(1) + 100, at(1))
+    clock.heard(at(2) + 300, at(2))
+
+    assert [clock.offset_when(at(s)) for s in (1, 1.5, 2, 3)] == [100, 100, 300, 300]
+
+
+def test_batches_received_in_one_millisecond_share_the_first_ones_offset() -> None:
+    # a backlog sent at once: its readings cannot be told apart by receive time, so whichever of
+    # its batches the stream had taken in when it judged one must not matter
+    clock = DeviceClock()
+    clock.heard(at(1) + 100, at(1))
+    clock.heard(at(2) + 300, at(2))
+    clock.heard(at(2) + 500, at(2))
+
+    assert clock.offset_when(at(2)) == 300
+    assert clock.offset_when(at(2) + 1) == 500
+    assert clock.offset_ms == 500
+
+
+def test_the_offsets_in_force_survive_a_snapshot() -> None:
+    engine = Engine(PLAN)
+    engine.clock("plant-01", "htst-gw", at(1) + 100, at(1))
+    engine.clock("plant-01", "htst-gw", at(2) + 300, at(2))
+
+    again = Engine.restore(PLAN, engine.snapshot())
+
+    assert [again._offset_when("htst-gw", at(s)) for s in (1, 2)] == [100, 300]

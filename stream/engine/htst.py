@@ -20,25 +20,25 @@ changes and the derived series stay on the device time of the sample they concer
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any
 
+from milkguard.contract.v1 import Event, ProductChange
 from stream.engine.clocks import on_stream_clock, on_stream_clock_change
-from stream.engine.deviation import AppliedLimit, DeviationChange
-from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample, with_deviation
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
+from stream.engine.kinds import Compiled, PlanContext
+from stream.engine.machines import (
+    ANYWHERE,
+    CriticalLimitMachine,
+    Handover,
+    QuietBand,
+    RuleSpec,
+    Sample,
+    with_deviation,
+)
+from stream.engine.machines import Derived as Derived  # noqa: PLC0414 - imported from here
 from stream.plan import Htst, Uht
-
-
-class Derived(NamedTuple):
-    """A value computed from readings, kept as a time series: a holding time, an F0."""
-
-    site: str
-    asset: str
-    rule_id: str
-    quantity: str  # holding_time_s, f0_min
-    ts: int
-    value: float
-
 
 # k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
 _LAMINAR_RE, _TRANSITION_RE, _TURBULENT_RE = 2100.0, 4000.0, 20000.0
@@ -82,7 +82,38 @@ def fastest_particle_hold_s(rule: Htst | Uht, flow_l_h: float) -> float:
     return tube.volume_l / mean_velocity_share  # float division overflows to inf, not an error
 
 
-class HtstMachine:
+class _JoinedRule:
+    """The rule-kind contract (:class:`stream.engine.kinds.RuleMachine`) of a rule whose
+    channels are judged merged in time order, never screened: its checks are critical-limit
+    machines on derived values."""
+
+    @property
+    def machines(self) -> tuple[CriticalLimitMachine, ...]:
+        """Its checks."""
+        raise NotImplementedError
+
+    @property
+    def engaged(self) -> bool:
+        """True while one of its checks is in an excursion."""
+        return any(m.engaged for m in self.machines)
+
+    @property
+    def open_deviations(self) -> list[Deviation]:
+        """The deviations open now."""
+        return [m.open_deviation for m in self.machines if m.open_deviation is not None]
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """No timers: samples decide."""
+        return ()
+
+    def quiet_band(self) -> QuietBand:
+        """Never screened: every sample of its channels comes here."""
+        return ANYWHERE
+
+
+class HtstMachine(_JoinedRule):
     """One pasteurizer's legal checks; roles are 'indicating', 'flow_diversion', 'recorder'
     and 'flow'."""
 
@@ -204,6 +235,14 @@ class HtstMachine:
         stamped = on_stream_clock_change(machine, change, sample) if machine is not None else None
         return [stamped] if stamped is not None else []
 
+    on_sample = observe  # the rule-kind contract's name for it
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """A product change: the legal minimum follows the product from then on."""
+        if isinstance(event, ProductChange):
+            self.product_change(event.ts, rich_product(event))
+        return ()
+
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {
@@ -222,7 +261,7 @@ class HtstMachine:
         self.rich_since = [(int(ts), bool(rich)) for ts, rich in state["rich_since"]]
 
 
-class UhtMachine:
+class UhtMachine(_JoinedRule):
     """A UHT line's lethality per parcel; roles are 'outlet' and 'flow'."""
 
     def __init__(self, rule: Uht, base: RuleSpec, derived: list[Derived]) -> None:
@@ -270,6 +309,12 @@ class UhtMachine:
         change = on_stream_clock_change(self.lethality, change, sample)
         return [change] if change is not None else []
 
+    on_sample = observe  # the rule-kind contract's name for it
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """Events do not move the F0 check."""
+        return ()
+
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {"machines": [self.lethality.state()], "flow": self.flow}
@@ -299,3 +344,58 @@ def lethality_f0(rule: Uht, outlet_c: float, flow_l_h: float) -> float:
 
 
 _MAX_EXPONENT = 300.0
+
+
+# product classes that raise the legal pasteurization minimum (PMO: +3 degC)
+_RICH_FAT_PCT = 10.0
+_RICH_SOLIDS_PCT = 18.0
+
+
+def rich_product(event: ProductChange) -> bool:
+    """Whether the product from this change on is one the PMO pasteurizes 3 degC hotter."""
+    return (
+        event.fat_pct >= _RICH_FAT_PCT
+        or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
+        or event.sweetened
+        or event.condensed
+    )
+
+
+def _reads(
+    rule: Htst | Uht, context: PlanContext, roles: Mapping[str, str | None]
+) -> dict[str, int]:
+    return {
+        role: context.row_of[(rule.asset, channel)]
+        for role, channel in roles.items()
+        if channel is not None
+    }
+
+
+def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
+    """A pasteurizer: its thermometers, valve and flow read together."""
+    base = context.rule_spec(
+        rule, channel=rule.indicating, unit=context.unit(rule.asset, rule.indicating)
+    )
+    unit = context.unit(rule.asset, rule.indicating)
+    machine = HtstMachine(rule, base, unit, context.derived)
+    roles = {
+        "indicating": rule.indicating,
+        "flow_diversion": rule.flow_diversion,
+        "recorder": rule.recorder,
+        "flow": rule.flow,
+    }
+    return Compiled(
+        rule.id,
+        machine,
+        reads=_reads(rule, context, roles),
+        assets=(context.where(rule.asset),),
+        joined=True,
+    )
+
+
+def compile_uht(rule: Uht, context: PlanContext) -> Compiled:
+    """A UHT plant: the outlet temperature and the flow read together."""
+    base = context.rule_spec(rule, channel=rule.outlet, unit=context.unit(rule.asset, rule.outlet))
+    machine = UhtMachine(rule, base, context.derived)
+    roles = {"outlet": rule.outlet, "flow": rule.flow}
+    return Compiled(rule.id, machine, reads=_reads(rule, context, roles), joined=True)

@@ -11,13 +11,63 @@ sample that no longer shows it, and that sample's time is the end.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
 
+from milkguard.contract.v1 import Event
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange, deviation_id
+
+#: "never": a time span no flat line or gap reaches
+NEVER = 2**62
+
+
+class QuietBand(NamedTuple):
+    """Where a rule cannot act on a sample of the channel it reads, for the engine's vector
+    screen: a value within ``lo``..``hi``, a step no faster than ``max_per_ms``, a flat line
+    shorter than ``flat_ms``. A channel's band is the narrowest of its rules' bands."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    max_per_ms: float = math.inf
+    flat_ms: int = NEVER
+
+    def narrowed(self, other: QuietBand) -> QuietBand:
+        """The band inside both."""
+        return QuietBand(
+            max(self.lo, other.lo),
+            min(self.hi, other.hi),
+            min(self.max_per_ms, other.max_per_ms),
+            min(self.flat_ms, other.flat_ms),
+        )
+
+
+#: the band of a rule that any sample may move (it is judged by its engagement, or never
+#: screened): it narrows nothing
+ANYWHERE = QuietBand()
+
+
+class Derived(NamedTuple):
+    """A value computed from readings, kept as a time series: a holding time, an F0."""
+
+    site: str
+    asset: str
+    rule_id: str
+    quantity: str  # holding_time_s, f0_min
+    ts: int
+    value: float
+
+
+class Handover(msgspec.Struct):
+    """What one rule's machine passes to another's while they take the same event, in the
+    order the engine hands it out (e.g. a pickup: the farm tank's oldest milk goes to the
+    compartment's age)."""
+
+    oldest: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +133,33 @@ class Machine:
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample, in timestamp order."""
         raise NotImplementedError
+
+    # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`) for machines that are a
+    # whole rule on their own: one channel, one deviation at a time, no events, no timers
+
+    def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
+        """Judge one sample of the channel (``role`` is the rule's only one, "")."""
+        change = self.observe(sample)
+        return () if change is None else (change,)
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """Events do not concern a single-channel limit."""
+        return ()
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """No timers: samples decide."""
+        return ()
+
+    @property
+    def open_deviations(self) -> list[Deviation]:
+        """The deviation open now, as a list (the contract's shape)."""
+        return [] if self._open is None else [self._open]
+
+    def quiet_band(self) -> QuietBand:
+        """Where no sample can move this machine while it is not engaged."""
+        return ANYWHERE
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep of this machine."""
@@ -173,6 +250,14 @@ class CriticalLimitMachine(Machine):
     def engaged(self) -> bool:
         """True during an excursion (open or not yet sustained)."""
         return self._breach_start is not None
+
+    def quiet_band(self) -> QuietBand:
+        """Within the limits."""
+        spec = self.spec
+        return QuietBand(
+            lo=-math.inf if spec.minimum is None else spec.minimum,
+            hi=math.inf if spec.maximum is None else spec.maximum,
+        )
 
     def excess(self, value: float) -> float:
         """How far ``value`` lies beyond the limit (0.0 when within it)."""
@@ -287,6 +372,10 @@ class StuckSensorMachine(Machine):
             return None
         return self._closed(sample.ts, sample.late)
 
+    def quiet_band(self) -> QuietBand:
+        """A flat line shorter than the limit."""
+        return QuietBand(flat_ms=self.spec.flat_ms)
+
     def _flat_limit(self) -> AppliedLimit:
         spec = self.spec
         return AppliedLimit(
@@ -325,6 +414,10 @@ class RateOfChangeMachine(Machine):
                 self._open.peak = rate * 60_000
             return None
         return self._closed(sample.ts, sample.late)
+
+    def quiet_band(self) -> QuietBand:
+        """Steps no faster than the limit."""
+        return QuietBand(max_per_ms=self.spec.max_per_ms)
 
     def _rate_limit(self) -> AppliedLimit:
         spec = self.spec

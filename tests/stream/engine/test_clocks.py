@@ -470,4 +470,4 @@ def test_the_offsets_in_force_survive_a_snapshot() -> None:
 
     again = Engine.restore(PLAN, engine.snapshot())
 
-    assert [again._offset_when("htst-gw", at(s)) for s in (1, 2)] == [100, 300]
+    assert [again._clocks["htst-gw"].offset_when(at(s)) for s in (1, 2)] == [100, 300]

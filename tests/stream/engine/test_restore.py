@@ -60,3 +60,18 @@ def test_a_corrupt_snapshot_is_a_mismatch_never_another_error(
     corrupt(state)
     with pytest.raises(SnapshotMismatch, match="snapshot"):
         Engine.restore(demo_plan, msgspec.msgpack.encode(state))
+
+
+def test_a_snapshot_of_the_first_format_without_rules_by_id_restores(
+    demo_plan: LoadedPlan,
+) -> None:
+    """Snapshots written before rule kinds were registered have no ``rules`` field (the
+    states of kinds added since, by rule id), nor the device clocks' estimates in force since
+    each batch (``clock_estimates``): they restore, and carry on as they were."""
+    state = _saved(demo_plan)
+    del state["rules"], state["clock_estimates"]
+
+    again = Engine.restore(demo_plan, msgspec.msgpack.encode(state))
+
+    expected = {**state, "rules": {}, "clock_estimates": {}}
+    assert again.snapshot() == msgspec.msgpack.encode(expected)

@@ -24,7 +24,9 @@ readings are quiet, which is what makes the engine fast.
 
 ``advance`` also fires timers: a channel that has received nothing for longer than its silence
 limit (in the stream's time) opens a "monitoring lost" deviation, with no sample needed, starting
-at its last sample plus the limit.
+at its last sample and detected at the last sample plus the limit. A channel not heard from since
+the service started (or restarted from a snapshot) is given the plan's start-up grace first: its
+silence clock starts at the grace's end (see :meth:`Engine.excuse_outage`).
 
 ``now`` and each batch's receive time are data: the wall clock when live, the newest event time
 seen when replaying a file. Calling ``advance`` every few thousand readings (or every ~100 ms)
@@ -243,13 +245,21 @@ class Engine:
     # ---------------------------------------------------------------- state
 
     def excuse_outage(self, now_ms: int) -> None:
-        """The stream was down until ``now_ms`` and restarts from a snapshot: a channel heard
-        before is taken as heard at ``now_ms``, so what its gateway sent meanwhile (which the
-        broker holds and sends first) comes in before the channel can look silent. A channel
-        that stays silent still opens its "monitoring lost", with the same start (its last
-        sample plus the limit), detected later by at most the outage."""
-        heard = self._table.last_received >= 0
-        self._table.last_received[heard] = np.maximum(self._table.last_received[heard], now_ms)
+        """The stream was down until ``now_ms`` and restarts from a snapshot: a new run of the
+        service starts there, and every channel not heard from since is given the plan's
+        start-up grace, as at a fresh start, so what its gateway sent meanwhile (which the
+        broker holds and sends first) comes in before the channel can look silent.
+
+        A silence open before the restart stays open, the same deviation. A channel that stays
+        silent beyond the grace opens its "monitoring lost" from its last sample, exactly the
+        record (and id) it would have had without the restart; only the stream learns of it
+        later. A channel heard before is also taken as heard at ``now_ms`` for its watermark
+        and deadlines, so its held readings wait for the backlog."""
+        table = self._table
+        heard = table.last_received >= 0
+        table.last_received[heard] = np.maximum(table.last_received[heard], now_ms)
+        table.started = table.heard_after = now_ms
+        table.next_silence = -1
 
     def take_notices(self) -> list[Notice]:
         """The notices gathered since the last call."""

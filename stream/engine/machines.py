@@ -433,21 +433,34 @@ class RateOfChangeMachine(Machine):
 class SilenceMachine(Machine):
     """ "Monitoring lost": no sample for longer than the channel's silence limit.
 
-    Opened by the engine's timer at the deadline (last sample + limit) when no sample came, or,
-    if the gap is only seen when the next sample arrives, opened and closed together. Closes at
-    the next sample. Never suspended: cleaning does not excuse a silent recorder.
+    The record starts at the channel's last sample: for a critical control point, everything
+    after the last record is unmonitored product that must be held (PMO: a recorder that stops
+    leaves the product since its last record unaccounted for). A sample that itself breached a
+    limit is still a record: the monitoring worked, and the product it stands for is held by
+    that breach's own deviation, so the gap starts after it, not at the last sample within the
+    limits (which would make the gap overlap the breach and hang on the other rules). The
+    deviation is detected at the deadline, the last sample plus the limit, and closes at the
+    next sample. Opened by the engine's timer when no sample came by then or, if the gap is only
+    seen when the next sample arrives, opened and closed together: both from the last sample,
+    so both get the same id. A channel never heard from at all is counted from the end of the
+    plan's start-up grace, and its record says so. Never suspended: cleaning does not excuse a
+    silent recorder.
     """
 
-    __slots__ = ("silence_ms",)
+    __slots__ = ("grace_ms", "silence_ms")
 
-    def __init__(self, spec: RuleSpec, silence_ms: int) -> None:
+    def __init__(self, spec: RuleSpec, silence_ms: int, grace_ms: int = 0) -> None:
         super().__init__(spec)
         self.silence_ms = silence_ms
+        self.grace_ms = grace_ms  # the plan's start-up grace, named in a never-heard record
 
-    def open_at(self, deadline_ms: int, device: str) -> DeviationChange:
-        """The deadline passed with no sample: open the deviation there."""
+    def open_at(self, last_ms: int, device: str, *, never_heard: bool = False) -> DeviationChange:
+        """No sample came within the limit after ``last_ms``, the channel's last sample (or, for
+        a channel ``never_heard`` from, the end of the start-up grace): open the deviation
+        there, detected at the deadline."""
+        deadline_ms = last_ms + self.silence_ms
         sample = Sample(deadline_ms, 0.0, -1, 0.0, deadline_ms, device, late=False)
-        return self._opened(deadline_ms, sample, None, self._silence_limit())
+        return self._opened(last_ms, sample, None, self._silence_limit(never_heard))
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """A sample arrived: close the deviation at it (the engine opens it first if needed)."""
@@ -455,14 +468,20 @@ class SilenceMachine(Machine):
             return None
         return self._closed(sample.ts, sample.late)
 
-    def _silence_limit(self) -> AppliedLimit:
+    def _silence_limit(self, never_heard: bool) -> AppliedLimit:
         spec = self.spec
+        source = spec.source
+        if never_heard:
+            source += (
+                "; never heard from: unmonitored from the service's start plus its "
+                f"{self.grace_ms / 1000:g} s start-up grace (startup_grace_s)"
+            )
         return AppliedLimit(
             min=None,
             max=None,
             sustained_s=self.silence_ms / 1000,
             unit=spec.unit,
-            source=spec.source,
+            source=source,
         )
 
 

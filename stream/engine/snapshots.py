@@ -56,6 +56,7 @@ class _Snapshot(msgspec.Struct):
     transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
     clock_reports: dict[str, bool] = {}  # older snapshots lack it
+    heard_after: int = -1  # older snapshots lack it: a fresh run's
     rules: dict[str, dict[str, Any]] = {}  # kinds registered since the first format, by rule id
     clock_estimates: dict[str, list[tuple[int, int]]] = {}  # older snapshots lack it
 
@@ -114,6 +115,7 @@ def encode(parts: EngineParts) -> bytes:
         plan_version=parts.plan.state_version,
         now=table.now,
         started=table.started,
+        heard_after=table.heard_after,
         arrays={name: getattr(table, name).tobytes() for name in STATE_ARRAYS},
         machines=machines,
         silence=[
@@ -161,6 +163,7 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
     """Take a snapshot's content back into a freshly compiled engine's parts."""
     table, judge, devices = parts.table, parts.judge, parts.devices
     table.now, table.started = state.now, state.started
+    table.heard_after = state.heard_after
     for name, raw in state.arrays.items():
         current = getattr(table, name)
         current[:] = np.frombuffer(raw, dtype=current.dtype)

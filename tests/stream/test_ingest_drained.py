@@ -7,9 +7,12 @@ dead-letter the same things, count the same, and reach the same verdicts. The on
 the engine's semantics allow: a reading that message by message would have arrived after its
 channel released a later one (late: stored, not judged) may be judged in order when both came in
 one drained queue. So a batch run has at most as many late readings, and every reading is stored
-and either judged or counted late in both. The device clock's offset a reading is judged with
-(recorded in its deviation, and correcting a joined rule's times) is the estimate in force when
-its batch came, however many later batches the queue held when it was judged.
+and either judged or counted late in both. Whether a gap was opened by the timer or seen only at
+its next sample depends on when the stream advanced, which can change whether it was detected
+late. The device
+clock's offset a reading is judged with (recorded in its deviation, and correcting a joined
+rule's times) is the estimate in force when its batch came, however many later batches the queue
+held when it was judged.
 """
 
 from __future__ import annotations
@@ -57,13 +60,25 @@ class Run:
         return self.ingest.engine.counters
 
     def changes(self) -> Counter[bytes]:
-        return _encoded(self.deviations.changes)
+        """The deviation changes, less whether they were detected late (a gap's depends on
+        whether the timer or its next sample found it)."""
+        return _encoded(
+            msgspec.structs.replace(
+                change, deviation=msgspec.structs.replace(change.deviation, detected_late=False)
+            )
+            for change in self.deviations.changes
+        )
 
     def letters(self) -> Counter[bytes]:
         return _encoded(self.deadletter.letters)
 
     def lines(self) -> Counter[str]:
-        return Counter(self.series.lines)
+        """The lines stored, deviations' without whether they were detected late (see
+        :meth:`changes`)."""
+        return Counter(
+            line.replace(",late=true,", ",late=false,") if line.startswith("deviation,") else line
+            for line in self.series.lines
+        )
 
 
 def _encoded(items: Iterable[object]) -> Counter[bytes]:

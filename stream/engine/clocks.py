@@ -28,11 +28,14 @@ gateway, in sync, reports the divert.
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+import numpy.typing as npt
 from msgspec.structs import replace as replace_struct
 
 from stream.engine.deviation import (
@@ -159,6 +162,32 @@ class TimeSyncMachine(Machine):
 
 
 _CAUSES: tuple[TimeSyncCause, ...] = ("offset_beyond_tolerance", "gateway_unsynchronised")
+
+
+def join_order(
+    rows: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.int64],
+    devices: npt.NDArray[np.int64],
+    offsets: list[int],
+    rank: npt.NDArray[np.int64],
+) -> list[int]:
+    """The order to judge a joined rule's readings in (their channel rows, device times,
+    device codes, the offset each is judged with, and the rank of each one's channel): on the
+    stream's clock, at equal times by ``rank`` (the valve first), so each reading is judged
+    with the others' state of that instant.
+
+    Each device's readings keep the order of its own clock, which stamped them all: merged
+    with the other devices' by their times on the stream's clock. Two of its batches judged
+    with different estimates (the estimate moved between them) must not swap its readings, and
+    a channel judged out of its own order would see gaps and flat lines that are not there.
+    """
+    corrected = (ts - np.asarray(offsets, dtype=np.int64)).tolist()
+    ranks, channels, codes = rank.tolist(), rows.tolist(), devices.tolist()
+    by_device: dict[int, list[tuple[int, int, int, int]]] = {}
+    for index in np.lexsort((rows, rank, ts)).tolist():
+        entry = (corrected[index], ranks[index], channels[index], index)
+        by_device.setdefault(codes[index], []).append(entry)
+    return [entry[3] for entry in heapq.merge(*by_device.values())]
 
 
 def on_stream_clock(sample: Sample) -> Sample:

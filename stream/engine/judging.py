@@ -16,6 +16,7 @@ from operator import attrgetter
 import numpy as np
 
 from milkguard.contract.v1 import CipEnd, CipStart, Delivery, Event, Pickup
+from stream.engine.clocks import join_order
 from stream.engine.columns import I64, NEVER, B, Columns
 from stream.engine.compile import BoundRule, CompiledPlan
 from stream.engine.deviation import Deviation, DeviationChange
@@ -124,10 +125,14 @@ class Judge:
         so each sees the others' state as it was then. At equal times a valve's state comes
         first: a temperature is judged with the flow direction of that instant."""
         # on corrected time: two devices' clocks may disagree (estimated offsets, ahead positive)
-        offsets = self._devices.offsets()
-        corrected = readings.ts - offsets[readings.devices]
-        order = np.lexsort((readings.rows, self._table.join_rank[readings.rows], corrected))
-        for index in order.tolist():
+        names, received = self._devices.names, readings.received.tolist()
+        offsets = [
+            self._devices.offset_when(names[code], got)
+            for code, got in zip(readings.devices.tolist(), received, strict=True)
+        ]
+        rank = self._table.join_rank[readings.rows]
+        order = join_order(readings.rows, readings.ts, readings.devices, offsets, rank)
+        for index in order:
             row = int(readings.rows[index])
             self.judge_channel(row, readings.take(np.array([index])), out)
 

@@ -471,3 +471,29 @@ def test_the_offsets_in_force_survive_a_snapshot() -> None:
     again = Engine.restore(PLAN, engine.snapshot())
 
     assert [again._clocks["htst-gw"].offset_when(at(s)) for s in (1, 2)] == [100, 300]
+
+
+def test_one_gateways_readings_keep_its_own_order_when_its_estimate_moves() -> None:
+    """PMO Item 16p: the valve diverts at 5 s, the thermometer reads 71.0 degC at 6 s, both
+    stamped by one gateway. Its next batch shows its clock 10 s fast (a batch that travelled
+    fast, or a clock stepped): the readings of that batch are corrected by the new estimate,
+    but one clock stamped both, so the temperature is still judged after the divert: product
+    diverted, no deviation."""
+    engine = Engine(SKEWED)
+    out: list[DeviationChange] = []
+    for second in range(6):
+        valve = 0 if second == 5 else 1
+        readings = [
+            Reading("htst-1", "fdd_forward", valve, "state", at(second)),
+            Reading("htst-1", "hold_temp", 73.0, "degC", at(second)),
+        ]
+        exact_batch(engine, "plant-gw", readings, 0)
+    received = at(6)
+    engine.clock("plant-01", "plant-gw", received + 10_000, received)
+    engine.submit(
+        "plant-01", "plant-gw", [Reading("htst-1", "hold_temp", 71.0, "degC", at(6))], received
+    )
+    engine.flush(out)
+
+    assert [c for c in out if c.deviation.kind == KIND] == []
+    assert engine._clocks["plant-gw"].offset_when(received) == 10_000

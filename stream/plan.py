@@ -119,6 +119,14 @@ class Asset(_Strict):
         description="How late a reading may arrive and still be judged at its timestamp "
         "(default: the plan's). Deviations are reported this much later than they happen.",
     )
+    late_judge_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="How far behind its channel's judged time a late reading (one that came "
+        "after its allowed lateness) is still judged, flagged found late (default: the plan's; "
+        "0: late readings are counted and stored, never judged).",
+    )
     channels: dict[PlanId, Channel] = Field(min_length=1)
 
 
@@ -551,6 +559,14 @@ class Plan(_Strict):
         default=2.0,
         ge=0,
         description="Default for assets: how late a reading may arrive and still be judged.",
+    )
+    late_judge_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=86_400,
+        description="Default for assets: how far behind its channel's judged time a late reading "
+        "is still judged (re-judging retained history), flagged found late; older ones are "
+        "counted as beyond the bound and stored, not judged.",
     )
     silence_factor: float = Field(
         default=3.0,

@@ -14,7 +14,9 @@ nothing for its allowed lateness (in the stream's time, ``now``) is idle and rel
 it holds. Released readings are sorted by channel and time, so readings that came out of order
 within the allowed lateness are judged at their timestamps, in order. A reading older than what
 its channel has already judged arrived too late: it is counted and reported, never judged out
-of order (and still stored by the runtime).
+of order (and still stored by the runtime); within its asset's ``late_judge_s`` it is judged
+apart, at its own time, against the retained history, and flagged found late
+(:mod:`stream.engine.late`).
 
 Released readings are screened with vector checks: within the quiet band of every limit on the
 channel, a plausible rate of change, no flat line near its limit, no gap near the silence limit,
@@ -40,12 +42,14 @@ import math
 import numpy as np
 
 from milkguard.contract.v1 import Event, Reading
+from stream.engine.columns import Columns
 from stream.engine.compile import compile_plan
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
 from stream.engine.htst import Derived
 from stream.engine.judging import Judge
 from stream.engine.kinds import PlanContext
+from stream.engine.late import LateJudge
 from stream.engine.notices import EngineCounters, Notice, is_power_of_ten
 from stream.engine.routing import NOTHING_LEFT_OUT, Routed, Router, UnitMismatch
 from stream.engine.snapshots import SNAPSHOT_FORMAT, EngineParts, SnapshotMismatch
@@ -94,9 +98,17 @@ class Engine:
         self._router = Router(compiled.table, compiled.index, compiled.by_name)
         # screen=False sends every reading through the machines: the benchmark's "before"
         self._judge = Judge(compiled, self._devices, self.counters, self.notices, screen=screen)
-        self._held = Held(
-            compiled.table, self._devices, compiled.joined_groups, self._judge.report_late
+        # late readings: the judged history retained, and late ones judged at their own time
+        self._late = LateJudge(
+            loaded,
+            compiled.table,
+            compiled.assets,
+            devices=self._devices,
+            judge=self._judge,
+            counters=self.counters,
+            derived=self.derived,
         )
+        self._held = Held(compiled.table, self._devices, compiled.joined_groups, self._came_late)
 
     def _parts(self) -> EngineParts:
         return EngineParts(
@@ -109,7 +121,13 @@ class Engine:
             self._assets,
             self._silence,
             self.counters,
+            self._late,
         )
+
+    def _came_late(self, late: Columns) -> None:
+        """Readings behind their channels' judged time: counted, and judged apart."""
+        self._judge.report_late(late.rows, late.ts)
+        self._late.hold(late)
 
     # ---------------------------------------------------------------- input
 
@@ -222,6 +240,7 @@ class Engine:
     def advance(self, now_ms: int, out: list[DeviationChange]) -> None:
         """Move the clock to ``now_ms``, judge what the watermarks release, fire timers."""
         table, judge = self._table, self._judge
+        said = len(out)
         table.now = max(table.now, now_ms)
         if table.started < 0:
             table.started = table.now
@@ -231,16 +250,24 @@ class Engine:
         self._release(out, everything=False)
         judge.fire_silence(out)
         judge.fire_timers(self._held.holding, out)
+        self._late.noted(out[said:])
 
     def flush(self, out: list[DeviationChange]) -> None:
         """Judge everything held, as at the end of a replayed file (every channel idle)."""
+        said = len(out)
         self._release(out, everything=True)
+        self._late.noted(out[said:])
 
     def _release(self, out: list[DeviationChange], *, everything: bool) -> None:
         """Judge what the watermarks release (see :meth:`stream.engine.watermarks.Held.release`)."""
+        said = len(out)
         readings = self._held.release(everything=everything)
         if len(readings.rows):
+            self._late.retain(readings)
             self._judge.judge(readings, out)
+        if self._late.pending:
+            self._late.noted(out[said:])  # what the on-time readings just said comes first
+            self._late.judge(out)
 
     # ---------------------------------------------------------------- state
 

@@ -212,6 +212,14 @@ class HtstMachine(_JoinedRule):
         """The three checks."""
         return (self.temperature, self.holding, self.recorder)
 
+    def fresh(self, derived: list[Derived]) -> HtstMachine:
+        """A machine of the same rule with no verdicts yet, knowing the product changes, whose
+        holding times go to ``derived`` (to re-judge a window of history with late readings in
+        it, see :mod:`stream.engine.late`)."""
+        machine = HtstMachine(self.rule, self._base, self._unit, derived)
+        machine.product_since = list(self.product_since)
+        return machine
+
     def product_change(self, event: ProductChange) -> None:
         """A product change event: the legal pair follows the product from its time on."""
         product = product_class(event, self.rule.eggnog_products)
@@ -349,6 +357,10 @@ class UhtMachine(_JoinedRule):
     def machines(self) -> tuple[CriticalLimitMachine, ...]:
         """The one check."""
         return (self.lethality,)
+
+    def fresh(self, derived: list[Derived]) -> UhtMachine:
+        """A machine of the same rule with no verdicts yet (see :meth:`HtstMachine.fresh`)."""
+        return UhtMachine(self.rule, self._base, derived)
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of the outlet temperature or the flow (device time; judged on the

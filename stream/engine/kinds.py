@@ -20,6 +20,9 @@ How to add a rule kind
    that a plan with the kind compiles to the machine.
 The engine, its screen and its snapshots need no change: a machine says its quiet band (or
 stays engaged while any sample could move it), and its state goes into the snapshot by rule id.
+Late readings re-judge a kind whose machine also has ``fresh(derived)`` (a machine of the same
+rule with no verdicts yet, see :mod:`stream.engine.late`); the others' late readings are counted
+as not re-judged.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
@@ -137,6 +137,15 @@ class Machine:
     # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`) for machines that are a
     # whole rule on their own: one channel, one deviation at a time, no events, no timers
 
+    #: whether a fresh copy of this machine may re-judge history with late readings in it
+    rejudges_late: ClassVar[bool] = False
+
+    def fresh(self, derived: list[Derived]) -> Machine | None:
+        """A machine of the same rule with no verdicts yet, to re-judge retained history with
+        late readings merged in (:mod:`stream.engine.late`); None for a kind that is not
+        re-judged. ``derived`` takes what it computes (nothing, for these)."""
+        return type(self)(self.spec) if self.rejudges_late else None
+
     def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
         """Judge one sample of the channel (``role`` is the rule's only one, "")."""
         change = self.observe(sample)
@@ -236,6 +245,7 @@ class CriticalLimitMachine(Machine):
     """
 
     __slots__ = ("_breach_start", "_degree_ms", "_last_excess", "_last_ts", "_peak", "_peak_excess")
+    rejudges_late = True
 
     def __init__(self, spec: RuleSpec) -> None:
         super().__init__(spec)
@@ -358,6 +368,7 @@ class StuckSensorMachine(Machine):
     """
 
     __slots__ = ()
+    rejudges_late = True
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
@@ -391,6 +402,7 @@ class RateOfChangeMachine(Machine):
     """
 
     __slots__ = ()
+    rejudges_late = True
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""

@@ -21,6 +21,7 @@ from stream.engine.compile import BoundRule
 from stream.engine.deviation import DeviationChange
 from stream.engine.devices import Devices
 from stream.engine.judging import Judge
+from stream.engine.late import LateJudge, LateState
 from stream.engine.machines import SilenceMachine, with_deviation
 from stream.engine.notices import EngineCounters
 from stream.engine.routing import Router
@@ -58,6 +59,7 @@ class _Snapshot(msgspec.Struct):
     clock_reports: dict[str, bool] = {}  # older snapshots lack it
     heard_after: int = -1  # older snapshots lack it: a fresh run's
     rules: dict[str, dict[str, Any]] = {}  # kinds registered since the first format, by rule id
+    late: LateState | None = None  # older snapshots lack it
     clock_estimates: dict[str, list[tuple[int, int]]] = {}  # older snapshots lack it
 
 
@@ -73,6 +75,7 @@ class EngineParts(NamedTuple):
     assets: dict[tuple[str, str], AssetState]
     silence: list[SilenceMachine]
     counters: EngineCounters
+    late: LateJudge
 
 
 _LEGACY = ("joined", "cooling", "ages", "transports")
@@ -141,6 +144,7 @@ def encode(parts: EngineParts) -> bytes:
             d: (m.spec.site, m.state()) for d, m in devices.time_sync.items() if m.open_deviation
         },
         rules=rules,
+        late=parts.late.state(),
         clock_estimates={d: c.estimates for d, c in devices.clocks.items() if c.estimates},
     )
     return msgspec.msgpack.encode(state)
@@ -203,3 +207,5 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
     for f in fields(EngineCounters):
         setattr(parts.counters, f.name, getattr(saved_counters, f.name))
     parts.router.unplanned_seen = {tuple(name) for name in state.unplanned_seen}  # type: ignore[misc]
+    if state.late is not None:
+        parts.late.restore(state.late)

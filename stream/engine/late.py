@@ -54,7 +54,7 @@ judged and the deviation intervals, so a restart judges a backlog exactly as wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -367,7 +367,8 @@ class LateJudge:
                 for change in copy.on_sample(role, sample):
                     found[change.deviation.rule_id].append(change)
             prev[row] = (ts, value, run_start)
-        first = int(merged.ts[first_late])
+        # on each clock a deviation may be stamped on: its device's, or the stream's (joined)
+        first = {"device": int(merged.ts[first_late]), "stream": int(corrected[first_late])}
         for check, fresh_check in zip(checks, _checks(copy), strict=True):
             changes = found[check.spec.rule_id]
             self._settle(
@@ -410,7 +411,7 @@ class LateJudge:
         copy: _Check,
         changes: list[DeviationChange],
         *,
-        first_late: int,
+        first_late: Mapping[str, int],
         to_the_end: bool,
         out: list[DeviationChange],
     ) -> None:
@@ -448,7 +449,7 @@ class LateJudge:
         key: str,
         live: _Check,
         pair: list[DeviationChange],
-        first_late: int,
+        first_late: Mapping[str, int],
         out: list[DeviationChange],
     ) -> bool:
         """Publish one deviation the copy found (opened, and closed if it was), or the part of
@@ -456,7 +457,7 @@ class LateJudge:
         opened, final = pair[0].deviation, pair[-1].deviation
         start = opened.start_ms
         end = final.end_ms if final.end_ms is not None else _OPEN
-        if end < first_late:
+        if end < first_late[opened.time_base]:
             return False  # found without the late readings
         said_from = self._said_from(key, live, start, end)
         if said_from is not None:

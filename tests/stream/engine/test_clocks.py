@@ -497,3 +497,28 @@ def test_one_gateways_readings_keep_its_own_order_when_its_estimate_moves() -> N
 
     assert [c for c in out if c.deviation.kind == KIND] == []
     assert engine._clocks["plant-gw"].offset_when(received) == 10_000
+
+
+def test_a_backlogged_dip_on_a_fast_thermometer_gateway_is_found_late_on_the_stream_clock() -> None:
+    """PMO Appendix H and Item 16p: the thermometer's gateway, 4 s fast, loses its link for
+    10-12 s (stream time) while the temperature is 71.5 degC in forward flow, and sends those
+    readings after 20 s of live data. The breach is raised, found late, 10 s to 13 s on the
+    stream's clock (the valve's gateway's), with the thermometer gateway's own times beside."""
+    engine = Engine(SKEWED)
+    out: list[DeviationChange] = []
+    for second in [*range(10), *range(13, 33)]:
+        valve = [Reading("htst-1", "fdd_forward", 1, "state", at(second))]
+        exact_batch(engine, "valve-gw", valve, 0)
+        thermometer = [Reading("htst-1", "hold_temp", 73.0, "degC", at(second) + 4000)]
+        exact_batch(engine, "temp-gw", thermometer, 4000)
+        engine.advance(at(second), out)
+    backlog = [Reading("htst-1", "hold_temp", 71.5, "degC", at(s) + 4000) for s in (10, 11, 12)]
+    engine.clock("plant-01", "temp-gw", at(33) + 4000, at(33))
+    engine.submit("plant-01", "temp-gw", backlog, at(33))
+    engine.flush(out)
+
+    closed = [c.deviation for c in out if (c.kind, c.deviation.kind) == ("closed", KIND)]
+    assert [(d.start_ms, d.end_ms, d.detected_late) for d in closed] == [(at(10), at(13), True)]
+    assert closed[0].clocks == [
+        DeviceTime("temp-gw", 4000, raw_start_ms=at(14), raw_detected_ms=at(14), raw_end_ms=at(17))
+    ]

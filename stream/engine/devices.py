@@ -53,10 +53,6 @@ class Devices:
         clock = self.clocks.get(device)
         return clock.offset_when(received_ms) if clock is not None else 0
 
-    def offsets(self) -> I64:
-        """The offset of every device, by code."""
-        return np.array([self.offset_ms(d) for d in self.names], dtype=np.int64)
-
     def device_now(self, codes: I64, now: int) -> I64:
         """The stream's clock on each device's clock: ahead by the least its recent batches
         showed (not the offset estimate, the most: one batch with a sent_at an hour fast must

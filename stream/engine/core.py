@@ -41,9 +41,9 @@ from milkguard.contract.v1 import Event, Reading
 from stream.engine.compile import compile_plan
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
-from stream.engine.htst import Derived
 from stream.engine.judging import Judge
 from stream.engine.kinds import PlanContext
+from stream.engine.machines import Derived
 from stream.engine.notices import EngineCounters, Notice, is_power_of_ten
 from stream.engine.routing import NOTHING_LEFT_OUT, Routed, Router, UnitMismatch
 from stream.engine.snapshots import SNAPSHOT_FORMAT, EngineParts, SnapshotMismatch

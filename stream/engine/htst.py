@@ -370,6 +370,7 @@ def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
         reads=_reads(rule, context, roles),
         assets=(context.where(rule.asset),),
         joined=True,
+        first_roles=("flow_diversion",),
     )
 
 

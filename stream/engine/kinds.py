@@ -18,6 +18,10 @@ How to add a rule kind
    stage=..., timers=...)``.
 4. Its tests: a scenario test written like the regulation it checks, and the registry test
    that a plan with the kind compiles to the machine.
+A machine whose deviations carry a new ``kind`` (e.g. ``receipt_temperature``) also needs that
+name in the published record's ``DeviationKind`` (``milkguard/contract/records.py`` and
+``records-v1.schema.json``): the stream refuses to sign and publish a record the contract does
+not know.
 The engine, its screen and its snapshots need no change: a machine says its quiet band (or
 stays engaged while any sample could move it), and its state goes into the snapshot by rule id.
 """
@@ -96,6 +100,9 @@ class Compiled:
     assets: tuple[tuple[str, str], ...] = ()
     #: read several channels merged in time order (they are then never screened)
     joined: bool = False
+    #: of a joined rule, the roles judged first among samples of the same time (e.g. a
+    #: valve's state, so a temperature is judged with the flow direction of that instant)
+    first_roles: tuple[str, ...] = ()
     #: the row whose device clock its timers run on (None: the stream's clock)
     home_row: int | None = None
     #: one machine per key: a later rule of the same key replaces the earlier one

@@ -72,7 +72,11 @@ class RuleMachine(Protocol):
         """Fire what is due with no sample to decide it: ``now`` is the stream's clock,
         ``device_now`` the estimate of the clock of the device reporting the rule's channel
         (less its allowed lateness), ``holding`` whether that channel still holds readings not
-        judged yet (the rule's kind has ``timers``)."""
+        judged yet (the rule's kind has ``timers``).
+
+        Called on every advance, so a tick with nothing due must cost next to nothing; and a
+        tick that returns no change must not make the machine ``engaged`` (the engine looks at
+        engagement only after a timer that said something)."""
         ...
 
     def quiet_band(self) -> QuietBand:

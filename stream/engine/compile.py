@@ -72,6 +72,7 @@ def compile_plan(loaded: LoadedPlan, context: PlanContext) -> CompiledPlan:
     ccp: list[bool] = []
     plausible: list[tuple[float, float]] = []
     silence: list[SilenceMachine] = []
+    grace_ms = round(plan.startup_grace_s * 1000)
     row_of = context.row_of
     for key, asset in plan.assets.items():
         asset_id = asset.id or key
@@ -108,7 +109,7 @@ def compile_plan(loaded: LoadedPlan, context: PlanContext) -> CompiledPlan:
                 unit=channel.unit,
                 source=f"plan {plan.plan}: a sample expected every {channel.interval_s:g} s",
             )
-            silence.append(SilenceMachine(spec, silence_ms[-1]))
+            silence.append(SilenceMachine(spec, silence_ms[-1], grace_ms))
     n = len(names)
     rules = _compile_rules(loaded, context)
     wiring = _Wiring(n)
@@ -131,6 +132,7 @@ def compile_plan(loaded: LoadedPlan, context: PlanContext) -> CompiledPlan:
         plausible_hi=bounds[:, 1].copy(),
         joined=wiring.joined,
         join_rank=wiring.join_rank,
+        grace_ms=grace_ms,
     )
     return CompiledPlan(
         context=context,

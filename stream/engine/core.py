@@ -14,7 +14,9 @@ nothing for its allowed lateness (in the stream's time, ``now``) is idle and rel
 it holds. Released readings are sorted by channel and time, so readings that came out of order
 within the allowed lateness are judged at their timestamps, in order. A reading older than what
 its channel has already judged arrived too late: it is counted and reported, never judged out
-of order (and still stored by the runtime).
+of order (and still stored by the runtime); within its asset's ``late_judge_s`` it is judged
+apart, at its own time, against the retained history, and flagged found late
+(:mod:`stream.engine.late`).
 
 Released readings are screened with vector checks: within the quiet band of every limit on the
 channel, a plausible rate of change, no flat line near its limit, no gap near the silence limit,
@@ -24,7 +26,9 @@ readings are quiet, which is what makes the engine fast.
 
 ``advance`` also fires timers: a channel that has received nothing for longer than its silence
 limit (in the stream's time) opens a "monitoring lost" deviation, with no sample needed, starting
-at its last sample plus the limit.
+at its last sample and detected at the last sample plus the limit. A channel not heard from since
+the service started (or restarted from a snapshot) is given the plan's start-up grace first: its
+silence clock starts at the grace's end (see :meth:`Engine.excuse_outage`).
 
 ``now`` and each batch's receive time are data: the wall clock when live, the newest event time
 seen when replaying a file. Calling ``advance`` every few thousand readings (or every ~100 ms)
@@ -38,11 +42,13 @@ import math
 import numpy as np
 
 from milkguard.contract.v1 import Event, Reading
+from stream.engine.columns import Columns
 from stream.engine.compile import compile_plan
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
 from stream.engine.judging import Judge
 from stream.engine.kinds import PlanContext
+from stream.engine.late import LateJudge
 from stream.engine.machines import Derived
 from stream.engine.notices import EngineCounters, Notice, is_power_of_ten
 from stream.engine.routing import NOTHING_LEFT_OUT, Routed, Router, UnitMismatch
@@ -92,9 +98,17 @@ class Engine:
         self._router = Router(compiled.table, compiled.index, compiled.by_name)
         # screen=False sends every reading through the machines: the benchmark's "before"
         self._judge = Judge(compiled, self._devices, self.counters, self.notices, screen=screen)
-        self._held = Held(
-            compiled.table, self._devices, compiled.joined_groups, self._judge.report_late
+        # late readings: the judged history retained, and late ones judged at their own time
+        self._late = LateJudge(
+            loaded,
+            compiled.table,
+            compiled.assets,
+            devices=self._devices,
+            judge=self._judge,
+            counters=self.counters,
+            derived=self.derived,
         )
+        self._held = Held(compiled.table, self._devices, compiled.joined_groups, self._came_late)
 
     def _parts(self) -> EngineParts:
         return EngineParts(
@@ -107,7 +121,13 @@ class Engine:
             self._assets,
             self._silence,
             self.counters,
+            self._late,
         )
+
+    def _came_late(self, late: Columns) -> None:
+        """Readings behind their channels' judged time: counted, and judged apart."""
+        self._judge.report_late(late.rows, late.ts)
+        self._late.hold(late)
 
     # ---------------------------------------------------------------- input
 
@@ -220,6 +240,7 @@ class Engine:
     def advance(self, now_ms: int, out: list[DeviationChange]) -> None:
         """Move the clock to ``now_ms``, judge what the watermarks release, fire timers."""
         table, judge = self._table, self._judge
+        said = len(out)
         table.now = max(table.now, now_ms)
         if table.started < 0:
             table.started = table.now
@@ -229,27 +250,43 @@ class Engine:
         self._release(out, everything=False)
         judge.fire_silence(out)
         judge.fire_timers(self._held.holding, out)
+        self._late.noted(out[said:])
 
     def flush(self, out: list[DeviationChange]) -> None:
         """Judge everything held, as at the end of a replayed file (every channel idle)."""
+        said = len(out)
         self._release(out, everything=True)
+        self._late.noted(out[said:])
 
     def _release(self, out: list[DeviationChange], *, everything: bool) -> None:
         """Judge what the watermarks release (see :meth:`stream.engine.watermarks.Held.release`)."""
+        said = len(out)
         readings = self._held.release(everything=everything)
         if len(readings.rows):
+            self._late.retain(readings)
             self._judge.judge(readings, out)
+        if self._late.pending:
+            self._late.noted(out[said:])  # what the on-time readings just said comes first
+            self._late.judge(out)
 
     # ---------------------------------------------------------------- state
 
     def excuse_outage(self, now_ms: int) -> None:
-        """The stream was down until ``now_ms`` and restarts from a snapshot: a channel heard
-        before is taken as heard at ``now_ms``, so what its gateway sent meanwhile (which the
-        broker holds and sends first) comes in before the channel can look silent. A channel
-        that stays silent still opens its "monitoring lost", with the same start (its last
-        sample plus the limit), detected later by at most the outage."""
-        heard = self._table.last_received >= 0
-        self._table.last_received[heard] = np.maximum(self._table.last_received[heard], now_ms)
+        """The stream was down until ``now_ms`` and restarts from a snapshot: a new run of the
+        service starts there, and every channel not heard from since is given the plan's
+        start-up grace, as at a fresh start, so what its gateway sent meanwhile (which the
+        broker holds and sends first) comes in before the channel can look silent.
+
+        A silence open before the restart stays open, the same deviation. A channel that stays
+        silent beyond the grace opens its "monitoring lost" from its last sample, exactly the
+        record (and id) it would have had without the restart; only the stream learns of it
+        later. A channel heard before is also taken as heard at ``now_ms`` for its watermark
+        and deadlines, so its held readings wait for the backlog."""
+        table = self._table
+        heard = table.last_received >= 0
+        table.last_received[heard] = np.maximum(table.last_received[heard], now_ms)
+        table.started = table.heard_after = now_ms
+        table.next_silence = -1
 
     def take_notices(self) -> list[Notice]:
         """The notices gathered since the last call."""

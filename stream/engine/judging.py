@@ -166,10 +166,10 @@ class Judge:
             if cleans:
                 sample.cleaning_since = asset.cleaning_since(ts)
                 sample.prev_cleaning = prev_ts >= 0 and asset.cleaning_since(prev_ts) >= 0
-            base = prev_ts if prev_ts >= 0 else self._table.started
+            base = prev_ts if prev_ts >= 0 else self._table.unheard_from
             if silence.open_deviation is None and ts - base > silence_ms:
-                # the gap is seen only now (no timer ran in it): open it where it began
-                self.record(silence.open_at(base + silence_ms, device), out)
+                # the gap is seen only now (no timer ran in it): open it where the timer would
+                self.record(silence.open_at(base, device, never_heard=prev_ts < 0), out)
             if silence.open_deviation is not None:
                 self.record(silence.observe(sample), out)
             for machine, role in machines:
@@ -206,12 +206,15 @@ class Judge:
 
     def fire_silence(self, out: list[DeviationChange]) -> None:
         """Channels silent in the stream's time, past their silence limit: "monitoring lost"
-        opens with no sample needed, at the last sample plus the limit."""
+        opens with no sample needed, from the last sample, detected at it plus the limit. A
+        channel not heard from in this run of the service counts from the start-up grace's
+        end."""
         # silent in the stream's time: nothing received for longer than the limit
         if self._table.now < self._table.next_silence:
             return  # no channel can have gone silent yet: no need to look at each
+        table = self._table
         heard = np.where(
-            self._table.last_received >= 0, self._table.last_received, self._table.started
+            table.last_received > table.heard_after, table.last_received, table.unheard_from
         )
         # past the silence limit, and past the allowed lateness in which samples may still come
         silent_after = heard + self._table.silence_ms + self._table.lateness_ms
@@ -234,14 +237,14 @@ class Judge:
             due[holding] = ahead
             if not due.any():
                 return
-        # the deviation starts in the device's time: its last sample plus the limit
-        begins = (
-            np.where(self._table.last_ts >= 0, self._table.last_ts, self._table.started)
-            + self._table.silence_ms
-        )
+        # the deviation starts in the device's time, at its last sample (see SilenceMachine)
         for row in np.flatnonzero(due).tolist():
-            device = self._devices.names[int(self._table.last_device[row])]
-            self.record(self._silence[row].open_at(int(begins[row]), device), out)
+            device = self._devices.names[int(table.last_device[row])]
+            last = int(table.last_ts[row])
+            opened = self._silence[row].open_at(
+                last if last >= 0 else table.unheard_from, device, never_heard=last < 0
+            )
+            self.record(opened, out)
             self._table.silent[row] = True
             self._table.busy[row] = True
 

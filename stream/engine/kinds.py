@@ -24,6 +24,9 @@ name in the published record's ``DeviationKind`` (``milkguard/contract/records.p
 not know.
 The engine, its screen and its snapshots need no change: a machine says its quiet band (or
 stays engaged while any sample could move it), and its state goes into the snapshot by rule id.
+Late readings re-judge a kind whose machine also has ``fresh(derived)`` (a machine of the same
+rule with no verdicts yet, see :mod:`stream.engine.late`); the others' late readings are counted
+as not re-judged.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
@@ -137,6 +137,15 @@ class Machine:
     # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`) for machines that are a
     # whole rule on their own: one channel, one deviation at a time, no events, no timers
 
+    #: whether a fresh copy of this machine may re-judge history with late readings in it
+    rejudges_late: ClassVar[bool] = False
+
+    def fresh(self, derived: list[Derived]) -> Machine | None:
+        """A machine of the same rule with no verdicts yet, to re-judge retained history with
+        late readings merged in (:mod:`stream.engine.late`); None for a kind that is not
+        re-judged. ``derived`` takes what it computes (nothing, for these)."""
+        return type(self)(self.spec) if self.rejudges_late else None
+
     def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
         """Judge one sample of the channel (``role`` is the rule's only one, "")."""
         change = self.observe(sample)
@@ -236,6 +245,7 @@ class CriticalLimitMachine(Machine):
     """
 
     __slots__ = ("_breach_start", "_degree_ms", "_last_excess", "_last_ts", "_peak", "_peak_excess")
+    rejudges_late = True
 
     def __init__(self, spec: RuleSpec) -> None:
         super().__init__(spec)
@@ -358,6 +368,7 @@ class StuckSensorMachine(Machine):
     """
 
     __slots__ = ()
+    rejudges_late = True
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
@@ -391,6 +402,7 @@ class RateOfChangeMachine(Machine):
     """
 
     __slots__ = ()
+    rejudges_late = True
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
@@ -433,21 +445,34 @@ class RateOfChangeMachine(Machine):
 class SilenceMachine(Machine):
     """ "Monitoring lost": no sample for longer than the channel's silence limit.
 
-    Opened by the engine's timer at the deadline (last sample + limit) when no sample came, or,
-    if the gap is only seen when the next sample arrives, opened and closed together. Closes at
-    the next sample. Never suspended: cleaning does not excuse a silent recorder.
+    The record starts at the channel's last sample: for a critical control point, everything
+    after the last record is unmonitored product that must be held (PMO: a recorder that stops
+    leaves the product since its last record unaccounted for). A sample that itself breached a
+    limit is still a record: the monitoring worked, and the product it stands for is held by
+    that breach's own deviation, so the gap starts after it, not at the last sample within the
+    limits (which would make the gap overlap the breach and hang on the other rules). The
+    deviation is detected at the deadline, the last sample plus the limit, and closes at the
+    next sample. Opened by the engine's timer when no sample came by then or, if the gap is only
+    seen when the next sample arrives, opened and closed together: both from the last sample,
+    so both get the same id. A channel never heard from at all is counted from the end of the
+    plan's start-up grace, and its record says so. Never suspended: cleaning does not excuse a
+    silent recorder.
     """
 
-    __slots__ = ("silence_ms",)
+    __slots__ = ("grace_ms", "silence_ms")
 
-    def __init__(self, spec: RuleSpec, silence_ms: int) -> None:
+    def __init__(self, spec: RuleSpec, silence_ms: int, grace_ms: int = 0) -> None:
         super().__init__(spec)
         self.silence_ms = silence_ms
+        self.grace_ms = grace_ms  # the plan's start-up grace, named in a never-heard record
 
-    def open_at(self, deadline_ms: int, device: str) -> DeviationChange:
-        """The deadline passed with no sample: open the deviation there."""
+    def open_at(self, last_ms: int, device: str, *, never_heard: bool = False) -> DeviationChange:
+        """No sample came within the limit after ``last_ms``, the channel's last sample (or, for
+        a channel ``never_heard`` from, the end of the start-up grace): open the deviation
+        there, detected at the deadline."""
+        deadline_ms = last_ms + self.silence_ms
         sample = Sample(deadline_ms, 0.0, -1, 0.0, deadline_ms, device, late=False)
-        return self._opened(deadline_ms, sample, None, self._silence_limit())
+        return self._opened(last_ms, sample, None, self._silence_limit(never_heard))
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """A sample arrived: close the deviation at it (the engine opens it first if needed)."""
@@ -455,14 +480,20 @@ class SilenceMachine(Machine):
             return None
         return self._closed(sample.ts, sample.late)
 
-    def _silence_limit(self) -> AppliedLimit:
+    def _silence_limit(self, never_heard: bool) -> AppliedLimit:
         spec = self.spec
+        source = spec.source
+        if never_heard:
+            source += (
+                "; never heard from: unmonitored from the service's start plus its "
+                f"{self.grace_ms / 1000:g} s start-up grace (startup_grace_s)"
+            )
         return AppliedLimit(
             min=None,
             max=None,
             sustained_s=self.silence_ms / 1000,
             unit=spec.unit,
-            source=spec.source,
+            source=source,
         )
 
 

@@ -16,6 +16,9 @@ class EngineCounters:
     judged: int = 0
     unplanned: int = 0
     late: int = 0
+    late_judged: int = 0  # late readings judged at their own time (stream.engine.late)
+    late_beyond_bound: int = 0  # late readings older than late_judge_s: stored, not judged
+    late_unrejudged: int = 0  # late readings of channels with rules not re-judged (cooling, trips)
     duplicates: int = 0
     opened: int = 0
     closed: int = 0

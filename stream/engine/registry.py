@@ -23,11 +23,13 @@ from stream.engine.logistics import (
     compile_transport,
 )
 from stream.engine.machines import CriticalLimitMachine, RateOfChangeMachine, StuckSensorMachine
+from stream.engine.receipt import ReceiptMachine, compile_receipt
 from stream.plan import (
     Cooling,
     CriticalLimit,
     Htst,
     RateOfChange,
+    ReceiptCheck,
     StorageAge,
     StuckSensor,
     Transport,
@@ -49,5 +51,6 @@ RULE_KINDS: dict[type, RuleKind] = {
         RuleKind(
             Transport, TransportMachine, compile_transport, 4, timers=True, snapshot="transports"
         ),
+        RuleKind(ReceiptCheck, ReceiptMachine, compile_receipt, 5),
     )
 }

@@ -37,7 +37,7 @@ def screen_quiet(readings: Columns, table: ChannelTable) -> tuple[B, I64, I64, I
     position = np.where(fresh | first, np.arange(n), 0)
     np.maximum.accumulate(position, out=position)
     run_start = anchor[position]
-    base = np.where(seen, prev_ts, table.started)
+    base = np.where(seen, prev_ts, table.unheard_from)
     gap = ts - base
     with np.errstate(over="ignore", invalid="ignore"):  # an infinite step is implausible
         step = np.abs(values - prev_value)

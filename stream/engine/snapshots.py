@@ -21,6 +21,7 @@ from stream.engine.compile import BoundRule
 from stream.engine.deviation import DeviationChange
 from stream.engine.devices import Devices
 from stream.engine.judging import Judge
+from stream.engine.late import LateJudge, LateState
 from stream.engine.machines import SilenceMachine, with_deviation
 from stream.engine.notices import EngineCounters
 from stream.engine.routing import Router
@@ -56,7 +57,9 @@ class _Snapshot(msgspec.Struct):
     transports: list[dict[str, Any]]
     time_sync: dict[str, tuple[str, dict[str, Any]]]
     clock_reports: dict[str, bool] = {}  # older snapshots lack it
+    heard_after: int = -1  # older snapshots lack it: a fresh run's
     rules: dict[str, dict[str, Any]] = {}  # kinds registered since the first format, by rule id
+    late: LateState | None = None  # older snapshots lack it
 
 
 class EngineParts(NamedTuple):
@@ -71,6 +74,7 @@ class EngineParts(NamedTuple):
     assets: dict[tuple[str, str], AssetState]
     silence: list[SilenceMachine]
     counters: EngineCounters
+    late: LateJudge
 
 
 _LEGACY = ("joined", "cooling", "ages", "transports")
@@ -113,6 +117,7 @@ def encode(parts: EngineParts) -> bytes:
         plan_version=parts.plan.state_version,
         now=table.now,
         started=table.started,
+        heard_after=table.heard_after,
         arrays={name: getattr(table, name).tobytes() for name in STATE_ARRAYS},
         machines=machines,
         silence=[
@@ -138,6 +143,7 @@ def encode(parts: EngineParts) -> bytes:
             d: (m.spec.site, m.state()) for d, m in devices.time_sync.items() if m.open_deviation
         },
         rules=rules,
+        late=parts.late.state(),
     )
     return msgspec.msgpack.encode(state)
 
@@ -159,6 +165,7 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
     """Take a snapshot's content back into a freshly compiled engine's parts."""
     table, judge, devices = parts.table, parts.judge, parts.devices
     table.now, table.started = state.now, state.started
+    table.heard_after = state.heard_after
     for name, raw in state.arrays.items():
         current = getattr(table, name)
         current[:] = np.frombuffer(raw, dtype=current.dtype)
@@ -197,3 +204,5 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
     for f in fields(EngineCounters):
         setattr(parts.counters, f.name, getattr(saved_counters, f.name))
     parts.router.unplanned_seen = {tuple(name) for name in state.unplanned_seen}  # type: ignore[misc]
+    if state.late is not None:
+        parts.late.restore(state.late)

@@ -84,9 +84,15 @@ class ChannelTable:
     joined: B
     #: at equal corrected times, a valve's state (rank 0) goes before a temperature
     join_rank: I64
-    # the stream's clock: the latest ``now`` it was advanced to, and the first
+    #: the plan's start-up grace: a channel not heard from since ``started`` is not silent
+    #: before it has passed (see :attr:`unheard_from`)
+    grace_ms: int = 0
+    # the stream's clock: the latest ``now`` it was advanced to, and when this run of the
+    # service started (the first ``now``, or the restart: ``Engine.excuse_outage``)
     now: int = -1
     started: int = -1
+    #: a channel last heard at or before this was not heard from in this run (-1: a fresh run)
+    heard_after: int = -1
     next_silence: int = -1  # the stream time before which no channel goes silent
     last_ts: I64 = field(init=False)
     newest: I64 = field(init=False)
@@ -114,3 +120,9 @@ class ChannelTable:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def unheard_from(self) -> int:
+        """When the silence clock of a channel not heard from in this run starts: the end of the
+        start-up grace."""
+        return self.started + self.grace_ms

@@ -4,7 +4,8 @@ For each channel, the held readings at or below its watermark are released: the 
 timestamp seen on the channel minus its allowed lateness (bounded out-of-orderness, per channel,
 in the device's own time). A channel that has received nothing for its allowed lateness (in the
 stream's time) is idle and releases everything it holds. A reading older than what its channel
-has already judged arrived too late: :meth:`Held.take_fresh` counts it and takes it out.
+has already judged arrived late: :meth:`Held.take_fresh` takes it out and hands it on (to be
+counted, and judged apart: :mod:`stream.engine.late`).
 
 The held readings are kept as five numpy columns sorted by channel and time; a release touches
 only the channels that may let readings go, and avoids copying the columns where it can (see
@@ -52,7 +53,7 @@ class Held:
         table: ChannelTable,
         devices: Devices,
         joined_groups: list[I64],
-        on_late: Callable[[I64, I64], None],
+        on_late: Callable[[Columns], None],
     ) -> None:
         self._table = table
         self._devices = devices
@@ -236,7 +237,7 @@ class Held:
         )
         late = fresh.ts <= self._table.last_ts[fresh.rows]
         if late.any():
-            self._on_late(fresh.rows[late], fresh.ts[late])
+            self._on_late(fresh.take(late))
             fresh = fresh.take(~late)
         if not len(fresh.rows):
             return EMPTY_COLUMNS

@@ -52,6 +52,7 @@ class ReferenceEngine:
         self.judged = 0
         self.now = -1
         self.started = -1
+        self.grace_ms = round(plan.startup_grace_s * 1000)
         self.channels: dict[tuple[str, str, str, str], _Channel] = {}
         by_key: dict[tuple[str, str], _Channel] = {}
         self.cleaning: dict[tuple[str, str], list[list[int]]] = {}
@@ -125,14 +126,17 @@ class ReferenceEngine:
             ]
             self._judge(channel, ready)
         for channel in self._by_row():
-            heard = channel.last_received if channel.last_received >= 0 else self.started
+            # a channel never heard from is given the start-up grace
+            unheard_from = self.started + self.grace_ms
+            heard = channel.last_received if channel.last_received >= 0 else unheard_from
             if (
                 channel.silence_open is None
                 and self.now - heard > channel.silence_ms + channel.lateness_ms
                 and (channel.newest <= channel.last_ts or channel.newest > self.now)
             ):
-                base = channel.last_ts if channel.last_ts >= 0 else self.started
-                self._open_silence(channel, base + channel.silence_ms, channel.last_device)
+                # a gap starts at the last sample, and is detected when the limit passed
+                base = channel.last_ts if channel.last_ts >= 0 else unheard_from
+                self._open_silence(channel, base, channel.last_device)
 
     def flush(self) -> None:
         for channel in self._by_row():
@@ -162,9 +166,9 @@ class ReferenceEngine:
         late = received - ts > channel.silence_ms
         cleaning = _cleaning_since(channel.cleaning, ts)
         prev_cleaning = prev_ts >= 0 and _cleaning_since(channel.cleaning, prev_ts) >= 0
-        base = prev_ts if prev_ts >= 0 else self.started
+        base = prev_ts if prev_ts >= 0 else self.started + self.grace_ms
         if channel.silence_open is None and ts - base > channel.silence_ms:
-            self._open_silence(channel, base + channel.silence_ms, device)
+            self._open_silence(channel, base, device)
         if channel.silence_open is not None:
             self._close(channel.silence_open, ts, late)
             channel.silence_open = None
@@ -295,7 +299,14 @@ class ReferenceEngine:
     def _open_silence(self, channel: _Channel, start: int, device: str) -> None:
         rule_id = f"silence.{channel.asset}.{channel.channel}"
         channel.silence_open = self._open(
-            "monitoring_lost", rule_id, channel, start, start, None, device, False
+            "monitoring_lost",
+            rule_id,
+            channel,
+            start,
+            start + channel.silence_ms,
+            None,
+            device,
+            False,
         )
 
     def _open(

@@ -19,6 +19,7 @@ from stream.engine.htst import HtstMachine, UhtMachine
 from stream.engine.kinds import PlanContext
 from stream.engine.logistics import AgeMachine, TransportMachine
 from stream.engine.machines import CriticalLimitMachine, RateOfChangeMachine, StuckSensorMachine
+from stream.engine.receipt import ReceiptMachine
 from stream.engine.registry import RULE_KINDS
 from stream.plan import (
     Cooling,
@@ -26,6 +27,7 @@ from stream.plan import (
     Htst,
     LoadedPlan,
     RateOfChange,
+    ReceiptCheck,
     Rule,
     StorageAge,
     StuckSensor,
@@ -48,6 +50,7 @@ EXPECTED = {
     Transport: TransportMachine,
     Htst: HtstMachine,
     Uht: UhtMachine,
+    ReceiptCheck: ReceiptMachine,
 }
 
 
@@ -85,7 +88,8 @@ def test_a_rule_compiles_to_the_machine_of_its_kind(plant: LoadedPlan, model: ty
         assert type(bound.machine) is EXPECTED[model]
         assert isinstance(bound.machine, bound.kind.machine)
         named = rule.channels if isinstance(rule, Htst | Uht) else []
-        if isinstance(rule, CriticalLimit | StuckSensor | RateOfChange | Cooling | Transport):
+        single = CriticalLimit | StuckSensor | RateOfChange | Cooling | Transport | ReceiptCheck
+        if isinstance(rule, single):
             named = [rule.channel]
         expected_rows = {context.row_of[(rule.asset, channel)] for channel in named}
         assert set(bound.compiled.reads.values()) == expected_rows

@@ -110,6 +110,8 @@ class Compiled:
     #: of a joined rule, the roles judged first among samples of the same time (e.g. a
     #: valve's state, so a temperature is judged with the flow direction of that instant)
     first_roles: tuple[str, ...] = ()
+    #: the roles at whose samples its derived values (holding times, F0s) are computed
+    derived_at: tuple[str, ...] = ()
     #: the row whose device clock its timers run on (None: the stream's clock)
     home_row: int | None = None
     #: one machine per key: a later rule of the same key replaces the earlier one

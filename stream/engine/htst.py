@@ -452,6 +452,8 @@ def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
         reads=_reads(rule, context, roles),
         assets=(context.where(rule.asset),),
         joined=True,
+        first_roles=("flow_diversion",),
+        derived_at=("flow",),
     )
 
 
@@ -460,4 +462,10 @@ def compile_uht(rule: Uht, context: PlanContext) -> Compiled:
     base = context.rule_spec(rule, channel=rule.outlet, unit=context.unit(rule.asset, rule.outlet))
     machine = UhtMachine(rule, base, context.derived)
     roles = {"outlet": rule.outlet, "flow": rule.flow}
-    return Compiled(rule.id, machine, reads=_reads(rule, context, roles), joined=True)
+    return Compiled(
+        rule.id,
+        machine,
+        reads=_reads(rule, context, roles),
+        joined=True,
+        derived_at=("flow", "outlet"),
+    )

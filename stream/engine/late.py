@@ -282,7 +282,8 @@ class LateJudge:
             at = np.isin(merged.rows, list(reads.values()))
             if is_late[at].any():
                 self._rejudge(machine, copy, reads, merged.take(at), is_late=is_late[at], out=out)
-                self._keep_derived(computed, reads, merged.take(at & is_late))
+                derived_at = [reads[r] for r in bound_rule.compiled.derived_at if r in reads]
+                self._keep_derived(computed, derived_at, merged.take(at & is_late))
         counters.late_unrejudged += int(unrejudged[late.rows].sum())
         self._releases.append(late)
         self._in_order.append(True)
@@ -398,10 +399,10 @@ class LateJudge:
             sample.prev_cleaning = prev[0] >= 0 and asset.cleaning_since(prev[0]) >= 0
         return sample
 
-    def _keep_derived(self, computed: list[Derived], reads: dict[str, int], late: Columns) -> None:
+    def _keep_derived(self, computed: list[Derived], sources: list[int], late: Columns) -> None:
         """Holding times and F0s the copy computed at the late readings of the channels they
-        come from (flow, outlet): new, for the store; the others are kept already."""
-        sources = [row for role, row in reads.items() if role in {"flow", "outlet"}]
+        come from (``sources``, the rule's ``derived_at``): new, for the store; the others are
+        kept already."""
         stamps = set(late.ts[np.isin(late.rows, sources)].tolist())
         self._derived.extend(d for d in computed if d.ts in stamps)
 

@@ -67,7 +67,7 @@ exactly as without it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -75,6 +75,7 @@ import numpy as np
 import numpy.typing as npt
 from msgspec.structs import replace
 
+from stream.engine.clocks import join_order
 from stream.engine.columns import EMPTY_COLUMNS, I64, Columns, HeldColumns, ranges
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
@@ -352,7 +353,8 @@ class LateJudge:
                     is_late=whole[1][at],
                     out=out,
                 )
-            self._keep_derived(computed, reads, late.take(np.isin(late.rows, list(reads.values()))))
+            derived_at = [reads[r] for r in bound_rule.compiled.derived_at if r in reads]
+            self._keep_derived(computed, derived_at, late)
         counters.late_unrejudged += int(unrejudged[late.rows].sum())
         self._releases.append(late)
         self._in_order.append(True)
@@ -390,11 +392,23 @@ class LateJudge:
         :data:`_WINDOW_AFTER_MS`, widened by the devices' clock offsets (the copy orders on
         corrected time); and the largest offset."""
         lookback = max(
-            (max(c.spec.sustained_ms, c.spec.flat_ms) for b in rules for c in _checks(b.machine)),
+            (
+                max(c.spec.sustained_ms, c.spec.flat_ms)
+                for b in rules
+                if getattr(b.machine, "fresh", None) is not None  # the rules re-judged
+                for c in _checks(b.machine)
+            ),
             default=0,
         )
-        offsets = self._devices.offsets()
-        spread = int(np.abs(offsets).max()) if len(offsets) else 0
+        # the largest offset any reading may be judged with (see Devices.offset_when)
+        spread = max(
+            (
+                abs(offset)
+                for clock in self._devices.clocks.values()
+                for offset in (clock.offset_ms, *(e for _, e in clock.estimates))
+            ),
+            default=0,
+        )
         lo = oldest - lookback - 2 * spread - 1
         hi = newest + lookback + _WINDOW_AFTER_MS + 4 * spread
         return lo, hi, spread
@@ -468,10 +482,15 @@ class LateJudge:
         is a window, complete up to that corrected time): False, with nothing settled, when the
         copy would have to go on past it."""
         table, devices = self._table, self._devices
-        offsets = devices.offsets()
-        corrected = merged.ts - offsets[merged.devices]
-        order = np.lexsort((merged.rows, table.join_rank[merged.rows], corrected))
-        merged, is_late, corrected = merged.take(order), is_late[order], corrected[order]
+        # each reading with the offset it is judged with live, ordered as live (see Judge)
+        offsets = [
+            devices.offset_when(devices.names[code], got)
+            for code, got in zip(merged.devices.tolist(), merged.received.tolist(), strict=True)
+        ]
+        rank = table.join_rank[merged.rows]
+        order = np.array(join_order(merged.rows, merged.ts, merged.devices, offsets, rank))
+        corrected = (merged.ts - np.array(offsets, dtype=np.int64))[order]
+        merged, is_late = merged.take(order), is_late[order]
         checks = _checks(live)
         lookback = max(max(c.spec.sustained_ms, c.spec.flat_ms) for c in checks)
         late_at = np.flatnonzero(is_late)
@@ -496,6 +515,7 @@ class LateJudge:
         stamps: list[int] = merged.ts.tolist()
         values: list[float] = merged.values.tolist()
         codes: list[int] = merged.devices.tolist()
+        received: list[int] = merged.received.tolist()
         lates: list[bool] = is_late.tolist()
         found: dict[str, list[DeviationChange]] = {c.spec.rule_id: [] for c in checks}
         to_the_end = True
@@ -503,7 +523,11 @@ class LateJudge:
         for i in range(start, len(rows)):
             row, ts, value = rows[i], stamps[i], values[i]
             if i > last_late + len(roles) and (
-                not copy.engaged or all(_nothing_to_add(live, fresh, ts) for live, fresh in pairs)
+                not copy.engaged
+                or all(
+                    _nothing_to_add(live, fresh, {"device": ts, "stream": int(corrected[i])})
+                    for live, fresh in pairs
+                )
             ):
                 to_the_end = False
                 break
@@ -511,13 +535,16 @@ class LateJudge:
                 return False  # beyond the window: readings may be missing from here on
             last = prev.get(row, (-1, 0.0, -1))
             run_start = last[2] if last[0] >= 0 and value == last[1] else ts
-            sample = self._sample(row, ts, value, last, codes[i], late=lates[i])
+            sample = self._sample(
+                row, ts, value, last, codes[i], received=received[i], late=lates[i]
+            )
             sample.run_start = run_start
             for role in roles[row]:
                 for change in copy.on_sample(role, sample):
                     found[change.deviation.rule_id].append(change)
             prev[row] = (ts, value, run_start)
-        first = int(merged.ts[first_late])
+        # on each clock a deviation may be stamped on: its device's, or the stream's (joined)
+        first = {"device": int(merged.ts[first_late]), "stream": int(corrected[first_late])}
         for check, fresh_check in zip(checks, _checks(copy), strict=True):
             changes = found[check.spec.rule_id]
             self._settle(
@@ -535,22 +562,23 @@ class LateJudge:
         prev: tuple[int, float, int],
         code: int,
         *,
+        received: int,
         late: bool,
     ) -> Sample:
         devices = self._devices
         device = devices.names[code] if code < len(devices.names) else "unknown"
         sample = Sample(ts, value, prev[0], prev[1], prev[2], device, late)
-        sample.offset_ms = devices.offset_ms(device)
+        sample.offset_ms = devices.offset_when(device, received)
         asset = self._table.asset_of_row[row]
         if asset.cleaning:
             sample.cleaning_since = asset.cleaning_since(ts)
             sample.prev_cleaning = prev[0] >= 0 and asset.cleaning_since(prev[0]) >= 0
         return sample
 
-    def _keep_derived(self, computed: list[Derived], reads: dict[str, int], late: Columns) -> None:
+    def _keep_derived(self, computed: list[Derived], sources: list[int], late: Columns) -> None:
         """Holding times and F0s the copy computed at the late readings of the channels they
-        come from (flow, outlet): new, for the store; the others are kept already."""
-        sources = [row for role, row in reads.items() if role in {"flow", "outlet"}]
+        come from (``sources``, the rule's ``derived_at``): new, for the store; the others are
+        kept already."""
         stamps = set(late.ts[np.isin(late.rows, sources)].tolist())
         self._derived.extend(d for d in computed if d.ts in stamps)
 
@@ -560,7 +588,7 @@ class LateJudge:
         copy: _Check,
         changes: list[DeviationChange],
         *,
-        first_late: int,
+        first_late: Mapping[str, int],
         to_the_end: bool,
         out: list[DeviationChange],
     ) -> None:
@@ -598,7 +626,7 @@ class LateJudge:
         key: str,
         live: _Check,
         pair: list[DeviationChange],
-        first_late: int,
+        first_late: Mapping[str, int],
         out: list[DeviationChange],
     ) -> bool:
         """Publish one deviation the copy found (opened, and closed if it was), or the part of
@@ -606,7 +634,7 @@ class LateJudge:
         opened, final = pair[0].deviation, pair[-1].deviation
         start = opened.start_ms
         end = final.end_ms if final.end_ms is not None else _OPEN
-        if end < first_late:
+        if end < first_late[opened.time_base]:
             return False  # found without the late readings
         said_from = self._said_from(key, live, start, end)
         if said_from is not None:
@@ -707,16 +735,17 @@ def _window(part: Columns, lo: int, hi: int) -> tuple[Columns, bool]:
     return part.take(keep), bool((after & ~first_after).any())
 
 
-def _nothing_to_add(live: _Check, fresh: _Check, ts: int) -> bool:
+def _nothing_to_add(live: _Check, fresh: _Check, at: Mapping[str, int]) -> bool:
     """Past the late readings, nothing more the copy of a check finds can be published: it is
-    not engaged, or the live check has a deviation open since ``ts`` or before (whatever the
+    not engaged, or the live check has a deviation open since the sample ``at`` (its time on
+    each clock a deviation may be stamped on) or before (whatever the
     copy finds from here touches it, and the live one keeps its state). A copy in a long
     excursion then stops here instead of running over all the history after the late reading,
     once per late message."""
     if not fresh.engaged:
         return True
     said = live.open_deviation
-    return said is not None and said.start_ms <= ts
+    return said is not None and said.start_ms <= at[said.time_base]
 
 
 def _merge(history: Columns, late: Columns) -> tuple[Columns, B]:

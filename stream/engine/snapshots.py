@@ -60,6 +60,7 @@ class _Snapshot(msgspec.Struct):
     heard_after: int = -1  # older snapshots lack it: a fresh run's
     rules: dict[str, dict[str, Any]] = {}  # kinds registered since the first format, by rule id
     late: LateState | None = None  # older snapshots lack it
+    clock_estimates: dict[str, list[tuple[int, int]]] = {}  # older snapshots lack it
     grace_ends: bytes = b""  # older snapshots lack it: no channel silent across a restart
 
 
@@ -145,6 +146,7 @@ def encode(parts: EngineParts) -> bytes:
         },
         rules=rules,
         late=parts.late.state(),
+        clock_estimates={d: c.estimates for d, c in devices.clocks.items() if c.estimates},
         grace_ends=table.grace_ends.tobytes(),
     )
     return msgspec.msgpack.encode(state)
@@ -200,6 +202,7 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
         clock = devices.clocks[device] = DeviceClock(serves_ccp=serves_ccp)
         clock.differences.extend(differences)
         clock.synced = state.clock_reports.get(device)
+        clock.restore_estimates(state.clock_estimates.get(device, ()))
     for device, (site, saved_sync) in state.time_sync.items():
         devices.time_sync_of(site, device).restore(with_deviation(saved_sync))
     for name, saved_asset in state.assets.items():

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,13 @@ from stream.archive import (
 from stream.engine.core import Engine
 from stream.ingest import Ingest
 from stream.plan import LoadedPlan, load_plan
-from stream.replay import JsonLinesDeviationWriter, ReplaySummary, replay, replay_archive
+from stream.replay import (
+    JsonLinesDeviationWriter,
+    ReplaySummary,
+    is_archive,
+    replay,
+    replay_archive,
+)
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryTimeSeriesSink
 from tests.conftest import T0
 from tests.stream.test_run_kills import ASSET, RULE
@@ -590,3 +597,20 @@ def test_links_planted_in_the_archive_directory_are_neither_written_through_nor_
     packed = [p for p in directory.glob("*.jsonl.gz") if not p.is_symlink()]
     assert [gzip.decompress(p.read_bytes())[:19] for p in packed] == [b'{"record":"archive"']
     assert all(not p.is_symlink() for p in archive_files(directory))
+
+
+def test_telling_a_forged_file_s_format_reads_only_its_first_bytes(tmp_path: Path) -> None:
+    """``milkguard replay`` tells an archive from payload lines by the first line's first
+    bytes: a gzipped file of one endless line (a thousandfold expansion) is not read whole."""
+    forged = tmp_path / "forged.jsonl.gz"
+    forged.write_bytes(gzip.compress(b"{" + b" " * (64 << 20)))
+
+    tracemalloc.start()
+    try:
+        found = is_archive(forged)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert not found
+    assert peak < 8_000_000

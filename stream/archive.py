@@ -406,15 +406,20 @@ class ArchiveWriter:
         self._write()
         self._expire()
         if self.compress and closed is not None:
-            self._compress_later(closed)
+            self._compress_later()
 
-    def _compress_later(self, closed: Path) -> None:
-        if not closed.exists():
-            return  # deleted for size already
+    def _compress_later(self) -> None:
+        """Gzip the closed files still plain on a thread of their own: the one just closed,
+        and any a crash left plain (killed while compressing, or after the packed copy was in
+        place and before the plain one went)."""
         if self._compressing is not None:
             self._compressing.join()  # one at a time; a day's file takes seconds at most
+            self._compressing = None
+        plain = [p for p in archive_files(self.directory) if p.suffix != ".gz" and p != self._path]
+        if not plain:
+            return  # deleted for size already
         self._compressing = threading.Thread(
-            target=_pack, args=(closed,), name=f"archive-gzip-{closed.name}", daemon=True
+            target=_pack_each, args=(plain,), name=f"archive-gzip-{plain[-1].name}", daemon=True
         )
         self._compressing.start()
 
@@ -468,6 +473,12 @@ class ArchiveWriter:
             if self._compressing is not None:
                 self._compressing.join()
                 self._compressing = None
+
+
+def _pack_each(paths: list[Path]) -> None:
+    """:func:`_pack` each of ``paths``, in order."""
+    for path in paths:
+        _pack(path)
 
 
 def _pack(path: Path) -> None:

@@ -614,3 +614,31 @@ def test_telling_a_forged_file_s_format_reads_only_its_first_bytes(tmp_path: Pat
 
     assert not found
     assert peak < 8_000_000
+
+
+def test_a_file_a_crash_left_plain_is_compressed_at_the_next_rotation(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """A service killed while it gzipped a closed file (its partial copy left), or after the
+    packed copy was in place and before the plain one went: at the next rotation each closed
+    file left plain is gzipped, whole, and the plain one goes."""
+    directory = tmp_path / "archive"
+    directory.mkdir()
+    cut_short = directory / "archive-2026-01-01-000001.jsonl"
+    cut_short.write_bytes(b'{"record":"judge"}\n' * 100)
+    (directory / "archive-2026-01-01-000001.jsonl.gz.partial").write_bytes(b"\x1f\x8b half")
+    both = directory / "archive-2026-01-01-000002.jsonl"
+    both.write_bytes(b'{"record":"judge"}\n' * 50)
+    (directory / "archive-2026-01-01-000002.jsonl.gz").write_bytes(gzip.compress(both.read_bytes()))
+    writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30, day=lambda: "2026-01-01")
+    archiving(Engine(plan), writer).tick(T0)
+    writer.close()
+
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "archive-2026-01-01-000001.jsonl.gz",
+        "archive-2026-01-01-000002.jsonl.gz",
+        "archive-2026-01-01-000003.jsonl.gz",
+        "archive-2026-01-01-000004.jsonl",
+    ]
+    first = gzip.decompress((directory / "archive-2026-01-01-000001.jsonl.gz").read_bytes())
+    assert first == b'{"record":"judge"}\n' * 100

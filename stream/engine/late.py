@@ -500,11 +500,10 @@ class LateJudge:
         for role, row in reads.items():
             roles.setdefault(row, []).append(role)
         # each channel's sample before the window primes the rule (the valve's state, a step)
-        start = first_late
-        for row in roles:
-            before = np.flatnonzero((merged.rows == row) & (corrected < since))
-            if len(before):
-                start = min(start, int(before[-1]))
+        start = self._primed_from(merged.rows, corrected, since, roles, first_late)
+        if start is None:
+            self._counters.late_unrejudged += int(is_late.sum())
+            return True
         prev: dict[int, tuple[int, float, int]] = {}
         for row in roles:
             earlier = np.flatnonzero(merged.rows[:start] == row)
@@ -553,6 +552,22 @@ class LateJudge:
         for row in roles:
             table.busy[row] = table.busy[row] or any(c.engaged for c in checks)
         return True
+
+    def _primed_from(
+        self, rows: I64, corrected: I64, since: int, roles: Mapping[int, Any], first_late: int
+    ) -> int | None:
+        """Where a copy starts: each channel's last sample before ``since`` (it primes the
+        rule: the valve's state, a step), or the first late reading. None when a channel has
+        none and its history was let go (a valve that reports only its changes): a copy would
+        judge with a default (forward flow), not the state of the time."""
+        start = first_late
+        for row in roles:
+            before = np.flatnonzero((rows == row) & (corrected < since))
+            if len(before):
+                start = min(start, int(before[-1]))
+            elif self._coverage[row] >= 0:
+                return None
+        return start
 
     def _sample(
         self,

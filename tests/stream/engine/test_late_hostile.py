@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from milkguard.contract.v1 import Reading
 from stream.engine import late
 from tests.stream.engine.scenario import Scenario, at
+from tests.stream.engine.test_late import HTST_PLAN
 from tests.stream.engine.test_late_properties import Script, records, run, scripts
 
 LIMIT_PLAN = """
@@ -113,29 +114,6 @@ def test_a_backlog_judged_over_a_window_of_history_is_judged_as_over_all_of_it(
     assert records(run(script)) == whole
 
 
-VALVE_PLAN = """
-plan: htst
-jurisdiction: US
-allowed_lateness_s: 0
-assets:
-  htst-1:
-    site: plant-01
-    kind: htst
-    channels:
-      hold_temp: {unit: degC, interval_s: 1, ccp: true}
-      fdd_forward: {unit: state, interval_s: 1, ccp: true, silence_after_s: 3600}
-rules:
-  - id: past
-    kind: htst
-    ccp: CCP-PAST-1
-    asset: htst-1
-    indicating: hold_temp
-    flow_diversion: fdd_forward
-    legal: {temp_c: 72.0, hold_s: 15}
-    source: "PMO Appendix H: HTST 72 degC for 15 s"
-"""
-
-
 def test_a_late_reading_whose_valve_state_was_let_go_is_not_judged_on_a_guess(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -145,7 +123,7 @@ def test_a_late_reading_whose_valve_state_was_let_go_is_not_judged_on_a_guess(
     reading is not judged as if the flow went forward (a false critical deviation); it is
     counted as not re-judged."""
     monkeypatch.setattr("stream.engine.late._RETAINED_READINGS", 40)
-    line = Scenario(VALVE_PLAN)
+    line = Scenario(HTST_PLAN)  # the valve silent after its one report: a gap, nothing else
     line.send("plant-01", [Reading("htst-1", "fdd_forward", 0, "state", at(0))])
     for second in range(1, 80):
         line.send("plant-01", [Reading("htst-1", "hold_temp", 70.0, "degC", at(second))])

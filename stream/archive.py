@@ -170,10 +170,13 @@ def archive_files(directory: Path) -> list[Path]:
     found: dict[int, Path] = {}
     for path in directory.iterdir():
         number = file_number(path)
-        if path.is_symlink():
+        if number is None:
+            continue
+        if path.is_symlink() or not path.is_file():
             # never one the service wrote: a link planted there would have a replay copy the
-            # file it points at into the dead-letter, and the retention delete nothing
-            log.warning("archive.link_skipped", extra={"file": str(path)})
+            # file it points at into the dead-letter; a directory named like a file would stop
+            # the retention (and the service) at a rotation
+            log.warning("archive.not_a_file_skipped", extra={"file": str(path)})
             continue
         if number is not None and (number not in found or path.suffix != ".gz"):
             found[number] = path

@@ -642,3 +642,22 @@ def test_a_file_a_crash_left_plain_is_compressed_at_the_next_rotation(
     ]
     first = gzip.decompress((directory / "archive-2026-01-01-000001.jsonl.gz").read_bytes())
     assert first == b'{"record":"judge"}\n' * 100
+
+
+def test_a_directory_named_like_an_archive_file_stops_neither_the_service_nor_a_replay(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """Whatever else is in the archive directory, only the service's own plain files are its
+    files: a directory named like an old one neither fails the retention at a rotation (which
+    would stop the service) nor is replayed."""
+    directory = tmp_path / "archive"
+    planted = directory / "archive-2020-01-01-000001.jsonl"
+    planted.mkdir(parents=True)
+    long_ago = time.time() - 40 * 86_400
+    os.utime(planted, (long_ago, long_ago))
+    writer = ArchiveWriter(directory, rotate_bytes=1, keep_days=30, max_bytes=1)
+    archiving(Engine(plan), writer).tick(T0)
+    writer.close()
+
+    assert planted.is_dir()
+    assert planted not in archive_files(directory)

@@ -150,6 +150,10 @@ class _JoinedRule:
         return ANYWHERE
 
 
+#: product changes remembered per pasteurizer (the older ones fold into one)
+_PRODUCTS_KEPT = 64
+
+
 class HtstMachine(_JoinedRule):
     """One pasteurizer's legal checks; roles are 'indicating', 'flow_diversion', 'recorder'
     and 'flow'."""
@@ -225,7 +229,11 @@ class HtstMachine(_JoinedRule):
         product = product_class(event, self.rule.eggnog_products)
         self.product_since.append((event.ts, product))
         self.product_since.sort()
-        del self.product_since[:-64]
+        if len(self.product_since) > _PRODUCTS_KEPT:
+            # the oldest fold into the product in force before the ones kept (not back to milk:
+            # a burst of changes must not make a late reading of eggnog judged as milk)
+            folded = self.product_since[-_PRODUCTS_KEPT - 1][1]
+            self.product_since[:-_PRODUCTS_KEPT] = [(-(2**62), folded)]
 
     def product_in_force(self, ts: int) -> ProductClass:
         """The product class in force at ``ts`` (milk until a product change says otherwise)."""

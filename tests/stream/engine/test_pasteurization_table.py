@@ -443,3 +443,23 @@ def test_a_product_change_sent_after_the_readings_it_concerns_is_judged_from_its
         ("closed", at(2), at(10), True),
     ]
     assert {c.deviation.limit.min for c in line.of("htst_temperature")} == {80.0}
+
+
+def test_a_burst_of_product_changes_does_not_turn_older_eggnog_back_into_milk() -> None:
+    """PMO eggnog proviso: eggnog needs 80 degC on HTST. The line ran eggnog from 0 s; a
+    gateway then sends a hundred product changes (each to eggnog again, one a millisecond from
+    10 s on): the product in force at 5 s is still eggnog, never the milk a forgotten history
+    would default to."""
+    loaded = parse_plan(plan("    process: htst\n    eggnog_products: [eggnog]").encode(), "p")
+    (bound,) = [
+        b for b in compile_plan(loaded, PlanContext(loaded, {}, [])).rules if b.kind.model is Htst
+    ]
+    machine = bound.machine
+    assert isinstance(machine, HtstMachine)
+    for ts in [at(0), *(at(10) + i for i in range(100))]:
+        machine.product_change(
+            ProductChange(asset="past-1", ts=ts, product="eggnog", fat_pct=8.0, sweetened=True)
+        )
+
+    assert machine.product_in_force(at(5)) == "eggnog"
+    assert len(machine.product_since) <= 65

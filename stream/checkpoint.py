@@ -9,7 +9,9 @@ checkpointer does, in this order:
    when something is not, and then nothing below happens: the tokens wait for the next try);
 2. ``state()``: a :class:`Checkpoint` (engine snapshot, duplicate windows, the byte sizes of the
    local files, the source position) saved atomically by :class:`CheckpointFile`;
-3. ``acknowledge(tokens)``: the source may forget them (MQTT PUBACKs, in the order taken).
+3. ``acknowledge(tokens)``: the source may forget them (MQTT PUBACKs, in the order taken);
+   before that, ``on_saved()`` tells the outputs the checkpoint is saved, so they may delete what
+   only older checkpoints named (the history journal's earlier generation: :mod:`stream.journal`).
 
 So after a crash anywhere, the last checkpoint is consistent with what the source still holds:
 everything acknowledged is in it, and everything after it comes again. At start the runtime
@@ -165,11 +167,13 @@ class Checkpointer(Generic[Token]):
         every_s: float = 1.0,
         max_unacked: int = 500,
         clock: Callable[[], float] = time.monotonic,
+        on_saved: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self._make_durable = make_durable
         self._state = state
         self._acknowledge = acknowledge
+        self._on_saved = on_saved
         self.every_s = every_s
         self.max_unacked = max_unacked
         self._clock = clock
@@ -229,6 +233,7 @@ class Checkpointer(Generic[Token]):
         tokens, self._unacked = self._unacked, []
         self._dirty = False
         self.saved += 1
+        self._on_saved()
         if tokens:
             self._acknowledge(tokens)
         return True

@@ -524,7 +524,9 @@ class _ArchiveReplay:
     def _from_header(self, header: Header, name: str) -> None:
         """Start from the state a file's header holds."""
         try:
-            engine = Engine.restore(self.loaded, header.engine)
+            # a light snapshot with its history record (a file written before the record
+            # existed holds the history in its snapshot, and an empty record)
+            engine = Engine.restore(self.loaded, header.engine, history=[header.history])
         except Exception as exc:  # a damaged or forged header must not stop the replay
             self.notes.append(
                 f"{name}: its header's engine state cannot be restored under this plan "

@@ -318,6 +318,12 @@ class Engine:
         it (``whole``: the journal begins again with it); see :mod:`stream.engine.history`."""
         return self._late.take()
 
+    def history_record(self) -> bytes:
+        """Every judged release retained, as one record for :meth:`restore` beside a light
+        snapshot (an archive file's header: a tenth of a full snapshot's size on the benchmark
+        fleet); :meth:`take_history` hands on as before."""
+        return self._late.whole()
+
     @classmethod
     def restore(
         cls, loaded: LoadedPlan, data: bytes, *, history: Sequence[bytes] | None = None

@@ -515,8 +515,7 @@ class LateJudge:
         would hold more than ``_JOURNAL_CAPS`` caps' worth, or after too long without a call."""
         journaled = self._journaled + self._unsaved_readings
         if self._whole_due or journaled > _JOURNAL_CAPS * _RETAINED_READINGS:
-            record = encode_history(self._releases, self._in_order)
-            taken = History(record, self._retained, whole=True)
+            taken = History(self.whole(), self._retained, whole=True)
             self._whole_due = False
         else:
             record = encode_history(self._unsaved, [True] * len(self._unsaved))
@@ -524,6 +523,10 @@ class LateJudge:
         self._journaled = taken.readings if taken.whole else journaled
         self._unsaved, self._unsaved_readings = [], 0
         return taken
+
+    def whole(self) -> bytes:
+        """Every release retained, as one record (what :meth:`take` has handed is unchanged)."""
+        return encode_history(self._releases, self._in_order)
 
     def state(self, *, history: bool = True) -> LateState:
         """The snapshot's part: with ``history``, the history within the bound of each

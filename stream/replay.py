@@ -590,8 +590,13 @@ class _ArchiveReplay:
         before = self._ingest()
         restored = start.engine == "restored"
         engine = Engine(self.loaded)
-        if restored:  # the service restored the state its checkpoint held: this state
-            engine = Engine.restore(self.loaded, before.engine.snapshot())
+        if restored:  # the service restored the state its checkpoint held: this state,
+            # as the service restores it (a light snapshot, the history's releases as kept)
+            engine = Engine.restore(
+                self.loaded,
+                before.engine.snapshot(history=False),
+                history=[before.engine.history_record()],
+            )
         resume(engine, restored, start.at)
         windows = before.windows() if start.windows == "restored" else {}
         ingest = self._new_ingest(engine, start.future_tolerance_ms, start.known_gateways)

@@ -113,7 +113,8 @@ def test_the_journal_gives_back_the_same_releases_through_let_go_and_compaction(
     """Replaying the journal keeps the releases in the order the live engine kept them, so the
     oldest are let go the same way and a late reading is judged (or counted beyond the bound)
     the same: the restored engine's full snapshot is the live one's, byte for byte, with the
-    cap and the journal's begin-again small enough to happen many times."""
+    cap and the journal's begin-again small enough to happen many times; so is an engine
+    restored from one record of everything retained."""
     monkeypatch.setattr("stream.engine.late._RETAINED_READINGS", 40)
     monkeypatch.setattr("stream.engine.late._JOURNAL_CAPS", 2)
     live = Scenario(HTST_PLAN)
@@ -128,9 +129,13 @@ def test_the_journal_gives_back_the_same_releases_through_let_go_and_compaction(
     light = live.engine.snapshot(history=False)
 
     restored = Engine.restore(live.engine.plan, light, history=journal.records)
+    # one record of everything retained (an archive file's header) gives back the same
+    whole = [live.engine.history_record()]
+    from_whole = Engine.restore(live.engine.plan, light, history=whole)
 
     assert journal.begun > 3
     assert restored.snapshot() == live.engine.snapshot()
+    assert from_whole.snapshot() == live.engine.snapshot()
 
 
 def test_a_history_record_keeps_each_release_and_whether_it_is_sorted(line: Scenario) -> None:

@@ -100,23 +100,31 @@ def kill_mid_replay(source: Path, directory: Path, delay_s: float) -> int | None
     return process.wait(timeout=10)
 
 
-def test_a_replay_killed_three_times_writes_what_an_uninterrupted_one_does(
-    tmp_path: Path,
-) -> None:
-    source = recording(tmp_path / "truck.jsonl")
-    calm, killed = tmp_path / "calm", tmp_path / "killed"
+def calm_and_killed(
+    source: Path, home: Path
+) -> tuple[dict[str, bytes], dict[str, bytes], list[int | None]]:
+    """The outputs of an uninterrupted replay of ``source`` and of one killed three times at
+    random moments and run again to its end; the killed runs' exit statuses."""
+    calm, killed = home / "calm", home / "killed"
     calm.mkdir()
     killed.mkdir()
     subprocess.run([sys.executable, "-c", RUN, str(source), str(calm)], check=True)
     chance = random.Random()
     statuses = [kill_mid_replay(source, killed, chance.uniform(0, 0.3)) for _ in range(3)]
-    assert -signal.SIGKILL in statuses  # (a replay may also have finished before its kill)
     subprocess.run([sys.executable, "-c", RUN, str(source), str(killed)], check=True)
+    return outputs(calm), outputs(killed), statuses
 
-    expected = outputs(calm)
+
+def test_a_replay_killed_three_times_writes_what_an_uninterrupted_one_does(
+    tmp_path: Path,
+) -> None:
+    source = recording(tmp_path / "truck.jsonl")
+    expected, after_kills, statuses = calm_and_killed(source, tmp_path)
+
+    assert -signal.SIGKILL in statuses  # (a replay may also have finished before its kill)
     assert expected["deviations.jsonl"].count(b'"opened"') >= 5
     assert expected["deadletter.jsonl"]
-    assert outputs(killed) == expected
+    assert after_kills == expected
 
 
 def test_a_replay_killed_between_live_data_and_late_backlogs_judges_them_as_uninterrupted(
@@ -128,18 +136,11 @@ def test_a_replay_killed_between_live_data_and_late_backlogs_judges_them_as_unin
     among other moments, raises each, found late, exactly as an uninterrupted one: its judged
     history comes back from the journal beside its checkpoint."""
     source = recording(tmp_path / "truck.jsonl", backlog_after_s=600)
-    calm, killed = tmp_path / "calm", tmp_path / "killed"
-    calm.mkdir()
-    killed.mkdir()
-    subprocess.run([sys.executable, "-c", RUN, str(source), str(calm)], check=True)
-    chance = random.Random()
-    statuses = [kill_mid_replay(source, killed, chance.uniform(0, 0.3)) for _ in range(3)]
-    subprocess.run([sys.executable, "-c", RUN, str(source), str(killed)], check=True)
+    expected, after_kills, statuses = calm_and_killed(source, tmp_path)
 
-    expected = outputs(calm)
-    assert expected["deviations.jsonl"].count(b'"detected_late":true') >= 10  # 5 opened, closed
     assert -signal.SIGKILL in statuses
-    assert outputs(killed) == expected
+    assert expected["deviations.jsonl"].count(b'"detected_late":true') >= 10  # 5 opened, closed
+    assert after_kills == expected
 
 
 def test_a_finished_replay_run_again_writes_nothing_more(tmp_path: Path) -> None:

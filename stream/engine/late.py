@@ -48,8 +48,18 @@ are (a list append, no copy, no per-reading object), up to ``_RETAINED_READINGS`
 (oldest release first out; the newest judged timestamp each channel lost is remembered, so a late
 reading that would need history no longer retained counts as beyond the bound rather than judged
 on half its context). Looking up a channel's history is a binary search per kept release, on the
-late path only. The snapshot keeps the history within the bound, the late readings not yet
-judged and the deviation intervals, so a restart judges a backlog exactly as without it.
+late path only.
+
+What a restart keeps. A snapshot keeps the late readings not yet judged, the deviation intervals
+and how far back each channel's history is complete; the history itself (up to 10 MB) goes in a
+full snapshot (``Engine.snapshot()``: an archive file's header, a test) but not in the light one
+a runtime checkpoints every second (``history=False``): that runtime takes the releases kept
+since its last checkpoint as a journal record (:meth:`LateJudge.take`, :mod:`stream.engine.history`)
+and hands the journal back at restore, which keeps the same releases in the same order, so a
+restart judges a backlog exactly as without it. Restored with neither (the history is lost: a
+worker's partition, a journal gone), each channel's history counts as complete only after its
+judged time at the snapshot: a late reading older than that is counted beyond the bound, never
+judged on half its context.
 """
 
 from __future__ import annotations
@@ -66,6 +76,9 @@ from stream.engine.clocks import join_order
 from stream.engine.columns import EMPTY_COLUMNS, I64, Columns, HeldColumns, ranges
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
+from stream.engine.history import History
+from stream.engine.history import decode as decode_history
+from stream.engine.history import encode as encode_history
 from stream.engine.judging import Judge
 from stream.engine.machines import Derived, Sample, with_deviation
 from stream.engine.notices import EngineCounters
@@ -74,9 +87,12 @@ from stream.plan import LoadedPlan
 
 B = npt.NDArray[np.bool_]
 
-#: judged readings kept in all (5 columns of 8 bytes: 10 MB at most, in memory and in a
-#: checkpoint; an hour of 70 channels at 1 Hz)
+#: judged readings kept in all (5 columns of 8 bytes: 10 MB at most, in memory and in a full
+#: snapshot; an hour of 70 channels at 1 Hz)
 _RETAINED_READINGS = 250_000
+#: a journal holding this many times the readings kept is begun again with only those (a whole
+#: record), so it stays within a few caps however long the stream runs
+_JOURNAL_CAPS = 2
 #: releases kept apart before the oldest half are joined (bounds the late path's searches)
 _RETAINED_RELEASES = 2048
 #: deviation intervals remembered per rule (older ones lie beyond any bound in practice)
@@ -117,6 +133,7 @@ class LateState(msgspec.Struct, array_like=True):
     pending: HeldColumns  # late readings not judged yet
     coverage: bytes  # per channel row: the newest timestamp whose history was let go
     intervals: dict[str, list[tuple[str, int, int]]]  # rule -> (id, start, end) of deviations
+    kept: bool = True  # ``retained`` holds the history (False: a light snapshot's, kept apart)
 
 
 def _sorted(readings: Columns) -> Columns:
@@ -167,16 +184,32 @@ class LateJudge:
         self._coverage = np.full(len(table.names), -1, dtype=np.int64)
         self._pending: list[Columns] = []
         self._intervals: dict[str, list[list[Any]]] = {}
+        # releases kept since the last journal record (see :meth:`take`); until a whole record
+        # has been taken (or the engine was restored from a journal) none are tracked
+        self._unsaved: list[Columns] = []
+        self._unsaved_readings = 0
+        self._whole_due = True
+        self._journaled = 0  # readings in the records taken since the last whole one
 
     # ------------------------------------------------------------ on the on-time path
 
     def retain(self, judged: Columns) -> None:
         """Keep a release's readings (sorted by channel, then time) as they are: no copy."""
-        if not self._judging:
-            return
-        self._releases.append(judged)
-        self._in_order.append(True)
-        self._retained += len(judged.rows)
+        if self._judging:
+            self._keep(judged)
+
+    def _keep(self, release: Columns, *, in_order: bool = True, journaled: bool = False) -> None:
+        """Keep a release (judged on time, or late readings judged); ``journaled``: replayed
+        from a journal at restore, not to be taken for it again."""
+        self._releases.append(release)
+        self._in_order.append(in_order)
+        self._retained += len(release.rows)
+        if not (journaled or self._whole_due):
+            self._unsaved.append(release)
+            self._unsaved_readings += len(release.rows)
+            if self._unsaved_readings > _RETAINED_READINGS:
+                # not taken for a whole cap's worth (no journal): the next record is whole
+                self._unsaved, self._unsaved_readings, self._whole_due = [], 0, True
         if self._retained > _RETAINED_READINGS:
             self._let_go()
         elif len(self._releases) > _RETAINED_RELEASES:
@@ -285,11 +318,7 @@ class LateJudge:
                 derived_at = [reads[r] for r in bound_rule.compiled.derived_at if r in reads]
                 self._keep_derived(computed, derived_at, merged.take(at & is_late))
         counters.late_unrejudged += int(unrejudged[late.rows].sum())
-        self._releases.append(late)
-        self._in_order.append(True)
-        self._retained += len(late.rows)
-        if self._retained > _RETAINED_READINGS:
-            self._let_go()
+        self._keep(late)
 
     def _history(self, rows: I64) -> Columns:
         """The retained readings of ``rows``, sorted by channel, then time."""
@@ -492,10 +521,30 @@ class LateJudge:
 
     # ------------------------------------------------------------ state
 
-    def state(self) -> LateState:
-        """The snapshot's part: history within the bound of each channel's judged time."""
+    def take(self) -> History:
+        """The history kept since the last call, as one journal record; or every release
+        retained (``whole``), to begin the journal again: at the first call, when the journal
+        would hold more than ``_JOURNAL_CAPS`` caps' worth, or after too long without a call."""
+        journaled = self._journaled + self._unsaved_readings
+        if self._whole_due or journaled > _JOURNAL_CAPS * _RETAINED_READINGS:
+            taken = History(self.whole(), self._retained, whole=True)
+            self._whole_due = False
+        else:
+            record = encode_history(self._unsaved, [True] * len(self._unsaved))
+            taken = History(record, self._unsaved_readings, whole=False)
+        self._journaled = taken.readings if taken.whole else journaled
+        self._unsaved, self._unsaved_readings = [], 0
+        return taken
+
+    def whole(self) -> bytes:
+        """Every release retained, as one record (what :meth:`take` has handed is unchanged)."""
+        return encode_history(self._releases, self._in_order)
+
+    def state(self, *, history: bool = True) -> LateState:
+        """The snapshot's part: with ``history``, the history within the bound of each
+        channel's judged time (without: kept apart, in a runtime's journal)."""
         retained = EMPTY_COLUMNS
-        if self._releases:
+        if history and self._releases:
             # not sorted here (a checkpoint a second must stay cheap): the restore sorts once
             retained = Columns.join(self._releases)
             rows = retained.rows
@@ -509,18 +558,30 @@ class LateJudge:
                 key: [(str(i), int(s), int(e)) for i, s, e in spans]
                 for key, spans in self._intervals.items()
             },
+            kept=history,
         )
 
-    def restore(self, state: LateState) -> None:
-        """Take back a snapshot's part."""
-        retained = _sorted(_copied(state.retained))
-        if len(retained.rows):
-            self._releases, self._in_order = [retained], [True]
-            self._retained = len(retained.rows)
+    def restore(self, state: LateState, history: Sequence[bytes] | None) -> None:
+        """Take back a snapshot's part, with the journal's records (``history``) when the
+        snapshot kept the history apart (see the module: None, the history is lost)."""
+        if state.kept:
+            retained = _sorted(_copied(state.retained))
+            if len(retained.rows):
+                self._releases, self._in_order = [retained], [True]
+                self._retained = len(retained.rows)
+        elif history is not None:
+            for record in history:
+                for release, in_order in decode_history(record):
+                    self._keep(release, in_order=in_order, journaled=True)
+                    self._journaled += len(release.rows)
+            self._whole_due = False  # the journal holds all of it: carry on appending
         pending = _copied(state.pending)
         if len(pending.rows):
             self._pending = [pending]
         self._coverage[:] = np.frombuffer(state.coverage, dtype=np.int64)
+        if not state.kept and history is None:
+            # no history before the snapshot: a reading that would need it is beyond the bound
+            np.maximum(self._coverage, self._table.last_ts, out=self._coverage)
         self._intervals = {
             key: [[i, s, e] for i, s, e in spans] for key, spans in state.intervals.items()
         }

@@ -10,7 +10,8 @@ of these records (README: "The archive"):
 ``archive``
     the header, first line of every file: the format version, the file's number, the plan and
     its version, and the state to start from when the file is replayed alone (the engine's
-    snapshot, the duplicate windows, the ingest settings that judge);
+    light snapshot and its judged history as one compressed record, the duplicate windows, the
+    ingest settings that judge);
 ``start``
     the service started: how its engine began (restored from the checkpoint, or fresh) and at
     what time the outage was excused (:func:`resume`);
@@ -82,11 +83,14 @@ class Header(msgspec.Struct, frozen=True, tag="archive", tag_field="record"):
     created: str
     plan: str
     plan_version: str
-    engine: bytes  # Engine.snapshot() when the file began (base64 in JSON)
+    engine: bytes  # Engine.snapshot(history=False) when the file began (base64 in JSON)
     windows: Windows
     clocks_from: int
     future_tolerance_ms: int
     known_gateways: list[tuple[str, str]]
+    # Engine.history_record(): the judged history, compressed (base64); files written before it
+    # hold the history in ``engine``
+    history: bytes = b""
 
 
 class Start(msgspec.Struct, frozen=True, tag="start", tag_field="record"):
@@ -150,6 +154,7 @@ class ArchiveState:
     clocks_from: int
     future_tolerance_ms: int
     known_gateways: list[tuple[str, str]]
+    history: bytes = b""  # the engine's judged history, apart from its light snapshot
 
 
 def _utc_day() -> str:
@@ -306,6 +311,7 @@ class ArchiveWriter:
             clocks_from=state.clocks_from,
             future_tolerance_ms=state.future_tolerance_ms,
             known_gateways=state.known_gateways,
+            history=state.history,
         )
         self._pending[:0] = self._encoder.encode(header) + b"\n"
 

@@ -9,7 +9,9 @@ checkpointer does, in this order:
    when something is not, and then nothing below happens: the tokens wait for the next try);
 2. ``state()``: a :class:`Checkpoint` (engine snapshot, duplicate windows, the byte sizes of the
    local files, the source position) saved atomically by :class:`CheckpointFile`;
-3. ``acknowledge(tokens)``: the source may forget them (MQTT PUBACKs, in the order taken).
+3. ``acknowledge(tokens)``: the source may forget them (MQTT PUBACKs, in the order taken);
+   before that, ``on_saved()`` tells the outputs the checkpoint is saved, so they may delete what
+   only older checkpoints named (the history journal's earlier generation: :mod:`stream.journal`).
 
 So after a crash anywhere, the last checkpoint is consistent with what the source still holds:
 everything acknowledged is in it, and everything after it comes again. At start the runtime
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Generic, Protocol, TypeVar
@@ -37,7 +40,13 @@ from stream.sinks.files import fsync_directory
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+#: 2: the engine's snapshot zlib-compressed on disk (1: as it is; still read). The snapshot is
+#: light (the late path's history is in the journal, :mod:`stream.journal`), but its held
+#: readings and channel arrays still come to 590 KB on the benchmark fleet: 12 times less
+#: compressed (zlib level 1, about 2 ms), written every second.
+CHECKPOINT_FORMAT = 2
+#: zlib level 1: most of the saving for a fraction of the time of the higher levels
+_COMPRESSION = 1
 
 Token = TypeVar("Token")
 
@@ -47,7 +56,7 @@ class Checkpoint(msgspec.Struct, frozen=True):
 
     format: int
     plan_version: str
-    engine: bytes  # Engine.snapshot()
+    engine: bytes  # Engine.snapshot(history=False) (compressed on disk only)
     windows: dict[str, tuple[int, list[tuple[int, int]]]]  # Ingest.windows()
     # file name in the data directory -> its durable size in bytes (a negative size, from a
     # damaged or forged checkpoint, makes it unreadable rather than a failed truncate)
@@ -87,13 +96,23 @@ class CheckpointFile:
                 extra={"checkpoint": str(self.path), "reason": str(exc), "starting": "fresh"},
             )
             return None
-        if checkpoint.format != CHECKPOINT_FORMAT:
+        if checkpoint.format not in {1, CHECKPOINT_FORMAT}:
             log.warning(
                 "checkpoint.other_format",
                 extra={"checkpoint": str(self.path), "format": checkpoint.format},
             )
             return None
-        return checkpoint
+        engine = checkpoint.engine
+        if checkpoint.format == CHECKPOINT_FORMAT:
+            try:
+                engine = zlib.decompress(engine)
+            except zlib.error as exc:
+                log.warning(
+                    "checkpoint.unreadable",
+                    extra={"checkpoint": str(self.path), "reason": str(exc), "starting": "fresh"},
+                )
+                return None
+        return msgspec.structs.replace(checkpoint, format=CHECKPOINT_FORMAT, engine=engine)
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Write, fsync, rename over the old one, fsync the directory (so the rename lasts).
@@ -105,13 +124,20 @@ class CheckpointFile:
             partial.unlink(missing_ok=True)
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "wb") as out:
-                out.write(msgspec.msgpack.encode(checkpoint))
+                out.write(_compressed(checkpoint))
                 out.flush()
                 os.fsync(out.fileno())
             partial.replace(self.path)
             fsync_directory(self.path.parent)
         except OSError as exc:
             raise NotWritten(self.path, exc) from exc
+
+
+def _compressed(checkpoint: Checkpoint) -> bytes:
+    engine = zlib.compress(checkpoint.engine, _COMPRESSION)
+    return msgspec.msgpack.encode(
+        msgspec.structs.replace(checkpoint, format=CHECKPOINT_FORMAT, engine=engine)
+    )
 
 
 def positions_of(files: Iterable[PositionedFiles]) -> dict[Path, int]:
@@ -165,11 +191,13 @@ class Checkpointer(Generic[Token]):
         every_s: float = 1.0,
         max_unacked: int = 500,
         clock: Callable[[], float] = time.monotonic,
+        on_saved: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self._make_durable = make_durable
         self._state = state
         self._acknowledge = acknowledge
+        self._on_saved = on_saved
         self.every_s = every_s
         self.max_unacked = max_unacked
         self._clock = clock
@@ -229,6 +257,7 @@ class Checkpointer(Generic[Token]):
         tokens, self._unacked = self._unacked, []
         self._dirty = False
         self.saved += 1
+        self._on_saved()
         if tokens:
             self._acknowledge(tokens)
         return True

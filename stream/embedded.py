@@ -14,9 +14,11 @@ for their acknowledgement, when MQTT goes quiet, and at stop, it checkpoints, in
    clock tick, so a replay judges as this run did), the line-protocol file, ``deviations.jsonl``
    and ``deadletter.jsonl`` written and fsynced; InfluxDB (when configured) has confirmed its
    lines; the broker has acknowledged the deviations and dead letters published on MQTT;
+   the engine's judged history retained since the last checkpoint appended to its journal,
+   ``DATA_DIR/stream.checkpoint.history.N``, and fsynced (:mod:`stream.journal`);
 2. ``DATA_DIR/stream.checkpoint`` replaced atomically: the engine's state (readings held for
-   lateness, breaches in progress, open deviations), the duplicate windows, and each file's
-   durable size;
+   lateness, breaches in progress, open deviations; a light snapshot, without the history),
+   the duplicate windows, and each file's durable size (the journal's too);
 3. only then the MQTT messages are acknowledged (paho's manual acknowledgement, in order).
 
 If a step fails (InfluxDB down), nothing is acknowledged and the next checkpoint tries again;
@@ -80,6 +82,7 @@ from stream.checkpoint import (
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.ingest import Ingest
+from stream.journal import HistoryJournal
 from stream.live_view import LiveView
 from stream.mqtt_io import (
     Message,
@@ -171,6 +174,7 @@ class EmbeddedService:
         self.source: MqttBatchSource | None = None  # once running
         self.influx: InfluxDBSink | None = None
         self._files: tuple[PositionedFiles, ...] = ()  # the local files a checkpoint records
+        self._journal = HistoryJournal(self.checkpoint_path)  # the engine's judged history
         self._letters_file: JsonlDeadLetterSink | None = None  # its daily budget carries on
         self._started_ms = 0  # when the engine was made or restored (the archive's start)
         #: True when the broker's in-flight window is known to be wider than
@@ -208,6 +212,7 @@ class EmbeddedService:
             saved = store.load()
             ingest = self._build_ingest(outbox, saved)
             stack.callback(ingest.close)
+            stack.callback(self._journal.close)
             if settings.metrics.port is not None:
                 from stream.counts import counts_of  # noqa: PLC0415
                 from stream.metrics import MetricsServer, StreamCollector  # noqa: PLC0415
@@ -269,7 +274,7 @@ class EmbeddedService:
             data_dir / "deadletter.jsonl", round(settings.deadletter_budget_mb * 1024 * 1024)
         )
         archive = self._archive()
-        self._files = (series_file, deviations_file, letters_file)
+        self._files = (series_file, deviations_file, letters_file, self._journal)
         if archive is not None:
             self._files = (archive, *self._files)
         self._letters_file = letters_file
@@ -350,7 +355,9 @@ class EmbeddedService:
             resume(engine, False, self._started_ms)
             return engine, False
         try:
-            engine = Engine.restore(self.plan, data)
+            # the checkpoint's light snapshot takes its history from the journal (a legacy
+            # snapshot holds it); none read (lost): older late readings count beyond the bound
+            engine = Engine.restore(self.plan, data, history=self._journal.records)
         except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("engine.fresh_state", extra={"snapshot": str(where), "reason": str(exc)})
             engine = Engine(self.plan)
@@ -364,6 +371,7 @@ class EmbeddedService:
                 "snapshot": str(where),
                 "held": engine.held,
                 "open": len(engine.open_deviations()),
+                "history": "lost" if self._journal.lost else "restored",
             },
         )
         return engine, True
@@ -373,11 +381,13 @@ class EmbeddedService:
     ) -> Checkpointer[Message]:
         data_dir = self.settings.data_dir
 
+        journal = self._journal
+
         def state() -> Checkpoint:
             return Checkpoint(
                 format=CHECKPOINT_FORMAT,
                 plan_version=self.plan.version,
-                engine=ingest.engine.snapshot(),
+                engine=ingest.engine.snapshot(history=False),  # the history is in the journal
                 windows=ingest.windows(),
                 files=file_names(positions_of(self._files), data_dir),
                 extra=self._letters_file.budget_used() if self._letters_file else {},
@@ -385,11 +395,12 @@ class EmbeddedService:
 
         return Checkpointer(
             store,
-            make_durable=ingest.flush,
+            make_durable=journal.durable_after(ingest.flush, ingest.engine),
             state=state,
             acknowledge=source.acknowledge,
             every_s=self.settings.checkpoint_s,
             max_unacked=self.settings.mqtt.max_unacknowledged,
+            on_saved=journal.saved,
         )
 
     def _loop(

@@ -330,7 +330,9 @@ class Ingest:
         return ArchiveState(
             plan=loaded.plan.plan,
             plan_version=loaded.version,
-            engine=self.engine.snapshot(),
+            # the judged history apart, compressed: a tenth of the full snapshot's size
+            engine=self.engine.snapshot(history=False),
+            history=self.engine.history_record(),
             windows=self.windows(),
             clocks_from=self._clocks_from,
             future_tolerance_ms=self.future_tolerance_ms,

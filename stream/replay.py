@@ -11,7 +11,8 @@ output is one JSON object per deviation change, in the schema of ``deviation_to_
 :func:`replay_resumable` replays a file with the checkpoint discipline of the live runtime
 (:mod:`stream.checkpoint`): every ``every_lines`` lines the outputs are fsynced and a checkpoint
 (engine, duplicate windows, replay clock, counters, the outputs' sizes and the byte offset in the
-input after the last line judged) is saved atomically. Run again with the same checkpoint after
+input after the last line judged) is saved atomically; the engine's judged history goes to a
+journal beside it, as live (:mod:`stream.journal`). Run again with the same checkpoint after
 a crash, it cuts the outputs back to the checkpoint's sizes and carries on at its offset: the
 outputs are those of one uninterrupted replay, byte for byte. A finished replay run again
 writes nothing more.
@@ -63,6 +64,7 @@ from stream.checkpoint import (
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange, deviation_to_json, iso_ms
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest, IngestCounters
+from stream.journal import HistoryJournal
 from stream.plan import LoadedPlan
 from stream.sinks.base import DeadLetter, DeadLetterSink, DeviationSink, TimeSeriesSink
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
@@ -261,19 +263,16 @@ def replay_resumable(
         series = LineProtocolFileSink(timeseries)
         files.append(series)
     home = checkpoint.parent
+    journal = _journal(checkpoint, saved)
     ingest = Ingest(
-        _resumed_engine(loaded, saved, checkpoint),
+        _resumed_engine(loaded, saved, checkpoint, journal.records),
         series,
         changes,
         letters,
         clock="event",
         future_tolerance_ms=future_tolerance_ms,
     )
-    if saved is None:  # a replay from the start: the outputs start empty, as without a checkpoint
-        sizes = {path: 0 for positioned in files for path in positioned.positions()}
-    else:
-        sizes = file_paths(saved.files, home)
-    restore_files(files, sizes)
+    _cut_back(files, saved, home)
     offset, lines = _carry_on(ingest, changes, saved)
     if saved is not None and isinstance(letters, JsonlDeadLetterSink):
         letters.restore_budget(saved.extra)
@@ -289,15 +288,19 @@ def replay_resumable(
         return Checkpoint(
             format=CHECKPOINT_FORMAT,
             plan_version=loaded.version,
-            engine=ingest.engine.snapshot(),
+            engine=ingest.engine.snapshot(history=False),  # the history is in the journal
             windows=ingest.windows(),
-            files=file_names(positions_of(files), home),
+            files=file_names(positions_of([*files, journal]), home),
             position=offset,
             extra=extra,
         )
 
     checkpointer: Checkpointer[int] = Checkpointer(
-        store, make_durable=ingest.flush, state=state, acknowledge=lambda _: None
+        store,
+        make_durable=journal.durable_after(ingest.flush, ingest.engine),
+        state=state,
+        acknowledge=lambda _: None,
+        on_saved=journal.saved,
     )
     with source.open("rb") as data:
         data.seek(offset)
@@ -313,6 +316,7 @@ def replay_resumable(
     ingest.finish()
     checkpointer.checkpoint()
     ingest.close()
+    journal.close()
     return _summary(ingest, lines, changes.written, rejected_memory.letters)
 
 
@@ -329,11 +333,32 @@ def _check_carries_on(source: Path, saved: Checkpoint | None, checkpoint: Path) 
         )
 
 
-def _resumed_engine(loaded: LoadedPlan, saved: Checkpoint | None, checkpoint: Path) -> Engine:
+def _cut_back(files: list[PositionedFiles], saved: Checkpoint | None, home: Path) -> None:
+    """The outputs cut back to the checkpoint's sizes, or emptied for a replay from the start
+    (as without a checkpoint)."""
+    if saved is None:
+        sizes = {path: 0 for positioned in files for path in positioned.positions()}
+    else:
+        sizes = file_paths(saved.files, home)
+    restore_files(files, sizes)
+
+
+def _journal(checkpoint: Path, saved: Checkpoint | None) -> HistoryJournal:
+    """The engine's judged history beside the checkpoint, cut back to it and read (before the
+    engine restores)."""
+    journal = HistoryJournal(checkpoint)
+    if saved is not None:
+        restore_files([journal], file_paths(saved.files, checkpoint.parent))
+    return journal
+
+
+def _resumed_engine(
+    loaded: LoadedPlan, saved: Checkpoint | None, checkpoint: Path, history: list[bytes] | None
+) -> Engine:
     if saved is None:
         return Engine(loaded)
     try:
-        return Engine.restore(loaded, saved.engine)
+        return Engine.restore(loaded, saved.engine, history=history)
     except SnapshotMismatch as exc:
         raise ConfigError(
             f"checkpoint {checkpoint} was saved by a replay under plan version "
@@ -503,7 +528,9 @@ class _ArchiveReplay:
     def _from_header(self, header: Header, name: str) -> None:
         """Start from the state a file's header holds."""
         try:
-            engine = Engine.restore(self.loaded, header.engine)
+            # a light snapshot with its history record (a file written before the record
+            # existed holds the history in its snapshot, and an empty record)
+            engine = Engine.restore(self.loaded, header.engine, history=[header.history])
         except Exception as exc:  # a damaged or forged header must not stop the replay
             self.notes.append(
                 f"{name}: its header's engine state cannot be restored under this plan "
@@ -567,8 +594,13 @@ class _ArchiveReplay:
         before = self._ingest()
         restored = start.engine == "restored"
         engine = Engine(self.loaded)
-        if restored:  # the service restored the state its checkpoint held: this state
-            engine = Engine.restore(self.loaded, before.engine.snapshot())
+        if restored:  # the service restored the state its checkpoint held: this state,
+            # as the service restores it (a light snapshot, the history's releases as kept)
+            engine = Engine.restore(
+                self.loaded,
+                before.engine.snapshot(history=False),
+                history=[before.engine.history_record()],
+            )
         resume(engine, restored, start.at)
         windows = before.windows() if start.windows == "restored" else {}
         ingest = self._new_ingest(engine, start.future_tolerance_ms, start.known_gateways)

@@ -22,6 +22,14 @@ partition's clock is its messages' Kafka timestamps, the bridge's receive times)
 may be produced twice, with the same deviation id: consumers drop repeats by (id, change).
 Nothing is lost. A rebalance that revokes a partition from a live worker checkpoints it first.
 
+Late readings. The snapshot in the changelog is the engine's light one: it leaves out the
+judged history the late path retains (up to 10 MB, far beyond a Kafka record's size, sent every
+checkpoint). So a partition restored on another worker (or this one, restarted) has no history
+before its restore point: a late reading older than what its channel had judged at that point
+is counted ``late_beyond_bound`` and stored, never judged on half its context; late readings
+newer than it are judged as ever. (A changelog journal like ``milkguard run``'s would keep
+them: :mod:`stream.journal`.)
+
 Position. The snapshot's offset, not the committed one, says where a partition goes on: its
 next message must be the one right after (a partition with no snapshot starts at the
 beginning of the topic). Faust does not deliver every message after the committed offset to
@@ -169,7 +177,8 @@ class PartitionWork:
                 log.warning("worker.state_discarded", extra={"partition": number, "why": str(exc)})
         if state is not None:
             try:
-                engine = Engine.restore(plan, state.engine)
+                # a light snapshot (format 2, see the module): no history before it
+                engine = Engine.restore(plan, state.engine, history=None)
             except SnapshotMismatch as exc:
                 # another plan: a fresh engine, but from the saved position (what the snapshot
                 # includes is stored already; judging it again would only repeat it)
@@ -255,7 +264,8 @@ class PartitionWork:
         snapshot = _State(
             format=STATE_FORMAT,
             offset=self.offset,
-            engine=zlib.compress(self.ingest.engine.snapshot(), STATE_COMPRESSION),
+            # light: the late path's history stays out of a record sent every checkpoint
+            engine=zlib.compress(self.ingest.engine.snapshot(history=False), STATE_COMPRESSION),
             windows=self.ingest.windows(),
             clock_ms=self.clock_ms,
         )

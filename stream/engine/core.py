@@ -38,6 +38,7 @@ amortizes the vector work; a replay calls it on a fixed count, so it is determin
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,6 +47,7 @@ from stream.engine.columns import Columns
 from stream.engine.compile import compile_plan
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
+from stream.engine.history import History
 from stream.engine.judging import Judge
 from stream.engine.kinds import PlanContext
 from stream.engine.late import LateJudge
@@ -316,17 +318,38 @@ class Engine:
         """Readings waiting for their watermark."""
         return len(self._held)
 
-    def snapshot(self) -> bytes:
-        """Everything needed to carry on after a restart exactly as without it."""
-        return encode_snapshot(self._parts())
+    def snapshot(self, *, history: bool = True) -> bytes:
+        """Everything needed to carry on after a restart exactly as without it.
+
+        ``history=False``: a light snapshot, without the judged history the late path retains
+        (up to 10 MB), for a runtime that keeps that history in a journal of
+        :meth:`take_history` records and hands it back to :meth:`restore`."""
+        return encode_snapshot(self._parts(), history=history)
+
+    def take_history(self) -> History:
+        """The judged history retained since the last call, as one journal record, or all of
+        it (``whole``: the journal begins again with it); see :mod:`stream.engine.history`."""
+        return self._late.take()
+
+    def history_record(self) -> bytes:
+        """Every judged release retained, as one record for :meth:`restore` beside a light
+        snapshot (an archive file's header: a tenth of a full snapshot's size on the benchmark
+        fleet); :meth:`take_history` hands on as before."""
+        return self._late.whole()
 
     @classmethod
-    def restore(cls, loaded: LoadedPlan, data: bytes) -> Engine:
-        """An engine that carries on from a snapshot taken under the same plan version."""
+    def restore(
+        cls, loaded: LoadedPlan, data: bytes, *, history: Sequence[bytes] | None = None
+    ) -> Engine:
+        """An engine that carries on from a snapshot taken under the same plan version.
+
+        A light snapshot's history comes from ``history``, the journal's records since its last
+        whole one, in order; without them, late readings older than the snapshot's judged times
+        are counted beyond the bound (the history they would need is lost)."""
         state = decode_snapshot(loaded, data)
         try:
             engine = cls(loaded)
-            restore_snapshot(engine._parts(), state)
+            restore_snapshot(engine._parts(), state, history)
         except SnapshotMismatch:
             raise
         except Exception as exc:  # it decoded, but does not fit: corrupt, or not ours

@@ -60,9 +60,18 @@ searches, not one per message). A late batch is judged over the history around i
 oldest reading less the rules' longest duration (and each channel's last reading before) to a
 minute past its newest, widened by the devices' clock offsets; a copy still engaged at the
 window's end is run again over all of it. So a backlog sent one reading per message costs about
-a window per message, not the whole history. The snapshot keeps the history within the bound,
-the late readings not yet judged and the deviation intervals, so a restart judges a backlog
-exactly as without it.
+a window per message, not the whole history.
+
+What a restart keeps. A snapshot keeps the late readings not yet judged, the deviation intervals
+and how far back each channel's history is complete; the history itself (up to 10 MB) goes in a
+full snapshot (``Engine.snapshot()``: an archive file's header, a test) but not in the light one
+a runtime checkpoints every second (``history=False``): that runtime takes the releases kept
+since its last checkpoint as a journal record (:meth:`LateJudge.take`, :mod:`stream.engine.history`)
+and hands the journal back at restore, which keeps the same releases in the same order, so a
+restart judges a backlog exactly as without it. Restored with neither (the history is lost: a
+worker's partition, a journal gone), each channel's history counts as complete only after its
+judged time at the snapshot: a late reading older than that is counted beyond the bound, never
+judged on half its context.
 """
 
 from __future__ import annotations
@@ -79,6 +88,9 @@ from stream.engine.clocks import join_order
 from stream.engine.columns import EMPTY_COLUMNS, I64, Columns, HeldColumns, ranges
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
+from stream.engine.history import History
+from stream.engine.history import decode as decode_history
+from stream.engine.history import encode as encode_history
 from stream.engine.judging import Judge
 from stream.engine.machines import Derived, Sample, with_deviation
 from stream.engine.notices import EngineCounters
@@ -87,9 +99,12 @@ from stream.plan import LoadedPlan
 
 B = npt.NDArray[np.bool_]
 
-#: judged readings kept in all (5 columns of 8 bytes: 10 MB at most, in memory and in a
-#: checkpoint; an hour of 70 channels at 1 Hz)
+#: judged readings kept in all (5 columns of 8 bytes: 10 MB at most, in memory and in a full
+#: snapshot; an hour of 70 channels at 1 Hz)
 _RETAINED_READINGS = 250_000
+#: a journal holding this many times the readings kept is begun again with only those (a whole
+#: record), so it stays within a few caps however long the stream runs
+_JOURNAL_CAPS = 2
 #: releases kept apart before the oldest half are joined (bounds the late path's searches)
 _RETAINED_RELEASES = 2048
 #: deviation intervals remembered per rule (older ones lie beyond any bound in practice)
@@ -133,6 +148,7 @@ class LateState(msgspec.Struct, array_like=True):
     pending: HeldColumns  # late readings not judged yet
     coverage: bytes  # per channel row: the newest timestamp whose history was let go
     intervals: dict[str, list[tuple[str, int, int]]]  # rule -> (id, start, end) of deviations
+    kept: bool = True  # ``retained`` holds the history (False: a light snapshot's, kept apart)
 
 
 def _sorted(readings: Columns) -> Columns:
@@ -186,16 +202,32 @@ class LateJudge:
         #: (site, asset) and time of product changes that came after readings they concern
         self._changed: list[tuple[tuple[str, str], int]] = []
         self._intervals: dict[str, list[list[Any]]] = {}
+        # releases kept since the last journal record (see :meth:`take`); until a whole record
+        # has been taken (or the engine was restored from a journal) none are tracked
+        self._unsaved: list[Columns] = []
+        self._unsaved_readings = 0
+        self._whole_due = True
+        self._journaled = 0  # readings in the records taken since the last whole one
 
     # ------------------------------------------------------------ on the on-time path
 
     def retain(self, judged: Columns) -> None:
         """Keep a release's readings (sorted by channel, then time) as they are: no copy."""
-        if not self._judging:
-            return
-        self._releases.append(judged)
-        self._in_order.append(True)
-        self._retained += len(judged.rows)
+        if self._judging:
+            self._keep(judged)
+
+    def _keep(self, release: Columns, *, in_order: bool = True, journaled: bool = False) -> None:
+        """Keep a release (judged on time, or late readings judged); ``journaled``: replayed
+        from a journal at restore, not to be taken for it again."""
+        self._releases.append(release)
+        self._in_order.append(in_order)
+        self._retained += len(release.rows)
+        if not (journaled or self._whole_due):
+            self._unsaved.append(release)
+            self._unsaved_readings += len(release.rows)
+            if self._unsaved_readings > _RETAINED_READINGS:
+                # not taken for a whole cap's worth (no journal): the next record is whole
+                self._unsaved, self._unsaved_readings, self._whole_due = [], 0, True
         if self._retained > _RETAINED_READINGS:
             self._let_go()
         elif len(self._releases) > _RETAINED_RELEASES:
@@ -205,23 +237,26 @@ class LateJudge:
             self._in_order[:half] = [False]
 
     def _let_go(self) -> None:
-        """Forget the oldest readings until a quarter of the room is free again: whole releases
-        first, then the oldest readings of the next (a joined one may be large)."""
-        target = _RETAINED_READINGS * 3 // 4
-        while self._retained > target and self._releases:
-            oldest = self._releases[0]
-            excess = self._retained - target
-            in_order = self._in_order[0]
-            if len(oldest.rows) <= excess:
-                self._releases.pop(0)
-                self._in_order.pop(0)
-                self._forget(oldest, in_order=in_order)
-                continue
-            cutoff = np.partition(oldest.ts, excess)[excess]
-            gone = oldest.ts < cutoff
-            self._releases[0] = oldest.take(~gone)
-            self._forget(oldest.take(gone), in_order=in_order)
-            break
+        """Forget the oldest readings, by timestamp, until a quarter of the room is free again.
+        By timestamp, not by release: which readings go then depends only on which are kept,
+        not on how the late path has joined the releases since (a restart from the journal,
+        whose releases are not joined the same way, lets the same ones go)."""
+        excess = self._retained - _RETAINED_READINGS * 3 // 4
+        if excess <= 0 or not self._releases:
+            return
+        stamps = np.concatenate([release.ts for release in self._releases])
+        cutoff = np.partition(stamps, excess)[excess] if excess < len(stamps) else _OPEN
+        releases, in_order = [], []
+        for release, ordered in zip(self._releases, self._in_order, strict=True):
+            gone = release.ts < cutoff
+            kept = release
+            if gone.any():
+                self._forget(release.take(gone), in_order=ordered)
+                kept = release.take(~gone)
+            if len(kept.rows):
+                releases.append(kept)
+                in_order.append(ordered)
+        self._releases, self._in_order = releases, in_order
 
     def _forget(self, gone: Columns, *, in_order: bool) -> None:
         """Readings let go: each channel's history is complete only after the newest of its
@@ -356,11 +391,7 @@ class LateJudge:
             derived_at = [reads[r] for r in bound_rule.compiled.derived_at if r in reads]
             self._keep_derived(computed, derived_at, late)
         counters.late_unrejudged += int(unrejudged[late.rows].sum())
-        self._releases.append(late)
-        self._in_order.append(True)
-        self._retained += len(late.rows)
-        if self._retained > _RETAINED_READINGS:
-            self._let_go()
+        self._keep(late)
 
     def _product_changes(self, out: list[DeviationChange]) -> None:
         """Re-judge the rules of assets whose product changed in what they had judged: the
@@ -683,14 +714,37 @@ class LateJudge:
 
     # ------------------------------------------------------------ state
 
-    def state(self) -> LateState:
-        """The snapshot's part: history within the bound of each channel's judged time."""
+    def take(self) -> History:
+        """The history kept since the last call, as one journal record; or every release
+        retained (``whole``), to begin the journal again: at the first call, when the journal
+        would hold more than ``_JOURNAL_CAPS`` caps' worth, or after too long without a call."""
+        journaled = self._journaled + self._unsaved_readings
+        if self._whole_due or journaled > _JOURNAL_CAPS * _RETAINED_READINGS:
+            taken = History(self.whole(), self._retained, whole=True)
+            self._whole_due = False
+        else:
+            record = encode_history(self._unsaved, [True] * len(self._unsaved))
+            taken = History(record, self._unsaved_readings, whole=False)
+        self._journaled = taken.readings if taken.whole else journaled
+        self._unsaved, self._unsaved_readings = [], 0
+        return taken
+
+    def whole(self) -> bytes:
+        """Every release retained, as one record (what :meth:`take` has handed is unchanged)."""
+        return encode_history(self._releases, self._in_order)
+
+    def state(self, *, history: bool = True) -> LateState:
+        """The snapshot's part: with ``history``, the history within the bound of each
+        channel's judged time (without: kept apart, in a runtime's journal)."""
         retained = EMPTY_COLUMNS
-        if self._releases:
-            # not sorted here (a checkpoint a second must stay cheap): the restore sorts once
+        if history and self._releases:
+            # sorted (a full snapshot: an archive header, not the light one a runtime takes
+            # each second), so it is the same however the late path has joined the releases
             retained = Columns.join(self._releases)
             rows = retained.rows
-            retained = retained.take(retained.ts >= self._table.last_ts[rows] - self.bound_ms[rows])
+            retained = _sorted(
+                retained.take(retained.ts >= self._table.last_ts[rows] - self.bound_ms[rows])
+            )
         pending = Columns.join(self._pending) if self._pending else EMPTY_COLUMNS
         return LateState(
             retained=HeldColumns.of(retained),
@@ -700,18 +754,30 @@ class LateJudge:
                 key: [(str(i), int(s), int(e)) for i, s, e in spans]
                 for key, spans in self._intervals.items()
             },
+            kept=history,
         )
 
-    def restore(self, state: LateState) -> None:
-        """Take back a snapshot's part."""
-        retained = _sorted(_copied(state.retained))
-        if len(retained.rows):
-            self._releases, self._in_order = [retained], [True]
-            self._retained = len(retained.rows)
+    def restore(self, state: LateState, history: Sequence[bytes] | None) -> None:
+        """Take back a snapshot's part, with the journal's records (``history``) when the
+        snapshot kept the history apart (see the module: None, the history is lost)."""
+        if state.kept:
+            retained = _sorted(_copied(state.retained))
+            if len(retained.rows):
+                self._releases, self._in_order = [retained], [True]
+                self._retained = len(retained.rows)
+        elif history is not None:
+            for record in history:
+                for release, in_order in decode_history(record):
+                    self._keep(release, in_order=in_order, journaled=True)
+                    self._journaled += len(release.rows)
+            self._whole_due = False  # the journal holds all of it: carry on appending
         pending = _copied(state.pending)
         if len(pending.rows):
             self._pending = [pending]
         self._coverage[:] = np.frombuffer(state.coverage, dtype=np.int64)
+        if not state.kept and history is None:
+            # no history before the snapshot: a reading that would need it is beyond the bound
+            np.maximum(self._coverage, self._table.last_ts, out=self._coverage)
         self._intervals = {
             key: [[i, s, e] for i, s, e in spans] for key, spans in state.intervals.items()
         }

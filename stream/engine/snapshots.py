@@ -5,10 +5,15 @@ The format is msgpack of :class:`_Snapshot`; it is the one the engine has always
 (``machines``, ``joined``, ``cooling``, ``ages``, ``transports``), and the machines of every
 kind registered since go in ``rules``, by rule id. A snapshot taken under another plan version
 or format is refused with :class:`SnapshotMismatch`.
+
+A snapshot is full (the late path's retained history in it) or light (``history=False``: the
+history kept apart in a runtime's journal and handed back at restore; see
+:mod:`stream.engine.late` and :mod:`stream.engine.history`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, NamedTuple
 
@@ -96,8 +101,8 @@ def _single_slots(rules: list[BoundRule]) -> list[tuple[int, int, BoundRule]]:
     return slots
 
 
-def encode(parts: EngineParts) -> bytes:
-    """The snapshot of an engine's parts."""
+def encode(parts: EngineParts, *, history: bool = True) -> bytes:
+    """The snapshot of an engine's parts; ``history=False``: without the late path's history."""
     held = parts.held.merged()  # first: folding incoming readings in updates the arrays
     table, judge = parts.table, parts.judge
     machines = [
@@ -145,7 +150,7 @@ def encode(parts: EngineParts) -> bytes:
             d: (m.spec.site, m.state()) for d, m in devices.time_sync.items() if m.open_deviation
         },
         rules=rules,
-        late=parts.late.state(),
+        late=parts.late.state(history=history),
         clock_estimates={d: c.estimates for d, c in devices.clocks.items() if c.estimates},
         grace_ends=table.grace_ends.tobytes(),
     )
@@ -165,8 +170,9 @@ def decode(loaded: LoadedPlan, data: bytes) -> _Snapshot:
     return state
 
 
-def restore(parts: EngineParts, state: _Snapshot) -> None:
-    """Take a snapshot's content back into a freshly compiled engine's parts."""
+def restore(parts: EngineParts, state: _Snapshot, history: Sequence[bytes] | None = None) -> None:
+    """Take a snapshot's content back into a freshly compiled engine's parts, with the journal's
+    history records when the snapshot is light (None: the history is lost)."""
     table, judge, devices = parts.table, parts.judge, parts.devices
     table.now, table.started = state.now, state.started
     table.heard_after = state.heard_after
@@ -213,4 +219,4 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
         setattr(parts.counters, f.name, getattr(saved_counters, f.name))
     parts.router.unplanned_seen = {tuple(name) for name in state.unplanned_seen}  # type: ignore[misc]
     if state.late is not None:
-        parts.late.restore(state.late)
+        parts.late.restore(state.late, history)

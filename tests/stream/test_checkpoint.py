@@ -337,3 +337,20 @@ def test_links_planted_in_the_data_directory_redirect_no_cut_and_no_checkpoint(
         files[0].flush()  # nor is anything appended through the link
     assert victim.read_text() == "root:x:0:0\n"
     assert CheckpointFile(data_dir / "stream.checkpoint").load() == _checkpoint()
+
+
+def test_the_engine_is_compressed_on_disk_and_a_checkpoint_from_before_still_reads(
+    tmp_path: Path,
+) -> None:
+    """The engine's snapshot, written every second, goes to disk compressed; a checkpoint saved
+    by a release before (format 1, the snapshot as it is) carries on all the same."""
+    store = CheckpointFile(tmp_path / "stream.checkpoint")
+    engine = b"held readings " * 1000
+    saved = msgspec.structs.replace(_checkpoint(), engine=engine)
+    store.save(saved)
+
+    assert store.path.stat().st_size < len(engine) / 10
+    assert store.load() == saved
+    older = msgspec.structs.replace(saved, format=1)
+    store.path.write_bytes(msgspec.msgpack.encode(older))
+    assert store.load() == saved

@@ -28,6 +28,7 @@ from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.backoff import Backoff
 from milkguard.contract.v1 import Reading
+from stream.engine import iso_ms as iso
 from tests.helpers import wait_until
 from tests.servers import free_port, start_mosquitto, stop
 
@@ -219,11 +220,14 @@ def run_through(runtime: Runtime, base_ms: int, kills: int) -> int:
 
 
 def written_after_checkpoint(data_dir: Path) -> None:
-    """What a kill between writing the files and saving the checkpoint leaves: lines the
-    checkpoint does not count, whose batches the broker sends again."""
+    """What a kill between writing the files and saving the checkpoint leaves: lines (and
+    judged history) the checkpoint does not count, whose batches the broker sends again."""
     for path in [*data_dir.glob("timeseries-*.lp"), data_dir / "deviations.jsonl"]:
         with path.open("a") as file:
             file.write("reading,site=farm-01 half-written\n")
+    for journal in data_dir.glob("stream.checkpoint.history.*"):
+        with journal.open("ab") as history:  # the judged history appended, then the kill
+            history.write(b"\x10\x00\x00\x00half-written")
 
 
 def judged(changes: list[dict[str, object]]) -> list[tuple[object, ...]]:
@@ -287,3 +291,73 @@ def test_kill_9_of_the_runtime_loses_no_reading_and_repeats_none(tmp_path: Path,
         first = seen.setdefault((change[1], change[0]), change)
         assert first == change, f"judged twice differently: {first} and {change}"
     assert sorted(seen.values(), key=repr) == sorted(reference, key=repr)
+
+
+#: the late-backlog test's live seconds (cold), and its backlog (warm: 10 s above 6 degC)
+LIVE_S = [*range(20), *range(30, 60)]
+BACKLOG_S = list(range(20, 30))
+
+
+def publish_seconds(
+    broker: Broker, client_id: str, base_ms: int, seconds: list[int], first_seq: int
+) -> None:
+    """One batch per second of tank 1, as a store-and-forward gateway sends it (QoS 1; its
+    sequence numbers grow in the order sent, the backlog's after the live data's)."""
+    address = mqtt_connect.BrokerAddress(broker.host, broker.port)
+    connection = mqtt_connect.connect(address, client_id, clean_session=False)
+    gateway = GatewayPublisher(connection, SITE, "farm-01-gw-a", first_seq=first_seq)
+    for second in seconds:
+        value = 8.5 if second in BACKLOG_S else 3.8
+        gateway.publish([Reading("tank-1", "milk_temp", value, "degC", base_ms + second * 1000)])
+    assert connection.wait_acknowledged(30), "the broker did not acknowledge every batch"
+    connection.close()
+
+
+def late_backlog_run(runtime: Runtime, base_ms: int, *, kill: bool) -> list[tuple[object, ...]]:
+    """Live data, a checkpoint, (a kill -9 and a restart), then the backlog; the changes of
+    the tank's critical limit."""
+    runtime.start()
+    gateway = f"{runtime.client_id}-gw"
+    publish_seconds(runtime.broker, gateway, base_ms, LIVE_S, first_seq=1)
+    wait_until(lambda: len(runtime.reading_lines()) >= len(LIVE_S), 30, "the live data stored")
+    time.sleep(1.5)  # judged, and a checkpoint saved after it
+    if kill:
+        runtime.kill()
+        written_after_checkpoint(runtime.data_dir)
+        runtime.start()
+    publish_seconds(runtime.broker, gateway, base_ms, BACKLOG_S, first_seq=1 + len(LIVE_S))
+    total = len(LIVE_S) + len(BACKLOG_S)
+    wait_until(lambda: len(runtime.reading_lines()) >= total, 30, "the backlog stored")
+    time.sleep(1.5)
+    runtime.stop()
+    return [c for c in judged(runtime.changes()) if c[3] == "tank-1-max"]
+
+
+def test_a_kill_9_between_live_data_and_a_late_backlog_judges_it_as_without_the_kill(
+    tmp_path: Path,
+) -> None:
+    """A bulk tank above 6 degC for 10 s (CN farm code: bulk milk below 6 degC; the plan's
+    5 s sustained limit) during a link drop: the gateway sends its live data first and the
+    backlog after. The runtime killed (SIGKILL) after the live data was checkpointed, with
+    history written after that checkpoint, and started again, raises the same deviation,
+    found late, as a runtime that ran through: the judged history came back from its journal,
+    cut back to the checkpoint."""
+    mosquitto = start_mosquitto(tmp_path, max_inflight_messages=1000)
+    broker = Broker(mosquitto.host, mosquitto.port)
+    try:
+        plan = tmp_path / "plan.yaml"
+        plan.write_text(PLAN.format(assets=ASSET.format(n=1), rules=RULE.format(n=1)))
+        base_ms = (time.time_ns() // 1_000_000 // 1000 - 600) * 1000
+        calm = late_backlog_run(
+            Runtime(broker, plan, tmp_path / "calm", "external", "calm-late"), base_ms, kill=False
+        )
+        killed = Runtime(broker, plan, tmp_path / "killed", "external", "killed-late")
+        after_kill = late_backlog_run(killed, base_ms, kill=True)
+    finally:
+        stop(mosquitto.process)
+
+    assert [c[0] for c in calm] == ["opened", "closed"]
+    assert (calm[1][5], calm[1][6]) == (iso(base_ms + 20_000), iso(base_ms + 30_000))
+    assert after_kill == calm
+    restarted = killed.logs[-1].read_text()
+    assert "history=restored" in restarted

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import msgspec
 
+from milkguard.contract.v1 import Batch, Reading, encode_batch
+from stream.engine.core import Engine
 from stream.engine.deviation import DeviationChange
 from stream.plan import load_plan
 from stream.sinks.memory import MemoryTimeSeriesSink
 from stream.worker import STATE_FORMAT, KafkaMessage, PartitionWork, _State
-from tests.stream.test_worker import plan_yaml, records
+from tests.conftest import T0
+from tests.stream.test_worker import FARMS, plan_yaml, records
 
 
 def _messages() -> list[KafkaMessage]:
@@ -96,7 +99,11 @@ def test_a_state_saved_before_its_engine_was_compressed_is_restored(tmp_path: Pa
     )
 
     assert restored.offset == 99
-    assert restored.ingest.engine.snapshot() == first.ingest.engine.snapshot()
+    # the changelog's snapshot is light: restored, the engine is the light snapshot's (the
+    # judged history before it lost, as on any restore from the changelog)
+    light = first.ingest.engine.snapshot(history=False)
+    expected = Engine.restore(first.ingest.engine.plan, light)
+    assert restored.ingest.engine.snapshot() == expected.snapshot()
 
 
 def test_a_state_of_a_newer_format_is_discarded_not_misread(tmp_path: Path) -> None:
@@ -112,3 +119,43 @@ def test_a_state_of_a_newer_format_is_discarded_not_misread(tmp_path: Path) -> N
 
     assert restored.offset == -1  # left to the committed offset, as with no state
     assert not restored.anchored
+
+
+def test_a_partition_restored_from_its_changelog_counts_older_late_readings_beyond_the_bound(
+    tmp_path: Path,
+) -> None:
+    """The changelog's snapshot leaves out the judged history (a Kafka record sent every
+    checkpoint must stay small). A bulk tank reading above 6 degC that reaches a partition late,
+    stamped before the partition's restore point, is judged found late where the partition was
+    not moved, and counted beyond the bound (stored, never judged on half its context) where it
+    was restored from its changelog."""
+    messages = _messages()[:100]
+    stayed, _ = _work(tmp_path)
+    stayed.take_many(messages)
+    moved, _ = _work(tmp_path)
+    moved.take_many(messages)
+    restored = PartitionWork.start(
+        0, load_plan(tmp_path / "plan.yaml"), MemoryTimeSeriesSink(), moved.state()
+    )
+    ts = T0 + 2 * 60_000 + 30_000  # between minutes 2 and 3, long judged
+    backlog = Batch(
+        v=1,
+        site=FARMS[0],
+        gateway="gw-1",
+        seq=1000,
+        sent_at=ts,
+        readings=[Reading("tank-1", "milk_temp", 8.5, "degC", ts)],
+    )
+    late: KafkaMessage = (encode_batch(backlog), 100, messages[-1][2] + 1000, "milkguard.batches")
+
+    stayed.take_many([late])
+    restored.take_many([late])
+
+    found = [c for c in stayed.outputs.changes if c.deviation.start_ms == ts]
+    assert found
+    assert found[0].deviation.detected_late
+    assert not [c for c in restored.outputs.changes if c.deviation.start_ms == ts]
+    assert restored.ingest.engine.counters.late_beyond_bound == 1
+    changelog = msgspec.msgpack.decode(moved.state(), type=_State)
+    engine_state = msgspec.msgpack.decode(zlib.decompress(changelog.engine))
+    assert all(column == b"" for column in engine_state["late"][0])  # no history in it

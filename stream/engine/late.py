@@ -50,17 +50,17 @@ rule): kinds whose machine has no ``fresh`` - cooling deadlines (a deadline that
 stays as fired), storage age, transport exposure - and gaps ("monitoring lost" stays as raised:
 no verdict is unsaid). Their late readings still count for the other rules of the channel.
 
-Retaining history is cheap on the on-time path: each release's judged columns are kept as they
-are (a list append, no copy, no per-reading object), up to ``_RETAINED_READINGS`` readings in all
-(oldest release first out; the newest judged timestamp each channel lost is remembered, so a late
-reading that would need history no longer retained counts as beyond the bound rather than judged
-on half its context). Looking up a channel's history is a binary search per kept release, on the
-late path only, over releases joined there so that each is more than twice the next (a few
-searches, not one per message). A late batch is judged over the history around it: from its
+Retaining history is cheap on the on-time path: each release's judged columns are kept as they are
+(a list append, no copy, no per-reading object), up to ``_RETAINED_READINGS`` readings in all (the
+oldest readings by timestamp first out; the newest judged timestamp each channel lost is
+remembered, so a late reading that would need history no longer retained counts as beyond the bound
+rather than judged on half its context). Looking up a channel's history is a binary search per kept
+release, on the late path only, over releases joined there so that each is more than twice the next
+(a few searches, not one per message). A late batch is judged over the history around it: from its
 oldest reading less the rules' longest duration (and each channel's last reading before) to a
-minute past its newest, widened by the devices' clock offsets; a copy still engaged at the
-window's end is run again over all of it. So a backlog sent one reading per message costs about
-a window per message, not the whole history.
+minute past its newest, widened by the devices' clock offsets; a copy still engaged at the window's
+end is run again over all of it. So a backlog sent one reading per message costs about a window per
+message, not the whole history.
 
 What a restart keeps. A snapshot keeps the late readings not yet judged, the deviation intervals
 and how far back each channel's history is complete; the history itself (up to 10 MB) goes in a

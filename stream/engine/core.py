@@ -828,7 +828,7 @@ class Engine:
         if age is not None:
             age.filled(event.ts, oldest)
         for row, transport in self._transport_by_asset.get(compartment, ()):
-            transport.pickup(event.ts)
+            changes.extend(transport.pickup(event.ts))
             self._busy[row] = self._busy[row] or transport.engaged
 
     def _delivery(self, site: str, event: Delivery) -> None:
@@ -1309,6 +1309,10 @@ class Engine:
         if len(holding):
             ahead = self._newest[holding] > self._device_now(self._last_device[holding])
             due[holding] = ahead
+            if not ahead.all():
+                # they may be judged and still be silent (their channel's readings wait for
+                # another's): look again at the next advance
+                self._next_silence = min(self._next_silence, self._now + 1)
             if not due.any():
                 return
         # the deviation starts in the device's time: its last sample plus the limit

@@ -141,13 +141,19 @@ class TransportMachine:
             return False
         return self.delivered_at is None or self._last_seen < self.delivered_at
 
-    def pickup(self, ts: int) -> None:
-        """A pickup into the compartment: the first one starts the load's trip."""
+    def pickup(self, ts: int) -> list[DeviationChange]:
+        """A pickup into the compartment: the first one starts the load's trip. A load delivered
+        whose samples have not all come yet has its exposure verdict ended first, at its
+        delivery (the new load is another trip)."""
+        changes: list[DeviationChange] = []
         if self.loaded_since is None or self.delivered_at is not None:
+            if self.delivered_at is not None:
+                changes = self._end_trip()
             self.loaded_since = ts
             self.delivered_at = None
             self.exposure_ms = 0.0
             self._last_ts, self._last_excess = None, 0.0
+        return changes
 
     def delivery(self, ts: int) -> list[DeviationChange]:
         """The load arrived: its trip ends at ``ts``. Samples still to be judged from before it

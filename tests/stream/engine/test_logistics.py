@@ -149,3 +149,18 @@ def test_ages_and_trips_survive_a_restart(chain: Scenario) -> None:
 
     (opened,) = chain.of("transit_time")
     assert opened.deviation.start_ms == at(7 * HOUR)
+
+
+def test_a_delivery_and_the_next_pickup_in_one_batch_end_the_delivered_loads_exposure(
+    chain: Scenario,
+) -> None:
+    """Each load's exposure is its own trip's: a gateway that sends the delivery and the next
+    pickup together (after a link drop, before the stream saw the delivery) still gets the
+    delivered load's exposure ended at its delivery, not carried into the next load."""
+    truck(chain, pickup(0))
+    chain.samples("truck-07", "comp-1", "temp", "degC", [(m * 60, 8.0) for m in range(0, 41)])
+    truck(chain, delivery(1), pickup(1.5))
+    chain.idle_until(1.5 * HOUR)
+
+    opened, closed = chain.of("temperature_exposure")
+    assert (opened.deviation.start_ms, closed.deviation.end_ms) == (at(31 * 60), at(HOUR))

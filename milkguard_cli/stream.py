@@ -189,7 +189,8 @@ def run_replay(args: argparse.Namespace) -> int:
         f"replayed {summary.lines:,} lines: {summary.batches:,} batches, "
         f"{summary.readings:,} readings, {summary.deviation_changes:,} deviation changes, "
         f"{summary.rejected:,} rejected, {summary.duplicates:,} duplicate batches, "
-        f"{summary.late:,} late readings",
+        f"{summary.late:,} late readings ({summary.late_beyond_bound:,} beyond late_judge_s, "
+        "not judged)",
         highlight=False,
         soft_wrap=True,
     )

@@ -31,6 +31,7 @@ class Mutation(NamedTuple):
 
 EVENTS = "test_the_event_driven_kinds_agree_with_the_reference"
 CHANNELS = "test_the_fast_engine_agrees_with_the_reference"
+LATE = "test_late_readings_find_the_breaches_the_reference_finds_in_time"
 
 MUTATIONS = [
     Mutation(
@@ -63,9 +64,9 @@ MUTATIONS = [
     ),
     Mutation(
         "transit-time",
-        "the transit timer fires only after the limit, not at it",
-        "or now < self.loaded_since + round(limit_s * 1000)",
-        "or now <= self.loaded_since + round(limit_s * 1000)",
+        "the transit time's deadline 1 ms later than the plan says",
+        "due = self.loaded_since + round(limit_s * 1000)",
+        "due = self.loaded_since + round(limit_s * 1000) + 1",
         EVENTS,
     ),
     Mutation(
@@ -85,8 +86,8 @@ MUTATIONS = [
     Mutation(
         "htst-rich-product",
         "the +3 degC for rich products dropped",
-        "return self.rule.legal.temp_c + (self.rule.rich_product_raise_c if rich else 0.0)",
-        "return self.rule.legal.temp_c",
+        "raised = round(milk.temp_c + self.rich_product_raise_c, 9)",
+        "raised = round(milk.temp_c, 9)",
         EVENTS,
     ),
     Mutation(
@@ -104,6 +105,20 @@ MUTATIONS = [
         EVENTS,
     ),
     Mutation(
+        "late-hidden",
+        "a breach found in late readings is not published",
+        "        if end < first_late:\n            return False  # found without the late readings",
+        "        if end < first_late or True:\n            return False  # found without the late",
+        LATE,
+    ),
+    Mutation(
+        "late-flag",
+        "a breach found in late readings is not flagged as found late",
+        "change.deviation.detected_late = True",
+        "change.deviation.detected_late = False",
+        LATE,
+    ),
+    Mutation(
         "uht-f0",
         "F0 computed with z = 11 degC instead of 10",
         "exponent = (outlet_c - 121.1) / 10",
@@ -114,10 +129,12 @@ MUTATIONS = [
 
 
 def _holder(original: str) -> Path:
-    """The one engine module that holds ``original`` (exactly once)."""
-    found = [p for p in sorted(ENGINE.rglob("*.py")) if original in p.read_text()]
+    """The one engine module (or the plan, which works out the legal pairs) that holds
+    ``original``, exactly once."""
+    sources = [*sorted(ENGINE.rglob("*.py")), ENGINE.parent / "plan.py"]
+    found = [p for p in sources if original in p.read_text()]
     if len(found) != 1 or found[0].read_text().count(original) != 1:
-        raise SystemExit(f"{original!r}: expected once in stream/engine, found in {found}")
+        raise SystemExit(f"{original!r}: expected once in the engine, found in {found}")
     return found[0]
 
 

@@ -20,6 +20,8 @@ class StreamCounts:
     rejected_readings: int = 0
     duplicates: int = 0
     late: int = 0
+    late_judged: int = 0
+    late_beyond_bound: int = 0
     judged: int = 0
     opened: int = 0
     closed: int = 0
@@ -35,7 +37,7 @@ class StreamCounts:
             setattr(self, name, getattr(self, name) + getattr(ingest, name))
         self.rejected_readings += ingest.rejected_readings
         self.duplicates += ingest.duplicates
-        for name in ("late", "judged", "opened", "closed"):
+        for name in ("late", "late_judged", "late_beyond_bound", "judged", "opened", "closed"):
             setattr(self, name, getattr(self, name) + getattr(engine, name))
         for name in _PER_READING:
             setattr(self, name, getattr(self, name) + getattr(ingest, name))

@@ -777,8 +777,9 @@ class Ingest:
                     extra={
                         **context,
                         "late_so_far": notice.count,
-                        "hint": "stored, not judged: it arrived after its channel's allowed "
-                        "lateness (raise allowed_lateness_s in the plan if this is expected)",
+                        "hint": "arrived after its channel's allowed lateness: stored, and judged "
+                        "apart (flagged found late) if within the asset's late_judge_s, else "
+                        "only counted (raise allowed_lateness_s if this is expected)",
                     },
                 )
 

@@ -67,6 +67,16 @@ class StreamCollector(Collector):
                 ("readings_rejected", seen.rejected_readings, "readings dead-lettered alone"),
                 ("batches_duplicate", seen.duplicates, "batches dropped as repeats"),
                 ("readings_late", seen.late, "readings behind their channel's judgement"),
+                (
+                    "readings_late_judged",
+                    seen.late_judged,
+                    "late readings judged at their own time, within late_judge_s",
+                ),
+                (
+                    "readings_late_beyond_bound",
+                    seen.late_beyond_bound,
+                    "late readings beyond late_judge_s: stored, not judged",
+                ),
                 ("readings_judged", seen.judged, "readings the rules judged"),
                 ("readings_duplicate", seen.readings_duplicate, "readings of repeated batches"),
                 (

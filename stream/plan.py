@@ -62,6 +62,7 @@ AssetKind = Literal[
     "bulk_tank",
     "truck",
     "truck_compartment",
+    "receiving_bay",
     "silo",
     "htst",
     "uht",
@@ -92,6 +93,13 @@ class Channel(_Strict):
     interval_s: float = Field(gt=0, description="Expected sampling interval, seconds.")
     ccp: bool = Field(default=False, description="A critical control point's channel.")
     silence_after_s: float | None = Field(default=None, gt=0)
+    tolerance: float | None = Field(
+        default=None,
+        ge=0,
+        description="The instrument's accuracy (+-, in the channel's unit), from its "
+        "calibration: a reading beyond a receipt limit by no more than this asks for a check "
+        "with a calibrated thermometer, not a verdict.",
+    )
 
 
 class Asset(_Strict):
@@ -110,6 +118,14 @@ class Asset(_Strict):
         ge=0,
         description="How late a reading may arrive and still be judged at its timestamp "
         "(default: the plan's). Deviations are reported this much later than they happen.",
+    )
+    late_judge_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="How far behind its channel's judged time a late reading (one that came "
+        "after its allowed lateness) is still judged, flagged found late (default: the plan's; "
+        "0: late readings are counted and stored, never judged).",
     )
     channels: dict[PlanId, Channel] = Field(min_length=1)
 
@@ -289,21 +305,74 @@ class HoldingTube(_Strict):
         return math.pi / 4 * self.diameter_m**2 * self.length_m * 1000
 
 
+#: Pasteurization process classes, as rows of a jurisdiction's table (``us-pmo``: the PMO's
+#: batch (vat), HTST, the five HHST pairs, and ultra-pasteurization).
+ProcessClass = Literal["vat", "htst", "hhst-89", "hhst-90", "hhst-94", "hhst-96", "hhst-100", "up"]
+#: The product classes a pasteurization table distinguishes: plain milk products; rich ones (fat
+#: >= 10 %, total solids >= 18 %, added sweeteners, or concentrated/condensed); eggnog.
+ProductClass = Literal["milk", "rich", "eggnog"]
+PRODUCT_CLASSES: tuple[ProductClass, ...] = ("milk", "rich", "eggnog")
+
+
 class LegalMinimum(_Strict):
-    """A legal pasteurization temperature and holding time pair (e.g. HTST 72 degC, 15 s)."""
+    """A legal pasteurization temperature and holding time pair (e.g. HTST 72 degC, 15 s), and
+    where it comes from (default: the rule's own ``source``)."""
 
     temp_c: float
     hold_s: float = Field(gt=0)
+    source: RecordText | None = Field(default=None, min_length=3)
+
+    def looser_than(self, law: LegalMinimum) -> bool:
+        """Below the law's temperature or shorter than its holding time."""
+        return self.temp_c < law.temp_c or self.hold_s < law.hold_s
+
+
+class PasteurizationRow(_Strict):
+    """One process class of a jurisdiction's pasteurization table: its pair for each product
+    class, each with its source. Where the law has no row of its own for a class, the profile
+    repeats the milk pair and its source says so."""
+
+    milk: LegalMinimum
+    rich: LegalMinimum
+    eggnog: LegalMinimum
+    alternatives: dict[ProductClass, list[LegalMinimum]] = Field(
+        default_factory=dict,
+        description="Other pairs the law allows for a class (PMO eggnog on HTST: 83 degC 15 s "
+        "besides 80 degC 25 s); a rule may give one as its own pair.",
+    )
+
+    @model_validator(mode="after")
+    def _each_pair_names_its_source(self) -> PasteurizationRow:
+        pairs = [getattr(self, name) for name in PRODUCT_CLASSES]
+        pairs.extend(pair for others in self.alternatives.values() for pair in others)
+        if any(pair.source is None for pair in pairs):
+            raise ValueError("give each pair its source (the law's item and its figures)")
+        return self
+
+    def lawful(self, product: ProductClass, own: LegalMinimum) -> LegalMinimum | None:
+        """``own`` as the rule applies it, if it is at least as strict as one of the law's pairs
+        for ``product`` (without a source of its own, it takes that pair's); else None."""
+        for law in (getattr(self, product), *self.alternatives.get(product, ())):
+            if not own.looser_than(law):
+                return (
+                    own if own.source is not None else own.model_copy(update={"source": law.source})
+                )
+        return None
 
 
 class Htst(_Strict):
-    """An HTST pasteurizer's critical control point, judged over its channels together.
+    """An HTST (or HHST, UP, vat) pasteurizer's critical control point, judged over its
+    channels together.
 
     - Forward flow below the legal minimum temperature is a deviation at the first sample (no
-      averaging, no grace). The minimum follows the product in force (``product_change``
-      events): ``rich_product_raise_c`` is added for fat >= 10 %, total solids >= 18 %,
-      sweetened or condensed products.
-    - The fastest particle's holding time, V / (k Q), must stay at or above the legal time in
+      averaging, no grace). The legal pair follows the product in force (``product_change``
+      events): milk, rich (fat >= 10 %, total solids >= 18 %, sweetened or condensed) or
+      eggnog (a product id listed in ``eggnog_products``).
+    - The pairs: ``process`` names a row of the profile's pasteurization table (``us-pmo``:
+      vat, htst, hhst-89 ... hhst-100, up), or ``legal`` gives the plan's own pair for milk, with
+      ``rich`` and ``eggnog`` pairs of their own or, by default, the milk pair raised by
+      ``rich_product_raise_c``. A pair given beside ``process`` may only be stricter.
+    - The fastest particle's holding time, V / (k Q), must stay at or above the pair's time in
       forward flow; k (fastest over mean velocity) follows the Reynolds number: 2.0 laminar,
       1.33 at Re 4000, 1.25 turbulent (Re > 20000), interpolated between.
     - The recording thermometer must not read higher than the indicating one (the official).
@@ -319,7 +388,22 @@ class Htst(_Strict):
     recorder: PlanId | None = Field(default=None, description="Channel of the recorder.")
     flow: PlanId | None = Field(default=None, description="Channel of the flow rate, L/h.")
     holding_tube: HoldingTube | None = None
+    process: ProcessClass | None = Field(
+        default=None,
+        description="A row of the profile's pasteurization table (us-pmo: vat, htst, "
+        "hhst-89, hhst-90, hhst-94, hhst-96, hhst-100, up); needs `extends`.",
+    )
     legal: LegalMinimum = LegalMinimum(temp_c=72.0, hold_s=15.0)
+    rich: LegalMinimum | None = Field(
+        default=None, description="The pair for rich products (default: legal + raise)."
+    )
+    eggnog: LegalMinimum | None = Field(
+        default=None, description="The pair for eggnog (default: the rich products' pair)."
+    )
+    eggnog_products: list[PlanId] = Field(
+        default_factory=list,
+        description="Product ids (of product_change events) that are eggnog.",
+    )
     rich_product_raise_c: float = Field(default=3.0, ge=0)
     density_kg_l: float = Field(default=1.01, gt=0, description="Product density when hot.")
     viscosity_mpa_s: float = Field(default=0.7, gt=0, description="Product viscosity when hot.")
@@ -340,12 +424,59 @@ class Htst(_Strict):
             raise ValueError("a flow channel needs the holding_tube (diameter_m, length_m)")
         return self
 
+    def pair(self, product: ProductClass) -> LegalMinimum:
+        """The legal pair for a product class, with its source always set."""
+        milk = self.legal
+        if milk.source is None:
+            milk = milk.model_copy(update={"source": self.source})
+        if product == "milk":
+            return milk
+        rich = self.rich
+        if rich is None:
+            # rounded: 71.7 + 3 must be the 74.7 a reader expects, not 74.70000000000002
+            raised = round(milk.temp_c + self.rich_product_raise_c, 9)
+            rich = LegalMinimum(
+                temp_c=raised,
+                hold_s=milk.hold_s,
+                source=f"{milk.source} (+{self.rich_product_raise_c:g} degC: fat >= 10 %, "
+                "total solids >= 18 %, sweetened or condensed)",
+            )
+        elif rich.source is None:
+            rich = rich.model_copy(update={"source": self.source})
+        if product == "rich":
+            return rich
+        if self.eggnog is None:
+            return rich  # eggnog is sweetened: the rich products' pair, unless given
+        if self.eggnog.source is None:
+            return self.eggnog.model_copy(update={"source": self.source})
+        return self.eggnog
+
     def describe(self, unit: str) -> str:
-        """'>= 72 degC for 15 s in forward flow (+3 degC rich products)'."""
+        """'>= 72 degC for 15 s in forward flow (rich 75 degC 15 s; eggnog 75 degC 15 s)'."""
+        milk, rich, eggnog = (self.pair(product) for product in PRODUCT_CLASSES)
         return (
-            f">= {self.legal.temp_c:g} {unit} for {self.legal.hold_s:g} s in forward flow "
-            f"(+{self.rich_product_raise_c:g} {unit} rich products)"
+            f">= {milk.temp_c:g} {unit} for {milk.hold_s:g} s in forward flow "
+            f"(rich {rich.temp_c:g} {unit} {rich.hold_s:g} s; "
+            f"eggnog {eggnog.temp_c:g} {unit} {eggnog.hold_s:g} s)"
         )
+
+
+class ReceiptCheck(_ChannelRule):
+    """Raw milk at receipt: each reading of the channel is one load's temperature as the plant
+    took it, judged on its own against ``max``.
+
+    Above ``max`` by no more than the channel's ``tolerance`` (the thermometer's accuracy), the
+    reading cannot tell a warm load from an instrument error: a minor advisory asks to verify
+    with a calibrated thermometer. Beyond ``max`` + tolerance, the load is a deviation with the
+    rule's severity and action (e.g. reject_load).
+    """
+
+    kind: Literal["receipt_check"]
+    max: float = Field(description="The largest temperature at receipt (PMO: 7 degC).")
+
+    def describe(self, unit: str) -> str:
+        """'<= 7 degC at receipt of each load'."""
+        return f"<= {self.max:g} {unit} at receipt of each load"
 
 
 class Uht(_Strict):
@@ -379,7 +510,15 @@ class Uht(_Strict):
 
 
 Rule = Annotated[
-    CriticalLimit | StuckSensor | RateOfChange | Cooling | Transport | StorageAge | Htst | Uht,
+    CriticalLimit
+    | StuckSensor
+    | RateOfChange
+    | Cooling
+    | Transport
+    | StorageAge
+    | Htst
+    | Uht
+    | ReceiptCheck,
     Field(discriminator="kind"),
 ]
 
@@ -395,6 +534,11 @@ class Profile(_Strict):
     jurisdiction: Jurisdiction
     title: str = ""
     templates: dict[AssetKind, list[dict[str, Any]]]
+    pasteurization: dict[ProcessClass, PasteurizationRow] = Field(
+        default_factory=dict,
+        description="The jurisdiction's pasteurization table: the rows an `htst` rule's "
+        "`process` names.",
+    )
 
 
 _RULE = TypeAdapter(Rule)
@@ -416,6 +560,14 @@ class Plan(_Strict):
         ge=0,
         description="Default for assets: how late a reading may arrive and still be judged.",
     )
+    late_judge_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=86_400,
+        description="Default for assets: how far behind its channel's judged time a late reading "
+        "is still judged (re-judging retained history), flagged found late; older ones are "
+        "counted as beyond the bound and stored, not judged.",
+    )
     silence_factor: float = Field(
         default=3.0,
         gt=1,
@@ -425,6 +577,16 @@ class Plan(_Strict):
         default=2.0,
         gt=0,
         description="A gateway of CCP channels whose clock is off by more is a time-sync fault.",
+    )
+    startup_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="How long the gateways have to be heard from after the service starts (or "
+        "restarts from saved state) before a channel not heard since counts as silent: its "
+        "silence clock starts at the grace's end. A 'monitoring lost' record still starts at "
+        "the channel's last sample; one of a channel never heard from at all starts at the "
+        "grace's end.",
     )
     assets: dict[PlanId, Asset] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
@@ -540,6 +702,7 @@ def parse_plan(raw: bytes, name: str) -> LoadedPlan:
     data, root = _read_yaml(raw, name)
     profile_raw = b""
     profile_rules: list[Rule] = []
+    profile: Profile | None = None
     extends = data.get("extends")
     if extends is not None:
         profile_raw, profile = _load_profile(str(extends), name)
@@ -557,11 +720,12 @@ def parse_plan(raw: bytes, name: str) -> LoadedPlan:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
         raise PlanError(name, [_describe(error, root) for error in exc.errors()]) from exc
+    rules, problems = _pasteurization_pairs(plan.rules, profile)
     if profile_rules:
-        problems = _looser_than_profile(plan.rules, profile_rules)
-        if problems:
-            raise PlanError(name, problems)
-        plan = plan.model_copy(update={"rules": [*profile_rules, *plan.rules]})
+        problems.extend(_looser_than_profile(plan.rules, profile_rules))
+    if problems:
+        raise PlanError(name, problems)
+    plan = plan.model_copy(update={"rules": [*profile_rules, *rules]})
     version = hashlib.sha256(raw + profile_raw).hexdigest()[:16]
     return LoadedPlan(plan=plan, path=name, version=version)
 
@@ -628,6 +792,61 @@ def _instantiate(profile: Profile, assets: object) -> list[Rule]:
     return rules
 
 
+def _pasteurization_pairs(
+    rules: list[Rule], profile: Profile | None
+) -> tuple[list[Rule], list[str]]:
+    """Each ``htst`` rule's ``process`` resolved into its pairs from the profile's table.
+
+    A pair the rule gives itself beside ``process`` stays, if it is no looser than the law's.
+    """
+    resolved: list[Rule] = []
+    problems: list[str] = []
+    table = profile.pasteurization if profile is not None else {}
+    for rule in rules:
+        if not isinstance(rule, Htst) or rule.process is None:
+            resolved.append(rule)
+            continue
+        row = table.get(rule.process)
+        if row is None:
+            if profile is None:
+                has = "the plan extends no profile"
+            else:
+                rows = ", ".join(sorted(table)) or "none"
+                has = f"profile {profile.profile!r} has rows: {rows}"
+            problems.append(
+                f"rule {rule.id!r}: process {rule.process!r} needs a pasteurization table, and "
+                f"{has}; extend a profile that has it (us-pmo) or give "
+                "legal: {temp_c, hold_s, source}"
+            )
+            resolved.append(rule)
+            continue
+        if "rich_product_raise_c" in rule.model_fields_set:
+            problems.append(
+                f"rule {rule.id!r}: rich_product_raise_c does nothing beside process "
+                f"{rule.process!r}, whose table has a rich products' pair; drop it, or give "
+                "rich: {temp_c, hold_s} if the plant is stricter"
+            )
+        given: dict[ProductClass, str] = {"milk": "legal", "rich": "rich", "eggnog": "eggnog"}
+        pairs: dict[str, LegalMinimum] = {}
+        for product, field in given.items():
+            law: LegalMinimum = getattr(row, product)
+            own: LegalMinimum | None = getattr(rule, field)
+            if field not in rule.model_fields_set or own is None:
+                pairs[field] = law
+                continue
+            lawful = row.lawful(product, own)
+            if lawful is None:
+                problems.append(
+                    f"rule {rule.id!r}: {field} {own.temp_c:g} degC {own.hold_s:g} s is looser "
+                    f"than the legal {law.temp_c:g} degC {law.hold_s:g} s of process "
+                    f"{rule.process!r} for {product} ({law.source}); a plant may only be stricter"
+                )
+            else:
+                pairs[field] = lawful
+        resolved.append(rule.model_copy(update=pairs))
+    return resolved, problems
+
+
 def _looser_than_profile(plant: list[Rule], legal: list[Rule]) -> list[str]:
     """Company critical limits must be at least as strict as the profile's on the same channel."""
     problems: list[str] = []
@@ -679,6 +898,7 @@ def _is_union_tag(part: object) -> bool:
         "storage_age",
         "htst",
         "uht",
+        "receipt_check",
     }
 
 

@@ -103,6 +103,7 @@ class ReplaySummary:
     duplicates: int
     late: int
     first_rejections: list[DeadLetter]
+    late_beyond_bound: int = 0  # of the late: older than late_judge_s, not judged
     readings_duplicate: int = 0
     readings_in_rejected_payloads: int = 0
     readings_quarantined: int = 0
@@ -161,6 +162,7 @@ def _summary(
         rejected=counters.rejected_payloads + counters.rejected_readings,
         duplicates=counters.duplicates,
         late=ingest.engine.counters.late,
+        late_beyond_bound=ingest.engine.counters.late_beyond_bound,
         first_rejections=first_rejections,
         readings_duplicate=counters.readings_duplicate,
         readings_in_rejected_payloads=counters.readings_in_rejected_payloads,

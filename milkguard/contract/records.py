@@ -35,6 +35,8 @@ DeviationKind = Literal[
     "htst_holding_time",
     "htst_recorder",
     "uht_lethality",
+    "receipt_temperature",
+    "receipt_verification",
     "storage_age",
     "transit_time",
     "temperature_exposure",

@@ -11,11 +11,23 @@ first sample that reaches the temperature.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from milkguard.contract.v1 import Event, MilkingEnd, MilkingStart, Pickup
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
-from stream.engine.machines import CriticalLimitMachine, Machine, RuleSpec, Sample, with_deviation
+from stream.engine.kinds import Compiled, PlanContext
+from stream.engine.machines import (
+    ANYWHERE,
+    CriticalLimitMachine,
+    Handover,
+    Machine,
+    QuietBand,
+    RuleSpec,
+    Sample,
+    with_deviation,
+)
 from stream.plan import Cooling
 
 
@@ -231,6 +243,36 @@ class CoolingMachine:
             found.append(self.blend.open_deviation)
         return found
 
+    # ----------------------------------------------------------------------------- contract
+
+    def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
+        """Judge one sample of the tank's temperature (see :meth:`observe`)."""
+        return self.observe(sample)
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """Milkings start and end deadlines; a pickup from this tank empties it."""
+        if isinstance(event, Pickup):
+            if (event.source_site, event.source_asset) == (self._base.site, self._base.asset):
+                return self.emptied(event.ts, "unknown")
+        elif isinstance(event, MilkingStart):
+            self.milking_start(event.ts)
+        elif isinstance(event, MilkingEnd):
+            self.milking_end(event.ts)
+        return ()
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """Deadlines the device's clock has passed with no sample; a channel still holding
+        readings waits for them to be judged first."""
+        if not (self.pending or self.missed) or holding:
+            return ()
+        return self.fire_due(device_now, device)
+
+    def quiet_band(self) -> QuietBand:
+        """Judged by its engagement: while a deadline or blend is on, every sample comes."""
+        return ANYWHERE
+
     # ----------------------------------------------------------------------------- snapshots
 
     def state(self) -> dict[str, Any]:
@@ -268,3 +310,18 @@ class CoolingMachine:
 
 
 _OPEN = 2**62
+
+
+def compile_cooling(rule: Cooling, context: PlanContext) -> Compiled:
+    """A tank's cooling deadlines, on its temperature channel and its milking events."""
+    site, asset_id = context.where(rule.asset)
+    unit = context.unit(rule.asset, rule.channel)
+    base = context.rule_spec(rule, channel=rule.channel, unit=unit, kind="cooling_deadline")
+    row = context.row_of[(rule.asset, rule.channel)]
+    return Compiled(
+        rule.id,
+        CoolingMachine(rule, base),
+        reads={"": row},
+        assets=((site, asset_id),),
+        home_row=row,
+    )

@@ -4,33 +4,70 @@ The engine hands this machine every sample of the pasteurizer's channels in even
 merged across channels, so "the flow-diversion state when this temperature was read" is exact.
 Three deviations can come of it, each a critical-limit machine fed with an excess computed here:
 
-- ``htst_temperature``: forward flow below the legal minimum of the product in force. At the
-  first sample: no averaging, no grace. A switch to divert ends it (the device did its job).
-- ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time in
-  forward flow (a flow surge); the product in that window is held.
+- ``htst_temperature``: forward flow below the legal temperature of the product in force. At
+  the first sample: no averaging, no grace. A switch to divert ends it (the device did its job).
+- ``htst_holding_time``: the fastest particle's holding time V / (k Q) below the legal time of
+  the product in force, in forward flow (a flow surge); the product in that window is held.
 - ``htst_recorder``: the recording thermometer above the indicating one, which is the official.
+
+The legal pair (temperature, holding time) is the rule's pair for the product class in force:
+milk, rich (fat >= 10 %, total solids >= 18 %, sweetened or condensed) or eggnog, from the
+plan's process class in the profile's table (the PMO's vat, HTST, HHST and UP rows) or its own
+pairs. HHST times are fractions of a second (0.01 s at 100 degC): holding times are compared in
+whole microseconds, so a tube sized exactly to the legal time is not failed by the last bit of
+a float division.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any
 
-from stream.engine.deviation import AppliedLimit, DeviationChange
-from stream.engine.machines import CriticalLimitMachine, RuleSpec, Sample, with_deviation
-from stream.plan import Htst, Uht
+from milkguard.contract.v1 import Event, ProductChange
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
+from stream.engine.kinds import Compiled, PlanContext
+from stream.engine.machines import (
+    ANYWHERE,
+    CriticalLimitMachine,
+    Handover,
+    QuietBand,
+    RuleSpec,
+    Sample,
+    with_deviation,
+)
+from stream.engine.machines import Derived as Derived  # noqa: PLC0414 - imported from here
+from stream.plan import Htst, LegalMinimum, ProductClass, Uht
+
+#: A product at or above these is "rich": the legal temperature of the vat and HTST rows is raised
+_RICH_FAT_PCT = 10.0
+_RICH_SOLIDS_PCT = 18.0
+#: holding times are judged in whole microseconds (far finer than any flow meter resolves)
+_US_PER_S = 1_000_000
 
 
-class Derived(NamedTuple):
-    """A value computed from readings, kept as a time series: a holding time, an F0."""
+def product_class(event: ProductChange, eggnog_products: list[str]) -> ProductClass:
+    """The pasteurization table's product class of a product change: eggnog when the rule lists
+    the product as such, rich for fat >= 10 %, total solids >= 18 %, sweetened or condensed."""
+    if event.product in eggnog_products:
+        return "eggnog"
+    rich = (
+        event.fat_pct >= _RICH_FAT_PCT
+        or (event.total_solids_pct or 0.0) >= _RICH_SOLIDS_PCT
+        or event.sweetened
+        or event.condensed
+    )
+    return "rich" if rich else "milk"
 
-    site: str
-    asset: str
-    rule_id: str
-    quantity: str  # holding_time_s, f0_min
-    ts: int
-    value: float
+
+def hold_shortfall_s(hold_s: float, legal_s: float) -> float:
+    """How far a holding time falls short of the legal one (0.0 when it does not), compared in
+    whole microseconds: 0.1 s computed as 0.09999999999999999 is 0.1 s."""
+    if not hold_s < legal_s:
+        return 0.0  # also infinite (no flow) and NaN holding times: nothing flows forward
+    short_us = round(legal_s * _US_PER_S) - round(hold_s * _US_PER_S)
+    return short_us / _US_PER_S if short_us > 0 else 0.0
 
 
 # k, the fastest particle's velocity over the mean, by Reynolds number (PMO holding-tube tables)
@@ -75,7 +112,38 @@ def fastest_particle_hold_s(rule: Htst | Uht, flow_l_h: float) -> float:
     return tube.volume_l / mean_velocity_share  # float division overflows to inf, not an error
 
 
-class HtstMachine:
+class _JoinedRule:
+    """The rule-kind contract (:class:`stream.engine.kinds.RuleMachine`) of a rule whose
+    channels are judged merged in time order, never screened: its checks are critical-limit
+    machines on derived values."""
+
+    @property
+    def machines(self) -> tuple[CriticalLimitMachine, ...]:
+        """Its checks."""
+        raise NotImplementedError
+
+    @property
+    def engaged(self) -> bool:
+        """True while one of its checks is in an excursion."""
+        return any(m.engaged for m in self.machines)
+
+    @property
+    def open_deviations(self) -> list[Deviation]:
+        """The deviations open now."""
+        return [m.open_deviation for m in self.machines if m.open_deviation is not None]
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """No timers: samples decide."""
+        return ()
+
+    def quiet_band(self) -> QuietBand:
+        """Never screened: every sample of its channels comes here."""
+        return ANYWHERE
+
+
+class HtstMachine(_JoinedRule):
     """One pasteurizer's legal checks; roles are 'indicating', 'flow_diversion', 'recorder'
     and 'flow'."""
 
@@ -92,7 +160,7 @@ class HtstMachine:
                 rule_id=f"{rule.id}.temperature",
                 kind="htst_temperature",
                 channel=rule.indicating,
-                minimum=rule.legal.temp_c,
+                minimum=rule.pair("milk").temp_c,
             )
         )
         self.holding = CriticalLimitMachine(
@@ -101,7 +169,7 @@ class HtstMachine:
                 rule_id=f"{rule.id}.holding_time",
                 kind="htst_holding_time",
                 channel=rule.flow or rule.indicating,
-                minimum=rule.legal.hold_s,
+                minimum=rule.pair("milk").hold_s,
                 unit="s",
                 action="hold_lot",
             )
@@ -119,27 +187,51 @@ class HtstMachine:
         )
         self.forward = True  # until the device says otherwise: never assume a divert
         self.indicating: float | None = None
-        self.rich_since: list[tuple[int, bool]] = []  # (ts, rich product) from product changes
+        # (ts, product class) from product changes; the pairs by class, worked out once
+        self.product_since: list[tuple[int, ProductClass]] = []
+        self._pairs = {product: rule.pair(product) for product in ("milk", "rich", "eggnog")}
+        # the limits a deviation records, made once rather than per sample
+        self._temperature_limits = {
+            product: AppliedLimit(pair.temp_c, None, 0.0, self._unit, pair.source or "")
+            for product, pair in self._pairs.items()
+        }
+        self._holding_limits = {
+            product: AppliedLimit(pair.hold_s, None, 0.0, "s", pair.source or "")
+            for product, pair in self._pairs.items()
+        }
 
     @property
     def machines(self) -> tuple[CriticalLimitMachine, ...]:
         """The three checks."""
         return (self.temperature, self.holding, self.recorder)
 
-    def product_change(self, ts: int, rich: bool) -> None:
-        """A product change event: the legal minimum follows the product from ``ts`` on."""
-        self.rich_since.append((ts, rich))
-        self.rich_since.sort()
-        del self.rich_since[:-64]
+    def fresh(self, derived: list[Derived]) -> HtstMachine:
+        """A machine of the same rule with no verdicts yet, knowing the product changes, whose
+        holding times go to ``derived`` (to re-judge a window of history with late readings in
+        it, see :mod:`stream.engine.late`)."""
+        machine = HtstMachine(self.rule, self._base, self._unit, derived)
+        machine.product_since = list(self.product_since)
+        return machine
 
-    def legal_temp(self, ts: int) -> float:
-        """The legal minimum temperature for the product in force at ``ts``."""
-        rich = False
-        for since, is_rich in self.rich_since:
+    def product_change(self, event: ProductChange) -> None:
+        """A product change event: the legal pair follows the product from its time on."""
+        product = product_class(event, self.rule.eggnog_products)
+        self.product_since.append((event.ts, product))
+        self.product_since.sort()
+        del self.product_since[:-64]
+
+    def product_in_force(self, ts: int) -> ProductClass:
+        """The product class in force at ``ts`` (milk until a product change says otherwise)."""
+        product: ProductClass = "milk"
+        for since, in_force in self.product_since:
             if since > ts:
                 break
-            rich = is_rich
-        return self.rule.legal.temp_c + (self.rule.rich_product_raise_c if rich else 0.0)
+            product = in_force
+        return product
+
+    def legal_pair(self, ts: int) -> LegalMinimum:
+        """The legal temperature and holding time for the product in force at ``ts``."""
+        return self._pairs[self.product_in_force(ts)]
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of one of the pasteurizer's channels."""
@@ -164,11 +256,10 @@ class HtstMachine:
         change: DeviationChange | None = None
         if role == "indicating":
             self.indicating = sample.value
-            legal = self.legal_temp(sample.ts)
+            limit = self._temperature_limits[self.product_in_force(sample.ts)]
+            legal = limit.min
+            assert legal is not None  # a minimum, made above
             excess = legal - sample.value if self.forward and sample.value < legal else 0.0
-            limit = AppliedLimit(
-                min=legal, max=None, sustained_s=0.0, unit=self._unit, source=self.rule.source
-            )
             change = self.temperature.observe_excess(sample, excess, limit)
         elif role == "flow":
             hold = fastest_particle_hold_s(self.rule, sample.value)
@@ -177,9 +268,12 @@ class HtstMachine:
                 self._derived.append(
                     Derived(base.site, base.asset, self.rule.id, "holding_time_s", sample.ts, hold)
                 )
-            legal_hold = self.rule.legal.hold_s
-            excess = legal_hold - hold if self.forward and hold < legal_hold else 0.0
-            change = self.holding.observe_excess(replace(sample, value=round(hold, 3)), excess)
+            limit = self._holding_limits[self.product_in_force(sample.ts)]
+            assert limit.min is not None  # a minimum, made above
+            excess = hold_shortfall_s(hold, limit.min) if self.forward else 0.0
+            # microseconds: an HHST tube holds 0.01 s, which three decimals would blur
+            shown = replace(sample, value=round(hold, 6))
+            change = self.holding.observe_excess(shown, excess, limit)
         elif role == "recorder" and self.indicating is not None:
             above = sample.value - self.indicating
             change = self.recorder.observe_excess(
@@ -187,13 +281,21 @@ class HtstMachine:
             )
         return [change] if change is not None else []
 
+    on_sample = observe  # the rule-kind contract's name for it
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """A product change: the legal pair follows the product from then on."""
+        if isinstance(event, ProductChange):
+            self.product_change(event)
+        return ()
+
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {
             "machines": [m.state() for m in self.machines],
             "forward": self.forward,
             "indicating": self.indicating,
-            "rich_since": self.rich_since,
+            "product_since": self.product_since,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -202,10 +304,20 @@ class HtstMachine:
             machine.restore(with_deviation(saved))
         self.forward = state["forward"]
         self.indicating = state["indicating"]
-        self.rich_since = [(int(ts), bool(rich)) for ts, rich in state["rich_since"]]
+        if "product_since" in state:
+            self.product_since = [
+                (int(ts), _PRODUCT_CLASS[product]) for ts, product in state["product_since"]
+            ]
+        else:  # a snapshot from before the product classes: (ts, rich)
+            self.product_since = [
+                (int(ts), "rich" if rich else "milk") for ts, rich in state["rich_since"]
+            ]
 
 
-class UhtMachine:
+_PRODUCT_CLASS: dict[str, ProductClass] = {"milk": "milk", "rich": "rich", "eggnog": "eggnog"}
+
+
+class UhtMachine(_JoinedRule):
     """A UHT line's lethality per parcel; roles are 'outlet' and 'flow'."""
 
     def __init__(self, rule: Uht, base: RuleSpec, derived: list[Derived]) -> None:
@@ -229,6 +341,10 @@ class UhtMachine:
         """The one check."""
         return (self.lethality,)
 
+    def fresh(self, derived: list[Derived]) -> UhtMachine:
+        """A machine of the same rule with no verdicts yet (see :meth:`HtstMachine.fresh`)."""
+        return UhtMachine(self.rule, self._base, derived)
+
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
         """Judge one sample of the outlet temperature or the flow."""
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
@@ -249,6 +365,12 @@ class UhtMachine:
         value = round(f0, 4) if math.isfinite(f0) else sample.value
         change = self.lethality.observe_excess(replace(sample, value=value), excess)
         return [change] if change is not None else []
+
+    on_sample = observe  # the rule-kind contract's name for it
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """Events do not move the F0 check."""
+        return ()
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
@@ -279,3 +401,43 @@ def lethality_f0(rule: Uht, outlet_c: float, flow_l_h: float) -> float:
 
 
 _MAX_EXPONENT = 300.0
+
+
+def _reads(
+    rule: Htst | Uht, context: PlanContext, roles: Mapping[str, str | None]
+) -> dict[str, int]:
+    return {
+        role: context.row_of[(rule.asset, channel)]
+        for role, channel in roles.items()
+        if channel is not None
+    }
+
+
+def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
+    """A pasteurizer: its thermometers, valve and flow read together."""
+    base = context.rule_spec(
+        rule, channel=rule.indicating, unit=context.unit(rule.asset, rule.indicating)
+    )
+    unit = context.unit(rule.asset, rule.indicating)
+    machine = HtstMachine(rule, base, unit, context.derived)
+    roles = {
+        "indicating": rule.indicating,
+        "flow_diversion": rule.flow_diversion,
+        "recorder": rule.recorder,
+        "flow": rule.flow,
+    }
+    return Compiled(
+        rule.id,
+        machine,
+        reads=_reads(rule, context, roles),
+        assets=(context.where(rule.asset),),
+        joined=True,
+    )
+
+
+def compile_uht(rule: Uht, context: PlanContext) -> Compiled:
+    """A UHT plant: the outlet temperature and the flow read together."""
+    base = context.rule_spec(rule, channel=rule.outlet, unit=context.unit(rule.asset, rule.outlet))
+    machine = UhtMachine(rule, base, context.derived)
+    roles = {"outlet": rule.outlet, "flow": rule.flow}
+    return Compiled(rule.id, machine, reads=_reads(rule, context, roles), joined=True)

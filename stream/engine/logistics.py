@@ -7,11 +7,22 @@ compartment ends it. A trip's temperature exposure is judged sample by sample wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from milkguard.contract.v1 import Delivery, Event, MilkingStart, Pickup
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
-from stream.engine.machines import Machine, RuleSpec, Sample, with_deviation
+from stream.engine.kinds import Compiled, PlanContext
+from stream.engine.machines import (
+    ANYWHERE,
+    Handover,
+    Machine,
+    QuietBand,
+    RuleSpec,
+    Sample,
+    with_deviation,
+)
 from stream.plan import StorageAge, Transport
 
 
@@ -99,6 +110,52 @@ class AgeMachine:
             source=self.rule.source,
         )
 
+    # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`): driven by events
+    # and the stream's clock, never by samples
+
+    @property
+    def engaged(self) -> bool:
+        """Samples never move it."""
+        return False
+
+    @property
+    def open_deviations(self) -> list[Deviation]:
+        """The deviation open now."""
+        found = self.deadline.open_deviation
+        return [] if found is None else [found]
+
+    def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
+        """Reads no channel."""
+        return ()
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """Milkings fill the tank; a pickup empties the farm tank (handing its oldest milk on)
+        and fills the compartment; a delivery empties the compartment."""
+        home = (self.deadline.spec.site, self.deadline.spec.asset)
+        if isinstance(event, Pickup):
+            if (event.source_site, event.source_asset) == home:
+                handover.oldest = self.oldest
+                return self.emptied(event.ts)
+            if (site, event.compartment) == home:
+                self.filled(event.ts, handover.oldest)
+        elif isinstance(event, Delivery):
+            if (site, event.compartment) == home:
+                return self.emptied(event.ts)
+        elif isinstance(event, MilkingStart):
+            self.filled(event.ts)
+        return ()
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """The oldest milk passed its age on the stream's clock."""
+        change = self.fire_due(now)
+        return () if change is None else (change,)
+
+    def quiet_band(self) -> QuietBand:
+        """Reads no channel."""
+        return ANYWHERE
+
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {"fills": self._fills, "deadline": self.deadline.state()}
@@ -157,11 +214,16 @@ class TransportMachine:
 
     def delivery(self, ts: int) -> list[DeviationChange]:
         """The load arrived: its trip ends at ``ts``. Samples still to be judged from before it
-        count to its exposure; the exposure verdict ends once they have (see ``observe``)."""
+        count to its exposure; the exposure verdict ends once they have (see ``observe``).
+
+        A load delivered after its allowed transit time was too long on the road, whether or
+        not the timer saw the limit pass first (the stream's clock may not have reached it
+        between the two events)."""
         if self.loaded_since is None:
             return []
+        changes = [c for c in (self.fire_due(ts),) if c is not None]
         self.delivered_at = ts
-        changes = [c for c in (self.transit.end_at(ts),) if c is not None]
+        changes.extend(c for c in (self.transit.end_at(ts),) if c is not None)
         if not self.engaged:
             changes.extend(self._end_trip())
         return changes
@@ -232,6 +294,34 @@ class TransportMachine:
         found = (self.transit.open_deviation, self.exposure.open_deviation)
         return [d for d in found if d is not None]
 
+    # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`)
+
+    def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
+        """A compartment temperature (see :meth:`observe`)."""
+        return self.observe(sample)
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """A pickup into the compartment starts the trip; a delivery ends it."""
+        home = (self.transit.spec.site, self.transit.spec.asset)
+        if isinstance(event, Pickup) and (site, event.compartment) == home:
+            return self.pickup(event.ts)
+        if isinstance(event, Delivery) and (site, event.compartment) == home:
+            return self.delivery(event.ts)
+        return ()
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """Past the transit time on the stream's clock; a delivered trip's exposure ends once
+        its channel holds nothing from before the delivery."""
+        changes = [c for c in (self.fire_due(now),) if c is not None]
+        changes.extend(self.trip_over(holding))
+        return changes
+
+    def quiet_band(self) -> QuietBand:
+        """Judged by its engagement: while loaded, every sample comes."""
+        return ANYWHERE
+
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
         return {
@@ -255,3 +345,23 @@ class TransportMachine:
         self._last_excess = state["last_excess"]
         self.transit.restore(with_deviation(state["transit"]))
         self.exposure.restore(with_deviation(state["exposure"]))
+
+
+def compile_storage_age(rule: StorageAge, context: PlanContext) -> Compiled:
+    """The age of a tank's or compartment's oldest milk: one per asset (a later rule on the
+    same asset replaces an earlier one)."""
+    where = context.where(rule.asset)
+    machine = AgeMachine(rule, context.rule_spec(rule, channel="milk", unit="h"))
+    return Compiled(rule.id, machine, assets=(where,), unique_key=("storage_age", *where))
+
+
+def compile_transport(rule: Transport, context: PlanContext) -> Compiled:
+    """A compartment's trip, on its temperature channel and its pickups and deliveries."""
+    machine = TransportMachine(
+        rule,
+        context.rule_spec(rule, channel=rule.channel, unit=context.unit(rule.asset, rule.channel)),
+    )
+    row = context.row_of[(rule.asset, rule.channel)]
+    return Compiled(
+        rule.id, machine, reads={"": row}, assets=(context.where(rule.asset),), home_row=row
+    )

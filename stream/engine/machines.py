@@ -11,13 +11,63 @@ sample that no longer shows it, and that sample's time is the end.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
 
+from milkguard.contract.v1 import Event
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange, deviation_id
+
+#: "never": a time span no flat line or gap reaches
+NEVER = 2**62
+
+
+class QuietBand(NamedTuple):
+    """Where a rule cannot act on a sample of the channel it reads, for the engine's vector
+    screen: a value within ``lo``..``hi``, a step no faster than ``max_per_ms``, a flat line
+    shorter than ``flat_ms``. A channel's band is the narrowest of its rules' bands."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    max_per_ms: float = math.inf
+    flat_ms: int = NEVER
+
+    def narrowed(self, other: QuietBand) -> QuietBand:
+        """The band inside both."""
+        return QuietBand(
+            max(self.lo, other.lo),
+            min(self.hi, other.hi),
+            min(self.max_per_ms, other.max_per_ms),
+            min(self.flat_ms, other.flat_ms),
+        )
+
+
+#: the band of a rule that any sample may move (it is judged by its engagement, or never
+#: screened): it narrows nothing
+ANYWHERE = QuietBand()
+
+
+class Derived(NamedTuple):
+    """A value computed from readings, kept as a time series: a holding time, an F0."""
+
+    site: str
+    asset: str
+    rule_id: str
+    quantity: str  # holding_time_s, f0_min
+    ts: int
+    value: float
+
+
+class Handover(msgspec.Struct):
+    """What one rule's machine passes to another's while they take the same event, in the
+    order the engine hands it out (e.g. a pickup: the farm tank's oldest milk goes to the
+    compartment's age)."""
+
+    oldest: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +133,42 @@ class Machine:
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample, in timestamp order."""
         raise NotImplementedError
+
+    # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`) for machines that are a
+    # whole rule on their own: one channel, one deviation at a time, no events, no timers
+
+    #: whether a fresh copy of this machine may re-judge history with late readings in it
+    rejudges_late: ClassVar[bool] = False
+
+    def fresh(self, derived: list[Derived]) -> Machine | None:
+        """A machine of the same rule with no verdicts yet, to re-judge retained history with
+        late readings merged in (:mod:`stream.engine.late`); None for a kind that is not
+        re-judged. ``derived`` takes what it computes (nothing, for these)."""
+        return type(self)(self.spec) if self.rejudges_late else None
+
+    def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
+        """Judge one sample of the channel (``role`` is the rule's only one, "")."""
+        change = self.observe(sample)
+        return () if change is None else (change,)
+
+    def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
+        """Events do not concern a single-channel limit."""
+        return ()
+
+    def on_timer(
+        self, now: int, device_now: int, device: str, holding: bool
+    ) -> Sequence[DeviationChange]:
+        """No timers: samples decide."""
+        return ()
+
+    @property
+    def open_deviations(self) -> list[Deviation]:
+        """The deviation open now, as a list (the contract's shape)."""
+        return [] if self._open is None else [self._open]
+
+    def quiet_band(self) -> QuietBand:
+        """Where no sample can move this machine while it is not engaged."""
+        return ANYWHERE
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep of this machine."""
@@ -159,6 +245,7 @@ class CriticalLimitMachine(Machine):
     """
 
     __slots__ = ("_breach_start", "_degree_ms", "_last_excess", "_last_ts", "_peak", "_peak_excess")
+    rejudges_late = True
 
     def __init__(self, spec: RuleSpec) -> None:
         super().__init__(spec)
@@ -173,6 +260,14 @@ class CriticalLimitMachine(Machine):
     def engaged(self) -> bool:
         """True during an excursion (open or not yet sustained)."""
         return self._breach_start is not None
+
+    def quiet_band(self) -> QuietBand:
+        """Within the limits."""
+        spec = self.spec
+        return QuietBand(
+            lo=-math.inf if spec.minimum is None else spec.minimum,
+            hi=math.inf if spec.maximum is None else spec.maximum,
+        )
 
     def excess(self, value: float) -> float:
         """How far ``value`` lies beyond the limit (0.0 when within it)."""
@@ -273,6 +368,7 @@ class StuckSensorMachine(Machine):
     """
 
     __slots__ = ()
+    rejudges_late = True
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
@@ -286,6 +382,10 @@ class StuckSensorMachine(Machine):
         if flat:
             return None
         return self._closed(sample.ts, sample.late)
+
+    def quiet_band(self) -> QuietBand:
+        """A flat line shorter than the limit."""
+        return QuietBand(flat_ms=self.spec.flat_ms)
 
     def _flat_limit(self) -> AppliedLimit:
         spec = self.spec
@@ -302,6 +402,7 @@ class RateOfChangeMachine(Machine):
     """
 
     __slots__ = ()
+    rejudges_late = True
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """Judge one sample."""
@@ -326,6 +427,10 @@ class RateOfChangeMachine(Machine):
             return None
         return self._closed(sample.ts, sample.late)
 
+    def quiet_band(self) -> QuietBand:
+        """Steps no faster than the limit."""
+        return QuietBand(max_per_ms=self.spec.max_per_ms)
+
     def _rate_limit(self) -> AppliedLimit:
         spec = self.spec
         return AppliedLimit(
@@ -340,21 +445,34 @@ class RateOfChangeMachine(Machine):
 class SilenceMachine(Machine):
     """ "Monitoring lost": no sample for longer than the channel's silence limit.
 
-    Opened by the engine's timer at the deadline (last sample + limit) when no sample came, or,
-    if the gap is only seen when the next sample arrives, opened and closed together. Closes at
-    the next sample. Never suspended: cleaning does not excuse a silent recorder.
+    The record starts at the channel's last sample: for a critical control point, everything
+    after the last record is unmonitored product that must be held (PMO: a recorder that stops
+    leaves the product since its last record unaccounted for). A sample that itself breached a
+    limit is still a record: the monitoring worked, and the product it stands for is held by
+    that breach's own deviation, so the gap starts after it, not at the last sample within the
+    limits (which would make the gap overlap the breach and hang on the other rules). The
+    deviation is detected at the deadline, the last sample plus the limit, and closes at the
+    next sample. Opened by the engine's timer when no sample came by then or, if the gap is only
+    seen when the next sample arrives, opened and closed together: both from the last sample,
+    so both get the same id. A channel never heard from at all is counted from the end of the
+    plan's start-up grace, and its record says so. Never suspended: cleaning does not excuse a
+    silent recorder.
     """
 
-    __slots__ = ("silence_ms",)
+    __slots__ = ("grace_ms", "silence_ms")
 
-    def __init__(self, spec: RuleSpec, silence_ms: int) -> None:
+    def __init__(self, spec: RuleSpec, silence_ms: int, grace_ms: int = 0) -> None:
         super().__init__(spec)
         self.silence_ms = silence_ms
+        self.grace_ms = grace_ms  # the plan's start-up grace, named in a never-heard record
 
-    def open_at(self, deadline_ms: int, device: str) -> DeviationChange:
-        """The deadline passed with no sample: open the deviation there."""
+    def open_at(self, last_ms: int, device: str, *, never_heard: bool = False) -> DeviationChange:
+        """No sample came within the limit after ``last_ms``, the channel's last sample (or, for
+        a channel ``never_heard`` from, the end of the start-up grace): open the deviation
+        there, detected at the deadline."""
+        deadline_ms = last_ms + self.silence_ms
         sample = Sample(deadline_ms, 0.0, -1, 0.0, deadline_ms, device, late=False)
-        return self._opened(deadline_ms, sample, None, self._silence_limit())
+        return self._opened(last_ms, sample, None, self._silence_limit(never_heard))
 
     def observe(self, sample: Sample) -> DeviationChange | None:
         """A sample arrived: close the deviation at it (the engine opens it first if needed)."""
@@ -362,14 +480,20 @@ class SilenceMachine(Machine):
             return None
         return self._closed(sample.ts, sample.late)
 
-    def _silence_limit(self) -> AppliedLimit:
+    def _silence_limit(self, never_heard: bool) -> AppliedLimit:
         spec = self.spec
+        source = spec.source
+        if never_heard:
+            source += (
+                "; never heard from: unmonitored from the service's start plus its "
+                f"{self.grace_ms / 1000:g} s start-up grace (startup_grace_s)"
+            )
         return AppliedLimit(
             min=None,
             max=None,
             sustained_s=self.silence_ms / 1000,
             unit=spec.unit,
-            source=spec.source,
+            source=source,
         )
 
 

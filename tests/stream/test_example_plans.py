@@ -24,6 +24,7 @@ def test_the_example_plant_plan_uses_every_rule_kind_and_the_us_profile() -> Non
         "transport",
         "htst",
         "uht",
+        "receipt_check",
     }
     assert loaded.plan.jurisdiction == "US"
     assert any(rule.id.startswith("us-pmo.") for rule in loaded.plan.rules)
@@ -41,3 +42,18 @@ def test_each_can_above_3_percent_oxygen_is_held_the_worst_can_reported() -> Non
     assert closed.deviation.peak == 4.1
     assert closed.deviation.end_ms == at(8)  # the next good can
     assert closed.deviation.action == "hold_lot"
+
+
+def test_the_example_plant_rejects_a_load_received_at_8_degrees() -> None:
+    """PMO Section 7, Item 17p at the example plant's intake (probe +-0.5 degC): 7.4 degC asks
+    for a calibrated thermometer, 8 degC rejects the load."""
+    plant = Scenario((PLANS / "example-us-plant.yaml").read_bytes())
+    for seconds, temp_c in ((0, 6.5), (900, 7.4), (1800, 8.0)):
+        plant.send("plant-01", [Reading("bay-1", "load_temp", temp_c, "degC", at(seconds))])
+    plant.finish()
+
+    opened = [c.deviation for c in plant.changes if c.kind == "opened"]
+    assert [d.kind for d in opened if d.asset == "bay-1"] == [
+        "receipt_verification",
+        "receipt_temperature",
+    ]

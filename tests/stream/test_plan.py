@@ -65,6 +65,14 @@ def test_a_wrong_value_is_reported_with_its_line_field_and_value() -> None:
     assert "'seven'" in problem
 
 
+def test_a_start_up_grace_defaults_to_a_minute_and_a_negative_one_is_refused() -> None:
+    assert parse_plan(GOOD.encode(), "plans/farm.yaml").plan.startup_grace_s == 60.0
+    (problem,) = problems(GOOD.replace("jurisdiction: US", "jurisdiction: US\nstartup_grace_s: -5"))
+
+    assert problem.startswith("line 3: startup_grace_s:")
+    assert "-5" in problem
+
+
 def test_an_unknown_action_lists_the_allowed_ones() -> None:
     (problem,) = problems(GOOD.replace("action: alert", "action: shout"))
 

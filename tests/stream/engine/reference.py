@@ -161,6 +161,7 @@ class ReferenceEngine:
         self.judged = 0
         self.now = -1
         self.started = -1
+        self.grace_ms = round(plan.startup_grace_s * 1000)
         self.channels: dict[tuple[str, str, str, str], _Channel] = {}
         by_key: dict[tuple[str, str], _Channel] = {}
         self.cleaning: dict[tuple[str, str], list[list[int]]] = {}
@@ -329,14 +330,17 @@ class ReferenceEngine:
             up_to=self.now,
         )
         for channel in self._by_row():
-            heard = channel.last_received if channel.last_received >= 0 else self.started
+            # a channel never heard from is given the start-up grace
+            unheard_from = self.started + self.grace_ms
+            heard = channel.last_received if channel.last_received >= 0 else unheard_from
             if (
                 channel.silence_open is None
                 and self.now - heard > channel.silence_ms + channel.lateness_ms
                 and (channel.newest <= channel.last_ts or channel.newest > self.now)
             ):
-                base = channel.last_ts if channel.last_ts >= 0 else self.started
-                self._open_silence(channel, base + channel.silence_ms, channel.last_device)
+                # a gap starts at the last sample, and is detected when the limit passed
+                base = channel.last_ts if channel.last_ts >= 0 else unheard_from
+                self._open_silence(channel, base, channel.last_device)
         for coolings in self.coolings.values():
             for cooling in coolings:
                 self._cooling_timer(cooling)
@@ -404,9 +408,9 @@ class ReferenceEngine:
         late = received - ts > channel.silence_ms
         cleaning = _cleaning_since(channel.cleaning, ts)
         prev_cleaning = prev_ts >= 0 and _cleaning_since(channel.cleaning, prev_ts) >= 0
-        base = prev_ts if prev_ts >= 0 else self.started
+        base = prev_ts if prev_ts >= 0 else self.started + self.grace_ms
         if channel.silence_open is None and ts - base > channel.silence_ms:
-            self._open_silence(channel, base + channel.silence_ms, device)
+            self._open_silence(channel, base, device)
         if channel.silence_open is not None:
             self._close(channel.silence_open, ts, late)
             channel.silence_open = None
@@ -704,6 +708,14 @@ class ReferenceEngine:
     def _delivered(self, trip: _Trip, ts: int) -> None:
         if trip.loaded_since is None:
             return
+        limit = trip.rule.max_transit_s
+        if (
+            trip.delivered_at is None  # not a delivery said again
+            and trip.transit is None
+            and limit is not None
+            and ts >= trip.loaded_since + _ms_of(limit)
+        ):
+            self._too_long(trip)  # too long on the road, whether or not the clock saw it
         trip.delivered_at = ts
         if trip.transit is not None:
             self._close(trip.transit, ts, False)
@@ -742,6 +754,17 @@ class ReferenceEngine:
         elif trip.exposure is not None:
             trip.exposure["peak"] = minutes
 
+    def _too_long(self, trip: _Trip) -> None:
+        limit, loaded = trip.rule.max_transit_s, trip.loaded_since
+        assert limit is not None
+        assert loaded is not None
+        due = loaded + _ms_of(limit)
+        where = (trip.channel.asset, trip.channel.channel)
+        rule_id = f"{trip.rule.id}.transit"
+        trip.transit = self._open(
+            "transit_time", rule_id, where, due, due, limit / 3600, "unknown", False
+        )
+
     def _trip_timer(self, trip: _Trip) -> None:
         limit = trip.rule.max_transit_s
         if (
@@ -751,18 +774,7 @@ class ReferenceEngine:
             and trip.transit is None
             and self.now >= trip.loaded_since + _ms_of(limit)
         ):
-            due = trip.loaded_since + _ms_of(limit)
-            where = (trip.channel.asset, trip.channel.channel)
-            trip.transit = self._open(
-                "transit_time",
-                f"{trip.rule.id}.transit",
-                where,
-                due,
-                due,
-                limit / 3600,
-                "unknown",
-                False,
-            )
+            self._too_long(trip)
         if trip.delivered_at is not None and not trip.channel.held:
             self._trip_over(trip)
 
@@ -826,7 +838,14 @@ class ReferenceEngine:
     def _open_silence(self, channel: _Channel, start: int, device: str) -> None:
         rule_id = f"silence.{channel.asset}.{channel.channel}"
         channel.silence_open = self._open(
-            "monitoring_lost", rule_id, channel, start, start, None, device, False
+            "monitoring_lost",
+            rule_id,
+            channel,
+            start,
+            start + channel.silence_ms,
+            None,
+            device,
+            False,
         )
 
     def _open(
@@ -953,8 +972,8 @@ _PEAK, _DEGREE_MINUTES = 8, 9
 
 def same_changes(fast: list[ChangeKey], reference: list[ChangeKey]) -> str | None:
     """Why two lists of changes differ (None: they agree), comparing peaks and degree-minutes
-    within float tolerance: the engine keeps derived peaks (holding times, F0, a recorder's
-    lead) to a thousandth or finer, the reference keeps them exact."""
+    within float tolerance: the engine keeps derived values (holding times, F0, a recorder's
+    lead) to a thousandth or finer and judges by them, the reference keeps them exact."""
     if len(fast) != len(reference):
         return f"engine {fast}, reference {reference}"
     for index, (mine, theirs) in enumerate(zip(fast, reference, strict=True)):
@@ -970,4 +989,4 @@ def same_changes(fast: list[ChangeKey], reference: list[ChangeKey]) -> str | Non
 def _close(a: float | None, b: float | None, tolerance: float) -> bool:
     if a is None or b is None:
         return a is b
-    return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=tolerance)
+    return a == b or math.isclose(a, b, rel_tol=1e-6, abs_tol=tolerance)

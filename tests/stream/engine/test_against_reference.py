@@ -32,6 +32,7 @@ PLAN = parse_plan(
 plan: property
 jurisdiction: company
 allowed_lateness_s: 5
+late_judge_s: 0  # the on-time path; the late path has its own property below
 silence_factor: 3
 assets:
   tank-1:
@@ -69,7 +70,7 @@ CHANNELS = [
     ("truck-07", "comp-1", "temp", "degC"),
 ]
 # few distinct values, so flat lines, breaches and spikes all happen often
-VALUES = st.sampled_from([0.5, 3.0, 3.0, 4.0, 5.5, 6.5, 7.0, 9.0])
+VALUES = st.sampled_from([0.5, 1.0, 3.0, 3.0, 4.0, 5.5, 6.0, 6.5, 7.0, 8.0, 9.0])
 
 # A farm tank cooled after milkings and blended by later ones, its milk's age, a truck
 # compartment's trip, an HTST pasteurizer and a UHT line, on seconds rather than hours so the
@@ -80,6 +81,7 @@ EVENT_PLAN = parse_plan(
 plan: property-events
 jurisdiction: company
 allowed_lateness_s: 2
+late_judge_s: 0
 silence_factor: 10
 assets:
   tank-1:
@@ -153,8 +155,8 @@ rules:
 
 # per channel: (site, asset, channel, unit) and values near its limits
 EVENT_CHANNELS = {
-    "farm-01": [(("tank-1", "temp", "degC"), [3.0, 4.0, 4.5, 9.0, 10.0, 11.0, 13.0])],
-    "truck-07": [(("comp-1", "temp", "degC"), [3.0, 4.0, 5.0, 6.5, 8.0])],
+    "farm-01": [(("tank-1", "temp", "degC"), [3.0, 4.0, 4.5, 9.0, 10.0, 11.0, 12.0, 13.0])],
+    "truck-07": [(("comp-1", "temp", "degC"), [3.0, 4.0, 5.0, 6.5, 7.0, 8.0])],
     "plant-01": [
         (("past-1", "hold_temp", "degC"), [71.0, 72.0, 73.0, 74.9, 75.0, 76.0]),
         (("past-1", "recorder_temp", "degC"), [71.5, 72.5, 74.0, 75.5]),
@@ -418,3 +420,189 @@ def test_the_event_generator_reaches_every_event_driven_kind() -> None:
         "htst_recorder",
         "uht_lethality",
     }
+
+
+# Late readings: a farm tank's critical band and an HTST pasteurizer, whose gateways each may
+# lose their link for a while and send the backlog after their live data (store and forward).
+LATE_PLAN = parse_plan(
+    b"""
+plan: property-late
+jurisdiction: company
+allowed_lateness_s: 2
+late_judge_s: 3600
+assets:
+  tank-1:
+    site: farm-01
+    kind: bulk_tank
+    channels:
+      temp: {unit: degC, interval_s: 1, ccp: true, silence_after_s: 600}
+  past-1:
+    site: plant-01
+    kind: htst
+    channels:
+      hold_temp: {unit: degC, interval_s: 1, ccp: true, silence_after_s: 600}
+      recorder_temp: {unit: degC, interval_s: 1, silence_after_s: 600}
+      flow: {unit: L/h, interval_s: 1, silence_after_s: 600}
+      fdd: {unit: state, interval_s: 1, ccp: true, silence_after_s: 600}
+rules:
+  - {id: tank-band, kind: critical_limit, asset: tank-1, channel: temp, min: 1.0, max: 8.0,
+     severity: critical, action: hold_lot, source: test plan}
+  - id: past
+    kind: htst
+    asset: past-1
+    indicating: hold_temp
+    recorder: recorder_temp
+    flow: flow
+    flow_diversion: fdd
+    holding_tube: {diameter_m: 0.0483, length_m: 30}
+    legal: {temp_c: 72.0, hold_s: 15}
+    source: "PMO: HTST 72 degC for 15 s"
+""",
+    "property-late.yaml",
+)
+LATE_CHANNELS = {
+    "farm-01": [("tank-1", "temp", "degC", [0.5, 3.0, 5.0, 8.0, 8.5, 9.0])],
+    "plant-01": [
+        ("past-1", "hold_temp", "degC", [71.0, 72.0, 73.0, 75.0, 75.0, 76.0]),
+        ("past-1", "recorder_temp", "degC", [71.0, 72.5, 74.0, 75.0]),
+        ("past-1", "flow", "L/h", [8000.0, 10553.0, 10553.0, 11000.0]),
+        ("past-1", "fdd", "state", [1.0, 1.0, 1.0, 0.0]),
+    ],
+}
+#: what the late path re-judges at a reading's own time: limits with no sustained duration
+LATE_KINDS = {"critical_limit", "htst_temperature", "htst_holding_time", "htst_recorder"}
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A gateway's link down from ``first`` to ``last`` second: those readings come after its
+    live data of second ``sent``."""
+
+    site: str
+    first: int
+    last: int
+    sent: int
+
+
+@st.composite
+def late_streams(draw: st.DrawFn) -> tuple[dict[int, dict[str, list[Reading]]], list[Backlog]]:
+    """Every second, each gateway's readings of all its channels; and the links that dropped."""
+    seconds = draw(st.integers(5, 30))
+    series: dict[int, dict[str, list[Reading]]] = {}
+    for second in range(seconds):
+        series[second] = {
+            site: [
+                Reading(asset, channel, draw(st.sampled_from(values)), unit, T0 + second * 1000)
+                for asset, channel, unit, values in channels
+            ]
+            for site, channels in LATE_CHANNELS.items()
+        }
+    backlogs = []
+    for site in LATE_CHANNELS:
+        if draw(st.booleans()):
+            first = draw(st.integers(0, seconds - 1))
+            last = draw(st.integers(first, min(seconds - 1, first + 6)))
+            # beyond the 2 s allowed lateness: the backlog's readings are late
+            backlogs.append(Backlog(site, first, last, last + draw(st.integers(3, 8))))
+    return series, backlogs
+
+
+def _deviations(changes: list[ChangeKey]) -> dict[tuple[object, ...], ChangeKey]:
+    """Each deviation's last word, by rule and start (kinds the late path re-judges only)."""
+    last: dict[tuple[object, ...], ChangeKey] = {}
+    for change in changes:
+        if change[1] in LATE_KINDS:
+            last[(change[2], change[5])] = change
+    return last
+
+
+def run_late(
+    stream: tuple[dict[int, dict[str, list[Reading]]], list[Backlog]],
+) -> tuple[list[ChangeKey], list[ChangeKey]]:
+    """The engine fed live with the backlogs late, and the reference fed everything in time."""
+    series, backlogs = stream
+    engine, reference = Engine(LATE_PLAN), ReferenceEngine(LATE_PLAN)
+    out: list[DeviationChange] = []
+    withheld = {(b.site, s) for b in backlogs for s in range(b.first, b.last + 1)}
+    end = max([*series, *(b.sent for b in backlogs)])
+    for second in range(end + 1):
+        now = T0 + second * 1000
+        for site, readings in series.get(second, {}).items():
+            reference.submit(site, f"{site}-gw", readings, now)
+            if (site, second) not in withheld:
+                engine.submit(site, f"{site}-gw", readings, now)
+        for backlog in backlogs:
+            if backlog.sent == second:
+                late = [
+                    r
+                    for s in range(backlog.first, backlog.last + 1)
+                    for r in series[s][backlog.site]
+                ]
+                engine.submit(backlog.site, f"{backlog.site}-gw", late, now)
+        engine.advance(now, out)
+        reference.advance(now)
+    engine.flush(out)
+    reference.flush()
+    return [change_key(c) for c in out], reference.changes
+
+
+@settings(SETTINGS, max_examples=120)
+@given(late_streams())
+def test_late_readings_find_the_breaches_the_reference_finds_in_time(
+    stream: tuple[dict[int, dict[str, list[Reading]]], list[Backlog]],
+) -> None:
+    """PMO: a breach in forward flow is reported even when its reading reaches the stream after
+    live data (a store-and-forward gateway's backlog), flagged as found late, so the product
+    forwarded then is held. Critical limits with no sustained duration and the HTST checks,
+    with the backlog late: every breach the reference finds with everything in time is covered
+    by a deviation of the engine on the same rule (none hidden), and every deviation the engine
+    found late is one of the reference's (start and end from the readings, peak), or its part
+    before a deviation the engine had already said (which stays as it was said)."""
+    fast, reference = run_late(stream)
+    found, expected = _deviations(fast), _deviations(reference)
+    series, backlogs = stream
+    # readings certainly late: their channel judged the live reading after the link came back
+    # (released once the one 2 s newer came) before the backlog arrived
+    late = {
+        (b.site, T0 + second * 1000)
+        for b in backlogs
+        if b.last + 3 < len(series) and b.last + 3 <= b.sent - 1
+        for second in range(b.first, b.last + 1)
+    }
+
+    for (rule, start), change in expected.items():
+        end = change[7] if change[7] is not None else 2**62
+        covering = [
+            c for (r, s), c in found.items() if r == rule and s <= end and start <= (c[7] or 2**62)
+        ]
+        assert covering, f"breach hidden: {change}"
+    for (rule, start), change in found.items():
+        site = "farm-01" if change[3] == "tank-1" else "plant-01"
+        if (site, start) in late:  # began with a late reading of the backlog
+            assert change[11], f"found late but not flagged so: {change}"
+        if not change[11]:
+            continue  # found on time
+        assert (rule, start) in expected, f"found late but not in the reference: {change}"
+        reference_change = expected[(rule, start)]
+        if change[7] == reference_change[7]:
+            # opened or closed aside (either may still be open at the end), and the late flag
+            why = same_changes([("", *change[1:11])], [("", *reference_change[1:11])])
+            assert why is None, why
+        else:  # the backlog shows a breach began before one already said: up to where it began
+            assert change[7] is not None, change
+            assert reference_change[7] is None or change[7] < reference_change[7], change
+            assert (rule, change[7]) in found, f"cut short with no deviation after it: {change}"
+
+
+def test_the_late_streams_reach_breaches_found_late() -> None:
+    """The property means little if no backlog ever hides a breach from the live path."""
+    late: set[str] = set()
+
+    @settings(SETTINGS, max_examples=80, suppress_health_check=list(HealthCheck))
+    @given(late_streams())
+    def collect(stream: tuple[dict[int, dict[str, list[Reading]]], list[Backlog]]) -> None:
+        fast, _ = run_late(stream)
+        late.update(str(c[1]) for c in fast if c[11] and c[0] == "opened")
+
+    collect()
+    assert late >= {"critical_limit", "htst_temperature", "htst_holding_time", "htst_recorder"}

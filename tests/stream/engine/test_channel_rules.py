@@ -61,7 +61,7 @@ def tank(farm: Scenario, points: list[tuple[float, float]]) -> None:
 # --- silence: monitoring lost -------------------------------------------------------------
 
 
-def test_a_ccp_channel_silent_beyond_three_intervals_loses_monitoring_at_the_deadline(
+def test_a_ccp_channel_silent_beyond_three_intervals_loses_monitoring_from_its_last_sample(
     farm: Scenario,
 ) -> None:
     tank(farm, [(0, 4.0), (10, 4.1)])
@@ -69,13 +69,15 @@ def test_a_ccp_channel_silent_beyond_three_intervals_loses_monitoring_at_the_dea
 
     (opened,) = farm.of("monitoring_lost")
     assert opened.kind == "opened"
-    assert opened.deviation.start_ms == at(10 + 30)  # last sample + 3 x 10 s
+    assert opened.deviation.start_ms == at(10)  # the last record: the product since is held
+    assert opened.deviation.detected_ms == at(10 + 30)  # detected at last sample + 3 x 10 s
     assert opened.deviation.severity == "critical"  # a CCP channel
 
     tank(farm, [(95, 4.0)])
     farm.finish()
     closed = farm.of("monitoring_lost")[-1]
     assert (closed.kind, closed.deviation.end_ms) == ("closed", at(95))
+    assert closed.deviation.time_beyond_s == 85.0  # from the last sample to the next
 
 
 def test_a_gap_seen_only_when_data_resumes_is_still_a_loss_of_monitoring(farm: Scenario) -> None:
@@ -84,7 +86,8 @@ def test_a_gap_seen_only_when_data_resumes_is_still_a_loss_of_monitoring(farm: S
 
     changes = farm.of("monitoring_lost")
     assert [c.kind for c in changes] == ["opened", "closed"]
-    assert (changes[0].deviation.start_ms, changes[1].deviation.end_ms) == (at(40), at(100))
+    assert (changes[0].deviation.start_ms, changes[1].deviation.end_ms) == (at(10), at(100))
+    assert changes[0].deviation.detected_ms == at(40)
 
 
 def test_a_gap_is_never_interpolated_into_compliance(farm: Scenario) -> None:

@@ -60,3 +60,17 @@ def test_a_corrupt_snapshot_is_a_mismatch_never_another_error(
     corrupt(state)
     with pytest.raises(SnapshotMismatch, match="snapshot"):
         Engine.restore(demo_plan, msgspec.msgpack.encode(state))
+
+
+def test_a_snapshot_of_the_first_format_without_rules_by_id_restores(
+    demo_plan: LoadedPlan,
+) -> None:
+    """Snapshots written before rule kinds were registered have no ``rules`` field (the
+    states of kinds added since, by rule id): they restore, and carry on as they were."""
+    state = _saved(demo_plan)
+    del state["rules"]
+
+    again = Engine.restore(demo_plan, msgspec.msgpack.encode(state))
+
+    # as decoded: the fields added since (e.g. ``late``) come after ``rules`` when encoded
+    assert msgspec.msgpack.decode(again.snapshot()) == {**state, "rules": {}}

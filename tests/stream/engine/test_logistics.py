@@ -164,3 +164,16 @@ def test_a_delivery_and_the_next_pickup_in_one_batch_end_the_delivered_loads_exp
 
     opened, closed = chain.of("temperature_exposure")
     assert (opened.deviation.start_ms, closed.deviation.end_ms) == (at(31 * 60), at(HOUR))
+
+
+def test_a_load_delivered_after_6_hours_is_a_transit_deviation_even_unseen_by_the_clock(
+    chain: Scenario,
+) -> None:
+    """The trip's limit is on the load, not on when the stream looked: a gateway that sends the
+    pickup and a delivery 7 h later together (the stream's clock never saw the 6 h pass) still
+    gets the transit deviation, from the limit to the delivery."""
+    truck(chain, pickup(0), delivery(7))
+    chain.idle_until(7 * HOUR)
+
+    opened, closed = chain.of("transit_time")
+    assert (opened.deviation.start_ms, closed.deviation.end_ms) == (at(6 * HOUR), at(7 * HOUR))

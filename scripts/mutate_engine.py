@@ -36,9 +36,9 @@ LATE = "test_late_readings_find_the_breaches_the_reference_finds_in_time"
 MUTATIONS = [
     Mutation(
         "critical-limit",
-        "a value at the maximum counts as beyond it (> becomes >=)",
-        "if spec.maximum is not None and value > spec.maximum:",
-        "if spec.maximum is not None and value >= spec.maximum:",
+        "a sustained limit opens one sample after the excursion lasted its time (>= becomes >)",
+        "if ts - self._breach_start >= self.spec.sustained_ms:",
+        "if ts - self._breach_start > self.spec.sustained_ms:",
         CHANNELS,
     ),
     Mutation(
@@ -50,9 +50,9 @@ MUTATIONS = [
     ),
     Mutation(
         "cooling-blend",
-        "the blend limit not applied at the very start of a later milking",
-        "in_later = any(start <= sample.ts < end for start, end in self.later_milking)",
-        "in_later = any(start < sample.ts < end for start, end in self.later_milking)",
+        "the blend limit taken 1 degC higher than the plan says",
+        "maximum=rule.blend_max,",
+        "maximum=rule.blend_max + 1,",
         EVENTS,
     ),
     Mutation(
@@ -71,7 +71,7 @@ MUTATIONS = [
     ),
     Mutation(
         "transport-exposure",
-        "exposure counted from the reference temperature's excess of the next sample",
+        "exposure counted above the reference temperature plus 1 degC",
         "self._last_ts, self._last_excess = sample.ts, max(0.0, sample.value - reference)",
         "self._last_ts, self._last_excess = sample.ts, max(0.0, sample.value - reference - 1)",
         EVENTS,
@@ -162,8 +162,9 @@ def run(mutation: Mutation) -> tuple[bool, str]:
         )
     finally:
         path.write_text(source)
+    # the last one is the shrunk example's (hypothesis reports the examples it tried first)
     gist = [line for line in result.stdout.splitlines() if "AssertionError" in line]
-    return result.returncode != 0, (gist[0].strip()[:400] if gist else result.stdout[-300:])
+    return result.returncode != 0, (gist[-1].strip()[:400] if gist else result.stdout[-300:])
 
 
 def main(prefixes: list[str]) -> int:

@@ -572,6 +572,9 @@ class ReferenceEngine:
         cooling.empty = False
         if not first:
             cooling.later_milkings.append([ts, _OPEN])
+            # bounded memory: the last 16 later milkings (8 days at two a day) are remembered; a
+            # first sample older than those is not judged against the blend limit
+            del cooling.later_milkings[:-16]
         for deadline in cooling.rule.deadlines:
             if deadline.after == "milking_start" or (
                 deadline.after == "first_milking_start" and first
@@ -975,7 +978,9 @@ def same_changes(fast: list[ChangeKey], reference: list[ChangeKey]) -> str | Non
     within float tolerance: the engine keeps derived values (holding times, F0, a recorder's
     lead) to a thousandth or finer and judges by them, the reference keeps them exact."""
     if len(fast) != len(reference):
-        return f"engine {fast}, reference {reference}"
+        only_fast = [c for c in fast if c not in reference]
+        only_reference = [c for c in reference if c not in fast]
+        return f"engine only {only_fast}, reference only {only_reference}"
     for index, (mine, theirs) in enumerate(zip(fast, reference, strict=True)):
         exact = [i for i in range(len(mine)) if i not in (_PEAK, _DEGREE_MINUTES)]
         if [mine[i] for i in exact] != [theirs[i] for i in exact] or not (

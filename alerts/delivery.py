@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from alerts.lifecycle import Notice
+from alerts.reports import causes_of, clock_of
 from alerts.settings import Recipient, SmtpSettings
 from alerts.store import Database
 from milkguard.backoff import Backoff
@@ -61,13 +62,16 @@ def compose(notice: Notice) -> Message:
         f"[{alert.severity.upper()}] {notice.event}: {alert.site}/{alert.asset} {alert.rule_id}"
     )
     limit = d.get("limit") or {}
+    cause = causes_of(d)
     text = "\n".join(
         [
             f"Alert {alert.id} was {notice.event} (you are told as {notice.audience}).",
             f"Deviation {d.get('id')}: {d.get('kind')} on {', '.join(d.get('channels', []))}",
+            *([f"Cause: {cause}"] if cause else []),
             f"Limit: min {limit.get('min')} max {limit.get('max')} {limit.get('unit', '')}"
             f" ({limit.get('source', '')})",
             f"Began {d.get('start')}, detected {d.get('detected')}, ended {d.get('end') or '-'}",
+            f"Times on {clock_of(d)}",
             f"Worst value: {d.get('peak')}; required action: {d.get('action')}",
         ]
     )

@@ -151,6 +151,31 @@ def verify_file(path: Path, verifier: Verifier) -> tuple[dict[str, Any] | None, 
     return report, problem
 
 
+def clock_of(d: dict[str, Any]) -> str:
+    """Which clock a deviation's times are on, in words, with each device's own times when they
+    are on the stream's clock (a record written before ``time_base`` is on device time)."""
+    if d.get("time_base", "device") == "device":
+        offset = d.get("clock_offset_ms", 0)
+        return f"device {d.get('device')}'s own clock (offset {offset:+d} ms to the stream's)"
+    devices = []
+    for times in d.get("clocks") or []:
+        own = ", ".join(
+            f"{name} {times[f'raw_{name}']}"
+            for name in ("start", "detected", "end")
+            if times.get(f"raw_{name}") is not None
+        )
+        devices.append(f"{times['device']} (offset {times['offset_ms']:+d} ms): {own}")
+    if not devices:
+        return "the stream's clock"
+    return f"the stream's clock; on the devices' own clocks: {'; '.join(devices)}"
+
+
+def causes_of(d: dict[str, Any]) -> str | None:
+    """Why a time-sync deviation was raised, in words (None when the record names no cause)."""
+    causes = d.get("causes") or []
+    return " and ".join(str(c).replace("_", " ") for c in causes) or None
+
+
 def render_html(signed: dict[str, Any]) -> str:
     """The report for people: what happened, the limit, the deadline, the signature."""
     report, signature = signed["report"], signed["signature"]
@@ -173,6 +198,8 @@ def render_html(signed: dict[str, Any]) -> str:
         ("Began", d["start"]),
         ("Detected", d["detected"]),
         ("Ended", d.get("end") or "still open at issue"),
+        ("Times on", clock_of(d)),
+        *([("Cause", cause)] if (cause := causes_of(d)) else []),
         ("Worst value", "-" if d.get("peak") is None else f"{d['peak']:g} {limit.get('unit', '')}"),
         ("Beyond the limit", f"{d['time_beyond_s']:g} s, {d['degree_minutes']:g} degree-minutes"),
         ("Action required", d["action"]),

@@ -393,7 +393,12 @@ def milkguard_pipeline(directory: Path, plan: Path, arrivals: Arrivals) -> Itera
     """``milkguard run`` as its own process, as deployed, with its Mosquitto child broker."""
     port, metrics_port = free_port(), free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MILKGUARD_")},
+        # the archive's settings pass, so its cost can be measured (MILKGUARD_ARCHIVE__ENABLED)
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MILKGUARD_") or k.startswith("MILKGUARD_ARCHIVE__")
+        },
         "MILKGUARD_PLAN": str(plan),
         "MILKGUARD_DATA_DIR": str(directory / "data"),
         "MILKGUARD_SIMULATORS": "false",

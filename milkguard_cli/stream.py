@@ -55,12 +55,25 @@ def add_runtime_commands(commands: Any) -> None:
 
     replay = commands.add_parser(
         "replay",
-        help="judge recorded wire payloads (JSON lines) and write deviations as JSON lines",
-        description="Judge recorded wire-contract payloads, one per line ('-' for standard "
-        "input), and write every deviation change as one JSON object per line. Deterministic: "
-        "the clock is the data's own.",
+        help="judge an archive of `milkguard run`, or recorded wire payloads (JSON lines), and "
+        "write deviations as JSON lines",
+        description="Judge an archive written by `milkguard run` (archive.*: a directory or "
+        "one of its files, gzipped or not), which gives the deviation changes the live service "
+        "gave; or recorded wire-contract payloads, one per line ('-' for standard input), "
+        "judged on a clock taken from the data. Write every deviation change as one JSON "
+        "object per line.",
     )
-    replay.add_argument("file", help="JSON lines of v1 payloads, or - for standard input")
+    replay.add_argument(
+        "file",
+        help="an archive directory or file, JSON lines of v1 payloads, or - for standard input",
+    )
+    replay.add_argument(
+        "--format",
+        choices=("auto", "archive", "payloads"),
+        default="auto",
+        help="what the input is; auto: an archive when it is a directory or its first line "
+        "is an archive header, else payload lines",
+    )
     replay.add_argument("--plan", type=Path, required=True, help="HACCP plan file (YAML)")
     replay.add_argument("--output", type=Path, help="write deviations here instead of stdout")
     replay.add_argument("--deadletter", type=Path, help="write rejected payloads here (JSONL)")
@@ -152,11 +165,12 @@ def run_replay(args: argparse.Namespace) -> int:
 
     logs.configure("WARNING")
     loaded = load_plan(args.plan)
+    if args.format == "archive" or (args.format == "auto" and _is_archive(args.file)):
+        return _replay_archive(args, loaded)
     try:
         source, name, size = open_source(args.file)
     except OSError as exc:
         raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
-    err = Console(stderr=True)
     tolerance_ms = round(args.future_tolerance_h * 3_600_000)
     if args.checkpoint is not None:
         from stream.replay import check_resumable, replay_resumable  # noqa: PLC0415
@@ -185,6 +199,51 @@ def run_replay(args: argparse.Namespace) -> int:
                 progress_total=size,
                 future_tolerance_ms=tolerance_ms,
             )
+    _print_summary(summary)
+    return 0
+
+
+def _is_archive(file: str) -> bool:
+    from stream.replay import is_archive  # noqa: PLC0415
+
+    if file == "-":
+        return False  # an archive is replayed from its files (they may be gzipped, and several)
+    try:
+        return is_archive(Path(file))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+
+
+def _replay_archive(args: argparse.Namespace, loaded: Any) -> int:
+    """``milkguard replay`` of an archive: its receive times, ticks and restarts, as live."""
+    from stream.replay import archive_inputs, replay_archive  # noqa: PLC0415
+
+    if args.file == "-":
+        raise ConfigError(
+            "an archive is replayed from its directory or files, not standard input: "
+            "name the archive directory (archive.dir, default data_dir/archive)"
+        )
+    if args.checkpoint is not None:
+        raise ConfigError(
+            f"--checkpoint {args.checkpoint} resumes replays of payload lines only; replay the "
+            "archive without it (a day's archive replays in minutes)"
+        )
+    try:
+        files = archive_inputs(Path(args.file))
+        with output(args.output) as out:
+            summary = replay_archive(
+                loaded, files, out, deadletter=args.deadletter, timeseries=args.timeseries
+            )
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: Any) -> None:
+    err = Console(stderr=True)
+    for note in summary.notes:
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     err.print(
         f"replayed {summary.lines:,} lines: {summary.batches:,} batches, "
         f"{summary.readings:,} readings, {summary.deviation_changes:,} deviation changes, "
@@ -211,7 +270,6 @@ def run_replay(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
-    return 0
 
 
 def public_key(args: argparse.Namespace) -> int:

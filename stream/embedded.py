@@ -10,9 +10,10 @@ Durability contract (:mod:`stream.checkpoint`). The engine thread takes what has
 the newest receive time. Every ``checkpoint_s``, when ``mqtt.max_unacknowledged`` messages wait
 for their acknowledgement, when MQTT goes quiet, and at stop, it checkpoints, in this order:
 
-1. outputs durable: the line-protocol file, ``deviations.jsonl`` and ``deadletter.jsonl``
-   written and fsynced; InfluxDB (when configured) has confirmed its lines; the broker has
-   acknowledged the deviations and dead letters published on MQTT;
+1. outputs durable: the archive (when on: :mod:`stream.archive`, every message taken and every
+   clock tick, so a replay judges as this run did), the line-protocol file, ``deviations.jsonl``
+   and ``deadletter.jsonl`` written and fsynced; InfluxDB (when configured) has confirmed its
+   lines; the broker has acknowledged the deviations and dead letters published on MQTT;
 2. ``DATA_DIR/stream.checkpoint`` replaced atomically: the engine's state (readings held for
    lateness, breaches in progress, open deviations), the duplicate windows, and each file's
    durable size;
@@ -64,6 +65,7 @@ from milkguard.broker_security import MAX_INFLIGHT, known_gateways
 from milkguard.errors import BrokerError, ConfigError
 from milkguard.mqtt import BrokerAddress
 from milkguard.settings import broker_address
+from stream.archive import ArchiveWriter, Start, resume
 from stream.checkpoint import (
     CHECKPOINT_FORMAT,
     Checkpoint,
@@ -170,6 +172,7 @@ class EmbeddedService:
         self.influx: InfluxDBSink | None = None
         self._files: tuple[PositionedFiles, ...] = ()  # the local files a checkpoint records
         self._letters_file: JsonlDeadLetterSink | None = None  # its daily budget carries on
+        self._started_ms = 0  # when the engine was made or restored (the archive's start)
         #: True when the broker's in-flight window is known to be wider than
         #: mqtt.max_unacknowledged (the child Mosquitto's configuration): the broker never stops
         #: sending before a checkpoint is due anyway, so a quiet source needs no checkpoint
@@ -265,7 +268,10 @@ class EmbeddedService:
         letters_file = JsonlDeadLetterSink(
             data_dir / "deadletter.jsonl", round(settings.deadletter_budget_mb * 1024 * 1024)
         )
+        archive = self._archive()
         self._files = (series_file, deviations_file, letters_file)
+        if archive is not None:
+            self._files = (archive, *self._files)
         self._letters_file = letters_file
         if saved is not None:
             restore_files(self._files, file_paths(saved.files, data_dir))
@@ -276,8 +282,9 @@ class EmbeddedService:
             sink = InfluxDBSink.from_settings(influx, data_dir)
             series.append(sink)
             self.influx = sink
+        engine, restored = self._engine(saved)
         ingest = Ingest(
-            self._engine(saved),
+            engine,
             FanOutTimeSeriesSink(series),
             FanOutDeviationSink(
                 [
@@ -290,10 +297,35 @@ class EmbeddedService:
             on_change=self._on_change,
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
             known_gateways=known_gateways(settings.mqtt.security),
+            archive=archive,
         )
         if saved is not None:
             ingest.restore_windows(saved.windows)
+        if archive is not None:
+            archive.start(
+                Start(
+                    at=self._started_ms,
+                    engine="restored" if restored else "fresh",
+                    windows="fresh" if saved is None else "restored",
+                    plan_version=self.plan.version,
+                    future_tolerance_ms=ingest.future_tolerance_ms,
+                    known_gateways=sorted(known_gateways(settings.mqtt.security)),
+                )
+            )
         return ingest
+
+    def _archive(self) -> ArchiveWriter | None:
+        """The archive's writer when it is on (unset: on with the demo fleet)."""
+        archive = self.settings.archive
+        enabled = archive.enabled if archive.enabled is not None else self._demo_fleet is not None
+        if not enabled:
+            return None
+        return ArchiveWriter(
+            archive.directory(self.settings.data_dir),
+            rotate_bytes=round(archive.rotate_mb * 1024 * 1024),
+            keep_days=archive.keep_days,
+            compress=archive.compress,
+        )
 
     @property
     def checkpoint_path(self) -> Path:
@@ -305,20 +337,26 @@ class EmbeddedService:
         """Where releases before checkpoints kept the engine's state at a clean stop."""
         return self.settings.data_dir / "engine.snapshot"
 
-    def _engine(self, saved: Checkpoint | None) -> Engine:
+    def _engine(self, saved: Checkpoint | None) -> tuple[Engine, bool]:
+        """The engine to start with, and whether it was restored (else fresh)."""
+        self._started_ms = time.time_ns() // 1_000_000
         if saved is not None:
             data, where = saved.engine, self.checkpoint_path
         elif self.legacy_snapshot_path.exists():
             data, where = self.legacy_snapshot_path.read_bytes(), self.legacy_snapshot_path
         else:
-            return Engine(self.plan)
+            engine = Engine(self.plan)
+            resume(engine, False, self._started_ms)
+            return engine, False
         try:
             engine = Engine.restore(self.plan, data)
         except (SnapshotMismatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("engine.fresh_state", extra={"snapshot": str(where), "reason": str(exc)})
-            return Engine(self.plan)
+            engine = Engine(self.plan)
+            resume(engine, False, self._started_ms)
+            return engine, False
         # the stream was down: what it did not hear meanwhile is in the broker, not silence
-        engine.excuse_outage(time.time_ns() // 1_000_000)
+        resume(engine, True, self._started_ms)
         log.info(
             "engine.restored",
             extra={
@@ -327,7 +365,7 @@ class EmbeddedService:
                 "open": len(engine.open_deviations()),
             },
         )
-        return engine
+        return engine, True
 
     def _checkpointer(
         self, store: CheckpointFile, ingest: Ingest, source: MqttBatchSource

@@ -40,6 +40,7 @@ from milkguard.contract.v1 import (
     parse_batch_topic,
     read_batch,
 )
+from stream.archive import ArchiveState, ArchiveWriter
 from stream.engine.core import Engine, Routed, UnitMismatch, is_power_of_ten
 from stream.engine.deviation import DeviationChange, iso_ms
 from stream.lineprotocol import ReadingLines, derived_line, deviation_line, event_line
@@ -262,6 +263,7 @@ class Ingest:
         on_change: Callable[[DeviationChange], None] | None = None,
         known_gateways: Collection[tuple[str, str]] = (),
         future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
+        archive: ArchiveWriter | None = None,
     ) -> None:
         self.engine = engine
         # live, the engine's clock is the receive time; replaying a file, the newest event time
@@ -271,6 +273,9 @@ class Ingest:
         self._deviations = deviations
         self._deadletter = deadletter
         self._sinks = SinkGroup([timeseries, deviations, deadletter])
+        #: where every message handed in, every tick and every change of the clock evidence
+        #: rule is recorded, in order, for a replay that judges as this ingest did
+        self.archive = archive
         self._windows: dict[tuple[str, str], SequenceWindow] = {}
         self._window_size = dedupe_window
         self._on_change = on_change
@@ -300,10 +305,37 @@ class Ingest:
         )
         self._gateways_by_budget = {"plan": 0, "other": 0}
         self._unplanned_latest = 0
-        #: batches sent before this (the runtime's connect time after a restart) waited in the
-        #: broker while the stream was down: their delay says nothing of the gateway's clock,
-        #: and taking it as an offset would raise a false time-sync fault after every restart
-        self.clocks_sent_from_ms = -1
+        self._clocks_from = -1
+        self._decoded = False  # whether the payload :meth:`_take` saw last decoded as a batch
+        if archive is not None:
+            archive.attach(self.archive_state)
+
+    @property
+    def clocks_sent_from_ms(self) -> int:
+        """Batches sent before this (the runtime's connect time after a restart) waited in the
+        broker while the stream was down: their delay says nothing of the gateway's clock, and
+        taking it as an offset would raise a false time-sync fault after every restart. -1:
+        every batch counts."""
+        return self._clocks_from
+
+    @clocks_sent_from_ms.setter
+    def clocks_sent_from_ms(self, ms: int) -> None:
+        if ms != self._clocks_from and self.archive is not None:
+            self.archive.clocks_from(ms)
+        self._clocks_from = ms
+
+    def archive_state(self) -> ArchiveState:
+        """What a replay starts from at the beginning of an archive file."""
+        loaded = self.engine.plan
+        return ArchiveState(
+            plan=loaded.plan.plan,
+            plan_version=loaded.version,
+            engine=self.engine.snapshot(),
+            windows=self.windows(),
+            clocks_from=self._clocks_from,
+            future_tolerance_ms=self.future_tolerance_ms,
+            known_gateways=sorted(self._known_gateways),
+        )
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         """Process one MQTT message; never raises for bad input (it is dead-lettered)."""
@@ -321,9 +353,15 @@ class Ingest:
         here instead of counted late, and that a deviation records the device clock's offset
         as estimated when it is judged (README: "A drained queue and message by message").
         """
+        archive = self.archive
+        if archive is not None:
+            messages = list(messages)
+            archive.begin()  # a new file's header holds the state before these messages
+            decoded: list[bool] = []
         accepted: list[_Accepted] = []
         for topic, payload, received_ms in messages:
             self.counters.messages += 1
+            self._decoded = False
             route = parse_batch_topic(topic)
             if route is None:
                 self._reject_payload(
@@ -337,6 +375,10 @@ class Ingest:
             item = self._take(topic, route, payload, received_ms)
             if item is not None:
                 accepted.append(item)
+            if archive is not None:
+                decoded.append(self._decoded)
+        if archive is not None:
+            archive.messages(messages, decoded)
         if accepted:
             self._judge(accepted)
 
@@ -349,6 +391,12 @@ class Ingest:
         item = self._take(origin, None, payload, None)
         if item is not None:
             self._judge([item])
+
+    def reject_recorded(self, line: bytes, origin: str, received_ms: int, reason: str) -> None:
+        """Dead-letter a line of a recording that is not a record at all (``origin``: its file
+        and line), counted as a payload rejected whole."""
+        self.counters.messages += 1
+        self._reject_payload(origin, line, received_ms, reason, readings=0)
 
     def handle_bridged(self, payload: bytes, received_ms: int, origin: str) -> None:
         """Process one payload the bridge took from MQTT (it checked the topic against it)."""
@@ -395,6 +443,7 @@ class Ingest:
             reason = batch if batch.startswith("not valid") else _explain(batch)
             self._reject_payload(topic, payload, shown_at, reason, site=site, gateway=gateway)
             return None
+        self._decoded = True  # valid JSON: the archive may keep it as it is
         if received_ms is None:
             first = self.replay_clock.now < 0
             newest = max(map(_TS, batch.readings), default=None) if first else None
@@ -729,6 +778,8 @@ class Ingest:
 
     def tick(self, now_ms: int) -> None:
         """Move the engine's clock with no data: releases held readings and fires timers."""
+        if self.archive is not None:
+            self.archive.tick(now_ms)
         changes: list[DeviationChange] = []
         self.engine.advance(now_ms, changes)
         if changes or self.engine.derived:
@@ -822,12 +873,26 @@ class Ingest:
         """Make everything handled so far durable in every sink.
 
         Every sink is flushed even when one fails; the first failure is raised afterwards, so the
-        caller knows not everything was confirmed.
+        caller knows not everything was confirmed. The archive goes first: a local file,
+        flushed even when a remote store fails.
         """
+        failed: Exception | None = None
+        if self.archive is not None:
+            try:
+                self.archive.flush()
+            except Exception as exc:  # re-raised below, after the other sinks
+                failed = exc
         self._sinks.flush()
+        if failed is not None:
+            raise failed
 
     def close(self) -> None:
         """Flush and close every sink; one that fails does not keep the others open."""
+        if self.archive is not None:
+            try:
+                self.archive.close()
+            except Exception:
+                log.exception("sink.close_failed", extra={"sink": "archive"})
         try:
             self._sinks.close()
         except Exception:

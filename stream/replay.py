@@ -20,7 +20,8 @@ writes nothing more.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,22 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from milkguard.contract.v1 import parse_batch_topic
 from milkguard.errors import ConfigError
+from stream.archive import (
+    Bad,
+    Header,
+    Judge,
+    Message,
+    Record,
+    Start,
+    Tick,
+    archive_files,
+    looks_like_archive,
+    open_archive_file,
+    read_records,
+    resume,
+)
 from stream.checkpoint import (
     CHECKPOINT_FORMAT,
     Checkpoint,
@@ -43,10 +59,10 @@ from stream.checkpoint import (
     restore_files,
 )
 from stream.engine.core import Engine, SnapshotMismatch
-from stream.engine.deviation import DeviationChange, deviation_to_json
+from stream.engine.deviation import DeviationChange, deviation_to_json, iso_ms
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest, IngestCounters
 from stream.plan import LoadedPlan
-from stream.sinks.base import DeadLetter
+from stream.sinks.base import DeadLetter, DeadLetterSink, DeviationSink, TimeSeriesSink
 from stream.sinks.files import JsonlDeadLetterSink, JsonlDeviationSink, LineProtocolFileSink
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryTimeSeriesSink
 
@@ -111,6 +127,8 @@ class ReplaySummary:
     rejected_payloads: int = 0
     rejected_readings: int = 0
     capped: int = 0
+    #: what the reader of an archive noticed (a missing file, another plan version)
+    notes: tuple[str, ...] = ()
 
 
 def replay(
@@ -151,9 +169,15 @@ def replay(
 
 
 def _summary(
-    ingest: Ingest, lines: int, changes: int, first_rejections: list[DeadLetter]
+    ingest: Ingest,
+    lines: int,
+    changes: int,
+    first_rejections: list[DeadLetter],
+    *,
+    counters: IngestCounters | None = None,
+    notes: tuple[str, ...] = (),
 ) -> ReplaySummary:
-    counters = ingest.counters
+    counters = counters or ingest.counters
     return ReplaySummary(
         lines=lines,
         batches=counters.batches,
@@ -171,6 +195,7 @@ def _summary(
         rejected_payloads=counters.rejected_payloads,
         rejected_readings=counters.rejected_readings,
         capped=counters.capped,
+        notes=notes,
     )
 
 
@@ -356,3 +381,246 @@ def open_source(path: str) -> tuple[IO[bytes], str, int | None]:
         return sys.stdin.buffer, "stdin", None
     file = Path(path)
     return file.open("rb"), file.name, file.stat().st_size
+
+
+class _ArchiveReplay:
+    """Hands an engine what an archive says the live service handed its own, in order.
+
+    A file's header gives the state to start from (when it is the first file replayed, or the
+    one before it is missing); a ``start`` record restarts the engine as the service did (from
+    the snapshot of the state so far, or fresh); each drain of messages is judged as one, and
+    each tick moves the clock. Lines that are not records are dead-lettered with their file
+    and line; none stops the replay. Deviations still open at the end stay open, as live.
+    """
+
+    #: how far a receive time or tick may lie ahead of the one before it: beyond, the line is
+    #: damaged or forged (a running service records a tick at least every few seconds, so only
+    #: a ``start`` record, after an outage, may move time on by more)
+    MAX_STEP_MS = 86_400_000
+
+    def __init__(
+        self,
+        loaded: LoadedPlan,
+        series: TimeSeriesSink,
+        deviations: DeviationSink,
+        letters: DeadLetterSink,
+    ) -> None:
+        self.loaded = loaded
+        self._sinks = (series, deviations, letters)
+        self.ingest: Ingest | None = None
+        self._done = IngestCounters()  # of the ingests before a restart
+        self._drain: list[tuple[str, bytes, int]] = []
+        self._file = 0  # the number of the file being replayed
+        self._last_ms = -1  # the time of the last record that had one
+        self.lines = 0
+        self._origin = ""  # the file and line of the record being replayed
+        #: the header just read, while no record followed it (see :meth:`_header`)
+        self._opening: tuple[Header, str] | None = None
+        self.notes: list[str] = []
+
+    def replay(self, records: Iterable[tuple[str, Record | Bad]], name: str) -> None:
+        """Replay one archive file's records (with their origins, ``file:line``)."""
+        for origin, record in records:
+            self.lines += 1
+            self._origin = origin
+            if isinstance(record, Bad):
+                self._reject(record)
+            elif isinstance(record, Header):
+                self._header(record, name)
+                continue
+            elif isinstance(record, Message):
+                self._message(record)
+            elif isinstance(record, Judge):
+                self._judge()
+            elif isinstance(record, Tick):
+                self._tick(record)
+            elif isinstance(record, Start):
+                self._start(record)
+            else:
+                self._ingest().clocks_sent_from_ms = record.ms
+            self._opening = None
+        if self._drain:
+            self.notes.append(f"{name} ends inside a drain: its last messages were judged alone")
+            self._judge()
+
+    def finish(self) -> tuple[Ingest, IngestCounters]:
+        """Make the outputs durable; the last ingest and the counters of all of them."""
+        ingest = self._ingest()
+        ingest.flush()
+        ingest.close()
+        total = IngestCounters()
+        for name in IngestCounters.__slots__:
+            setattr(total, name, getattr(self._done, name) + getattr(ingest.counters, name))
+        return ingest, total
+
+    def _ingest(self) -> Ingest:
+        if self.ingest is None:  # a first line that is no header: judge with the defaults
+            self.ingest = self._new_ingest(Engine(self.loaded), DEFAULT_FUTURE_TOLERANCE_MS, [])
+        return self.ingest
+
+    def _new_ingest(
+        self, engine: Engine, tolerance_ms: int, known: list[tuple[str, str]]
+    ) -> Ingest:
+        if self.ingest is not None:
+            for name in IngestCounters.__slots__:
+                kept = getattr(self._done, name) + getattr(self.ingest.counters, name)
+                setattr(self._done, name, kept)
+        series, deviations, letters = self._sinks
+        self.ingest = Ingest(
+            engine,
+            series,
+            deviations,
+            letters,
+            future_tolerance_ms=tolerance_ms,
+            known_gateways=[tuple(pair) for pair in known],  # type: ignore[misc]
+        )
+        return self.ingest
+
+    def _header(self, header: Header, name: str) -> None:
+        before, self._file = self._file, header.file
+        if header.plan_version != self.loaded.version:
+            self.notes.append(
+                f"{name} was written under plan {header.plan} version {header.plan_version}, "
+                f"replayed under {self.loaded.version}: the verdicts may differ from live"
+            )
+        if self.ingest is not None and header.file == before + 1:
+            # the state so far is the live one: carry on, as the service did at the rotation;
+            # but a service that began this file as it started (its first record a ``start``)
+            # restored the state its checkpoint held, which the header holds
+            self._opening = (header, name)
+            return
+        if self.ingest is not None:
+            self.notes.append(
+                f"{name} is file {header.file} of its archive, but file {before} came before "
+                "it: a file is missing; the replay carries on from this file's state"
+            )
+        self._from_header(header, name)
+
+    def _from_header(self, header: Header, name: str) -> None:
+        """Start from the state a file's header holds."""
+        try:
+            engine = Engine.restore(self.loaded, header.engine)
+        except Exception as exc:  # a damaged or forged header must not stop the replay
+            self.notes.append(
+                f"{name}: its header's engine state cannot be restored under this plan "
+                f"({type(exc).__name__}: {exc}): the replay starts from a fresh engine"
+            )
+            engine = Engine(self.loaded)
+        ingest = self._new_ingest(engine, header.future_tolerance_ms, header.known_gateways)
+        ingest.restore_windows(header.windows)
+        ingest.clocks_sent_from_ms = header.clocks_from
+
+    def _in_step(self, ms: int, what: str, line: Record) -> bool:
+        if self._last_ms < 0 or ms <= self._last_ms + self.MAX_STEP_MS:
+            self._last_ms = ms
+            return True
+        self._refuse(
+            line,
+            f"{what} {ms} ({iso_ms(ms)}) is more than a day after the record before it "
+            f"({iso_ms(self._last_ms)}), with no restart between: a damaged or forged line",
+        )
+        return False
+
+    def _refuse(self, line: Record, why: str) -> None:
+        """Dead-letter a record that decoded but cannot be replayed, naming its file and line."""
+        origin = self._origin
+        reason = f"archive {origin}: {why}; not replayed"
+        self._reject(Bad(msgspec.json.encode(line), origin, reason))
+
+    def _message(self, message: Message) -> None:
+        if not self._in_step(message.received_ms, "receive time", message):
+            return
+        if parse_batch_topic(message.topic) is None:
+            self._refuse(
+                message,
+                f"topic {message.topic[:160]!r} is not a gateway batch topic "
+                "(milkguard/v1/gw/{site}/{gateway}/batch)",
+            )
+            return
+        self._drain.append((message.topic, message.raw(), message.received_ms))
+
+    def _judge(self) -> None:
+        drain, self._drain = self._drain, []
+        if drain:
+            self._ingest().handle_many(drain)
+
+    def _tick(self, tick: Tick) -> None:
+        if self._in_step(tick.now, "tick", tick):
+            self._judge()  # none waits in a whole file: a tick follows a judge
+            self._ingest().tick(tick.now)
+
+    def _start(self, start: Start) -> None:
+        self._last_ms = start.at  # after an outage of any length
+        self._judge()
+        if start.plan_version != self.loaded.version:
+            self.notes.append(
+                f"{self._origin}: the service started under plan version "
+                f"{start.plan_version}, replayed under {self.loaded.version}: the verdicts "
+                "may differ from live"
+            )
+        if self._opening is not None:
+            self._from_header(*self._opening)
+        before = self._ingest()
+        restored = start.engine == "restored"
+        engine = Engine(self.loaded)
+        if restored:  # the service restored the state its checkpoint held: this state
+            engine = Engine.restore(self.loaded, before.engine.snapshot())
+        resume(engine, restored, start.at)
+        windows = before.windows() if start.windows == "restored" else {}
+        ingest = self._new_ingest(engine, start.future_tolerance_ms, start.known_gateways)
+        ingest.restore_windows(windows)
+
+    def _reject(self, bad: Bad) -> None:
+        self._ingest().reject_recorded(bad.line, bad.origin, max(self._last_ms, 0), bad.reason)
+
+
+def archive_inputs(path: Path) -> list[Path]:
+    """The archive files to replay: those of a directory in order, or the one file."""
+    if path.is_dir():
+        files = archive_files(path)
+        if not files:
+            raise ConfigError(
+                f"{path} holds no archive files (archive-DAY-NUMBER.jsonl[.gz]): name the "
+                "archive directory (archive.dir, default data_dir/archive) or a file"
+            )
+        return files
+    return [path]
+
+
+def is_archive(path: Path) -> bool:
+    """True when ``path`` is an archive directory or file (judged by its first line)."""
+    if path.is_dir():
+        return True
+    with open_archive_file(path) as data:
+        return looks_like_archive(data.readline())
+
+
+def replay_archive(
+    loaded: LoadedPlan,
+    files: list[Path],
+    out: IO[str],
+    *,
+    deadletter: Path | None = None,
+    timeseries: Path | None = None,
+) -> ReplaySummary:
+    """Replay archive files (in the order given) into ``out``: the deviation changes the live
+    service wrote, line for line, when the plan is the one it ran."""
+    writer = JsonLinesDeviationWriter(out)
+    rejected_memory = _FirstLetters()
+    letters = JsonlDeadLetterSink(deadletter) if deadletter is not None else rejected_memory
+    series = LineProtocolFileSink(timeseries) if timeseries is not None else _DiscardedSeries()
+    run = _ArchiveReplay(loaded, series, writer, letters)
+    for path in files:
+        try:
+            run.replay(read_records(path), path.name)
+        except (OSError, EOFError, zlib.error) as exc:  # a damaged gzip stream, a vanished file
+            run.notes.append(f"{path}: read stopped early ({exc}); what came before is replayed")
+    ingest, counters = run.finish()
+    return _summary(
+        ingest,
+        run.lines,
+        writer.written,
+        rejected_memory.letters,
+        counters=counters,
+        notes=tuple(run.notes),
+    )

@@ -170,6 +170,40 @@ class InfluxSettings(BaseModel):
         return self.url is not None
 
 
+class ArchiveSettings(BaseModel):
+    """The archive of what `milkguard run` judged (every MQTT message with its receive time and
+    topic, and the engine's clock ticks), which `milkguard replay` replays to the same
+    deviation changes. Off by default; on when the demo fleet runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Write the archive. Unset: on with the demo fleet (`milkguard run` with "
+        "simulators), off otherwise.",
+    )
+    dir: Path | None = Field(
+        default=None, description="Where the archive's files go; unset: {data_dir}/archive."
+    )
+    rotate_mb: float = Field(
+        default=64,
+        gt=0,
+        le=65_536,
+        description="A file is closed and a new one begun at this size (and at each UTC day).",
+    )
+    keep_days: float = Field(
+        default=30,
+        gt=0,
+        le=36_500,
+        description="Closed files last written longer ago than this are deleted.",
+    )
+    compress: bool = Field(default=True, description="Gzip each file once it is closed.")
+
+    def directory(self, data_dir: Path) -> Path:
+        """The archive's directory for a service keeping its stores in ``data_dir``."""
+        return self.dir if self.dir is not None else data_dir / "archive"
+
+
 class StreamSettings(CommonSettings):
     """What the stream's runtimes (``milkguard run``, ``bridge``, ``worker``) are told, beside
     the broker and logging every application shares."""
@@ -198,6 +232,7 @@ class StreamSettings(CommonSettings):
         "plus this. Keep it above any clock skew the time-sync rule should report.",
     )
     signing: SigningSettings = Field(default_factory=SigningSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     deadletter_budget_mb: float = Field(
         default=1024,
         gt=0,

@@ -55,11 +55,13 @@ DeviationId = Annotated[
     ),
 ]
 
+_ISO_MS: Final = whole_text(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$")
+
 #: ISO 8601 UTC with milliseconds, as ``stream.engine.deviation.iso_ms`` writes it.
 IsoTime = Annotated[
     str,
     msgspec.Meta(
-        pattern=whole_text(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"),
+        pattern=_ISO_MS,
         description="Event time, ISO 8601 UTC with milliseconds: 2026-11-22T10:00:00.120Z.",
     ),
 ]
@@ -79,6 +81,33 @@ class AppliedLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sustained_s: float
     unit: Text
     source: Text
+
+
+#: Why a time-sync deviation was raised: the offset estimated from arrival times is beyond the
+#: plan's tolerance, or the gateway reports its own clock unsynchronised (both may hold).
+TimeSyncCause = Literal["offset_beyond_tolerance", "gateway_unsynchronised"]
+
+#: ISO 8601 UTC with milliseconds on a device's own clock (not the stream's).
+RawTime = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=_ISO_MS,
+        description="The same instant on the device's own clock (stream time plus its offset), "
+        "ISO 8601 UTC with milliseconds.",
+    ),
+]
+
+
+class DeviceTime(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One device's clock in a record on the stream's clock: its offset, the instants it set."""
+
+    device: Text
+    offset_ms: Annotated[
+        SafeInt, msgspec.Meta(description="The device clock's estimated offset, ahead: positive.")
+    ]
+    raw_start: RawTime | None = None
+    raw_detected: RawTime | None = None
+    raw_end: RawTime | None = None
 
 
 class DeviationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -109,6 +138,26 @@ class DeviationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     detected_late: bool
     clock_offset_ms: SafeInt
     clock_synced: bool | None
+    # added in v1 with defaults: a record written before them is still valid, and means the same
+    time_base: Annotated[
+        Literal["device", "stream"],
+        msgspec.Meta(
+            description="The clock start, detected and end are on: the device's own (rules of "
+            "one channel) or the stream's (rules joining devices; time sync)."
+        ),
+    ] = "device"
+    clocks: Annotated[
+        list[DeviceTime],
+        msgspec.Meta(
+            max_length=16,
+            description="With time_base stream: per device whose sample set a time, the offset "
+            "used and the raw device times.",
+        ),
+    ] = []
+    causes: Annotated[
+        list[TimeSyncCause],
+        msgspec.Meta(max_length=2, description="Time sync: why the clock is in doubt."),
+    ] = []
 
 
 class SignedBy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

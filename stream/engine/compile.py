@@ -3,7 +3,7 @@ machine through the registry of rule kinds (:mod:`stream.engine.registry`).
 
 A channel's quiet band is the narrowest of the bands its rules' machines give; a rule that
 reads several channels together makes them joined (never screened, judged merged in time
-order, the flow-diversion valve first at equal times).
+order, the roles the rule names first (e.g. a flow-diversion valve) first at equal times).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class _Wiring:
             self.bands[row] = self.bands[row].narrowed(band)
             if compiled.joined:
                 self.joined[row] = True
-                if role == "flow_diversion":
+                if role in compiled.first_roles:
                     self.join_rank[row] = 0
         if compiled.joined:
             group = sorted(set(compiled.reads.values()))

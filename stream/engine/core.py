@@ -46,10 +46,10 @@ from stream.engine.columns import Columns
 from stream.engine.compile import compile_plan
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
-from stream.engine.htst import Derived
 from stream.engine.judging import Judge
 from stream.engine.kinds import PlanContext
 from stream.engine.late import LateJudge
+from stream.engine.machines import Derived
 from stream.engine.notices import EngineCounters, Notice, is_power_of_ten
 from stream.engine.routing import NOTHING_LEFT_OUT, Routed, Router, UnitMismatch
 from stream.engine.snapshots import SNAPSHOT_FORMAT, EngineParts, SnapshotMismatch

@@ -2,6 +2,15 @@
 
 Times are event-time milliseconds in memory; :func:`deviation_to_json` renders the stable JSON
 schema (ISO 8601 UTC strings) that files, MQTT and later alerting read.
+
+Which clock the times are on is part of the record (``time_base``). A rule that reads one
+channel keeps its device's own timestamps (``device``): durations are right on any one clock,
+and the times match the device's own trend and chart. A rule that joins channels of several
+devices (HTST, UHT) is stamped on the stream's clock (``stream``: device time less that
+device's estimated offset), so a duration between two devices' samples is right; ``clocks``
+then keeps, per device whose sample set a time, the offset used and the same instants read on
+that device's own clock. A time-sync deviation is on the stream's clock too (it is judged on
+receive times) and names its ``causes``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from milkguard.contract.records import DeviationRecord
 
 DeviationStatus = Literal["open", "closed"]
 ChangeKind = Literal["opened", "closed"]
+TimeBase = Literal["device", "stream"]
+#: Why a time-sync deviation was raised (both may hold at once).
+TimeSyncCause = Literal["offset_beyond_tolerance", "gateway_unsynchronised"]
 
 
 class AppliedLimit(msgspec.Struct, frozen=True):
@@ -28,6 +40,18 @@ class AppliedLimit(msgspec.Struct, frozen=True):
     sustained_s: float
     unit: str
     source: str
+
+
+class DeviceTime(msgspec.Struct, frozen=True):
+    """A deviation's instants read on one device's own clock, for a deviation stamped on the
+    stream's clock: each raw time is the stream's time plus ``offset_ms`` (None: that instant
+    was not set by this device's sample)."""
+
+    device: str
+    offset_ms: int  # the device clock's estimated offset used (ahead: positive)
+    raw_start_ms: int | None = None
+    raw_detected_ms: int | None = None
+    raw_end_ms: int | None = None
 
 
 class Deviation(msgspec.Struct):
@@ -57,6 +81,9 @@ class Deviation(msgspec.Struct):
     detected_late: bool = False  # found from readings that reached the stream late
     clock_offset_ms: int = 0  # the device clock's estimated offset when it was detected
     clock_synced: bool | None = None  # time sync: the gateway's own report (None: no report)
+    time_base: TimeBase = "device"  # the clock start, detected and end are on
+    clocks: list[DeviceTime] = msgspec.field(default_factory=list)  # time_base "stream" only
+    causes: list[TimeSyncCause] = msgspec.field(default_factory=list)  # time sync only
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -76,6 +103,10 @@ def iso_ms(epoch_ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with milliseconds: ``2026-11-22T10:00:00.120Z``."""
     moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def _iso_or_none(epoch_ms: int | None) -> str | None:
+    return iso_ms(epoch_ms) if epoch_ms is not None else None
 
 
 def _finite(figure: float) -> float:
@@ -109,13 +140,26 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "limit": msgspec.to_builtins(d.limit),
         "start": iso_ms(d.start_ms),
         "detected": iso_ms(d.detected_ms),
-        "end": iso_ms(d.end_ms) if d.end_ms is not None else None,
+        "end": _iso_or_none(d.end_ms),
         "peak": d.peak if d.peak is None or math.isfinite(d.peak) else None,
         "time_beyond_s": round(_finite(d.time_beyond_s), 3),
         "degree_minutes": round(_finite(d.degree_minutes), 4),
         "detected_late": d.detected_late,
         "clock_offset_ms": d.clock_offset_ms,
         "clock_synced": d.clock_synced,
+        "time_base": d.time_base,
+        "clocks": [_device_time_to_json(t) for t in d.clocks],
+        "causes": list(d.causes),
+    }
+
+
+def _device_time_to_json(times: DeviceTime) -> dict[str, object]:
+    return {
+        "device": times.device,
+        "offset_ms": times.offset_ms,
+        "raw_start": _iso_or_none(times.raw_start_ms),
+        "raw_detected": _iso_or_none(times.raw_detected_ms),
+        "raw_end": _iso_or_none(times.raw_end_ms),
     }
 
 

@@ -47,9 +47,11 @@ class Devices:
         clock = self.clocks.get(device)
         return clock.offset_ms if clock is not None else 0
 
-    def offsets(self) -> I64:
-        """The offset of every device, by code."""
-        return np.array([self.offset_ms(d) for d in self.names], dtype=np.int64)
+    def offset_when(self, device: str, received_ms: int) -> int:
+        """The offset a reading of ``device`` received at ``received_ms`` is judged with, the
+        same however the stream batches its judging (:meth:`DeviceClock.offset_when`)."""
+        clock = self.clocks.get(device)
+        return clock.offset_when(received_ms) if clock is not None else 0
 
     def device_now(self, codes: I64, now: int) -> I64:
         """The stream's clock on each device's clock: ahead by the least its recent batches

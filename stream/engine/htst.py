@@ -16,6 +16,12 @@ plan's process class in the profile's table (the PMO's vat, HTST, HHST and UP ro
 pairs. HHST times are fractions of a second (0.01 s at 100 degC): holding times are compared in
 whole microseconds, so a tube sized exactly to the legal time is not failed by the last bit of
 a float division.
+
+The channels may come from gateways whose clocks disagree, and a deviation one device's sample
+began may be ended by another's (the valve's divert): the checks judge on the stream's clock
+(device time less the device's offset, as the engine orders the join) and their deviations are
+stamped on it, each device's own times kept beside (:mod:`stream.engine.clocks`). Product
+changes and the derived series stay on the device time of the sample they concern.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from milkguard.contract.v1 import Event, ProductChange
+from stream.engine.clocks import on_stream_clock, on_stream_clock_change
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
 from stream.engine.kinds import Compiled, PlanContext
 from stream.engine.machines import (
@@ -234,15 +241,21 @@ class HtstMachine(_JoinedRule):
         return self._pairs[self.product_in_force(ts)]
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
-        """Judge one sample of one of the pasteurizer's channels."""
+        """Judge one sample of one of the pasteurizer's channels (device time; judged on the
+        stream's clock)."""
         # the valve and the official thermometer are followed even while cleaning suspends the
         # verdicts, so the first judgement after cleaning starts from their true state
         if role == "flow_diversion" and sample.cleaning_since >= 0:
             self.forward = sample.value >= 0.5
         elif role == "indicating" and sample.cleaning_since >= 0:
             self.indicating = sample.value
+        now = on_stream_clock(sample)
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
-            return [c for m in self.machines if (c := m.suspend(sample)) is not None]
+            return [
+                c
+                for m in self.machines
+                if (c := on_stream_clock_change(m, m.suspend(now), sample)) is not None
+            ]
         if role == "flow_diversion":
             self.forward = sample.value >= 0.5
             if self.forward:
@@ -251,8 +264,10 @@ class HtstMachine(_JoinedRule):
             return [
                 c
                 for m in (self.temperature, self.holding)
-                if m.engaged and (c := m.observe_excess(sample, 0.0)) is not None
+                if m.engaged
+                and (c := on_stream_clock_change(m, m.observe_excess(now, 0.0), sample)) is not None
             ]
+        machine: CriticalLimitMachine | None = None
         change: DeviationChange | None = None
         if role == "indicating":
             self.indicating = sample.value
@@ -260,7 +275,8 @@ class HtstMachine(_JoinedRule):
             legal = limit.min
             assert legal is not None  # a minimum, made above
             excess = legal - sample.value if self.forward and sample.value < legal else 0.0
-            change = self.temperature.observe_excess(sample, excess, limit)
+            machine = self.temperature
+            change = machine.observe_excess(now, excess, limit)
         elif role == "flow":
             hold = fastest_particle_hold_s(self.rule, sample.value)
             if math.isfinite(hold):
@@ -272,14 +288,15 @@ class HtstMachine(_JoinedRule):
             assert limit.min is not None  # a minimum, made above
             excess = hold_shortfall_s(hold, limit.min) if self.forward else 0.0
             # microseconds: an HHST tube holds 0.01 s, which three decimals would blur
-            shown = replace(sample, value=round(hold, 6))
-            change = self.holding.observe_excess(shown, excess, limit)
+            shown = replace(now, value=round(hold, 6))
+            machine = self.holding
+            change = machine.observe_excess(shown, excess, limit)
         elif role == "recorder" and self.indicating is not None:
             above = sample.value - self.indicating
-            change = self.recorder.observe_excess(
-                replace(sample, value=round(above, 3)), max(above, 0.0)
-            )
-        return [change] if change is not None else []
+            machine = self.recorder
+            change = machine.observe_excess(replace(now, value=round(above, 3)), max(above, 0.0))
+        stamped = on_stream_clock_change(machine, change, sample) if machine is not None else None
+        return [stamped] if stamped is not None else []
 
     on_sample = observe  # the rule-kind contract's name for it
 
@@ -346,9 +363,11 @@ class UhtMachine(_JoinedRule):
         return UhtMachine(self.rule, self._base, derived)
 
     def observe(self, role: str, sample: Sample) -> list[DeviationChange]:
-        """Judge one sample of the outlet temperature or the flow."""
+        """Judge one sample of the outlet temperature or the flow (device time; judged on the
+        stream's clock, as the pasteurizer's checks are)."""
+        now = on_stream_clock(sample)
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
-            change = self.lethality.suspend(sample)
+            change = on_stream_clock_change(self.lethality, self.lethality.suspend(now), sample)
             return [change] if change is not None else []
         if role == "flow":
             self.flow = sample.value
@@ -363,7 +382,8 @@ class UhtMachine(_JoinedRule):
             )
         excess = self.rule.min_f0 - f0 if f0 < self.rule.min_f0 else 0.0
         value = round(f0, 4) if math.isfinite(f0) else sample.value
-        change = self.lethality.observe_excess(replace(sample, value=value), excess)
+        change = self.lethality.observe_excess(replace(now, value=value), excess)
+        change = on_stream_clock_change(self.lethality, change, sample)
         return [change] if change is not None else []
 
     on_sample = observe  # the rule-kind contract's name for it
@@ -432,6 +452,8 @@ def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
         reads=_reads(rule, context, roles),
         assets=(context.where(rule.asset),),
         joined=True,
+        first_roles=("flow_diversion",),
+        derived_at=("flow",),
     )
 
 
@@ -440,4 +462,10 @@ def compile_uht(rule: Uht, context: PlanContext) -> Compiled:
     base = context.rule_spec(rule, channel=rule.outlet, unit=context.unit(rule.asset, rule.outlet))
     machine = UhtMachine(rule, base, context.derived)
     roles = {"outlet": rule.outlet, "flow": rule.flow}
-    return Compiled(rule.id, machine, reads=_reads(rule, context, roles), joined=True)
+    return Compiled(
+        rule.id,
+        machine,
+        reads=_reads(rule, context, roles),
+        joined=True,
+        derived_at=("flow", "outlet"),
+    )

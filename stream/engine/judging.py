@@ -16,6 +16,7 @@ from operator import attrgetter
 import numpy as np
 
 from milkguard.contract.v1 import CipEnd, CipStart, Delivery, Event, Pickup
+from stream.engine.clocks import join_order
 from stream.engine.columns import I64, NEVER, B, Columns
 from stream.engine.compile import BoundRule, CompiledPlan
 from stream.engine.deviation import Deviation, DeviationChange
@@ -42,6 +43,8 @@ class Judge:
         "_silence",
         "_table",
         "_timed",
+        "_timed_machines",
+        "_timed_rows",
         "counters",
         "event_changes",
         "notices",
@@ -64,6 +67,13 @@ class Judge:
         self._of_row = compiled.of_row
         self._by_asset = compiled.by_asset
         self._timed = compiled.timed
+        # the row each timed rule's timers run on (-1: the stream's clock), for one vector step
+        # per advance rather than a few scalar reads of the table per rule
+        self._timed_machines = [bound.machine for bound in compiled.timed]
+        self._timed_rows = np.array(
+            [-1 if b.compiled.home_row is None else b.compiled.home_row for b in compiled.timed],
+            dtype=np.int64,
+        )
         # a row's busy flag follows the machines that screen its samples (joined rows never are)
         self._screened: list[list[RuleMachine]] = [[] for _ in compiled.of_row]
         for bound in compiled.rules:
@@ -124,10 +134,14 @@ class Judge:
         so each sees the others' state as it was then. At equal times a valve's state comes
         first: a temperature is judged with the flow direction of that instant."""
         # on corrected time: two devices' clocks may disagree (estimated offsets, ahead positive)
-        offsets = self._devices.offsets()
-        corrected = readings.ts - offsets[readings.devices]
-        order = np.lexsort((readings.rows, self._table.join_rank[readings.rows], corrected))
-        for index in order.tolist():
+        names, received = self._devices.names, readings.received.tolist()
+        offsets = [
+            self._devices.offset_when(names[code], got)
+            for code, got in zip(readings.devices.tolist(), received, strict=True)
+        ]
+        rank = self._table.join_rank[readings.rows]
+        order = join_order(readings.rows, readings.ts, readings.devices, offsets, rank)
+        for index in order:
             row = int(readings.rows[index])
             self.judge_channel(row, readings.take(np.array([index])), out)
 
@@ -149,7 +163,7 @@ class Judge:
             if prev_ts < 0 or value != prev_value:
                 run_start = ts
             device = self._devices.names[code]
-            offset = self._devices.offset_ms(device)
+            offset = self._devices.offset_when(device, got)
             # how long after it was taken the stream got it, both on the stream's clock
             late = got - (ts - offset) > silence_ms
             sample = Sample(ts, value, prev_ts, prev_value, run_start, device, late)
@@ -296,23 +310,38 @@ class Judge:
         """Every timed rule's timers. A rule on a channel runs on the device's clock, estimated
         from its last sample and how long ago the stream heard from it, less the allowed
         lateness (a sample in time may still arrive within it)."""
+        if not self._timed:
+            return
         table = self._table
         now = table.now
-        for bound in self._timed:
-            machine = bound.machine
-            row = bound.compiled.home_row
-            if row is None:
+        rows = self._timed_rows
+        on_row = np.maximum(rows, 0)  # rules on the stream's clock read row 0, unused
+        heard = table.last_received[on_row]
+        last = table.last_ts[on_row]
+        device_now = np.where((heard >= 0) & (last >= 0), last + (now - heard), now)
+        device_now -= table.lateness_ms[on_row]
+        names = self._devices.names
+        busy = table.busy
+        for machine, row, clock, code, held, was_busy in zip(
+            self._timed_machines,
+            rows.tolist(),
+            device_now.tolist(),
+            table.last_device[on_row].tolist(),
+            holding[on_row].tolist(),
+            busy[on_row].tolist(),
+            strict=True,
+        ):
+            if row < 0:
                 for change in machine.on_timer(now, now, "unknown", False):
                     self.record(change, out)
                 continue
-            heard = int(table.last_received[row])
-            last = int(table.last_ts[row])
-            device_now = last + (now - heard) if heard >= 0 and last >= 0 else now
-            device_now -= int(table.lateness_ms[row])
-            device = self._devices.names[int(table.last_device[row])]
-            for change in machine.on_timer(now, device_now, device, bool(holding[row])):
+            changes = machine.on_timer(now, clock, names[code], held)
+            if not changes:
+                continue  # most ticks: nothing due, and a silent timer engages nothing
+            for change in changes:
                 self.record(change, out)
-            table.busy[row] = table.busy[row] or machine.engaged
+            if not was_busy and machine.engaged:
+                busy[row] = True
 
     # ---------------------------------------------------------------- open deviations
 

@@ -18,6 +18,10 @@ How to add a rule kind
    stage=..., timers=...)``.
 4. Its tests: a scenario test written like the regulation it checks, and the registry test
    that a plan with the kind compiles to the machine.
+A machine whose deviations carry a new ``kind`` (e.g. ``receipt_temperature``) also needs that
+name in the published record's ``DeviationKind`` (``milkguard/contract/records.py`` and
+``records-v1.schema.json``): the stream refuses to sign and publish a record the contract does
+not know.
 The engine, its screen and its snapshots need no change: a machine says its quiet band (or
 stays engaged while any sample could move it), and its state goes into the snapshot by rule id.
 Late readings re-judge a kind whose machine also has ``fresh(derived)`` (a machine of the same
@@ -71,7 +75,11 @@ class RuleMachine(Protocol):
         """Fire what is due with no sample to decide it: ``now`` is the stream's clock,
         ``device_now`` the estimate of the clock of the device reporting the rule's channel
         (less its allowed lateness), ``holding`` whether that channel still holds readings not
-        judged yet (the rule's kind has ``timers``)."""
+        judged yet (the rule's kind has ``timers``).
+
+        Called on every advance, so a tick with nothing due must cost next to nothing; and a
+        tick that returns no change must not make the machine ``engaged`` (the engine looks at
+        engagement only after a timer that said something)."""
         ...
 
     def quiet_band(self) -> QuietBand:
@@ -99,6 +107,11 @@ class Compiled:
     assets: tuple[tuple[str, str], ...] = ()
     #: read several channels merged in time order (they are then never screened)
     joined: bool = False
+    #: of a joined rule, the roles judged first among samples of the same time (e.g. a
+    #: valve's state, so a temperature is judged with the flow direction of that instant)
+    first_roles: tuple[str, ...] = ()
+    #: the roles at whose samples its derived values (holding times, F0s) are computed
+    derived_at: tuple[str, ...] = ()
     #: the row whose device clock its timers run on (None: the stream's clock)
     home_row: int | None = None
     #: one machine per key: a later rule of the same key replaces the earlier one

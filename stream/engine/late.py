@@ -54,7 +54,7 @@ judged and the deviation intervals, so a restart judges a backlog exactly as wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -62,6 +62,7 @@ import numpy as np
 import numpy.typing as npt
 from msgspec.structs import replace
 
+from stream.engine.clocks import join_order
 from stream.engine.columns import EMPTY_COLUMNS, I64, Columns, HeldColumns, ranges
 from stream.engine.deviation import Deviation, DeviationChange
 from stream.engine.devices import Devices
@@ -281,7 +282,8 @@ class LateJudge:
             at = np.isin(merged.rows, list(reads.values()))
             if is_late[at].any():
                 self._rejudge(machine, copy, reads, merged.take(at), is_late=is_late[at], out=out)
-                self._keep_derived(computed, reads, merged.take(at & is_late))
+                derived_at = [reads[r] for r in bound_rule.compiled.derived_at if r in reads]
+                self._keep_derived(computed, derived_at, merged.take(at & is_late))
         counters.late_unrejudged += int(unrejudged[late.rows].sum())
         self._releases.append(late)
         self._in_order.append(True)
@@ -314,10 +316,15 @@ class LateJudge:
         until it is past the last late one (and one more sample of each channel) and not
         engaged; then :meth:`_settle` each of its checks."""
         table, devices = self._table, self._devices
-        offsets = devices.offsets()
-        corrected = merged.ts - offsets[merged.devices]
-        order = np.lexsort((merged.rows, table.join_rank[merged.rows], corrected))
-        merged, is_late, corrected = merged.take(order), is_late[order], corrected[order]
+        # each reading with the offset it is judged with live, ordered as live (see Judge)
+        offsets = [
+            devices.offset_when(devices.names[code], got)
+            for code, got in zip(merged.devices.tolist(), merged.received.tolist(), strict=True)
+        ]
+        rank = table.join_rank[merged.rows]
+        order = np.array(join_order(merged.rows, merged.ts, merged.devices, offsets, rank))
+        corrected = (merged.ts - np.array(offsets, dtype=np.int64))[order]
+        merged, is_late = merged.take(order), is_late[order]
         checks = _checks(live)
         lookback = max(max(c.spec.sustained_ms, c.spec.flat_ms) for c in checks)
         late_at = np.flatnonzero(is_late)
@@ -342,6 +349,7 @@ class LateJudge:
         stamps: list[int] = merged.ts.tolist()
         values: list[float] = merged.values.tolist()
         codes: list[int] = merged.devices.tolist()
+        received: list[int] = merged.received.tolist()
         lates: list[bool] = is_late.tolist()
         found: dict[str, list[DeviationChange]] = {c.spec.rule_id: [] for c in checks}
         to_the_end = True
@@ -352,13 +360,16 @@ class LateJudge:
             row, ts, value = rows[i], stamps[i], values[i]
             last = prev.get(row, (-1, 0.0, -1))
             run_start = last[2] if last[0] >= 0 and value == last[1] else ts
-            sample = self._sample(row, ts, value, last, codes[i], late=lates[i])
+            sample = self._sample(
+                row, ts, value, last, codes[i], received=received[i], late=lates[i]
+            )
             sample.run_start = run_start
             for role in roles[row]:
                 for change in copy.on_sample(role, sample):
                     found[change.deviation.rule_id].append(change)
             prev[row] = (ts, value, run_start)
-        first = int(merged.ts[first_late])
+        # on each clock a deviation may be stamped on: its device's, or the stream's (joined)
+        first = {"device": int(merged.ts[first_late]), "stream": int(corrected[first_late])}
         for check, fresh_check in zip(checks, _checks(copy), strict=True):
             changes = found[check.spec.rule_id]
             self._settle(
@@ -375,22 +386,23 @@ class LateJudge:
         prev: tuple[int, float, int],
         code: int,
         *,
+        received: int,
         late: bool,
     ) -> Sample:
         devices = self._devices
         device = devices.names[code] if code < len(devices.names) else "unknown"
         sample = Sample(ts, value, prev[0], prev[1], prev[2], device, late)
-        sample.offset_ms = devices.offset_ms(device)
+        sample.offset_ms = devices.offset_when(device, received)
         asset = self._table.asset_of_row[row]
         if asset.cleaning:
             sample.cleaning_since = asset.cleaning_since(ts)
             sample.prev_cleaning = prev[0] >= 0 and asset.cleaning_since(prev[0]) >= 0
         return sample
 
-    def _keep_derived(self, computed: list[Derived], reads: dict[str, int], late: Columns) -> None:
+    def _keep_derived(self, computed: list[Derived], sources: list[int], late: Columns) -> None:
         """Holding times and F0s the copy computed at the late readings of the channels they
-        come from (flow, outlet): new, for the store; the others are kept already."""
-        sources = [row for role, row in reads.items() if role in {"flow", "outlet"}]
+        come from (``sources``, the rule's ``derived_at``): new, for the store; the others are
+        kept already."""
         stamps = set(late.ts[np.isin(late.rows, sources)].tolist())
         self._derived.extend(d for d in computed if d.ts in stamps)
 
@@ -400,7 +412,7 @@ class LateJudge:
         copy: _Check,
         changes: list[DeviationChange],
         *,
-        first_late: int,
+        first_late: Mapping[str, int],
         to_the_end: bool,
         out: list[DeviationChange],
     ) -> None:
@@ -438,7 +450,7 @@ class LateJudge:
         key: str,
         live: _Check,
         pair: list[DeviationChange],
-        first_late: int,
+        first_late: Mapping[str, int],
         out: list[DeviationChange],
     ) -> bool:
         """Publish one deviation the copy found (opened, and closed if it was), or the part of
@@ -446,7 +458,7 @@ class LateJudge:
         opened, final = pair[0].deviation, pair[-1].deviation
         start = opened.start_ms
         end = final.end_ms if final.end_ms is not None else _OPEN
-        if end < first_late:
+        if end < first_late[opened.time_base]:
             return False  # found without the late readings
         said_from = self._said_from(key, live, start, end)
         if said_from is not None:

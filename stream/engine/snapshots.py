@@ -60,6 +60,7 @@ class _Snapshot(msgspec.Struct):
     heard_after: int = -1  # older snapshots lack it: a fresh run's
     rules: dict[str, dict[str, Any]] = {}  # kinds registered since the first format, by rule id
     late: LateState | None = None  # older snapshots lack it
+    clock_estimates: dict[str, list[tuple[int, int]]] = {}  # older snapshots lack it
 
 
 class EngineParts(NamedTuple):
@@ -144,6 +145,7 @@ def encode(parts: EngineParts) -> bytes:
         },
         rules=rules,
         late=parts.late.state(),
+        clock_estimates={d: c.estimates for d, c in devices.clocks.items() if c.estimates},
     )
     return msgspec.msgpack.encode(state)
 
@@ -195,6 +197,7 @@ def restore(parts: EngineParts, state: _Snapshot) -> None:
         clock = devices.clocks[device] = DeviceClock(serves_ccp=serves_ccp)
         clock.differences.extend(differences)
         clock.synced = state.clock_reports.get(device)
+        clock.restore_estimates(state.clock_estimates.get(device, ()))
     for device, (site, saved_sync) in state.time_sync.items():
         devices.time_sync_of(site, device).restore(with_deviation(saved_sync))
     for name, saved_asset in state.assets.items():

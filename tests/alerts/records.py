@@ -21,7 +21,8 @@ DEV1 = dev(1)
 
 
 def change(kind: str, deviation_id: str = DEV1, severity: str = "critical") -> dict[str, Any]:
-    """A change of an HTST temperature deviation at plant-01, as deviations.jsonl has it."""
+    """A change of an HTST temperature deviation at plant-01, as deviations.jsonl has it (on the
+    stream's clock, as every joined rule's: the gateway's clock is 40 ms ahead)."""
     return {
         "change": kind,
         "id": deviation_id,
@@ -46,8 +47,19 @@ def change(kind: str, deviation_id: str = DEV1, severity: str = "critical") -> d
         "time_beyond_s": 0.0,
         "degree_minutes": 0.0,
         "detected_late": False,
-        "clock_offset_ms": 0,
+        "clock_offset_ms": 40,
         "clock_synced": None,
+        "time_base": "stream",
+        "clocks": [
+            {
+                "device": "plant-01-gw",
+                "offset_ms": 40,
+                "raw_start": "2026-11-22T10:00:00.040Z",
+                "raw_detected": "2026-11-22T10:00:00.040Z",
+                "raw_end": None if kind == "opened" else "2026-11-22T10:00:05.040Z",
+            }
+        ],
+        "causes": [],
     }
 
 

@@ -4,6 +4,7 @@ the published public key can check it; a changed report or another key is caught
 from __future__ import annotations
 
 import base64
+import html
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from alerts.audit import AuditTrail
+from alerts.delivery import compose
+from alerts.lifecycle import Alert, Audience, Notice, State
 from alerts.reports import compliance, issue, verify_file
 from alerts.signing import Signer, Verifier
 from milkguard.errors import ConfigError
 from milkguard_cli import main
+from tests.alerts.records import change
 
 DEVIATION = {
     "change": "opened",
@@ -265,3 +269,57 @@ def test_the_trails_signed_head_does_not_pass_for_a_report(
 
     assert main(["alerts", "verify", str(crafted), "--public-key", str(public)]) == 1
     assert "not a deviation report" in capsys.readouterr().out
+
+
+def test_a_report_says_which_clock_its_times_are_on(tmp_path: Path) -> None:
+    """A joined deviation's times are on the stream's clock: the report gives each gateway's
+    own times and offset beside them; a record written before the field is on device time."""
+    path, _, trail = issued(
+        tmp_path / "joined", datetime(2026, 11, 22, 12, 0, tzinfo=UTC), change("closed")
+    )
+    joined = html.unescape(path.with_suffix(".html").read_text())
+    old, _, old_trail = issued(tmp_path / "old", datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    trail.close()
+    old_trail.close()
+
+    assert (
+        "the stream's clock; on the devices' own clocks: plant-01-gw (offset +40 ms): start "
+        "2026-11-22T10:00:00.040Z, detected 2026-11-22T10:00:00.040Z, end "
+        "2026-11-22T10:00:05.040Z" in joined
+    )
+    old_page = html.unescape(old.with_suffix(".html").read_text())
+    assert "device plant-01-gw's own clock (offset +0 ms to the stream's)" in old_page
+
+
+def test_a_time_sync_alert_names_its_causes() -> None:
+    """A CCP gateway's clock in doubt: the alert says why, offset, own report or both."""
+    record = {
+        **change("opened"),
+        "kind": "time_sync",
+        "asset": "plant-01-gw",
+        "channels": ["clock"],
+        "time_base": "stream",
+        "clocks": [],
+        "causes": ["offset_beyond_tolerance", "gateway_unsynchronised"],
+    }
+    alert = Alert(
+        id="plant-01/plant-01-gw/time-sync.plant-01-gw",
+        site="plant-01",
+        asset="plant-01-gw",
+        rule_id="time-sync.plant-01-gw",
+        severity="major",
+        state=State.RAISED,
+        level=0,
+        raised_ms=0,
+        due_ms=None,
+        acknowledged_by=None,
+        resolved_ms=None,
+        reopened=0,
+        deviations=[record["id"]],
+        deviation=record,
+    )
+
+    text = compose(Notice("raised", Audience.OPERATOR, alert)).text
+
+    assert "Cause: offset beyond tolerance and gateway unsynchronised" in text.splitlines()
+    assert "Times on the stream's clock" in text.splitlines()

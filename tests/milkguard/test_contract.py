@@ -265,11 +265,31 @@ def test_a_deviation_record_keeps_the_json_of_deviations_jsonl() -> None:
         ("site", "plant/+"),
         ("start", "yesterday"),
         ("clock_offset_ms", 2**60),
+        ("time_base", "gps"),
+        ("causes", ["leap_second"]),
+        ("clocks", [{"device": "gw-1", "offset_ms": 0, "raw_start": "yesterday"}]),
+        ("clocks", [{"device": "gw-1", "offset_ms": 0, "raw_begin": None}]),
     ],
 )
 def test_a_deviation_record_outside_the_contract_is_refused(field: str, value: object) -> None:
-    with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}`"):
+    with pytest.raises(msgspec.ValidationError, match=f"at `\\$.{field}[`[]"):
         msgspec.convert({**change("opened"), field: value}, DeviationRecord)
+
+
+def test_a_deviation_record_written_before_the_clock_fields_is_still_valid() -> None:
+    # time_base, clocks and causes came later with defaults: such a record was, and is, on the
+    # device's own clock, with no device times beside and no time-sync cause named
+    old = {
+        name: value
+        for name, value in change("opened").items()
+        if name not in ("time_base", "clocks", "causes")
+    }
+
+    record = msgspec.convert(old, DeviationRecord)
+
+    assert (record.time_base, record.clocks, record.causes) == ("device", [], [])
+    required = json.loads(RECORDS_SCHEMA_FILE.read_text())["$defs"]["DeviationRecord"]["required"]
+    assert {"time_base", "clocks", "causes"}.isdisjoint(required)
 
 
 @pytest.mark.parametrize("field", ["site", "gateway"])

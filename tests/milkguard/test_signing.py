@@ -30,18 +30,23 @@ from milkguard_cli import main
 from tests.alerts.records import change
 
 VECTORS = Path(__file__).parents[2] / "milkguard" / "contract" / "vectors"
-VECTOR = json.loads((VECTORS / "deviation-envelope.json").read_text(encoding="utf-8"))
+
+#: a record as first published, before the optional clock fields (time_base, clocks, causes)
+OLD = json.loads((VECTORS / "deviation-envelope.json").read_text(encoding="utf-8"))
+#: a record with them: an HTST deviation on the stream's clock, two gateways' own times
+VECTOR = json.loads((VECTORS / "deviation-envelope-stream-clock.json").read_text(encoding="utf-8"))
 
 
-def test_the_published_vectors_verify_with_standard_tools_alone() -> None:
-    envelope = dict(VECTOR["envelope"])
+@pytest.mark.parametrize("vector", [OLD, VECTOR], ids=["first-published", "stream-clock"])
+def test_the_published_vectors_verify_with_standard_tools_alone(vector: dict[str, Any]) -> None:
+    envelope = dict(vector["envelope"])
     signature = base64.b64decode(envelope.pop("signature"))
-    public = serialization.load_pem_public_key(VECTOR["public_key_pem"].encode())
+    public = serialization.load_pem_public_key(vector["public_key_pem"].encode())
     assert isinstance(public, ed25519.Ed25519PublicKey)
 
-    assert rfc8785.dumps(envelope).hex() == VECTOR["canonical_hex"]
-    public.verify(signature, bytes.fromhex(VECTOR["canonical_hex"]))  # raises if not valid
-    assert base64.b64encode(signature).decode() == VECTOR["signature_base64"]
+    assert rfc8785.dumps(envelope).hex() == vector["canonical_hex"]
+    public.verify(signature, bytes.fromhex(vector["canonical_hex"]))  # raises if not valid
+    assert base64.b64encode(signature).decode() == vector["signature_base64"]
 
 
 def test_our_signer_produces_the_published_vectors() -> None:
@@ -52,6 +57,23 @@ def test_our_signer_produces_the_published_vectors() -> None:
     assert signer.key_id == VECTOR["key_id"]
     assert signer.public_pem() == VECTOR["public_key_pem"]
     assert json.loads(seal(record, signer)) == VECTOR["envelope"]
+    assert record.time_base == "stream"
+    assert [(c.device, c.offset_ms) for c in record.clocks] == [
+        ("htst-temp-gw", 4000),
+        ("htst-valve-gw", 0),
+    ]
+
+
+def test_a_record_signed_before_the_clock_fields_still_verifies_and_means_device_time() -> None:
+    # the signature is checked over what was sent, then the record typed: the fields added
+    # since take their defaults, and say what such a record always meant
+    verifier = Verifier([OLD["public_key_pem"].encode()])
+    payload = json.dumps(OLD["envelope"]).encode()
+
+    record = unseal(payload, verifier).record
+
+    assert (record.time_base, record.clocks, record.causes) == ("device", [], [])
+    assert record.clock_offset_ms == -38
 
 
 def test_canonical_json_follows_rfc_8785_for_numbers_keys_and_text() -> None:

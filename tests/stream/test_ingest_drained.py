@@ -7,8 +7,12 @@ dead-letter the same things, count the same, and reach the same verdicts. The on
 the engine's semantics allow: a reading that message by message would have arrived after its
 channel released a later one (late: stored, not judged) may be judged in order when both came in
 one drained queue. So a batch run has at most as many late readings, and every reading is stored
-and either judged or counted late in both. A deviation records the device clock's offset as
-estimated when it was judged; a drained queue is judged after all its batches moved the estimate.
+and either judged or counted late in both. Whether a gap was opened by the timer or seen only at
+its next sample depends on when the stream advanced, which can change whether it was detected
+late. The device
+clock's offset a reading is judged with (recorded in its deviation, and correcting a joined
+rule's times) is the estimate in force when its batch came, however many later batches the queue
+held when it was judged.
 """
 
 from __future__ import annotations
@@ -56,16 +60,11 @@ class Run:
         return self.ingest.engine.counters
 
     def changes(self) -> Counter[bytes]:
-        """The deviation changes, less what depends on the device clock's offset as estimated
-        when they were judged (it moves with every batch of the device): the offset each
-        records, and whether it was detected late (received later than its silence limit after
-        it was taken, on the stream's clock)."""
+        """The deviation changes, less whether they were detected late (a gap's depends on
+        whether the timer or its next sample found it)."""
         return _encoded(
             msgspec.structs.replace(
-                change,
-                deviation=msgspec.structs.replace(
-                    change.deviation, clock_offset_ms=0, detected_late=False
-                ),
+                change, deviation=msgspec.structs.replace(change.deviation, detected_late=False)
             )
             for change in self.deviations.changes
         )

@@ -6,7 +6,9 @@ The example plant plan (``stream/plans/example-us-plant.yaml``) has a rule of ev
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -36,6 +38,7 @@ from stream.plan import (
 from stream.settings import demo_plan_path
 
 EXAMPLE_PLANT = "stream/plans/example-us-plant.yaml"
+ENGINE = Path(__file__).resolve().parents[3] / "stream" / "engine"
 
 #: each kind and the machine a rule of it must compile to
 EXPECTED = {
@@ -122,3 +125,61 @@ def test_a_kind_nobody_registered_is_refused_by_name(
 
     with pytest.raises(TypeError, match=r"kind 'storage_age'.*stream/engine/registry.py"):
         compile_plan(plant, PlanContext(plant, {}, []))
+
+
+def _kind_modules() -> set[str]:
+    """The engine modules that hold a rule kind's compiler (and most often its machine)."""
+    return {kind.compile.__module__ for kind in RULE_KINDS.values()}
+
+
+def _engine_parts() -> dict[str, ast.Module]:
+    """The engine's own parts, which drive every machine through the contract: every module of
+    stream/engine but the registry and the kinds' modules."""
+    parts = {}
+    for path in sorted(ENGINE.glob("*.py")):
+        name = f"stream.engine.{path.stem}"
+        if name in _kind_modules() or name == "stream.engine.registry":
+            continue
+        parts[name] = ast.parse(path.read_text(), str(path))
+    return parts
+
+
+def test_the_engine_parts_import_no_rule_kind_module() -> None:
+    """A rule kind is one module and one registry line: the engine's parts reach kinds only
+    through the registry, so no part imports a kind's module (a part that did would need
+    editing, or would break, when a kind is added, moved or removed)."""
+    kinds = _kind_modules()
+    found = []
+    for name, tree in _engine_parts().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in kinds:
+                found.append(f"{name} imports {node.module}")
+            elif isinstance(node, ast.Import):
+                found.extend(f"{name} imports {a.name}" for a in node.names if a.name in kinds)
+    assert found == []
+
+
+def test_the_engine_parts_name_no_role_of_a_rule(plant: LoadedPlan) -> None:
+    """Which channel of a joined rule comes first at equal times (the flow-diversion valve,
+    so a temperature is judged with the flow direction of that instant) is the rule's to say
+    (``Compiled.first_roles``): no part of the engine names a role of any rule."""
+    bound, _ = _compiled(plant)
+    roles = {role for b in bound.values() for role in b.compiled.reads if role}
+    assert "flow_diversion" in roles
+    found = [
+        f"{name} names {node.value!r}"
+        for name, tree in _engine_parts().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in roles
+    ]
+    assert found == []
+
+
+def test_the_valve_is_judged_first_at_equal_times(plant: LoadedPlan) -> None:
+    """A pasteurizer's temperature is judged with the flow-diversion device's position at that
+    instant (PMO Appendix H, HTST controls): its rule ranks the valve first among samples of
+    the same time, and the compiled table keeps that rank."""
+    compiled = compile_plan(plant, PlanContext(plant, {}, []))
+    htst = next(b for b in compiled.rules if isinstance(b.machine, HtstMachine))
+    rank = {role: int(compiled.table.join_rank[row]) for role, row in htst.compiled.reads.items()}
+    assert rank["flow_diversion"] < min(r for role, r in rank.items() if role != "flow_diversion")

@@ -66,11 +66,12 @@ def test_a_snapshot_of_the_first_format_without_rules_by_id_restores(
     demo_plan: LoadedPlan,
 ) -> None:
     """Snapshots written before rule kinds were registered have no ``rules`` field (the
-    states of kinds added since, by rule id): they restore, and carry on as they were."""
+    states of kinds added since, by rule id), nor the device clocks' estimates in force since
+    each batch (``clock_estimates``): they restore, and carry on as they were."""
     state = _saved(demo_plan)
-    del state["rules"]
+    del state["rules"], state["clock_estimates"]
 
     again = Engine.restore(demo_plan, msgspec.msgpack.encode(state))
 
     # as decoded: the fields added since (e.g. ``late``) come after ``rules`` when encoded
-    assert msgspec.msgpack.decode(again.snapshot()) == {**state, "rules": {}}
+    assert msgspec.msgpack.decode(again.snapshot()) == {**state, "rules": {}, "clock_estimates": {}}

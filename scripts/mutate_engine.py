@@ -163,7 +163,7 @@ def run(mutation: Mutation) -> tuple[bool, str]:
     finally:
         path.write_text(source)
     # the last one is the shrunk example's (hypothesis reports the examples it tried first)
-    gist = [line for line in result.stdout.splitlines() if "AssertionError" in line]
+    gist = [line for line in result.stdout.splitlines() if "AssertionError: " in line]
     return result.returncode != 0, (gist[-1].strip()[:400] if gist else result.stdout[-300:])
 
 

@@ -107,8 +107,8 @@ MUTATIONS = [
     Mutation(
         "late-hidden",
         "a breach found in late readings is not published",
-        "        if end < first_late:\n            return False  # found without the late readings",
-        "        if end < first_late or True:\n            return False  # found without the late",
+        "if end < first_late[opened.time_base]:",
+        "if end < first_late[opened.time_base] or True:",
         LATE,
     ),
     Mutation(

@@ -238,6 +238,10 @@ class Judge:
                 self._table.last_device[holding], self._table.now
             )
             due[holding] = ahead
+            if not ahead.all():
+                # they may be judged and still be silent (their channel's readings wait for
+                # another's): look again at the next advance
+                self._table.next_silence = min(self._table.next_silence, self._table.now)
             if not due.any():
                 return
         # the deviation starts in the device's time, at its last sample (see SilenceMachine)

@@ -198,21 +198,32 @@ class TransportMachine:
             return False
         return self.delivered_at is None or self._last_seen < self.delivered_at
 
-    def pickup(self, ts: int) -> None:
-        """A pickup into the compartment: the first one starts the load's trip."""
+    def pickup(self, ts: int) -> list[DeviationChange]:
+        """A pickup into the compartment: the first one starts the load's trip. A load delivered
+        whose samples have not all come yet has its exposure verdict ended first, at its
+        delivery (the new load is another trip)."""
+        changes: list[DeviationChange] = []
         if self.loaded_since is None or self.delivered_at is not None:
+            if self.delivered_at is not None:
+                changes = self._end_trip()
             self.loaded_since = ts
             self.delivered_at = None
             self.exposure_ms = 0.0
             self._last_ts, self._last_excess = None, 0.0
+        return changes
 
     def delivery(self, ts: int) -> list[DeviationChange]:
         """The load arrived: its trip ends at ``ts``. Samples still to be judged from before it
-        count to its exposure; the exposure verdict ends once they have (see ``observe``)."""
+        count to its exposure; the exposure verdict ends once they have (see ``observe``).
+
+        A load delivered after its allowed transit time was too long on the road, whether or
+        not the timer saw the limit pass first (the stream's clock may not have reached it
+        between the two events)."""
         if self.loaded_since is None:
             return []
+        changes = [c for c in (self.fire_due(ts),) if c is not None]
         self.delivered_at = ts
-        changes = [c for c in (self.transit.end_at(ts),) if c is not None]
+        changes.extend(c for c in (self.transit.end_at(ts),) if c is not None)
         if not self.engaged:
             changes.extend(self._end_trip())
         return changes
@@ -293,8 +304,8 @@ class TransportMachine:
         """A pickup into the compartment starts the trip; a delivery ends it."""
         home = (self.transit.spec.site, self.transit.spec.asset)
         if isinstance(event, Pickup) and (site, event.compartment) == home:
-            self.pickup(event.ts)
-        elif isinstance(event, Delivery) and (site, event.compartment) == home:
+            return self.pickup(event.ts)
+        if isinstance(event, Delivery) and (site, event.compartment) == home:
             return self.delivery(event.ts)
         return ()
 

@@ -185,3 +185,20 @@ def test_holding_time_is_tube_volume_over_k_times_flow() -> None:
 
     assert fastest_particle_hold_s(rule, 10_000) == pytest.approx(volume_l / (1.25 * 10_000 / 3600))
     assert fastest_particle_hold_s(rule, 0) == float("inf")
+
+
+def test_a_silent_recorder_whose_last_reading_waited_is_monitoring_lost_when_due() -> None:
+    """PMO: the recording thermometer's chart is a required record. Its channel is judged
+    together with the indicating thermometer's, so its last reading waits while the indicating
+    gateway's backlog (10 s behind) comes in; once judged, its silence since is still
+    "monitoring lost", raised as soon as it is due, not whenever another channel next falls
+    silent."""
+    line = Scenario(PLAN.replace("allowed_lateness_s: 0", "allowed_lateness_s: 2"))
+    line.engine.submit("plant-01", "recorder-gw", [sample(0, "recorder_temp", 73.0)], at(0))
+    line.engine.advance(at(0), line.changes)
+    for second in range(0, 4):  # the indicating thermometer's gateway, 10 s behind
+        line.send("plant-01", [sample(second, "hold_temp", 75.0)], received=at(second + 10))
+
+    # at 13 s: silent since its reading at 0 s, past its 3 s limit and the 2 s allowed lateness
+    lost = [c.kind for c in line.of("monitoring_lost") if c.deviation.channels == ["recorder_temp"]]
+    assert lost == ["opened"]

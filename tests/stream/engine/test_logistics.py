@@ -149,3 +149,31 @@ def test_ages_and_trips_survive_a_restart(chain: Scenario) -> None:
 
     (opened,) = chain.of("transit_time")
     assert opened.deviation.start_ms == at(7 * HOUR)
+
+
+def test_a_delivery_and_the_next_pickup_in_one_batch_end_the_delivered_loads_exposure(
+    chain: Scenario,
+) -> None:
+    """Each load's exposure is its own trip's: a gateway that sends the delivery and the next
+    pickup together (after a link drop, before the stream saw the delivery) still gets the
+    delivered load's exposure ended at its delivery, not carried into the next load."""
+    truck(chain, pickup(0))
+    chain.samples("truck-07", "comp-1", "temp", "degC", [(m * 60, 8.0) for m in range(0, 41)])
+    truck(chain, delivery(1), pickup(1.5))
+    chain.idle_until(1.5 * HOUR)
+
+    opened, closed = chain.of("temperature_exposure")
+    assert (opened.deviation.start_ms, closed.deviation.end_ms) == (at(31 * 60), at(HOUR))
+
+
+def test_a_load_delivered_after_6_hours_is_a_transit_deviation_even_unseen_by_the_clock(
+    chain: Scenario,
+) -> None:
+    """The trip's limit is on the load, not on when the stream looked: a gateway that sends the
+    pickup and a delivery 7 h later together (the stream's clock never saw the 6 h pass) still
+    gets the transit deviation, from the limit to the delivery."""
+    truck(chain, pickup(0), delivery(7))
+    chain.idle_until(7 * HOUR)
+
+    opened, closed = chain.of("transit_time")
+    assert (opened.deviation.start_ms, closed.deviation.end_ms) == (at(6 * HOUR), at(7 * HOUR))

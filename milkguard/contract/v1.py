@@ -215,17 +215,103 @@ class ProductChange(_Event, tag="product_change", frozen=True):
     condensed: bool = False
 
 
+#: Arrival temperature of a load, in degC, within the plausible range of a temperature reading.
+ArrivalTemperature = Annotated[
+    float,
+    msgspec.Meta(
+        ge=PLAUSIBLE["degC"][0],
+        le=PLAUSIBLE["degC"][1],
+        description="degC, as measured at arrival.",
+    ),
+]
+
+
+class Draw(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Milk a run takes from one silo: the link from a lot back to the silos (and through their
+    receipts to the loads and farms) that lot genealogy and recall trace."""
+
+    silo: Id
+    volume_l: Volume | None = None
+
+
+#: The silos one run draws from; bounded so one event cannot make an unbounded amount of work.
+Draws = Annotated[
+    tuple[Draw, ...],
+    msgspec.Meta(max_length=32, description="At most 32 source silos, each named once."),
+]
+
+
+def _each_silo_once(sources: tuple[Draw, ...]) -> None:
+    """A run names each source silo once: two volumes for one silo would make a mass balance
+    ambiguous."""
+    seen: set[str] = set()
+    for draw in sources:
+        if draw.silo in seen:
+            raise ValueError(f"silo {draw.silo!r} is named twice in sources: name it once")
+        seen.add(draw.silo)
+
+
 class RunStart(_Event, tag="run_start", frozen=True):
-    """A production run started on a line."""
+    """A production run started on a line (``asset``).
+
+    ``sources``: the silos it draws from, with the volume planned from each where known.
+    Processing of a silo's milk begins when a run naming that silo starts."""
 
     run_id: Id
     lot: Id | None = None
+    sources: Draws = ()
+
+    def __post_init__(self) -> None:
+        _each_silo_once(self.sources)
 
 
 class RunEnd(_Event, tag="run_end", frozen=True):
-    """A production run ended on a line."""
+    """A production run ended on a line (``asset``).
+
+    ``sources``: the volume actually taken from each silo, where known; it replaces what the
+    run's start planned for the same silo (the mass balance of a lot uses these)."""
 
     run_id: Id
+    sources: Draws = ()
+
+    def __post_init__(self) -> None:
+        _each_silo_once(self.sources)
+
+
+class Receipt(_Event, tag="receipt", frozen=True):
+    """A plant received a load (``asset``: the receiving bay or intake line) into a silo.
+
+    ``load_id`` is the truck's load of its ``pickup`` and ``delivery`` events; ``truck`` the
+    vehicle's plate or id. The silo accepts the milk at ``ts``: acceptance windows count from
+    here."""
+
+    load_id: Id
+    destination: Id
+    volume_l: Volume
+    truck: Id | None = None
+    compartment: Id | None = None
+    temperature_c: ArrivalTemperature | None = None
+
+
+class SiloTransfer(_Event, tag="silo_transfer", frozen=True):
+    """Milk pumped from one silo (``asset``) into another (``destination``)."""
+
+    destination: Id
+    volume_l: Volume
+    transfer_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        if self.destination == self.asset:
+            raise ValueError(
+                f"silo transfer from {self.asset!r} into itself: destination must be another silo"
+            )
+
+
+class SiloEmptied(_Event, tag="silo_emptied", frozen=True):
+    """A silo (``asset``) was emptied: whatever milk was left in it is gone (processed by runs
+    already recorded, or discarded: ``reason`` says which)."""
+
+    reason: Note | None = None
 
 
 class CipStart(_Event, tag="cip_start", frozen=True):
@@ -248,6 +334,9 @@ Event = (
     | RunEnd
     | CipStart
     | CipEnd
+    | Receipt
+    | SiloTransfer
+    | SiloEmptied
 )
 
 EVENT_TYPES: Final = (
@@ -260,6 +349,9 @@ EVENT_TYPES: Final = (
     RunEnd,
     CipStart,
     CipEnd,
+    Receipt,
+    SiloTransfer,
+    SiloEmptied,
 )
 
 

@@ -15,7 +15,17 @@ from operator import attrgetter
 
 import numpy as np
 
-from milkguard.contract.v1 import CipEnd, CipStart, Delivery, Event, Pickup
+from milkguard.contract.v1 import (
+    CipEnd,
+    CipStart,
+    Delivery,
+    Event,
+    Pickup,
+    Receipt,
+    RunEnd,
+    RunStart,
+    SiloTransfer,
+)
 from stream.engine.clocks import join_order
 from stream.engine.columns import I64, NEVER, B, Columns
 from stream.engine.compile import BoundRule, CompiledPlan
@@ -262,11 +272,19 @@ class Judge:
         unknown = 0
         assets = self._assets
         for event in sorted(events, key=_EVENT_TS):
-            moves = isinstance(event, Pickup | Delivery)
+            places = event_places(site, event)
+            # an event that moves milk (a pickup, a receipt into a silo, a run drawing from
+            # silos) reaches every planned place it names, whether or not its reporter is
+            # planned: the truck or the receiving bay may have no rules of its own
+            moves = len(places) > 1 or isinstance(event, Delivery)
             if moves:
-                self._dispatch(site, event)
-            asset = event.compartment if isinstance(event, Pickup | Delivery) else event.asset
-            state = assets.get((site, asset)) or assets.get((site, event.asset))
+                self._dispatch(site, places, event)
+            if isinstance(event, Pickup | Delivery):
+                state = assets.get((site, event.compartment)) or assets.get((site, event.asset))
+            else:  # the reporter, else the last planned place it names (the silo)
+                state = assets.get((site, event.asset)) or next(
+                    (assets[place] for place in reversed(places) if place in assets), None
+                )
             if state is None:
                 unknown += 1
                 self.counters.unplanned_events += 1
@@ -279,19 +297,12 @@ class Judge:
             elif isinstance(event, CipEnd):
                 state.cleaning_ended(event.ts)
             elif not moves:
-                self._dispatch(site, event)
+                self._dispatch(site, places, event)
         return unknown
 
-    def _dispatch(self, site: str, event: Event) -> None:
-        """An event to the machines of the assets it concerns, in their judging order: a
-        pickup to the farm tank's first (they hand its oldest milk on), then the
-        compartment's."""
-        if isinstance(event, Pickup):
-            places = [(event.source_site, event.source_asset), (site, event.compartment)]
-        elif isinstance(event, Delivery):
-            places = [(site, event.compartment)]
-        else:
-            places = [(site, event.asset)]
+    def _dispatch(self, site: str, places: list[tuple[str, str]], event: Event) -> None:
+        """An event reported at ``site`` to the machines of the places it concerns
+        (:func:`event_places`), in that order."""
         handover = Handover()
         busy = self._table.busy
         for place in places:
@@ -360,3 +371,20 @@ class Judge:
             if bound.kind.snapshot != "machines" and bound.kind.stage >= late_stage:
                 found.extend(bound.machine.open_deviations)
         return found
+
+
+def event_places(site: str, event: Event) -> list[tuple[str, str]]:
+    """The (site, asset) places an event concerns, in the order their machines take it: where
+    milk comes from before where it goes, so a machine can hand the oldest milk on (a pickup:
+    the farm tank, then the compartment; a receipt: the receiving bay, then the silo; a
+    transfer: the silo drained, then the silo filled; a run: the line, then its source silos).
+    """
+    if isinstance(event, Pickup):
+        return [(event.source_site, event.source_asset), (site, event.compartment)]
+    if isinstance(event, Delivery):
+        return [(site, event.compartment)]
+    if isinstance(event, Receipt | SiloTransfer):
+        return [(site, event.asset), (site, event.destination)]
+    if isinstance(event, RunStart | RunEnd) and event.sources:
+        return [(site, event.asset), *((site, draw.silo) for draw in event.sources)]
+    return [(site, event.asset)]

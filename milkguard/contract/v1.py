@@ -251,6 +251,16 @@ def _each_silo_once(sources: tuple[Draw, ...]) -> None:
         seen.add(draw.silo)
 
 
+def _no_silo_is_the_line(line: str, sources: tuple[Draw, ...]) -> None:
+    """A run's line is not one of its own source silos: the trace from a lot back to its milk
+    would loop on itself."""
+    if any(draw.silo == line for draw in sources):
+        raise ValueError(
+            f"line {line!r} is named as one of its own sources: "
+            "sources name the silos it draws from"
+        )
+
+
 class RunStart(_Event, tag="run_start", frozen=True):
     """A production run started on a line (``asset``).
 
@@ -263,19 +273,26 @@ class RunStart(_Event, tag="run_start", frozen=True):
 
     def __post_init__(self) -> None:
         _each_silo_once(self.sources)
+        _no_silo_is_the_line(self.asset, self.sources)
 
 
 class RunEnd(_Event, tag="run_end", frozen=True):
     """A production run ended on a line (``asset``).
 
     ``sources``: the volume actually taken from each silo, where known; it replaces what the
-    run's start planned for the same silo (the mass balance of a lot uses these)."""
+    run's start planned for the same silo (the mass balance of a lot uses these).
+    ``lot``: the lot the run produced, where it is only known at the end (else the start's).
+    ``output_volume_l``: the product the run put out, the output side of the lot's mass balance
+    (what went in, the sources, against what came out)."""
 
     run_id: Id
     sources: Draws = ()
+    lot: Id | None = None
+    output_volume_l: Volume | None = None
 
     def __post_init__(self) -> None:
         _each_silo_once(self.sources)
+        _no_silo_is_the_line(self.asset, self.sources)
 
 
 class Receipt(_Event, tag="receipt", frozen=True):
@@ -291,6 +308,13 @@ class Receipt(_Event, tag="receipt", frozen=True):
     truck: Id | None = None
     compartment: Id | None = None
     temperature_c: ArrivalTemperature | None = None
+
+    def __post_init__(self) -> None:
+        if self.destination == self.asset:
+            raise ValueError(
+                f"receipt at {self.asset!r} into itself: destination must be the silo the load "
+                "went into, asset the receiving bay"
+            )
 
 
 class SiloTransfer(_Event, tag="silo_transfer", frozen=True):
@@ -309,9 +333,11 @@ class SiloTransfer(_Event, tag="silo_transfer", frozen=True):
 
 class SiloEmptied(_Event, tag="silo_emptied", frozen=True):
     """A silo (``asset``) was emptied: whatever milk was left in it is gone (processed by runs
-    already recorded, or discarded: ``reason`` says which)."""
+    already recorded, or discarded: ``reason`` says which). ``volume_l``: what was left in it
+    and went with the emptying, where known (a discarded heel is the loss in a mass balance)."""
 
     reason: Note | None = None
+    volume_l: Volume | None = None
 
 
 class CipStart(_Event, tag="cip_start", frozen=True):

@@ -158,6 +158,15 @@ class DeviationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         list[TimeSyncCause],
         msgspec.Meta(max_length=2, description="Time sync: why the clock is in doubt."),
     ] = []
+    # absent (not null) when unset, so a record signed before this field existed keeps its
+    # canonical JSON, and with it its signature
+    load_id: Annotated[
+        Id | msgspec.UnsetType,
+        msgspec.Meta(
+            description="Receipt check judged from a receipt event: the load it judged "
+            "(the event's load_id); absent on every other record."
+        ),
+    ] = msgspec.UNSET
 
 
 class SignedBy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

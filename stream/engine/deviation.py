@@ -84,6 +84,7 @@ class Deviation(msgspec.Struct):
     time_base: TimeBase = "device"  # the clock start, detected and end are on
     clocks: list[DeviceTime] = msgspec.field(default_factory=list)  # time_base "stream" only
     causes: list[TimeSyncCause] = msgspec.field(default_factory=list)  # time sync only
+    load_id: str | None = None  # a load judged from its receipt event: the load's id
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -150,6 +151,8 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "time_base": d.time_base,
         "clocks": [_device_time_to_json(t) for t in d.clocks],
         "causes": list(d.causes),
+        # only where a record names a load: every other line keeps the JSON it always had
+        **({} if d.load_id is None else {"load_id": d.load_id}),
     }
 
 

@@ -7,28 +7,34 @@ in :mod:`stream.engine.registry` with one line.
 
 What is judged, and why
 -----------------------
-The wire contract has no receipt event with a temperature. A ``delivery`` event names the truck,
-the compartment, the load and the destination site, but no temperature; it comes from the
-truck's gateway, on the truck's site, while the plant's receiving thermometer belongs to the
-plant's site, and no rule joins two sites (a plan split by site judges what the whole plan
-judges). So the check judges each reading of a declared receipt channel, e.g. the ``load_temp``
-of a ``receiving_bay`` asset: the temperature the plant took of one load at receipt, one reading
-per load, sent by the plant's gateway.
+A load's temperature at receipt reaches the check one of two ways, both from the plant's site
+(a ``delivery`` event comes from the truck's gateway, on the truck's site, and carries no
+temperature; no rule joins two sites):
 
-Each reading is judged on its own against ``max`` (PMO Section 7, Item 17p: raw milk maintained
-at 7 degC (45 degF) or less until processed) and the thermometer's accuracy (the channel's
-``tolerance``):
+- a reading of the rule's channel, e.g. the ``load_temp`` of a ``receiving_bay`` asset: one
+  reading per load, sent by the plant's gateway;
+- a ``receipt`` event whose ``asset`` is the rule's asset (the bay) and that carries
+  ``temperature_c``: the same thermometer's figure, reported with the load it belongs to. The
+  record then names the load (``load_id``) and its id is the load's, so two loads received at
+  the same millisecond are two records. A receipt without a temperature is not judged (the
+  plant took none, or reports it as a reading), nor is a receipt at another bay. A plant
+  reports a load's temperature one way: as a reading or in its receipt event, not both.
 
-- at or below ``max``: nothing (the engine's screen lets it pass without the machine);
+Each temperature is judged on its own against ``max`` (PMO Section 7, Item 17p: raw milk
+maintained at 7 degC (45 degF) or less until processed) and the thermometer's accuracy (the
+channel's ``tolerance``, which applies to the event's figure too: it is the bay's thermometer):
+
+- at or below ``max``: nothing (the engine's screen lets a reading pass without the machine);
 - above ``max`` by no more than the tolerance: a minor ``receipt_verification`` advisory with the
   action ``verify_thermometer``: the reading cannot tell a warm load from the instrument's error,
   so a calibrated thermometer decides;
 - beyond ``max`` + tolerance: a ``receipt_temperature`` deviation with the rule's severity and
   action (e.g. ``reject_load``).
 
-A load is judged once: its record opens and closes at its reading (start = end = the reading's
-time, peak = the reading), so two warm loads in a row are two records, each with its own id,
-and the machine holds nothing between readings.
+A load is judged once: its record opens and closes at its reading or receipt (start = end = its
+time, peak = its temperature), so two warm loads in a row are two records, each with its own id,
+and the machine holds nothing between loads. A receipt event during the bay's cleaning is judged
+all the same: it reports a load, not what the probe reads.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from milkguard.contract.v1 import Event
-from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
+from milkguard.contract.v1 import Event, Receipt
+from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange, deviation_id
 from stream.engine.kinds import Compiled, PlanContext
 from stream.engine.machines import Handover, Machine, QuietBand, RuleSpec, Sample
 from stream.plan import ReceiptCheck
@@ -56,6 +62,26 @@ class _LoadRecord(Machine):
         """The load's record, opened and closed at once."""
         opened = self._opened(sample.ts, sample, sample.value, limit)
         return [opened, self._closed(sample.ts, sample.late)]
+
+    def record_load(
+        self, receipt: Receipt, sample: Sample, limit: AppliedLimit
+    ) -> list[DeviationChange]:
+        """The record of a load judged from its receipt event, naming the load; its id is the
+        load's (and compartment's), not only the bay's and the time's."""
+        changes = self.record(sample, limit)
+        spec = self.spec
+        load = (
+            receipt.load_id
+            if receipt.compartment is None
+            else f"{receipt.load_id}/{receipt.compartment}"
+        )
+        record_id = deviation_id(
+            spec.plan_version, spec.rule_id, spec.site, f"{spec.asset}/load/{load}", sample.ts
+        )
+        for change in changes:  # the opened change holds a copy of the record it closes
+            change.deviation.id = record_id
+            change.deviation.load_id = receipt.load_id
+        return changes
 
 
 class ReceiptMachine:
@@ -121,8 +147,23 @@ class ReceiptMachine:
         return self.rejection.record(sample, self._beyond)
 
     def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
-        """No events: the contract's deliveries carry no temperature (see the module's text)."""
-        return ()
+        """A receipt at the rule's bay with the load's temperature: judged as its reading
+        would be, the record naming the load (see the module's text)."""
+        spec = self.rejection.spec
+        if (
+            not isinstance(event, Receipt)
+            or event.temperature_c is None
+            or (site, event.asset) != (spec.site, spec.asset)
+        ):
+            return ()
+        value = event.temperature_c
+        if not value > self.rule.max:
+            return ()
+        # the event has no device of its own: the record names the bay that reported it
+        sample = Sample(event.ts, value, -1, value, event.ts, event.asset, late=False)
+        if value <= self._within:
+            return self.verification.record_load(event, sample, self._verify)
+        return self.rejection.record_load(event, sample, self._beyond)
 
     def on_timer(
         self, now: int, device_now: int, device: str, holding: bool
@@ -139,10 +180,17 @@ class ReceiptMachine:
 
 
 def compile_receipt(rule: ReceiptCheck, context: PlanContext) -> Compiled:
-    """A receipt check on one channel, with the tolerance the plan declares for its thermometer."""
+    """A receipt check on one channel and the bay's receipt events, with the tolerance the
+    plan declares for its thermometer."""
     unit = context.unit(rule.asset, rule.channel)
     tolerance = context.loaded.plan.assets[rule.asset].channels[rule.channel].tolerance
     base = context.rule_spec(rule, channel=rule.channel, unit=unit)
     # a thermometer whose accuracy the plan does not state gets no benefit of the doubt
     machine = ReceiptMachine(rule, base, tolerance or 0.0)
-    return Compiled(rule.id, machine, reads={"": context.row_of[(rule.asset, rule.channel)]})
+    return Compiled(
+        rule.id,
+        machine,
+        reads={"": context.row_of[(rule.asset, rule.channel)]},
+        # the bay's receipt events, which carry each load's temperature as well
+        assets=(context.where(rule.asset),),
+    )

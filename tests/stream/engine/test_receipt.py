@@ -14,10 +14,10 @@ import math
 import pytest
 
 from milkguard.contract.records import DeviationKind
-from milkguard.contract.v1 import CipStart, Reading
+from milkguard.contract.v1 import CipStart, Reading, Receipt
 from stream.engine import DeviationChange, Engine
 from stream.engine.compile import compile_plan
-from stream.engine.deviation import deviation_record
+from stream.engine.deviation import deviation_record, deviation_to_json
 from stream.engine.kinds import PlanContext
 from stream.engine.machines import QuietBand, Sample
 from stream.engine.receipt import ReceiptMachine
@@ -197,6 +197,140 @@ def test_a_restarted_stream_judges_the_next_load_as_before() -> None:
     again.flush(out)
 
     assert [(c.kind, c.deviation.kind) for c in out] == [
+        ("opened", "receipt_temperature"),
+        ("closed", "receipt_temperature"),
+    ]
+
+
+def receipt(seconds: float, load_id: str, temp_c: float | None, **fields: str) -> Receipt:
+    """A load received at bay-1 into silo-1, its temperature as the bay's thermometer took it."""
+    values = {"asset": "bay-1", "destination": "silo-1", **fields}
+    return Receipt(
+        ts=at(seconds),
+        load_id=load_id,
+        volume_l=24_000.0,
+        temperature_c=temp_c,
+        truck="AB-123-CD",
+        **values,
+    )
+
+
+def received(*receipts: Receipt, site: str = "plant-01") -> Scenario:
+    """The us-pmo receipt check fed the plant gateway's receipt events, then the end of input."""
+    bay = Scenario(PLAN)
+    bay.engine.submit_events(site, list(receipts))
+    bay.engine.advance(max(r.ts for r in receipts), bay.changes)
+    bay.finish()
+    return bay
+
+
+def test_a_receipt_event_is_judged_as_its_load_at_the_bay() -> None:
+    """PMO Item 17p, each load at receipt: receipts at 6.5, 7.4 and 8 degC at the bay give
+    nothing, a minor advisory to verify the thermometer, and a rejection of the load; each
+    record is the load's (start = end = the receipt's time, peak = its temperature) and names
+    the load."""
+    bay = received(
+        receipt(0, "L-1", 6.5),
+        receipt(900, "L-2", 7.4),
+        receipt(1800, "L-3", 8.0),
+    )
+
+    verdicts = [
+        (
+            c.kind,
+            c.deviation.kind,
+            c.deviation.severity,
+            c.deviation.action,
+            c.deviation.peak,
+            c.deviation.load_id,
+            c.deviation.start_ms,
+            c.deviation.end_ms,
+        )
+        for c in bay.changes
+    ]
+    assert verdicts == [
+        (
+            "opened",
+            "receipt_verification",
+            "minor",
+            "verify_thermometer",
+            7.4,
+            "L-2",
+            at(900),
+            None,
+        ),
+        (
+            "closed",
+            "receipt_verification",
+            "minor",
+            "verify_thermometer",
+            7.4,
+            "L-2",
+            at(900),
+            at(900),
+        ),
+        ("opened", "receipt_temperature", "major", "reject_load", 8.0, "L-3", at(1800), None),
+        ("closed", "receipt_temperature", "major", "reject_load", 8.0, "L-3", at(1800), at(1800)),
+    ]
+    rejection = bay.changes[2].deviation
+    assert (rejection.rule_id, rejection.site, rejection.asset) == (
+        "us-pmo.bay-1.receipt-max",
+        "plant-01",
+        "bay-1",
+    )
+    assert rejection.channels == ["load_temp"]
+    assert rejection.limit.max == 7.0
+
+
+def test_the_record_of_a_receipt_names_its_load_in_the_published_record() -> None:
+    """The signed record carries the load's id; a record judged from a reading has none, so
+    its JSON is as it always was."""
+    by_event = received(receipt(0, "L-9", 9.0)).changes[0]
+    by_reading = Scenario(PLAN)
+    by_reading.send("plant-01", [Reading("bay-1", "load_temp", 9.0, "degC", at(0))])
+
+    assert deviation_record(by_event).load_id == "L-9"
+    assert "load_id" not in deviation_to_json(by_reading.changes[0])
+
+
+def test_two_loads_received_at_the_same_moment_are_two_records() -> None:
+    """Two compartments (or two trucks) at the bay in the same millisecond: each load has its
+    own record and id, so neither hides the other."""
+    bay = received(
+        receipt(0, "L-1", 9.0, compartment="comp-1"),
+        receipt(0, "L-1", 9.5, compartment="comp-2"),
+        receipt(0, "L-2", 8.5),
+    )
+
+    opened = [c.deviation for c in bay.changes if c.kind == "opened"]
+    assert [(d.load_id, d.peak) for d in opened] == [("L-1", 9.0), ("L-1", 9.5), ("L-2", 8.5)]
+    assert len({d.id for d in opened}) == 3
+
+
+def test_a_receipt_without_a_temperature_or_at_another_bay_or_site_is_not_judged() -> None:
+    """The check judges the temperatures its bay reports: a receipt with none (the plant took
+    it as a reading, or not at all), a receipt at bay-2, and one from another site's bay-1 give
+    nothing."""
+    bay = received(
+        receipt(0, "L-1", None),
+        receipt(60, "L-2", 12.0, asset="bay-2"),
+    )
+    elsewhere = received(receipt(0, "L-3", 12.0), site="plant-02")
+
+    assert bay.changes == []
+    assert elsewhere.changes == []
+
+
+def test_a_warm_receipt_during_the_bays_cleaning_is_still_a_load() -> None:
+    """Cleaning suspends the probe's readings (they read cleaning solution), not a load the
+    plant reports received with its temperature."""
+    bay = Scenario(PLAN)
+    bay.engine.submit_events("plant-01", [CipStart(asset="bay-1", ts=at(0))])
+    bay.engine.submit_events("plant-01", [receipt(10, "L-1", 9.0)])
+    bay.idle_until(10)
+    bay.finish()
+
+    assert [(c.kind, c.deviation.kind) for c in bay.changes] == [
         ("opened", "receipt_temperature"),
         ("closed", "receipt_temperature"),
     ]

@@ -466,8 +466,59 @@ class PayloadFuzzer:
                 {"kind": "product_change", "product": "whole-milk", "fat_pct": 3.5},
                 {"kind": "run_start", "run_id": f"run-{number}", "lot": f"lot-{number}"},
                 {"kind": "run_end", "run_id": f"run-{number}"},
+                *self._plant_events(gateway, asset, kind, number),
             ]
+        elif kind in {"receiving_bay", "silo"}:
+            choices += self._plant_events(gateway, asset, kind, number)
         return {**rng.choice(choices), "asset": asset, "ts": ts}
+
+    def _plant_events(
+        self, gateway: _Gateway, asset: str, kind: str, number: int
+    ) -> list[dict[str, Any]]:
+        """The plant events an asset of ``kind`` reports: receipts at a bay into the site's
+        silos, transfers and emptying of a silo, runs of a line drawing from silos. Silos the
+        plan does not know are named too (``silo-x``): the engine must count them, not fail."""
+        rng = self._rng
+        silos = [name for name, of in gateway.kinds.items() if of == "silo" and name != asset]
+        silo = rng.choice([*silos, "silo-x"])
+        litres = round(rng.uniform(100.0, 30_000.0), 1)
+        if kind == "receiving_bay":
+            return [
+                {
+                    "kind": "receipt",
+                    "load_id": f"load-{number}",
+                    "destination": silo,
+                    "volume_l": litres,
+                    "truck": f"truck-{number % 7}",
+                    "temperature_c": round(rng.uniform(2.0, 9.0), 1),
+                },
+                {
+                    "kind": "receipt",
+                    "load_id": f"load-{number}",
+                    "destination": silo,
+                    "volume_l": litres,
+                },
+            ]
+        if kind == "silo":
+            return [
+                {"kind": "silo_transfer", "destination": silo, "volume_l": litres},
+                {"kind": "silo_emptied", "reason": "processed", "volume_l": 0.0},
+            ]
+        sources = [{"silo": name, "volume_l": litres} for name in {*silos[:2], silo}]
+        return [
+            {
+                "kind": "run_start",
+                "run_id": f"run-{number}",
+                "lot": f"lot-{number}",
+                "sources": sources,
+            },
+            {
+                "kind": "run_end",
+                "run_id": f"run-{number}",
+                "sources": sources,
+                "output_volume_l": litres * len(sources),
+            },
+        ]
 
     def _topic(self, batch: dict[str, Any]) -> str:
         """The batch topic of the site and gateway the batch names (the sender's if it names

@@ -20,12 +20,18 @@ from milkguard.contract.v1 import (
     CipEnd,
     CipStart,
     Delivery,
+    Draw,
     Event,
     MilkingEnd,
     MilkingStart,
     Pickup,
     ProductChange,
     Reading,
+    Receipt,
+    RunEnd,
+    RunStart,
+    SiloEmptied,
+    SiloTransfer,
     Unit,
     batch_topic,
     encode_batch,
@@ -36,6 +42,7 @@ from simulators.scenario import (
     FarmTankDevice,
     Fault,
     HtstDevice,
+    PlantDevice,
     RoomDevice,
     Scenario,
     TruckDevice,
@@ -230,6 +237,8 @@ def simulate_timed(scenario: Scenario, seq_base: int | None = None) -> Iterator[
             steps = _uht(device, scenario, rng)
         elif isinstance(device, RoomDevice):
             steps = _room(device, scenario, rng)
+        elif isinstance(device, PlantDevice):
+            steps = _plant_day(device, scenario)
         else:
             steps = _cans(device, scenario, rng)
         sequence = sequences.setdefault(
@@ -532,3 +541,84 @@ def _cans(device: CanLineDevice, scenario: Scenario, rng: random.Random) -> Iter
         failed = _device_fault(device, "flush_failure", hours) is not None
         oxygen = (6.0 if failed else device.oxygen_pct) + rng.gauss(0, 0.2)
         yield _Step(hours, [(device.asset, "o2", max(0.1, oxygen), "%O2")], [])
+
+
+def _plant_events(device: PlantDevice, stamp: _Stamp) -> list[tuple[float, Event]]:
+    """Every event of a plant day with the hour it happens, in the order of the script."""
+    timed: list[tuple[float, Event]] = []
+    for receipt in device.receipts:
+        timed.append(
+            (
+                receipt.at_h,
+                Receipt(
+                    asset=receipt.bay,
+                    ts=stamp(receipt.at_h),
+                    load_id=receipt.load_id,
+                    destination=receipt.silo,
+                    volume_l=receipt.volume_l,
+                    truck=receipt.truck,
+                    compartment=receipt.compartment,
+                    temperature_c=receipt.temperature_c,
+                ),
+            )
+        )
+    for transfer in device.transfers:
+        timed.append(
+            (
+                transfer.at_h,
+                SiloTransfer(
+                    asset=transfer.from_silo,
+                    ts=stamp(transfer.at_h),
+                    destination=transfer.to_silo,
+                    volume_l=transfer.volume_l,
+                    transfer_id=transfer.transfer_id,
+                ),
+            )
+        )
+    for run in device.runs:
+        planned = tuple(Draw(d.silo, d.volume_l) for d in run.sources)
+        taken = tuple(
+            Draw(d.silo, d.taken_l if d.taken_l is not None else d.volume_l) for d in run.sources
+        )
+        start = RunStart(
+            asset=run.line, ts=stamp(run.start_h), run_id=run.run_id, lot=run.lot, sources=planned
+        )
+        end = RunEnd(
+            asset=run.line,
+            ts=stamp(run.end_h),
+            run_id=run.run_id,
+            sources=taken,
+            lot=run.lot,
+            output_volume_l=run.output_volume_l,
+        )
+        timed.extend(((run.start_h, start), (run.end_h, end)))
+    for emptied in device.emptied:
+        timed.append(
+            (
+                emptied.at_h,
+                SiloEmptied(
+                    asset=emptied.silo,
+                    ts=stamp(emptied.at_h),
+                    reason=emptied.reason,
+                    volume_l=emptied.volume_l,
+                ),
+            )
+        )
+        if emptied.cleaning_h > 0:
+            end_h = emptied.at_h + emptied.cleaning_h
+            timed.append(
+                (emptied.at_h, CipStart(asset=emptied.silo, ts=stamp(emptied.at_h), program="silo"))
+            )
+            timed.append((end_h, CipEnd(asset=emptied.silo, ts=stamp(end_h))))
+    return timed
+
+
+def _plant_day(device: PlantDevice, scenario: Scenario) -> Iterator[_Step]:
+    """A plant's events gateway: each scripted event on the tick it happens, no readings."""
+    dt = device.sample_s
+    timed = _plant_events(device, _Stamp(scenario, device.faults))
+    for hours in _ticks(dt, scenario.duration_h):
+        events = [event for at_h, event in timed if _at(hours, at_h, dt)]
+        if events:
+            events.sort(key=lambda event: event.ts)  # stable: the script's order at one time
+            yield _Step(hours, [], events)

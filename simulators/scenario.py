@@ -179,8 +179,116 @@ class CanLineDevice(_OneAsset):
     oxygen_pct: float = 1.2
 
 
+class ReceiptSpec(_Strict):
+    """A load received at a bay into a silo (a ``receipt`` event), with its temperature as the
+    bay's thermometer took it."""
+
+    at_h: float = Field(ge=0)
+    bay: PlanId
+    silo: PlanId
+    load_id: PlanId
+    volume_l: float = Field(gt=0, le=10_000_000)
+    truck: PlanId | None = None
+    compartment: PlanId | None = None
+    temperature_c: float | None = Field(default=None, ge=-90, le=400)
+
+
+class TransferSpec(_Strict):
+    """Milk pumped from one silo into another (a ``silo_transfer`` event)."""
+
+    at_h: float = Field(ge=0)
+    from_silo: PlanId
+    to_silo: PlanId
+    volume_l: float = Field(gt=0, le=10_000_000)
+    transfer_id: PlanId | None = None
+
+
+class DrawSpec(_Strict):
+    """What a run takes from one silo: ``volume_l`` at its start (planned) and ``taken_l`` at
+    its end (what it actually took; default: the planned volume)."""
+
+    silo: PlanId
+    volume_l: float | None = Field(default=None, ge=0, le=10_000_000)
+    taken_l: float | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class RunSpec(_Strict):
+    """A production run on a line drawing from silos (``run_start`` and ``run_end`` events
+    naming them), with the lot it makes and the product it put out."""
+
+    start_h: float = Field(ge=0)
+    end_h: float = Field(ge=0)
+    line: PlanId
+    run_id: PlanId
+    lot: PlanId | None = None
+    sources: list[DrawSpec] = Field(default_factory=list, max_length=32)
+    output_volume_l: float | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class EmptiedSpec(_Strict):
+    """A silo emptied (a ``silo_emptied`` event), then cleaned in place from ``at_h`` for
+    ``cleaning_h`` hours (``cip_start`` and ``cip_end`` on the silo; 0: not cleaned)."""
+
+    at_h: float = Field(ge=0)
+    silo: PlanId
+    reason: str | None = Field(default=None, max_length=256)
+    volume_l: float | None = Field(default=None, ge=0, le=10_000_000)
+    cleaning_h: float = Field(default=0.0, ge=0)
+
+
+class PlantDevice(_Device):
+    """A plant's events gateway (its MES or SCADA): the plant day as events, no readings. Loads
+    received into silos, transfers between silos, runs drawing from silos, silos emptied and
+    cleaned."""
+
+    kind: Literal["plant"]
+    sample_s: float = 60.0
+    batch_s: float = 60.0
+    receipts: list[ReceiptSpec] = Field(default_factory=list)
+    transfers: list[TransferSpec] = Field(default_factory=list)
+    runs: list[RunSpec] = Field(default_factory=list)
+    emptied: list[EmptiedSpec] = Field(default_factory=list)
+
+    def problems(self, where: str) -> list[str]:
+        """What in the plant day contradicts itself, each naming the entry and the fix."""
+        found: list[str] = []
+        for number, receipt in enumerate(self.receipts):
+            if receipt.bay == receipt.silo:
+                found.append(
+                    f"{where}.receipts[{number}]: bay and silo are both {receipt.bay!r}: "
+                    "the load goes from the bay into another asset, the silo"
+                )
+        for number, transfer in enumerate(self.transfers):
+            if transfer.from_silo == transfer.to_silo:
+                found.append(
+                    f"{where}.transfers[{number}]: from_silo and to_silo are both "
+                    f"{transfer.from_silo!r}: a transfer goes into another silo"
+                )
+        for number, run in enumerate(self.runs):
+            silos = [draw.silo for draw in run.sources]
+            twice = sorted({silo for silo in silos if silos.count(silo) > 1})
+            if twice:
+                found.append(
+                    f"{where}.runs[{number}]: sources name {', '.join(twice)} more than once: "
+                    "name each silo once"
+                )
+            if run.line in silos:
+                found.append(
+                    f"{where}.runs[{number}]: the line {run.line!r} is one of its own sources"
+                )
+            if run.end_h < run.start_h:
+                found.append(f"{where}.runs[{number}]: ends (end_h) before it starts (start_h)")
+        return found
+
+
 Device = Annotated[
-    FarmTankDevice | TruckDevice | HtstDevice | UhtDevice | RoomDevice | CanLineDevice,
+    FarmTankDevice
+    | TruckDevice
+    | HtstDevice
+    | UhtDevice
+    | RoomDevice
+    | CanLineDevice
+    | PlantDevice,
     Field(discriminator="kind"),
 ]
 
@@ -229,6 +337,8 @@ class Scenario(_Strict):
                     and fault.kind not in _DEVICE_FAULTS_OF[device.kind]
                 ):
                     problems.append(f"{where}: a {device.kind} cannot have a {fault.kind}")
+            if isinstance(device, PlantDevice):
+                problems.extend(device.problems(f"devices[{number}]"))
             if isinstance(device, TruckDevice):
                 for stop in device.pickups:
                     if stop.compartment not in (None, *device.compartments):
@@ -264,6 +374,7 @@ _DEVICE_FAULTS_OF = {
     "uht": {"heater_dip"},
     "room": {"refrigeration_failure", "dehumidifier_failure"},
     "can_line": {"flush_failure"},
+    "plant": set(),
 }
 _CHANNELS = {
     "farm_tank": {"milk_temp", "volume", "agitator"},
@@ -272,6 +383,7 @@ _CHANNELS = {
     "uht": {"outlet_temp", "flow"},
     "room": {"temp", "rh"},
     "can_line": {"o2"},
+    "plant": set(),
 }
 
 

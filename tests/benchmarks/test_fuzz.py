@@ -298,3 +298,24 @@ def _wait_for_the_subscription(
     assert publisher.wait_acknowledged(10)
     time.sleep(1.0)  # a probe the broker took is counted before the fuzzed payloads go
     return counted()
+
+
+def test_the_fuzzer_sends_the_plant_events_of_a_plant_plan() -> None:
+    """Receipts, silo transfers, silos emptied and runs drawing from silos are fuzzed too, so
+    the engine meets them valid and mutated."""
+    fuzzer = fuzz.PayloadFuzzer(load_plan(fuzz.default_plan()), seed=5)
+    kinds: set[str] = set()
+    with_sources = 0
+    for item in fuzzer.generate(20_000):
+        try:
+            batch = json.loads(item.payload)
+        except (ValueError, RecursionError):  # the mutated payloads no JSON reader takes
+            continue
+        events = batch.get("events") if isinstance(batch, dict) else None
+        for event in events if isinstance(events, list) else []:
+            if isinstance(event, dict) and isinstance(event.get("kind"), str):
+                kinds.add(event["kind"])
+                with_sources += bool(event.get("sources"))
+
+    assert {"receipt", "silo_transfer", "silo_emptied", "run_start", "run_end"} <= kinds
+    assert with_sources > 0

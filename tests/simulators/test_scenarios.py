@@ -37,7 +37,7 @@ def test_the_library_has_healthy_and_faulty_days_for_farm_truck_and_plant() -> N
         scenario, _ = load_scenario(path)
         kinds.update(device.kind for device in scenario.devices)
         healthy += not scenario.expect
-    assert kinds == {"farm_tank", "truck", "htst", "uht", "room", "can_line"}
+    assert kinds == {"farm_tank", "truck", "htst", "uht", "room", "can_line", "plant"}
     assert healthy >= 3
     assert len(SCENARIOS) >= 12
 

@@ -9,7 +9,10 @@ documentation (the plan models' docstrings and the machine modules'): a tank's c
 and blend limit, the age of the oldest milk in a tank or compartment, a load's transit time and
 temperature exposure, an HTST pasteurizer (temperature with the valve state of that instant and
 the product in force, holding time from the flow, recorder against indicating) and a UHT line's
-F0 per parcel. Events are taken in time order, as they come.
+F0 per parcel. Events are taken in time order, as they come. The plant events (receipts, silo
+transfers, silos emptied, the sources of a run) are ignored: no rule modelled here reads them
+(the receipt check, which judges a receipt's temperature, is not modelled), so the fast engine
+must say the same with them as without them.
 """
 
 from __future__ import annotations

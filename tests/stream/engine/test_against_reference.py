@@ -15,12 +15,18 @@ from milkguard.contract.v1 import (
     CipEnd,
     CipStart,
     Delivery,
+    Draw,
     Event,
     MilkingEnd,
     MilkingStart,
     Pickup,
     ProductChange,
     Reading,
+    Receipt,
+    RunEnd,
+    RunStart,
+    SiloEmptied,
+    SiloTransfer,
 )
 from stream.engine import DeviationChange, Engine
 from stream.plan import LoadedPlan, parse_plan
@@ -206,6 +212,22 @@ EVENTS: dict[str, list[Callable[[int], Event]]] = {
         lambda ts: ProductChange(
             asset="past-1", ts=ts, product="mix", fat_pct=3.5, total_solids_pct=20.0
         ),
+        # the plant events: no rule the reference models reads them (it ignores them), so the
+        # fast engine, which routes them to the line and the silos they name, must say the same
+        lambda ts: RunStart(
+            asset="past-1", ts=ts, run_id="R1", sources=(Draw("silo-1", 9000.0), Draw("silo-2"))
+        ),
+        lambda ts: RunEnd(asset="past-1", ts=ts, run_id="R1", sources=(Draw("silo-1", 8800.0),)),
+        lambda ts: Receipt(
+            asset="bay-1",
+            ts=ts,
+            load_id="L1",
+            destination="silo-1",
+            volume_l=1000.0,
+            temperature_c=9.0,
+        ),
+        lambda ts: SiloTransfer(asset="silo-1", ts=ts, destination="silo-2", volume_l=500.0),
+        lambda ts: SiloEmptied(asset="silo-2", ts=ts),
     ],
 }
 

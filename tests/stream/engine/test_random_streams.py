@@ -171,7 +171,9 @@ def _event(
     """(the sending gateway's site, an event of any kind) for a random asset of the plan."""
     site, asset = rnd.choice(every_asset)
     tanks = by_kind.get("bulk_tank") or every_asset
-    kind = rnd.choice(["milking", "pickup", "delivery", "product", "run", "cip"])
+    kind = rnd.choice(
+        ["milking", "pickup", "delivery", "product", "run", "cip", "receipt", "silo", "emptied"]
+    )
     event: v1.Event
     if kind == "milking":
         site, asset = rnd.choice(tanks)
@@ -214,11 +216,38 @@ def _event(
             sweetened=rnd.random() < 0.2,
         )
     elif kind == "run":
+        # a line drawing from up to three of the plan's silos (or assets of any kind, or none)
+        silos = by_kind.get("silo") or every_asset
+        named = {rnd.choice(silos)[1] for _ in range(rnd.randint(0, 3))} - {asset}
+        sources = tuple(v1.Draw(silo, round(rnd.uniform(0, 30_000), 1)) for silo in sorted(named))
         event = (
-            v1.RunStart(asset=asset, ts=ts, run_id="r1")
+            v1.RunStart(asset=asset, ts=ts, run_id="r1", sources=sources)
             if rnd.random() < 0.5
-            else v1.RunEnd(asset=asset, ts=ts, run_id="r1")
+            else v1.RunEnd(asset=asset, ts=ts, run_id="r1", sources=sources, output_volume_l=1.0)
         )
+    elif kind in ("receipt", "silo"):
+        # a load received at a bay (its temperature near the PMO's 7 degC at receipt, or none),
+        # or milk moved between silos, into a silo of the site or one the plan does not know
+        site, bay = rnd.choice(by_kind.get("receiving_bay") or every_asset)
+        source = bay if kind == "receipt" else rnd.choice(by_kind.get("silo") or every_asset)[1]
+        into = rnd.choice([*(a for s, a in by_kind.get("silo", []) if s == site), "silo-x"])
+        into = into if into != source else "silo-y"
+        volume = round(rnd.uniform(100, 30_000), 1)
+        event = (
+            v1.Receipt(
+                asset=source,
+                ts=ts,
+                load_id=f"L{rnd.randint(0, 4)}",
+                destination=into,
+                volume_l=volume,
+                temperature_c=rnd.choice([None, 4.0, 7.0, 7.3, 7.5, 7.6, 12.0]),
+            )
+            if kind == "receipt"
+            else v1.SiloTransfer(asset=source, ts=ts, destination=into, volume_l=volume)
+        )
+    elif kind == "emptied":
+        site, silo = rnd.choice(by_kind.get("silo") or every_asset)
+        event = v1.SiloEmptied(asset=silo, ts=ts, reason="processed")
     else:
         event = (
             v1.CipStart(asset=asset, ts=ts) if rnd.random() < 0.5 else v1.CipEnd(asset=asset, ts=ts)

@@ -13,7 +13,10 @@ import msgspec
 import pytest
 
 from milkguard.contract import Draw, Receipt, RunEnd, RunStart, SiloEmptied, SiloTransfer
+from milkguard.contract.records import DeviationRecord
 from milkguard.contract.v1 import read_batch
+from milkguard.signing import canonical
+from tests.alerts.records import change
 from tests.conftest import T0
 from tests.milkguard.json_schema import errors
 
@@ -295,3 +298,17 @@ def test_a_plant_event_built_in_python_is_checked_as_on_the_wire() -> None:
         "reason": None,
         "volume_l": None,
     }
+
+
+def test_a_record_without_a_load_keeps_the_canonical_json_it_was_signed_with() -> None:
+    """``load_id`` is absent, not null, where unset: a record signed before the field existed
+    decodes and canonicalises to the same bytes, so its signature still checks."""
+    written_before = msgspec.json.encode(change("opened"))  # deviations.jsonl, no load_id
+    record = msgspec.json.decode(written_before, type=DeviationRecord)
+    old_json = msgspec.json.encode(record)
+
+    assert b"load_id" not in old_json
+    again = msgspec.json.decode(old_json, type=DeviationRecord)
+    assert canonical(again) == canonical(record) == canonical(json.loads(written_before))
+    named = msgspec.structs.replace(record, load_id="L-1")
+    assert json.loads(canonical(named))["load_id"] == "L-1"

@@ -6,6 +6,10 @@ sampling stop, so its compartment warms past the 2-6 °C cold chain limit and a 
 deviation open within a minute and close again once the hatch is shut and the refrigeration
 unit pulls the milk back down. Everything else stays healthy.
 
+The plant has a day of its own: the HTST run draws from two raw-milk silos; the truck delivers
+its two loads, which the receiving bay reports received into the silos with their temperatures;
+the run ends with the volumes it took and what it put out; the emptied silo is cleaned in place.
+
 The models are first-order heat balances (Newton cooling with a refrigeration term), enough to
 give believable curves; the scenario library of the simulators grows them into full devices.
 """
@@ -23,12 +27,19 @@ from edge.drivers.physics import FarmBulkTank, HtstLine, TruckCompartment
 from edge.publisher import GatewayPublisher
 from milkguard import mqtt as mqtt_connect
 from milkguard.contract.v1 import (
+    CipEnd,
+    CipStart,
+    Delivery,
+    Draw,
     Event,
     MilkingStart,
     Pickup,
     ProductChange,
     Reading,
+    Receipt,
+    RunEnd,
     RunStart,
+    SiloEmptied,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +52,20 @@ class DemoTimeline:
     pickup_at_s: float = 2.0
     hatch_opens_at_s: float = 8.0
     hatch_closes_at_s: float = 40.0
+    #: the truck delivers at the plant, and the bay receives its loads into the silos
+    delivery_at_s: float = 70.0
+    #: the run drawing from both silos ends; silo-2, drawn empty, is emptied and cleaned
+    run_ends_at_s: float = 90.0
+    cleaning_s: float = 60.0
+
+
+#: what the run plans to take from each silo, and takes (litres)
+RUN_DRAWS: tuple[tuple[str, float, float], ...] = (
+    ("silo-1", 20_000.0, 19_400.0),
+    ("silo-2", 8_000.0, 8_000.0),
+)
+#: the product the run put out: what it took, less the separated cream and losses
+RUN_OUTPUT_L = 26_800.0
 
 
 @dataclass
@@ -57,7 +82,7 @@ class DemoFleet:
     #: what ``milkguard run`` prints once the fleet runs
     banner = (
         "demo fleet running: farm-01 tank-1, truck-07 (rear hatch will be left open), "
-        "plant-01 htst-1."
+        "plant-01 htst-1 drawing from silo-1 and silo-2, loads received at bay-1."
     )
 
     def __init__(
@@ -83,6 +108,9 @@ class DemoFleet:
         self.batches = 0
         self.readings_published = 0
         self._picked_up = False
+        self._delivered = False
+        self._run_ended = False
+        self._cleaning_until_s: float | None = None
 
     @property
     def gateways(self) -> Sequence[_Gateway]:
@@ -129,7 +157,13 @@ class DemoFleet:
             ProductChange(asset=self.htst.asset, ts=now_ms, product="whole-milk", fat_pct=3.5)
         )
         self._plant.events.append(
-            RunStart(asset=self.htst.asset, ts=now_ms, run_id="run-1", lot="lot-1")
+            RunStart(
+                asset=self.htst.asset,
+                ts=now_ms,
+                run_id="run-1",
+                lot="lot-1",
+                sources=tuple(Draw(silo, planned) for silo, planned, _ in RUN_DRAWS),
+            )
         )
 
     def _script(self, elapsed_s: float, now_ms: int) -> None:
@@ -150,6 +184,61 @@ class DemoFleet:
                 )
         rear = self.compartments[1]
         rear.hatch_open = line.hatch_opens_at_s <= elapsed_s < line.hatch_closes_at_s
+        if elapsed_s >= line.delivery_at_s and not self._delivered:
+            self._delivered = True
+            self._deliver(now_ms)
+        if elapsed_s >= line.run_ends_at_s and not self._run_ended:
+            self._run_ended = True
+            self._end_run(now_ms)
+            self._cleaning_until_s = elapsed_s + line.cleaning_s
+        if self._cleaning_until_s is not None and elapsed_s >= self._cleaning_until_s:
+            self._cleaning_until_s = None
+            self._plant.events.append(CipEnd(asset="silo-2", ts=now_ms))
+
+    def _deliver(self, now_ms: int) -> None:
+        """The truck's loads delivered, and received at the bay into the silos, each with the
+        temperature its compartment arrived at."""
+        for number, (comp, silo) in enumerate(
+            zip(self.compartments, ("silo-1", "silo-2"), strict=True), start=1
+        ):
+            load = f"load-{number}"
+            self._truck.events.append(
+                Delivery(
+                    asset=comp.asset,
+                    ts=now_ms,
+                    load_id=load,
+                    compartment=comp.asset,
+                    volume_l=6_000.0,
+                    destination_site="plant-01",
+                )
+            )
+            self._plant.events.append(
+                Receipt(
+                    asset="bay-1",
+                    ts=now_ms,
+                    load_id=load,
+                    destination=silo,
+                    volume_l=6_000.0,
+                    truck="truck-07",
+                    compartment=comp.asset,
+                    temperature_c=round(comp.temp_c, 1),
+                )
+            )
+
+    def _end_run(self, now_ms: int) -> None:
+        """The run ends with what it took from each silo; silo-2, drawn empty, is cleaned."""
+        self._plant.events.append(
+            RunEnd(
+                asset=self.htst.asset,
+                ts=now_ms,
+                run_id="run-1",
+                sources=tuple(Draw(silo, taken) for silo, _, taken in RUN_DRAWS),
+                lot="lot-1",
+                output_volume_l=RUN_OUTPUT_L,
+            )
+        )
+        self._plant.events.append(SiloEmptied(asset="silo-2", ts=now_ms, reason="processed"))
+        self._plant.events.append(CipStart(asset="silo-2", ts=now_ms, program="silo"))
 
     def _sample(self, now_ms: int) -> None:
         noise = self._random.gauss
@@ -186,6 +275,11 @@ class DemoFleet:
             ),
             Reading(self.htst.asset, "fdd_forward", 1.0, "state", now_ms),
         ]
+        for silo in ("silo-1", "silo-2"):
+            # a silo being cleaned reads the hot cleaning solution, not milk
+            cleaning = silo == "silo-2" and self._cleaning_until_s is not None
+            temp = 70.0 if cleaning else 3.6
+            plant.append(Reading(silo, "temp", round(temp + noise(0, 0.03), 2), "degC", now_ms))
         for gw, readings in ((self._farm, farm), (self._truck, truck), (self._plant, plant)):
             assert gw.publisher is not None  # set in start()
             gw.publisher.publish(readings, gw.events)

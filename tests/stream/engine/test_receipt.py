@@ -334,3 +334,19 @@ def test_a_warm_receipt_during_the_bays_cleaning_is_still_a_load() -> None:
         ("opened", "receipt_temperature"),
         ("closed", "receipt_temperature"),
     ]
+
+
+def test_a_receipts_record_waiting_in_a_snapshot_keeps_its_load() -> None:
+    """A record judged from a receipt and not yet handed out when the stream snapshots comes
+    back from the snapshot with its load."""
+    bay = Scenario(PLAN)
+    bay.engine.submit_events("plant-01", [receipt(0, "L-7", 9.0)])
+    again = Engine.restore(bay.engine.plan, bay.engine.snapshot())
+    out: list[DeviationChange] = []
+
+    again.advance(at(0), out)
+
+    assert [(c.kind, c.deviation.kind, c.deviation.load_id) for c in out] == [
+        ("opened", "receipt_temperature", "L-7"),
+        ("closed", "receipt_temperature", "L-7"),
+    ]

@@ -112,10 +112,12 @@ class Contents:
         return [self.volume_l, self.filling, self.gauge_peak, self.taken_at]
 
     def restore(self, saved: list[Any] | None) -> None:
-        """Take back :meth:`state`; a snapshot from before the books: empty, as the engine then
-        assumed at every pickup."""
+        """Take back :meth:`state`. A snapshot from before the books does not say what is in
+        it: unknown, so a farm tank's or compartment's next take empties it, as the engine then
+        assumed at every pickup (the books start from there)."""
         if saved is None:
             self.empty()
+            self.volume_l = None
             return
         volume, filling, peak, taken_at = saved
         self.volume_l = None if volume is None else float(volume)

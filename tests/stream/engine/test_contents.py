@@ -22,6 +22,7 @@ from milkguard.contract.v1 import (
     MilkingEnd,
     MilkingStart,
     Pickup,
+    Reading,
     Receipt,
     RunEnd,
     RunStart,
@@ -296,6 +297,15 @@ def test_a_level_gauge_reading_from_before_a_pickup_does_not_count_for_the_next(
     farm.idle_until(83.9 * HOUR)
 
     assert ages(farm, "tank-2") == []
+
+
+def test_a_late_level_reading_is_counted_not_re_judged(farm: Scenario) -> None:
+    """The books take events and gauge readings as they come: a reading that comes after its
+    channel was judged past it cannot move a pickup already booked, and says so."""
+    level(farm, [(1, 3000.0), (2, 3000.0)])
+    farm.send("farm-01", [Reading("tank-2", "level", 5000.0, "L", at(1.5 * HOUR))])
+
+    assert farm.engine.counters.late_unrejudged == 1
 
 
 # ------------------------------------------------------------------------------ compartments

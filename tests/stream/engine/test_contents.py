@@ -16,12 +16,10 @@ import msgspec
 import pytest
 
 from milkguard.contract.v1 import (
-    Delivery,
     Draw,
     Event,
     MilkingEnd,
     MilkingStart,
-    Pickup,
     Reading,
     Receipt,
     RunEnd,
@@ -32,8 +30,7 @@ from milkguard.contract.v1 import (
 from stream.engine import Engine
 from stream.plan import PlanError, parse_plan
 from tests.stream.engine.scenario import Scenario, at
-
-HOUR = 3600
+from tests.stream.engine.test_logistics import HOUR, delivery, pickup
 
 FARM = """
 plan: contents
@@ -102,29 +99,6 @@ def milking(tank: str, start_h: float, volume_l: float | None = 3000.0) -> list[
     ]
 
 
-def pickup(hours: float, volume_l: float, tank: str = "tank-1") -> Pickup:
-    return Pickup(
-        asset="truck-07",
-        ts=at(hours * HOUR),
-        load_id="L1",
-        compartment="comp-1",
-        volume_l=volume_l,
-        source_site="farm-01",
-        source_asset=tank,
-    )
-
-
-def delivery(hours: float, volume_l: float) -> Delivery:
-    return Delivery(
-        asset="truck-07",
-        ts=at(hours * HOUR),
-        load_id="L1",
-        compartment="comp-1",
-        volume_l=volume_l,
-        destination_site="plant-01",
-    )
-
-
 def ages(chain: Scenario, asset: str) -> list[tuple[str, int, int | None]]:
     """(opened/closed, start, end) of the storage-age deviations of one asset."""
     return [
@@ -170,16 +144,6 @@ def test_a_full_pickup_ends_the_age_and_the_next_milking_starts_it_again(
     assert ages(farm, "tank-1") == [("opened", at(72 * HOUR), None)]
 
 
-def test_a_pickup_that_leaves_no_more_than_the_heel_empties_the_tank(farm: Scenario) -> None:
-    """heel_l 200: 150 L left in the outlet and the bottom is an empty tank."""
-    at_farm(farm, *milking("tank-1", 0), *milking("tank-1", 12))
-    on_truck(farm, pickup(20, 5850), delivery(22, 5850))
-    at_farm(farm, *milking("tank-1", 24))
-    farm.idle_until(71.9 * HOUR)
-
-    assert ages(farm, "tank-1") == []
-
-
 def test_a_tank_that_always_keeps_a_heel_above_heel_l_raises_at_its_oldest_milking_plus_48_h(
     farm: Scenario,
 ) -> None:
@@ -196,25 +160,32 @@ def test_a_tank_that_always_keeps_a_heel_above_heel_l_raises_at_its_oldest_milki
     assert ages(farm, "tank-1") == [("opened", at(48 * HOUR), None)]
 
 
-def test_a_pickup_larger_than_the_contents_empties_the_tank(farm: Scenario) -> None:
-    """A meter reading more than the tank held (foam, a wrong figure) leaves nothing, not a
-    negative heel."""
-    at_farm(farm, *milking("tank-1", 0))
-    on_truck(farm, pickup(10, 9000), delivery(11, 9000))
-    at_farm(farm, *milking("tank-1", 12), MilkingStart(asset="tank-1", ts=at(20 * HOUR)))
-    on_truck(farm, pickup(21, 100))  # the milking of 20 h has not ended: unknown, as before
-    at_farm(farm, *milking("tank-1", 24))
+@pytest.mark.parametrize(
+    ("reported", "taken"),
+    [
+        (3000.0, 5850.0),  # 150 L left in the outlet and the bottom: below the 200 L heel
+        (3000.0, 9000.0),  # a meter reading more than the tank held: nothing left, not minus
+        (None, 10.0),  # milkings that report no volume: every pickup empties it, as before
+    ],
+    ids=["below-the-heel", "more-than-it-held", "volumes-unknown"],
+)
+def test_a_pickup_that_leaves_no_more_than_the_heel_empties_the_tank(
+    farm: Scenario, reported: float | None, taken: float
+) -> None:
+    at_farm(farm, *milking("tank-1", 0, reported), *milking("tank-1", 12, reported))
+    on_truck(farm, pickup(20, taken), delivery(22, taken))
+    at_farm(farm, *milking("tank-1", 24, reported))
     farm.idle_until(71.9 * HOUR)
 
     assert ages(farm, "tank-1") == []
 
 
-def test_milkings_that_report_no_volume_leave_every_pickup_emptying_the_tank_as_before(
+def test_a_pickup_during_a_milking_whose_volume_is_not_known_yet_empties_the_tank(
     farm: Scenario,
 ) -> None:
-    at_farm(farm, *milking("tank-1", 0, None), *milking("tank-1", 12, None))
-    on_truck(farm, pickup(20, 10), delivery(22, 10))
-    at_farm(farm, *milking("tank-1", 24, None))
+    at_farm(farm, *milking("tank-1", 0), MilkingStart(asset="tank-1", ts=at(12 * HOUR)))
+    on_truck(farm, pickup(12.5, 100))
+    at_farm(farm, *milking("tank-1", 24))
     farm.idle_until(71.9 * HOUR)
 
     assert ages(farm, "tank-1") == []

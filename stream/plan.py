@@ -254,7 +254,8 @@ class Cooling(_ChannelRule):
     than the deadline. A missed one is a deviation from the deadline itself (fired by the data
     passing it, or by the stream's timer when no data comes), until a sample reaches the
     temperature. ``blend_max`` applies while each later milking adds warm milk. A pickup that
-    names the tank as its source empties it: the next milking is a first one again.
+    names the tank as its source and leaves no more than the tank's ``heel_l`` empties it: the
+    next milking is a first one again (one that leaves more leaves milk to blend into).
     """
 
     kind: Literal["cooling"]
@@ -310,7 +311,8 @@ class StorageAge(_Strict):
 
 
 class Transport(_ChannelRule):
-    """A truck compartment's load, from its first pickup to its delivery: within
+    """A truck compartment's load, from its first pickup to the delivery that empties it (one
+    that leaves milk aboard ends no trip): within
     ``max_transit_s``, and with no more than ``max_exposure_degree_minutes`` above
     ``exposure_above`` on its temperature channel (each sample's excess held to the next)."""
 

@@ -231,7 +231,8 @@ class AgeMachine:
 
 
 class TransportMachine:
-    """One compartment's load from first pickup to delivery: transit time and exposure."""
+    """One compartment's load from first pickup to the delivery that empties it: transit time
+    and exposure."""
 
     def __init__(self, rule: Transport, base: RuleSpec, contents: Contents | None = None) -> None:
         self.rule = rule

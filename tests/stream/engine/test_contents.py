@@ -494,3 +494,10 @@ def test_the_eu_profile_sets_no_silo_age() -> None:
     """EU 853/2004 sets no limit on how long a silo may go without being emptied."""
     loaded = parse_plan(PLANT.replace("extends: us-pmo", "extends: eu-853").encode(), "p.yaml")
     assert [r for r in loaded.plan.rules if r.kind == "storage_age"] == []
+
+
+def test_a_silo_rule_describes_itself_by_its_first_fill() -> None:
+    loaded = parse_plan(PLANT.encode(), "p.yaml")
+    (rule,) = [r for r in loaded.plan.rules if r.kind == "storage_age" and r.asset == "silo-1"]
+
+    assert rule.describe("h") == "emptied within 72 h of its first fill"

@@ -24,8 +24,9 @@ farm tank's or compartment's take empties it (what the engine always did, so pla
 no volumes behave as before); a silo's does not (a silo is empty when its books or a
 ``silo_emptied`` event say so: the conservative reading, as a silo's age rule is new).
 
-Events are booked in the order they are taken (in time order within each batch the stream
-gets): volumes reported out of order are booked as they come.
+The books start empty when monitoring begins, as the cooling rule has always taken a tank to be
+(its first milking is a first one). Events are booked in the order they are taken (in time
+order within each batch the stream gets): volumes reported out of order are booked as they come.
 """
 
 from __future__ import annotations

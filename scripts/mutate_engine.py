@@ -63,6 +63,13 @@ MUTATIONS = [
         EVENTS,
     ),
     Mutation(
+        "storage-age-heel",
+        "every pickup or delivery empties the tank, whatever milk it leaves (the books ignored)",
+        "if remaining <= self.heel_l:",
+        "if remaining <= self.heel_l + 1e12:",
+        EVENTS,
+    ),
+    Mutation(
         "transit-time",
         "the transit time's deadline 1 ms later than the plan says",
         "due = self.loaded_since + round(limit_s * 1000)",

@@ -322,7 +322,7 @@ def _tank(
     )
     cooling_kw = tank.cooling_kw
     pickups = sorted(
-        p.at_h
+        (p.at_h, p.volume_l)
         for d in scenario.devices
         if isinstance(d, TruckDevice)
         for p in d.pickups
@@ -340,11 +340,14 @@ def _tank(
             if _at(hours, end, dt):
                 events.append(MilkingEnd(asset=device.asset, ts=stamp(end)))
         tank.milking = any(s <= hours < s + device.milking_duration_h for s in device.milkings_h)
-        if pickups and pickups[0] <= hours:
-            pickups.pop(0)
-            # what the truck takes is what the tank held above its heel: the books balance
-            handed[(device.site, device.asset)].append((hours, tank.volume_l - HEEL_L))
-            tank.volume_l = HEEL_L
+        if pickups and pickups[0][0] <= hours:
+            _, volume = pickups.pop(0)
+            # what the truck takes is what the stop says (a partial pickup leaves the rest), else
+            # all the tank held above its heel: the books balance
+            above = tank.volume_l - HEEL_L
+            taken = above if volume is None else min(volume, above)
+            handed[(device.site, device.asset)].append((hours, taken))
+            tank.volume_l -= taken
         failed = _device_fault(device, "compressor_failure", hours) is not None
         tank.cooling_kw = 0.0 if failed else cooling_kw
         tank.step(dt)

@@ -128,6 +128,39 @@ class Asset(_Strict):
         "0: late readings are counted and stored, never judged).",
     )
     channels: dict[PlanId, Channel] = Field(min_length=1)
+    heel_l: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000_000.0,
+        description="Tank contents: a pickup, delivery, draw or transfer that leaves this many "
+        "litres or fewer in the tank, compartment or silo empties it (its storage age ends, "
+        "the next milking is a first one); one that leaves more keeps the age of the oldest "
+        "milk in it running. 0: only a take that leaves nothing empties it.",
+    )
+    volume_channel: PlanId | None = Field(
+        default=None,
+        description="Tank contents: the channel (unit L) of the tank's own level gauge. A "
+        "pickup then leaves the highest level the gauge showed since the last pickup, less the "
+        "pickup's volume_l; without it, the volumes the milkings report, and a pickup after a "
+        "milking of unknown volume empties the tank.",
+    )
+
+    @model_validator(mode="after")
+    def _gauge_is_a_volume(self) -> Asset:
+        name = self.volume_channel
+        if name is None:
+            return self
+        if name not in self.channels:
+            raise ValueError(
+                f"volume_channel {name!r} is not one of the asset's channels "
+                f"({', '.join(sorted(self.channels))}); name its level gauge's channel"
+            )
+        if self.channels[name].unit != "L":
+            raise ValueError(
+                f"volume_channel {name!r} has unit {self.channels[name].unit!r}; a level "
+                "gauge reads litres (unit: L)"
+            )
+        return self
 
 
 class _ChannelRule(_Strict):
@@ -221,7 +254,8 @@ class Cooling(_ChannelRule):
     than the deadline. A missed one is a deviation from the deadline itself (fired by the data
     passing it, or by the stream's timer when no data comes), until a sample reaches the
     temperature. ``blend_max`` applies while each later milking adds warm milk. A pickup that
-    names the tank as its source empties it: the next milking is a first one again.
+    names the tank as its source and leaves no more than the tank's ``heel_l`` empties it: the
+    next milking is a first one again (one that leaves more leaves milk to blend into).
     """
 
     kind: Literal["cooling"]
@@ -240,11 +274,18 @@ class Cooling(_ChannelRule):
 
 
 class StorageAge(_Strict):
-    """The oldest milk in a tank or truck compartment must not be older than ``max_age_s``.
+    """The oldest milk in a tank, truck compartment or silo must not be older than
+    ``max_age_s``.
 
-    A tank's oldest milk dates from its first milking into the empty tank; a pickup that names
-    it as the source empties it. A truck compartment takes the oldest milk of the tanks it picks
-    up from (or the pickup time, if the source tank is not in the plan); a delivery empties it.
+    A tank's oldest milk dates from its oldest milking still in it: a pickup takes its
+    ``volume_l`` and what remains keeps the age of the oldest milk (an agitated tank mixes it);
+    one that leaves no more than the asset's ``heel_l`` empties it. A truck compartment takes the
+    oldest milk of the tanks it picks up from (or the pickup time, if the source tank is not in
+    the plan); a delivery takes its volume out the same way. A silo takes receipts (milk as old
+    as its acceptance) and transfers in (the source silo's oldest milk); runs and transfers
+    draw from it, ``silo_emptied`` empties it. ``since: first_fill`` counts from the first milk
+    into the empty vessel instead, whatever the age of the milk put in (a rule on emptying the
+    vessel, not on the milk: PMO Item 12p's silos).
     """
 
     kind: Literal["storage_age"]
@@ -252,18 +293,26 @@ class StorageAge(_Strict):
     ccp: RecordText | None = None
     asset: PlanId
     max_age_s: float = Field(gt=0)
+    since: Literal["oldest_milk", "first_fill"] = Field(
+        default="oldest_milk",
+        description="oldest_milk: the age of the oldest milk in it; first_fill: the time since "
+        "the first milk went into it while empty.",
+    )
     severity: Severity = "major"
     action: Action = "reject_load"
     source: RecordText = Field(min_length=3)
     suspend_during_cleaning: bool = False
 
     def describe(self, unit: str) -> str:
-        """'oldest milk <= 48 h'."""
+        """'oldest milk <= 48 h'; 'emptied within 72 h of its first fill'."""
+        if self.since == "first_fill":
+            return f"emptied within {self.max_age_s / 3600:g} h of its first fill"
         return f"oldest milk <= {self.max_age_s / 3600:g} h"
 
 
 class Transport(_ChannelRule):
-    """A truck compartment's load, from its first pickup to its delivery: within
+    """A truck compartment's load, from its first pickup to the delivery that empties it (one
+    that leaves milk aboard ends no trip): within
     ``max_transit_s``, and with no more than ``max_exposure_degree_minutes`` above
     ``exposure_above`` on its temperature channel (each sample's excess held to the next)."""
 

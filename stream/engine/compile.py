@@ -15,7 +15,7 @@ import numpy as np
 from milkguard.contract.v1 import PLAUSIBLE
 from stream.engine.columns import I64
 from stream.engine.kinds import Compiled, PlanContext, RuleKind, RuleMachine
-from stream.engine.machines import ANYWHERE, SilenceMachine
+from stream.engine.machines import ANYWHERE, NEVER_QUIET, SilenceMachine
 from stream.engine.registry import RULE_KINDS
 from stream.engine.table import AssetState, ChannelTable
 from stream.plan import LoadedPlan
@@ -166,7 +166,9 @@ class _Wiring:
         band = compiled.machine.quiet_band()
         for role, row in compiled.reads.items():
             self.of_row[row].append((compiled.machine, role))
-            self.bands[row] = self.bands[row].narrowed(band)
+            self.bands[row] = self.bands[row].narrowed(
+                NEVER_QUIET if role in compiled.never_quiet else band
+            )
             if compiled.joined:
                 self.joined[row] = True
                 if role in compiled.first_roles:

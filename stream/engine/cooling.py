@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from milkguard.contract.v1 import Event, MilkingEnd, MilkingStart, Pickup
+from stream.engine.contents import Contents, contents_of
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
 from stream.engine.kinds import Compiled, PlanContext
 from stream.engine.machines import (
@@ -84,9 +85,12 @@ class _Missed(Machine):
 class CoolingMachine:
     """One tank's cooling deadlines and blend limit."""
 
-    def __init__(self, rule: Cooling, base: RuleSpec) -> None:
+    def __init__(self, rule: Cooling, base: RuleSpec, contents: Contents | None = None) -> None:
         self.rule = rule
         self._base = base
+        # the tank's books (as its storage age keeps them): a pickup that leaves more than the
+        # heel leaves cold milk, so the next milking blends into it and is no first milking
+        self.contents = contents if contents is not None else Contents()
         self.pending: list[_Pending] = []
         self.missed: list[_Missed] = []
         self.empty = True  # no milking seen since the tank was emptied (or since monitoring began)
@@ -246,17 +250,27 @@ class CoolingMachine:
     # ----------------------------------------------------------------------------- contract
 
     def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
-        """Judge one sample of the tank's temperature (see :meth:`observe`)."""
+        """Judge one sample of the tank's temperature (see :meth:`observe`); a reading of its
+        level gauge (role ``volume``) only feeds the books."""
+        if role == "volume":
+            self.contents.gauge(sample.ts, sample.value)
+            return ()
         return self.observe(sample)
 
     def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
-        """Milkings start and end deadlines; a pickup from this tank empties it."""
+        """Milkings start and end deadlines; a pickup from this tank that leaves no more than
+        its heel empties it."""
         if isinstance(event, Pickup):
-            if (event.source_site, event.source_asset) == (self._base.site, self._base.asset):
+            home = (self._base.site, self._base.asset)
+            if (event.source_site, event.source_asset) == home and self.contents.take(
+                event.ts, event.volume_l
+            ):
                 return self.emptied(event.ts, "unknown")
         elif isinstance(event, MilkingStart):
+            self.contents.started_filling()
             self.milking_start(event.ts)
         elif isinstance(event, MilkingEnd):
+            self.contents.add(event.volume_l)
             self.milking_end(event.ts)
         return ()
 
@@ -288,6 +302,7 @@ class CoolingMachine:
             "later_milking": self.later_milking,
             "last_seen": self._last_seen,
             "blend": self.blend.state() if self.blend is not None else None,
+            "contents": self.contents.state(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -307,6 +322,7 @@ class CoolingMachine:
         self._last_seen = int(state["last_seen"])
         if self.blend is not None and state["blend"] is not None:
             self.blend.restore(with_deviation(state["blend"]))
+        self.contents.restore(state.get("contents"))
 
 
 _OPEN = 2**62
@@ -318,10 +334,13 @@ def compile_cooling(rule: Cooling, context: PlanContext) -> Compiled:
     unit = context.unit(rule.asset, rule.channel)
     base = context.rule_spec(rule, channel=rule.channel, unit=unit, kind="cooling_deadline")
     row = context.row_of[(rule.asset, rule.channel)]
+    contents, gauge = contents_of(rule.asset, context)
+    reads = {"": row} if gauge is None else {"": row, "volume": gauge}
     return Compiled(
         rule.id,
-        CoolingMachine(rule, base),
-        reads={"": row},
+        CoolingMachine(rule, base, contents),
+        reads=reads,
         assets=((site, asset_id),),
         home_row=row,
+        never_quiet=("volume",) if gauge is not None else (),
     )

@@ -116,6 +116,9 @@ class Compiled:
     home_row: int | None = None
     #: one machine per key: a later rule of the same key replaces the earlier one
     unique_key: tuple[str, ...] | None = None
+    #: the roles whose every sample it must see, whatever its quiet band (a level gauge that
+    #: feeds a tank's contents): their rows are never screened
+    never_quiet: tuple[str, ...] = ()
 
 
 class PlanRule(Protocol):

@@ -1,8 +1,11 @@
-"""Milk on the move: the age of the oldest milk in a tank or compartment, and each load's trip.
+"""Milk on the move: the age of the oldest milk in a tank, compartment or silo, and each
+load's trip.
 
-Both are driven by events (milkings, pickups, deliveries) and fire by the clock: a deadline
-passed with the milk still there opens a deviation at the deadline; emptying the tank or
-compartment ends it. A trip's temperature exposure is judged sample by sample while loaded.
+Both are driven by events (milkings, pickups, deliveries, a plant's receipts, transfers, runs)
+and fire by the clock: a deadline passed with the milk still there opens a deviation at the
+deadline; emptying the tank, compartment or silo ends it. What empties it is its contents'
+books (:mod:`stream.engine.contents`): a take that leaves more than its heel keeps the oldest
+milk's age running. A trip's temperature exposure is judged sample by sample while loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from milkguard.contract.v1 import Delivery, Event, MilkingStart, Pickup
+from milkguard.contract.v1 import Delivery, Event, MilkingEnd, MilkingStart, Pickup
+from stream.engine.contents import Contents, contents_of, silo_move
 from stream.engine.deviation import AppliedLimit, Deviation, DeviationChange
 from stream.engine.kinds import Compiled, PlanContext
 from stream.engine.machines import (
@@ -53,40 +57,64 @@ class _Deadline(Machine):
 
 
 class AgeMachine:
-    """The age of the oldest milk in one tank or compartment."""
+    """The age of the oldest milk in one tank, compartment or silo (see
+    :mod:`stream.engine.contents` for the books that say when it is empty)."""
 
-    def __init__(self, rule: StorageAge, base: RuleSpec) -> None:
+    def __init__(self, rule: StorageAge, base: RuleSpec, contents: Contents | None = None) -> None:
         self.rule = rule
         self.max_age_ms = round(rule.max_age_s * 1000)
         self.oldest: int | None = None
         # (when milk came in, how old it was): events may arrive out of order, so an emptying
-        # takes only the milk that came in before it
+        # takes only the milk that came in before it; a take that leaves milk takes none of it
+        # (mixed: what remains is as old as the oldest milk that was in)
         self._fills: list[tuple[int, int]] = []
+        self.contents = contents if contents is not None else Contents()
+        self._planned: dict[str, float | None] = {}  # a silo's draws planned by running runs
         self.deadline = _Deadline(replace(base, rule_id=rule.id, kind="storage_age", unit="h"))
 
+    @property
+    def milk_oldest(self) -> int | None:
+        """The oldest milk in it (what a take hands on), whatever the rule counts from."""
+        return min((since for _, since in self._fills), default=None)
+
+    def _clock(self) -> int | None:
+        if self.rule.since == "first_fill":
+            return min((came for came, _ in self._fills), default=None)
+        return self.milk_oldest
+
     def filled(self, ts: int, oldest: int | None = None) -> None:
-        """Milk came in: a milking (its own time) or a pickup (the source's oldest milk)."""
+        """Milk came in: a milking (its own time), a pickup or transfer (the source's oldest
+        milk), a receipt (its acceptance: a receipt does not say how old the load's milk is)."""
         since = oldest if oldest is not None else ts
-        self._fills.append((ts, since))
+        self._fills.append((ts, min(since, ts)))
         del self._fills[:-64]
-        self.oldest = min(s for _, s in self._fills)
+        self.oldest = self._clock()
+
+    def took(self, ts: int, volume_l: float | None) -> list[DeviationChange]:
+        """Milk went out at ``ts``: emptied if what remains is at or below the heel, else the
+        age of the oldest milk runs on."""
+        if self.contents.take(ts, volume_l):
+            return self.emptied(ts)
+        return []
 
     def emptied(self, ts: int) -> list[DeviationChange]:
-        """A pickup (tank) or delivery (compartment) took all the milk that came in before it.
+        """All the milk that came in before ``ts`` left (a pickup or delivery that left no more
+        than the heel, a silo emptied).
 
         Milk that was older than allowed when it left is a deviation from its deadline to its
         leaving, whether or not the timer saw the deadline pass first (the stream's clock may
         not have reached it between the two events)."""
         changes: list[DeviationChange] = []
-        taken = [since for came, since in self._fills if came <= ts]
+        taken = [fill for fill in self._fills if fill[0] <= ts]
         if taken and self.deadline.open_deviation is None:
-            due = min(taken) + self.max_age_ms
+            first = 0 if self.rule.since == "first_fill" else 1
+            due = min(fill[first] for fill in taken) + self.max_age_ms
             if due <= ts:
                 changes.append(
                     self.deadline.open_at(due, self.rule.max_age_s / 3600, self._limit())
                 )
         self._fills = [(came, since) for came, since in self._fills if came > ts]
-        self.oldest = min((s for _, s in self._fills), default=None)
+        self.oldest = self._clock()
         closed = self.deadline.end_at(ts)
         if closed is not None:
             changes.append(closed)
@@ -111,11 +139,11 @@ class AgeMachine:
         )
 
     # the rule-kind contract (:class:`stream.engine.kinds.RuleMachine`): driven by events
-    # and the stream's clock, never by samples
+    # and the stream's clock, never by samples (a level gauge's readings only feed the books)
 
     @property
     def engaged(self) -> bool:
-        """Samples never move it."""
+        """Samples never move a verdict."""
         return False
 
     @property
@@ -125,25 +153,52 @@ class AgeMachine:
         return [] if found is None else [found]
 
     def on_sample(self, role: str, sample: Sample) -> Sequence[DeviationChange]:
-        """Reads no channel."""
+        """A reading of the asset's level gauge, for the books."""
+        self.contents.gauge(sample.ts, sample.value)
         return ()
 
     def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
-        """Milkings fill the tank; a pickup empties the farm tank (handing its oldest milk on)
-        and fills the compartment; a delivery empties the compartment."""
+        """Milkings fill the tank; a pickup takes from the farm tank (handing its oldest milk
+        on) and fills the compartment; a delivery takes from the compartment; the plant's
+        events fill, draw from and empty a silo."""
         home = (self.deadline.spec.site, self.deadline.spec.asset)
         if isinstance(event, Pickup):
             if (event.source_site, event.source_asset) == home:
-                handover.oldest = self.oldest
-                return self.emptied(event.ts)
+                handover.oldest = self.milk_oldest
+                return self.took(event.ts, event.volume_l)
             if (site, event.compartment) == home:
+                self.contents.add(event.volume_l)
                 self.filled(event.ts, handover.oldest)
         elif isinstance(event, Delivery):
             if (site, event.compartment) == home:
-                return self.emptied(event.ts)
+                return self.took(event.ts, event.volume_l)
         elif isinstance(event, MilkingStart):
+            self.contents.started_filling()
             self.filled(event.ts)
+        elif isinstance(event, MilkingEnd):
+            self.contents.add(event.volume_l)
+        else:
+            return self._silo_event(event, site, handover, home)
         return ()
+
+    def _silo_event(
+        self, event: Event, site: str, handover: Handover, home: tuple[str, str]
+    ) -> list[DeviationChange]:
+        """A plant event's move of milk into, out of a silo, or the silo emptied. A transfer
+        reaches the silo it drains first (:func:`stream.engine.judging.event_places`), which
+        hands its oldest milk on to the silo it fills."""
+        move = silo_move(event, site, home, self._planned)
+        if move is None:
+            return []
+        if move.way == "emptied":
+            self.contents.empty()
+            return self.emptied(event.ts)
+        if move.way == "out":
+            handover.oldest = self.milk_oldest
+            return self.took(event.ts, move.volume_l)
+        self.contents.add(move.volume_l)
+        self.filled(event.ts, handover.oldest if move.source is not None else None)
+        return []
 
     def on_timer(
         self, now: int, device_now: int, device: str, holding: bool
@@ -153,25 +208,37 @@ class AgeMachine:
         return () if change is None else (change,)
 
     def quiet_band(self) -> QuietBand:
-        """Reads no channel."""
+        """Reads no channel, or a level gauge whose every reading the books need (the
+        compiler marks that channel never quiet)."""
         return ANYWHERE
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
-        return {"fills": self._fills, "deadline": self.deadline.state()}
+        return {
+            "fills": self._fills,
+            "deadline": self.deadline.state(),
+            "contents": self.contents.state(),
+            "planned": self._planned,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take back a snapshot's state."""
+        """Take back a snapshot's state (one from before the books: empty books, no runs)."""
         self._fills = [(int(came), int(since)) for came, since in state["fills"]]
-        self.oldest = min((s for _, s in self._fills), default=None)
+        self.oldest = self._clock()
         self.deadline.restore(with_deviation(state["deadline"]))
+        self.contents.restore(state.get("contents"))
+        self._planned = dict(state.get("planned", {}))
 
 
 class TransportMachine:
-    """One compartment's load from first pickup to delivery: transit time and exposure."""
+    """One compartment's load from first pickup to the delivery that empties it: transit time
+    and exposure."""
 
-    def __init__(self, rule: Transport, base: RuleSpec) -> None:
+    def __init__(self, rule: Transport, base: RuleSpec, contents: Contents | None = None) -> None:
         self.rule = rule
+        # a delivery that leaves milk aboard (a load split between plants) does not end the
+        # trip: the milk still aboard is still on the road, in the same compartment's heat
+        self.contents = contents if contents is not None else Contents()
         self.loaded_since: int | None = None
         self.delivered_at: int | None = None  # the load's end, once its delivery is known
         self._last_seen = -1
@@ -301,11 +368,15 @@ class TransportMachine:
         return self.observe(sample)
 
     def on_event(self, event: Event, site: str, handover: Handover) -> Sequence[DeviationChange]:
-        """A pickup into the compartment starts the trip; a delivery ends it."""
+        """A pickup into the compartment starts the trip; a delivery that leaves no more than
+        the compartment's heel ends it (one that leaves milk aboard: the trip goes on)."""
         home = (self.transit.spec.site, self.transit.spec.asset)
         if isinstance(event, Pickup) and (site, event.compartment) == home:
+            self.contents.add(event.volume_l)
             return self.pickup(event.ts)
         if isinstance(event, Delivery) and (site, event.compartment) == home:
+            if not self.contents.take(event.ts, event.volume_l):
+                return ()
             return self.delivery(event.ts)
         return ()
 
@@ -333,6 +404,7 @@ class TransportMachine:
             "last_excess": self._last_excess,
             "transit": self.transit.state(),
             "exposure": self.exposure.state(),
+            "contents": self.contents.state(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -345,14 +417,24 @@ class TransportMachine:
         self._last_excess = state["last_excess"]
         self.transit.restore(with_deviation(state["transit"]))
         self.exposure.restore(with_deviation(state["exposure"]))
+        self.contents.restore(state.get("contents"))
 
 
 def compile_storage_age(rule: StorageAge, context: PlanContext) -> Compiled:
-    """The age of a tank's or compartment's oldest milk: one per asset (a later rule on the
-    same asset replaces an earlier one)."""
+    """The age of a tank's, compartment's or silo's oldest milk: one per asset (a later rule on
+    the same asset replaces an earlier one); it reads the asset's level gauge, if named."""
     where = context.where(rule.asset)
-    machine = AgeMachine(rule, context.rule_spec(rule, channel="milk", unit="h"))
-    return Compiled(rule.id, machine, assets=(where,), unique_key=("storage_age", *where))
+    contents, gauge = contents_of(rule.asset, context)
+    machine = AgeMachine(rule, context.rule_spec(rule, channel="milk", unit="h"), contents)
+    reads = {} if gauge is None else {"volume": gauge}
+    return Compiled(
+        rule.id,
+        machine,
+        reads=reads,
+        assets=(where,),
+        unique_key=("storage_age", *where),
+        never_quiet=tuple(reads),
+    )
 
 
 def compile_transport(rule: Transport, context: PlanContext) -> Compiled:
@@ -360,6 +442,7 @@ def compile_transport(rule: Transport, context: PlanContext) -> Compiled:
     machine = TransportMachine(
         rule,
         context.rule_spec(rule, channel=rule.channel, unit=context.unit(rule.asset, rule.channel)),
+        contents_of(rule.asset, context)[0],
     )
     row = context.row_of[(rule.asset, rule.channel)]
     return Compiled(

@@ -50,6 +50,9 @@ class QuietBand(NamedTuple):
 #: screened): it narrows nothing
 ANYWHERE = QuietBand()
 
+#: the band of a channel whose every sample a rule must see: no value lies inside it
+NEVER_QUIET = QuietBand(lo=math.inf, hi=-math.inf)
+
 
 class Derived(NamedTuple):
     """A value computed from readings, kept as a time series: a holding time, an F0."""

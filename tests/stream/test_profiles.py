@@ -57,6 +57,7 @@ def plant(profile: str, rules: str = "[]") -> str:
                 "us-pmo.tank-1.cooling",
                 "us-pmo.comp-1.transport-max",
                 "us-pmo.silo-1.silo-max",
+                "us-pmo.silo-1.silo-emptied",
                 "us-pmo.store-1.storage-max",
             },
         ),

@@ -6,7 +6,8 @@ time. The fast engine must say exactly what this says.
 
 The rules driven by events or read over several channels are here too, each from its
 documentation (the plan models' docstrings and the machine modules'): a tank's cooling deadlines
-and blend limit, the age of the oldest milk in a tank or compartment, a load's transit time and
+and blend limit, the age of the oldest milk in a tank or compartment (emptied by a take that
+leaves no more than its heel, by the volumes the events report), a load's transit time and
 temperature exposure, an HTST pasteurizer (temperature with the valve state of that instant and
 the product in force, holding time from the flow, recorder against indicating) and a UHT line's
 F0 per parcel. Events are taken in time order, as they come. The plant events (receipts, silo
@@ -124,6 +125,24 @@ class _Age:
 
 
 @dataclass
+class _Books:
+    """A tank's or compartment's volume, as its events report it (None: not known)."""
+
+    heel_l: float
+    volume: float | None = 0.0
+    filling: bool = False  # a milking started whose volume has not come
+
+    def take(self, volume: float) -> bool:
+        """True when the take leaves no more than the heel (or the contents were unknown)."""
+        held = None if self.filling else self.volume
+        if held is None or held - volume <= self.heel_l:
+            self.volume, self.filling = 0.0, False
+            return True
+        self.volume = held - volume
+        return False
+
+
+@dataclass
 class _Trip:
     """A compartment's load from its first pickup to its delivery."""
 
@@ -195,6 +214,10 @@ class ReferenceEngine:
         self.ages: dict[tuple[str, str], _Age] = {}
         self.trips: dict[tuple[str, str], list[_Trip]] = {}
         self.lines: dict[tuple[str, str], list[_Line]] = {}
+        self.books = {
+            (asset.site, asset.id or key): _Books(asset.heel_l)
+            for key, asset in plan.assets.items()
+        }
         for rule in plan.rules:
             asset = plan.assets[rule.asset]
             where = (asset.site, asset.id or rule.asset)
@@ -244,6 +267,9 @@ class ReferenceEngine:
             elif isinstance(event, Pickup):
                 self._pickup(site, event)
             elif isinstance(event, Delivery):
+                books = self.books.get((site, event.compartment))
+                if books is not None and not books.take(event.volume_l):
+                    continue  # milk left aboard: its age and its trip go on
                 age = self.ages.get((site, event.compartment))
                 if age is not None:
                     self._emptied(age, ts)
@@ -261,6 +287,15 @@ class ReferenceEngine:
                     line.products.append((ts, rich))
 
     def _milking(self, site: str, event: MilkingStart | MilkingEnd) -> None:
+        books = self.books.get((site, event.asset))
+        if books is not None and isinstance(event, MilkingStart):
+            books.filling = True
+        elif books is not None and isinstance(event, MilkingEnd):
+            books.filling = False
+            if event.volume_l is None or books.volume is None:
+                books.volume = None
+            else:
+                books.volume += event.volume_l
         if isinstance(event, MilkingStart):
             age = self.ages.get((site, event.asset))
             if age is not None:
@@ -287,14 +322,21 @@ class ReferenceEngine:
             windows[-1][1] = event.ts
 
     def _pickup(self, site: str, event: Pickup) -> None:
-        """The tank is emptied into the compartment, which takes its oldest milk."""
+        """The compartment takes the tank's oldest milk; the tank is emptied if the pickup left
+        no more than its heel."""
         ts, source = event.ts, (event.source_site, event.source_asset)
-        for cooling in self.coolings.get(source, []):
-            self._tank_emptied(cooling, ts)
+        books = self.books.get(source)
+        emptied = books is None or books.take(event.volume_l)
+        if emptied:
+            for cooling in self.coolings.get(source, []):
+                self._tank_emptied(cooling, ts)
         tank = self.ages.get(source)
         oldest = min(tank.oldest) if tank is not None and tank.oldest else ts
-        if tank is not None:
+        if tank is not None and emptied:
             self._emptied(tank, ts)
+        into = self.books.get((site, event.compartment))
+        if into is not None and into.volume is not None:
+            into.volume += event.volume_l
         compartment = self.ages.get((site, event.compartment))
         if compartment is not None:
             compartment.oldest.append(oldest)

@@ -51,25 +51,25 @@ def truck(chain: Scenario, *events: Event) -> None:
     chain.engine.submit_events("truck-07", list(events))
 
 
-def pickup(hours: float) -> Pickup:
+def pickup(hours: float, volume_l: float = 6000, tank: str = "tank-1") -> Pickup:
     return Pickup(
         asset="truck-07",
         ts=at(hours * HOUR),
         load_id="L1",
         compartment="comp-1",
-        volume_l=6000,
+        volume_l=volume_l,
         source_site="farm-01",
-        source_asset="tank-1",
+        source_asset=tank,
     )
 
 
-def delivery(hours: float) -> Delivery:
+def delivery(hours: float, volume_l: float = 6000) -> Delivery:
     return Delivery(
         asset="truck-07",
         ts=at(hours * HOUR),
         load_id="L1",
         compartment="comp-1",
-        volume_l=6000,
+        volume_l=volume_l,
         destination_site="plant-01",
     )
 

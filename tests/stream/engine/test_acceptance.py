@@ -360,3 +360,20 @@ def test_a_stricter_company_window_is_added_to_the_legal_one() -> None:
         ("eu-853.silo-1.reception-max", "acceptance_window"),
         ("company", "acceptance_window"),
     ]
+
+
+def test_a_run_reported_after_the_verdict_that_began_in_time_ends_it_where_it_began() -> None:
+    """The line's gateway reports the run late: the timer had already opened the deviation at
+    acceptance + 4 h. Processing began in time, so the record cannot stand as a breach of time:
+    it ends where it began, flagged found late (a record once published is never unsaid)."""
+    eu = plant()
+    events(eu, receipt(0))
+    temps(eu, every_10_min(0, 1, 8.0))
+    eu.idle_until(4.5 * HOUR)
+    events(eu, run(3.5))
+    temps(eu, [(4.75, 8.0)])
+
+    opened, closed = windows(eu)
+    assert opened.deviation.start_ms == at(4 * HOUR)
+    assert closed.deviation.end_ms == at(4 * HOUR)
+    assert closed.deviation.detected_late

@@ -12,10 +12,21 @@ from __future__ import annotations
 import pytest
 
 from milkguard.contract.records import DeviationKind
-from milkguard.contract.v1 import Draw, Event, Receipt, RunStart, SiloEmptied, SiloTransfer
+from milkguard.contract.v1 import (
+    Draw,
+    Event,
+    Reading,
+    Receipt,
+    RunStart,
+    SiloEmptied,
+    SiloTransfer,
+)
 from milkguard.errors import PlanError
 from stream.engine import DeviationChange, Engine
+from stream.engine.acceptance import AcceptanceMachine
+from stream.engine.compile import compile_plan
 from stream.engine.deviation import deviation_record
+from stream.engine.kinds import PlanContext
 from stream.plan import parse_plan
 from tests.stream.engine.scenario import Scenario, at
 
@@ -377,3 +388,33 @@ def test_a_run_reported_after_the_verdict_that_began_in_time_ends_it_where_it_be
     assert opened.deviation.start_ms == at(4 * HOUR)
     assert closed.deviation.end_ms == at(4 * HOUR)
     assert closed.deviation.detected_late
+
+
+def test_a_late_silo_reading_is_counted_as_not_rejudged() -> None:
+    """A reading that comes after its channel was judged past it is stored and counted, as for
+    the other kinds driven by events and timers (cooling, storage age): the window's verdict
+    is not taken again on it."""
+    eu = plant()
+    events(eu, receipt(0))
+    temps(eu, every_10_min(0, 2, 5.0))
+    eu.send(
+        "plant-01",
+        [Reading("silo-1", "temp", 9.0, "degC", at(1.25 * HOUR))],
+        received=at(2 * HOUR),
+    )
+
+    assert eu.engine.counters.late_unrejudged == 1
+    assert windows(eu) == []
+
+
+def test_a_state_without_the_fields_added_later_restores_to_their_defaults() -> None:
+    """Snapshots keep this rule's state by rule id; a state that lacks a field (written before
+    the field existed) takes its default rather than failing the restart."""
+    loaded = parse_plan(PLAN.format(profile="eu-853", rules="[]").encode(), "plant.yaml")
+    compiled = compile_plan(loaded, PlanContext(loaded, {}, []))
+    machine = next(b.machine for b in compiled.rules if isinstance(b.machine, AcceptanceMachine))
+    machine.restore({"windows": [[at(0), at(4 * HOUR), at(2 * HOUR), False]]})
+
+    assert machine.state()["windows"] == [[at(0), at(4 * HOUR), at(2 * HOUR), False]]
+    assert machine.state()["silo_events"] is False
+    assert machine.open_deviations == []

@@ -528,6 +528,38 @@ class ReceiptCheck(_ChannelRule):
         return f"<= {self.max:g} {unit} at receipt of each load"
 
 
+class AcceptanceWindow(_ChannelRule):
+    """Raw milk in a silo from its acceptance at the plant until processing begins, on the
+    silo's temperature channel (``stream/engine/acceptance.py``).
+
+    The window opens at acceptance (a ``receipt`` into the silo; milk added to unprocessed milk
+    keeps the oldest acceptance) and is met when a run drawing from the silo (``run_start``
+    ``sources``) starts within ``within_s``. Unprocessed at the window's end with the silo above
+    ``max``, or above ``max`` at any time after it while still unprocessed, is a deviation from
+    the window's end. ``within_s: 0``: above ``max`` is a deviation at once, from acceptance
+    until processing (PMO). A silo that never reports a silo event is judged as a critical limit
+    at ``max`` sustained for ``within_s`` instead.
+    """
+
+    kind: Literal["acceptance_window"]
+    max: float = Field(description="The temperature unprocessed milk must be kept at or below.")
+    within_s: float = Field(
+        ge=0,
+        le=7 * 86_400,
+        description="How long after acceptance processing may begin with the milk above max "
+        "(EU 853/2004: 4 h); 0: never above max (PMO).",
+    )
+
+    def describe(self, unit: str) -> str:
+        """'<= 6 degC until processed, unless processing begins within 4 h of acceptance'."""
+        if not self.within_s:
+            return f"<= {self.max:g} {unit} from acceptance until processed"
+        return (
+            f"<= {self.max:g} {unit} until processed, unless processing begins within "
+            f"{self.within_s / 3600:g} h of acceptance"
+        )
+
+
 class Uht(_Strict):
     """A UHT line's lethality: each parcel of product gets F0 = t_min * L(T) / 60 minutes from the
     outlet temperature T (L(T) = 10^((T - 121.1) / 10), z = 10 degC) and its fastest residence
@@ -567,7 +599,8 @@ Rule = Annotated[
     | StorageAge
     | Htst
     | Uht
-    | ReceiptCheck,
+    | ReceiptCheck
+    | AcceptanceWindow,
     Field(discriminator="kind"),
 ]
 
@@ -927,6 +960,8 @@ def _looser_than_profile(plant: list[Rule], legal: list[Rule]) -> list[str]:
     """Company critical limits must be at least as strict as the profile's on the same channel."""
     problems: list[str] = []
     for own in plant:
+        if isinstance(own, AcceptanceWindow):
+            problems.extend(_looser_acceptance(own, legal))
         if not isinstance(own, CriticalLimit):
             continue
         for law in legal:
@@ -945,6 +980,24 @@ def _looser_than_profile(plant: list[Rule], legal: list[Rule]) -> list[str]:
                     f"rule {own.id!r}: min {own.min:g} is looser than the legal {law.min:g} of "
                     f"{law.id!r} ({law.source}); a plant may only add stricter limits"
                 )
+    return problems
+
+
+def _looser_acceptance(own: AcceptanceWindow, legal: list[Rule]) -> list[str]:
+    """A plant's acceptance window may only be stricter than the profile's on the same silo."""
+    problems: list[str] = []
+    for law in legal:
+        if not isinstance(law, AcceptanceWindow) or (law.asset, law.channel) != (
+            own.asset,
+            own.channel,
+        ):
+            continue
+        if own.max > law.max or own.within_s > law.within_s:
+            problems.append(
+                f"rule {own.id!r}: max {own.max:g} within {own.within_s:g} s is looser than the "
+                f"legal max {law.max:g} within {law.within_s:g} s of {law.id!r} ({law.source}); "
+                "a plant may only add stricter limits"
+            )
     return problems
 
 
@@ -975,6 +1028,7 @@ def _is_union_tag(part: object) -> bool:
         "htst",
         "uht",
         "receipt_check",
+        "acceptance_window",
     }
 
 

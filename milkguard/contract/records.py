@@ -41,6 +41,7 @@ DeviationKind = Literal[
     "transit_time",
     "temperature_exposure",
     "time_sync",
+    "acceptance_window",
 ]
 
 #: A deviation id: the first 20 hex digits of a SHA-256 (``stream.engine.deviation``). Reports

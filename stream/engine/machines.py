@@ -71,6 +71,9 @@ class Handover(msgspec.Struct):
     compartment's age)."""
 
     oldest: int | None = None
+    #: the oldest acceptance of the unprocessed milk a silo transfer moves (its acceptance
+    #: window goes with it, :mod:`stream.engine.acceptance`)
+    accepted: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ transport), so a sample's deviation changes come out in the same order.
 
 from __future__ import annotations
 
+from stream.engine.acceptance import AcceptanceMachine, compile_acceptance
 from stream.engine.cooling import CoolingMachine, compile_cooling
 from stream.engine.htst import HtstMachine, UhtMachine, compile_htst, compile_uht
 from stream.engine.kinds import RuleKind
@@ -25,6 +26,7 @@ from stream.engine.logistics import (
 from stream.engine.machines import CriticalLimitMachine, RateOfChangeMachine, StuckSensorMachine
 from stream.engine.receipt import ReceiptMachine, compile_receipt
 from stream.plan import (
+    AcceptanceWindow,
     Cooling,
     CriticalLimit,
     Htst,
@@ -52,5 +54,6 @@ RULE_KINDS: dict[type, RuleKind] = {
             Transport, TransportMachine, compile_transport, 4, timers=True, snapshot="transports"
         ),
         RuleKind(ReceiptCheck, ReceiptMachine, compile_receipt, 5),
+        RuleKind(AcceptanceWindow, AcceptanceMachine, compile_acceptance, 6, timers=True),
     )
 }

@@ -25,6 +25,7 @@ def test_the_example_plant_plan_uses_every_rule_kind_and_the_us_profile() -> Non
         "htst",
         "uht",
         "receipt_check",
+        "acceptance_window",
     }
     assert loaded.plan.jurisdiction == "US"
     assert any(rule.id.startswith("us-pmo.") for rule in loaded.plan.rules)

@@ -13,6 +13,7 @@ from typing import get_args
 
 import pytest
 
+from stream.engine.acceptance import AcceptanceMachine
 from stream.engine.compile import BoundRule, compile_plan
 from stream.engine.cooling import CoolingMachine
 from stream.engine.htst import HtstMachine, UhtMachine
@@ -22,6 +23,7 @@ from stream.engine.machines import CriticalLimitMachine, RateOfChangeMachine, St
 from stream.engine.receipt import ReceiptMachine
 from stream.engine.registry import RULE_KINDS
 from stream.plan import (
+    AcceptanceWindow,
     Cooling,
     CriticalLimit,
     Htst,
@@ -51,6 +53,7 @@ EXPECTED = {
     Htst: HtstMachine,
     Uht: UhtMachine,
     ReceiptCheck: ReceiptMachine,
+    AcceptanceWindow: AcceptanceMachine,
 }
 
 
@@ -88,7 +91,15 @@ def test_a_rule_compiles_to_the_machine_of_its_kind(plant: LoadedPlan, model: ty
         assert type(bound.machine) is EXPECTED[model]
         assert isinstance(bound.machine, bound.kind.machine)
         named = rule.channels if isinstance(rule, Htst | Uht) else []
-        single = CriticalLimit | StuckSensor | RateOfChange | Cooling | Transport | ReceiptCheck
+        single = (
+            CriticalLimit
+            | StuckSensor
+            | RateOfChange
+            | Cooling
+            | Transport
+            | ReceiptCheck
+            | AcceptanceWindow
+        )
         if isinstance(rule, single):
             named = [rule.channel]
         expected_rows = {context.row_of[(rule.asset, channel)] for channel in named}

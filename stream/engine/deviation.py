@@ -84,6 +84,8 @@ class Deviation(msgspec.Struct):
     time_base: TimeBase = "device"  # the clock start, detected and end are on
     clocks: list[DeviceTime] = msgspec.field(default_factory=list)  # time_base "stream" only
     causes: list[TimeSyncCause] = msgspec.field(default_factory=list)  # time sync only
+    product: str | None = None  # HTST: the product whose limit was breached (its event's id)
+    product_class: str | None = None  # HTST: that product's class (milk, rich, eggnog)
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -150,6 +152,9 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "time_base": d.time_base,
         "clocks": [_device_time_to_json(t) for t in d.clocks],
         "causes": list(d.causes),
+        # only when known: every other record reads as it always has
+        **({"product": d.product} if d.product is not None else {}),
+        **({"product_class": d.product_class} if d.product_class is not None else {}),
     }
 
 

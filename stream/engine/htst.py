@@ -341,7 +341,11 @@ class HtstMachine(_JoinedRule):
         """The products whose temperature and whose holding time apply at ``ts``: the product
         in force, or during a changeover an old product still in the equipment whose limit is
         the stricter (each limit on its own; the product in force at a tie)."""
-        product = self._product_at(ts)
+        product: Product = ("milk", "")
+        for since, in_force, name in self.product_since:  # _product_at, on every sample
+            if since > ts:
+                break
+            product = (in_force, name)
         if ts >= self._changeovers_until:
             return product, product
         for changeover in reversed(self.changeovers):

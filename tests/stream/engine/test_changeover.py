@@ -177,6 +177,32 @@ def test_the_stricter_holding_time_of_the_old_product_applies_during_the_changeo
     assert line.of("htst_temperature") == []
 
 
+def test_temperature_and_holding_time_each_take_the_stricter_product() -> None:
+    """A plant whose milk pair is 72 degC for 20 s and cream's 75 degC for 15 s: from milk to
+    cream at 10 s, cream's temperature applies at once, while the milk still in the tube keeps
+    its 20 s holding time until the flush is done (3.33 L/s to 12 s, then 5 L/s: 71 s). At
+    18,000 L/h from 12 s the hold is 17.6 s; a dip to 74 degC at 20 s breaches cream's 75."""
+    line = Scenario(
+        PLAN.replace(
+            "legal: {temp_c: 72.0, hold_s: 15}", "legal: {temp_c: 72.0, hold_s: 20}"
+        ).replace(
+            "    eggnog: {temp_c: 80.0, hold_s: 25}\n", "    rich: {temp_c: 75.0, hold_s: 15}\n"
+        )
+    )
+    line.engine.submit_events("plant-01", [change(0, WHOLE_MILK), change(10, CREAM)])
+    run(line, {0: 76.0, 20: 74.0, 21: 76.0}, flow={0: SLOW, 12: FAST}, until=80)
+
+    assert spans(line, "htst_holding_time") == [
+        ("opened", at(12), None),
+        ("closed", at(12), at(71)),
+    ]
+    held = line.of("htst_holding_time")[0].deviation
+    assert (held.limit.min, held.product) == (20.0, "whole-milk")
+    assert spans(line, "htst_temperature") == [("opened", at(20), None), ("closed", at(20), at(21))]
+    dip = line.of("htst_temperature")[0].deviation
+    assert (dip.limit.min, dip.product) == (75.0, "cream")
+
+
 def test_a_change_to_a_stricter_product_applies_at_once() -> None:
     """Whole milk to cream at 10 s at 73 degC: cream's 75 degC applies from the change (the
     milk left in the pipework is only over-pasteurized by it)."""

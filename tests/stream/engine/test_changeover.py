@@ -263,6 +263,24 @@ def test_late_temperatures_inside_a_changeover_are_judged_against_the_old_produc
     assert (closed.deviation.limit.min, closed.deviation.product) == (75.0, "cream")
 
 
+def test_a_product_change_sent_after_its_readings_counts_its_flush_from_then_on() -> None:
+    """The change from cream to whole milk at 10 s reaches the stream only after the readings
+    up to 40 s (72.5 degC from 12 s, raised against cream's 75). What passed before the
+    stream knew of the change cannot be told from one reading: the 300 L are counted from the
+    last flow reading judged (40 s), so the deviation lasts until 100 s, not 70 s."""
+    line = Scenario(PLAN)
+    line.engine.submit_events("plant-01", [change(0, CREAM)])
+    run(line, {0: 76.0, 12: 72.5}, until=40)
+    line.engine.submit_events("plant-01", [change(10, WHOLE_MILK)])
+    run(line, {0: 72.5}, start=41, until=110)
+
+    assert spans(line, "htst_temperature") == [
+        ("opened", at(12), None),
+        ("closed", at(12), at(100)),
+    ]
+    assert line.of("htst_temperature")[0].deviation.product == "cream"
+
+
 def test_cleaning_ends_a_changeover_and_the_first_product_after_it_applies_at_once() -> None:
     """Cream to whole milk at 10 s, dropped to 72.5 degC at 12 s; cleaning from 30 s to 40 s
     pushes all product out (the deviation ends at the cleaning's start). Whole milk comes back

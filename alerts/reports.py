@@ -195,6 +195,12 @@ def render_html(signed: dict[str, Any]) -> str:
         ("Rule", f"{d['rule_id']} ({d['kind']}), CCP {d.get('ccp') or '-'}"),
         ("Plan", f"{d['plan']} version {d['plan_version']}, jurisdiction {d['jurisdiction']}"),
         ("Limit", f"{bounds} {limit.get('unit', '')}: {limit.get('source', '')}"),
+        # HTST: the product whose limit it was (during a changeover, maybe the one before)
+        *(
+            [("Product", f"{d['product']} ({d.get('product_class') or '-'} class)")]
+            if d.get("product")
+            else []
+        ),
         ("Began", d["start"]),
         ("Detected", d["detected"]),
         ("Ended", d.get("end") or "still open at issue"),

@@ -481,7 +481,11 @@ def _htst(device: HtstDevice, scenario: Scenario, rng: random.Random) -> Iterato
                 events.append(CipEnd(asset=device.asset, ts=stamp(end)))
             cleaning = cleaning or begin <= hours < end
         dip = _device_fault(device, "heater_dip", hours)
-        line.setpoint_c = 80.0 if cleaning else device.setpoint_c - (dip.size if dip else 0.0)
+        setpoint = device.setpoint_c
+        for moved in sorted(device.setpoints, key=lambda spec: spec.at_h):
+            if _tick(hours, dt) >= math.ceil(moved.at_h * 3600 / dt - 1e-9):
+                setpoint = moved.setpoint_c  # from its tick on, as _at fires events
+        line.setpoint_c = 80.0 if cleaning else setpoint - (dip.size if dip else 0.0)
         line.valve_stuck_forward = _device_fault(device, "valve_stuck_forward", hours) is not None
         surge = _device_fault(device, "flow_surge", hours)
         line.flow_l_h = device.flow_l_h + (surge.size if surge else 0.0)

@@ -132,8 +132,16 @@ class ProductSpec(_Strict):
     fat_pct: float = Field(ge=0, le=100)
 
 
+class SetpointSpec(_Strict):
+    """The operator moves the heater's setpoint (e.g. up before cream, down after it)."""
+
+    at_h: float = Field(ge=0)
+    setpoint_c: float
+
+
 class HtstDevice(_OneAsset):
-    """An HTST pasteurizer: heater, timing pump, diversion valve, product changes, cleaning."""
+    """An HTST pasteurizer: heater, timing pump, diversion valve, product changes, cleaning;
+    ``setpoints`` move the heater's setpoint from ``setpoint_c`` during the run."""
 
     kind: Literal["htst"]
     sample_s: float = 1.0
@@ -142,6 +150,7 @@ class HtstDevice(_OneAsset):
     flow_l_h: float = 10_000.0
     products: list[ProductSpec] = Field(default_factory=list)
     cleaning_h: list[tuple[float, float]] = Field(default_factory=list)
+    setpoints: list[SetpointSpec] = Field(default_factory=list)
 
 
 class UhtDevice(_OneAsset):

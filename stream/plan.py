@@ -46,6 +46,8 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -354,6 +356,10 @@ class HoldingTube(_Strict):
         return math.pi / 4 * self.diameter_m**2 * self.length_m * 1000
 
 
+#: The largest changeover volume a plan may declare: more than any pasteurizer's pipework and
+#: balance tank hold, so a larger figure is a unit slip (m3 or mL written as litres).
+MAX_CHANGEOVER_VOLUME_L = 50_000.0
+
 #: Pasteurization process classes, as rows of a jurisdiction's table (``us-pmo``: the PMO's
 #: batch (vat), HTST, the five HHST pairs, and ultra-pasteurization).
 ProcessClass = Literal["vat", "htst", "hhst-89", "hhst-90", "hhst-94", "hhst-96", "hhst-100", "up"]
@@ -460,6 +466,14 @@ class Htst(_Strict):
     action: Action = "divert"
     source: RecordText = Field(min_length=3)
     suspend_during_cleaning: bool = True
+    changeover_volume_l: float | None = Field(
+        default=None,
+        description="Litres of product between the product supply (or the product-change "
+        "valve; with the balance tank's working volume when the valve is upstream of it) and "
+        "the indicating thermometer at the holding-tube outlet, the holding tube included. "
+        "After a product change the stricter of the two products' pairs applies until twice "
+        "this volume has passed forward at the measured flow (needs `flow`).",
+    )
 
     @property
     def channels(self) -> list[str]:
@@ -467,10 +481,38 @@ class Htst(_Strict):
         named = [self.indicating, self.flow_diversion, self.recorder, self.flow]
         return [channel for channel in named if channel is not None]
 
+    @field_validator("changeover_volume_l")
+    @classmethod
+    def _a_pipework_volume(cls, volume: float | None, info: ValidationInfo) -> float | None:
+        if volume is not None and not 0 < volume <= MAX_CHANGEOVER_VOLUME_L:
+            rule = info.data.get("id", "?")
+            raise ValueError(
+                f"rule {rule!r}: changeover_volume_l must be above 0 and at most "
+                f"{MAX_CHANGEOVER_VOLUME_L:,.0f} L (the litres from the product supply to the "
+                "indicating thermometer; leave it out to switch limits at the product change)"
+            )
+        return volume
+
     @model_validator(mode="after")
     def _flow_needs_a_tube(self) -> Htst:
         if self.flow is not None and self.holding_tube is None:
             raise ValueError("a flow channel needs the holding_tube (diameter_m, length_m)")
+        volume = self.changeover_volume_l
+        if volume is None:
+            return self
+        if self.flow is None:
+            raise ValueError(
+                f"rule {self.id!r}: changeover_volume_l ({volume:g} L) needs the flow channel "
+                "(`flow`): the volume passes at the measured flow"
+            )
+        assert self.holding_tube is not None  # a flow channel has its tube (above)
+        tube_l = self.holding_tube.volume_l
+        if volume < tube_l:
+            raise ValueError(
+                f"rule {self.id!r}: changeover_volume_l ({volume:g} L) is less than the holding "
+                f"tube alone ({tube_l:.1f} L from its diameter and length); it counts the whole "
+                "path from the product supply to the indicating thermometer, the tube included"
+            )
         return self
 
     def pair(self, product: ProductClass) -> LegalMinimum:
@@ -584,6 +626,18 @@ class Uht(_Strict):
     def channels(self) -> list[str]:
         """Every channel the rule reads."""
         return [self.outlet, self.flow]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_changeover_volume(cls, data: Any) -> Any:
+        # said plainly rather than as an unknown key: the field exists on `htst` rules
+        if isinstance(data, dict) and "changeover_volume_l" in data:
+            raise ValueError(
+                f"rule {data.get('id', '?')!r}: a uht rule takes no changeover_volume_l: its "
+                "minimum F0 is the same for every product, so a product change moves no limit; "
+                "drop the key"
+            )
+        return data
 
     def describe(self, unit: str) -> str:
         """'F0 >= 3 min per parcel'."""

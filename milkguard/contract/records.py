@@ -44,6 +44,10 @@ DeviationKind = Literal[
     "acceptance_window",
 ]
 
+#: A pasteurization table's product classes: plain milk products; rich ones (fat >= 10 %, total
+#: solids >= 18 %, sweetened or condensed); eggnog.
+ProductClass = Literal["milk", "rich", "eggnog"]
+
 #: A deviation id: the first 20 hex digits of a SHA-256 (``stream.engine.deviation``). Reports
 #: are named after it, so nothing else (no ``/``, no ``..``) may ever pass.
 DEVIATION_ID_PATTERN: Final = r"^[0-9a-f]{20}$"
@@ -168,6 +172,25 @@ class DeviationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "(the event's load_id); absent on every other record."
         ),
     ] = msgspec.UNSET
+    # left out of the record unless set: records signed before them stay byte for byte the same
+    product: (
+        Annotated[
+            Id,
+            msgspec.Meta(
+                description="HTST: the product whose limit was breached (the product_change "
+                "event's id): during a changeover, the one still in the equipment if its "
+                "limit is the stricter."
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    product_class: (
+        Annotated[
+            ProductClass,
+            msgspec.Meta(description="HTST: that product's class in the pasteurization table."),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class SignedBy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

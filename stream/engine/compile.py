@@ -171,8 +171,12 @@ class _Wiring:
             )
             if compiled.joined:
                 self.joined[row] = True
-                if role in compiled.first_roles:
-                    self.join_rank[row] = 0
+                first = compiled.first_roles
+                if role in first:
+                    # in the order named, all before the roles not named (rank 1 and on)
+                    self.join_rank[row] = first.index(role)
+                elif len(first) > 1:
+                    self.join_rank[row] = len(first)
         if compiled.joined:
             group = sorted(set(compiled.reads.values()))
             self.joined_groups.append(np.array(group, dtype=np.int64))

@@ -85,6 +85,8 @@ class Deviation(msgspec.Struct):
     clocks: list[DeviceTime] = msgspec.field(default_factory=list)  # time_base "stream" only
     causes: list[TimeSyncCause] = msgspec.field(default_factory=list)  # time sync only
     load_id: str | None = None  # a load judged from its receipt event: the load's id
+    product: str | None = None  # HTST: the product whose limit was breached (its event's id)
+    product_class: str | None = None  # HTST: that product's class (milk, rich, eggnog)
 
 
 class DeviationChange(msgspec.Struct, frozen=True):
@@ -153,6 +155,9 @@ def deviation_to_json(change: DeviationChange) -> dict[str, object]:
         "causes": list(d.causes),
         # only where a record names a load: every other line keeps the JSON it always had
         **({} if d.load_id is None else {"load_id": d.load_id}),
+        # only when known: every other record reads as it always has
+        **({"product": d.product} if d.product is not None else {}),
+        **({"product_class": d.product_class} if d.product_class is not None else {}),
     }
 
 

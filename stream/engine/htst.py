@@ -17,6 +17,25 @@ pairs. HHST times are fractions of a second (0.01 s at 100 degC): holding times 
 whole microseconds, so a tube sized exactly to the legal time is not failed by the last bit of
 a float division.
 
+Product in the equipment (a plan's ``changeover_volume_l``). A product change does not empty
+the pipework: from the change on, the old product keeps reaching the indicating thermometer
+until it has been pushed out. So the stricter of the old and new products' temperatures, and
+the longer of their holding times, each on its own, apply from the change until
+:data:`FLUSH_VOLUMES` times the declared volume has passed in forward flow at the measured flow
+(the flow readings integrated, each interval at the lower of the two readings bounding it; an
+interval longer than the flow channel's silence limit, or with the valve diverted in it, passes
+nothing: diverted product goes back to the balance tank and comes round again). Which particle
+each limit follows: the old product is gone when its slowest particle has left, and in laminar
+flow the layer at the wall barely moves, so the mean flow's volume is doubled (in a Poiseuille
+profile the old product is 1/(4 n^2) of what leaves after n volumes: 6 % after two, and in
+turbulent flow it is gone within about 1.2); the holding time is still the fastest particle's,
+V / (k Q), as the PMO times it. A new product at least as strict as the old one in both applies
+at once. Cleaning in place pushes any product out: a changeover in progress ends at the
+cleaning's start, and the first product change after a cleaning applies at once (water and
+rinse, not a weaker product, were in the equipment). The deviation names the product whose
+limit it breached (``product``, ``product_class``). Without a changeover volume the pair
+switches at the product change, as before; none of this costs a sample anything then.
+
 The channels may come from gateways whose clocks disagree, and a deviation one device's sample
 began may be ended by another's (the valve's divert): the checks judge on the stream's clock
 (device time less the device's offset, as the engine orders the join) and their deviations are
@@ -28,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from milkguard.contract.v1 import Event, ProductChange
@@ -152,6 +171,44 @@ class _JoinedRule:
 
 #: product changes remembered per pasteurizer (the older ones fold into one)
 _PRODUCTS_KEPT = 64
+#: changeovers remembered per pasteurizer (late readings are judged against them)
+_CHANGEOVERS_KEPT = 64
+#: how many times the declared changeover volume must pass before the old product counts as
+#: gone (the slowest particle, see the module)
+FLUSH_VOLUMES = 2.0
+#: the volume still to pass below which a flush is done (a microlitre: float sums of L/h x ms)
+_FLUSHED_L = 1e-6
+_MS_PER_H = 3_600_000.0
+#: a changeover still flushing ends at this time; no product change waits before it
+_OPEN = 2**62
+_LONG_AGO = -(2**63)  # before any product change (a folded one is stamped -2**62)
+
+#: a product as the pasteurizer knows it: its class and its id ("" before any product change)
+Product = tuple[ProductClass, str]
+
+
+@dataclass(slots=True)
+class Changeover:
+    """A product change whose old product may still be in the equipment: from ``since`` (the
+    product change's time) to ``until`` (when the flush was done; :data:`_OPEN` while it is
+    flushing), the old products' highest temperature (``temperature``) and longest holding time
+    (``holding``) apply wherever they are stricter than those of the product in force."""
+
+    since: int
+    until: int
+    temperature: Product
+    holding: Product
+
+
+@dataclass(slots=True)
+class _Flush:
+    """The open changeover's flush: the litres still to pass, the flow reading counted from,
+    and whether the valve stayed forward since it."""
+
+    remaining_l: float
+    flow_ts: int
+    flow_l_h: float
+    forward: bool
 
 
 class HtstMachine(_JoinedRule):
@@ -159,7 +216,13 @@ class HtstMachine(_JoinedRule):
     and 'flow'."""
 
     def __init__(
-        self, rule: Htst, base: RuleSpec, temperature_unit: str, derived: list[Derived]
+        self,
+        rule: Htst,
+        base: RuleSpec,
+        temperature_unit: str,
+        derived: list[Derived],
+        *,
+        flow_gap_ms: int = 0,
     ) -> None:
         self.rule = rule
         self._base = base
@@ -198,8 +261,23 @@ class HtstMachine(_JoinedRule):
         )
         self.forward = True  # until the device says otherwise: never assume a divert
         self.indicating: float | None = None
-        # (ts, product class) from product changes; the pairs by class, worked out once
-        self.product_since: list[tuple[int, ProductClass]] = []
+        # (ts, product class, product id) from product changes; the pairs by class, worked
+        # out once
+        self.product_since: list[tuple[int, ProductClass, str]] = []
+        # product in the equipment (see the module): None without a changeover volume, and
+        # then none of the state below moves
+        volume = rule.changeover_volume_l
+        self._flush_l = None if volume is None else volume * FLUSH_VOLUMES
+        #: beyond this, a flow interval passes nothing (the flow channel's silence limit)
+        self._flow_gap_ms = flow_gap_ms
+        self.changeovers: list[Changeover] = []
+        self._flush: _Flush | None = None
+        self._entered = _LONG_AGO  # the latest product change the samples have reached
+        self._next_change = _OPEN  # the next product change they have not reached
+        self._changeovers_until = _LONG_AGO  # a sample at or after it is in no changeover
+        self._rinsed = False  # cleaned since the last product change the samples reached
+        self._flow_ts = -1
+        self._flow_l_h = 0.0  # none known: no flow counted from it
         self._pairs = {product: rule.pair(product) for product in ("milk", "rich", "eggnog")}
         # the limits a deviation records, made once rather than per sample
         self._temperature_limits = {
@@ -220,29 +298,166 @@ class HtstMachine(_JoinedRule):
         """A machine of the same rule with no verdicts yet, knowing the product changes, whose
         holding times go to ``derived`` (to re-judge a window of history with late readings in
         it, see :mod:`stream.engine.late`)."""
-        machine = HtstMachine(self.rule, self._base, self._unit, derived)
+        machine = HtstMachine(
+            self.rule, self._base, self._unit, derived, flow_gap_ms=self._flow_gap_ms
+        )
         machine.product_since = list(self.product_since)
+        # the changeovers as the stream judged them: a copy judges against the same windows
+        # (one still flushing stays open in it), and flushes only the changes not reached yet
+        machine.changeovers = [replace(c) for c in self.changeovers]
+        machine._entered, machine._rinsed = self._entered, self._rinsed
+        machine._reschedule()
         return machine
 
     def product_change(self, event: ProductChange) -> None:
-        """A product change event: the legal pair follows the product from its time on."""
-        product = product_class(event, self.rule.eggnog_products)
-        self.product_since.append((event.ts, product))
+        """A product change event: the legal pair follows the product from its time on (after a
+        changeover, when the plan declares the changeover volume)."""
+        entry = (event.ts, product_class(event, self.rule.eggnog_products), event.product)
+        if entry in self.product_since:
+            return  # delivered again (at least once)
+        self.product_since.append(entry)
         self.product_since.sort()
         if len(self.product_since) > _PRODUCTS_KEPT:
             # the oldest fold into the product in force before the ones kept (not back to milk:
             # a burst of changes must not make a late reading of eggnog judged as milk)
-            folded = self.product_since[-_PRODUCTS_KEPT - 1][1]
-            self.product_since[:-_PRODUCTS_KEPT] = [(-(2**62), folded)]
+            _, folded, name = self.product_since[-_PRODUCTS_KEPT - 1]
+            self.product_since[:-_PRODUCTS_KEPT] = [(-(2**62), folded, name)]
+        if self._flush_l is not None and event.ts > self._entered:
+            self._next_change = min(self._next_change, event.ts)
 
     def product_in_force(self, ts: int) -> ProductClass:
         """The product class in force at ``ts`` (milk until a product change says otherwise)."""
-        product: ProductClass = "milk"
-        for since, in_force in self.product_since:
+        return self._product_at(ts)[0]
+
+    def _product_at(self, ts: int) -> Product:
+        product: Product = ("milk", "")
+        for since, in_force, name in self.product_since:
             if since > ts:
                 break
-            product = in_force
+            product = (in_force, name)
         return product
+
+    def protected(self, ts: int) -> tuple[Product, Product]:
+        """The products whose temperature and whose holding time apply at ``ts``: the product
+        in force, or during a changeover an old product still in the equipment whose limit is
+        the stricter (each limit on its own; the product in force at a tie)."""
+        product: Product = ("milk", "")
+        for since, in_force, name in self.product_since:  # _product_at, on every sample
+            if since > ts:
+                break
+            product = (in_force, name)
+        if ts >= self._changeovers_until:
+            return product, product
+        for changeover in reversed(self.changeovers):
+            if changeover.since <= ts < changeover.until:
+                pairs = self._pairs
+                now = pairs[product[0]]
+                hot, slow = changeover.temperature, changeover.holding
+                return (
+                    hot if pairs[hot[0]].temp_c > now.temp_c else product,
+                    slow if pairs[slow[0]].hold_s > now.hold_s else product,
+                )
+        return product, product
+
+    # ------------------------------------------------------------ product in the equipment
+
+    def _follow_changeover(self, role: str, sample: Sample) -> None:
+        """Move the product changes and their flush on by one sample (device time, as the
+        product changes are stamped)."""
+        ts = sample.ts
+        if sample.cleaning_since >= 0:
+            self._rinse(sample.cleaning_since)
+        if ts >= self._next_change:
+            self._enter_changes(ts)
+        if role == "flow":
+            if self._flush is not None:
+                self._count_flow(ts, sample.value)
+            self._flow_ts, self._flow_l_h = ts, sample.value
+        elif role == "flow_diversion" and sample.value < 0.5 and self._flush is not None:
+            self._flush.forward = False
+
+    def _rinse(self, cleaning_since: int) -> None:
+        """Cleaning in place: the product is pushed out, a changeover in progress ends."""
+        self._rinsed = True
+        if self._flush is not None or self._open_changeover() is not None:
+            self._end_changeover(cleaning_since)
+
+    def _enter_changes(self, ts: int) -> None:
+        """The product changes the samples have reached, in order."""
+        for since, product, name in list(self.product_since):
+            if since <= self._entered:
+                continue
+            if since > ts:
+                break
+            self._begin(since, (product, name))
+            self._entered = since
+        self._reschedule()
+
+    def _begin(self, since: int, new: Product) -> None:
+        """A product change reached: a changeover, unless nothing weaker than the new product
+        may be left in the equipment."""
+        # the product before, or an earlier changeover's old product where that is stricter
+        hot, slow = self.protected(since - 1)
+        if self._open_changeover() is not None:
+            self._end_changeover(since)  # this one's flush pushes its old product out too
+        if self._rinsed:
+            self._rinsed = False  # cleaned: the first product's limits apply from its start
+            return
+        pairs = self._pairs
+        if pairs[new[0]].temp_c >= pairs[hot[0]].temp_c and (
+            pairs[new[0]].hold_s >= pairs[slow[0]].hold_s
+        ):
+            return  # the new product is the stricter in both: its pair applies at once
+        assert self._flush_l is not None  # only entered with a changeover volume
+        self.changeovers.append(Changeover(since, _OPEN, hot, slow))
+        del self.changeovers[:-_CHANGEOVERS_KEPT]
+        # counted from the last flow reading, or the change if that was before it (a change
+        # reached late: what passed between it and the reading is not counted)
+        self._flush = _Flush(self._flush_l, max(since, self._flow_ts), self._flow_l_h, self.forward)
+        self._changeovers_until = _OPEN
+
+    def _count_flow(self, ts: int, flow_l_h: float) -> None:
+        """One flow reading: the litres passed forward since the last one (the lower of the
+        two readings over the interval; nothing over a gap or a divert); flushed, the
+        changeover ends at this reading."""
+        flush = self._flush
+        assert flush is not None
+        elapsed = ts - flush.flow_ts
+        if elapsed <= 0:
+            return  # stamped before the reading counted from (another gateway's clock)
+        before = flush.flow_l_h
+        if (
+            flush.forward
+            and self.forward
+            and elapsed <= self._flow_gap_ms
+            and before > 0
+            and flow_l_h > 0
+        ):
+            flush.remaining_l -= min(before, flow_l_h) * elapsed / _MS_PER_H
+        flush.flow_ts, flush.flow_l_h, flush.forward = ts, flow_l_h, self.forward
+        if flush.remaining_l <= _FLUSHED_L:
+            self._end_changeover(ts)
+
+    def _open_changeover(self) -> Changeover | None:
+        last = self.changeovers[-1] if self.changeovers else None
+        return last if last is not None and last.until == _OPEN else None
+
+    def _end_changeover(self, ts: int) -> None:
+        opened = self._open_changeover()
+        if opened is not None:
+            opened.until = max(ts, opened.since)
+        self._flush = None
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        """The next product change the samples will reach, and the end of the changeovers."""
+        self._next_change = _OPEN
+        if self._flush_l is not None:
+            for since, _, _ in self.product_since:
+                if since > self._entered:
+                    self._next_change = since
+                    break
+        self._changeovers_until = max((c.until for c in self.changeovers), default=_LONG_AGO)
 
     def legal_pair(self, ts: int) -> LegalMinimum:
         """The legal temperature and holding time for the product in force at ``ts``."""
@@ -257,6 +472,8 @@ class HtstMachine(_JoinedRule):
             self.forward = sample.value >= 0.5
         elif role == "indicating" and sample.cleaning_since >= 0:
             self.indicating = sample.value
+        if self._flush_l is not None:
+            self._follow_changeover(role, sample)
         now = on_stream_clock(sample)
         if sample.cleaning_since >= 0 and self.rule.suspend_during_cleaning:
             return [
@@ -279,12 +496,13 @@ class HtstMachine(_JoinedRule):
         change: DeviationChange | None = None
         if role == "indicating":
             self.indicating = sample.value
-            limit = self._temperature_limits[self.product_in_force(sample.ts)]
+            protected = self.protected(sample.ts)[0]
+            limit = self._temperature_limits[protected[0]]
             legal = limit.min
             assert legal is not None  # a minimum, made above
             excess = legal - sample.value if self.forward and sample.value < legal else 0.0
             machine = self.temperature
-            change = machine.observe_excess(now, excess, limit)
+            change = _naming(machine, machine.observe_excess(now, excess, limit), protected)
         elif role == "flow":
             hold = fastest_particle_hold_s(self.rule, sample.value)
             if math.isfinite(hold):
@@ -292,13 +510,14 @@ class HtstMachine(_JoinedRule):
                 self._derived.append(
                     Derived(base.site, base.asset, self.rule.id, "holding_time_s", sample.ts, hold)
                 )
-            limit = self._holding_limits[self.product_in_force(sample.ts)]
+            protected = self.protected(sample.ts)[1]
+            limit = self._holding_limits[protected[0]]
             assert limit.min is not None  # a minimum, made above
             excess = hold_shortfall_s(hold, limit.min) if self.forward else 0.0
             # microseconds: an HHST tube holds 0.01 s, which three decimals would blur
             shown = replace(now, value=round(hold, 6))
             machine = self.holding
-            change = machine.observe_excess(shown, excess, limit)
+            change = _naming(machine, machine.observe_excess(shown, excess, limit), protected)
         elif role == "recorder" and self.indicating is not None:
             above = sample.value - self.indicating
             machine = self.recorder
@@ -316,30 +535,74 @@ class HtstMachine(_JoinedRule):
 
     def state(self) -> dict[str, Any]:
         """What a snapshot must keep."""
+        flush = self._flush
         return {
             "machines": [m.state() for m in self.machines],
             "forward": self.forward,
             "indicating": self.indicating,
             "product_since": self.product_since,
+            # product in the equipment (added since: absent from older snapshots)
+            "changeovers": [
+                [c.since, c.until, *c.temperature, *c.holding] for c in self.changeovers
+            ],
+            "flush": None
+            if flush is None
+            else [flush.remaining_l, flush.flow_ts, flush.flow_l_h, flush.forward],
+            "entered": self._entered,
+            "rinsed": self._rinsed,
+            "flow": [self._flow_ts, self._flow_l_h],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take back a snapshot's state."""
+        """Take back a snapshot's state (one from before product classes, product ids or
+        changeovers too)."""
         for machine, saved in zip(self.machines, state["machines"], strict=True):
             machine.restore(with_deviation(saved))
         self.forward = state["forward"]
         self.indicating = state["indicating"]
         if "product_since" in state:
+            # (ts, class, id); before product ids, (ts, class)
             self.product_since = [
-                (int(ts), _PRODUCT_CLASS[product]) for ts, product in state["product_since"]
+                (int(ts), _PRODUCT_CLASS[product], str(name[0]) if name else "")
+                for ts, product, *name in state["product_since"]
             ]
         else:  # a snapshot from before the product classes: (ts, rich)
             self.product_since = [
-                (int(ts), "rich" if rich else "milk") for ts, rich in state["rich_since"]
+                (int(ts), "rich" if rich else "milk", "") for ts, rich in state["rich_since"]
             ]
+        self.changeovers = [
+            Changeover(
+                int(since),
+                int(until),
+                (_PRODUCT_CLASS[hot], str(hot_name)),
+                (_PRODUCT_CLASS[slow], str(slow_name)),
+            )
+            for since, until, hot, hot_name, slow, slow_name in state.get("changeovers", ())
+        ]
+        flush = state.get("flush")
+        self._flush = None if flush is None else _Flush(*flush)
+        # a snapshot from before changeovers: every product change it knew was applied
+        self._entered = state.get(
+            "entered", max((ts for ts, _, _ in self.product_since), default=_LONG_AGO)
+        )
+        self._rinsed = state.get("rinsed", False)
+        self._flow_ts, self._flow_l_h = state.get("flow", (-1, 0.0))
+        self._reschedule()
 
 
 _PRODUCT_CLASS: dict[str, ProductClass] = {"milk": "milk", "rich": "rich", "eggnog": "eggnog"}
+
+
+def _naming(
+    machine: CriticalLimitMachine, change: DeviationChange | None, product: Product
+) -> DeviationChange | None:
+    """A deviation just opened names the product whose limit it breached (when a product
+    change named it: a line that never declared one keeps the records it always had)."""
+    if change is not None and change.kind == "opened" and product[1]:
+        for opened in (change.deviation, machine.open_deviation):
+            if opened is not None:
+                opened.product, opened.product_class = product[1], product[0]
+    return change
 
 
 class UhtMachine(_JoinedRule):
@@ -447,7 +710,9 @@ def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
         rule, channel=rule.indicating, unit=context.unit(rule.asset, rule.indicating)
     )
     unit = context.unit(rule.asset, rule.indicating)
-    machine = HtstMachine(rule, base, unit, context.derived)
+    machine = HtstMachine(
+        rule, base, unit, context.derived, flow_gap_ms=_flow_gap_ms(rule, context)
+    )
     roles = {
         "indicating": rule.indicating,
         "flow_diversion": rule.flow_diversion,
@@ -460,9 +725,21 @@ def compile_htst(rule: Htst, context: PlanContext) -> Compiled:
         reads=_reads(rule, context, roles),
         assets=(context.where(rule.asset),),
         joined=True,
-        first_roles=("flow_diversion",),
+        # at equal times the valve's state, then the flow (which may end a changeover), then
+        # the temperatures judged with both
+        first_roles=("flow_diversion", "flow"),
         derived_at=("flow",),
     )
+
+
+def _flow_gap_ms(rule: Htst, context: PlanContext) -> int:
+    """The flow channel's silence limit: a longer interval between flow readings is a gap, in
+    which no product is counted as passing (nothing is interpolated across it)."""
+    if rule.flow is None:
+        return 0
+    plan = context.loaded.plan
+    channel = plan.assets[rule.asset].channels[rule.flow]
+    return round((channel.silence_after_s or channel.interval_s * plan.silence_factor) * 1000)
 
 
 def compile_uht(rule: Uht, context: PlanContext) -> Compiled:

@@ -107,8 +107,8 @@ class Compiled:
     assets: tuple[tuple[str, str], ...] = ()
     #: read several channels merged in time order (they are then never screened)
     joined: bool = False
-    #: of a joined rule, the roles judged first among samples of the same time (e.g. a
-    #: valve's state, so a temperature is judged with the flow direction of that instant)
+    #: of a joined rule, the roles judged first among samples of the same time, in this order
+    #: (e.g. a valve's state, so a temperature is judged with the flow direction of that instant)
     first_roles: tuple[str, ...] = ()
     #: the roles at whose samples its derived values (holding times, F0s) are computed
     derived_at: tuple[str, ...] = ()

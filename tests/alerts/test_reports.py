@@ -323,3 +323,21 @@ def test_a_time_sync_alert_names_its_causes() -> None:
 
     assert "Cause: offset beyond tolerance and gateway unsynchronised" in text.splitlines()
     assert "Times on the stream's clock" in text.splitlines()
+
+
+def test_a_report_names_the_product_whose_limit_was_breached(tmp_path: Path) -> None:
+    """PMO: cream (fat >= 10 %) needs 75 degC; a dip during a changeover to milk breached
+    cream's limit, and the report says so. A record without a product shows no such row."""
+    cream = {
+        **DEVIATION,
+        "limit": {**DEVIATION["limit"], "min": 75.0},  # type: ignore[dict-item]
+        "product": "cream",
+        "product_class": "rich",
+    }
+    path, _, trail = issued(tmp_path / "cream", datetime(2026, 11, 22, 12, 0, tzinfo=UTC), cream)
+    plain, _, plain_trail = issued(tmp_path / "plain", datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    trail.close()
+    plain_trail.close()
+
+    assert "<th>Product</th><td>cream (rich class)</td>" in path.with_suffix(".html").read_text()
+    assert "<th>Product</th>" not in plain.with_suffix(".html").read_text()

@@ -84,6 +84,9 @@ class Deviation(msgspec.Struct):
     time_base: TimeBase = "device"  # the clock start, detected and end are on
     clocks: list[DeviceTime] = msgspec.field(default_factory=list)  # time_base "stream" only
     causes: list[TimeSyncCause] = msgspec.field(default_factory=list)  # time sync only
+    #: the value of the sample that opened it (a CCP limit's: the excursion's first value);
+    #: None when a timer or a clock opened it, and in snapshots written before it existed
+    value: float | None = None
 
 
 class DeviationChange(msgspec.Struct, frozen=True):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from milkguard.contract.v1 import Reading
 from stream.dashboard_series import (
     SEEN_EVERY_MS,
@@ -14,6 +17,7 @@ from stream.dashboard_series import (
     plan_limits,
 )
 from stream.plan import LoadedPlan, load_plan, parse_plan
+from stream.settings import StreamSettings
 from tests.conftest import T0
 
 PLANS = Path(__file__).parents[2] / "simulators" / "scenarios" / "plans"
@@ -173,3 +177,11 @@ def test_a_gateway_is_seen_at_most_once_per_ten_seconds_of_receive_time() -> Non
     stamps = [line.rsplit(" ", 1)[1] for line in lines]
     assert stamps == [f"{T0 + ms}000000" for ms in (0, 10_000, 20_500, 2_000)]
     assert "lag_ms=800i" in lines[0]
+
+
+@pytest.mark.parametrize("every_s", [0, -5, 86_401])
+def test_a_limits_interval_outside_a_second_to_a_day_is_refused_naming_the_setting(
+    every_s: float,
+) -> None:
+    with pytest.raises(ValidationError, match="limits_every_s"):
+        StreamSettings(limits_every_s=every_s)

@@ -195,7 +195,9 @@ def milkguard_run(
     """A fresh ingest that has seen ``warm`` (not timed), and the timed run over the drained
     chunks; returns its deviation changes."""
     deviations = MemoryDeviationSink()
-    ingest = Ingest(Engine(loaded), MemoryTimeSeriesSink(), deviations, MemoryDeadLetterSink())
+    ingest = Ingest(
+        Engine(loaded), MemoryTimeSeriesSink(), deviations, MemoryDeadLetterSink(), dashboards=True
+    )
     ingest.handle_many(warm)
 
     def run() -> int:

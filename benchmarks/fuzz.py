@@ -120,6 +120,7 @@ COUNTERS: Final = (
     "readings_in_rejected_payloads",
     "rejected_readings",
     "readings_quarantined",
+    "statuses",
 )
 
 _UNITS: Final = ("degC", "%RH", "%O2", "%", "L", "L/h", "bar", "state", "km/h", "deg")
@@ -1256,11 +1257,11 @@ def check_counters(
         broken.append(f"IngestCounters has no {', '.join(missing)}")
     if values.get("messages") != messages_fed:
         broken.append(f"messages {values.get('messages')} != {messages_fed} fed")
-    if {"batches", "duplicates", "rejected_payloads", "messages"} <= values.keys():
-        outcome = values["batches"] + values["duplicates"] + values["rejected_payloads"]
+    if {"batches", "statuses", "duplicates", "rejected_payloads", "messages"} <= values.keys():
+        outcome = sum(values[n] for n in ("batches", "statuses", "duplicates", "rejected_payloads"))
         if outcome != values["messages"]:
             broken.append(
-                f"batches + duplicates + rejected_payloads = {outcome:,} "
+                f"batches + statuses + duplicates + rejected_payloads = {outcome:,} "
                 f"!= messages {values['messages']:,}"
             )
     per_reading = ("readings", "readings_duplicate", "readings_in_rejected_payloads")

@@ -1,6 +1,8 @@
 """``milkguard bridge``: gateways' batches from MQTT into Kafka, at least once, in order.
 
-Each valid batch is produced to the batches topic keyed by its site, so every batch of a
+Each valid batch, and each valid gateway status (the gateways' retained status topics, marked
+with the Kafka header ``milkguard-status-topic`` holding its MQTT topic, so workers store it as a
+``gateway`` point), is produced to the batches topic keyed by its site, so every batch of a
 gateway lands in one partition, in the order the gateway sent it, and all the gateways of a
 site land in the same one: a site's rules (cleaning windows, transport, silence of every
 channel) are judged by one engine (:mod:`stream.worker`), which needs all of its batches.
@@ -27,10 +29,18 @@ from typing import Any
 
 import msgspec
 
-from milkguard.contract.v1 import BATCH_SUBSCRIPTION, parse_batch_topic, read_batch
+from milkguard.contract.v1 import (
+    BATCH_SUBSCRIPTION,
+    STATUS_SUBSCRIPTION,
+    parse_batch_topic,
+    parse_status_topic,
+    read_batch,
+    read_status,
+)
 from milkguard.errors import BrokerError, ExtraMissing
 from milkguard.mqtt import BrokerAddress, Connection, topic_of
 from stream.engine.deviation import iso_ms
+from stream.settings import STATUS_HEADER
 from stream.sinks.base import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -63,7 +73,15 @@ class BridgeCounters:
 
 
 def problem_of(topic: str, payload: bytes) -> tuple[str | None, str]:
-    """(None, key) for a valid batch on its own topic, else (reason, key)."""
+    """(None, key) for a valid batch or gateway status on its own topic, else (reason, key)."""
+    status_route = parse_status_topic(topic)
+    if status_route is not None:
+        status = read_status(payload)
+        if isinstance(status, str):
+            return status, status_route[0]
+        if (status.site, status.gateway) != status_route:
+            return f"status of {status.site}/{status.gateway} on topic {topic!r}", status_route[0]
+        return None, status_route[0]
     route = parse_batch_topic(topic)
     key = route[0] if route else topic  # the site: see the module's description
     batch = read_batch(payload)  # never raises: any byte sequence is a batch or a reason
@@ -145,7 +163,11 @@ class Bridge:
                 return
             reason, key = problem_of(topic, payload)
             if reason is None:
-                future = await producer.send(self.kafka.batches_topic, payload, key=key.encode())
+                # a status goes with its site's batches, in order, marked by its MQTT topic
+                headers = [(STATUS_HEADER, topic.encode())] if topic.endswith("/status") else None
+                future = await producer.send(
+                    self.kafka.batches_topic, payload, key=key.encode(), headers=headers
+                )
                 self.counters.produced += 1
             else:
                 letter = msgspec.json.encode(  # bounded: huge payloads cannot fill the topic
@@ -166,7 +188,7 @@ class Bridge:
         # crosses the network in clear when mqtt.tls_ca is set
         def subscribe(client: Any) -> None:
             client.on_subscribe = lambda *_: self.ready.set()
-            client.subscribe(BATCH_SUBSCRIPTION, qos=1)
+            client.subscribe([(BATCH_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
 
         def on_message(c: Any, u: object, message: Any) -> None:
             self.counters.received += 1

@@ -30,6 +30,7 @@ class StreamCounts:
     readings_quarantined: int = 0
     events_quarantined: int = 0
     capped: int = 0
+    statuses: int = 0  # gateway status messages stored
 
     def add(self, ingest: IngestCounters, engine: EngineCounters) -> None:
         """Add one ingest's and its engine's counters."""
@@ -39,7 +40,7 @@ class StreamCounts:
         self.duplicates += ingest.duplicates
         for name in ("late", "late_judged", "late_beyond_bound", "judged", "opened", "closed"):
             setattr(self, name, getattr(self, name) + getattr(engine, name))
-        for name in _PER_READING:
+        for name in _FROM_INGEST:
             setattr(self, name, getattr(self, name) + getattr(ingest, name))
 
     def plus(self, other: StreamCounts) -> StreamCounts:
@@ -51,12 +52,13 @@ class StreamCounts:
         return StreamCounts(*(getattr(self, n) - getattr(other, n) for n in self.__slots__))
 
 
-_PER_READING = (
+_FROM_INGEST = (
     "readings_duplicate",
     "readings_in_rejected_payloads",
     "readings_quarantined",
     "events_quarantined",
     "capped",
+    "statuses",
 )
 
 

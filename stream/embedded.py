@@ -303,6 +303,8 @@ class EmbeddedService:
             future_tolerance_ms=round(settings.future_tolerance_h * 3_600_000),
             known_gateways=known_gateways(settings.mqtt.security),
             archive=archive,
+            dashboards=True,
+            limits_every_ms=round(settings.limits_every_s * 1000),
         )
         if saved is not None:
             ingest.restore_windows(saved.windows)

@@ -13,7 +13,10 @@ so it cannot move a watermark). Every reading fed is counted once:
 
     readings fed = readings + readings_duplicate + readings_in_rejected_payloads
 
-and every message once: ``messages = batches + duplicates + rejected_payloads``. What ingest
+and every message once: ``messages = batches + statuses + duplicates + rejected_payloads``.
+A gateway's status message (its retained status topic) is checked like a batch (the contract,
+the topic's site and gateway, a timestamp no further ahead than the tolerance) and stored as a
+``gateway`` point, or dead-lettered with the reason. What ingest
 remembers per id (duplicate windows, latest readings) is capped for ids neither the plan nor the
 runtime knows, so invented gateways cannot grow memory without end.
 """
@@ -38,12 +41,21 @@ from milkguard.contract.v1 import (
     count_readings,
     is_valid_id,
     parse_batch_topic,
+    parse_status_topic,
     read_batch,
+    read_status,
 )
 from stream.archive import ArchiveState, ArchiveWriter
+from stream.dashboard_series import DEFAULT_LIMITS_EVERY_MS, LimitLines, PositionJoin, SeenClock
 from stream.engine.core import Engine, Routed, UnitMismatch, is_power_of_ten
 from stream.engine.deviation import DeviationChange, iso_ms
-from stream.lineprotocol import ReadingLines, derived_line, deviation_line, event_line
+from stream.lineprotocol import (
+    ReadingLines,
+    derived_line,
+    deviation_line,
+    event_line,
+    gateway_line,
+)
 from stream.sinks.base import (
     DeadLetter,
     DeadLetterSink,
@@ -115,6 +127,7 @@ class IngestCounters:
     readings_quarantined: int = 0  # stamped too far ahead; also in rejected_readings
     capped: int = 0  # times an id or gateway was not tracked because of a memory cap
     events_quarantined: int = 0  # events stamped too far ahead, dead-lettered alone
+    statuses: int = 0  # gateway status messages stored (those refused are rejected_payloads)
 
 
 class SequenceWindow:
@@ -249,6 +262,9 @@ class Ingest:
     ``known_gateways`` are (site, gateway) pairs the runtime vouches for (e.g. those its broker
     lets publish): they, the plan's sites and the plan's channels are always tracked, whatever
     the caps. ``future_tolerance_ms``: how far ahead of the receive time a timestamp may be.
+    ``dashboards``: also write what the dashboards draw beside the readings (the plan's limits
+    every ``limits_every_ms`` of the engine's clock, vehicles' positions, when each gateway was
+    last heard from: :mod:`stream.dashboard_series`).
     """
 
     def __init__(
@@ -264,6 +280,8 @@ class Ingest:
         known_gateways: Collection[tuple[str, str]] = (),
         future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
         archive: ArchiveWriter | None = None,
+        dashboards: bool = False,
+        limits_every_ms: int = DEFAULT_LIMITS_EVERY_MS,
     ) -> None:
         self.engine = engine
         # live, the engine's clock is the receive time; replaying a file, the newest event time
@@ -307,6 +325,11 @@ class Ingest:
         self._unplanned_latest = 0
         self._clocks_from = -1
         self._decoded = False  # whether the payload :meth:`_take` saw last decoded as a batch
+        self._limits = LimitLines(engine.plan, limits_every_ms) if dashboards else None
+        positions = PositionJoin(engine.plan) if dashboards else None
+        self._positions = positions if positions is not None and positions.sites else None
+        self._seen = SeenClock() if dashboards else None
+        self._status_lines: list[str] = []  # of status messages taken, stored with the batches
         if archive is not None:
             archive.attach(self.archive_state)
 
@@ -365,6 +388,11 @@ class Ingest:
             self.counters.messages += 1
             self._decoded = False
             route = parse_batch_topic(topic)
+            if route is None and topic.endswith("/status"):
+                self._take_status(topic, payload, received_ms)
+                if archive is not None:
+                    decoded.append(self._decoded)
+                continue
             if route is None:
                 self._reject_payload(
                     topic,
@@ -383,6 +411,8 @@ class Ingest:
             archive.messages(messages, decoded)
         if accepted:
             self._judge(accepted)
+        if self._status_lines:
+            self._store_statuses()
 
     def handle_recorded(self, payload: bytes, origin: str) -> None:
         """Process one payload recorded without its topic (a line of a replayed file).
@@ -410,11 +440,65 @@ class Ingest:
         accepted: list[_Accepted] = []
         for payload, received_ms, origin in messages:
             self.counters.messages += 1
+            if origin.endswith("/status"):  # the bridge names a status by its MQTT topic
+                self._take_status(origin, payload, received_ms)
+                continue
             item = self._take(origin, None, payload, received_ms)
             if item is not None:
                 accepted.append(item)
         if accepted:
             self._judge(accepted)
+        if self._status_lines:
+            self._store_statuses()
+
+    def _take_status(self, topic: str, payload: bytes, received_ms: int) -> None:
+        """Check one gateway status message and keep its ``gateway`` point for the store, or
+        dead-letter it with the reason (counted as a payload rejected whole, with the readings
+        a batch sent there by mistake holds).
+
+        An ``offline`` status is the gateway's last will, made when it last connected and
+        published by the broker when the link died: it is stamped at its receive time when
+        that is later, so it comes after the heartbeats the gateway sent meanwhile."""
+        self._decoded = False
+        route = parse_status_topic(topic)
+        if route is None:
+            wrong_topic = (
+                "topic is not a status topic of wire contract v1; "
+                "publish to milkguard/v1/gw/{site}/{gateway}/status"
+            )
+            self._reject_payload(topic, payload, received_ms, wrong_topic)
+            return
+        site, gateway = route
+        status = read_status(payload)
+        if isinstance(status, str):
+            self._reject_payload(topic, payload, received_ms, status, site=site, gateway=gateway)
+            return
+        self._decoded = True
+        reason: str | None = None
+        horizon = received_ms + self.future_tolerance_ms
+        if (status.site, status.gateway) != route:
+            reason = (
+                f"status says site {status.site!r}, gateway {status.gateway!r} but the topic "
+                f"says site {site!r}, gateway {gateway!r}; they must match"
+            )
+        elif status.ts > horizon:
+            reason = (
+                f"status of {status.site}/{status.gateway} is stamped {iso_ms(status.ts)}, "
+                f"{_hours(status.ts - received_ms)} ahead of its receive time "
+                f"{iso_ms(received_ms)} (tolerance {_hours(self.future_tolerance_ms)}): not "
+                "stored. Set the gateway's clock (NTP)."
+            )
+        if reason is not None:
+            self._reject_payload(topic, payload, received_ms, reason, site=site, gateway=gateway)
+            return
+        self.counters.statuses += 1
+        stamp = max(status.ts, received_ms) if status.state == "offline" else status.ts
+        self._status_lines.append(gateway_line(status, stamp))
+
+    def _store_statuses(self) -> None:
+        """Hand the status messages' points to the store."""
+        lines, self._status_lines = self._status_lines, []
+        self._timeseries.add(lines)
 
     def windows(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
         """The duplicate windows of every gateway, for a snapshot."""
@@ -614,6 +698,9 @@ class Ingest:
             gateways = {item.gateway for item in accepted}
             self._log_notices(gateways.pop() if len(gateways) == 1 else None)
         lines: list[str] = []
+        if self._limits is not None:
+            self._limits.due(engine.now, lines)
+        positions, seen = self._positions, self._seen
         for item in accepted:
             site, gateway = item.site, item.gateway
             routed = item.routed
@@ -627,7 +714,12 @@ class Ingest:
                     stamps=routed.ts,
                 )
             )
-            lines.extend(event_line(site, gateway, e) for e in item.events)
+            if item.events:
+                lines.extend(event_line(site, gateway, e) for e in item.events)
+            if positions is not None and site in positions.sites:
+                positions.lines(site, gateway, item.readings, routed.layout, lines)
+            if seen is not None:
+                seen.heard(site, gateway, item.received_ms, _newest(item), lines)
             for mismatch in item.mismatches:
                 reading = mismatch.reading
                 self._reject_reading(
@@ -784,9 +876,12 @@ class Ingest:
             self.archive.tick(now_ms)
         changes: list[DeviationChange] = []
         self.engine.advance(now_ms, changes)
+        lines: list[str] = []
+        if self._limits is not None:
+            self._limits.due(self.engine.now, lines)
         if changes or self.engine.derived:
-            lines: list[str] = []
             self._emit(changes, lines)
+        if lines:
             self._timeseries.add(lines)
 
     def finish(self) -> None:
@@ -988,6 +1083,14 @@ def _beyond(readings: list[Reading], horizon: int) -> list[Reading]:
         for r in readings
         if r.ts > horizon or not bounds[r.unit][0] <= r.value <= bounds[r.unit][1]
     ]
+
+
+def _newest(item: _Accepted) -> int:
+    """The newest timestamp of a batch's readings and events (when it was sent, if none)."""
+    if item.routed.newest >= 0:
+        return item.routed.newest
+    stamps = [*map(_TS, item.readings), *map(_TS, item.events)]
+    return max(stamps) if stamps else item.batch.sent_at
 
 
 def has_unchecked_ids(readings: list[Reading], known: set[str]) -> bool:

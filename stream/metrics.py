@@ -95,6 +95,7 @@ class StreamCollector(Collector):
                     "events stamped too far ahead of their receive time",
                 ),
                 ("ids_capped", seen.capped, "ids not tracked because of a memory cap"),
+                ("statuses_received", seen.statuses, "gateway status messages stored"),
             ):
                 yield CounterMetricFamily(f"milkguard_{name}", what, value=value)
             deviations = CounterMetricFamily(

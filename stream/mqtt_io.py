@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from milkguard import mqtt as mqtt_connect
-from milkguard.contract.v1 import BATCH_SUBSCRIPTION, deadletter_topic, deviation_topic
+from milkguard.contract.v1 import (
+    BATCH_SUBSCRIPTION,
+    STATUS_SUBSCRIPTION,
+    deadletter_topic,
+    deviation_topic,
+)
 from milkguard.signing import Signer
 from stream.engine.deviation import DeviationChange
 from stream.errors import NotAcknowledged
@@ -101,7 +106,8 @@ class Handoff:
 
 
 class MqttBatchSource:
-    """Subscribes to every gateway's batches and queues them for the engine thread."""
+    """Subscribes to every gateway's batches and status and queues them for the engine
+    thread."""
 
     def __init__(
         self, address: mqtt_connect.BrokerAddress, client_id: str, queue_size: int
@@ -121,7 +127,8 @@ class MqttBatchSource:
 
         def subscribe(client: mqtt.Client) -> None:
             client.on_subscribe = lambda *_: self.subscribed.set()
-            client.subscribe(BATCH_SUBSCRIPTION, qos=1)
+            # the gateways' retained statuses come at every subscription, then as they change
+            client.subscribe([(BATCH_SUBSCRIPTION, 1), (STATUS_SUBSCRIPTION, 1)])
 
         # made before it connects: a persistent session's messages arrive right after the
         # CONNACK, and each is tagged with the connection's session number for its PUBACK

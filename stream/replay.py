@@ -32,7 +32,7 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from milkguard.contract.v1 import parse_batch_topic
+from milkguard.contract.v1 import parse_batch_topic, parse_status_topic
 from milkguard.errors import ConfigError
 from stream.archive import (
     Bad,
@@ -561,11 +561,12 @@ class _ArchiveReplay:
     def _message(self, message: Message) -> None:
         if not self._in_step(message.received_ms, "receive time", message):
             return
-        if parse_batch_topic(message.topic) is None:
+        topic = message.topic
+        if parse_batch_topic(topic) is None and parse_status_topic(topic) is None:
             self._refuse(
                 message,
-                f"topic {message.topic[:160]!r} is not a gateway batch topic "
-                "(milkguard/v1/gw/{site}/{gateway}/batch)",
+                f"topic {topic[:160]!r} is not a gateway batch topic nor a status topic "
+                "(milkguard/v1/gw/{site}/{gateway}/batch or .../status)",
             )
             return
         self._drain.append((message.topic, message.raw(), message.received_ms))

@@ -18,6 +18,12 @@ def demo_plan_path() -> Path:
     return Path(str(resources.files("stream") / "plans" / "demo-cn.yaml"))
 
 
+#: The Kafka header that marks a gateway's status among the batches (the bridge forwards both on
+#: the batches topic, keyed by site, so a site's statuses keep their order with its batches):
+#: the status's MQTT topic, which the workers check it against.
+STATUS_HEADER = "milkguard-status-topic"
+
+
 class KafkaSettings(BaseModel):
     """The Kafka cluster of a scaled-out install (``milkguard bridge``)."""
 
@@ -238,6 +244,14 @@ class StreamSettings(CommonSettings):
         description="A reading or event stamped further ahead of its batch's receive time is "
         "quarantined (dead-lettered, never judged), as is a seq beyond the receive time in ms "
         "plus this. Keep it above any clock skew the time-sync rule should report.",
+    )
+    limits_every_s: float = Field(
+        default=300,
+        ge=1,
+        le=86_400,
+        description="How often, in stream time, `milkguard run` and `worker` write every "
+        "channel's critical limits as `limit` points (and once at start), so any dashboard "
+        "window holds the threshold lines it draws.",
     )
     signing: SigningSettings = Field(default_factory=SigningSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)

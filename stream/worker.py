@@ -67,12 +67,13 @@ import msgspec
 from milkguard.broker_security import known_gateways
 from milkguard.errors import ConfigError, ExtraMissing
 from stream.counts import StreamCounts, counts_of
+from stream.dashboard_series import DEFAULT_LIMITS_EVERY_MS
 from stream.engine.core import Engine, SnapshotMismatch
 from stream.engine.deviation import DeviationChange
 from stream.errors import InfluxWriteError
 from stream.ingest import DEFAULT_FUTURE_TOLERANCE_MS, Ingest
 from stream.plan import LoadedPlan, load_plan
-from stream.settings import StreamSettings
+from stream.settings import STATUS_HEADER, StreamSettings
 from stream.signed import load_stream_signer, sealed_change
 from stream.sinks.base import DeadLetter, TimeSeriesSink
 from stream.sinks.files import LineProtocolFileSink
@@ -165,6 +166,7 @@ class PartitionWork:
         *,
         future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
         known_gateways: Collection[tuple[str, str]] = (),
+        limits_every_ms: int = DEFAULT_LIMITS_EVERY_MS,
     ) -> PartitionWork:
         """A partition's work, carrying on from its saved state when there is one."""
         outputs = _Outputs()
@@ -190,6 +192,8 @@ class PartitionWork:
             outputs,
             future_tolerance_ms=future_tolerance_ms,
             known_gateways=known_gateways,
+            dashboards=True,
+            limits_every_ms=limits_every_ms,
         )
         # an unreadable snapshot leaves the position to the committed offset, as before it
         work = cls(number, ingest, outputs, baseline=counts_of(ingest), anchored=saved is None)
@@ -422,7 +426,8 @@ class Worker:
         for event in events:
             message = event.message
             stamp = _stamp_ms(message.timestamp)
-            messages.append((message.value, message.offset, stamp, message.topic))
+            origin = _status_topic(message.headers) or message.topic
+            messages.append((message.value, message.offset, stamp, origin))
         following = work.following([offset for _, offset, _, _ in messages])
         for event, taken in zip(
             events[:following], work.take_many(messages[:following]), strict=True
@@ -448,6 +453,7 @@ class Worker:
                 saved,
                 future_tolerance_ms=tolerance_ms,
                 known_gateways=known_gateways(self.settings.mqtt.security),
+                limits_every_ms=round(self.settings.limits_every_s * 1000),
             )
             self.work[partition] = work
             if saved is not None:
@@ -618,6 +624,17 @@ class Worker:
             if work is not None:
                 self.retired = self.retired.plus(work.counts())
         log.info("worker.partitions_revoked", extra={"partitions": sorted(mine)})
+
+
+def _status_topic(headers: object) -> str | None:
+    """The MQTT topic of a gateway status the bridge forwarded (its header), else None."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    for name, value in pairs:  # type: ignore[attr-defined]
+        if name == STATUS_HEADER and isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+    return None
 
 
 def _stamp_ms(timestamp: object) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -484,12 +484,22 @@ def alert_topic(site: str, asset: str) -> str:
 
 #: Subscription that matches every gateway's batches.
 BATCH_SUBSCRIPTION: Final = f"{TOPIC_ROOT}/gw/+/+/batch"
+#: Subscription that matches every gateway's (retained) status.
+STATUS_SUBSCRIPTION: Final = f"{TOPIC_ROOT}/gw/+/+/status"
 
 
 def parse_batch_topic(topic: str) -> tuple[str, str] | None:
     """Return ``(site, gateway)`` of a batch topic, or None when the topic is not one."""
     parts = topic.split("/")
     if len(parts) != 6 or parts[0:3] != ["milkguard", "v1", "gw"] or parts[5] != "batch":
+        return None
+    return parts[3], parts[4]
+
+
+def parse_status_topic(topic: str) -> tuple[str, str] | None:
+    """Return ``(site, gateway)`` of a status topic, or None when the topic is not one."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0:3] != ["milkguard", "v1", "gw"] or parts[5] != "status":
         return None
     return parts[3], parts[4]
 
@@ -504,22 +514,33 @@ def decode_batch(payload: bytes | str) -> Batch:
     return _decoder.decode(payload)
 
 
+_Decoded = TypeVar("_Decoded")
+
+
 def read_batch(payload: bytes) -> Batch | str:
     """The batch of a payload, or why it is not one. Never raises: every byte sequence is either
     a batch or a reason (msgspec raises UnicodeDecodeError for invalid UTF-8 in a string and
     RecursionError for deep nesting, not only its own errors)."""
+    return _read(_decoder, payload, "a batch")
+
+
+def _read(
+    decoder: msgspec.json.Decoder[_Decoded], payload: bytes, what: str, invalid: str = ""
+) -> _Decoded | str:
+    """What ``decoder`` makes of ``payload``, or why it makes nothing (``what`` names the
+    payload expected; ``invalid`` comes before the reason a valid JSON text is refused)."""
     try:
-        return _decoder.decode(payload)
+        return decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        return str(exc)
+        return f"{invalid}{exc}"
     except msgspec.DecodeError as exc:
         return f"not valid JSON: {exc}"
     except UnicodeDecodeError as exc:
         return f"not valid UTF-8 at byte {exc.start}: JSON text must be UTF-8"
     except RecursionError:
-        return "nested too deeply to be a batch of wire contract v1"
+        return f"nested too deeply to be {what} of wire contract v1"
     except Exception as exc:  # whatever else a decoder may raise on hostile input
-        return f"not a batch of wire contract v1 ({type(exc).__name__}: {exc})"
+        return f"not {what} of wire contract v1 ({type(exc).__name__}: {exc})"
 
 
 class _ReadingsOnly(msgspec.Struct):
@@ -580,6 +601,13 @@ def encode_status(status: GatewayStatus) -> bytes:
 def decode_status(payload: bytes | str) -> GatewayStatus:
     """Decode and validate a gateway status."""
     return _status_decoder.decode(payload)
+
+
+def read_status(payload: bytes) -> GatewayStatus | str:
+    """The gateway status of a payload, or why it is not one; never raises (as
+    :func:`read_batch`)."""
+    status = "a gateway status"
+    return _read(_status_decoder, payload, status, f"not {status} of wire contract v1: ")
 
 
 def json_schema() -> dict[str, object]:

@@ -87,6 +87,9 @@ class Deviation(msgspec.Struct):
     load_id: str | None = None  # a load judged from its receipt event: the load's id
     product: str | None = None  # HTST: the product whose limit was breached (its event's id)
     product_class: str | None = None  # HTST: that product's class (milk, rich, eggnog)
+    #: the value of the sample that opened it (a CCP limit's: the excursion's first value);
+    #: None when a timer or a clock opened it, and in snapshots written before it existed
+    value: float | None = None
 
 
 class DeviationChange(msgspec.Struct, frozen=True):

@@ -185,8 +185,16 @@ class Machine:
         self._open = state["open"]
 
     def _opened(
-        self, start_ms: int, sample: Sample, peak: float | None, limit: AppliedLimit
+        self,
+        start_ms: int,
+        sample: Sample,
+        peak: float | None,
+        limit: AppliedLimit,
+        *,
+        value: float | None = None,
     ) -> DeviationChange:
+        """Open the deviation; ``value``: the channel's value that opened it, when a sample of
+        the channel did (not a deadline's timer)."""
         spec = self.spec
         self._open = Deviation(
             id=deviation_id(spec.plan_version, spec.rule_id, spec.site, spec.asset, start_ms),
@@ -212,6 +220,7 @@ class Machine:
             degree_minutes=0.0,
             detected_late=sample.late,
             clock_offset_ms=sample.offset_ms,
+            value=value,
         )
         # sinks keep the change; the open record keeps changing here, so snapshot it
         return DeviationChange(kind="opened", deviation=replace(self._open))
@@ -308,7 +317,9 @@ class CriticalLimitMachine(Machine):
             if self._open is None:
                 if ts - self._breach_start >= self.spec.sustained_ms:
                     applied = limit or self._limit()
-                    change = self._opened(self._breach_start, sample, self._peak, applied)
+                    change = self._opened(
+                        self._breach_start, sample, self._peak, applied, value=sample.value
+                    )
                     self._open_degree_minutes()
             else:
                 self._open.peak = self._peak
@@ -383,7 +394,9 @@ class StuckSensorMachine(Machine):
         flat = sample.prev_ts >= 0 and sample.value == sample.prev_value
         if self._open is None:
             if flat and sample.ts - sample.run_start >= self.spec.flat_ms:
-                return self._opened(sample.run_start, sample, sample.value, self._flat_limit())
+                return self._opened(
+                    sample.run_start, sample, sample.value, self._flat_limit(), value=sample.value
+                )
             return None
         if flat:
             return None
@@ -425,7 +438,9 @@ class RateOfChangeMachine(Machine):
         implausible = step > self.spec.max_per_ms * span
         if self._open is None:
             if implausible:
-                return self._opened(sample.ts, sample, rate * 60_000, self._rate_limit())
+                return self._opened(
+                    sample.ts, sample, rate * 60_000, self._rate_limit(), value=sample.value
+                )
             return None
         if implausible:
             if self._open.peak is None or rate * 60_000 > self._open.peak:

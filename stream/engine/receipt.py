@@ -60,7 +60,7 @@ class _LoadRecord(Machine):
 
     def record(self, sample: Sample, limit: AppliedLimit) -> list[DeviationChange]:
         """The load's record, opened and closed at once."""
-        opened = self._opened(sample.ts, sample, sample.value, limit)
+        opened = self._opened(sample.ts, sample, sample.value, limit, value=sample.value)
         return [opened, self._closed(sample.ts, sample.late)]
 
     def record_load(

@@ -21,7 +21,7 @@ import pytest
 
 from benchmarks import fuzz
 from milkguard import mqtt as mqtt_connect
-from milkguard.contract.v1 import parse_batch_topic
+from milkguard.contract.v1 import parse_batch_topic, parse_status_topic
 from milkguard_cli import main
 from stream.plan import LoadedPlan, load_plan
 from stream.settings import demo_plan_path
@@ -136,6 +136,7 @@ class _Counters:
     readings_in_rejected_payloads: int = 7
     rejected_readings: int = 4
     readings_quarantined: int = 2
+    statuses: int = 0
 
 
 def test_counters_that_add_up_break_no_invariant() -> None:
@@ -152,7 +153,7 @@ def test_each_broken_invariant_is_named() -> None:
 
     assert broken == [
         "messages 10 != 11 fed",
-        "batches + duplicates + rejected_payloads = 9 != messages 10",
+        "batches + statuses + duplicates + rejected_payloads = 9 != messages 10",
         "readings + readings_duplicate + readings_in_rejected_payloads = 61 != 62 readings fed",
         "readings_quarantined 5 > rejected_readings 4",
     ]
@@ -172,7 +173,7 @@ def test_a_missing_counter_is_a_broken_invariant() -> None:
 
     assert broken == [
         "IngestCounters has no readings_duplicate, readings_in_rejected_payloads, "
-        "readings_quarantined"
+        "readings_quarantined, statuses"
     ]
 
 
@@ -222,7 +223,8 @@ def test_milkguard_run_over_mosquitto_survives_fuzzed_payloads_and_counts_them_a
                 continue  # MQTT itself refuses the topic
             assert publisher.acks.wait_below(50, timeout_s=30), "the broker stopped acknowledging"
             publisher.publish(item.topic, item.payload)
-            if parse_batch_topic(item.topic) is not None:  # what the stream subscribes to
+            # what the stream subscribes to: batch and status topics
+            if parse_batch_topic(item.topic) or parse_status_topic(item.topic):
                 delivered += 1
                 readings += item.readings
         assert publisher.wait_acknowledged(60)
@@ -244,6 +246,7 @@ def test_milkguard_run_over_mosquitto_survives_fuzzed_payloads_and_counts_them_a
         assert metrics["milkguard_messages_received_total"] == expected
         assert (
             metrics["milkguard_batches_received_total"]
+            + metrics["milkguard_statuses_received_total"]
             + metrics["milkguard_batches_duplicate_total"]
             + metrics["milkguard_payloads_rejected_total"]
             == expected

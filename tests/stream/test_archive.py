@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from milkguard.contract.v1 import Batch, Reading, encode_batch
+from milkguard.contract.v1 import Batch, GatewayStatus, Reading, encode_batch, encode_status
 from stream.archive import (
     ArchiveWriter,
     Bad,
@@ -661,3 +661,45 @@ def test_a_directory_named_like_an_archive_file_stops_neither_the_service_nor_a_
 
     assert planted.is_dir()
     assert planted not in archive_files(directory)
+
+
+def test_an_archived_gateway_status_replays_to_its_gateway_point(
+    plan: LoadedPlan, tmp_path: Path
+) -> None:
+    """The status messages a live run took are archived with the batches; the replay stores
+    the same ``gateway`` point, and dead-letters a bad one with its reason."""
+    status = GatewayStatus(v=1, site=SITE, gateway=SKEWED, state="online", ts=T0, backlog=4)
+    status_at = f"milkguard/v1/gw/{SITE}/{SKEWED}/status"
+    service = LiveService(plan, tmp_path / "archive")
+    service.start(T0)
+    assert service.ingest is not None
+    service.ingest.handle_many(
+        iter(
+            [
+                (topic(SKEWED), payload(SKEWED, 1, T0, "tank-1", [T0]), T0 + 1000),
+                (status_at, encode_status(status), T0 + 1000),
+                (status_at, b"{}", T0 + 1000),
+            ]
+        )
+    )
+    service.stop()
+
+    summary = replay_archive(
+        plan,
+        archive_files(tmp_path / "archive"),
+        io.StringIO(),
+        deadletter=tmp_path / "letters.jsonl",
+        timeseries=tmp_path / "series",
+    )
+
+    lines = [
+        line
+        for path in (tmp_path / "series").glob("timeseries-*.lp")
+        for line in path.read_text().splitlines()
+    ]
+    (point,) = [line for line in lines if line.startswith("gateway,")]
+    assert point.startswith(f'gateway,site={SITE},gateway={SKEWED} state="online"')
+    assert "backlog=4i" in point
+    (letter,) = map(json.loads, (tmp_path / "letters.jsonl").read_text().splitlines())
+    assert letter["reason"].startswith("not a gateway status of wire contract v1")
+    assert summary.batches == 1

@@ -216,7 +216,11 @@ def test_the_stream_carries_on_after_its_broker_restarts_and_stores_each_reading
         stop(mosquitto.process)
 
     lines = "".join(p.read_text() for p in sorted((tmp_path / "var").glob("timeseries-*.lp")))
-    stamps = [line.rsplit(" ", 1)[1] for line in lines.splitlines() if "comp-1" in line]
+    stamps = [
+        line.rsplit(" ", 1)[1]
+        for line in lines.splitlines()
+        if line.startswith("reading,") and "comp-1" in line
+    ]
     assert len(stamps) == 100
     assert len(set(stamps)) == 100
     assert summary.counters["engine.late"] == 0

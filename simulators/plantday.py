@@ -30,7 +30,16 @@ from stream.engine.core import Engine
 from stream.engine.deviation import DeviationChange
 from stream.ingest import Ingest
 from stream.lineprotocol import escape_tag, string_field
-from stream.plan import CriticalLimit, Htst, LoadedPlan, Transport, Uht, load_plan
+from stream.plan import (
+    Cooling,
+    CriticalLimit,
+    Htst,
+    LoadedPlan,
+    Rule,
+    Transport,
+    Uht,
+    load_plan,
+)
 from stream.replay import JsonLinesDeviationWriter
 from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, MemoryTimeSeriesSink
 
@@ -188,38 +197,55 @@ def _gateway_line(site: str, gateway: str, stamp_ms: int, *, online: bool) -> st
 
 def _limits(plan: LoadedPlan, start_ms: int, end_ms: int) -> list[str]:
     """Each channel's limits from the plan, written every 5 min of the scenario."""
-    assets = {key: asset.id or key for key, asset in plan.plan.assets.items()}
-    sites = {key: asset.site for key, asset in plan.plan.assets.items()}
-    found: list[tuple[str, str, str, str, str, str, float]] = []
+    found: list[str] = []
     for rule in plan.plan.rules:
-        site, asset = sites[rule.asset], assets[rule.asset]
-        if isinstance(rule, CriticalLimit):
-            for bound, value in (("min", rule.min), ("max", rule.max)):
-                if value is not None:
-                    found.append((site, asset, rule.channel, rule.id, rule.kind, bound, value))
-        elif isinstance(rule, Htst):
+        asset = plan.plan.assets[rule.asset]
+        for channel, kind, bound, value in _rule_limits(rule):
             found.append(
-                (site, asset, rule.indicating, rule.id, "legal_temperature", "min",
-                 rule.legal.temp_c)
-            )  # fmt: skip
-            found.append(
-                (site, asset, "holding_time_s", rule.id, "legal_hold", "min", rule.legal.hold_s)
+                f"limit,site={asset.site},asset={asset.id or rule.asset},"
+                f"channel={escape_tag(channel)},rule={escape_tag(rule.id)},kind={kind},"
+                f"bound={bound} value={float(value)!r} "
             )
-        elif isinstance(rule, Uht):
-            found.append((site, asset, "f0_min", rule.id, "f0", "min", rule.min_f0))
-        elif isinstance(rule, Transport) and rule.exposure_above is not None:
-            found.append(
-                (site, asset, rule.channel, rule.id, "exposure_above", "max", rule.exposure_above)
+    first = start_ms - start_ms % _LIMITS_EVERY_MS
+    return [
+        f"{prefix}{stamp}000000"
+        for stamp in range(first, end_ms + 1, _LIMITS_EVERY_MS)
+        for prefix in found
+    ]
+
+
+def _rule_limits(rule: Rule) -> list[tuple[str, str, str, float]]:
+    """A rule's limits as (channel, kind, bound, value)."""
+    if isinstance(rule, CriticalLimit):
+        return [
+            (rule.channel, rule.kind, bound, value)
+            for bound, value in (("min", rule.min), ("max", rule.max))
+            if value is not None
+        ]
+    if isinstance(rule, Htst):
+        return [
+            (rule.indicating, "legal_temperature", "min", rule.legal.temp_c),
+            ("holding_time_s", "legal_hold", "min", rule.legal.hold_s),
+        ]
+    if isinstance(rule, Uht):
+        return [("f0_min", "f0", "min", rule.min_f0)]
+    if isinstance(rule, Cooling):
+        # the strictest target of the deadlines counted from the same event
+        reach: dict[str, float] = {}
+        for deadline in rule.deadlines:
+            reach[deadline.after] = min(
+                reach.get(deadline.after, deadline.reach_max), deadline.reach_max
             )
-    lines: list[str] = []
-    for stamp in range(start_ms - start_ms % _LIMITS_EVERY_MS, end_ms + 1, _LIMITS_EVERY_MS):
-        for site, asset, channel, rule_id, kind, bound, value in found:
-            lines.append(
-                f"limit,site={site},asset={asset},channel={escape_tag(channel)},"
-                f"rule={escape_tag(rule_id)},kind={kind},bound={bound} value={float(value)!r} "
-                f"{stamp}000000"
-            )
-    return lines
+        limits = [
+            (rule.channel, f"cooling_reach_{after}", "max", value)
+            for after, value in sorted(reach.items())
+        ]
+        if rule.blend_max is not None:
+            limits.append((rule.channel, "blend", "max", rule.blend_max))
+        return limits
+    if isinstance(rule, Transport) and rule.exposure_above is not None:
+        return [(rule.channel, "exposure_above", "max", rule.exposure_above)]
+    return []
 
 
 def _positions_and_texts(sent: list[Outgoing]) -> list[str]:

@@ -206,6 +206,7 @@ def plant_overview() -> Model:
                 result_format="table",
             )
         ],
+        units={"last batch": "dateTimeFromNow", "lag ms": "ms"},
     )
     alarms = states(
         5,
@@ -219,6 +220,8 @@ def plant_overview() -> Model:
                 alias="$tag_site/$tag_gateway",
             )
         ],
+        on=("alarm", "red"),
+        off=("quiet", "green"),
     )
     return _finish(
         "plant-overview",
@@ -398,6 +401,8 @@ def htst() -> Model:
                 alias="$tag_asset valve",
             )
         ],
+        on=("forward", "green"),
+        off=("diverted", "red"),
     )
     holding = chart(
         3,
@@ -572,6 +577,11 @@ def deviations() -> Model:
             ),
             ("id", "Signed report", f"{alerts}/api/reports/${{__data.fields.id}}.html"),
         ],
+        units={
+            "start_ms": "dateTimeAsIso",
+            "end_ms": "dateTimeAsIso",
+            "detected_ms": "dateTimeAsIso",
+        },
     )
     still_open = rows(
         2,

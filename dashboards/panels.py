@@ -58,21 +58,22 @@ def chart(
 
 
 def states(
-    panel_id: int, title: str, grid: tuple[int, int, int, int], targets: list[InfluxQL]
+    panel_id: int,
+    title: str,
+    grid: tuple[int, int, int, int],
+    targets: list[InfluxQL],
+    *,
+    on: tuple[str, str],
+    off: tuple[str, str],
 ) -> cogbuilder.Builder[dm.Panel]:
-    """A state timeline (a valve's forward/diverted, a gateway's alarm): 1 is the first
-    state's colour, 0 the other."""
+    """A state timeline of a two-state channel or flag: ``on`` and ``off`` are (text, colour)
+    for 1/true and 0/false (a valve's forward is green, a gateway's alarm red)."""
     panel = _place(statetimeline.Panel(), panel_id, title, grid, targets)
-    panel.mappings(
-        [
-            dm.ValueMap(
-                options={
-                    "0": dm.ValueMappingResult(text="off", color="red"),
-                    "1": dm.ValueMappingResult(text="on", color="green"),
-                }
-            )
-        ]
-    )
+    options: dict[str, dm.ValueMappingResult] = {}
+    for keys, (text, color) in ((("1", "true"), on), (("0", "false"), off)):
+        for key in keys:
+            options[key] = dm.ValueMappingResult(text=text, color=color)
+    panel.mappings([dm.ValueMap(options=options)])
     return cast(cogbuilder.Builder[dm.Panel], panel)
 
 
@@ -98,9 +99,13 @@ def rows(
     *,
     transformations: list[dm.DataTransformerConfig] | None = None,
     links: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
+    units: dict[str, str] | None = None,
 ) -> cogbuilder.Builder[dm.Panel]:
-    """A table; ``links`` are (column, title, url) data links on a column's cells."""
+    """A table; ``links`` are (column, title, url) data links on a column's cells, ``units``
+    a column's Grafana unit (``dateTimeFromNow`` for an epoch-ms column)."""
     panel = _place(table.Panel(), panel_id, title, grid, targets)
+    for column, unit in (units or {}).items():
+        panel.override_by_name(column, [dm.DynamicConfigValue(id_val="unit", value=unit)])
     for transformation in transformations or []:
         panel.with_transformation(transformation)
     for column, link_title, url in links:

@@ -41,7 +41,8 @@ def run_panel(
 
 def table_rows(data: PanelData) -> tuple[list[str], list[list[Any]]]:
     """A table panel's columns and rows: each series' tags as columns, then its transformations
-    (``merge`` joins rows whose shared columns agree; ``calculateField`` binary adds one)."""
+    (``merge`` joins rows whose shared columns agree; ``filterByValue`` keeps the rows whose
+    column is empty; ``calculateField`` binary adds one)."""
     frames: list[tuple[list[str], list[list[Any]]]] = []
     for series_list in data.results.values():
         for series in series_list:
@@ -57,6 +58,11 @@ def table_rows(data: PanelData) -> tuple[list[str], list[list[Any]]]:
         frames = [_merge(frames)]
     columns, values = frames[0] if len(frames) == 1 else _concat(frames)
     for transformation in data.panel.get("transformations", []):
+        if transformation["id"] == "filterByValue":
+            for rule in transformation["options"]["filters"]:
+                if rule["config"]["id"] == "isNull":  # the one filter the panels use
+                    index = columns.index(rule["fieldName"]) if rule["fieldName"] in columns else -1
+                    values = [row for row in values if index < 0 or row[index] is None]
         if transformation["id"] == "calculateField":
             binary = transformation["options"]["binary"]
             left, right = columns.index(binary["left"]), columns.index(binary["right"])

@@ -46,25 +46,28 @@ from stream.sinks.memory import MemoryDeadLetterSink, MemoryDeviationSink, Memor
 #: The simulated day (UTC midnight).
 DAY = datetime(2026, 11, 22, tzinfo=UTC)
 
-#: (scenario, hour of the day it starts): one after another, so no series overlaps itself.
-DAY_SCENARIOS: tuple[tuple[str, float], ...] = (
-    ("route-hatch-open", 0.0),
-    ("route-two-farms", 6.0),
-    ("htst-heater-dip-diverts", 11.0),
-    ("htst-cream-class", 12.0),
-    ("htst-flow-surge", 13.0),
-    ("plant-uht-heater-dip", 14.0),
+#: (scenario, hour of the day it starts, hours it runs or None for the file's): one after
+#: another, so no series overlaps itself. The day ends in a second flow surge, cut off while
+#: its deviation is still open.
+DAY_SCENARIOS: tuple[tuple[str, float, float | None], ...] = (
+    ("route-hatch-open", 0.0, None),
+    ("route-two-farms", 6.0, None),
+    ("htst-heater-dip-diverts", 11.0, None),
+    ("htst-cream-class", 12.0, None),
+    ("htst-flow-surge", 13.0, None),
+    ("plant-uht-heater-dip", 14.0, None),
+    ("htst-flow-surge", 15.0, 0.55),
 )
 
 #: The hours of the day each dashboard's preview shows (where its assets ran).
 PREVIEW_HOURS: dict[str, tuple[float, float]] = {
-    "plant-overview": (0.0, 15.0),
+    "plant-overview": (0.0, 15.6),
     "farm-tank": (0.0, 11.0),
     "truck-load": (6.0, 11.0),
     "htst": (11.0, 14.0),
     "uht": (14.0, 15.0),
     "rooms-cans": (14.0, 15.0),
-    "deviations": (0.0, 15.0),
+    "deviations": (0.0, 15.6),
 }
 
 _SCENARIOS = Path(__file__).parent / "scenarios"
@@ -83,12 +86,17 @@ class PlantDay:
     end_ms: int = 0
 
 
-def simulate_plant_day(scenarios: Iterable[tuple[str, float]] = DAY_SCENARIOS) -> PlantDay:
+def simulate_plant_day(
+    scenarios: Iterable[tuple[str, float, float | None]] = DAY_SCENARIOS,
+) -> PlantDay:
     """Run each scenario from its hour of :data:`DAY` through ingest and collect its lines."""
     day = PlantDay(start_ms=_ms(DAY))
-    for name, hour in scenarios:
+    for name, hour, hours in scenarios:
         scenario, plan_path = load_scenario(_SCENARIOS / f"{name}.yaml")
-        scenario = scenario.model_copy(update={"start": DAY + timedelta(hours=hour)})
+        changed: dict[str, object] = {"start": DAY + timedelta(hours=hour)}
+        if hours is not None:
+            changed["duration_h"] = hours
+        scenario = scenario.model_copy(update=changed)
         plan = load_plan(plan_path)
         series = MemoryTimeSeriesSink()
         deviations = MemoryDeviationSink()

@@ -12,6 +12,7 @@
     milkguard contract schema [--output FILE]                           wire contract JSON Schema
     milkguard broker hash-password | mosquitto-config --out DIR         MQTT broker security
     milkguard stream public-key                                         the stream's signing key
+    milkguard dashboards build | push | preview                         Grafana dashboards
 
 One module per command group; nothing imports this package. Each module imports the
 application it runs inside its handler, so that ``milkguard edge ...`` on a gateway loads
@@ -33,7 +34,18 @@ from rich.text import Text
 
 from milkguard import __version__, logs
 from milkguard.errors import MilkGuardError
-from milkguard_cli import alerts, bench, broker, contract, edge, plan, run, simulate, stream
+from milkguard_cli import (
+    alerts,
+    bench,
+    broker,
+    contract,
+    dashboards,
+    edge,
+    plan,
+    run,
+    simulate,
+    stream,
+)
 
 EXIT_USAGE = 2
 
@@ -55,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_commands(commands)
     contract.add_commands(commands)
     stream.add_key_commands(commands)
+    dashboards.add_commands(commands)
     return parser
 
 

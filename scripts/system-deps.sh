@@ -7,7 +7,8 @@
 #         victoria-metrics (speaks the InfluxDB v2 write API),
 #         openssl (throwaway CA and certificates for the TLS tests), chromium (the
 #         operators' alert page is driven in it, headless, through Playwright) and
-#         postgresql (alerting's multi-node database)
+#         postgresql (alerting's multi-node database), influxdb (1.x: the dashboards' panel
+#         queries run on it)
 set -euo pipefail
 purpose=${1:-run}
 
@@ -24,6 +25,7 @@ if [[ $purpose == test ]]; then
   command -v openssl >/dev/null || need+=(openssl)
   command -v chromium >/dev/null || need+=(chromium)
   [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need+=(postgresql)
+  command -v influxd >/dev/null || [[ -x /usr/bin/influxd ]] || need+=(influxdb)
 fi
 ((${#need[@]})) || exit 0
 
@@ -42,7 +44,7 @@ export DEBIAN_FRONTEND=noninteractive
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
   for service in "${need[@]}"; do
     case $service in
-      mosquitto|victoria-metrics|postgresql) "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true ;;
+      mosquitto|victoria-metrics|postgresql|influxdb) "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true ;;
     esac
   done
 fi

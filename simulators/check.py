@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from simulators.runner import simulate_timed
+from simulators.runner import Outgoing, simulate_timed
 from simulators.scenario import Expected, Scenario, load_scenario
 from stream.engine.core import Engine
 from stream.ingest import Ingest
@@ -48,6 +48,22 @@ class Verdict:
 TICK_MS = 60_000  # the stream's clock moves at least this often between arrivals
 
 
+def feed(ingest: Ingest, scenario: Scenario) -> list[Outgoing]:
+    """Give ``ingest`` the scenario's payloads as a live stream sees them: each at the time it
+    arrives, on its topic, the clock ticking between arrivals (so an outage is silence, and a
+    skewed gateway clock shows). The payloads, in that order."""
+    sent: list[Outgoing] = []
+    clock: int | None = None
+    for outgoing in simulate_timed(scenario):
+        while clock is not None and clock + TICK_MS < outgoing.send_ms:
+            clock += TICK_MS
+            ingest.tick(clock)
+        clock = outgoing.send_ms if clock is None else max(clock, outgoing.send_ms)
+        ingest.handle(outgoing.topic, outgoing.payload, outgoing.send_ms)
+        sent.append(outgoing)
+    return sent
+
+
 def check(path: str | Path) -> Verdict:
     """Simulate the scenario at ``path`` and feed the rule engine what a live stream would see:
     each payload at the time it arrives, on its topic, with the clock ticking between
@@ -61,13 +77,7 @@ def check(path: str | Path) -> Verdict:
         JsonLinesDeviationWriter(out),
         deadletters,
     )
-    clock: int | None = None
-    for outgoing in simulate_timed(scenario):
-        while clock is not None and clock + TICK_MS < outgoing.send_ms:
-            clock += TICK_MS
-            ingest.tick(clock)
-        clock = outgoing.send_ms if clock is None else max(clock, outgoing.send_ms)
-        ingest.handle(outgoing.topic, outgoing.payload, outgoing.send_ms)
+    feed(ingest, scenario)
     ingest.finish()
     counters = ingest.counters
     summary = ReplaySummary(

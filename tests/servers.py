@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from milkguard.influxd import Influxd, influxd_binary, start_influxd
 from milkguard.processes import free_port, stop, tansu_command, wait_for_port
 
 __all__ = ["free_port", "stop", "wait_for_port"]  # re-exported for the tests
@@ -351,3 +352,10 @@ def start_postgres() -> Postgres:
         capture_output=True,
     )
     return Postgres(f"postgresql://postgres@127.0.0.1:{port}/postgres", directory, as_postgres)
+
+
+def start_influxdb(directory: Path, database: str = "milkguard") -> Influxd:
+    """InfluxDB 1.x (Debian ``influxdb``) on 127.0.0.1, its data under ``directory``."""
+    if influxd_binary() is None:
+        require_binary("influxd", "influxdb")  # fails under CI, skips elsewhere
+    return start_influxd(directory, database=database)

@@ -11,6 +11,10 @@ Only what a configured stream key signed is believed (``alerts.stream_keys``): e
 message is dead-lettered with its reason (:mod:`alerts.deadletters`), counted and logged, and
 raises nothing. A change applied before is a counted duplicate; an ``opened`` after its
 deviation's ``closed`` is counted as stale and changes nothing.
+
+With ``alerts.devices.enabled`` (the default) a second connection, read-only, clean session,
+QoS 0, takes the gateways' retained status and their batches into a bounded in-memory window
+for the device page (:mod:`alerts.devices`): nothing is queued for it while it is away.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import msgspec
 from alerts.audit import AuditTrail
 from alerts.deadletters import MAX_KEPT_BYTES, DeadLetterStore, clip
 from alerts.delivery import Outbox
+from alerts.devices import DeviceWindow
 from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
+from alerts.live import LiveHub
 from alerts.reports import issue
 from alerts.settings import AlertSettings
 from alerts.signing import Signer
@@ -44,6 +50,8 @@ from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, uns
 log = logging.getLogger(__name__)
 
 DEVIATION_SUBSCRIPTION = f"{TOPIC_ROOT}/deviations/#"
+#: what the device page reads (the alerts role may read both)
+DEVICE_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/gw/+/+/status", f"{TOPIC_ROOT}/gw/+/+/batch")
 
 
 class AlertService:
@@ -92,6 +100,22 @@ class AlertService:
         self._broker = broker
         self._client_id = client_id
         self.dead_letters = DeadLetterStore(where("deadletters.db"))
+        shown = settings.devices
+        self.devices = (
+            DeviceWindow(
+                window_s=shown.window_h * 3600,
+                bucket_s=shown.bucket_s,
+                max_gateways=shown.max_gateways,
+                max_channels=shown.max_channels,
+            )
+            if shown.enabled
+            else None
+        )
+        self.devices_subscribed = threading.Event()
+        window = self.devices
+        self.hub = LiveHub(
+            self.book, devices_version=(lambda: window.version) if window is not None else None
+        )
         # (topic, payload, size, digest): an oversized payload waits as its prefix and digest only
         self._incoming: queue.Queue[tuple[str, bytes, int, str | None]] = queue.Queue(10_000)
         self.subscribed = threading.Event()
@@ -116,6 +140,7 @@ class AlertService:
             on_connect_extra=subscribe,
         )
         self.outbox.mqtt = connection  # notices to the alert topic go through the outbox too
+        gateways = self._watch_gateways()
         web = self._serve_api()
         try:
             while not stop.is_set():
@@ -125,8 +150,11 @@ class AlertService:
                 self.outbox.deliver_due(now)
         finally:
             if web is not None:
+                self.hub.close()  # open event streams end, so the server can stop
                 web.should_exit = True
                 self._web_thread.join(timeout=10)
+            if gateways is not None:
+                gateways.close()
             connection.close()
             self.book.close()
             self.outbox.close()
@@ -134,6 +162,28 @@ class AlertService:
             self.dead_letters.close()
             counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
             log.info("alerts.stopped", extra={**counted, "stale": self.stale})
+
+    def _watch_gateways(self) -> mqtt_connect.Connection | None:
+        """The device page's connection: the gateways' status and batches, QoS 0, clean session
+        (a persistent one would make the broker queue every batch for us while we are away)."""
+        window = self.devices
+        if window is None:
+            return None
+
+        def take(client: object, userdata: object, message: Any) -> None:
+            window.take(mqtt_connect.topic_of(message), bytes(message.payload))
+
+        def subscribe(client: object) -> None:
+            client.on_subscribe = lambda *_: self.devices_subscribed.set()  # type: ignore[attr-defined]
+            client.subscribe([(topic, 0) for topic in DEVICE_SUBSCRIPTIONS])  # type: ignore[attr-defined]
+
+        return mqtt_connect.connect(
+            self._broker,
+            f"{self._client_id}-devices",
+            clean_session=True,
+            on_message=take,
+            on_connect_extra=subscribe,
+        )
 
     def _serve_api(self) -> Any:
         """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set.
@@ -168,6 +218,10 @@ class AlertService:
             settings.directory / "reports",
             max_body_bytes=settings.max_body_bytes,
             logins=logins,
+            outbox=self.outbox,
+            devices=self.devices,
+            grafana_url=str(settings.grafana_url) if settings.grafana_url else None,
+            hub=self.hub,
         )
         tls: dict[str, Any] = {}
         if settings.tls_cert is not None and settings.tls_key is not None:
@@ -182,6 +236,7 @@ class AlertService:
             # local client could pick a new address per request and never be locked out
             proxy_headers=settings.behind_proxy,
             http=HeadDeadlineProtocol,  # a client trickling its headers is cut off
+            timeout_graceful_shutdown=5,  # a live page's stream never "completes" by itself
             **tls,
         )
         try:

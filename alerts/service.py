@@ -12,9 +12,14 @@ message is dead-lettered with its reason (:mod:`alerts.deadletters`), counted an
 raises nothing. A change applied before is a counted duplicate; an ``opened`` after its
 deviation's ``closed`` is counted as stale and changes nothing.
 
-With ``alerts.devices.enabled`` (the default) a second connection, read-only, clean session,
-QoS 0, takes the gateways' retained status and their batches into a bounded in-memory window
-for the device page (:mod:`alerts.devices`): nothing is queued for it while it is away.
+With ``alerts.devices.enabled`` (the default) the same connection also subscribes, read-only and
+at QoS 0, to the gateways' retained status and their batches, kept in a bounded in-memory
+window for the device page (:mod:`alerts.devices`). QoS 0 on the persistent session: a broker
+queues nothing of them while the service is away (Mosquitto with ``queue_qos0_messages
+false``, as generated; amqtt delivers at the subscription's QoS), so the deviations' session
+costs the broker no batches. Not a second connection: where Mosquitto makes the user name the
+client id (``use_username_as_clientid``), a second one would take over, and with a clean
+session wipe, the session the deviations wait in.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, uns
 log = logging.getLogger(__name__)
 
 DEVIATION_SUBSCRIPTION = f"{TOPIC_ROOT}/deviations/#"
-#: what the device page reads (the alerts role may read both)
+#: what the device page reads (the alerts role may read both), at QoS 0
 DEVICE_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/gw/+/+/status", f"{TOPIC_ROOT}/gw/+/+/batch")
+_GATEWAY_TOPICS = f"{TOPIC_ROOT}/gw/"
 
 
 class AlertService:
@@ -111,8 +117,10 @@ class AlertService:
             if shown.enabled
             else None
         )
-        self.devices_subscribed = threading.Event()
         window = self.devices
+        self._topics = [(DEVIATION_SUBSCRIPTION, 1)]
+        if window is not None:
+            self._topics += [(topic, 0) for topic in DEVICE_SUBSCRIPTIONS]
         self.hub = LiveHub(
             self.book, devices_version=(lambda: window.version) if window is not None else None
         )
@@ -126,21 +134,28 @@ class AlertService:
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: take deviation changes, escalate, deliver."""
 
+        window = self.devices
+        topics = self._topics
+
         def subscribe(client: object) -> None:
-            client.on_subscribe = lambda *_: self.subscribed.set()  # type: ignore[attr-defined]
-            client.subscribe(DEVIATION_SUBSCRIPTION, qos=1)  # type: ignore[attr-defined]
+            client.on_subscribe = self._on_subscribe  # type: ignore[attr-defined]
+            client.subscribe(topics)  # type: ignore[attr-defined]
+
+        def receive(client: object, userdata: object, message: Any) -> None:
+            topic, payload = mqtt_connect.topic_of(message), bytes(message.payload)
+            if window is not None and topic.startswith(_GATEWAY_TOPICS):
+                window.take(topic, payload)  # a view: decoded here, never queued
+            else:
+                self._receive(topic, payload)
 
         connection = mqtt_connect.connect(
             self._broker,
             self._client_id,
             clean_session=False,
-            on_message=lambda client, userdata, message: self._receive(
-                mqtt_connect.topic_of(message), bytes(message.payload)
-            ),
+            on_message=receive,
             on_connect_extra=subscribe,
         )
         self.outbox.mqtt = connection  # notices to the alert topic go through the outbox too
-        gateways = self._watch_gateways()
         web = self._serve_api()
         try:
             while not stop.is_set():
@@ -153,8 +168,6 @@ class AlertService:
                 self.hub.close()  # open event streams end, so the server can stop
                 web.should_exit = True
                 self._web_thread.join(timeout=10)
-            if gateways is not None:
-                gateways.close()
             connection.close()
             self.book.close()
             self.outbox.close()
@@ -163,27 +176,26 @@ class AlertService:
             counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
             log.info("alerts.stopped", extra={**counted, "stale": self.stale})
 
-    def _watch_gateways(self) -> mqtt_connect.Connection | None:
-        """The device page's connection: the gateways' status and batches, QoS 0, clean session
-        (a persistent one would make the broker queue every batch for us while we are away)."""
-        window = self.devices
-        if window is None:
-            return None
-
-        def take(client: object, userdata: object, message: Any) -> None:
-            window.take(mqtt_connect.topic_of(message), bytes(message.payload))
-
-        def subscribe(client: object) -> None:
-            client.on_subscribe = lambda *_: self.devices_subscribed.set()  # type: ignore[attr-defined]
-            client.subscribe([(topic, 0) for topic in DEVICE_SUBSCRIPTIONS])  # type: ignore[attr-defined]
-
-        return mqtt_connect.connect(
-            self._broker,
-            f"{self._client_id}-devices",
-            clean_session=True,
-            on_message=take,
-            on_connect_extra=subscribe,
-        )
+    def _on_subscribe(
+        self, client: object, userdata: object, mid: int, codes: Any, *_: Any
+    ) -> None:
+        """SUBACK: the deviations are granted, or nothing works; the gateways' topics, refused
+        by an ACL generated before the alerts role could read them, only leave the device
+        page empty, and say so."""
+        refused = [
+            topic for (topic, _), code in zip(self._topics, codes, strict=False) if code.is_failure
+        ]
+        if refused:
+            log.warning(
+                "alerts.subscription_refused",
+                extra={
+                    "topics": refused,
+                    "fix": "regenerate the broker's ACL (`milkguard broker mosquitto-config`): "
+                    "the alerts role reads the gateways' status and batches; or set "
+                    "alerts.devices.enabled: false",
+                },
+            )
+        self.subscribed.set()
 
     def _serve_api(self) -> Any:
         """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set.

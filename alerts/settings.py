@@ -138,8 +138,8 @@ class DeviceSettings(BaseModel):
 
     enabled: bool = Field(
         default=True,
-        description="Read the gateways' status and batch topics (the alerts role may) on a "
-        "second, clean-session connection, client id <mqtt.client_id>-devices.",
+        description="Read the gateways' status and batch topics (the alerts role may), at QoS 0 "
+        "on the service's connection: nothing of them is queued while it is away.",
     )
     window_h: float = Field(default=4.0, gt=0, le=48, description="Hours of readings charted.")
     bucket_s: float = Field(default=60.0, ge=1, description="One chart point per this long.")

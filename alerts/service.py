@@ -174,7 +174,14 @@ class AlertService:
             self.trail.close()
             self.dead_letters.close()
             counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
-            log.info("alerts.stopped", extra={**counted, "stale": self.stale})
+            live = {
+                "live_streams_opened": self.hub.opened,
+                "live_streams_refused": self.hub.refused,
+                "live_slow_clients_dropped": self.hub.dropped_slow,
+            }
+            seen = self.devices.counters() if self.devices is not None else {}
+            shown = {f"devices_{name}": count for name, count in seen.items()}
+            log.info("alerts.stopped", extra={**counted, "stale": self.stale, **live, **shown})
 
     def _on_subscribe(
         self, client: object, userdata: object, mid: int, codes: Any, *_: Any

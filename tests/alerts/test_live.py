@@ -206,6 +206,30 @@ def test_a_client_too_slow_for_its_events_is_dropped_and_counted(tmp_path: Path)
     assert len(chunks) == 5  # reconnecting from 0, it got every change from the log
 
 
+def test_changes_made_by_another_node_reach_this_nodes_streams(tmp_path: Path) -> None:
+    other_node, this_node = AlertBook(tmp_path / "alerts.db"), AlertBook(tmp_path / "alerts.db")
+    hub = LiveHub(this_node, poll_s=0.02)
+
+    async def scenario() -> bytes:
+        poll = asyncio.create_task(hub.run())
+        await asyncio.sleep(0.1)
+        client = hub.admit(USERS[0])
+        assert client is not None
+        await asyncio.to_thread(other_node.on_deviation, opened_at("plant-01", 1), T)
+        _, event = await asyncio.wait_for(client.queue.get(), 10)
+        hub.close()
+        await poll
+        return event
+
+    try:
+        event = asyncio.run(scenario())
+    finally:
+        other_node.close()
+        this_node.close()
+    assert event.startswith(b"id: 1\nevent: alert\ndata: ")
+    assert b'"site":"plant-01"' in event
+
+
 def test_more_streams_than_allowed_are_refused(tmp_path: Path) -> None:
     book = AlertBook(tmp_path / "alerts.db")
     hub = LiveHub(book, max_clients=1)

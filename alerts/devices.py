@@ -88,7 +88,7 @@ class Gateway:
     status: GatewayStatus | None = None
     status_received_ms: int | None = None
     last_batch_ms: int | None = None  # when its last batch was received
-    last_seen_ms: int | None = None  # its last message of either kind
+    last_seen_ms: int | None = None  # when it last spoke (see DeviceWindow.take)
     batches: int = 0
     channels: dict[tuple[str, str], ChannelWindow] = field(default_factory=dict)
 
@@ -120,8 +120,14 @@ class DeviceWindow:
         self.statuses = self.batches = self.refused = 0
         self.gateways_not_kept = self.channels_not_kept = 0
 
-    def take(self, topic: str, payload: bytes) -> bool:
-        """One message from a gateway's status or batch topic; False if it was not kept."""
+    def take(self, topic: str, payload: bytes, *, retained: bool = False) -> bool:
+        """One message from a gateway's status or batch topic; False if it was not kept.
+
+        ``retained``: the broker's copy, handed over on subscribing, not the gateway speaking
+        now. Last seen is when a batch or a live ``online`` status arrived; a retained status
+        or an ``offline`` one (the last will, which the broker publishes) only vouches for the
+        gateway's own stamp in it.
+        """
         parts = topic.split("/")
         if len(parts) != 6 or parts[:3] != ["milkguard", "v1", "gw"]:
             return False
@@ -145,15 +151,18 @@ class DeviceWindow:
             known = self._gateway(site, gateway)
             if known is None:
                 return False
-            known.last_seen_ms = now_ms
             if isinstance(message, GatewayStatus):
                 self.statuses += 1
                 known.status, known.status_received_ms = message, now_ms
+                live = message.state == "online" and not retained
+                seen = now_ms if live else message.ts
             else:
+                seen = now_ms
                 self.batches += 1
                 known.batches += 1
                 known.last_batch_ms = now_ms
                 self._readings(known, message)
+            known.last_seen_ms = max(known.last_seen_ms or seen, seen)
             self.version += 1
         return True
 

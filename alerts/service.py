@@ -144,7 +144,8 @@ class AlertService:
         def receive(client: object, userdata: object, message: Any) -> None:
             topic, payload = mqtt_connect.topic_of(message), bytes(message.payload)
             if window is not None and topic.startswith(_GATEWAY_TOPICS):
-                window.take(topic, payload)  # a view: decoded here, never queued
+                # a view: decoded here, never queued
+                window.take(topic, payload, retained=bool(message.retain))
             else:
                 self._receive(topic, payload)
 

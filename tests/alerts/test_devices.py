@@ -60,8 +60,21 @@ def test_a_status_shows_state_backlog_failing_sources_alarm_and_clock() -> None:
     assert shown["failing"] == ["probe-b"]
     clock = {"synced": False, "offset_ms": -850.0, "error_ms": None, "source": "kernel"}
     assert shown["clock"] == clock
-    assert (shown["status_ts"], shown["last_seen_ms"]) == (NOW - 5000, NOW)
+    assert (shown["status_ts"], shown["last_seen_ms"]) == (NOW - 5000, NOW - 5000)  # a will
     assert devices.gateways(lambda site: site == "plant-02") == []
+
+
+def test_last_seen_is_when_the_gateway_spoke_not_when_the_broker_handed_over_its_state() -> None:
+    devices = window()
+    offline = GatewayStatus(v=1, site="plant-01", gateway="gw-1", state="offline", ts=NOW - 9000)
+    online = GatewayStatus(v=1, site="plant-01", gateway="gw-1", state="online", ts=NOW - 5000)
+
+    devices.take(STATUS, encode_status(online), retained=True)  # on subscribing
+    assert devices.gateways(lambda site: True)[0]["last_seen_ms"] == NOW - 5000
+    devices.take(STATUS, encode_status(offline))  # its last will, published by the broker
+    assert devices.gateways(lambda site: True)[0]["last_seen_ms"] == NOW - 5000
+    devices.take(BATCH, batch(("tank-1", "temp", 4.0, NOW - 60_000)))  # it speaks: now
+    assert devices.gateways(lambda site: True)[0]["last_seen_ms"] == NOW
 
 
 def test_readings_become_the_latest_value_and_per_bucket_min_max_last() -> None:

@@ -212,6 +212,7 @@ def test_the_device_page_shows_every_gateway_and_charts_its_channels(
     expect(offline).to_contain_text("1250 (outbox nearly full)")
     expect(offline).to_contain_text("ALARM")
     expect(offline).to_contain_text("NOT synced")
+    expect(offline).to_contain_text("30 min ago")  # its own stamp: the will is not a sighting
     shot(page, "devices")
 
     online.click()

@@ -8,7 +8,9 @@ line and headers alone, before a byte of the body is received:
 - a body announced larger than the limit (``Content-Length``) is refused (413);
 - a body sent without a length (chunked) is counted as it streams in and cut at the limit (413).
 
-Only the operators' page (``GET /``, which asks for the token itself) is served without one.
+Only the operators' page (``GET /``, which asks for the token itself) and its own script, style
+and uPlot files (:data:`STATIC_FILES`) are served without one; the live event stream
+(``/api/events``) is an API call like any other.
 The caller's :class:`~alerts.settings.ApiUser` is handed to the app in ``scope["user"]``.
 
 :class:`FailedLogins` is the lockout: per client address, a few wrong tokens are free, then

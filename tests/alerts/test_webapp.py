@@ -7,12 +7,14 @@ README."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from milkguard.contract.v1 import GatewayStatus
 from tests.alerts.records import DEV1, dev
 from tests.alerts.webapp import (
     FARM,
@@ -189,6 +191,10 @@ def test_an_alerts_detail_shows_the_deviation_who_was_told_the_trail_and_the_rep
     expect(fact("beyond")).to_have_text("540 s, 9.3 degree-minutes")
 
 
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _startswith(prefix: str) -> Any:
     import re  # noqa: PLC0415
 
@@ -229,6 +235,16 @@ def test_the_device_page_shows_every_gateway_and_charts_its_channels(
         "href", f"{GRAFANA}d/plant-overview?var-site=plant-01"
     )
     shot(page, "device")
+
+    # the gateway's local alarm goes off: the page shows it without a reload
+    page.evaluate("window.__notReloaded = true")
+    plant.status(
+        GatewayStatus(
+            v=1, site="plant-01", gateway="plant-01-gw", state="online", ts=now_ms(), alarm=True
+        )
+    )
+    expect(page.locator('#gateway-facts tr[data-field="alarm"] td')).to_have_text("ON")
+    assert page.evaluate("window.__notReloaded") is True
 
 
 def test_a_deviation_published_by_the_stream_appears_without_a_reload(

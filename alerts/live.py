@@ -13,8 +13,8 @@ The hub polls the change log (one query per :data:`POLL_S` whatever the number o
 changes made by another node on a shared PostgreSQL reach this node's clients too. Each client
 has a bounded queue: a client too slow to take its events is dropped and counted, and
 reconnects from its last event id; nothing waits on it. At most ``max_clients`` streams are
-open at once (503 beyond). A comment line every ``heartbeat_s`` keeps proxies from closing an
-idle stream and finds dead clients.
+open at once, ``max_per_user`` of one user (503 beyond). A comment line every
+``heartbeat_s`` keeps proxies from closing an idle stream and finds dead clients.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class LiveHub:
         devices_version: Callable[[], int] | None = None,
         queue_size: int = 256,
         max_clients: int = 100,
+        max_per_user: int = 10,
         heartbeat_s: float = 15.0,
         poll_s: float = POLL_S,
     ) -> None:
@@ -77,6 +78,7 @@ class LiveHub:
         self.devices_version = devices_version
         self.queue_size = queue_size
         self.max_clients = max_clients
+        self.max_per_user = max_per_user
         self.heartbeat_s = heartbeat_s
         self.poll_s = poll_s
         self._clients: set[_Client] = set()
@@ -144,8 +146,10 @@ class LiveHub:
             )
 
     def admit(self, user: ApiUser) -> _Client | None:
-        """A new stream's place, or None when ``max_clients`` are open (counted)."""
-        if len(self._clients) >= self.max_clients:
+        """A new stream's place, or None when ``max_clients`` are open, or ``max_per_user`` of
+        this user's (one user's tabs cannot take every place); counted."""
+        mine = sum(1 for client in self._clients if client.user.name == user.name)
+        if len(self._clients) >= self.max_clients or mine >= self.max_per_user:
             self.refused += 1
             log.warning("alerts.live.too_many_clients", extra={"user": user.name})
             return None

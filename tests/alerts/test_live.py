@@ -232,10 +232,13 @@ def test_changes_made_by_another_node_reach_this_nodes_streams(tmp_path: Path) -
 
 def test_more_streams_than_allowed_are_refused(tmp_path: Path) -> None:
     book = AlertBook(tmp_path / "alerts.db")
-    hub = LiveHub(book, max_clients=1)
+    hub = LiveHub(book, max_clients=3, max_per_user=2)
     try:
         assert hub.admit(USERS[0]) is not None
-        assert hub.admit(USERS[1]) is None
+        assert hub.admit(USERS[0]) is not None
+        assert hub.admit(USERS[0]) is None  # li's third tab
+        assert hub.admit(USERS[1]) is not None
+        assert hub.admit(USERS[1]) is None  # the hub is full
     finally:
         book.close()
-    assert hub.refused == 1
+    assert hub.refused == 2

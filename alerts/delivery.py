@@ -99,6 +99,29 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 """
 
+#: Columns added after the first release: an outbox written before them gains them, empty.
+_ADDED_COLUMNS = (("queued_ms", "BIGINT"), ("sent_ms", "BIGINT"))
+
+_EVENTS = frozenset({"raised", "escalated", "reopened", "resolved", "action_overdue"})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message of an alert to one recipient on one channel, as the page shows it: who was
+    told of what and when, or why not."""
+
+    event: str
+    level: int
+    recipient: str  # a recipient's name, or the audience for the MQTT alert topic
+    channel: str
+    target: str  # as it may be shown: a webhook's URL masked
+    status: str  # pending, sent, dead
+    attempts: int
+    queued_ms: int | None
+    sent_ms: int | None
+    next_ms: int | None
+    error: str | None
+
 
 @dataclass(frozen=True)
 class _Pending:
@@ -145,6 +168,49 @@ class Outbox:
         self._retry = Backoff(backoff_s, backoff_s * 2**max_attempts, jitter="equal")
         self.sent = self.retried = self.dead = 0
         self._db = Database(path, _SCHEMA, "the alert outbox")
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        if self._db.dialect == "postgresql":
+            for name, kind in _ADDED_COLUMNS:  # IF NOT EXISTS: nodes starting together agree
+                self._db.execute(f"ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS {name} {kind}")
+            return
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}")
+
+    def deliveries(self, alert_id: str) -> list[Delivery]:
+        """Every message of an alert, in the order queued: who was told, when, what failed."""
+        prefix = f"{alert_id}|"
+        rows = self._db.execute(
+            "SELECT key, channel, target, status, attempts, queued_ms, sent_ms, next_ms, error "
+            "FROM deliveries WHERE substr(key, 1, ?) = ? ORDER BY queued_ms, key",
+            (len(prefix), prefix),
+        )
+        found = []
+        for key, channel, target, status, attempts, queued, sent, next_ms, error in rows:
+            # key: alert|event|reopened|level|raised_ms|recipient|channel (recipient may hold |)
+            parts = key[len(prefix) :].split("|", 4)
+            if len(parts) != 5 or parts[0] not in _EVENTS or not parts[2].isdigit():
+                continue  # another alert's, whose id merely starts like this one's
+            recipient = parts[4].rpartition("|")[0]
+            found.append(
+                Delivery(
+                    event=parts[0],
+                    level=int(parts[2]),
+                    recipient=recipient,
+                    channel=channel,
+                    target=shown_target(channel, target),
+                    status=status,
+                    attempts=attempts,
+                    queued_ms=queued,
+                    sent_ms=sent,
+                    next_ms=None if status != "pending" else next_ms,
+                    error=error,
+                )
+            )
+        return found
 
     def close(self) -> None:
         """Close the database."""
@@ -180,8 +246,8 @@ class Outbox:
                 ]
             for key, channel, target, when in deliveries:
                 added += self._db.execute(
-                    "INSERT INTO deliveries (key, channel, target, subject, text, data, next_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    "INSERT INTO deliveries (key, channel, target, subject, text, data, next_ms, "
+                    "queued_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (
                         key,
                         channel,
@@ -190,6 +256,7 @@ class Outbox:
                         message.text,
                         json.dumps(message.data),
                         when,
+                        now_ms,
                     ),
                 ).rowcount
         return added
@@ -241,8 +308,8 @@ class Outbox:
                 )
                 continue
             self._db.execute(
-                "UPDATE deliveries SET status = 'sent', attempts = ? WHERE key = ?",
-                (pending.attempts + 1, key),
+                "UPDATE deliveries SET status = 'sent', attempts = ?, sent_ms = ? WHERE key = ?",
+                (pending.attempts + 1, now_ms, key),
             )
             self.sent += 1
             sent += 1

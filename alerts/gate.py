@@ -8,7 +8,9 @@ line and headers alone, before a byte of the body is received:
 - a body announced larger than the limit (``Content-Length``) is refused (413);
 - a body sent without a length (chunked) is counted as it streams in and cut at the limit (413).
 
-Only the operators' page (``GET /``, which asks for the token itself) is served without one.
+Only the operators' page (``GET /``, which asks for the token itself) and its own script, style
+and uPlot files (:data:`STATIC_FILES`) are served without one; the live event stream
+(``/api/events``) is an API call like any other.
 The caller's :class:`~alerts.settings.ApiUser` is handed to the app in ``scope["user"]``.
 
 :class:`FailedLogins` is the lockout: per client address, a few wrong tokens are free, then
@@ -40,8 +42,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: the page's own files under /static/ (its script, its styles, the vendored uPlot): no data
+STATIC_FILES = ("app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css")
+
 #: paths served without a token (the page asks for it and sends it with every API call)
-PUBLIC = frozenset({("GET", "/"), ("HEAD", "/")})
+PUBLIC = frozenset(
+    {("GET", "/"), ("HEAD", "/")} | {("GET", f"/static/{name}") for name in STATIC_FILES}
+)
 
 
 @dataclass
@@ -218,10 +225,16 @@ class Gate:
 
 
 #: On every answer: no framing by another site (a click on Acknowledge in a hidden frame), no
-#: content sniffing, no caching of alerts and reports, no Referer with them.
+#: content sniffing, no caching of alerts and reports, no Referer with them; and a content
+#: security policy under which the page runs only its own script files (no inline script, no
+#: other origin), so text that slipped into the page unescaped still could not run.
 SAFETY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),
     (b"referrer-policy", b"no-referrer"),

@@ -121,7 +121,23 @@ CREATE TABLE IF NOT EXISTS deviations_seen (
     change TEXT NOT NULL,
     PRIMARY KEY (deviation_id, change)
 );
+CREATE TABLE IF NOT EXISTS alert_changes (
+    seq {serial},
+    alert_id TEXT NOT NULL,
+    record TEXT NOT NULL
+);
 """
+
+#: Changes kept for clients that reconnect (``Last-Event-ID``); one further behind resyncs.
+CHANGES_KEPT = 2000
+
+
+@dataclass(frozen=True)
+class Change:
+    """One stored change of an alert: its number in the change log and the alert after it."""
+
+    seq: int
+    alert: Alert
 
 
 class AlertBook:
@@ -159,6 +175,26 @@ class AlertBook:
         """Every alert, open ones first, newest first."""
         alerts = [_decode(r[0]) for r in self._db.execute("SELECT record FROM alerts")]
         return sorted(alerts, key=lambda a: (a.state == State.RESOLVED, -a.raised_ms))
+
+    @serialized
+    def changes_after(self, seq: int, limit: int = 500) -> list[Change]:
+        """The changes numbered after ``seq``, oldest first, at most ``limit`` of them."""
+        rows = self._db.execute(
+            "SELECT seq, record FROM alert_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [Change(row[0], _decode(row[1])) for row in rows]
+
+    @serialized
+    def change_span(self) -> tuple[int, int]:
+        """(first, last) number of the changes kept; (0, 0) before the first change.
+
+        Every writer numbers its changes under the store's write lock (one transaction across
+        nodes), so the numbers a reader sees only grow: a client that read up to ``n`` misses
+        nothing by asking for what follows ``n``, unless ``n`` fell out of the kept window.
+        """
+        row = self._db.execute("SELECT MIN(seq), MAX(seq) FROM alert_changes").fetchone()
+        return (row[0] or 0, row[1] or 0) if row else (0, 0)
 
     # ----------------------------------------------------------------- transitions
 
@@ -343,11 +379,20 @@ class AlertBook:
         return [Notice(event, audience, alert) for audience in audiences]
 
     def _store(self, alert: Alert) -> None:
+        record = msgspec.json.encode(alert).decode()
         self._db.execute(
             "INSERT INTO alerts VALUES (?, ?) "
             "ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-            (alert.id, msgspec.json.encode(alert).decode()),
+            (alert.id, record),
         )
+        # the change log the live page follows: written in the same transaction as the alert,
+        # so a change is logged if and only if it was stored
+        seq = self._db.execute(
+            "INSERT INTO alert_changes (alert_id, record) VALUES (?, ?) RETURNING seq",
+            (alert.id, record),
+        ).fetchone()[0]
+        if seq > CHANGES_KEPT:
+            self._db.execute("DELETE FROM alert_changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
 
     def _audit(self, kind: str, alert: Alert, actor: str, body: dict[str, Any]) -> None:
         if self._trail is not None:

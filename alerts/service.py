@@ -11,6 +11,15 @@ Only what a configured stream key signed is believed (``alerts.stream_keys``): e
 message is dead-lettered with its reason (:mod:`alerts.deadletters`), counted and logged, and
 raises nothing. A change applied before is a counted duplicate; an ``opened`` after its
 deviation's ``closed`` is counted as stale and changes nothing.
+
+With ``alerts.devices.enabled`` (the default) the same connection also subscribes, read-only and
+at QoS 0, to the gateways' retained status and their batches, kept in a bounded in-memory
+window for the device page (:mod:`alerts.devices`). QoS 0 on the persistent session: a broker
+queues nothing of them while the service is away (Mosquitto with ``queue_qos0_messages
+false``, as generated; amqtt delivers at the subscription's QoS), so the deviations' session
+costs the broker no batches. Not a second connection: where Mosquitto makes the user name the
+client id (``use_username_as_clientid``), a second one would take over, and with a clean
+session wipe, the session the deviations wait in.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ import msgspec
 from alerts.audit import AuditTrail
 from alerts.deadletters import MAX_KEPT_BYTES, DeadLetterStore, clip
 from alerts.delivery import Outbox
+from alerts.devices import DeviceWindow
 from alerts.lifecycle import AlertBook, Audience, Escalation, Notice, Taken
+from alerts.live import LiveHub
 from alerts.reports import issue
 from alerts.settings import AlertSettings
 from alerts.signing import Signer
@@ -44,6 +55,9 @@ from milkguard.signing import MAX_ENVELOPE_BYTES, UntrustedRecord, Verifier, uns
 log = logging.getLogger(__name__)
 
 DEVIATION_SUBSCRIPTION = f"{TOPIC_ROOT}/deviations/#"
+#: what the device page reads (the alerts role may read both), at QoS 0
+DEVICE_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/gw/+/+/status", f"{TOPIC_ROOT}/gw/+/+/batch")
+_GATEWAY_TOPICS = f"{TOPIC_ROOT}/gw/"
 
 
 class AlertService:
@@ -92,6 +106,24 @@ class AlertService:
         self._broker = broker
         self._client_id = client_id
         self.dead_letters = DeadLetterStore(where("deadletters.db"))
+        shown = settings.devices
+        self.devices = (
+            DeviceWindow(
+                window_s=shown.window_h * 3600,
+                bucket_s=shown.bucket_s,
+                max_gateways=shown.max_gateways,
+                max_channels=shown.max_channels,
+            )
+            if shown.enabled
+            else None
+        )
+        window = self.devices
+        self._topics = [(DEVIATION_SUBSCRIPTION, 1)]
+        if window is not None:
+            self._topics += [(topic, 0) for topic in DEVICE_SUBSCRIPTIONS]
+        self.hub = LiveHub(
+            self.book, devices_version=(lambda: window.version) if window is not None else None
+        )
         # (topic, payload, size, digest): an oversized payload waits as its prefix and digest only
         self._incoming: queue.Queue[tuple[str, bytes, int, str | None]] = queue.Queue(10_000)
         self.subscribed = threading.Event()
@@ -102,17 +134,26 @@ class AlertService:
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: take deviation changes, escalate, deliver."""
 
+        window = self.devices
+        topics = self._topics
+
         def subscribe(client: object) -> None:
-            client.on_subscribe = lambda *_: self.subscribed.set()  # type: ignore[attr-defined]
-            client.subscribe(DEVIATION_SUBSCRIPTION, qos=1)  # type: ignore[attr-defined]
+            client.on_subscribe = self._on_subscribe  # type: ignore[attr-defined]
+            client.subscribe(topics)  # type: ignore[attr-defined]
+
+        def receive(client: object, userdata: object, message: Any) -> None:
+            topic, payload = mqtt_connect.topic_of(message), bytes(message.payload)
+            if window is not None and topic.startswith(_GATEWAY_TOPICS):
+                # a view: decoded here, never queued
+                window.take(topic, payload, retained=bool(message.retain))
+            else:
+                self._receive(topic, payload)
 
         connection = mqtt_connect.connect(
             self._broker,
             self._client_id,
             clean_session=False,
-            on_message=lambda client, userdata, message: self._receive(
-                mqtt_connect.topic_of(message), bytes(message.payload)
-            ),
+            on_message=receive,
             on_connect_extra=subscribe,
         )
         self.outbox.mqtt = connection  # notices to the alert topic go through the outbox too
@@ -125,6 +166,7 @@ class AlertService:
                 self.outbox.deliver_due(now)
         finally:
             if web is not None:
+                self.hub.close()  # open event streams end, so the server can stop
                 web.should_exit = True
                 self._web_thread.join(timeout=10)
             connection.close()
@@ -133,7 +175,35 @@ class AlertService:
             self.trail.close()
             self.dead_letters.close()
             counted = {"dead_lettered": self.rejected, "duplicates": self.duplicates}
-            log.info("alerts.stopped", extra={**counted, "stale": self.stale})
+            live = {
+                "live_streams_opened": self.hub.opened,
+                "live_streams_refused": self.hub.refused,
+                "live_slow_clients_dropped": self.hub.dropped_slow,
+            }
+            seen = self.devices.counters() if self.devices is not None else {}
+            shown = {f"devices_{name}": count for name, count in seen.items()}
+            log.info("alerts.stopped", extra={**counted, "stale": self.stale, **live, **shown})
+
+    def _on_subscribe(
+        self, client: object, userdata: object, mid: int, codes: Any, *_: Any
+    ) -> None:
+        """SUBACK: the deviations are granted, or nothing works; the gateways' topics, refused
+        by an ACL generated before the alerts role could read them, only leave the device
+        page empty, and say so."""
+        refused = [
+            topic for (topic, _), code in zip(self._topics, codes, strict=False) if code.is_failure
+        ]
+        if refused:
+            log.warning(
+                "alerts.subscription_refused",
+                extra={
+                    "topics": refused,
+                    "fix": "regenerate the broker's ACL (`milkguard broker mosquitto-config`): "
+                    "the alerts role reads the gateways' status and batches; or set "
+                    "alerts.devices.enabled: false",
+                },
+            )
+        self.subscribed.set()
 
     def _serve_api(self) -> Any:
         """The HTTP API and the operators' page, in a thread, if ``alerts.http_port`` is set.
@@ -168,6 +238,10 @@ class AlertService:
             settings.directory / "reports",
             max_body_bytes=settings.max_body_bytes,
             logins=logins,
+            outbox=self.outbox,
+            devices=self.devices,
+            grafana_url=str(settings.grafana_url) if settings.grafana_url else None,
+            hub=self.hub,
         )
         tls: dict[str, Any] = {}
         if settings.tls_cert is not None and settings.tls_key is not None:
@@ -182,6 +256,7 @@ class AlertService:
             # local client could pick a new address per request and never be locked out
             proxy_headers=settings.behind_proxy,
             http=HeadDeadlineProtocol,  # a client trickling its headers is cut off
+            timeout_graceful_shutdown=5,  # a live page's stream never "completes" by itself
             **tls,
         )
         try:

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from alerts.lifecycle import Audience, Notice
 from milkguard.logs import mask_url
@@ -112,10 +120,43 @@ class ApiUser(BaseModel):
         default_factory=lambda: ["*"], description="Regulators read every site regardless."
     )
 
+    def sees(self, site: str) -> bool:
+        """Whether this user may see what happens at ``site`` (regulators see every site)."""
+        return self.role == "regulator" or "*" in self.sites or site in self.sites
+
     @model_validator(mode="after")
     def _long_token(self) -> ApiUser:
         if len(self.token.get_secret_value()) < 24:
             raise ValueError(f"the token of {self.name!r} is too short: use 24+ random characters")
+        return self
+
+
+class DeviceSettings(BaseModel):
+    """The device page's view of the gateways (``alerts.devices``): read from the broker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Read the gateways' status and batch topics (the alerts role may), at QoS 0 "
+        "on the service's connection: nothing of them is queued while it is away.",
+    )
+    window_h: float = Field(default=4.0, gt=0, le=48, description="Hours of readings charted.")
+    bucket_s: float = Field(default=60.0, ge=1, description="One chart point per this long.")
+    max_gateways: int = Field(default=1000, ge=1)
+    max_channels: int = Field(
+        default=4000, ge=1, description="Channels kept in all; further ones are counted only."
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> DeviceSettings:
+        points = self.window_h * 3600 / self.bucket_s
+        if points > 2880:
+            raise ValueError(
+                f"alerts.devices keeps {points:.0f} points per channel (window_h "
+                f"{self.window_h:g} / bucket_s {self.bucket_s:g}): at most 2880; raise "
+                "bucket_s or lower window_h"
+            )
         return self
 
 
@@ -177,6 +218,23 @@ class AlertSettings(BaseModel):
         "(for the lockout) is then taken from the X-Forwarded-For it sends from 127.0.0.1. "
         "Off, the header is ignored: any local client could claim a new address per request.",
     )
+
+    grafana_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="Grafana's base URL (http or https, e.g. https://grafana.dairy/ or "
+        "https://dairy/grafana): the page links alerts and gateways into its dashboards.",
+    )
+    devices: DeviceSettings = Field(default_factory=DeviceSettings)
+
+    @field_validator("grafana_url")
+    @classmethod
+    def _plain_base(cls, url: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if url is not None and (url.query or url.fragment or url.username or url.password):
+            raise ValueError(
+                f"alerts.grafana_url {url} must be a plain base URL (scheme, host, optional "
+                "path): no user, password, query or fragment; the page adds the dashboard"
+            )
+        return url
 
     @model_validator(mode="after")
     def _tls_pair(self) -> AlertSettings:

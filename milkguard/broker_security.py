@@ -9,7 +9,8 @@ both the embedded amqtt broker's configuration (:func:`amqtt_config`, enforced b
 - gateway: publishes and reads ``milkguard/v1/gw/{its site}/{its gateway}/#`` only;
 - stream: reads every gateway's batches and status; the only one to publish
   ``milkguard/v1/deviations/#`` and ``milkguard/v1/deadletter/#``;
-- alerts: reads ``milkguard/v1/deviations/#``; the only one to publish ``milkguard/v1/alerts/#``;
+- alerts: reads ``milkguard/v1/deviations/#`` and every gateway's status and batches (its
+  device page shows them); the only one to publish ``milkguard/v1/alerts/#``;
 - reader: reads ``milkguard/v1/#``, publishes nothing.
 
 Passwords are stored only as PBKDF2-SHA512 hashes in the format ``mosquitto_passwd`` 2.0 writes
@@ -176,7 +177,14 @@ def grants(user: MqttUser) -> Grants:
                 read=(f"{TOPIC_ROOT}/gw/+/+/batch", f"{TOPIC_ROOT}/gw/+/+/status"),
             )
         case "alerts":
-            return Grants(publish=(f"{TOPIC_ROOT}/alerts/#",), read=(f"{TOPIC_ROOT}/deviations/#",))
+            return Grants(
+                publish=(f"{TOPIC_ROOT}/alerts/#",),
+                read=(
+                    f"{TOPIC_ROOT}/deviations/#",
+                    f"{TOPIC_ROOT}/gw/+/+/status",
+                    f"{TOPIC_ROOT}/gw/+/+/batch",
+                ),
+            )
         case "reader":
             return Grants(publish=(), read=(f"{TOPIC_ROOT}/#",))
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 MIN = 60_000
 T = round(datetime(2026, 11, 22, 10, 0, tzinfo=UTC).timestamp() * 1000)
 SECRET = "webhook-secret"
+HTST_ALERT = "plant-01/htst-1/pmo-htst.temperature"
 
 
 @dataclass
@@ -192,8 +193,39 @@ def test_an_unreachable_mail_server_is_retried_then_dead_lettered(
     ((channel, target, reason),) = box.dead_letters()
     assert (channel, target) == ("email", "li@plant")
     assert reason.startswith("failed 3 times, last:")
+    # the alert's page says who was told, when, and what failed
+    told = {(d.channel, d.status, d.queued_ms, d.sent_ms) for d in box.deliveries(HTST_ALERT)}
+    assert told == {("console", "sent", T, T), ("email", "dead", T, None)}
+    [mail] = [d for d in box.deliveries(HTST_ALERT) if d.channel == "email"]
+    assert (mail.event, mail.recipient, mail.level) == ("raised", "li", 0)
+    assert mail.error is not None
+    assert mail.error.startswith("failed 3 times")
+    assert box.deliveries("plant-01/htst-1") == []  # a prefix of the id is not the alert
     book.close()
     box.close()
+
+
+def test_an_outbox_written_before_the_delivery_times_gains_them_empty(tmp_path: Path) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    old = sqlite3.connect(tmp_path / "out.db")
+    old.execute(
+        "CREATE TABLE deliveries (key TEXT PRIMARY KEY, channel TEXT NOT NULL, target TEXT NOT "
+        "NULL, subject TEXT NOT NULL, text TEXT NOT NULL, data TEXT NOT NULL, next_ms BIGINT "
+        "NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT "
+        "'pending', error TEXT)"
+    )
+    old.execute(
+        "INSERT INTO deliveries VALUES (?, 'console', 'li', 's', 't', '{}', ?, 1, 'sent', NULL)",
+        (f"{HTST_ALERT}|raised|0|0|{T}|li|console", T),
+    )
+    old.commit()
+    old.close()
+
+    box = Outbox(tmp_path / "out.db", [])
+    [told] = box.deliveries(HTST_ALERT)
+    box.close()
+    assert (told.recipient, told.status, told.queued_ms, told.sent_ms) == ("li", "sent", None, None)
 
 
 def test_every_notice_goes_to_the_alert_topic_once(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from milkguard import mqtt
+from milkguard.contract.v1 import GatewayStatus, encode_status
 from milkguard.errors import BrokerError
 from tests.helpers import wait_until
 from tests.milkguard.secured_brokers import SecuredBroker, secured_broker
@@ -245,14 +246,31 @@ def test_the_alert_service_logs_in_as_the_alerts_role_and_subscribes_to_deviatio
     runner.start()
     try:
         assert service.subscribed.wait(20)
+        # its device page reads the gateways' status (the alerts role may, read-only)
+        status = GatewayStatus(
+            v=1, site="farm-01", gateway="tank-1", state="online", ts=1_795_341_600_000
+        )
+        status_topic = "milkguard/v1/gw/farm-01/tank-1/status"
+        publish(broker.over_tls("gw-farm-01"), "gw-a", (status_topic, encode_status(status)))
+        devices = service.devices
+        assert devices is not None
+
+        def seen() -> bool:
+            found = devices.gateway("farm-01", "tank-1")
+            return found is not None and found["status_ts"] == 1_795_341_600_000
+
+        wait_until(seen, what="the gateway's status")
     finally:
         stop.set()
         runner.join(timeout=30)
-    # its persistent session, subscribed under the alerts role, holds what the stream publishes
+    # its persistent session, subscribed under the alerts role, holds what the stream publishes,
+    # and no batch: the gateways' topics are read at QoS 0, nothing of them waits for it
+    publish(broker.over_tls("gw-farm-01"), "gw-a", (A_BATCH, b"a batch while it was away"))
     publish(broker.on_loopback("stream"), "stream", (DEVIATION, b"the stream's"))
     session = Inbox(login, "plant-alerts", "milkguard/v1/deviations/#", clean_session=False)
     try:
         wait_until(lambda: b"the stream's" in session.payloads(), what="the queued deviation")
+        assert b"a batch while it was away" not in session.payloads()
     finally:
         session.close()
 

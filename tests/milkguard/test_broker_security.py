@@ -15,6 +15,7 @@ from milkguard.broker_security import (
     ListenerTls,
     MqttUser,
     QueueSizing,
+    any_covers,
     exposure_problems,
     filter_covers,
     grants,
@@ -87,6 +88,18 @@ def test_each_role_publishes_only_its_own_topics() -> None:
     assert stream.publish == ("milkguard/v1/deviations/#", "milkguard/v1/deadletter/#")
     assert grants(user("alerts", "alerts")).publish == ("milkguard/v1/alerts/#",)
     assert grants(user("reader", "reader")).publish == ()
+
+
+def test_the_alert_service_reads_deviations_and_the_gateways_for_its_device_page_only() -> None:
+    alerts = grants(user("alerts", "alerts"))
+    assert alerts.read == (
+        "milkguard/v1/deviations/#",
+        "milkguard/v1/gw/+/+/status",
+        "milkguard/v1/gw/+/+/batch",
+    )
+    assert any_covers(alerts.read, "milkguard/v1/gw/farm-01/tank-1/status")
+    assert not any_covers(alerts.read, "milkguard/v1/deadletter/farm-01/tank-1")
+    assert not any_covers(alerts.publish, "milkguard/v1/gw/farm-01/tank-1/status")
 
 
 def test_a_gateway_user_must_name_its_site_and_gateway() -> None:

@@ -353,8 +353,10 @@ class PayloadFuzzer:
         start_ms: int = T_START,
         total: int = 0,
         skip: frozenset[str] = frozenset(),
+        plant_events: bool = True,
     ) -> None:
         self._rng = random.Random(seed)
+        self._plant_events_on = plant_events
         self._gateways = _gateways(loaded)
         self._turn = 0
         self._sender = self._gateways[0]
@@ -478,7 +480,10 @@ class PayloadFuzzer:
     ) -> list[dict[str, Any]]:
         """The plant events an asset of ``kind`` reports: receipts at a bay into the site's
         silos, transfers and emptying of a silo, runs of a line drawing from silos. Silos the
-        plan does not know are named too (``silo-x``): the engine must count them, not fail."""
+        plan does not know are named too (``silo-x``): the engine must count them, not fail.
+        None when the fuzzer was made with ``plant_events=False``."""
+        if not self._plant_events_on:
+            return []
         rng = self._rng
         silos = [name for name, of in gateway.kinds.items() if of == "silo" and name != asset]
         silo = rng.choice([*silos, "silo-x"])
